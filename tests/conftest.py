@@ -1,0 +1,53 @@
+"""Shared fixtures: an isolated environment for every test and the synthetic AHBA datasets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from filelock import FileLock
+
+REPO = Path(__file__).resolve().parents[1]
+SYNTHETIC_SEED = 1234
+
+
+def _test_cache() -> Path:
+    """Where generated test data is kept between runs (``$AHBA_TEST_CACHE`` or ``<repo>/.cache``)."""
+    return Path(os.environ.get("AHBA_TEST_CACHE", REPO / ".cache"))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch, tmp_path_factory):
+    """No test reads the user's data folders or home, or reaches a mirror by accident."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
+    for var in ("AHBA_DATA", "ABAGEN_DATA", "AHBA_APP_MIRROR", "AHBA_CACHE_DIR"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def _synthetic(size: str, seed: int, zips: bool = False) -> Path:
+    """Generate (once, shared by every pytest worker) a synthetic AHBA dataset."""
+    from ahba_app import synthetic
+
+    target = _test_cache() / f"synthetic-{size}-seed{seed}{'-zips' if zips else ''}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        stamp = target / ".complete"
+        if not stamp.exists() or stamp.read_text() != synthetic.GENERATOR_VERSION:
+            synthetic.generate(target, size=size, seed=seed, zips=zips)
+            stamp.write_text(synthetic.GENERATOR_VERSION)
+    return target
+
+
+@pytest.fixture(scope="session")
+def ahba_small() -> Path:
+    """Folder holding ``microarray/normalized_microarray_donor<N>/`` (and ``rnaseq/``) files."""
+    return _synthetic("small", SYNTHETIC_SEED)
+
+
+@pytest.fixture(scope="session")
+def ahba_small_zips() -> Path:
+    """Like ``ahba_small`` but with the per-donor zip archives the Allen Institute serves."""
+    return _synthetic("small", SYNTHETIC_SEED, zips=True)

@@ -1,0 +1,93 @@
+"""Run abagen 0.1.3 in its own virtual environment and bring its results back.
+
+abagen needs numpy 1.26 and pandas 1.5 while ahba-app runs on current releases, so the oracle
+lives in a separate venv (``$AHBA_ORACLE_VENV``, default ``<repo>/.venv-abagen``), built from
+``tests/oracle-requirements.txt`` on first use. A test hands it a snippet of Python; the snippet
+calls ``save(name, obj)`` and the objects come back through pandas pickles (pandas reads pickles
+written by older versions).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+from filelock import FileLock
+
+REPO = Path(__file__).resolve().parents[1]
+REQUIREMENTS = Path(__file__).with_name("oracle-requirements.txt")
+
+
+def oracle_venv() -> Path:
+    return Path(os.environ.get("AHBA_ORACLE_VENV", REPO / ".venv-abagen"))
+
+
+def oracle_python() -> Path:
+    """The oracle venv's python, building the venv first when it is missing or out of date."""
+    venv = oracle_venv()
+    python = venv / "bin" / "python"
+    stamp = venv / ".requirements-sha256"
+    wanted = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(venv) + ".lock"):
+        if python.exists() and stamp.exists() and stamp.read_text() == wanted:
+            return python
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(REQUIREMENTS)],
+                       check=True)
+        stamp.write_text(wanted)
+    return python
+
+
+# Prepended to every oracle snippet. abagen crashes when Probes.csv lacks a probe that its
+# reannotation table names (facts.md): keep only the reannotated rows whose probe exists.
+_PREAMBLE = '''
+import json, sys, warnings
+from pathlib import Path
+import numpy as np
+import pandas as pd
+warnings.simplefilter("ignore")
+import abagen
+import abagen.probes_ as _abagen_probes
+
+PARAMS = json.loads(Path(sys.argv[1]).read_text())
+OUT = Path(sys.argv[2])
+_full_reannotation = _abagen_probes.reannotate_probes
+
+def _reannotate_known_probes(probes):
+    table = _full_reannotation(probes)
+    table = table.loc[table.index.notna()]
+    table.index = table.index.astype("int64")
+    return table
+
+_abagen_probes.reannotate_probes = _reannotate_known_probes
+
+def save(name, obj):
+    pd.to_pickle(obj, OUT / (name + ".pkl"))
+'''
+
+
+def run_abagen(snippet: str, workdir: Path, **params) -> dict:
+    """Run ``snippet`` under abagen 0.1.3; return ``{name: obj}`` for every ``save(name, obj)``.
+
+    ``params`` (JSON-serialisable) are available to the snippet as ``PARAMS``.
+    """
+    workdir = Path(workdir)
+    out = workdir / "oracle-out"
+    out.mkdir(parents=True, exist_ok=True)
+    script = workdir / "oracle_script.py"
+    script.write_text(_PREAMBLE + "\n" + textwrap.dedent(snippet))
+    params_file = workdir / "oracle_params.json"
+    params_file.write_text(json.dumps(params, default=str))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    proc = subprocess.run([str(oracle_python()), str(script), str(params_file), str(out)],
+                          capture_output=True, text=True, env=env, cwd=workdir)
+    if proc.returncode != 0:
+        raise RuntimeError(f"abagen oracle failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    return {p.stem: pd.read_pickle(p) for p in sorted(out.glob("*.pkl"))}
