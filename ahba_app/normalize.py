@@ -1,0 +1,507 @@
+"""Normalization of expression matrices: one registry for ``sample_norm`` and ``gene_norm``.
+
+Every method turns each column of a 2-D array into a normalized column, so the same function
+serves both directions: ``gene_norm`` normalizes each gene across samples (``axis=0`` on a
+samples x genes matrix) and ``sample_norm`` each sample across genes (``axis=1``).
+
+The methods reproduce abagen 0.1.3 (``abagen.correct.normalize_expression``) number for number:
+
+``center``
+    subtract the column mean.
+``zscore``
+    subtract the mean, divide by the standard deviation (``ddof=1``); constant columns give NaN.
+``minmax``
+    rescale to [0, 1].
+``sigmoid``
+    ``1 / (1 + exp(-(x - mean) / sd))`` with ``ddof=1``.
+``scaled_sigmoid``
+    ``sigmoid`` then ``minmax``.
+``scaled_sigmoid_quantiles``
+    ``scaled_sigmoid`` whose mean and sd come only from the values between the 5th and 95th
+    percentiles (inclusive); every value is transformed.
+``robust_sigmoid``
+    ``1 / (1 + exp(-(x - median) / IQR'))`` with ``IQR' = (Q3 - Q1) / 1.349`` (the interquartile
+    range of a unit normal), quartiles linearly interpolated.
+``scaled_robust_sigmoid``
+    ``robust_sigmoid`` then ``minmax`` (the default).
+``mixed_sigmoid``
+    ``scaled_sigmoid`` for columns whose IQR is 0, ``scaled_robust_sigmoid`` for the others, and
+    every undefined value (constant or NaN columns) set to 0.
+``batch``
+    across donors only (:func:`normalize_expression` with several donors): removes each donor's
+    mean with a linear model of one indicator per donor plus an intercept that is not removed.
+
+Columns a method cannot handle (constant, or holding a NaN) come out entirely NaN, as in abagen;
+:func:`failed_genes` lists them so the caller can report how many genes normalization lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy.special import erfinv
+
+LGR = logging.getLogger(__name__)
+
+#: Interquartile range of the standard normal distribution, 2 * sqrt(2) * erfinv(1/2) ~ 1.349.
+IQR_NORMAL = 2.0 * math.sqrt(2.0) * float(erfinv(0.5))
+
+#: Elements per float64 working block (32 MB): columns are processed in blocks of this size.
+_BLOCK_ELEMENTS = 1 << 22
+
+NormFunc = Callable[[np.ndarray], np.ndarray]
+
+
+# --------------------------------------------------------------------------------------------
+# the methods: float64 (n, m) array in, (n, m) array out, each column on its own
+# --------------------------------------------------------------------------------------------
+
+def _minmax(x: np.ndarray) -> np.ndarray:
+    low = x.min(axis=0, keepdims=True)
+    high = x.max(axis=0, keepdims=True)
+    return (x - low) / (high - low)
+
+
+def _center(x: np.ndarray) -> np.ndarray:
+    return x - x.mean(axis=0, keepdims=True)
+
+
+def _zscore(x: np.ndarray) -> np.ndarray:
+    mean = x.mean(axis=0, keepdims=True)
+    sd = x.std(axis=0, ddof=1, keepdims=True)
+    # a column whose values all equal its minimum is constant: undefined, not +-inf or noise
+    constant = (x == x.min(axis=0, keepdims=True)).all(axis=0, keepdims=True)
+    z = (x - mean) / np.where(constant, 1.0, sd)
+    z[:, constant[0]] = np.nan
+    return z
+
+
+def _logistic(x: np.ndarray, centre: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-(x - centre) / scale))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return _logistic(x, x.mean(axis=0, keepdims=True), x.std(axis=0, ddof=1, keepdims=True))
+
+
+def _scaled_sigmoid(x: np.ndarray) -> np.ndarray:
+    return _minmax(_sigmoid(x))
+
+
+def _sorted_columns(x: np.ndarray) -> np.ndarray:
+    """Each column of ``x`` sorted ascending (NaN last), as the rows of a contiguous array:
+    one sort along the fast axis is several times quicker than numpy's median / percentile
+    along axis 0, and serves every order statistic at once."""
+    ordered = np.array(x.T, order="C", copy=True)  # never a view: sorted in place below
+    ordered.sort(axis=1)
+    return ordered
+
+
+def _quantile(ordered: np.ndarray, q: float) -> np.ndarray:
+    """Quantile ``q`` (in [0, 1]) of each row of ``ordered`` by linear interpolation, with
+    numpy's arithmetic (``numpy.percentile(..., method='linear')``); NaN if the row has NaN."""
+    n = ordered.shape[1]
+    position = (n - 1) * q
+    below = min(max(math.floor(position), 0), n - 1)
+    above = min(below + 1, n - 1)
+    weight = position - below
+    a, b = ordered[:, below], ordered[:, above]
+    step = b - a
+    value = b - step * (1.0 - weight) if weight >= 0.5 else a + step * weight
+    return np.where(np.isnan(ordered[:, -1]), np.nan, value)
+
+
+def _median(ordered: np.ndarray) -> np.ndarray:
+    """Median of each row of ``ordered`` as numpy.median computes it; NaN if the row has NaN."""
+    n = ordered.shape[1]
+    middle = ordered[:, n // 2]
+    value = middle if n % 2 else (ordered[:, n // 2 - 1] + middle) / 2.0
+    return np.where(np.isnan(ordered[:, -1]), np.nan, value)
+
+
+def _scaled_sigmoid_quantiles(x: np.ndarray) -> np.ndarray:
+    ordered = _sorted_columns(x)
+    low, high = _quantile(ordered, 5 / 100)[None], _quantile(ordered, 95 / 100)[None]
+    del ordered
+    inside = (x >= low) & (x <= high)
+    n_inside = inside.sum(axis=0, keepdims=True)
+    mean = np.where(inside, x, 0.0).sum(axis=0, keepdims=True) / n_inside
+    deviation = np.where(inside, x - mean, 0.0)
+    sd = np.sqrt((deviation * deviation).sum(axis=0, keepdims=True) / (n_inside - 1))
+    return _minmax(_logistic(x, mean, sd))
+
+
+def _robust_centre_scale(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Median and normal-scaled interquartile range of each column (NaN if the column has NaN)."""
+    ordered = _sorted_columns(x)
+    iqr = (_quantile(ordered, 75 / 100) - _quantile(ordered, 25 / 100)) / IQR_NORMAL
+    return _median(ordered)[None], iqr[None]
+
+
+def _robust_sigmoid(x: np.ndarray) -> np.ndarray:
+    return _logistic(x, *_robust_centre_scale(x))
+
+
+def _scaled_robust_sigmoid(x: np.ndarray) -> np.ndarray:
+    return _minmax(_robust_sigmoid(x))
+
+
+def _mixed_sigmoid(x: np.ndarray) -> np.ndarray:
+    median, iqr = _robust_centre_scale(x)
+    zero_iqr = (iqr == 0)[0]
+    out = np.empty_like(x)
+    out[:, ~zero_iqr] = _minmax(_logistic(x[:, ~zero_iqr], median[:, ~zero_iqr],
+                                          iqr[:, ~zero_iqr]))
+    if zero_iqr.any():
+        out[:, zero_iqr] = _scaled_sigmoid(x[:, zero_iqr])
+    # undefined results (constant columns, NaN columns) become 0
+    return np.nan_to_num(out, copy=False)
+
+
+#: Canonical method name -> function normalizing every column of a float64 2-D array.
+NORMALIZATIONS: dict[str, NormFunc] = {
+    "center": _center,
+    "zscore": _zscore,
+    "minmax": _minmax,
+    "sigmoid": _sigmoid,
+    "scaled_sigmoid": _scaled_sigmoid,
+    "scaled_sigmoid_quantiles": _scaled_sigmoid_quantiles,
+    "robust_sigmoid": _robust_sigmoid,
+    "scaled_robust_sigmoid": _scaled_robust_sigmoid,
+    "mixed_sigmoid": _mixed_sigmoid,
+}
+
+#: Methods that need every donor at once (only :func:`normalize_expression` runs them).
+ACROSS_DONORS = ("batch",)
+
+#: Every canonical method name, in the order the CLI and the report list them.
+METHODS: tuple[str, ...] = (*NORMALIZATIONS, *ACROSS_DONORS)
+
+#: Other accepted spellings (abagen's) -> canonical name.
+ALIASES: dict[str, str] = {
+    "demean": "center",
+    "sig": "sigmoid",
+    "scaled_sig": "scaled_sigmoid",
+    "scaled_sig_qnt": "scaled_sigmoid_quantiles",
+    "rs": "robust_sigmoid",
+    "rsig": "robust_sigmoid",
+    "srs": "scaled_robust_sigmoid",
+    "scaled_rsig": "scaled_robust_sigmoid",
+    "mixed_sig": "mixed_sigmoid",
+}
+
+
+def resolve_norm(norm: str | None) -> str | None:
+    """Canonical name of normalization ``norm`` (``None`` stays ``None``: no normalization).
+
+    Raises ValueError naming ``norm`` and the accepted names when it is unknown.
+    """
+    if norm is None:
+        return None
+    if isinstance(norm, str):
+        name = ALIASES.get(norm, norm)
+        if name in METHODS:
+            return name
+    accepted = ", ".join(repr(n) for n in (*METHODS, *ALIASES))
+    raise ValueError(f"Unknown normalization {norm!r}: use one of {accepted}, or None.")
+
+
+# --------------------------------------------------------------------------------------------
+# arrays
+# --------------------------------------------------------------------------------------------
+
+def _out_dtype(values: np.ndarray) -> np.dtype:
+    """float32 stays float32 (no doubling of big matrices); everything else becomes float64."""
+    return np.dtype(np.float32) if values.dtype == np.float32 else np.dtype(np.float64)
+
+
+def _column_blocks(n_rows: int, n_cols: int) -> Iterable[slice]:
+    width = max(1, _BLOCK_ELEMENTS // max(n_rows, 1))
+    for start in range(0, n_cols, width):
+        yield slice(start, min(start + width, n_cols))
+
+
+def _empty_rows(view: np.ndarray) -> np.ndarray:
+    """Rows of ``view`` that are entirely NaN (computed block by block)."""
+    empty = np.ones(view.shape[0], dtype=bool)
+    if view.dtype.kind != "f":
+        empty[:] = view.shape[1] == 0
+        return empty
+    for cols in _column_blocks(view.shape[0], view.shape[1]):
+        empty &= np.isnan(view[:, cols]).all(axis=1)
+    return empty
+
+
+def _group_rows(groups: Sequence | None, n: int, usable: np.ndarray) -> list[np.ndarray | slice]:
+    """Row selections (one per group, sorted by group) among the ``usable`` rows.
+
+    Rows whose group is missing (None / NaN) belong to no group and stay NaN.
+    """
+    if groups is None:
+        if usable.all():
+            return [slice(None)] if n else []
+        rows = np.flatnonzero(usable)
+        return [rows] if rows.size else []
+    codes, _ = pd.factorize(pd.Series(np.asarray(groups, dtype=object)), sort=True)
+    if len(codes) != n:
+        raise ValueError(f"Got {len(codes)} structural classes for {n} samples: give one "
+                         "class per sample.")
+    selections = []
+    for code in range(codes.max() + 1 if len(codes) else 0):
+        rows = np.flatnonzero((codes == code) & usable)
+        if rows.size:
+            selections.append(rows)
+    return selections
+
+
+def normalize_array(values: np.ndarray, norm: str | None = "srs", axis: int = 0,
+                    groups: Sequence | None = None) -> np.ndarray:
+    """Normalize every 1-D slice of 2-D ``values`` along ``axis`` with method ``norm``.
+
+    ``axis=0`` normalizes each column across rows (genes across samples on a samples x genes
+    matrix); ``axis=1`` each row across columns. Positions along ``axis`` that are NaN in every
+    slice (e.g. samples without data) take no part and stay NaN. With ``groups`` (one label per
+    position along ``axis``) each group is normalized on its own; positions with a missing
+    group stay NaN. Statistics are computed in float64; the result is float32 for float32
+    input, float64 otherwise. ``values`` is never modified.
+    """
+    name = resolve_norm(norm)
+    values = np.asarray(values)
+    if values.ndim != 2:
+        raise ValueError(f"Expected a 2-D expression matrix, got an array of shape "
+                         f"{values.shape}.")
+    if axis not in (0, 1, -1, -2):
+        raise ValueError(f"axis must be 0 (normalize columns) or 1 (normalize rows), "
+                         f"got {axis!r}.")
+    if name in ACROSS_DONORS:
+        raise ValueError(f"Normalization {name!r} removes donor effects and needs every donor at "
+                         "once: call normalize_expression with a list of donor frames.")
+    if name is None:
+        return values.astype(_out_dtype(values), copy=True)
+    func = NORMALIZATIONS[name]
+    view = values if axis in (0, -2) else values.T
+    out = np.full(view.shape, np.nan, dtype=_out_dtype(values))
+    selections = _group_rows(groups, view.shape[0], ~_empty_rows(view))
+    with np.errstate(all="ignore"):
+        for rows in selections:
+            n_rows = view.shape[0] if isinstance(rows, slice) else rows.size
+            for cols in _column_blocks(n_rows, view.shape[1]):
+                block = np.asarray(view[rows, cols], dtype=np.float64)
+                out[rows, cols] = func(block)
+    return out if axis in (0, -2) else out.T
+
+
+# --------------------------------------------------------------------------------------------
+# frames, donors
+# --------------------------------------------------------------------------------------------
+
+def _as_frames(expression) -> tuple[list[pd.DataFrame], list | None, bool]:
+    """(frames, dict keys or None, whether a single frame was given)."""
+    if isinstance(expression, pd.DataFrame):
+        return [expression], None, True
+    if isinstance(expression, Mapping) and expression:
+        return list(expression.values()), list(expression.keys()), False
+    if isinstance(expression, (list, tuple)) and expression and all(
+            isinstance(e, pd.DataFrame) for e in expression):
+        return list(expression), None, False
+    raise ValueError("Expression data must be a pandas DataFrame, or a non-empty list or dict "
+                     f"of DataFrames, got {type(expression).__name__}.")
+
+
+def _pack(frames: list, keys: list | None, single: bool):
+    if keys is not None:
+        return dict(zip(keys, frames))
+    if single or len(frames) == 1:
+        return frames[0]
+    return frames
+
+
+def _structure_labels(structures, frame: pd.DataFrame, whose: str) -> np.ndarray:
+    """One structural class per row of ``frame`` from a DataFrame (column 'structure'),
+    Series (same index as ``frame``) or array (by position)."""
+    if isinstance(structures, pd.DataFrame):
+        if "structure" not in structures.columns:
+            raise ValueError(f"Structural classes of {whose} lack a 'structure' column "
+                             f"(columns: {list(structures.columns)}).")
+        structures = structures["structure"]
+    if len(structures) != len(frame):
+        raise ValueError(f"Got {len(structures)} structural classes for the {len(frame)} "
+                         f"samples of {whose}: give one class per sample.")
+    if isinstance(structures, pd.Series) and not structures.index.equals(frame.index):
+        if not (structures.index.is_unique and frame.index.isin(structures.index).all()):
+            raise ValueError(f"The index of the structural classes of {whose} does not match "
+                             "the index of its expression data.")
+        structures = structures.reindex(frame.index)
+    return np.asarray(structures, dtype=object)
+
+
+def _frame_like(values: np.ndarray, frame: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame(values, index=frame.index, columns=frame.columns, copy=False)
+
+
+def _batch_correct(frames: list[pd.DataFrame], classes: list[np.ndarray]) -> list[np.ndarray]:
+    """Remove donor effects: within each structural class, fit expression ~ donor indicators +
+    intercept by least squares and subtract the donor terms (not the intercept).
+
+    The indicator design is rank deficient; its minimum-norm least-squares solution (what a
+    generic solver returns) has donor term ``mean_d - sum(means) / (D + 1)``, so the residual is
+    ``x - mean_d + sum(means) / (D + 1)`` for the ``D`` donors with samples in the class.
+    """
+    arrays = [f.to_numpy() for f in frames]
+    arrays = [a if a.dtype.kind == "f" else a.astype(np.float64) for a in arrays]
+    outs = [np.full(a.shape, np.nan, dtype=_out_dtype(a)) for a in arrays]
+    usable = [~_empty_rows(a) for a in arrays]
+    all_classes = pd.unique(np.concatenate([c[pd.notna(c)] for c in classes]))
+    with np.errstate(all="ignore"):
+        for cls in all_classes:
+            rows = [np.flatnonzero(u & (c == cls)) for u, c in zip(usable, classes)]
+            members = [d for d, r in enumerate(rows) if r.size]
+            means = {d: arrays[d][rows[d]].mean(axis=0, dtype=np.float64) for d in members}
+            intercept = sum(means.values()) / (len(members) + 1)
+            for d in members:
+                outs[d][rows[d]] = arrays[d][rows[d]] - (means[d] - intercept)
+    return outs
+
+
+def normalize_expression(expression, norm: str | None = "srs", structures=None,
+                         ignore_warn: bool = False):
+    """Normalize each gene (column) of each donor's samples x genes expression data.
+
+    Parameters
+    ----------
+    expression : DataFrame, list of DataFrame or dict of DataFrame
+        (S, G) expression of S samples (or regions) over G genes, one frame per donor.
+    norm : str or None
+        A name or alias from :data:`METHODS` / :data:`ALIASES`; None returns the data as is.
+    structures : DataFrame, Series or 1-D array (or a list / dict of them, one per donor)
+        Structural class of every sample (DataFrame column ``'structure'``; a DataFrame or
+        Series must share the expression's index, an array goes by position); each class is
+        then normalized on its own. Samples without a class stay NaN.
+    ignore_warn : bool
+        Log the count of genes left undefined at DEBUG instead of WARNING level.
+
+    Returns
+    -------
+    The normalized data in the shape it was given (a single frame for one donor), with the
+    index and columns of the input. Rows that were entirely NaN stay NaN; genes a method cannot
+    normalize (constant, or holding a NaN) are NaN for the samples concerned, see
+    :func:`failed_genes`. float32 input gives float32 output, anything else float64.
+    """
+    name = resolve_norm(norm)
+    frames, keys, single = _as_frames(expression)
+    if name is None:
+        return _pack(frames, keys, single)
+
+    if structures is None:
+        classes = [np.zeros(len(f), dtype=object) for f in frames]
+    else:
+        if isinstance(structures, (pd.DataFrame, pd.Series, np.ndarray)):
+            structures = [structures]
+        elif isinstance(structures, Mapping):
+            structures = list(structures.values())
+        if len(structures) != len(frames):
+            raise ValueError(f"Got structural classes for {len(structures)} donors and "
+                             f"expression for {len(frames)}: give one per donor.")
+        donor_ids = keys if keys is not None else range(len(frames))
+        classes = [_structure_labels(s, f, f"donor {d}")
+                   for s, f, d in zip(structures, frames, donor_ids)]
+
+    if name in ACROSS_DONORS:
+        if len(frames) < 2:
+            raise ValueError(f"Normalization {name!r} removes donor effects and needs at least "
+                             f"two donors, got {len(frames)}.")
+        arrays = _batch_correct(frames, classes)
+    else:
+        arrays = [normalize_array(f.to_numpy(), name, axis=0,
+                                  groups=None if structures is None else c)
+                  for f, c in zip(frames, classes)]
+
+    normalized = [_frame_like(a, f) for a, f in zip(arrays, frames)]
+    failed = failed_genes(normalized)
+    if len(failed):
+        level = logging.DEBUG if ignore_warn else logging.WARNING
+        LGR.log(level, "Normalization %r left %d of %d genes undefined (constant, or holding "
+                "NaN, in some donor or structural class); genes still undefined in a region "
+                "after aggregation are dropped.", name, len(failed), normalized[0].shape[1])
+    return _pack(normalized, keys, single)
+
+
+def failed_genes(expression) -> pd.Index:
+    """Genes (columns) holding a NaN in a sample (row) that is not entirely NaN, in any donor.
+
+    After normalization these are the genes the method could not handle; abagen (and
+    :func:`ahba_app.aggregate.aggregate_samples`) drop such genes once regions are aggregated
+    (unless another donor fills the gap), so ``len(failed_genes(...))`` is what to report.
+    """
+    frames, _, _ = _as_frames(expression)
+    failed = None
+    for frame in frames:
+        values = frame.to_numpy()
+        if values.dtype.kind != "f":
+            values = values.astype(np.float64)
+        rows = ~_empty_rows(values)
+        bad = np.zeros(values.shape[1], dtype=bool)
+        for cols in _column_blocks(values.shape[0], values.shape[1]):
+            bad[cols] = np.isnan(values[rows, cols]).any(axis=0)
+        genes = frame.columns[bad]
+        failed = genes if failed is None else failed.union(genes, sort=False)
+    return failed if failed is not None else pd.Index([])
+
+
+def normalize_donor(expression: pd.DataFrame, sample_norm: str | None = "srs",
+                    gene_norm: str | None = "srs", matched=None, structures=None,
+                    ignore_warn: bool = True) -> pd.DataFrame:
+    """One donor's normalization as ``get_expression_data`` runs it.
+
+    ``expression`` is (S, G) samples x genes. ``matched`` (optional boolean mask over the S
+    samples, e.g. ``labels != 0``) keeps only those samples *before* normalizing:
+    ``norm_matched=True`` passes it, ``norm_matched=False`` passes None and drops the
+    unmatched samples later. Then each sample is normalized across genes with
+    ``sample_norm`` and each gene across samples with ``gene_norm``, within the
+    ``structures`` classes (one per sample, as in :func:`normalize_expression`) when given
+    (``norm_structures=True``). Returns the kept samples.
+    """
+    sample_name, gene_name = resolve_norm(sample_norm), resolve_norm(gene_norm)
+    for which, name in (("sample_norm", sample_name), ("gene_norm", gene_name)):
+        if name in ACROSS_DONORS:
+            raise ValueError(f"{which}={name!r} needs every donor at once; use "
+                             "normalize_expression on the list of donors instead.")
+    classes = None
+    if structures is not None:
+        classes = _structure_labels(structures, expression, "the samples")
+    if matched is not None:
+        matched = np.asarray(matched, dtype=bool).ravel()
+        if matched.shape[0] != len(expression):
+            raise ValueError(f"The matched-sample mask has {matched.shape[0]} entries for "
+                             f"{len(expression)} samples.")
+        expression = expression.iloc[np.flatnonzero(matched)]
+        classes = None if classes is None else classes[matched]
+    values = expression.to_numpy()
+    if sample_name is not None:
+        values = normalize_array(values, sample_name, axis=1)
+    if gene_name is not None:
+        values = normalize_array(values, gene_name, axis=0, groups=classes)
+    out = _frame_like(values, expression)
+    failed = failed_genes(out)
+    if len(failed):
+        LGR.log(logging.DEBUG if ignore_warn else logging.WARNING,
+                "Normalization left %d of %d genes undefined.", len(failed), out.shape[1])
+    return out
+
+
+__all__ = [
+    "ACROSS_DONORS",
+    "ALIASES",
+    "IQR_NORMAL",
+    "METHODS",
+    "NORMALIZATIONS",
+    "failed_genes",
+    "normalize_array",
+    "normalize_donor",
+    "normalize_expression",
+    "resolve_norm",
+]

@@ -1,0 +1,223 @@
+"""Aggregation of samples into regions and across donors, checked against abagen 0.1.3."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ahba_app import aggregate
+from ahba_app.aggregate import (AGG_METRICS, REGION_AGGS, MetricError, aggregate_donors,
+                                aggregate_regions, aggregate_samples, check_metric,
+                                group_by_label, incomplete_genes)
+from oracle import run_abagen
+
+pytestmark = pytest.mark.filterwarnings("ignore:numpy.core:DeprecationWarning")
+
+SEED = 7102
+N_GENES = 8
+ALL_LABELS = list(range(1, 13))  # 10, 11 and 12 get no sample from any donor
+DONOR_IDS = ["9861", "10021", "12876"]
+NAN_IN_ONE_DONOR = 2   # gene NaN for every sample of donor 1 (its normalization failed)
+NAN_ONE_CELL = 4       # gene with one NaN sample in donor 2
+ONLY_IN_DONOR_1 = 9    # region only donor 1 sampled
+INCOMPLETE = [f"G{NAN_IN_ONE_DONOR}", f"G{NAN_ONE_CELL}"]
+
+
+def _donors():
+    rng = np.random.default_rng(SEED)
+    arrays, labels = [], []
+    for n, size in enumerate((40, 30, 25)):
+        lab = rng.integers(0, 9, size)           # 0 = sample matched to no region
+        if n == 1:
+            lab[:3] = ONLY_IN_DONOR_1
+        values = rng.normal(0.5, 0.2, size=(size, N_GENES))
+        values[5] = np.nan                        # an empty sample
+        if n == 1:
+            values[:, NAN_IN_ONE_DONOR] = np.nan
+        if n == 2:
+            values[7, NAN_ONE_CELL] = np.nan
+        arrays.append(values)
+        labels.append(lab)
+    return arrays, labels
+
+
+def _frames(arrays, labels):
+    columns = pd.Index([f"G{g}" for g in range(N_GENES)], name="gene_symbol")
+    return [pd.DataFrame(v, index=pd.Index(lab, name="label"), columns=columns)
+            for v, lab in zip(arrays, labels)]
+
+
+def q75(x, axis=None):
+    return np.percentile(x, 75, axis=axis)
+
+
+SNIPPET = r'''
+from abagen import samples_
+
+columns = pd.Index([f"G{g}" for g in range(PARAMS["n_genes"])], name="gene_symbol")
+frames = [pd.DataFrame(np.load(v), index=pd.Index(np.load(l), name="label"), columns=columns)
+          for v, l in zip(PARAMS["values"], PARAMS["labels"])]
+clean = [f.dropna(axis=0, how="all").drop(columns=PARAMS["incomplete"]) for f in frames]
+def q75(x, axis=None):
+    return np.percentile(x, 75, axis=axis)
+metrics = {"mean": "mean", "median": "median", "q75": q75, "npmean": np.mean}
+for name, metric in metrics.items():
+    for region_agg in ("donors", "samples"):
+        for lab in ("none", "all"):
+            labels = None if lab == "none" else PARAMS["all_labels"]
+            data = clean if name == "q75" else frames
+            save(f"{name}-{region_agg}-{lab}",
+                 samples_.aggregate_samples(data, labels=labels, region_agg=region_agg,
+                                            agg_metric=metric))
+    save(f"{name}-return_donors",
+         samples_.aggregate_samples(dict(zip(PARAMS["donors"], frames)),
+                                    labels=PARAMS["all_labels"], agg_metric=metric,
+                                    return_donors=True))
+'''
+
+
+@pytest.fixture(scope="module")
+def data():
+    return _donors()
+
+
+@pytest.fixture(scope="module")
+def oracle(data, tmp_path_factory):
+    work = tmp_path_factory.mktemp("oracle-aggregate")
+    arrays, labels = data
+    values_paths, label_paths = [], []
+    for n, (v, lab) in enumerate(zip(arrays, labels)):
+        np.save(work / f"values{n}.npy", v)
+        np.save(work / f"labels{n}.npy", lab)
+        values_paths.append(str(work / f"values{n}.npy"))
+        label_paths.append(str(work / f"labels{n}.npy"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOME", str(work))
+        return run_abagen(SNIPPET, work, values=values_paths, labels=label_paths,
+                          n_genes=N_GENES, incomplete=INCOMPLETE, all_labels=ALL_LABELS,
+                          donors=DONOR_IDS)
+
+
+def assert_same(ours: pd.DataFrame, theirs: pd.DataFrame):
+    assert list(ours.index) == list(theirs.index)
+    assert ours.index.name == theirs.index.name == "label"
+    assert ours.index.dtype == np.int64
+    assert list(ours.columns) == list(theirs.columns)
+    assert ours.columns.name == theirs.columns.name == "gene_symbol"
+    assert (ours.dtypes == np.float64).all()
+    a, b = ours.to_numpy(), theirs.to_numpy(dtype=float)
+    np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-12, equal_nan=True)
+
+
+METRICS = {"mean": "mean", "median": "median", "q75": q75, "npmean": np.mean}
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("metric", list(METRICS))
+@pytest.mark.parametrize("region_agg", ["donors", "samples"])
+@pytest.mark.parametrize("labels", ["none", "all"])
+def test_aggregate_samples_matches_abagen(metric, region_agg, labels, data, oracle):
+    frames = _frames(*data)
+    if metric == "q75":  # a NaN-propagating callable: feed it the complete genes only
+        frames = [f.dropna(axis=0, how="all").drop(columns=INCOMPLETE) for f in frames]
+    ours = aggregate_samples(frames, labels=None if labels == "none" else ALL_LABELS,
+                             region_agg=region_agg, agg_metric=METRICS[metric])
+    assert_same(ours, oracle[f"{metric}-{region_agg}-{labels}"])
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("metric", list(METRICS))
+def test_return_donors_matches_abagen(metric, data, oracle):
+    frames = dict(zip(DONOR_IDS, _frames(*data)))
+    ours = aggregate_samples(frames, labels=ALL_LABELS, agg_metric=METRICS[metric],
+                             return_donors=True)
+    theirs = oracle[f"{metric}-return_donors"]
+    assert isinstance(ours, dict) and list(ours) == DONOR_IDS == list(theirs)
+    for donor in DONOR_IDS:
+        assert_same(ours[donor], theirs[donor])
+
+
+def test_gene_dropping_and_count(data, caplog):
+    frames = _frames(*data)
+    tables = aggregate_regions(frames, labels=ALL_LABELS)
+    assert isinstance(tables, list) and len(tables) == 3
+    with caplog.at_level(logging.WARNING, logger="ahba_app.aggregate"):
+        merged, dropped = aggregate_donors(tables)
+    # G2 is NaN in every sample of donor 1, the only donor with region 9: dropped. G4 has one
+    # NaN sample, which the NaN-skipping mean covers.
+    assert list(dropped) == [f"G{NAN_IN_ONE_DONOR}"]
+    assert "Dropping 1 of 8 genes" in caplog.text
+    assert f"G{NAN_ONE_CELL}" in merged.columns
+    assert merged.loc[[10, 11, 12]].isna().all().all()
+    pd.testing.assert_frame_equal(merged, aggregate_samples(frames, labels=ALL_LABELS))
+    assert list(incomplete_genes(tables[1])) == [f"G{NAN_IN_ONE_DONOR}"]
+    # the donors' tables keep every gene, as abagen's return_donors does
+    assert all(t.shape[1] == N_GENES for t in aggregate_samples(frames, return_donors=True))
+
+
+def test_label_zero_and_unsorted_labels(data):
+    frame = _frames(*data)[0]
+    out = group_by_label(frame, labels=[12, 3, 0, 1])
+    assert 0 not in out.index and list(out.index) == sorted(set(out.index))
+    assert {1, 3, 12} <= set(out.index) and out.loc[12].isna().all()
+    expected = frame.loc[frame.index == 3].mean(axis=0)
+    np.testing.assert_allclose(out.loc[3].to_numpy(), expected.to_numpy())
+
+
+def test_median_matches_nanmedian_with_blocks(data, monkeypatch):
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=(200, 37))
+    values[rng.random(values.shape) < 0.2] = np.nan
+    values[:, 5] = np.round(values[:, 5])  # ties
+    labels = rng.integers(1, 15, 200)
+    frame = pd.DataFrame(values, index=pd.Index(labels, name="label"))
+    monkeypatch.setattr(aggregate, "_BLOCK_ELEMENTS", 500)
+    out = group_by_label(frame, agg_metric="median")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        expected = np.vstack([np.nanmedian(values[labels == lab], axis=0)
+                              for lab in out.index])
+    np.testing.assert_allclose(out.to_numpy(), expected, equal_nan=True)
+    mean = group_by_label(frame, agg_metric="mean")
+    np.testing.assert_allclose(mean.to_numpy(), frame.groupby(level="label").mean().to_numpy())
+
+
+def test_float32_input_and_multiindex(data):
+    frame = _frames(*data)[0]
+    sample = frame.set_index(pd.Index(np.arange(len(frame)), name="well_id"), append=True)
+    out32 = group_by_label(sample.astype(np.float32))
+    assert (out32.dtypes == np.float64).all()
+    np.testing.assert_allclose(out32.to_numpy(), group_by_label(frame).to_numpy(), rtol=1e-6,
+                               equal_nan=True)
+    with pytest.raises(ValueError, match="'label' level"):
+        group_by_label(sample.droplevel("label").set_index(
+            pd.Index(np.zeros(len(frame)), name="x"), append=True))
+
+
+def test_registry_and_bad_options(data):
+    assert list(AGG_METRICS) == ["mean", "median"] and REGION_AGGS == ("donors", "samples")
+    assert check_metric(np.median) == "median" and check_metric(np.nanmean) == "mean"
+    assert check_metric(q75) is q75
+    frames = _frames(*data)
+    with pytest.raises(ValueError, match="'mode'.*'mean', 'median'"):
+        aggregate_samples(frames, agg_metric="mode")
+    with pytest.raises(ValueError, match="'regions'.*'donors', 'samples'"):
+        aggregate_samples(frames, region_agg="regions")
+    with pytest.raises(ValueError, match="return_donors"):
+        aggregate_samples(frames, region_agg="samples", return_donors=True)
+    for bad in (lambda x: np.mean(x),            # no axis keyword
+                lambda x, axis=0: np.mean(x, axis=axis),  # never reduces to a scalar
+                lambda x, axis=None: x,          # does not reduce
+                42):
+        with pytest.raises(MetricError):
+            check_metric(bad)
+        with pytest.raises(TypeError):  # abagen raised TypeError: still caught
+            check_metric(bad)
+    for bad in (np.ones((3, 3)), [], {}):
+        with pytest.raises(ValueError, match="DataFrame"):
+            aggregate_samples(bad)
