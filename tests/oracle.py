@@ -48,7 +48,7 @@ def oracle_python() -> Path:
 # Prepended to every oracle snippet. abagen crashes when Probes.csv lacks a probe that its
 # reannotation table names (facts.md): keep only the reannotated rows whose probe exists.
 _PREAMBLE = '''
-import json, sys, warnings
+import json, os, sys, warnings
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -58,6 +58,9 @@ import abagen.probes_ as _abagen_probes
 
 PARAMS = json.loads(Path(sys.argv[1]).read_text())
 OUT = Path(sys.argv[2])
+# abagen's rnaseq probe selection ignores data_dir and looks in $ABAGEN_DATA
+if "data" in PARAMS:
+    os.environ["ABAGEN_DATA"] = str(PARAMS["data"])
 _full_reannotation = _abagen_probes.reannotate_probes
 
 def _reannotate_known_probes(probes):
