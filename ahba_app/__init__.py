@@ -1,18 +1,40 @@
 """ahba-app: Allen Human Brain Atlas microarray data to region x gene tables.
 
 The public API mirrors abagen's, so that ``import ahba_app as abagen`` runs scripts written for
-abagen. Importing this package has no side effects: no network, no configuration, no threads.
+abagen. Importing this package has no side effects (no network, configuration or threads), and
+the heavy modules load only when one of their names is first used.
 """
+
+from importlib import import_module
 
 from ._version import __version__
 from .datasets import (DONORS, fetch_desikan_killiany, fetch_donor_info, fetch_fsaverage5,
                        fetch_gene_group)
 
-__all__ = [
-    "__version__",
-    "DONORS",
-    "fetch_desikan_killiany",
-    "fetch_donor_info",
-    "fetch_fsaverage5",
-    "fetch_gene_group",
-]
+# public name -> module that defines it (loaded on first use)
+_LAZY = {
+    "get_expression_data": "api",
+    "get_samples_in_mask": "api",
+    "get_interpolated_map": "api",
+    "normalize_expression": "correct",
+    "keep_stable_genes": "correct",
+    "remove_distance": "correct",
+    "fetch_microarray": "fetch",
+    "fetch_rnaseq": "fetch",
+    "AtlasTree": "atlas",
+    "check_atlas": "atlas",
+    "leftify_atlas": "atlas",
+    "annot_to_gifti": "atlas",
+    "relabel_gifti": "atlas",
+}
+
+__all__ = ["__version__", "DONORS", "fetch_desikan_killiany", "fetch_donor_info",
+           "fetch_fsaverage5", "fetch_gene_group", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ahba_app' has no attribute {name!r}")

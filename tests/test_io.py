@@ -1,0 +1,713 @@
+"""The AHBA readers and their binary cache (ahba_app.io)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ahba_app import io
+
+# A donor folder small enough to write by hand, in the exact AHBA formats (facts.md).
+PROBE_IDS = [1058685, 1058684, 1058683, 1058682, 1058681]
+MICROARRAY = [
+    [2.368, 2.4163, 2.6547653, 2.4255],
+    [1.9685, 1.8875, 13.95217, 2.1162],
+    [18.3961, 17.02, 16.8231, 15.1],
+    [4.8813, 4.7506, 5.0291, 4.6],
+    [9.9999999, 10.1, 10.0, 9.87654],
+]
+PACALL = [
+    [0, 0, 1, 0],
+    [0, 0, 1, 1],
+    [1, 1, 1, 1],
+    [1, 0, 1, 1],
+    [1, 1, 1, 0],
+]
+PROBES_CSV = """\
+probe_id,probe_name,gene_id,gene_symbol,gene_name,entrez_id,chromosome
+1058685,"A_23_P20713",729,"C8G","complement component 8, gamma polypeptide",733,"9"
+1058684,"CUST_15185_PI416261804",731,"C9","complement component 9",735,"5"
+1058683,"A_32_P203917",736,"MRPL49","mitochondrial ribosomal protein L49",740,"11"
+1058682,"A_23_P138819",736,"MRPL49","mitochondrial ribosomal protein L49",740,"11"
+1058681,"CUST_445_PI416261804",1000,"A_24_P1","no gene",,"X"
+"""
+ANNOT_CSV = """\
+structure_id,slab_num,well_id,slab_type,structure_acronym,structure_name,polygon_id,\
+mri_voxel_x,mri_voxel_y,mri_voxel_z,mni_x,mni_y,mni_z
+4077,22,594,"CX","SFG-i","superior frontal gyrus, left, inferior bank of gyrus",\
+1000547,58,84,117,5.9,-27.7,49.7
+4080,11,2985,"CX","SFG-s","superior frontal gyrus, left, superior bank of gyrus",\
+1000514,53,85,122,3.2,-29.3,55.6
+4323,18,1126,"CX","PrG-prc","precentral gyrus, left, paracentral lobule",1000596,\
+62,95,124,-6.0,-20.2,57.5
+9114,7,2457,"BS","Cb","cerebellum",1000601,70,150,40,-10.4,-76.8,-40.9
+"""
+ONTOLOGY_CSV = """\
+id,acronym,name,parent_structure_id,hemisphere,graph_order,structure_id_path,color_hex_triplet
+4005,"Br","brain",,,0,"/4005/","F0F080"
+4006,"GM","gray matter",4005,,1,"/4005/4006/","F0F080"
+4077,"SFG-i","superior frontal gyrus, left, inferior bank of gyrus",4076,"L",7,\
+"/4005/4006/4007/4008/4076/4077/","FFA75C"
+"""
+GENES_CSV = """\
+gene_symbol,gene_id,entrez_id,chromosome,strand,number_of_transcripts,\
+median_transcriptome_length,median_genome_length,median_number_of_exons,median_gene_start,\
+median_gene_end
+"A1BG",1,1,"19","-",2,2134,8322,8,58858172,58864865
+"A2M",2,2,"12","-",3,4575,48537,36,9220304,9268558
+"NAA20",3,51126,"20","+",1,1120,27111,7,20002741,20029852
+"""
+RNA_ANNOT_CSV = """\
+RNAseq_sample_name,replicate_sample,sample_name,well_id,microarray_run_id,ontology_color,\
+main_structure,sub_structure,ontology_structure_id,ontology_structure_acronym,hemisphere,brain,\
+million_clusters,clip_percentage,RIN_RNA_quality,rnaseq_run_id,A.Pct,C.Pct,G.Pct,T.Pct,N.Pct
+"R1","no","S1",594,160039566,"A245B7","cortex","FL",4077,"SFG-i","L","H0351.2001",26.8,3.8,\
+8.7,270952977,25.9,21.7,20.5,31.6,0.1
+"R2","no","S2",2985,160468741,"6ACB68","cortex","FL",4080,"SFG-s","L","H0351.2001",49.6,7.2,\
+7.3,270218825,30.6,16.1,21.3,31.8,0.1
+"""
+TPM_CSV = "A1BG,0.5,2.25\nA2M,100.125,0\nNAA20,3,4.5\n"
+COUNTS_CSV = "A1BG,12,30.5\nA2M,4000,0\nNAA20,55,61\n"
+
+
+def _matrix_csv(ids, rows) -> str:
+    return "".join(",".join([str(i)] + [str(v) for v in row]) + "\n" for i, row in zip(ids, rows))
+
+
+@pytest.fixture
+def donor(tmp_path) -> Path:
+    """A hand-written donor folder: 5 probes x 4 samples, plus RNA-seq files."""
+    folder = tmp_path / "microarray" / "normalized_microarray_donor9861"
+    folder.mkdir(parents=True)
+    (folder / "MicroarrayExpression.csv").write_text(_matrix_csv(PROBE_IDS, MICROARRAY))
+    (folder / "PACall.csv").write_text(_matrix_csv(PROBE_IDS, PACALL))
+    (folder / "Probes.csv").write_text(PROBES_CSV)
+    (folder / "SampleAnnot.csv").write_text(ANNOT_CSV)
+    (folder / "Ontology.csv").write_text(ONTOLOGY_CSV)
+    rna = tmp_path / "rnaseq" / "rnaseq_donor9861"
+    rna.mkdir(parents=True)
+    (rna / "Genes.csv").write_text(GENES_CSV)
+    (rna / "SampleAnnot.csv").write_text(RNA_ANNOT_CSV)
+    (rna / "RNAseqTPM.csv").write_text(TPM_CSV)
+    (rna / "RNAseqCounts.csv").write_text(COUNTS_CSV)
+    return folder
+
+
+def _rna(donor: Path) -> Path:
+    return donor.parents[1] / "rnaseq" / "rnaseq_donor9861"
+
+
+def _count_parses(monkeypatch) -> list:
+    """Record every CSV parse of a microarray or PACall file."""
+    calls = []
+    real = io._iter_blocks
+
+    def counting(path, kind):
+        calls.append((Path(path).name, kind))
+        return real(path, kind)
+
+    monkeypatch.setattr(io, "_iter_blocks", counting)
+    return calls
+
+
+def _bump_mtime(path: Path) -> None:
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
+
+
+def _assert_sample_columns(frame: pd.DataFrame, n: int) -> None:
+    assert frame.columns.name == "sample_id"
+    assert frame.columns.dtype == np.int64
+    assert frame.columns.tolist() == list(range(1, n + 1))
+
+
+# ------------------------------------------------------------------------------------------
+# Readers: labels, dtypes, values
+# ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("parquet", [True, False])
+def test_read_microarray(donor, parquet):
+    data = io.read_microarray(donor / "MicroarrayExpression.csv", parquet=parquet)
+    assert data.shape == (5, 4)
+    assert data.index.name == "probe_id" and data.index.dtype == np.int64
+    assert data.index.tolist() == PROBE_IDS  # file order, not sorted
+    _assert_sample_columns(data, 4)
+    assert (data.dtypes == np.float32).all()
+    np.testing.assert_allclose(data.to_numpy(), np.array(MICROARRAY), rtol=1e-7)
+    assert (donor / io.CACHE_DIRNAME).exists() == parquet
+
+
+@pytest.mark.parametrize("parquet", [True, False])
+def test_read_pacall(donor, parquet):
+    data = io.read_pacall(donor / "PACall.csv", parquet=parquet)
+    assert data.index.name == "probe_id" and data.index.tolist() == PROBE_IDS
+    _assert_sample_columns(data, 4)
+    assert (data.dtypes == bool).all()
+    np.testing.assert_array_equal(data.to_numpy(), np.array(PACALL, dtype=bool))
+
+
+@pytest.mark.parametrize("parquet", [True, False])
+def test_microarray_frame_is_writable_without_touching_the_cache(donor, parquet):
+    path = donor / "MicroarrayExpression.csv"
+    data = io.read_microarray(path, parquet=parquet)
+    data.iloc[0, 0] = -1.0
+    data.loc[1058681] = 0.0
+    assert data.iloc[0, 0] == -1.0
+    assert io.read_microarray(path).iloc[0, 0] == np.float32(2.368)
+    frame = io.load_matrix(path).to_frame()
+    frame.iloc[1, 1] = -2.0
+    assert io.load_matrix(path).values[1, 1] == np.float32(1.8875)
+
+
+def test_missing_values_are_nan_like_pandas(tmp_path):
+    path = tmp_path / "MicroarrayExpression.csv"
+    path.write_text("1,2.5,,3\n2,NaN,4,5\n")
+    data = io.read_microarray(path)
+    assert np.isnan(data.to_numpy()).tolist() == [[False, True, False], [True, False, False]]
+
+
+def test_read_probes(donor):
+    probes = io.read_probes(donor / "Probes.csv")
+    assert probes.index.name == "probe_id" and probes.index.tolist() == PROBE_IDS
+    assert probes.columns.tolist() == ["probe_name", "gene_id", "gene_symbol", "gene_name",
+                                       "entrez_id", "chromosome"]
+    assert probes["entrez_id"].dtype == "Int64"
+    assert probes["entrez_id"].isna().tolist() == [False] * 4 + [True]
+    assert probes.loc[1058685, "gene_name"] == "complement component 8, gamma polypeptide"
+
+
+def test_read_annotation(donor):
+    annot = io.read_annotation(donor / "SampleAnnot.csv")
+    assert annot.index.name == "sample_id" and annot.index.dtype == np.int64
+    assert annot.index.tolist() == [1, 2, 3, 4]
+    assert annot.shape == (4, 13)
+    assert annot["well_id"].tolist() == [594, 2985, 1126, 2457]
+    assert annot["mni_z"].dtype == np.float64
+
+
+def test_read_annotation_renames_rnaseq_columns(donor):
+    annot = io.read_annotation(_rna(donor) / "SampleAnnot.csv")
+    assert "structure_id" in annot and "ontology_structure_id" not in annot
+    assert "structure_acronym" in annot and annot.index.tolist() == [1, 2]
+    raw = pd.read_csv(_rna(donor) / "SampleAnnot.csv")
+    renamed = io.read_annotation(raw)
+    assert "structure_id" in renamed
+    assert "ontology_structure_id" in raw  # the caller's frame is left alone
+
+
+def test_read_ontology(donor):
+    onto = io.read_ontology(donor / "Ontology.csv")
+    assert onto.columns.tolist()[:3] == ["id", "acronym", "name"]
+    assert onto.index.tolist() == [0, 1, 2]
+    assert onto["hemisphere"].isna().tolist() == [True, True, False]
+
+
+def test_read_rnaseq(donor):
+    rna = _rna(donor)
+    genes = io.read_genes(rna / "Genes.csv")
+    assert genes.index.name == "gene_symbol"
+    assert genes.index.tolist() == ["A1BG", "A2M", "NAA20"]
+    for reader, name, expected in ((io.read_tpm, "RNAseqTPM.csv", [[0.5, 2.25], [100.125, 0],
+                                                                     [3, 4.5]]),
+                                   (io.read_counts, "RNAseqCounts.csv", [[12, 30.5], [4000, 0],
+                                                                         [55, 61]])):
+        data = reader(rna / name)
+        assert data.index.name == "gene_symbol"
+        assert data.index.tolist() == ["A1BG", "A2M", "NAA20"]
+        _assert_sample_columns(data, 2)
+        assert (data.dtypes == np.float64).all()
+        np.testing.assert_array_equal(data.to_numpy(), expected)
+
+
+@pytest.mark.parametrize("reader", [io.read_microarray, io.read_pacall, io.read_probes,
+                                    io.read_annotation, io.read_ontology, io.read_genes,
+                                    io.read_tpm, io.read_counts])
+def test_readers_pass_dataframes_through(reader):
+    frame = pd.DataFrame({"a": [1, 2]})
+    assert reader(frame) is frame
+    copied = reader(frame, copy=True)
+    assert copied is not frame
+    pd.testing.assert_frame_equal(copied, frame)
+
+
+@pytest.mark.parametrize("reader", [io.read_microarray, io.read_pacall, io.read_probes,
+                                    io.read_tpm])
+def test_readers_reject_other_types(reader):
+    with pytest.raises(TypeError, match="Expected the path"):
+        reader(42)
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="MicroarrayExpression.csv"):
+        io.read_microarray(tmp_path / "MicroarrayExpression.csv")
+
+
+# ------------------------------------------------------------------------------------------
+# The array API
+# ------------------------------------------------------------------------------------------
+
+def test_load_matrix_maps_the_cache_read_only(donor):
+    matrix = io.load_matrix(donor / "MicroarrayExpression.csv")
+    assert matrix.kind == "microarray" and matrix.shape == (5, 4)
+    assert matrix.cache == donor / io.CACHE_DIRNAME / "MicroarrayExpression.csv.cache"
+    assert matrix.probe_ids.dtype == np.int64 and matrix.probe_ids.tolist() == PROBE_IDS
+    assert matrix.values.dtype == np.float32 and matrix.values.shape == (5, 4)
+    assert not matrix.values.flags.writeable and not matrix.probe_ids.flags.writeable
+    assert isinstance(matrix.values.base, np.memmap) or isinstance(matrix.values, np.memmap)
+    with pytest.raises(ValueError):
+        matrix.values[0, 0] = 1
+
+
+def test_select_rows(donor):
+    expr = io.load_matrix(donor / "MicroarrayExpression.csv")
+    full = np.array(MICROARRAY, dtype=np.float32)
+    np.testing.assert_array_equal(io.select_rows(expr), full)
+    np.testing.assert_array_equal(io.select_rows(expr, [3, 0]), full[[3, 0]])
+    mask = np.array([True, False, True, False, False])
+    np.testing.assert_array_equal(io.select_rows(expr, mask, samples=[1, 3]), full[mask][:, [1, 3]])
+    np.testing.assert_array_equal(io.select_rows(expr, slice(1, 3)), full[1:3])
+    out = io.select_rows(expr, [1])
+    assert out.flags.writeable and out.flags.owndata and out.dtype == np.float32
+
+    pacall = io.load_matrix(donor / "PACall.csv")
+    assert pacall.packed and pacall.values.dtype == np.uint8 and pacall.values.shape == (5, 1)
+    present = np.array(PACALL, dtype=bool)
+    np.testing.assert_array_equal(io.select_rows(pacall), present)
+    rows = io.probe_positions(pacall, [1058681, 1058685])
+    assert rows.tolist() == [4, 0]
+    picked = io.select_rows(pacall, rows, samples=slice(0, 2))
+    assert picked.dtype == bool
+    np.testing.assert_array_equal(picked, present[[4, 0], :2])
+    with pytest.raises(KeyError, match="1"):
+        io.probe_positions(pacall, [1058685, 1])
+
+
+def test_load_matrix_kind(donor, tmp_path):
+    other = tmp_path / "expression.csv"
+    other.write_text(_matrix_csv(PROBE_IDS, MICROARRAY))
+    with pytest.raises(ValueError, match="kind='microarray'"):
+        io.load_matrix(other)
+    assert io.load_matrix(other, "microarray").shape == (5, 4)
+    with pytest.raises(ValueError, match="Unknown matrix kind"):
+        io.load_matrix(other, "rnaseq")
+
+
+def test_many_samples_pack_and_unpack(tmp_path):
+    rng = np.random.default_rng(0)
+    present = rng.random((40, 13)) < 0.5   # 13 samples: two bytes per row, 3 spare bits
+    ids = np.arange(100, 140)
+    path = tmp_path / "PACall.csv"
+    path.write_text(_matrix_csv(ids, present.astype(int)))
+    for _ in range(2):  # built, then cached
+        np.testing.assert_array_equal(io.read_pacall(path).to_numpy(), present)
+
+
+# ------------------------------------------------------------------------------------------
+# The cache
+# ------------------------------------------------------------------------------------------
+
+def test_cache_is_built_once_and_reused(donor, monkeypatch):
+    calls = _count_parses(monkeypatch)
+    expr, pacall = donor / "MicroarrayExpression.csv", donor / "PACall.csv"
+    first = io.read_microarray(expr), io.read_pacall(pacall)
+    assert len(calls) == 2
+    monkeypatch.setattr(io, "_iter_blocks", None)  # any parse now fails loudly
+    second = io.read_microarray(expr), io.read_pacall(pacall)
+    for a, b in zip(first, second):
+        pd.testing.assert_frame_equal(a, b)
+    assert sorted(p.name for p in (donor / io.CACHE_DIRNAME).glob("*.cache")) == [
+        "MicroarrayExpression.csv.cache", "PACall.csv.cache"]
+    assert not list((donor / io.CACHE_DIRNAME).glob("*.tmp"))
+
+
+def test_cache_is_rebuilt_when_the_source_changes(donor, monkeypatch):
+    calls = _count_parses(monkeypatch)
+    path = donor / "MicroarrayExpression.csv"
+    assert io.read_microarray(path).iloc[0, 0] == np.float32(2.368)
+    changed = [row[:] for row in MICROARRAY]
+    changed[0][0] = 3.368  # same size
+    path.write_text(_matrix_csv(PROBE_IDS, changed))
+    _bump_mtime(path)
+    assert io.read_microarray(path).iloc[0, 0] == np.float32(3.368)
+    assert len(calls) == 2
+    path.write_text(_matrix_csv(PROBE_IDS[:3], changed[:3]))  # other size
+    assert io.read_microarray(path).shape == (3, 4)
+    assert len(calls) == 3
+    io.read_microarray(path)
+    assert len(calls) == 3
+
+
+def test_touched_source_rebuilds(donor, monkeypatch):
+    calls = _count_parses(monkeypatch)
+    path = donor / "PACall.csv"
+    io.read_pacall(path)
+    _bump_mtime(path)
+    io.read_pacall(path)
+    io.read_pacall(path)
+    assert len(calls) == 2
+
+
+def _deny_writes_under(monkeypatch, folder: Path) -> None:
+    """Make ``folder`` look read-only to the cache (chmod does not stop root)."""
+    real = io._can_write
+
+    def can_write(path):
+        return not Path(path).is_relative_to(folder) and real(path)
+
+    monkeypatch.setattr(io, "_can_write", can_write)
+
+
+def test_read_only_data_folder_uses_ahba_cache_dir(donor, tmp_path, monkeypatch):
+    cache_root = tmp_path / "user-cache"
+    monkeypatch.setenv("AHBA_CACHE_DIR", str(cache_root))
+    _deny_writes_under(monkeypatch, donor)
+    calls = _count_parses(monkeypatch)
+    path = donor / "MicroarrayExpression.csv"
+    matrix = io.load_matrix(path)
+    assert matrix.cache == io.cache_locations(path)[1]
+    assert matrix.cache.is_relative_to(cache_root / "matrix-cache")
+    assert not (donor / io.CACHE_DIRNAME).exists()
+    np.testing.assert_allclose(io.read_microarray(path).to_numpy(), MICROARRAY, rtol=1e-7)
+    assert len(calls) == 1
+    # another folder with the same file name gets its own entry
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    (twin / "MicroarrayExpression.csv").write_text(_matrix_csv([7], [[1.0, 2.0]]))
+    _deny_writes_under(monkeypatch, twin)
+    assert io.read_microarray(twin / "MicroarrayExpression.csv").shape == (1, 2)
+    assert len(list((cache_root / "matrix-cache").iterdir())) == 2
+
+
+def test_read_only_folder_falls_back_to_xdg_then_home(donor, monkeypatch):
+    _deny_writes_under(monkeypatch, donor)
+    path = donor / "PACall.csv"
+    xdg = Path(os.environ["XDG_CACHE_HOME"])
+    assert io.load_matrix(path).cache.is_relative_to(xdg / "ahba-app")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert io.load_matrix(path).cache.is_relative_to(Path.home() / ".cache" / "ahba-app")
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
+                    reason="root writes into read-only folders")
+def test_chmod_read_only_folder(donor, tmp_path, monkeypatch):
+    monkeypatch.setenv("AHBA_CACHE_DIR", str(tmp_path / "user-cache"))
+    donor.chmod(0o555)
+    try:
+        matrix = io.load_matrix(donor / "MicroarrayExpression.csv")
+    finally:
+        donor.chmod(0o755)
+    assert matrix.cache.is_relative_to(tmp_path / "user-cache")
+
+
+def test_cache_beside_read_only_data_is_still_used(donor, monkeypatch):
+    path = donor / "MicroarrayExpression.csv"
+    built = io.load_matrix(path).cache
+    _deny_writes_under(monkeypatch, donor)
+    calls = _count_parses(monkeypatch)
+    assert io.load_matrix(path).cache == built
+    assert not calls
+
+
+def test_no_writable_location_parses_with_a_warning(donor, monkeypatch):
+    monkeypatch.setattr(io, "_can_write", lambda path: False)
+    with pytest.warns(UserWarning, match="AHBA_CACHE_DIR"):
+        data = io.read_microarray(donor / "MicroarrayExpression.csv")
+    assert data.shape == (5, 4)
+    data.iloc[0, 0] = 1.0
+    assert not (donor / io.CACHE_DIRNAME).exists()
+
+
+def _corrupt_truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _corrupt_garbage(path: Path) -> None:
+    path.write_bytes(b"\x00garbage" * 40)
+
+
+def _corrupt_empty(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+def _corrupt_value(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[64 + 1] ^= 0xFF  # inside the first value(s)
+    path.write_bytes(bytes(data))
+
+
+def _corrupt_probe_id(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    header = io._PREAMBLE.unpack(bytes(data[: io._PREAMBLE.size]))
+    data[header[3] - 3] ^= 0x01  # last probe id, just before the header
+    path.write_bytes(bytes(data))
+
+
+def _corrupt_header(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    header_offset = io._PREAMBLE.unpack(bytes(data[: io._PREAMBLE.size]))[3]
+    data[header_offset] = ord("[")
+    path.write_bytes(bytes(data))
+
+
+def _corrupt_version(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[8:12] = (io.CACHE_FORMAT_VERSION + 1).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("corrupt", [_corrupt_truncate, _corrupt_garbage, _corrupt_empty,
+                                     _corrupt_value, _corrupt_probe_id, _corrupt_header,
+                                     _corrupt_version])
+@pytest.mark.parametrize("name", ["MicroarrayExpression.csv", "PACall.csv"])
+def test_damaged_cache_is_rebuilt(donor, monkeypatch, corrupt, name):
+    path = donor / name
+    reader = io.read_microarray if name.startswith("Micro") else io.read_pacall
+    good = reader(path).copy(deep=True)  # the frame maps the cache that is damaged in place
+    cache = io.cache_locations(path)[0]
+    corrupt(cache)
+    calls = _count_parses(monkeypatch)
+    pd.testing.assert_frame_equal(reader(path), good)
+    assert len(calls) == 1
+    reader(path)
+    assert len(calls) == 1
+
+
+def test_ensure_cache(donor, monkeypatch):
+    path = donor / "PACall.csv"
+    assert io.ensure_cache(path) == io.cache_locations(path)[0]
+    assert io.cache_locations(path)[0].is_file()
+    other = donor / "MicroarrayExpression.csv"
+    monkeypatch.setattr(io, "_can_write", lambda folder: False)
+    with pytest.warns(UserWarning, match="No writable place"):
+        assert io.ensure_cache(other) is None
+
+
+def test_stale_temporaries_are_removed(donor):
+    path = donor / "MicroarrayExpression.csv"
+    cache = io.cache_locations(path)[0]
+    cache.parent.mkdir()
+    leftover = cache.parent / (cache.name + ".dead1234.tmp")
+    leftover.write_bytes(b"half a cache")
+    io.load_matrix(path)
+    assert not leftover.exists()
+
+
+_BUILDER = """
+import hashlib, os, sys, time
+import numpy as np
+from pathlib import Path
+from ahba_app import io
+path, go, log = map(Path, sys.argv[1:4])
+real = io._write_cache
+def logged(*args):
+    with open(log, "a") as handle:
+        handle.write("build\\n")
+    real(*args)
+io._write_cache = logged
+(go.parent / f"ready-{os.getpid()}").touch()
+while not go.exists():
+    time.sleep(0.005)
+data = io.read_microarray(path)
+digest = hashlib.sha256(np.ascontiguousarray(data.to_numpy()).tobytes()).hexdigest()
+print(data.shape[0], data.shape[1], digest)
+"""
+
+
+def test_two_processes_build_one_cache(tmp_path):
+    rng = np.random.default_rng(1)
+    values = np.round(rng.uniform(1.5, 18.4, (3000, 60)), 5)
+    path = tmp_path / "MicroarrayExpression.csv"
+    path.write_text(_matrix_csv(range(1, 3001), values))
+    go, log = tmp_path / "go", tmp_path / "builds.log"
+    script = tmp_path / "builder.py"
+    script.write_text(_BUILDER)
+    procs = [subprocess.Popen([sys.executable, str(script), str(path), str(go), str(log)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("ready-*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    go.touch()  # both have imported everything: release them together
+    outputs = [proc.communicate(timeout=120) for proc in procs]
+    for proc, (out, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err
+    digest = hashlib.sha256(values.astype(np.float32).tobytes()).hexdigest()
+    expected = f"3000 60 {digest}"
+    assert [out.strip() for out, _ in outputs] == [expected, expected]
+    assert log.read_text().count("build") == 1
+    cache_dir = tmp_path / io.CACHE_DIRNAME
+    assert [p.name for p in cache_dir.glob("*.cache")] == ["MicroarrayExpression.csv.cache"]
+    assert not list(cache_dir.glob("*.tmp"))
+    np.testing.assert_allclose(io.read_microarray(path).to_numpy(), values, rtol=1e-7)
+
+
+def test_cache_files_follow_the_umask(donor):
+    old = os.umask(0o022)
+    try:
+        cache = io.load_matrix(donor / "PACall.csv").cache
+    finally:
+        os.umask(old)
+    assert cache.stat().st_mode & 0o777 == 0o644
+
+
+# ------------------------------------------------------------------------------------------
+# Malformed files
+# ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, problem", [
+    ("", "empty"),
+    ("\n\n", "empty"),
+    ("1,2.5,3.5\n2,4.5\n", "Expected 3 columns, got 2"),
+    ("1,2.5,3.5\n2,4.5,5.5,6.5\n", "Expected 3 columns, got 4"),
+    ("1,2.5,3.5\n2,4.5,abc\n", "sample column 2"),
+    ("probe_id,s1,s2\n1,2.5,3.5\n", "no header row"),
+    ("1,2.5,3.5\n,4.5,5.5\n", "no probe id"),
+    ("1058685\n1058684\n", "no sample columns"),
+    ("1,2.5,3.5\n1,4.5,5.5\n", "more than once: 1"),
+])
+@pytest.mark.parametrize("parquet", [True, False])
+def test_malformed_microarray_names_the_file(tmp_path, text, problem, parquet):
+    path = tmp_path / "MicroarrayExpression.csv"
+    path.write_text(text)
+    with pytest.raises(io.AHBAFileError, match=problem) as info:
+        io.read_microarray(path, parquet=parquet)
+    assert str(path) in str(info.value)
+    assert not list(tmp_path.rglob("*.tmp"))
+    assert not list(tmp_path.rglob("*.cache"))
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("1,0,1\n2,1,2\n", "row 2, sample column 2 holds 2; PACall values must be 0 or 1"),
+    ("1,0,1\n2,1,\n", "sample column 2 has an empty value"),
+    ("1,0,1\n2,1,0.5\n", "sample column 2"),
+    ("1,0,1\n2,-1,1\n", "sample column 1"),
+    ("1,0,1\n2,true,1\n", "sample column 1"),
+])
+def test_malformed_pacall_names_the_file(tmp_path, text, problem):
+    path = tmp_path / "PACall.csv"
+    path.write_text(text)
+    with pytest.raises(io.AHBAFileError, match=problem) as info:
+        io.read_pacall(path)
+    assert str(path) in str(info.value)
+
+
+def test_malformed_small_files_name_the_file(tmp_path):
+    empty = tmp_path / "Probes.csv"
+    empty.write_text("")
+    with pytest.raises(io.AHBAFileError, match="Probes.csv"):
+        io.read_probes(empty)
+    tpm = tmp_path / "RNAseqTPM.csv"
+    tpm.write_text("A1BG,1,2\nA2M,3,x\n")
+    with pytest.raises(io.AHBAFileError, match="RNAseqTPM.csv"):
+        io.read_tpm(tpm)
+
+
+def test_long_rows_are_not_quoted_in_full(tmp_path):
+    path = tmp_path / "MicroarrayExpression.csv"
+    path.write_text("1," + ",".join(["2.5"] * 2000) + "\n2," + ",".join(["2.5"] * 1999) + "\n")
+    with pytest.raises(io.AHBAFileError) as info:
+        io.read_microarray(path)
+    assert len(str(info.value)) < 600
+
+
+def test_check_microarray_pacall(donor, tmp_path):
+    expr, pacall = donor / "MicroarrayExpression.csv", donor / "PACall.csv"
+    io.check_microarray_pacall(expr, pacall)
+    io.check_microarray_pacall(io.read_microarray(expr), io.load_matrix(pacall))
+    short = tmp_path / "PACall.csv"
+    short.write_text(_matrix_csv(PROBE_IDS[:4], PACALL[:4]))
+    with pytest.raises(io.AHBAFileError, match="shape") as info:
+        io.check_microarray_pacall(expr, short)
+    assert str(expr) in str(info.value) and str(short) in str(info.value)
+    other_ids = PROBE_IDS[:2] + [99] + PROBE_IDS[3:]
+    short.write_text(_matrix_csv(other_ids, PACALL))
+    with pytest.raises(io.AHBAFileError, match="row 3 .1058683 against 99"):
+        io.check_microarray_pacall(expr, short)
+
+
+# ------------------------------------------------------------------------------------------
+# abagen as the oracle
+# ------------------------------------------------------------------------------------------
+
+_ORACLE = """
+import abagen.io as aio
+for key, (reader, path) in PARAMS["files"].items():
+    save(key, getattr(aio, reader)(path))
+"""
+
+
+def _oracle_files(donor_folder: Path, rna_folder: Path) -> dict:
+    return {
+        "microarray": ("read_microarray", donor_folder / "MicroarrayExpression.csv"),
+        "pacall": ("read_pacall", donor_folder / "PACall.csv"),
+        "probes": ("read_probes", donor_folder / "Probes.csv"),
+        "annotation": ("read_annotation", donor_folder / "SampleAnnot.csv"),
+        "ontology": ("read_ontology", donor_folder / "Ontology.csv"),
+        "genes": ("read_genes", rna_folder / "Genes.csv"),
+        "tpm": ("read_tpm", rna_folder / "RNAseqTPM.csv"),
+        "counts": ("read_counts", rna_folder / "RNAseqCounts.csv"),
+        "rna_annotation": ("read_annotation", rna_folder / "SampleAnnot.csv"),
+    }
+
+
+def _compare_with_abagen(files: dict, theirs: dict) -> None:
+    for key, (reader, path) in files.items():
+        ours, expected = getattr(io, reader)(path), theirs[key]
+        for mine, theirs_ in ((ours.index, expected.index), (ours.columns, expected.columns)):
+            assert mine.name == theirs_.name and mine.tolist() == theirs_.tolist(), key
+            if theirs_.dtype != object:  # text: pandas 3's str against pandas 1.5's object
+                assert mine.dtype == theirs_.dtype, key
+        if key == "microarray":
+            assert (ours.dtypes == np.float32).all()
+            np.testing.assert_allclose(ours.to_numpy(np.float64), expected.to_numpy(),
+                                       rtol=1e-7, atol=0)
+        elif key == "pacall":
+            np.testing.assert_array_equal(ours.to_numpy(), expected.to_numpy().astype(bool))
+        else:
+            pd.testing.assert_frame_equal(ours, expected, check_dtype=False,
+                                          check_index_type=False, check_column_type=False)
+
+
+@pytest.mark.oracle
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # numpy 1.26 pickles under numpy 2
+def test_readers_match_abagen_on_hand_written_files(donor, tmp_path):
+    from oracle import run_abagen
+
+    files = _oracle_files(donor, _rna(donor))
+    theirs = run_abagen(_ORACLE, tmp_path / "oracle",
+                        files={k: (r, str(p)) for k, (r, p) in files.items()})
+    _compare_with_abagen(files, theirs)
+
+
+@pytest.mark.oracle
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_readers_match_abagen_on_synthetic_data(ahba_small, tmp_path):
+    from oracle import run_abagen
+
+    files = _oracle_files(ahba_small / "microarray" / "normalized_microarray_donor10021",
+                          ahba_small / "rnaseq" / "rnaseq_donor10021")
+    theirs = run_abagen(_ORACLE, tmp_path / "oracle",
+                        files={k: (r, str(p)) for k, (r, p) in files.items()})
+    _compare_with_abagen(files, theirs)
+
+
+def test_synthetic_donors_read_and_agree(ahba_small):
+    for folder in sorted((ahba_small / "microarray").glob("normalized_microarray_donor*")):
+        expr = io.load_matrix(folder / "MicroarrayExpression.csv")
+        pacall = io.load_matrix(folder / "PACall.csv")
+        io.check_microarray_pacall(expr, pacall)
+        annot = io.read_annotation(folder / "SampleAnnot.csv")
+        probes = io.read_probes(folder / "Probes.csv")
+        assert expr.shape == (len(probes), len(annot))
+        assert (np.asarray(expr.probe_ids) == probes.index.to_numpy()).all()
+        values = io.select_rows(expr)
+        assert 1.5 <= values.min() and values.max() <= 18.4
