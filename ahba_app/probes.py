@@ -1,0 +1,896 @@
+"""Probes: reannotation, intensity-based filtering and the choice of one probe per gene.
+
+The stage, in abagen 0.1.3's order:
+
+1. :func:`prepare_probes` -- the probe table: the Arnatkeviciute et al. (2019) reannotation
+   (default) or Probes.csv as is, keeping probes with an Entrez id;
+2. :func:`filter_probes` -- intensity-based filter: keep probes whose signal is above background
+   in at least ``threshold`` of all samples (all donors together, mirrored copies included);
+3. :func:`collapse_probes` -- one column per gene for every donor, by a method of
+   :data:`SELECTION_METHODS` applied as :data:`DONOR_PROBES` says.
+
+Per-donor inputs are dicts keyed by donor: microarray and PACall frames (probes x samples, index
+``probe_id``, columns ``sample_id``) and the sample tables from :mod:`ahba_app.samples` whose
+index (``sample_id``, repeated for mirrored copies) selects the columns.
+
+How it computes: probes are sorted by gene once, and genes with the same number of probes are
+laid side by side, so each gene size is one (genes, probes, samples) stack and every statistic
+(means, variances, within-gene correlations, per-gene PCA via batched ``eigh``) is a few array
+operations per size; per-gene argmax is one ``np.lexsort``; Spearman correlations reuse one
+argsort per donor for every pair of donors. Data are read from the (float32) source matrix in
+chunks of about 16 MB and accumulated in float64, so the full matrix is never copied, in float64
+or otherwise; only the chosen probes are gathered for the output.
+
+Ties between probes of a gene go to the probe listed first in the probe table (the reannotated
+table is sorted by probe id), as abagen's ``idxmax``/``argmax`` do.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from .samples import _annotation, _matrix, _probes_by_samples, _read, _row_chunks
+
+__all__ = [
+    "AGGREGATE_ONLY",
+    "COLLAPSE_METHODS",
+    "DONOR_PROBES",
+    "SELECTION_ALIASES",
+    "SELECTION_METHODS",
+    "check_donor_probes",
+    "check_ibf_threshold",
+    "check_probe_selection",
+    "collapse_probes",
+    "count_probes",
+    "filter_probes",
+    "prepare_probes",
+    "probe_summary",
+    "reannotate_probes",
+]
+
+# float64 values per working chunk (16 MB): chunks are read from the source matrix as needed,
+# so no full float64 (or even full gathered float32) copy of the data is ever made
+_CHUNK = 1 << 21
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+# ---------------------------------------------------------------------------------------------
+def check_probe_selection(method) -> str:
+    """The canonical name of a probe selection method (aliases resolved); ValueError if unknown."""
+    name = SELECTION_ALIASES.get(method, method) if isinstance(method, str) else method
+    if name not in SELECTION_METHODS:
+        choices = list(SELECTION_METHODS) + list(SELECTION_ALIASES)
+        raise ValueError(f"Unknown probe_selection {method!r}: choose one of {choices}.")
+    return name
+
+
+def check_donor_probes(donor_probes, method: str = "diff_stability") -> str:
+    """Validate ``donor_probes``; methods of :data:`AGGREGATE_ONLY` force 'aggregate' (warning)."""
+    if donor_probes not in DONOR_PROBES:
+        raise ValueError(f"Unknown donor_probes {donor_probes!r}: choose one of "
+                         f"{list(DONOR_PROBES)}.")
+    method = check_probe_selection(method)
+    if method in AGGREGATE_ONLY and donor_probes != "aggregate":
+        warnings.warn(f"probe_selection={method!r} works on all donors together: "
+                      f"donor_probes={donor_probes!r} is replaced by 'aggregate' (as abagen "
+                      "does).", UserWarning, stacklevel=2)
+        return "aggregate"
+    return donor_probes
+
+
+def check_ibf_threshold(threshold) -> float:
+    """Validate the intensity filter threshold: a share of samples in [0, 1]."""
+    ok = (not isinstance(threshold, (bool, np.bool_))
+          and isinstance(threshold, (int, float, np.number)) and 0 <= threshold <= 1)
+    if not ok:
+        raise ValueError(f"ibf_threshold must be a share of samples between 0 and 1, got "
+                         f"{threshold!r}.")
+    return float(threshold)
+
+
+# ---------------------------------------------------------------------------------------------
+# probe table
+# ---------------------------------------------------------------------------------------------
+def reannotate_probes(probes, table: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Gene assignments of Arnatkeviciute et al. (2019) for the probes of ``probes``.
+
+    Parameters
+    ----------
+    probes : DataFrame or path
+        Probes.csv (index ``probe_id``, with a ``probe_name`` column).
+    table : DataFrame, optional
+        Reannotation table (``probe_name, gene_symbol, entrez_id``); defaults to the bundled one
+        (:func:`ahba_app.datasets.load_reannotated`).
+
+    Returns
+    -------
+    DataFrame
+        Index ``probe_id`` (sorted), columns ``probe_name, gene_symbol, entrez_id`` (int64).
+        Table rows without an Entrez id, or whose probe is not in ``probes``, are left out
+        (abagen crashes on the latter).
+    """
+    probes = _read(probes, "read_probes")
+    if table is None:
+        from .datasets import load_reannotated
+
+        table = load_reannotated()
+    names = pd.Index(probes["probe_name"])
+    first = ~names.duplicated()
+    pos = pd.Index(names[first]).get_indexer(table["probe_name"])
+    entrez = pd.to_numeric(table["entrez_id"], errors="coerce")
+    keep = (pos >= 0) & entrez.notna().to_numpy()
+    ids = probes.index.to_numpy()[np.flatnonzero(first)[pos[keep]]]
+    out = pd.DataFrame({"probe_name": table["probe_name"].to_numpy()[keep],
+                        "gene_symbol": table["gene_symbol"].to_numpy()[keep],
+                        "entrez_id": entrez.to_numpy()[keep].astype(np.int64)},
+                       index=pd.Index(ids, name="probe_id"))
+    return out.sort_index(kind="stable")
+
+
+def prepare_probes(probes, reannotated: bool = True) -> pd.DataFrame:
+    """The probe table the pipeline uses: reannotated (default) or Probes.csv, with Entrez ids."""
+    probes = _read(probes, "read_probes")
+    if reannotated:
+        return reannotate_probes(probes)
+    return probes.loc[probes["entrez_id"].notna().to_numpy()]
+
+
+def count_probes(probes: pd.DataFrame) -> dict:
+    """Numbers of probes and of distinct gene symbols in a probe table."""
+    return {"n_probes": len(probes), "n_genes": int(probes["gene_symbol"].nunique())}
+
+
+def probe_summary(steps: Mapping[str, pd.DataFrame | Mapping]) -> pd.DataFrame:
+    """Tidy table ``step, n_probes, n_genes`` from probe tables (or count dicts) named by step.
+
+    For instance ``{'Probes.csv': raw, 'reannotated': prepared, 'intensity filter':
+    filtered}``; a dict value (``{'n_probes': .., 'n_genes': ..}``) is taken as is, e.g. the
+    counts after selection.
+    """
+    rows = []
+    for step, value in steps.items():
+        counts = dict(value) if isinstance(value, Mapping) else count_probes(value)
+        rows.append({"step": step, **counts})
+    return pd.DataFrame(rows, columns=["step", "n_probes", "n_genes"])
+
+
+# ---------------------------------------------------------------------------------------------
+# intensity-based filter
+# ---------------------------------------------------------------------------------------------
+def _indexers(frame: pd.DataFrame, probe_ids, sample_ids, what: str):
+    rows = frame.index.get_indexer(probe_ids)
+    if (rows < 0).any():
+        raise ValueError(f"{int((rows < 0).sum())} probe(s) are not rows of the {what} (e.g. "
+                         f"probe_id {pd.Index(probe_ids)[rows < 0][0]!r}): check that the "
+                         "probe table and the data come from the same AHBA download.")
+    cols = frame.columns.get_indexer(sample_ids)
+    if (cols < 0).any():
+        raise ValueError(f"Sample id(s) {pd.Index(sample_ids)[cols < 0][:10].tolist()} are "
+                         f"not columns of the {what}.")
+    return rows, cols
+
+
+def filter_probes(pacall: Mapping, annotation: Mapping, probes,
+                  threshold: float = 0.5, return_share: bool = False):
+    """Keep the probes whose signal exceeds background in at least ``threshold`` of the samples.
+
+    The share is taken over the samples of every donor together, each sample counted once per
+    row of its donor's ``annotation`` (so mirrored copies count twice, as in abagen).
+
+    Parameters
+    ----------
+    pacall : dict of DataFrame or path
+        Donor -> PACall (probes x samples, boolean or 0/1).
+    annotation : dict of DataFrame
+        Donor -> sample table; its index selects the columns.
+    probes : DataFrame or path
+        Probe table (index ``probe_id``).
+    threshold : float in [0, 1]
+    return_share : bool
+        Also return the share of samples above background of every probe (Series).
+    """
+    threshold = check_ibf_threshold(threshold)
+    probes = _read(probes, "read_probes")
+    signal = np.zeros(len(probes), dtype=np.int64)
+    n_samples = 0
+    for donor, frame in pacall.items():
+        frame = _read(frame, "read_pacall")
+        if donor not in annotation:
+            raise ValueError(f"No sample table for donor {donor!r} of the PACall data.")
+        annot = _annotation(annotation[donor])
+        rows, cols = _indexers(frame, probes.index, annot.index, f"PACall of donor {donor}")
+        values = _matrix(frame)
+        for part in _row_chunks(len(rows), len(cols), 4 * _CHUNK):
+            block = _probes_by_samples(values, rows[part], cols)
+            signal[part] += block.sum(axis=1, dtype=np.int64)
+        n_samples += len(cols)
+    if n_samples == 0:
+        raise ValueError("No samples left for the intensity-based filter: every donor's sample "
+                         "table is empty.")
+    share = signal / n_samples
+    kept = probes.loc[share >= threshold]
+    if return_share:
+        return kept, pd.Series(share, index=probes.index, name="share_above_background")
+    return kept
+
+
+# ---------------------------------------------------------------------------------------------
+# genes and data blocks
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Batch:
+    """Genes with the same number of probes, stored side by side in the layout order."""
+
+    genes: np.ndarray  # gene numbers
+    offset: int        # first layout column of the batch
+    size: int          # probes per gene
+
+    @property
+    def stop(self) -> int:
+        return self.offset + len(self.genes) * self.size
+
+    def positions(self, starts: np.ndarray) -> np.ndarray:
+        """Sorted probe positions, genes x probes."""
+        return starts[self.genes][:, None] + np.arange(self.size)
+
+
+@dataclass
+class _Genes:
+    """Probes sorted by gene symbol (stable: table order within a gene), and a layout.
+
+    The layout orders the probes by the size of their gene, so that all genes with ``k``
+    probes form one contiguous run of rows that reshapes to (genes, k, samples).
+    """
+
+    symbols: np.ndarray    # (G,) sorted unique gene symbols
+    probe_ids: np.ndarray  # (P,) probe ids in sorted order
+    names: np.ndarray      # (P,) probe names or None
+    gene_of: np.ndarray    # (P,) gene number of every sorted probe
+    starts: np.ndarray     # (G,) first sorted position of each gene
+    sizes: np.ndarray      # (G,) number of probes of each gene
+    batches: list = None   # _Batch per gene size, ascending
+    layout: np.ndarray = None  # (P,) sorted positions in layout order
+
+    def __post_init__(self):
+        batches, parts, offset = [], [], 0
+        for size in np.unique(self.sizes):
+            genes = np.flatnonzero(self.sizes == size)
+            batch = _Batch(genes, offset, int(size))
+            batches.append(batch)
+            parts.append(batch.positions(self.starts).ravel())
+            offset = batch.stop
+        self.batches = batches
+        self.layout = (np.concatenate(parts) if parts else np.zeros(0, dtype=np.intp))
+
+    @classmethod
+    def from_probes(cls, probes: pd.DataFrame) -> "_Genes":
+        if "gene_symbol" not in probes.columns:
+            raise ValueError("The probe table has no gene_symbol column.")
+        symbols = probes["gene_symbol"].to_numpy(dtype=object)
+        usable = np.flatnonzero(~pd.isna(symbols))
+        # numpy strings sort by code point, as Python's (and abagen's sort_index) do
+        unique, gene_of = np.unique(symbols[usable].astype(str), return_inverse=True)
+        unique = unique.astype(object)
+        order = np.argsort(gene_of, kind="stable")
+        sizes = np.bincount(gene_of, minlength=len(unique))
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.intp)
+        names = (probes["probe_name"].to_numpy(dtype=object)[usable][order]
+                 if "probe_name" in probes.columns else np.full(len(order), None))
+        return cls(unique, probes.index.to_numpy()[usable][order], names,
+                   gene_of[order].astype(np.intp), starts, sizes.astype(np.intp))
+
+    @property
+    def n_probes(self) -> int:
+        return len(self.probe_ids)
+
+    def multi(self, min_size: int = 2) -> list:
+        return [b for b in self.batches if b.size >= min_size]
+
+    def to_sorted(self, values: np.ndarray) -> np.ndarray:
+        """Per-probe values from layout order to sorted order."""
+        out = np.empty_like(values)
+        out[self.layout] = values
+        return out
+
+
+class _Data:
+    """The per-donor data, read as probes x samples blocks (C order, input dtype)."""
+
+    def __init__(self, microarray: Mapping, annotation: Mapping, genes: _Genes):
+        missing = [d for d in microarray if d not in annotation]
+        if missing:
+            raise ValueError(f"No sample table for donor(s) {missing}: microarray and "
+                             "annotation must have the same donors.")
+        self.genes = genes
+        self.donors = list(microarray)
+        self.frames, self.rows, self.cols, self.annotation = {}, {}, {}, {}
+        for donor in self.donors:
+            frame = _read(microarray[donor], "read_microarray")
+            annot = _annotation(annotation[donor])
+            self.rows[donor], self.cols[donor] = _indexers(
+                frame, genes.probe_ids, annot.index, f"microarray of donor {donor}")
+            self.frames[donor], self.annotation[donor] = frame, annot
+
+    def block(self, donor, positions=None, sample_order=None) -> np.ndarray:
+        """Sorted probes ``positions`` (all by default) x samples (in ``sample_order``)."""
+        rows = self.rows[donor] if positions is None else self.rows[donor][positions]
+        cols = self.cols[donor] if sample_order is None else self.cols[donor][sample_order]
+        return _probes_by_samples(_matrix(self.frames[donor]), rows, cols)
+
+    def stacks(self, donor, batches):
+        """(batch, genes slice, float64 genes x probes x samples stack) over ``batches``.
+
+        Read chunk by chunk from the source matrix, so only one chunk is ever in float64.
+        """
+        n_samples = len(self.cols[donor])
+        for batch in batches:
+            for gs, rows in _gene_chunks(batch, n_samples):
+                positions = self.genes.layout[rows]
+                x = self.block(donor, positions=positions).astype(np.float64)
+                yield batch, gs, x.reshape(-1, batch.size, n_samples)
+
+    def dtype(self):
+        kinds = [_matrix(self.frames[d]).dtype for d in self.donors]
+        return np.result_type(*kinds) if kinds else np.dtype(np.float64)
+
+
+def _gene_chunks(batch: _Batch, n_samples: int):
+    """(genes slice, layout rows slice) pieces of a batch, about 16 MB of float64 each."""
+    step = max(1, _CHUNK // max(batch.size * n_samples, 1))
+    for g0 in range(0, len(batch.genes), step):
+        g1 = min(g0 + step, len(batch.genes))
+        yield slice(g0, g1), slice(batch.offset + g0 * batch.size, batch.offset + g1 * batch.size)
+
+
+def _probe_mean(stack: np.ndarray) -> np.ndarray:
+    """Mean over each gene's probes: genes x samples (explicit sums; k is small)."""
+    total = stack[:, 0].copy()
+    for a in range(1, stack.shape[1]):
+        total += stack[:, a]
+    return total / stack.shape[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# per-probe statistics
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class _Moments:
+    """Pooled sample count, probe means and centred sums of squares (sorted order), and
+    centred within-gene cross products per gene size (genes x size x size)."""
+
+    n: int
+    mean: np.ndarray
+    css: np.ndarray
+    cross: dict
+
+
+def _moments(data: _Data, donors, cross: bool) -> _Moments:
+    """Moments over the samples of ``donors`` pooled (as if their columns were concatenated).
+
+    Each donor's block is centred on its own means; blocks are combined with the exact
+    between-donor correction, so everything stays in float64 on centred data.
+    """
+    genes = data.genes
+    parts = []
+    for donor in donors:
+        n = len(data.cols[donor])
+        mean = np.zeros(genes.n_probes)
+        css = np.zeros(genes.n_probes)
+        prods = {b.size: np.zeros((len(b.genes), b.size, b.size)) for b in genes.multi()
+                 } if cross else {}
+        for batch, gs, x in data.stacks(donor, genes.batches):
+            rows = slice(batch.offset + gs.start * batch.size,
+                         batch.offset + gs.stop * batch.size)
+            m = x.mean(axis=2, keepdims=True) if n else np.zeros(x.shape[:2] + (1,))
+            x -= m
+            mean[rows] = m.ravel()
+            css[rows] = (x * x).sum(axis=2).ravel()
+            if cross and batch.size > 1:
+                prods[batch.size][gs] = np.einsum("gas,gbs->gab", x, x, optimize=True)
+        parts.append((n, mean, css, prods))
+    n_total = sum(p[0] for p in parts)
+    mean = sum(p[0] * p[1] for p in parts) / max(n_total, 1)
+    css = np.zeros(genes.n_probes)
+    prods = {}
+    for n, m, c, pr in parts:
+        shift = m - mean
+        css += c + n * shift ** 2
+        for batch in genes.multi() if cross else []:
+            s = shift[batch.offset:batch.stop].reshape(-1, batch.size)
+            term = pr[batch.size] + n * s[:, :, None] * s[:, None, :]
+            prods[batch.size] = prods[batch.size] + term if batch.size in prods else term
+    return _Moments(n_total, genes.to_sorted(mean), genes.to_sorted(css), prods)
+
+
+def _group_argmax(genes: _Genes, score: np.ndarray, nan_is_max: bool = False) -> np.ndarray:
+    """Sorted position of the best probe of every gene (-1 when none), first one on ties.
+
+    NaN scores are skipped (pandas ``idxmax``: a gene with only NaN gets -1) or, with
+    ``nan_is_max``, win (``np.argmax``).
+    """
+    score = np.asarray(score, dtype=np.float64)
+    if nan_is_max:
+        score = np.where(np.isnan(score), np.inf, score)
+    order = np.lexsort((np.arange(genes.n_probes), -score, genes.gene_of))
+    best = order[genes.starts]
+    return np.where(np.isnan(score[best]), -1, best)
+
+
+@dataclass
+class _Choice:
+    """One probe per gene: sorted positions (-1 = gene dropped) and the criterion's values."""
+
+    position: np.ndarray
+    score: np.ndarray  # (G,) criterion of the chosen probe (NaN when none)
+    criterion: str
+
+
+def _choice(genes: _Genes, score: np.ndarray, criterion: str, nan_is_max=False) -> _Choice:
+    best = _group_argmax(genes, score, nan_is_max)
+    values = np.where(best >= 0, np.asarray(score, dtype=float)[np.maximum(best, 0)], np.nan)
+    return _Choice(best, values, criterion)
+
+
+# ---------------------------------------------------------------------------------------------
+# selection methods: each takes (data, donors pooled, context) and returns a _Choice
+# ---------------------------------------------------------------------------------------------
+def _max_intensity(data: _Data, donors, **_) -> _Choice:
+    """The probe with the highest mean over all samples."""
+    return _choice(data.genes, _moments(data, donors, cross=False).mean, "mean")
+
+
+def _sd(mom: _Moments) -> np.ndarray:
+    if mom.n < 2:
+        return np.full(len(mom.css), np.nan)
+    return np.sqrt(mom.css / (mom.n - 1))
+
+
+def _max_variance(data: _Data, donors, **_) -> _Choice:
+    """The probe with the highest variance over all samples (SD with ddof=1 reported)."""
+    return _choice(data.genes, _sd(_moments(data, donors, cross=False)), "sd")
+
+
+def _correlation(data: _Data, donors, fallback: str) -> _Choice:
+    """Highest mean of (r + 1) / 2 with the gene's probes (>2 probes); ``fallback`` for 2.
+
+    Scores are compared as ``np.argmax`` does: a NaN (a constant probe) wins.
+    """
+    genes = data.genes
+    mom = _moments(data, donors, cross=True)
+    score = np.zeros(genes.n_probes)
+    for batch in genes.batches:
+        pos = batch.positions(genes.starts)
+        if batch.size == 2:
+            score[pos] = (mom.mean if fallback == "mean" else _sd(mom))[pos]
+        elif batch.size > 2:
+            prods = mom.cross[batch.size]
+            diag = np.sqrt(np.einsum("gii->gi", prods))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                corr = np.clip(prods / (diag[:, :, None] * diag[:, None, :]), -1, 1)
+            score[pos] = ((corr + 1) / 2).mean(axis=2)
+    best = _group_argmax(genes, score, nan_is_max=True)
+    report = np.where(genes.sizes[genes.gene_of] == 1, np.nan, score)
+    values = np.where(best >= 0, report[np.maximum(best, 0)], np.nan)
+    return _Choice(best, values, f"mean_corr ({'mean' if fallback == 'mean' else 'sd'} "
+                                 "with 2 probes)")
+
+
+def _corr_intensity(data: _Data, donors, **_) -> _Choice:
+    return _correlation(data, donors, "mean")
+
+
+def _corr_variance(data: _Data, donors, **_) -> _Choice:
+    return _correlation(data, donors, "variance")
+
+
+def _pc_loading(data: _Data, donors, **_) -> _Choice:
+    """The probe with the highest score on the first principal component of its gene.
+
+    For each gene the data (probes x samples) are centred on each sample's mean over the
+    gene's probes; the scores are the first left singular vector times its singular value,
+    signed so that the largest-magnitude entry of the right singular vector is positive.
+    Genes are processed as (genes, probes, samples) stacks, one per gene size.
+    """
+    genes = data.genes
+    batches = genes.multi()
+    score = np.zeros(genes.n_probes)
+    if not batches:
+        return _choice(genes, score, "pc1_score")
+
+    def centred_stacks(donor):
+        for batch, gs, x in data.stacks(donor, batches):
+            x -= _probe_mean(x)[:, None, :]
+            yield batch, gs, x
+
+    gram = {b.size: np.zeros((len(b.genes), b.size, b.size)) for b in batches}
+    for donor in donors:
+        for batch, gs, x in centred_stacks(donor):
+            gram[batch.size][gs] += np.einsum("gas,gbs->gab", x, x, optimize=True)
+
+    vectors, scale = {}, {}
+    for batch in batches:
+        values, vecs = np.linalg.eigh(gram[batch.size])
+        u = vecs[:, :, -1]
+        vectors[batch.size] = u - u.mean(axis=1, keepdims=True)
+        scale[batch.size] = np.sqrt(np.maximum(values[:, -1], 0))
+
+    # sign: that of the right singular vector's largest-magnitude entry over all samples
+    best_abs = {b.size: np.full(len(b.genes), -1.0) for b in batches}
+    sign = {b.size: np.ones(len(b.genes)) for b in batches}
+    for donor in donors:
+        for batch, gs, x in centred_stacks(donor):
+            k = batch.size
+            right = np.einsum("gas,ga->gs", x, vectors[k][gs])
+            where = np.abs(right).argmax(axis=1)
+            value = right[np.arange(len(right)), where]
+            better = np.abs(value) > best_abs[k][gs]
+            best_abs[k][gs] = np.where(better, np.abs(value), best_abs[k][gs])
+            sign[k][gs] = np.where(better, np.sign(value), sign[k][gs])
+    for batch in batches:
+        k = batch.size
+        score[batch.positions(genes.starts)] = vectors[k] * (sign[k] * scale[k])[:, None]
+    best = _group_argmax(genes, score, nan_is_max=True)
+    values = np.where((best >= 0) & (genes.sizes > 1), score[np.maximum(best, 0)], np.nan)
+    return _Choice(best, values, "pc1_score")
+
+
+def _region_order(structure_ids):
+    """Sample order grouping structures, the sorted structures, and where each group starts."""
+    sid = np.asarray(structure_ids)
+    regions, inverse = np.unique(sid, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    counts = np.bincount(inverse, minlength=len(regions))
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.intp)
+    return order, regions, starts, counts
+
+
+def _region_means(read, n_rows: int, n_samples: int, starts, counts) -> np.ndarray:
+    """Means over consecutive sample groups: rows x groups, reading rows with ``read(slice)``.
+
+    ``read`` returns rows x samples (samples already grouped). Sums run in float64 in sample
+    order, so groups holding the same samples get equal means.
+    """
+    out = np.empty((n_rows, len(starts)))
+    if n_samples == 0:
+        return out
+    for rows in _row_chunks(n_rows, n_samples, _CHUNK):
+        out[rows] = np.add.reduceat(read(rows).astype(np.float64), starts, axis=1) / counts
+    return out
+
+
+class _Ranker:
+    """Average ranks of every row of a matrix over any subset of its columns.
+
+    Rows are argsorted once; the order over a subset is the full order with the other columns
+    left out, so each subset costs a compress and a scatter (plus a tie scan of the rows that
+    have ties).
+    """
+
+    def __init__(self, values: np.ndarray):
+        self.values = values
+        index = np.int16 if values.shape[1] < np.iinfo(np.int16).max else np.intp
+        self.order = np.argsort(values, axis=1, kind="stable").astype(index)
+
+    def ranks(self, columns: np.ndarray) -> np.ndarray:
+        n_rows, n_cols = self.values.shape
+        k = len(columns)
+        out = np.empty((n_rows, k))
+        if k == 0:
+            return out
+        member = np.zeros(n_cols, dtype=bool)
+        member[columns] = True
+        where = np.full(n_cols, -1, dtype=self.order.dtype)
+        where[columns] = np.arange(k)
+        order = self.order[member[self.order]].reshape(n_rows, k)
+        ordered = np.take_along_axis(self.values, order, axis=1)
+        ranks = np.broadcast_to(np.arange(1, k + 1, dtype=np.float64), (n_rows, k))
+        same = ordered[:, 1:] == ordered[:, :-1]  # tie with the previous value
+        tied = same.any(axis=1)
+        if tied.any():
+            ranks = ranks.copy()
+            ranks[tied] = _tie_average(same[tied])
+        np.put_along_axis(out, where[order], ranks, axis=1)
+        return out
+
+
+def _tie_average(same: np.ndarray) -> np.ndarray:
+    """1-based average ranks of sorted rows, given where a value equals the previous one.
+
+    Each run of equal values gets the mean of its first and last position.
+    """
+    n_rows, k = same.shape[0], same.shape[1] + 1
+    index = np.int16 if k < np.iinfo(np.int16).max else np.intp
+    pos = np.arange(k, dtype=index)
+    first = np.empty((n_rows, k), dtype=index)
+    first[:, 0] = 0
+    first[:, 1:] = np.where(same, 0, pos[1:])
+    np.maximum.accumulate(first, axis=1, out=first)
+    last = np.empty((n_rows, k), dtype=index)
+    last[:, -1] = k - 1
+    last[:, :-1] = np.where(same, k - 1, pos[:-1])
+    last = np.minimum.accumulate(last[:, ::-1], axis=1)[:, ::-1]
+    return (first + last.astype(np.float64)) / 2 + 1
+
+
+def _row_corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson correlation of matching rows (NaN when a row is constant or too short)."""
+    if a.shape[1] == 0:
+        return np.full(a.shape[0], np.nan)
+    a = a - a.mean(axis=1, keepdims=True)
+    b = b - b.mean(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (a * b).sum(axis=1) / np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
+
+
+def _donor_regions(data: _Data, donor) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted structure ids of a donor's samples and the probes x structures mean expression."""
+    order, regions, starts, counts = _region_order(data.annotation[donor]["structure_id"])
+    positions = np.arange(data.genes.n_probes)
+
+    def read(rows):
+        return data.block(donor, positions=positions[rows], sample_order=order)
+
+    return regions, _region_means(read, len(positions), len(order), starts, counts)
+
+
+def _diff_stability(data: _Data, donors, **_) -> _Choice:
+    """The probe whose regional pattern agrees best between donors (differential stability).
+
+    For every pair of donors, each probe's mean expression per structure is Spearman-correlated
+    over the structures both donors sampled; the correlations are averaged over pairs.
+    """
+    if len(donors) < 2:
+        raise ValueError("probe_selection='diff_stability' needs at least two donors; got "
+                         f"{list(donors)}. Use more donors or another method.")
+    regions, rankers = {}, {}
+    for donor in donors:
+        regions[donor], means = _donor_regions(data, donor)
+        rankers[donor] = _Ranker(means)
+    pairs = [(a, b) for i, a in enumerate(donors) for b in donors[i + 1:]]
+    corr = np.empty((data.genes.n_probes, len(pairs)))
+    for n, (a, b) in enumerate(pairs):
+        _, ia, ib = np.intersect1d(regions[a], regions[b], return_indices=True)
+        corr[:, n] = _row_corr(rankers[a].ranks(ia), rankers[b].ranks(ib))
+    return _choice(data.genes, corr.mean(axis=1), "diff_stability")
+
+
+def _rnaseq_donors(rnaseq: Mapping, donors) -> list:
+    """(RNA-seq key, microarray key) for the donors with both, in donor-number order."""
+    from .datasets import RNASEQ_DONORS, check_donors
+
+    by_id = {}
+    for key in donors:
+        try:
+            by_id[check_donors(key)[0]] = key
+        except ValueError:
+            continue
+    pairs = []
+    for key in rnaseq:
+        donor_id = check_donors(key, valid=RNASEQ_DONORS)[0]  # ValueError for others
+        if donor_id in by_id:
+            pairs.append((int(donor_id), key, by_id[donor_id]))
+    return [(rkey, mkey) for _, rkey, mkey in sorted(pairs)]
+
+
+def _rnaseq(data: _Data, donors, rnaseq: Mapping | None = None, **_) -> _Choice:
+    """The probe whose regional pattern best matches RNA-seq of its gene (donors 9861, 10021).
+
+    For each donor with RNA-seq data, mean microarray expression per structure is
+    Spearman-correlated with mean TPM per structure over the structures both sampled (genes with
+    constant TPM are left out); correlations are averaged over those donors.
+    """
+    from .datasets import RNASEQ_DONORS
+
+    if rnaseq is None:
+        raise ValueError("probe_selection='rnaseq' needs the RNA-seq data of donors "
+                         f"{list(RNASEQ_DONORS)}: pass rnaseq={{donor: {{'tpm': ..., "
+                         "'annotation': ...}}}} (see ahba_app.fetch.fetch_rnaseq).")
+    pairs = _rnaseq_donors(rnaseq, donors)
+    if not pairs:
+        raise ValueError(f"probe_selection='rnaseq' needs a donor with RNA-seq data among the "
+                         f"selected donors {list(donors)}: only {list(RNASEQ_DONORS)} have it "
+                         f"(RNA-seq given for {list(rnaseq)}).")
+    genes = data.genes
+    corr = np.full((genes.n_probes, len(pairs)), np.nan)
+    for n, (rkey, donor) in enumerate(pairs):
+        tpm = _read(rnaseq[rkey]["tpm"], "read_tpm")
+        annot = _annotation(rnaseq[rkey]["annotation"])
+        if tpm.shape[1] != len(annot):
+            raise ValueError(f"RNA-seq of donor {rkey}: the TPM table has {tpm.shape[1]} "
+                             f"samples but its sample table {len(annot)}.")
+        unique_rows = np.flatnonzero(~pd.Index(tpm.index).duplicated())
+        order, rna_regions, starts, counts = _region_order(annot["structure_id"])
+        values = _matrix(tpm)
+        rna = _region_means(lambda rows: _probes_by_samples(values, unique_rows[rows], order),
+                            len(unique_rows), len(order), starts, counts)
+        rna_genes = tpm.index.to_numpy(dtype=object)[unique_rows]
+        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            varying = ~np.isclose(np.std(rna, axis=1, ddof=1), 0)
+        rna, rna_genes = rna[varying], rna_genes[varying]
+        micro_regions, micro = _donor_regions(data, donor)
+        _, im, ir = np.intersect1d(micro_regions, rna_regions, return_indices=True)
+        gene_row = pd.Index(rna_genes).get_indexer(genes.symbols[genes.gene_of])
+        mask = gene_row >= 0
+        rna_ranks = _Ranker(rna).ranks(ir)
+        micro_ranks = _Ranker(micro[mask]).ranks(im)
+        corr[mask, n] = _row_corr(micro_ranks, rna_ranks[gene_row[mask]])
+    valid = ~np.isnan(corr)
+    counts = valid.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        score = np.where(counts > 0, np.where(valid, corr, 0).sum(axis=1) / counts, np.nan)
+    return _choice(genes, score, "rnaseq_corr")
+
+
+def _average(data: _Data, donors=None, **_) -> dict:
+    """Mean over the probes of each gene, per donor and sample (float64 sums).
+
+    Unlike the other methods this collapses probes: it returns the per-donor frames.
+    """
+    genes = data.genes
+    dtype = data.dtype()
+    columns = pd.Index(genes.symbols, name="gene_symbol", dtype=object)
+    out = {}
+    for donor in data.donors if donors is None else donors:
+        means = np.empty((len(genes.symbols), len(data.cols[donor])), dtype=dtype)
+        for batch, gs, x in data.stacks(donor, genes.batches):
+            means[batch.genes[gs]] = _probe_mean(x)
+        out[donor] = pd.DataFrame(means.T, index=data.annotation[donor].index,
+                                  columns=columns, copy=False)
+    return out
+
+
+#: probe_selection name -> method, called as ``method(data, donors, **context)``. Selecting
+#: methods return the chosen probe of every gene for ``donors`` pooled together; the methods of
+#: :data:`COLLAPSE_METHODS` return the per-donor samples x genes frames themselves.
+SELECTION_METHODS: dict[str, Callable] = {
+    "average": _average,
+    "max_intensity": _max_intensity,
+    "max_variance": _max_variance,
+    "pc_loading": _pc_loading,
+    "corr_intensity": _corr_intensity,
+    "corr_variance": _corr_variance,
+    "diff_stability": _diff_stability,
+    "rnaseq": _rnaseq,
+}
+#: Other accepted names for the methods above.
+SELECTION_ALIASES: dict[str, str] = {"mean": "average"}
+#: Methods that only work on all donors together (donor_probes is forced to 'aggregate').
+AGGREGATE_ONLY = ("average", "diff_stability", "rnaseq")
+#: Methods that combine all probes of a gene instead of choosing one.
+COLLAPSE_METHODS = ("average",)
+
+
+# ---------------------------------------------------------------------------------------------
+# donor_probes modes: each returns {donor: _Choice}
+# ---------------------------------------------------------------------------------------------
+def _aggregate(data: _Data, method: Callable, **kwargs) -> dict:
+    """One choice for all donors, computed on their samples pooled."""
+    choice = method(data, data.donors, **kwargs)
+    return {"all": choice}
+
+
+def _independent(data: _Data, method: Callable, **kwargs) -> dict:
+    """A separate choice for every donor, on its own samples."""
+    return {donor: method(data, [donor], **kwargs) for donor in data.donors}
+
+
+def _common(data: _Data, method: Callable, **kwargs) -> dict:
+    """Every donor chooses on its own samples; the probe chosen most often wins.
+
+    Ties go to the smallest probe id (abagen takes ``scipy.stats.mode``). Donors that chose
+    nothing for a gene do not vote; a gene nobody chose is dropped.
+    """
+    genes = data.genes
+    own = [method(data, [donor], **kwargs).position for donor in data.donors]
+    chosen = np.vstack(own)  # donors x genes, sorted positions or -1
+    valid = chosen >= 0
+    ids = np.where(valid, genes.probe_ids[np.maximum(chosen, 0)], 0)
+    votes = ((ids[:, None, :] == ids[None, :, :]) & valid[None, :, :]).sum(axis=1)
+    best = np.full(chosen.shape[1], -1)
+    best_id = np.zeros(chosen.shape[1], dtype=ids.dtype)
+    best_votes = np.zeros(chosen.shape[1], dtype=int)
+    for d in range(chosen.shape[0]):  # a handful of donors
+        better = valid[d] & ((votes[d] > best_votes)
+                             | ((votes[d] == best_votes) & (ids[d] < best_id)))
+        best = np.where(better, chosen[d], best)
+        best_id = np.where(better, ids[d], best_id)
+        best_votes = np.where(better, votes[d], best_votes)
+    return {"all": _Choice(best, np.where(best >= 0, best_votes, np.nan).astype(float),
+                           "votes")}
+
+
+#: donor_probes name -> how the selection is applied across donors.
+DONOR_PROBES: dict[str, Callable] = {
+    "aggregate": _aggregate,
+    "independent": _independent,
+    "common": _common,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# the stage
+# ---------------------------------------------------------------------------------------------
+def _gene_columns(genes: _Genes, which: np.ndarray) -> pd.Index:
+    return pd.Index(genes.symbols[which], name="gene_symbol", dtype=object)
+
+
+def collapse_probes(microarray: Mapping, annotation: Mapping, probes,
+                    method: str = "diff_stability", donor_probes: str = "aggregate",
+                    rnaseq: Mapping | None = None, return_info: bool = False):
+    """Reduce every donor's probes x samples data to samples x genes.
+
+    Parameters
+    ----------
+    microarray : dict of DataFrame or path
+        Donor -> MicroarrayExpression (probes x samples; float32 is fine and kept).
+    annotation : dict of DataFrame
+        Donor -> sample table; its index (``sample_id``, may repeat) selects and orders the
+        samples, and ``structure_id`` defines the regions of 'diff_stability' and 'rnaseq'.
+    probes : DataFrame or path
+        Probes to use (index ``probe_id``, column ``gene_symbol``), normally the output of
+        :func:`filter_probes`. Within a gene, ties go to the probe listed first.
+    method : str
+        A key of :data:`SELECTION_METHODS` or :data:`SELECTION_ALIASES`.
+    donor_probes : {'aggregate', 'independent', 'common'}
+        See :data:`DONOR_PROBES`; methods of :data:`AGGREGATE_ONLY` force 'aggregate' with a
+        warning.
+    rnaseq : dict, optional
+        For method 'rnaseq': donor -> {'tpm': RNAseqTPM frame or path, 'annotation':
+        SampleAnnot frame or path} for donors 9861 and/or 10021.
+    return_info : bool
+        Also return a tidy table of the selection: one row per donor ('all' when shared) and
+        gene with ``probe_id``, ``probe_name``, ``n_probes`` (the gene's candidates),
+        ``criterion`` and ``score`` (the chosen probe's value: differential stability, mean,
+        SD, correlation, PC1 score, RNA-seq correlation, or number of donor votes).
+
+    Returns
+    -------
+    dict of DataFrame
+        Donor -> samples x genes (index as ``annotation``'s, columns ``gene_symbol`` sorted),
+        in the microarray's dtype.
+    """
+    method = check_probe_selection(method)
+    donor_probes = check_donor_probes(donor_probes, method)
+    probes = _read(probes, "read_probes")
+    genes = _Genes.from_probes(probes)
+    data = _Data(microarray, annotation, genes)
+
+    if method in COLLAPSE_METHODS:
+        out = SELECTION_METHODS[method](data, data.donors)
+        if not return_info:
+            return out
+        info = pd.DataFrame({"donor": "all", "gene_symbol": genes.symbols,
+                             "probe_id": pd.array([pd.NA] * len(genes.symbols), dtype="Int64"),
+                             "probe_name": None, "n_probes": genes.sizes,
+                             "criterion": method, "score": np.nan})
+        return out, info
+
+    choices = DONOR_PROBES[donor_probes](data, SELECTION_METHODS[method], rnaseq=rnaseq)
+    dtype = data.dtype()
+    out = {}
+    for donor in data.donors:
+        choice = choices.get(donor, choices.get("all"))
+        which = np.flatnonzero(choice.position >= 0)
+        values = data.block(donor, positions=choice.position[which])
+        out[donor] = pd.DataFrame(values.astype(dtype, copy=False).T,
+                                  index=data.annotation[donor].index,
+                                  columns=_gene_columns(genes, which), copy=False)
+    if not return_info:
+        return out
+    rows = []
+    for key, choice in choices.items():
+        which = np.flatnonzero(choice.position >= 0)
+        pos = choice.position[which]
+        rows.append(pd.DataFrame({
+            "donor": str(key), "gene_symbol": genes.symbols[which],
+            "probe_id": pd.array(genes.probe_ids[pos], dtype="Int64"),
+            "probe_name": genes.names[pos], "n_probes": genes.sizes[which],
+            "criterion": choice.criterion, "score": choice.score[which]}))
+    return out, pd.concat(rows, ignore_index=True)
