@@ -1,0 +1,198 @@
+"""The Python API: abagen's workflow functions, same names, parameters, defaults and returns.
+
+A script written for abagen 0.1.3 runs unchanged after ``import ahba_app as abagen``. Each
+function here only checks its arguments and calls :mod:`ahba_app.pipeline`, the same stages the
+Nipype workflow runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from . import pipeline
+
+LGR = logging.getLogger("ahba_app")
+
+_VERBOSITY = {0: logging.WARNING, 1: logging.INFO}
+
+
+def _set_verbosity(verbose) -> None:
+    LGR.setLevel(_VERBOSITY.get(int(verbose), logging.DEBUG))
+
+
+def _settings(*, ibf_threshold, probe_selection, donor_probes, sim_threshold, lr_mirror, exact,
+              missing, tolerance, sample_norm, gene_norm, norm_matched, norm_structures,
+              region_agg, agg_metric, corrected_mni, reannotated, donors,
+              stability_threshold) -> pipeline.Settings:
+    if isinstance(lr_mirror, bool):  # abagen < 0.1 took a boolean
+        warnings.warn("lr_mirror=True/False is deprecated: use 'bidirectional' or None.",
+                      FutureWarning, stacklevel=3)
+        lr_mirror = "bidirectional" if lr_mirror else None
+    if exact is not None:  # abagen < 0.1's name for "missing"
+        warnings.warn("exact= is deprecated: use missing=None (exact=True) or "
+                      "missing='centroids' (exact=False).", FutureWarning, stacklevel=3)
+        missing = None if exact else "centroids"
+    return pipeline.Settings(
+        ibf_threshold=ibf_threshold, probe_selection=probe_selection, donor_probes=donor_probes,
+        sim_threshold=sim_threshold, lr_mirror=lr_mirror, missing=missing, tolerance=tolerance,
+        sample_norm=sample_norm, gene_norm=gene_norm, norm_matched=norm_matched,
+        norm_structures=norm_structures, region_agg=region_agg, agg_metric=agg_metric,
+        corrected_mni=corrected_mni, reannotated=reannotated, donors=donors,
+        stability_threshold=stability_threshold)
+
+
+def get_expression_data(atlas, atlas_info=None, *, ibf_threshold=0.5,
+                        probe_selection="diff_stability", donor_probes="aggregate",
+                        sim_threshold=None, lr_mirror=None, exact=None, missing=None,
+                        tolerance=2, sample_norm="srs", gene_norm="srs", norm_matched=True,
+                        norm_structures=False, region_agg="donors", agg_metric="mean",
+                        corrected_mni=True, reannotated=True, return_counts=False,
+                        return_donors=False, return_report=False, donors="all", data_dir=None,
+                        verbose=0, n_proc=1, stability_threshold=None):
+    """Region x gene AHBA expression for ``atlas`` (abagen.get_expression_data's contract).
+
+    Parameters are abagen 0.1.3's (see its documentation or ``ahba-app --help``), plus
+    ``stability_threshold``: drop genes whose differential stability across donors is below it.
+
+    Returns
+    -------
+    expression : DataFrame (regions x genes), or a list of them with ``return_donors``
+    counts : DataFrame (regions x donors), with ``return_counts``
+    report : str, our methods text, with ``return_report``
+    """
+    _set_verbosity(verbose)
+    if region_agg == "samples" and return_donors:
+        raise ValueError("return_donors=True needs region_agg='donors': with region_agg="
+                         "'samples' the donors' samples are pooled, so no per-donor table "
+                         "exists.")
+    settings = _settings(ibf_threshold=ibf_threshold, probe_selection=probe_selection,
+                         donor_probes=donor_probes, sim_threshold=sim_threshold,
+                         lr_mirror=lr_mirror, exact=exact, missing=missing, tolerance=tolerance,
+                         sample_norm=sample_norm, gene_norm=gene_norm, norm_matched=norm_matched,
+                         norm_structures=norm_structures, region_agg=region_agg,
+                         agg_metric=agg_metric, corrected_mni=corrected_mni,
+                         reannotated=reannotated, donors=donors,
+                         stability_threshold=stability_threshold)
+    result = pipeline.run(atlas, atlas_info, settings=settings, data_dir=data_dir, n_proc=n_proc,
+                          verbose=verbose, return_donors=return_donors)
+    expression = result.expression
+    if return_donors and isinstance(expression, dict):
+        expression = list(expression.values())
+    out = (expression,)
+    if return_counts:
+        out += (result.counts,)
+    if return_report:
+        out += (report_text(atlas, atlas_info, result),)
+    return out[0] if len(out) == 1 else out
+
+
+def report_text(atlas, atlas_info, result: pipeline.PipelineResult) -> str:
+    """Our methods text (ahba_app.report, CC0) for a finished run."""
+    from .report import methods_text
+
+    params = dict(result.settings.as_dict(), atlas=describe_atlas(atlas, atlas_info, result))
+    return methods_text(params, result.summary)
+
+
+def describe_atlas(atlas, atlas_info, result: pipeline.PipelineResult) -> dict:
+    """What the methods text says about the atlas: kind, regions, whether info constrained it."""
+    surface = isinstance(atlas, (tuple, list)) or (
+        isinstance(atlas, dict) and isinstance(next(iter(atlas.values())), (tuple, list)))
+    kind = "donor-native" if not result.group_atlas else ("surface" if surface else "volumetric")
+    return {"kind": kind, "native_kind": "surface" if surface else "volumetric",
+            "space": "fsaverage5" if surface else "MNI152NLin6Asym",
+            "n_regions": len(result.counts), "has_info": atlas_info is not None or surface}
+
+
+def _all_sample_mask(data_dir, donors, corrected_mni) -> nib.Nifti1Image:
+    """A box of ones, 1 mm voxels, holding every sample's coordinate (abagen's mask=None)."""
+    from . import samples
+    from .fetch import find_microarray
+
+    files = find_microarray(data_dir, donors)
+    coords = pd.concat([samples.update_coords(f["annotation"], corrected_mni=corrected_mni)
+                        for f in files.values()])[["mni_x", "mni_y", "mni_z"]].to_numpy()
+    half = np.floor(np.abs(coords).max(axis=0))
+    affine = np.eye(4)
+    affine[:3, 3] = -half
+    return nib.Nifti1Image(np.ones((2 * half).astype(int), dtype=np.uint8), affine)
+
+
+def get_samples_in_mask(mask=None, **kwargs):
+    """Sample-level expression of the samples inside ``mask`` (abagen's contract).
+
+    Returns ``(expression, coords)``: samples x genes indexed by ``well_id`` and their MNI
+    coordinates (x, y, z). ``kwargs`` are get_expression_data's; atlas_info, region_agg and
+    agg_metric are ignored and norm_matched defaults to False.
+    """
+    _set_verbosity(kwargs.get("verbose", 0))
+    if mask is None:
+        mask = kwargs.get("atlas")
+    for ignored in ("atlas", "atlas_info", "region_agg", "agg_metric", "return_counts",
+                    "return_report"):
+        kwargs.pop(ignored, None)
+    kwargs.setdefault("norm_matched", False)
+    return_donors = kwargs.pop("return_donors", False)
+    data_dir, n_proc = kwargs.pop("data_dir", None), kwargs.pop("n_proc", 1)
+    verbose = kwargs.pop("verbose", 0)
+    settings = _settings(**{**_DEFAULTS, **kwargs})
+    if mask is None:
+        mask = _all_sample_mask(data_dir, settings.donors, settings.corrected_mni)
+    result = pipeline.run(mask, None, settings=settings, data_dir=data_dir, n_proc=n_proc,
+                          verbose=verbose, aggregate=False)
+    frames, coords = {}, {}
+    for donor, frame in result.expression.items():
+        annotation = result.annotations[donor]
+        inside = result.labels[donor] != 0
+        well = pd.Index(annotation["well_id"].to_numpy()[inside], name="well_id")
+        frames[donor] = frame.iloc[np.flatnonzero(inside)].set_axis(well, axis=0) \
+                             .dropna(axis=1, how="any")
+        xyz = annotation[["mni_x", "mni_y", "mni_z"]].to_numpy()[inside]
+        coords[donor] = pd.DataFrame(xyz, index=well, columns=["x", "y", "z"])
+    if return_donors:
+        return frames, coords
+    return pd.concat(frames.values()).dropna(axis=1, how="any"), pd.concat(coords.values())
+
+
+_DEFAULTS = dict(ibf_threshold=0.5, probe_selection="diff_stability", donor_probes="aggregate",
+                 sim_threshold=None, lr_mirror=None, exact=None, missing=None, tolerance=2,
+                 sample_norm="srs", gene_norm="srs", norm_matched=True, norm_structures=False,
+                 region_agg="donors", agg_metric="mean", corrected_mni=True, reannotated=True,
+                 donors="all", stability_threshold=None)
+
+
+def get_interpolated_map(genes, mask, n_neighbors=10, **kwargs):
+    """Dense maps of ``genes`` over ``mask`` by inverse-distance k-nearest-neighbour averaging.
+
+    Every sample in the brain is used (``lr_mirror`` defaults to 'bidirectional',
+    ``norm_matched`` to False). Returns ``{gene: array in the mask's shape}``.
+    """
+    from .atlas import check_atlas
+    from .matching import inverse_distance_weights
+
+    genes = [genes] if isinstance(genes, str) else list(genes)
+    mask = check_atlas(mask)
+    kwargs.pop("atlas", None)
+    kwargs.setdefault("lr_mirror", "bidirectional")
+    expression, coords = get_samples_in_mask(mask=None, **kwargs)
+    unknown = [g for g in genes if g not in expression.columns]
+    if unknown:
+        raise ValueError(f"Genes not in the processed expression data: {unknown[:10]}.")
+    from scipy.spatial import cKDTree
+
+    dist, idx = cKDTree(coords.to_numpy()).query(mask.coords, k=n_neighbors)
+    weights = inverse_distance_weights(dist)
+    values = expression[genes].to_numpy()
+    dense = np.einsum("nk,nkg->ng", weights, values[idx]) / weights.sum(axis=1, keepdims=True)
+    shape = mask._shape
+    out = {}
+    for column, gene in enumerate(genes):
+        image = np.zeros(shape)
+        image[mask._nz] = dense[:, column]
+        out[gene] = image
+    return out

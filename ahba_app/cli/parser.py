@@ -1,0 +1,280 @@
+"""The command line of the ahba-app BIDS App (argument parsing only: no Nipype, no I/O).
+
+``ahba-app INPUT_DIR OUTPUT_DIR {participant,group} [options]``. Every processing option of
+abagen's command line is accepted under the same names, in dash and underscore spellings; choices
+come from the method registries of the stage modules. Processing options are absent from the
+parsed namespace unless given (``argparse.SUPPRESS``), so that :func:`resolve_parameters` can
+tell an explicit option (even ``none``) from a default: explicit options override the
+``--preset``, which overrides abagen's defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from .._version import __version__
+from .presets import PARAMETERS, Preset, available_presets, load_preset
+
+__all__ = ["DEFAULTS", "get_parser", "parse_args", "resolve_parameters", "choices"]
+
+#: abagen 0.1.3's defaults (and ahba-app's for its extension).
+DEFAULTS = dict(
+    ibf_threshold=0.5, probe_selection="diff_stability", donor_probes="aggregate",
+    sim_threshold=None, lr_mirror=None, missing=None, tolerance=2.0, sample_norm="srs",
+    gene_norm="srs", norm_matched=True, norm_structures=False, region_agg="donors",
+    agg_metric="mean", corrected_mni=True, reannotated=True, donors="all",
+    stability_threshold=None,
+)
+
+_NONE = ("none", "None")
+
+
+def choices() -> dict[str, list]:
+    """Allowed values of the options with a fixed set, read from the method registries."""
+    from .. import aggregate, matching, normalize, probes, samples
+
+    norms = [m for m in normalize.METHODS if m not in normalize.ACROSS_DONORS]
+    return {
+        "probe_selection": list(probes.SELECTION_METHODS) + list(probes.SELECTION_ALIASES),
+        "donor_probes": list(probes.DONOR_PROBES),
+        "lr_mirror": list(samples.MIRROR_METHODS) + list(_NONE),
+        "missing": [m for m in matching.MISSING_METHODS if m is not None] + list(_NONE),
+        "sample_norm": norms + list(normalize.ALIASES) + list(_NONE),
+        "gene_norm": norms + list(normalize.ALIASES) + list(_NONE),
+        "region_agg": list(aggregate.REGION_AGGS),
+        "agg_metric": list(aggregate.AGG_METRICS),
+    }
+
+
+def _shown(values) -> str:
+    """Choices for a help text, 'None' (an alias of 'none') left out."""
+    return ", ".join(v for v in values if v != "None")
+
+
+def _none_or(kind):
+    """An argparse type: ``none``/``None`` gives None, anything else ``kind(value)``."""
+    def convert(value: str):
+        if value in _NONE:
+            return None
+        try:
+            return kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number or 'none', got {value!r}")
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def _number(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+
+
+def _none_string(value: str):
+    return None if value in _NONE else value
+
+
+def _path(value: str) -> Path:
+    return Path(os.path.abspath(os.path.expanduser(value)))
+
+
+def _label(value: str) -> str:
+    """A donor given as ``9861``, ``sub-9861`` or a uid (``H0351.2001``)."""
+    return value[4:] if value.startswith("sub-") else value
+
+
+class _Choices(list):
+    """A choice list that also accepts None (from ``none``) without listing it twice."""
+
+    def __contains__(self, item):
+        return item is None or super().__contains__(item)
+
+
+def get_parser() -> argparse.ArgumentParser:
+    """The argparse parser of ``ahba-app``."""
+    opts = choices()
+    parser = argparse.ArgumentParser(
+        prog="ahba-app",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Region x gene tables of Allen Human Brain Atlas microarray expression for every "
+            "atlas (parcellation) of a BIDS atlas dataset.\n\n"
+            "The AHBA donors are the participants: the 'participant' level writes, for each "
+            "donor, the normalized expression of every tissue sample with the region it was "
+            "matched to (sub-<donor>/...); the 'group' level writes region x gene tables "
+            "aggregated across donors, with sample counts, the probe chosen for each gene, a "
+            "sidecar listing every parameter, an HTML report and CITATION.md."),
+        epilog=(f"Presets: {', '.join(available_presets())} (or the path of a TOML file).\n"
+                "Explicit options override the preset's values."),
+    )
+    parser.add_argument("input_dir", metavar="INPUT_DIR", type=_path,
+                        help="BIDS atlas dataset: dseg images (NIfTI, GIFTI hemi-L/hemi-R "
+                             "pairs, CIFTI dlabel) with their _dseg.tsv; donor-native atlases "
+                             "under sub-<donor>/. Without any, the bundled Desikan-Killiany "
+                             "atlas is used.")
+    parser.add_argument("output_dir", metavar="OUTPUT_DIR", type=_path,
+                        help="Where the derivatives are written.")
+    parser.add_argument("analysis_level", choices=["participant", "group"],
+                        help="'participant': per-donor sample-level tables; 'group': region x "
+                             "gene tables aggregated across donors.")
+    parser.add_argument("--version", action="version", version=f"ahba-app {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="More messages (repeat for more); errors show a traceback.")
+
+    g = parser.add_argument_group("Selecting inputs")
+    g.add_argument("--participant-label", "--participant_label", "--donors",
+                   dest="participant_label", nargs="+", metavar="DONOR", type=_label,
+                   help="AHBA donors to use (numbers such as 9861, with or without 'sub-', or "
+                        "uids such as H0351.2001; 'all' for every donor). Default: all.")
+    g.add_argument("--atlas", nargs="+", metavar="LABEL",
+                   help="Process only the atlases with these atlas- labels (e.g. Schaefer2018) "
+                        "or output names (e.g. Schaefer2018400Parcels7Networks).")
+    g.add_argument("--no-default-atlas", "--no_default_atlas", dest="default_atlas",
+                   action="store_false", default=True,
+                   help="Fail when INPUT_DIR holds no atlas instead of using the bundled "
+                        "Desikan-Killiany atlas.")
+    g.add_argument("--ahba-dir", "--ahba_dir", "--data-dir", "--data_dir", dest="ahba_dir",
+                   type=_path, metavar="PATH",
+                   help="The AHBA data folder (holding microarray/normalized_microarray_donor*"
+                        "/). Default: $AHBA_DATA, else $ABAGEN_DATA, else ~/.local/share/"
+                        "ahba-app. Missing donors are downloaded before processing starts.")
+
+    g = parser.add_argument_group("Presets")
+    g.add_argument("--preset", metavar="NAME|PATH",
+                   help=f"Start from a parameter set: {', '.join(available_presets())}, or the "
+                        "path of a TOML file. Explicit options override it.")
+    g.add_argument("--desc", metavar="LABEL",
+                   help="The desc- label of the output files. Default: the preset's name "
+                        "(letters and digits only; 'abagendefaults' without a preset) when its "
+                        "parameters are used unchanged, else 'custom'.")
+
+    g = parser.add_argument_group("Processing options (abagen's names and defaults)")
+    g.add_argument("--ibf-threshold", "--ibf_threshold", dest="ibf_threshold", type=_number,
+                   metavar="THRESHOLD",
+                   help="Keep probes above background in at least this share of all samples "
+                        "(0-1). Default: 0.5.")
+    g.add_argument("--probe-selection", "--probe_selection", dest="probe_selection",
+                   choices=opts["probe_selection"], metavar="METHOD",
+                   help=f"How one probe per gene is chosen: {', '.join(opts['probe_selection'])}."
+                        " Default: diff_stability.")
+    g.add_argument("--donor-probes", "--donor_probes", dest="donor_probes",
+                   choices=opts["donor_probes"], metavar="METHOD",
+                   help=f"Choose probes on pooled donors, per donor or by majority: "
+                        f"{', '.join(opts['donor_probes'])}. Default: aggregate.")
+    g.add_argument("--lr-mirror", "--lr_mirror", dest="lr_mirror", type=_none_string,
+                   choices=_Choices(opts["lr_mirror"]), metavar="METHOD",
+                   help=f"Copy samples across the midline: {_shown(opts['lr_mirror'])}. "
+                        "Default: none.")
+    g.add_argument("--sim-threshold", "--sim_threshold", dest="sim_threshold",
+                   type=_none_or(float), metavar="THRESHOLD",
+                   help="Drop samples whose summed correlation with the others is this many "
+                        "standard deviations below the mean ('none': keep all). Default: none.")
+    g.add_argument("--missing", dest="missing", type=_none_string,
+                   choices=_Choices(opts["missing"]), metavar="METHOD",
+                   help=f"Fill regions without samples: {_shown(opts['missing'])}. "
+                        "Default: none (rows of n/a).")
+    g.add_argument("--tolerance", "--tol", dest="tolerance", type=_number, metavar="DIST",
+                   help="Volumes: how far (mm) a sample may lie from a region. Surfaces: "
+                        "standard deviations above the mean distance (negative: mm). "
+                        "Default: 2.")
+    g.add_argument("--sample-norm", "--sample_norm", dest="sample_norm", type=_none_string,
+                   choices=_Choices(opts["sample_norm"]), metavar="METHOD",
+                   help=f"Normalization of each sample across genes: "
+                        f"{_shown(opts['sample_norm'])}. Default: srs.")
+    g.add_argument("--gene-norm", "--gene_norm", dest="gene_norm", type=_none_string,
+                   choices=_Choices(opts["gene_norm"]), metavar="METHOD",
+                   help="Normalization of each gene across samples (same choices). "
+                        "Default: srs.")
+    g.add_argument("--norm-all", "--norm_all", dest="norm_matched", action="store_const",
+                   const=False,
+                   help="Normalize genes over all samples, not only the matched ones.")
+    g.add_argument("--norm-matched", "--norm_matched", dest="norm_matched",
+                   action="store_const", const=True,
+                   help="Normalize genes over matched samples only (the default; overrides a "
+                        "preset).")
+    g.add_argument("--norm-structures", "--norm_structures", dest="norm_structures",
+                   action="store_const", const=True,
+                   help="Normalize genes separately within cortex, subcortex/brainstem and "
+                        "cerebellum.")
+    g.add_argument("--no-norm-structures", "--no_norm_structures", dest="norm_structures",
+                   action="store_const", const=False,
+                   help="Normalize genes across structures (the default; overrides a preset).")
+    g.add_argument("--region-agg", "--region_agg", dest="region_agg",
+                   choices=opts["region_agg"], metavar="METHOD",
+                   help=f"Combine samples within donors first, or pool them: "
+                        f"{', '.join(opts['region_agg'])}. Default: donors.")
+    g.add_argument("--agg-metric", "--agg_metric", dest="agg_metric",
+                   choices=opts["agg_metric"], metavar="METHOD",
+                   help=f"Statistic combining samples and donors: "
+                        f"{', '.join(opts['agg_metric'])}. Default: mean.")
+    g.add_argument("--no-reannotated", "--no_reannotated", dest="reannotated",
+                   action="store_const", const=False,
+                   help="Use the AHBA's own probe annotations instead of the Arnatkeviciute "
+                        "et al. (2019) reannotation.")
+    g.add_argument("--reannotated", dest="reannotated", action="store_const", const=True,
+                   help=argparse.SUPPRESS)
+    g.add_argument("--no-corrected-mni", "--no_corrected_mni", dest="corrected_mni",
+                   action="store_const", const=False,
+                   help="Use the AHBA's MNI coordinates instead of the alleninf corrected ones.")
+    g.add_argument("--corrected-mni", dest="corrected_mni", action="store_const", const=True,
+                   help=argparse.SUPPRESS)
+    g.add_argument("--stability-threshold", "--stability_threshold",
+                   dest="stability_threshold", type=_none_or(float), metavar="R",
+                   help="ahba-app extension: drop genes whose differential stability across "
+                        "donors is below R ('none': keep all). Default: none.")
+
+    g = parser.add_argument_group("Outputs")
+    g.add_argument("--save-donors", "--save_donors", dest="save_donors", action="store_true",
+                   help="group: also write one region x gene table per donor "
+                        "(sub-<donor>/...).")
+    g.add_argument("--save-counts", "--save_counts", dest="save_counts", action="store_true",
+                   help="Accepted for abagen compatibility: sample counts are always written.")
+
+    g = parser.add_argument_group("Execution")
+    g.add_argument("-w", "--work-dir", "--work_dir", dest="work_dir", type=_path,
+                   metavar="PATH",
+                   help="Nipype's working folder; keep it to reuse unchanged steps in a later "
+                        "run. Default: ./work.")
+    g.add_argument("--clean-workdir", "--clean_workdir", dest="clean_workdir",
+                   action="store_true", help="Remove the work folder after a successful run.")
+    g.add_argument("--nprocs", "--n-procs", "--n_procs", "--nthreads", "--n-proc", "--n_proc",
+                   dest="nprocs", type=int, default=1, metavar="N",
+                   help="Processes to run donors and atlases in parallel. Default: 1.")
+    for action in parser._actions:
+        if action.dest in PARAMETERS:
+            action.default = argparse.SUPPRESS  # absent unless given: see resolve_parameters
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parse ``argv`` (default ``sys.argv[1:]``); bad usage exits with status 2."""
+    parser = get_parser()
+    opts = parser.parse_args(argv)
+    if opts.nprocs < 1:
+        parser.error(f"--nprocs must be at least 1, got {opts.nprocs}")
+    return opts
+
+
+def resolve_parameters(opts: argparse.Namespace) -> tuple[dict, Preset | None]:
+    """The processing parameters of a run: abagen's defaults, then the preset, then options.
+
+    Returns the parameters (``get_expression_data``'s names plus ``stability_threshold``) and
+    the preset used (None without ``--preset``). Raises
+    :class:`~ahba_app.cli.presets.PresetError` for a bad preset.
+    """
+    params = dict(DEFAULTS)
+    preset = load_preset(opts.preset) if getattr(opts, "preset", None) else None
+    if preset is not None:
+        params.update(preset.parameters)
+    for name in PARAMETERS:
+        if name == "donors":
+            continue
+        if name in vars(opts):  # given explicitly (possibly as 'none')
+            params[name] = getattr(opts, name)
+    if getattr(opts, "participant_label", None):
+        params["donors"] = list(opts.participant_label)
+    return params, preset
+

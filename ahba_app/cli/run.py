@@ -1,0 +1,435 @@
+"""Entry point of the ``ahba-app`` BIDS App: check everything, build the workflow, run it,
+publish the derivatives.
+
+Order of work:
+
+1. parse the options (:mod:`ahba_app.cli.parser`) and resolve them against ``--preset``;
+2. check every input before anything is built: the options (:class:`ahba_app.pipeline.Settings`),
+   that the output and work folders can be written, the AHBA files (downloading missing donors
+   here, never inside a node), and every atlas (loaded, its region table checked against the
+   image, its files hashed);
+3. build :func:`ahba_app.workflows.base.init_ahba_wf` from explicit arguments and run it; the
+   derivative sinks write into a hidden staging folder of the output folder;
+4. on success move the staged files into place, then write ``dataset_description.json``,
+   ``.bidsignore`` and ``CITATION.md``; on failure remove the staging folder, keep the crash files
+   in ``OUTPUT_DIR/logs/`` and exit with status 1.
+
+Any problem with the inputs ends with one message on stderr (a traceback only with ``-v``) and
+a non-zero exit status, before any output is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .parser import DEFAULTS, parse_args, resolve_parameters
+
+LGR = logging.getLogger("ahba_app")
+
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+
+
+class UsageError(Exception):
+    """A problem with the inputs, reported as one message."""
+
+
+@dataclass
+class RunPlan:
+    """Everything a run needs, checked."""
+
+    analysis_level: str
+    input_dir: Path
+    output_dir: Path
+    work_dir: Path
+    data_dir: str
+    settings: object
+    atlases: list
+    desc: str
+    save_donors: bool
+    nprocs: int
+    clean_workdir: bool
+    preset: object = None
+    verbose: int = 0
+    notes: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# checks
+# ---------------------------------------------------------------------------------------------
+def _check_writable(path: Path, what: str) -> None:
+    """Error unless ``path`` is (or can be created as) a folder we can write to; leaves nothing
+    behind."""
+    existing = path
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"The {what} {path} cannot be created: {existing} is not a folder.")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".ahba-app-write-test-", dir=existing)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as err:
+        raise UsageError(f"The {what} {path} is not writable ({err.strerror or err}): choose "
+                         "another folder or fix its permissions.") from None
+
+
+def _choose_desc(opts, params: dict, preset, settings_cls) -> str:
+    if opts.desc:
+        if not re.fullmatch(r"[A-Za-z0-9]+", opts.desc):
+            raise UsageError(f"--desc {opts.desc!r}: a BIDS label holds letters and digits "
+                             "only.")
+        return opts.desc
+
+    def canonical(values):
+        values = dict(values, donors="all")
+        return settings_cls(**values).as_dict()
+
+    reference = dict(DEFAULTS)
+    label = "abagendefaults"
+    if preset is not None:
+        reference.update(preset.parameters)
+        label = preset.label
+    return label if canonical(params) == canonical(reference) else "custom"
+
+
+def _locate_ahba(data_dir, settings, nprocs, verbose) -> None:
+    """Make sure the AHBA files are on disk (downloading missing donors now, not in a node)."""
+    from .. import fetch, pipeline
+    from ..datasets import RNASEQ_DONORS
+
+    need_rnaseq = settings.probe_selection == "rnaseq"
+    try:
+        fetch.find_microarray(data_dir, settings.donors)
+        if need_rnaseq:
+            fetch.find_rnaseq(data_dir, list(RNASEQ_DONORS))
+        return
+    except fetch.AHBADataNotFoundError:
+        where = fetch.get_data_dir(data_dir)
+        LGR.info("AHBA files are missing from %s: downloading them before processing.", where)
+    pipeline.locate_data(data_dir, settings.donors, need_rnaseq=need_rnaseq, n_proc=nprocs,
+                         verbose=verbose)
+
+
+def _check_atlases(atlases, donors, data_dir) -> None:
+    """Load every atlas as the workflow will, check its region table, hash its files."""
+    from .. import bids
+
+    for atlas in atlases:
+        source = ", ".join(Path(p).name for p in atlas.files()[:2] if p) or atlas.label
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                trees, _ = bids.load_atlas_input(atlas, donors, data_dir=data_dir)
+            except (ValueError, TypeError, OSError) as err:
+                hint = ""
+                if atlas.kind in ("surface", "cifti") and not atlas.geometry:
+                    hint = (" Surfaces are looked for in the input folder as "
+                            "tpl-<space>[_den-<density>]_hemi-L/R_<midthickness|pial|white>"
+                            ".surf.gii.")
+                raise UsageError(f"Cannot use atlas-{atlas.name} ({source}): {err}{hint}") \
+                    from err
+            except Exception as err:  # nibabel and friends raise their own classes
+                raise UsageError(f"Cannot read atlas-{atlas.name} ({source}): "
+                                 f"{type(err).__name__}: {err}") from err
+        for warning in caught:
+            LGR.warning("atlas-%s: %s", atlas.name, warning.message)
+        tree = next(iter(trees.values()))
+        native = atlas.kind == "donor-native"
+        for donor, each in (trees.items() if native else [(None, tree)]):
+            where = f"{source} (sub-{donor})" if native else source
+            if atlas.info is not None:
+                bids.check_region_table(atlas.info, each.labels, where)
+            if not len(each.labels):
+                raise UsageError(f"atlas-{atlas.name} ({where}) has no labelled region.")
+        atlas.n_regions = int(len(tree.labels))
+        atlas.constrained = tree.atlas_info is not None
+        atlas.checksums = {path: bids.sha256(path) for path in atlas.files()}
+        if not atlas.constrained:
+            LGR.warning("atlas-%s has no hemisphere/structure information: samples are matched "
+                        "without these constraints (the report says so).", atlas.name)
+
+
+def prepare_run(opts) -> RunPlan:
+    """Check every input and option of a run; raise :class:`UsageError` (or the stage modules'
+    ValueError / OSError) with a message naming the problem."""
+    from .. import bids, pipeline
+    from ..fetch import get_data_dir
+    from .presets import PresetError
+
+    input_dir, output_dir = opts.input_dir, opts.output_dir
+    if not input_dir.is_dir():
+        raise UsageError(f"The input folder {input_dir} does not exist.")
+    work_dir = opts.work_dir or Path.cwd() / "work"
+    _check_writable(output_dir, "output folder")
+    _check_writable(work_dir, "work folder")
+    try:
+        params, preset = resolve_parameters(opts)
+    except PresetError as err:
+        raise UsageError(str(err)) from None
+    settings = pipeline.Settings(**params)
+    if opts.save_donors and settings.region_agg != "donors":
+        raise UsageError("--save-donors needs --region-agg donors: with 'samples' the donors' "
+                         "samples are pooled, so there is no per-donor table.")
+    desc = _choose_desc(opts, params, preset, pipeline.Settings)
+    # resolved now ($AHBA_DATA, $ABAGEN_DATA, per-user folder), so that nodes get it explicitly
+    data_dir = str(get_data_dir(opts.ahba_dir))
+
+    atlases = bids.select_atlases(bids.discover_atlases(input_dir, settings.donors), opts.atlas)
+    notes = {}
+    if not atlases:
+        if not opts.default_atlas:
+            raise UsageError(f"The input folder {input_dir} holds no atlas (no *_dseg.nii[.gz], "
+                             "*_hemi-L/R_*_dseg.label.gii pair or *_dseg.dlabel.nii with an "
+                             "atlas- entity); without --no-default-atlas the bundled "
+                             "Desikan-Killiany atlas would be used.")
+        LGR.info("The input folder %s holds no atlas: using the bundled Desikan-Killiany atlas.",
+                 input_dir)
+        atlases = [bids.default_atlas()]
+        notes[atlases[0].key] = ["The input folder held no atlas, so the Desikan-Killiany "
+                                  "atlas bundled with ahba-app was used."]
+    _locate_ahba(data_dir, settings, opts.nprocs, opts.verbose)
+    _check_atlases(atlases, settings.donors, data_dir)
+    return RunPlan(analysis_level=opts.analysis_level, input_dir=input_dir,
+                   output_dir=output_dir, work_dir=work_dir, data_dir=data_dir,
+                   settings=settings, atlases=atlases, desc=desc, save_donors=opts.save_donors,
+                   nprocs=opts.nprocs, clean_workdir=opts.clean_workdir, preset=preset,
+                   verbose=opts.verbose, notes=notes)
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+# ---------------------------------------------------------------------------------------------
+def _metadata(plan: RunPlan) -> tuple[dict, dict]:
+    """Sidecar content shared by the outputs, and the report's parameters."""
+    from ..bids import software_versions
+
+    versions = software_versions()
+    settings = plan.settings.as_dict()
+    preset = plan.preset
+    metadata = {
+        "GeneratedBy": [{"Name": "ahba-app", "Version": versions["ahba-app"]}],
+        "AnalysisLevel": plan.analysis_level,
+        "Parameters": settings,
+        "Preset": None if preset is None else {"Name": preset.name,
+                                               "Description": preset.description,
+                                               "Citations": list(preset.citations)},
+        "Donors": list(plan.settings.donors),
+        "AHBADataFolder": plan.data_dir,
+        "SoftwareVersions": versions,
+    }
+    parameters = dict(settings, return_donors=plan.save_donors, versions=versions)
+    if preset is not None:
+        parameters.update(preset=preset.name, preset_description=preset.description,
+                          preset_citations=list(preset.citations))
+    return metadata, parameters
+
+
+def build_workflow(plan: RunPlan, staging: Path, crash_dir: Path, argv=None):
+    """The Nipype workflow of a checked run (explicit arguments only)."""
+    from ..workflows.base import init_ahba_wf
+
+    metadata, parameters = _metadata(plan)
+    s = plan.settings
+    provenance = {"Command": "ahba-app " + " ".join(map(str, argv or sys.argv[1:])),
+                  "Input folder": str(plan.input_dir),
+                  "AHBA data folder": plan.data_dir,
+                  "Analysis level": plan.analysis_level}
+    return init_ahba_wf(
+        analysis_level=plan.analysis_level, atlases=plan.atlases, donors=s.donors,
+        out_dir=str(staging), crash_dir=str(crash_dir), base_dir=str(plan.work_dir),
+        desc=plan.desc, metadata=metadata, parameters=parameters, data_dir=plan.data_dir,
+        ibf_threshold=s.ibf_threshold, probe_selection=s.probe_selection,
+        donor_probes=s.donor_probes, sim_threshold=s.sim_threshold, lr_mirror=s.lr_mirror,
+        missing=s.missing, tolerance=s.tolerance, sample_norm=s.sample_norm,
+        gene_norm=s.gene_norm, norm_matched=s.norm_matched, norm_structures=s.norm_structures,
+        region_agg=s.region_agg, agg_metric=s.agg_metric, corrected_mni=s.corrected_mni,
+        reannotated=s.reannotated, stability_threshold=s.stability_threshold,
+        save_donors=plan.save_donors, warnings=plan.notes, provenance=provenance)
+
+
+def _citation_text(staging: Path) -> str | None:
+    texts = sorted((staging / "citations").glob("*.md"))
+    if not texts:
+        return None
+    if len(texts) == 1:
+        return texts[0].read_text(encoding="utf-8")
+    parts = ["# How to cite these results", "",
+             "This folder holds the outputs of several atlases; the text for each follows.", ""]
+    for path in texts:
+        body = re.sub(r"^(#+) ", r"#\1 ", path.read_text(encoding="utf-8"), flags=re.M)
+        parts += [f"## {path.stem}", "", body.strip(), ""]
+    return "\n".join(parts)
+
+
+def publish(staging: Path, output_dir: Path, input_dir: Path) -> list[Path]:
+    """Move the staged outputs into place, then write the dataset-level files."""
+    from .. import bids
+
+    moved = []
+    citation = _citation_text(staging)
+    for path in sorted(p for p in staging.rglob("*") if p.is_file()):
+        rel = path.relative_to(staging)
+        if rel.parts[0] == "citations":
+            continue
+        dest = output_dir / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, dest)
+        moved.append(dest)
+    if citation:
+        bids.write_text(citation, output_dir / "CITATION.md")
+    ignore = output_dir / ".bidsignore"
+    lines = ignore.read_text().splitlines() if ignore.is_file() else []
+    lines += [p for p in bids.BIDSIGNORE if p not in lines]
+    bids.write_text("\n".join(lines) + "\n", ignore)
+    bids.write_json(bids.dataset_description(input_dir), output_dir / "dataset_description.json")
+    shutil.rmtree(staging, ignore_errors=True)
+    return moved
+
+
+def _failure_message(err: BaseException, crash_dir: Path, since: float) -> str:
+    crashes = sorted((p for p in crash_dir.glob("crash-*") if p.stat().st_mtime >= since - 1),
+                     key=lambda p: p.stat().st_mtime)
+    text = str(err)
+    if crashes:
+        text = crashes[0].read_text(errors="replace")
+    reason = _last_exception_line(text) or f"{type(err).__name__}: {err}"
+    node = re.search(r"Node: ([\w.]+)", text)
+    where = f"step {node.group(1).split('.')[-1]!r}" if node else "the workflow"
+    message = f"{where} failed: {reason}"
+    if crashes:
+        message += f" (details: {crashes[0]})"
+    return message
+
+
+def _last_exception_line(text: str) -> str | None:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Warning)\b:?", line):
+            return line
+    return None
+
+
+def run_plan(plan: RunPlan, argv=None) -> int:
+    """Build and run the workflow, then publish (or clean up)."""
+    crash_dir = plan.output_dir / "logs"
+    staging = plan.output_dir / f".ahba-app-staging-{secrets.token_hex(6)}"
+    _quiet_nipype(plan.verbose)
+    workflow = build_workflow(plan, staging, crash_dir, argv)
+    plan.output_dir.mkdir(parents=True, exist_ok=True)
+    plan.work_dir.mkdir(parents=True, exist_ok=True)
+    crash_dir.mkdir(exist_ok=True)
+    staging.mkdir()
+    started = time.time()
+    LGR.info("Running the %s level for %d atlas(es) and donor(s) %s (work folder %s, %d "
+             "process(es)).", plan.analysis_level, len(plan.atlases),
+             ", ".join(plan.settings.donors), plan.work_dir, plan.nprocs)
+    try:
+        if plan.nprocs > 1:
+            workflow.run(plugin="MultiProc", plugin_args={"n_procs": plan.nprocs,
+                                                          "raise_insufficient": False})
+        else:
+            workflow.run(plugin="Linear")
+        publish(staging, plan.output_dir, plan.input_dir)
+    except BaseException as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(err, KeyboardInterrupt):
+            raise
+        if plan.verbose:
+            LGR.exception("The workflow failed.")
+        print(f"ahba-app: error: {_failure_message(err, crash_dir, started)}", file=sys.stderr)
+        return EXIT_FAILED
+    LGR.info("Done: outputs in %s.", plan.output_dir)
+    if plan.clean_workdir:
+        _clean(plan.work_dir)
+    return EXIT_OK
+
+
+def _clean(work_dir: Path) -> None:
+    """Remove what ahba-app put in the work folder, and the folder itself when left empty."""
+    for name in ("ahba_wf", ".nipype", ".matplotlib"):
+        shutil.rmtree(work_dir / name, ignore_errors=True)
+    try:
+        work_dir.rmdir()
+    except OSError:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------
+def _quiet_nipype(verbose: int) -> None:
+    """Nipype's loggers: silent by default (ahba-app reports failures itself), INFO with -v.
+
+    Nipype sets their levels when it is imported, so this runs after the import."""
+    import nipype  # noqa: F401
+
+    level = {0: logging.CRITICAL, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    for name in ("nipype.workflow", "nipype.interface", "nipype.utils", "nipype.filemanip"):
+        logging.getLogger(name).setLevel(level)
+
+
+def _setup_environment(work_dir: Path) -> None:
+    """Keep Nipype and matplotlib out of $HOME and off the network (before importing Nipype)."""
+    os.environ.setdefault("NIPYPE_NO_ET", "1")
+    os.environ.setdefault("NIPYPE_CONFIG_DIR", str(work_dir / ".nipype"))
+    os.environ.setdefault("MPLCONFIGDIR", str(work_dir / ".matplotlib"))
+
+
+def _setup_logging(verbose: int) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s [ahba-app] %(levelname)s: %(message)s",
+                                           "%H:%M:%S"))
+    LGR.handlers[:] = [handler]
+    LGR.propagate = False
+    LGR.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+    if not verbose:
+        warnings.simplefilter("ignore", FutureWarning)
+
+
+def main(argv=None) -> int:
+    """``ahba-app INPUT_DIR OUTPUT_DIR {participant,group} [options]``; returns the exit code."""
+    opts = parse_args(argv)
+    _setup_logging(opts.verbose)
+    _setup_environment(opts.work_dir or Path.cwd() / "work")
+    try:
+        plan = prepare_run(opts)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except Exception as err:  # any problem found while checking inputs: one clear message
+        if opts.verbose:
+            LGR.exception("Checking the inputs failed.")
+        message = str(err) if isinstance(err, (UsageError,)) else _plain(err)
+        print(f"ahba-app: error: {message}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        return run_plan(plan, argv)
+    except KeyboardInterrupt:
+        print("ahba-app: interrupted.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:  # e.g. the output folder vanished or filled up while publishing
+        if opts.verbose:
+            LGR.exception("The run failed.")
+        print(f"ahba-app: error: {_plain(err)}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _plain(err: BaseException) -> str:
+    text = str(err) or type(err).__name__
+    if isinstance(err, (ValueError, OSError, TypeError)):
+        return text
+    return f"{type(err).__name__}: {text}"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""Interfaces of the atlas stages: match (per donor), normalize (per donor), aggregate.
+
+The atlas travels between nodes as the small dict of :class:`ahba_app.bids.AtlasInput` (paths
+and checksums), and every node that needs its matching tree loads it with
+:func:`ahba_app.bids.load_atlas_input`, i.e. :func:`ahba_app.pipeline.load_atlas`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from types import SimpleNamespace
+
+from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObject,
+                                    OutputMultiObject, SimpleInterface, TraitedSpec, traits)
+
+from .. import pipeline
+from ..bids import AtlasInput, load_atlas_input
+from ..matching import sample_counts
+from ._files import read_frame, read_labels, write_frame, write_json, write_labels
+
+LGR = logging.getLogger("ahba_app")
+
+__all__ = ["AggregateExpression", "MatchSamples", "NormalizeExpression"]
+
+
+class _AtlasInputSpec(BaseInterfaceInputSpec):
+    atlas = traits.Dict(mandatory=True, desc="the atlas (ahba_app.bids.AtlasInput.as_dict())")
+    data_dir = traits.Either(None, traits.Str, usedefault=True,
+                             desc="AHBA data folder (FreeSurfer files of donor-native "
+                                  "surface atlases)")
+
+
+# ---------------------------------------------------------------------------------------------
+class _MatchSamplesInputSpec(_AtlasInputSpec):
+    donor = traits.Str(mandatory=True, desc="the donor whose samples are matched")
+    annotation = File(exists=True, mandatory=True, desc="parquet sample table of the donor")
+    tolerance = traits.Float(2.0, usedefault=True,
+                             desc="matching distance (mm for volumes, SD for surfaces)")
+
+
+class _MatchSamplesOutputSpec(TraitedSpec):
+    labels = File(exists=True, desc="parquet: region label of every sample row (0 = none)")
+    n_matched = traits.Int(desc="samples matched to a region")
+
+
+class MatchSamples(SimpleInterface):
+    """Region label of every sample of one donor (stage ``match``)."""
+
+    input_spec = _MatchSamplesInputSpec
+    output_spec = _MatchSamplesOutputSpec
+
+    def _run_interface(self, runtime):
+        donor = self.inputs.donor
+        atlases, _ = load_atlas_input(AtlasInput.from_dict(self.inputs.atlas), [donor],
+                                      data_dir=self.inputs.data_dir)
+        annotation = read_frame(self.inputs.annotation)
+        _, annotation = pipeline.renumber_samples(annotation.iloc[:, :0], annotation)
+        labels = pipeline.match_donor_samples(atlases[donor], annotation,
+                                              tolerance=self.inputs.tolerance)
+        if not (labels != 0).any():
+            LGR.warning("No sample of donor %s matched a region of the atlas.", donor)
+        self._results["labels"] = write_labels(labels, os.path.join(runtime.cwd,
+                                                                    "labels.parquet"))
+        self._results["n_matched"] = int((labels != 0).sum())
+        return runtime
+
+
+# ---------------------------------------------------------------------------------------------
+class _NormalizeInputSpec(BaseInterfaceInputSpec):
+    expression = File(exists=True, mandatory=True, desc="parquet samples x genes of one donor")
+    annotation = File(exists=True, mandatory=True, desc="parquet sample table of the donor")
+    labels = File(exists=True, mandatory=True, desc="parquet region label of every sample")
+    sample_norm = traits.Either(None, traits.Str, default="srs", usedefault=True,
+                                desc="normalization of each sample across genes (None: none)")
+    gene_norm = traits.Either(None, traits.Str, default="srs", usedefault=True,
+                              desc="normalization of each gene across samples (None: none)")
+    norm_matched = traits.Bool(True, usedefault=True,
+                               desc="normalize genes over matched samples only")
+    norm_structures = traits.Bool(False, usedefault=True,
+                                  desc="normalize genes within structural classes")
+
+
+class _NormalizeOutputSpec(TraitedSpec):
+    expression = File(exists=True, desc="parquet: normalized samples x genes (kept samples)")
+    annotation = File(exists=True, desc="parquet: sample table of the kept samples")
+    labels = File(exists=True, desc="parquet: region labels of the kept samples")
+
+
+class NormalizeExpression(SimpleInterface):
+    """Sample and gene normalization of one donor (stage ``normalize``)."""
+
+    input_spec = _NormalizeInputSpec
+    output_spec = _NormalizeOutputSpec
+
+    def _run_interface(self, runtime):
+        expression, annotation = pipeline.renumber_samples(read_frame(self.inputs.expression),
+                                                           read_frame(self.inputs.annotation))
+        normalized, labels, kept = pipeline.normalize_donor_expression(
+            expression, read_labels(self.inputs.labels), annotation,
+            sample_norm=self.inputs.sample_norm, gene_norm=self.inputs.gene_norm,
+            norm_matched=self.inputs.norm_matched, norm_structures=self.inputs.norm_structures)
+        cwd = runtime.cwd
+        self._results["expression"] = write_frame(normalized, os.path.join(cwd,
+                                                                           "normalized.parquet"))
+        self._results["annotation"] = write_frame(kept, os.path.join(cwd, "annotation.parquet"))
+        self._results["labels"] = write_labels(labels, os.path.join(cwd, "labels.parquet"))
+        return runtime
+
+
+# ---------------------------------------------------------------------------------------------
+class _AggregateInputSpec(_AtlasInputSpec):
+    donors = traits.List(traits.Str, mandatory=True, desc="donors, in the lists' order")
+    expressions = InputMultiObject(File(exists=True), mandatory=True,
+                                   desc="parquet normalized samples x genes of every donor")
+    annotations = InputMultiObject(File(exists=True), mandatory=True,
+                                   desc="parquet sample tables (kept samples) of every donor")
+    labels = InputMultiObject(File(exists=True), mandatory=True,
+                              desc="parquet region labels (kept samples) of every donor")
+    missing = traits.Either(None, traits.Str, usedefault=True,
+                            desc="how regions without samples are filled (None: left empty)")
+    region_agg = traits.Str("donors", usedefault=True,
+                            desc="aggregate within donors first ('donors') or pool samples")
+    agg_metric = traits.Str("mean", usedefault=True, desc="mean or median")
+    stability_threshold = traits.Either(None, traits.Float, usedefault=True,
+                                        desc="drop genes less stable across donors than this")
+    return_donors = traits.Bool(False, usedefault=True,
+                                desc="also write one region x gene table per donor")
+
+
+class _AggregateOutputSpec(TraitedSpec):
+    expression = File(exists=True, desc="parquet: regions x genes, aggregated across donors")
+    counts = File(exists=True, desc="parquet: samples per region (rows) and donor (columns)")
+    donor_expressions = OutputMultiObject(File(exists=True),
+                                          desc="parquet regions x genes of every donor")
+    summary = File(exists=True, desc="JSON: genes dropped, regions filled or empty")
+
+
+class AggregateExpression(SimpleInterface):
+    """Missing-region filling and aggregation into regions x genes (stage ``aggregate``)."""
+
+    input_spec = _AggregateInputSpec
+    output_spec = _AggregateOutputSpec
+
+    def _run_interface(self, runtime):
+        inputs = self.inputs
+        donors = [str(d) for d in inputs.donors]
+        atlases, _ = load_atlas_input(AtlasInput.from_dict(inputs.atlas), donors,
+                                      data_dir=inputs.data_dir)
+        all_labels = next(iter(atlases.values())).labels
+        normalized = {d: read_frame(p) for d, p in zip(donors, inputs.expressions)}
+        kept = {d: read_frame(p) for d, p in zip(donors, inputs.annotations)}
+        labels = {d: read_labels(p) for d, p in zip(donors, inputs.labels)}
+        result = aggregate_all(atlases, all_labels, normalized, kept, labels,
+                               missing=inputs.missing, region_agg=inputs.region_agg,
+                               agg_metric=inputs.agg_metric,
+                               stability_threshold=inputs.stability_threshold,
+                               return_donors=inputs.return_donors)
+        cwd = runtime.cwd
+        self._results["expression"] = write_frame(result["expression"],
+                                                  os.path.join(cwd, "expression.parquet"))
+        self._results["counts"] = write_frame(result["counts"],
+                                              os.path.join(cwd, "counts.parquet"))
+        if inputs.return_donors:
+            self._results["donor_expressions"] = [
+                write_frame(result["donor_expressions"][d],
+                            os.path.join(cwd, f"expression_{d}.parquet")) for d in donors]
+        self._results["summary"] = write_json(result["summary"],
+                                              os.path.join(cwd, "aggregate.json"))
+        return runtime
+
+
+def aggregate_all(atlases, all_labels, normalized, kept, labels, *, missing, region_agg,
+                  agg_metric, stability_threshold, return_donors) -> dict:
+    """The end of :func:`ahba_app.pipeline.run`: counts, filling, aggregation, stability.
+
+    Returns a dict with ``expression`` (regions x genes), ``counts``, ``donor_expressions``
+    (dict, with ``return_donors``) and ``summary`` (JSON-able facts).
+    """
+    counts = sample_counts(labels, all_labels)
+    summary = {"regions_without_samples": [int(r) for r in
+                                           counts.index[counts.sum(axis=1) == 0]]}
+    fills = pipeline.fill_missing_regions(missing, atlases, labels, normalized, kept)
+    summary["filled_regions"] = sorted({int(r) for rows in fills.values()
+                                        if rows is not None for r in rows.index})
+    expression, dropped = pipeline.aggregate_expression(
+        normalized, labels, all_labels, fills=fills, region_agg=region_agg,
+        agg_metric=agg_metric, return_donors=False)
+    summary["genes_dropped_incomplete"] = [str(g) for g in dropped]
+    per_donor = None
+    if return_donors:
+        per_donor, _ = pipeline.aggregate_expression(
+            normalized, labels, all_labels, fills=fills, region_agg=region_agg,
+            agg_metric=agg_metric, return_donors=True)
+    if stability_threshold is not None:
+        settings = SimpleNamespace(agg_metric=agg_metric, stability_threshold=stability_threshold)
+        expression = pipeline._keep_stable(expression, normalized, labels, all_labels, settings,
+                                           {})
+        if per_donor is not None:
+            per_donor = pipeline._keep_stable(per_donor, normalized, labels, all_labels,
+                                              settings, {})
+    summary["stability_threshold"] = stability_threshold
+    summary["n_genes"] = int(expression.shape[1])
+    return {"expression": expression, "counts": counts, "donor_expressions": per_donor,
+            "summary": summary}

@@ -1,0 +1,209 @@
+"""Interfaces of the AHBA data stages: fetch, reannotate, annotate/mirror, filter, select probes.
+
+Each ``_run_interface`` calls one function of :mod:`ahba_app.pipeline` and writes its results
+into the node's folder as parquet / JSON (see :mod:`ahba_app.interfaces._files`).
+"""
+
+from __future__ import annotations
+
+import os
+
+from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObject,
+                                    OutputMultiObject, SimpleInterface, TraitedSpec, isdefined,
+                                    traits)
+
+from .. import pipeline
+from ._files import read_frame, read_json, write_frame, write_json
+
+__all__ = ["FilterProbes", "LoadProbes", "LocateData", "PrepareSamples", "SelectProbes"]
+
+
+def _by_donor(donors, paths) -> dict:
+    return {str(d): read_frame(p) for d, p in zip(donors, paths)}
+
+
+def _check_lengths(donors, **lists) -> None:
+    for name, values in lists.items():
+        if len(values) != len(donors):
+            raise ValueError(f"{name}: {len(values)} files for {len(donors)} donors.")
+
+
+# ---------------------------------------------------------------------------------------------
+class _LocateDataInputSpec(BaseInterfaceInputSpec):
+    data_dir = traits.Either(None, traits.Str, usedefault=True,
+                             desc="AHBA data folder (None: $AHBA_DATA, $ABAGEN_DATA or the "
+                                  "per-user folder)")
+    donors = traits.List(traits.Str, mandatory=True, desc="donor numbers")
+    need_rnaseq = traits.Bool(False, usedefault=True,
+                              desc="also locate the RNA-seq files (probe_selection='rnaseq')")
+    n_proc = traits.Int(1, usedefault=True, desc="parallel downloads when files are missing")
+
+
+class _LocateDataOutputSpec(TraitedSpec):
+    files = File(exists=True, desc="JSON: donor -> {file kind: path} of the microarray files")
+    rnaseq_files = File(exists=True, desc="JSON: donor -> {file kind: path} of the RNA-seq "
+                                          "files (null when not needed)")
+    donors = traits.List(traits.Str, desc="the donors, in processing order")
+
+
+class LocateData(SimpleInterface):
+    """Find (downloading when absent) the AHBA files of the donors (stage ``fetch``)."""
+
+    input_spec = _LocateDataInputSpec
+    output_spec = _LocateDataOutputSpec
+
+    def _run_interface(self, runtime):
+        files, rnaseq = pipeline.locate_data(self.inputs.data_dir, list(self.inputs.donors),
+                                             need_rnaseq=self.inputs.need_rnaseq,
+                                             n_proc=self.inputs.n_proc)
+        self._results["files"] = write_json(files, os.path.join(runtime.cwd, "files.json"))
+        self._results["rnaseq_files"] = write_json(
+            rnaseq, os.path.join(runtime.cwd, "rnaseq_files.json"))
+        self._results["donors"] = [str(d) for d in files]
+        return runtime
+
+
+# ---------------------------------------------------------------------------------------------
+class _LoadProbesInputSpec(BaseInterfaceInputSpec):
+    files = File(exists=True, mandatory=True, desc="JSON of the donors' microarray files")
+    reannotated = traits.Bool(True, usedefault=True,
+                              desc="use the Arnatkeviciute et al. (2019) reannotation")
+
+
+class _LoadProbesOutputSpec(TraitedSpec):
+    probes = File(exists=True, desc="parquet: the probe table (probes with a gene)")
+    n_probes = traits.Int(desc="probes in Probes.csv")
+    n_annotated = traits.Int(desc="probes left with a gene after (re)annotation")
+
+
+class LoadProbes(SimpleInterface):
+    """The probe table, reannotated or not (stage ``reannotate``)."""
+
+    input_spec = _LoadProbesInputSpec
+    output_spec = _LoadProbesOutputSpec
+
+    def _run_interface(self, runtime):
+        from ..io import read_probes
+
+        files = read_json(self.inputs.files)
+        probes = pipeline.load_probe_table(files, reannotated=self.inputs.reannotated)
+        self._results["probes"] = write_frame(probes, os.path.join(runtime.cwd,
+                                                                   "probes.parquet"))
+        self._results["n_probes"] = len(read_probes(next(iter(files.values()))["probes"]))
+        self._results["n_annotated"] = len(probes)
+        return runtime
+
+
+# ---------------------------------------------------------------------------------------------
+class _PrepareSamplesInputSpec(BaseInterfaceInputSpec):
+    files = File(exists=True, mandatory=True, desc="JSON of the donors' microarray files")
+    donor = traits.Str(mandatory=True, desc="the donor whose samples are prepared")
+    probes = File(exists=True, mandatory=True, desc="parquet probe table (similarity filter)")
+    corrected_mni = traits.Bool(True, usedefault=True, desc="use corrected MNI coordinates")
+    lr_mirror = traits.Either(None, traits.Str, usedefault=True,
+                              desc="mirroring across the midline (None: none)")
+    sim_threshold = traits.Either(None, traits.Float, usedefault=True,
+                                  desc="similarity filter threshold in SD (None: no filter)")
+
+
+class _PrepareSamplesOutputSpec(TraitedSpec):
+    annotation = File(exists=True, desc="parquet: the donor's sample table")
+    info = File(exists=True, desc="JSON: what happened to the donor's samples (counts)")
+
+
+class PrepareSamples(SimpleInterface):
+    """One donor's samples: coordinates, mirroring, hemisphere checks, similarity filter
+    (stage ``annotate``)."""
+
+    input_spec = _PrepareSamplesInputSpec
+    output_spec = _PrepareSamplesOutputSpec
+
+    def _run_interface(self, runtime):
+        files = read_json(self.inputs.files)
+        annotation, info = pipeline.prepare_donor_samples(
+            files[self.inputs.donor], read_frame(self.inputs.probes),
+            corrected_mni=self.inputs.corrected_mni, lr_mirror=self.inputs.lr_mirror,
+            sim_threshold=self.inputs.sim_threshold)
+        self._results["annotation"] = write_frame(
+            annotation, os.path.join(runtime.cwd, "annotation.parquet"))
+        self._results["info"] = write_json(dict(info, donor=self.inputs.donor),
+                                           os.path.join(runtime.cwd, "samples.json"))
+        return runtime
+
+
+# ---------------------------------------------------------------------------------------------
+class _FilterProbesInputSpec(BaseInterfaceInputSpec):
+    files = File(exists=True, mandatory=True, desc="JSON of the donors' microarray files")
+    donors = traits.List(traits.Str, mandatory=True, desc="donors, in the annotations' order")
+    annotations = InputMultiObject(File(exists=True), mandatory=True,
+                                   desc="parquet sample table of every donor")
+    probes = File(exists=True, mandatory=True, desc="parquet probe table")
+    ibf_threshold = traits.Float(0.5, usedefault=True,
+                                 desc="share of samples a probe must be above background in")
+
+
+class _FilterProbesOutputSpec(TraitedSpec):
+    probes = File(exists=True, desc="parquet: the probes that pass the intensity filter")
+    n_filtered = traits.Int(desc="probes kept")
+
+
+class FilterProbes(SimpleInterface):
+    """Intensity-based filtering of the probes over all donors (stage ``filter``)."""
+
+    input_spec = _FilterProbesInputSpec
+    output_spec = _FilterProbesOutputSpec
+
+    def _run_interface(self, runtime):
+        _check_lengths(self.inputs.donors, annotations=self.inputs.annotations)
+        probes = pipeline.filter_probe_table(
+            read_json(self.inputs.files),
+            _by_donor(self.inputs.donors, self.inputs.annotations),
+            read_frame(self.inputs.probes), ibf_threshold=self.inputs.ibf_threshold)
+        self._results["probes"] = write_frame(probes, os.path.join(runtime.cwd,
+                                                                   "probes_filtered.parquet"))
+        self._results["n_filtered"] = len(probes)
+        return runtime
+
+
+# ---------------------------------------------------------------------------------------------
+class _SelectProbesInputSpec(BaseInterfaceInputSpec):
+    files = File(exists=True, mandatory=True, desc="JSON of the donors' microarray files")
+    rnaseq_files = File(exists=True, desc="JSON of the RNA-seq files (probe_selection='rnaseq')")
+    donors = traits.List(traits.Str, mandatory=True, desc="donors, in the annotations' order")
+    annotations = InputMultiObject(File(exists=True), mandatory=True,
+                                   desc="parquet sample table of every donor")
+    probes = File(exists=True, mandatory=True, desc="parquet table of the filtered probes")
+    probe_selection = traits.Str("diff_stability", usedefault=True,
+                                 desc="probe selection method")
+    donor_probes = traits.Str("aggregate", usedefault=True,
+                              desc="choose on pooled donors, per donor or by majority")
+
+
+class _SelectProbesOutputSpec(TraitedSpec):
+    expressions = OutputMultiObject(File(exists=True),
+                                    desc="parquet samples x genes table of every donor")
+    selection = File(exists=True, desc="parquet: the probe chosen for every gene")
+    n_genes = traits.Int(desc="genes")
+
+
+class SelectProbes(SimpleInterface):
+    """One column per gene for every donor (stage ``select probes``)."""
+
+    input_spec = _SelectProbesInputSpec
+    output_spec = _SelectProbesOutputSpec
+
+    def _run_interface(self, runtime):
+        _check_lengths(self.inputs.donors, annotations=self.inputs.annotations)
+        rnaseq = (read_json(self.inputs.rnaseq_files) if isdefined(self.inputs.rnaseq_files)
+                  else None)
+        expressions, selection = pipeline.select_donor_probes(
+            read_json(self.inputs.files), _by_donor(self.inputs.donors, self.inputs.annotations),
+            read_frame(self.inputs.probes), probe_selection=self.inputs.probe_selection,
+            donor_probes=self.inputs.donor_probes, rnaseq_files=rnaseq)
+        self._results["expressions"] = [
+            write_frame(expressions[d], os.path.join(runtime.cwd, f"expression_{d}.parquet"))
+            for d in self.inputs.donors]
+        self._results["selection"] = write_frame(selection, os.path.join(
+            runtime.cwd, "selection.parquet"))
+        self._results["n_genes"] = int(next(iter(expressions.values())).shape[1])
+        return runtime

@@ -1,0 +1,382 @@
+"""The processing stages, in order, as pure functions over in-memory data.
+
+Both front ends run exactly these functions: :func:`ahba_app.api.get_expression_data` calls them
+one after the other in one process; the Nipype interfaces call one each and pass the results
+between nodes as files. Each stage takes the previous stages' outputs and explicit settings:
+
+============================  ==================================================================
+stage                         what it does
+============================  ==================================================================
+:func:`locate_data`           finds (or downloads) the AHBA files of the requested donors
+:func:`load_probe_table`      probe table: reannotated or Probes.csv, probes with an Entrez id
+:func:`prepare_donor_samples` one donor's samples: coordinates, mirroring, hemisphere checks,
+                              similarity filter
+:func:`filter_probe_table`    intensity-based filter over all donors' samples
+:func:`select_donor_probes`   one column per gene for every donor (probe selection)
+:func:`load_atlas`            the atlas as a matching tree per donor
+:func:`match_donor_samples`   region label of every sample of one donor
+:func:`normalize_donor_expression`  sample and gene normalization of one donor
+:func:`fill_missing_regions`  rows for regions without samples (``missing``)
+:func:`aggregate_expression`  region x gene table(s) and the sample counts
+============================  ==================================================================
+
+:class:`Settings` validates every option once, up front, against the method registries.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field, fields
+from typing import Callable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from . import aggregate as _aggregate
+from . import io as _io
+from . import matching as _matching
+from . import normalize as _normalize
+from . import probes as _probes
+from . import samples as _samples
+from .datasets import RNASEQ_DONORS, check_donors
+
+LGR = logging.getLogger("ahba_app")
+
+MISSING_METHODS = (None, "centroids", "interpolate")
+REGION_AGGS = ("donors", "samples")
+
+
+def _check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"Invalid {name}={value!r}: choose one of {list(choices)}.")
+
+
+def _check_unit_interval(name: str, value) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"Invalid {name}={value!r}: give a number between 0 and 1.") from None
+    if not 0 <= number <= 1:
+        raise ValueError(f"Invalid {name}={value!r}: it must lie between 0 and 1.")
+    return number
+
+
+@dataclass
+class Settings:
+    """Every processing option of ``get_expression_data`` (abagen's names and defaults), checked.
+
+    ``stability_threshold`` is an ahba-app extension: genes whose differential stability across
+    donors (mean pairwise Spearman correlation of their regional expression) is below it are
+    dropped after aggregation (the ENIGMA Toolbox tables used 0.2).
+    """
+
+    ibf_threshold: float = 0.5
+    probe_selection: str = "diff_stability"
+    donor_probes: str = "aggregate"
+    sim_threshold: float | None = None
+    lr_mirror: str | None = None
+    missing: str | None = None
+    tolerance: float = 2
+    sample_norm: str | None = "srs"
+    gene_norm: str | None = "srs"
+    norm_matched: bool = True
+    norm_structures: bool = False
+    region_agg: str = "donors"
+    agg_metric: str | Callable = "mean"
+    corrected_mni: bool = True
+    reannotated: bool = True
+    donors: list = field(default_factory=lambda: ["all"])
+    stability_threshold: float | None = None
+
+    def __post_init__(self):
+        self.ibf_threshold = _check_unit_interval("ibf_threshold", self.ibf_threshold)
+        self.probe_selection = _probes.check_probe_selection(self.probe_selection)
+        self.donor_probes = _probes.check_donor_probes(self.donor_probes, self.probe_selection)
+        self.sim_threshold = _samples.check_sim_threshold(self.sim_threshold)
+        self.lr_mirror = _samples.check_lr_mirror(self.lr_mirror)
+        _check_choice("missing", self.missing, MISSING_METHODS)
+        try:
+            self.tolerance = float(self.tolerance)
+        except (TypeError, ValueError):
+            raise ValueError(f"Invalid tolerance={self.tolerance!r}: give a number (mm for "
+                             "volumes, standard deviations for surfaces).") from None
+        for name in ("sample_norm", "gene_norm"):
+            resolved = _normalize.resolve_norm(getattr(self, name))
+            if resolved in _normalize.ACROSS_DONORS:
+                raise ValueError(f"Invalid {name}={resolved!r}: it corrects donors against one "
+                                 "another; use ahba_app.normalize_expression on the donors' "
+                                 f"tables instead. Choose one of {list(_normalize.NORMALIZATIONS)}"
+                                 " or None.")
+            setattr(self, name, resolved)
+        _check_choice("region_agg", self.region_agg, REGION_AGGS)
+        self.agg_metric = _aggregate.check_metric(self.agg_metric)
+        self.donors = check_donors(self.donors)
+        if self.stability_threshold is not None:
+            self.stability_threshold = _check_unit_interval("stability_threshold",
+                                                            self.stability_threshold)
+        if self.probe_selection == "diff_stability" and len(self.donors) < 2:
+            raise ValueError("probe_selection='diff_stability' compares donors, so it needs at "
+                             f"least two; got donors={self.donors}. Use more donors or another "
+                             "probe_selection.")
+
+    def as_dict(self) -> dict:
+        """The settings as plain values (callables by name), for sidecars and reports."""
+        out = asdict(self)
+        if callable(self.agg_metric):
+            out["agg_metric"] = getattr(self.agg_metric, "__name__", repr(self.agg_metric))
+        return out
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+# --------------------------------------------------------------------------------------------
+# fetch
+# --------------------------------------------------------------------------------------------
+def locate_data(data_dir, donors, *, need_rnaseq: bool = False, n_proc: int = 1,
+                verbose: int = 0) -> tuple[dict, dict | None]:
+    """AHBA file paths per donor (downloaded when absent), and the RNA-seq ones when needed."""
+    from .fetch import fetch_microarray, fetch_rnaseq
+
+    files = fetch_microarray(data_dir=data_dir, donors=donors, verbose=verbose, n_proc=n_proc)
+    rnaseq = None
+    if need_rnaseq:
+        rnaseq = fetch_rnaseq(data_dir=data_dir, donors=list(RNASEQ_DONORS), verbose=verbose)
+    return files, rnaseq
+
+
+# --------------------------------------------------------------------------------------------
+# probes and samples
+# --------------------------------------------------------------------------------------------
+def load_probe_table(files: Mapping, *, reannotated: bool = True) -> pd.DataFrame:
+    """The probe table (Probes.csv is the same for every donor, so the first one is read)."""
+    first = next(iter(files.values()))
+    return _probes.prepare_probes(first["probes"], reannotated=reannotated)
+
+
+def prepare_donor_samples(donor_files: Mapping, probes: pd.DataFrame, *,
+                          corrected_mni: bool = True, lr_mirror=None, sim_threshold=None,
+                          native_affine=None) -> tuple[pd.DataFrame, dict]:
+    """One donor's sample table and the counts of what happened to its samples."""
+    annotation, info = _samples.prepare_samples(
+        donor_files["annotation"], donor_files["ontology"], corrected_mni=corrected_mni,
+        lr_mirror=lr_mirror, native_affine=native_affine, return_info=True)
+    info["n_dissimilar"] = 0
+    if sim_threshold is not None:
+        kept = _samples.similarity_threshold(donor_files["microarray"], annotation, probes,
+                                             threshold=sim_threshold)
+        info["n_dissimilar"] = len(annotation) - len(kept)
+        annotation = kept
+    info["n_kept"] = len(annotation)
+    return annotation, info
+
+
+def filter_probe_table(files: Mapping, annotations: Mapping, probes: pd.DataFrame, *,
+                       ibf_threshold: float = 0.5) -> pd.DataFrame:
+    """Probes above background in at least ``ibf_threshold`` of all donors' samples."""
+    pacall = {donor: files[donor]["pacall"] for donor in annotations}
+    return _probes.filter_probes(pacall, annotations, probes, threshold=ibf_threshold)
+
+
+def select_donor_probes(files: Mapping, annotations: Mapping, probes: pd.DataFrame, *,
+                        probe_selection: str = "diff_stability", donor_probes: str = "aggregate",
+                        rnaseq_files: Mapping | None = None) -> tuple[dict, pd.DataFrame]:
+    """Samples x genes expression of every donor and the table of chosen probes."""
+    microarray = {donor: files[donor]["microarray"] for donor in annotations}
+    rnaseq = None
+    if rnaseq_files is not None:
+        rnaseq = {donor: {"tpm": paths["tpm"], "annotation": paths["annotation"]}
+                  for donor, paths in rnaseq_files.items()}
+    return _probes.collapse_probes(microarray, annotations, probes, method=probe_selection,
+                                   donor_probes=donor_probes, rnaseq=rnaseq, return_info=True)
+
+
+# --------------------------------------------------------------------------------------------
+# atlas and matching
+# --------------------------------------------------------------------------------------------
+def load_atlas(atlas, atlas_info=None, donors="all", *, data_dir=None) -> tuple[dict, bool]:
+    """``{donor: AtlasTree}`` and whether it is one group (MNI) atlas for every donor."""
+    from .atlas import coerce_atlas_to_dict
+
+    return coerce_atlas_to_dict(atlas, donors, atlas_info=atlas_info, data_dir=data_dir)
+
+
+def renumber_samples(expression: pd.DataFrame, annotation: pd.DataFrame):
+    """Give every row (mirrored copies included) its own sample id 1..n, in both tables.
+
+    Mirrored copies repeat their original's sample id; every later stage aligns rows by
+    position, and unique ids keep pandas from aligning the copies onto one another.
+    """
+    index = pd.RangeIndex(1, len(annotation) + 1, name="sample_id")
+    expression = expression.set_axis(index, axis=0)
+    annotation = annotation.set_axis(index, axis=0)
+    return expression, annotation
+
+
+def match_donor_samples(atlas_tree, annotation: pd.DataFrame, *, tolerance: float = 2
+                        ) -> np.ndarray:
+    """The region label of every sample row (0 = matched to no region)."""
+    labels = atlas_tree.label_samples(annotation, tolerance=tolerance)
+    return np.asarray(labels).ravel().astype(np.int64)
+
+
+def normalize_donor_expression(expression: pd.DataFrame, labels: np.ndarray,
+                               annotation: pd.DataFrame, *, sample_norm="srs", gene_norm="srs",
+                               norm_matched: bool = True, norm_structures: bool = False):
+    """Normalize one donor; returns the normalized table and the labels and annotation kept.
+
+    With ``norm_matched`` only samples matched to a region are normalized (and kept); otherwise
+    every sample is, and the unmatched ones (label 0) are dropped at aggregation.
+    """
+    keep = labels != 0 if norm_matched else np.ones(len(labels), dtype=bool)
+    structures = annotation[["structure"]] if norm_structures else None
+    normalized = _normalize.normalize_donor(expression, sample_norm=sample_norm,
+                                            gene_norm=gene_norm,
+                                            matched=keep if norm_matched else None,
+                                            structures=structures)
+    return normalized, labels[keep], annotation.iloc[np.flatnonzero(keep)]
+
+
+def fill_missing_regions(missing, atlases: Mapping, labels: Mapping, expressions: Mapping,
+                         annotations: Mapping) -> dict:
+    """Rows (indexed by region label) to add to each donor for regions without samples."""
+    if missing is None:
+        return {donor: None for donor in expressions}
+    return _matching.fill_missing(missing, atlases, labels, expressions, annotations)
+
+
+def aggregate_expression(expressions: Mapping, labels: Mapping, all_labels, *,
+                         fills: Mapping | None = None, region_agg: str = "donors",
+                         agg_metric="mean", return_donors: bool = False):
+    """Region x gene table (or per-donor tables) and the genes dropped as incomplete.
+
+    ``expressions`` and ``labels`` are per donor, aligned by row; ``fills`` are extra rows per
+    donor from :func:`fill_missing_regions`, already indexed by region label.
+    """
+    labelled = {}
+    for donor, frame in expressions.items():
+        frame = frame.set_axis(pd.Index(labels[donor], name="label"), axis=0)
+        extra = None if fills is None else fills.get(donor)
+        if extra is not None and len(extra):
+            frame = pd.concat([frame, extra.astype(frame.dtypes.iloc[0])])
+        labelled[donor] = frame.rename_axis("gene_symbol", axis=1)
+    if return_donors:
+        tables = _aggregate.aggregate_samples(labelled, labels=all_labels,
+                                              region_agg=region_agg, agg_metric=agg_metric,
+                                              return_donors=True)
+        return tables, pd.Index([], name="gene_symbol")
+    tables = _aggregate.aggregate_regions(labelled, labels=all_labels, region_agg=region_agg,
+                                          agg_metric=agg_metric)
+    frames = list(tables.values()) if isinstance(tables, Mapping) else list(tables)
+    return _aggregate.aggregate_donors(frames, agg_metric=agg_metric)
+
+
+# --------------------------------------------------------------------------------------------
+# everything, in one process
+# --------------------------------------------------------------------------------------------
+@dataclass
+class PipelineResult:
+    """What one run produced: the tables, and the facts the report and outputs need.
+
+    ``summary`` holds the fields of :class:`ahba_app.report.RunSummary`; ``labels`` and
+    ``annotations`` are the per-donor sample labels and tables after normalization.
+    """
+
+    expression: pd.DataFrame | dict
+    counts: pd.DataFrame
+    selection: pd.DataFrame
+    settings: Settings
+    summary: dict
+    group_atlas: bool = True
+    labels: dict = field(default_factory=dict)
+    annotations: dict = field(default_factory=dict)
+
+
+_SAMPLE_COLUMNS = {"n_samples": "total", "n_mirrored": "mirrored",
+                   "n_mismatched": "dropped_hemisphere", "n_dissimilar": "dropped_similarity",
+                   "n_kept": "kept", "n_matched": "matched"}
+
+
+def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: int = 1,
+        verbose: int = 0, return_donors: bool = False, aggregate: bool = True) -> PipelineResult:
+    """Run every stage in order for one atlas (the Python API's engine)."""
+    files, rnaseq_files = locate_data(data_dir, settings.donors,
+                                      need_rnaseq=settings.probe_selection == "rnaseq",
+                                      n_proc=n_proc, verbose=verbose)
+    atlases, group_atlas = load_atlas(atlas, atlas_info, settings.donors, data_dir=data_dir)
+    all_labels = next(iter(atlases.values())).labels
+    sample_facts = {}
+
+    probes = load_probe_table(files, reannotated=settings.reannotated)
+    summary = {"donors": list(files), "n_probes_annotated": len(probes),
+               "n_probes": len(_io.read_probes(next(iter(files.values()))["probes"]))}
+    annotations = {}
+    for donor, donor_files in files.items():
+        affine = None if group_atlas else getattr(atlases[donor], "native_affine", None)
+        annotations[donor], sample_facts[donor] = prepare_donor_samples(
+            donor_files, probes, corrected_mni=settings.corrected_mni,
+            lr_mirror=settings.lr_mirror, sim_threshold=settings.sim_threshold,
+            native_affine=affine)
+    probes = filter_probe_table(files, annotations, probes, ibf_threshold=settings.ibf_threshold)
+    summary["n_probes_filtered"] = len(probes)
+    expressions, selection = select_donor_probes(
+        files, annotations, probes, probe_selection=settings.probe_selection,
+        donor_probes=settings.donor_probes, rnaseq_files=rnaseq_files)
+    summary["n_genes"] = next(iter(expressions.values())).shape[1]
+
+    labels, normalized, kept, coords = {}, {}, {}, []
+    for donor in files:
+        expression, annotation = renumber_samples(expressions.pop(donor), annotations[donor])
+        donor_labels = match_donor_samples(atlases[donor], annotation,
+                                           tolerance=settings.tolerance)
+        if not (donor_labels != 0).any():
+            LGR.warning("No sample of donor %s matched a region of the atlas.", donor)
+        sample_facts[donor]["n_matched"] = int((donor_labels != 0).sum())
+        coords.append(annotation[["mni_x", "mni_y", "mni_z"]].assign(label=donor_labels,
+                                                                      donor=donor))
+        normalized[donor], labels[donor], kept[donor] = normalize_donor_expression(
+            expression, donor_labels, annotation, sample_norm=settings.sample_norm,
+            gene_norm=settings.gene_norm, norm_matched=settings.norm_matched,
+            norm_structures=settings.norm_structures)
+    counts = _matching.sample_counts(labels, all_labels)
+    summary.update(
+        samples=pd.DataFrame.from_dict(sample_facts, orient="index").rename(
+            columns=_SAMPLE_COLUMNS),
+        counts=counts, sample_coords=pd.concat(coords, ignore_index=True),
+        probes=selection)
+    result = PipelineResult(normalized, counts, selection, settings, summary, group_atlas,
+                            labels, kept)
+    if not aggregate:
+        return result
+
+    fills = fill_missing_regions(settings.missing, atlases, labels, normalized, kept)
+    if settings.missing is not None:
+        summary["filled_regions"] = sorted({int(r) for f in fills.values() if f is not None
+                                            for r in f.index})
+    expression, dropped = aggregate_expression(
+        normalized, labels, all_labels, fills=fills, region_agg=settings.region_agg,
+        agg_metric=settings.agg_metric, return_donors=return_donors)
+    summary["genes_dropped"] = len(dropped)
+    if settings.stability_threshold is not None:
+        expression = _keep_stable(expression, normalized, labels, all_labels, settings, summary)
+    result.expression = expression
+    summary["expression"] = expression
+    return result
+
+
+def _keep_stable(expression, normalized, labels, all_labels, settings: Settings, summary: dict):
+    """Drop genes whose differential stability across donors is below the threshold."""
+    from .correct import differential_stability
+
+    per_donor, _ = aggregate_expression(normalized, labels, all_labels, region_agg="donors",
+                                        agg_metric=settings.agg_metric, return_donors=True)
+    frames = list(per_donor.values()) if isinstance(per_donor, Mapping) else list(per_donor)
+    stability = differential_stability(frames)
+    stable = stability.index[stability >= settings.stability_threshold]
+    summary["n_genes_stable"] = int((stability >= settings.stability_threshold).sum())
+    if isinstance(expression, dict):
+        return {d: f.loc[:, f.columns.isin(stable)] for d, f in expression.items()}
+    if isinstance(expression, list):
+        return [f.loc[:, f.columns.isin(stable)] for f in expression]
+    return expression.loc[:, expression.columns.isin(stable)]

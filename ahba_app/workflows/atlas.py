@@ -1,0 +1,151 @@
+"""The per-atlas workflow: match and normalize (per donor), then aggregate (group) or write the
+sample-level tables (participant), the report and the derivatives."""
+
+from __future__ import annotations
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from ..interfaces.atlas import AggregateExpression, MatchSamples, NormalizeExpression
+from ..interfaces.bids import GroupDerivatives, ParticipantDerivatives
+from ..interfaces.reports import RunReport
+
+__all__ = ["ANALYSIS_LEVELS", "atlas_workflow_name", "init_atlas_wf"]
+
+ANALYSIS_LEVELS = ("participant", "group")
+
+_INPUTS = ["donors", "annotations", "sample_info", "expressions", "selection", "n_probes",
+           "n_annotated", "n_filtered", "n_genes"]
+
+
+def atlas_workflow_name(atlas_key: str) -> str:
+    """A valid Nipype name for the workflow of the atlas whose outputs are named
+    ``atlas_key`` (``atlas-DK_space-fsaverage_den-10k`` -> ``atlas_DK_space_fsaverage_den_10k_wf``).
+    """
+    return "".join(ch if ch.isalnum() else "_" for ch in atlas_key) + "_wf"
+
+
+def init_atlas_wf(*, atlas, analysis_level, out_dir, desc, metadata, parameters,
+                  data_dir=None, tolerance=2.0, sample_norm="srs", gene_norm="srs",
+                  norm_matched=True, norm_structures=False, missing=None, region_agg="donors",
+                  agg_metric="mean", stability_threshold=None, save_donors=False,
+                  warnings=(), provenance=None, name="atlas_wf"):
+    """Build the workflow of one atlas, from matched samples to its derivatives.
+
+    Workflow graph (group)::
+
+        inputnode -> match (per donor) -> normalize (per donor) -> aggregate -> report
+                                                                             -> ds_group
+
+    Workflow graph (participant)::
+
+        inputnode -> match (per donor) -> normalize (per donor) -> report (per donor)
+                                                                -> ds_participant (per donor)
+
+    Parameters
+    ----------
+    atlas : :class:`ahba_app.bids.AtlasInput`
+        The atlas, checked (``checksums``, ``n_regions`` and ``constrained`` filled in).
+    analysis_level : {'participant', 'group'}
+        Sample-level tables per donor, or region x gene tables across donors.
+    out_dir : str
+        Staging folder the derivatives are written into.
+    desc : str
+        ``desc-`` label of the outputs.
+    metadata : dict
+        Sidecar content shared by every output (parameters, preset, donors, versions).
+    parameters : dict
+        :class:`ahba_app.report.ReportParameters` fields (the atlas excepted).
+    data_dir, tolerance, sample_norm, gene_norm, norm_matched, norm_structures, missing,
+    region_agg, agg_metric, stability_threshold
+        Processing options, with ``get_expression_data``'s meaning.
+    save_donors : bool
+        Group level: also write one region x gene table per donor.
+    warnings : list of str
+        Notes for the report.
+    provenance : dict
+        Key/value pairs shown in the report.
+    name : str
+        Name of the workflow.
+
+    Inputs
+    ------
+    donors, annotations, sample_info, expressions, selection, n_probes, n_annotated,
+    n_filtered, n_genes
+        The outputs of :func:`ahba_app.workflows.data.init_ahba_data_wf`.
+
+    Outputs
+    -------
+    out_files
+        Files written into ``out_dir``.
+    """
+    if analysis_level not in ANALYSIS_LEVELS:
+        raise ValueError(f"Unknown analysis level {analysis_level!r}: choose one of "
+                         f"{list(ANALYSIS_LEVELS)}.")
+    atlas_dict = atlas.as_dict()
+    workflow = pe.Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(fields=_INPUTS), name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
+
+    match = pe.MapNode(MatchSamples(atlas=atlas_dict, data_dir=data_dir, tolerance=tolerance),
+                       iterfield=["donor", "annotation"], name="match")
+    normalize = pe.MapNode(NormalizeExpression(sample_norm=sample_norm, gene_norm=gene_norm,
+                                               norm_matched=norm_matched,
+                                               norm_structures=norm_structures),
+                           iterfield=["expression", "annotation", "labels"], name="normalize")
+    report_inputs = dict(atlas=atlas_dict, data_dir=data_dir, parameters=parameters,
+                         warnings=list(warnings), provenance=dict(provenance or {}))
+    sink_inputs = dict(out_dir=str(out_dir), atlas=atlas_dict, desc=desc, metadata=metadata)
+
+    connections = [
+        (inputnode, match, [("donors", "donor"), ("annotations", "annotation")]),
+        (inputnode, normalize, [("expressions", "expression"), ("annotations", "annotation")]),
+        (match, normalize, [("labels", "labels")]),
+    ]
+
+    if analysis_level == "group":
+        aggregate = pe.Node(AggregateExpression(
+            atlas=atlas_dict, data_dir=data_dir, missing=missing, region_agg=region_agg,
+            agg_metric=agg_metric, stability_threshold=stability_threshold,
+            return_donors=save_donors), name="aggregate", mem_gb=1.0)
+        report = pe.Node(RunReport(**report_inputs), name="report")
+        ds_group = pe.Node(GroupDerivatives(**sink_inputs), name="ds_group")
+        connections += [
+            (inputnode, aggregate, [("donors", "donors")]),
+            (normalize, aggregate, [("expression", "expressions"),
+                                    ("annotation", "annotations"), ("labels", "labels")]),
+            (inputnode, report, [("donors", "donors"), ("sample_info", "sample_info"),
+                                 ("annotations", "annotations"), ("selection", "selection"),
+                                 ("n_probes", "n_probes"), ("n_annotated", "n_annotated"),
+                                 ("n_filtered", "n_filtered"), ("n_genes", "n_genes")]),
+            (match, report, [("labels", "labels")]),
+            (aggregate, report, [("expression", "expression"), ("counts", "counts"),
+                                 ("summary", "aggregate")]),
+            (inputnode, ds_group, [("selection", "selection"), ("donors", "donors")]),
+            (aggregate, ds_group, [("expression", "expression"), ("counts", "counts"),
+                                   ("donor_expressions", "donor_expressions"),
+                                   ("summary", "aggregate")]),
+            (report, ds_group, [("report", "report"), ("citation", "citation")]),
+            (ds_group, outputnode, [("out_files", "out_files")]),
+        ]
+    else:
+        report = pe.MapNode(RunReport(**report_inputs), iterfield=["donor"], name="report")
+        ds_participant = pe.MapNode(ParticipantDerivatives(**sink_inputs),
+                                    iterfield=["donor", "expression", "annotation", "labels",
+                                               "report", "citation"],
+                                    name="ds_participant")
+        connections += [
+            (inputnode, report, [("donors", "donors"), ("donors", "donor"),
+                                 ("sample_info", "sample_info"),
+                                 ("annotations", "annotations"), ("selection", "selection"),
+                                 ("n_probes", "n_probes"), ("n_annotated", "n_annotated"),
+                                 ("n_filtered", "n_filtered"), ("n_genes", "n_genes")]),
+            (match, report, [("labels", "labels")]),
+            (inputnode, ds_participant, [("donors", "donor"), ("selection", "selection")]),
+            (normalize, ds_participant, [("expression", "expression"),
+                                         ("annotation", "annotation"), ("labels", "labels")]),
+            (report, ds_participant, [("report", "report"), ("citation", "citation")]),
+            (ds_participant, outputnode, [("out_files", "out_files")]),
+        ]
+    workflow.connect(connections)
+    return workflow

@@ -1,0 +1,120 @@
+"""The top-level workflow of the BIDS App: the AHBA data workflow feeding one workflow per atlas."""
+
+from __future__ import annotations
+
+import os
+
+from nipype.pipeline import engine as pe
+
+from .atlas import atlas_workflow_name, init_atlas_wf
+from .data import init_ahba_data_wf
+
+__all__ = ["init_ahba_wf", "workflow_config"]
+
+
+def workflow_config(*, crash_dir, hash_method="content", stop_on_first_crash=True) -> dict:
+    """The Nipype settings of a run, applied per workflow (``workflow.config``)."""
+    return {
+        "execution": {
+            "crashdump_dir": str(crash_dir),
+            "crashfile_format": "txt",
+            "hash_method": hash_method,
+            "remove_unnecessary_outputs": False,
+            "stop_on_first_crash": stop_on_first_crash,
+            "create_report": False,
+            "write_provenance": False,
+            "parameterize_dirs": False,
+            "check_version": False,
+            "poll_sleep_duration": 0.1,
+        },
+        "monitoring": {"enabled": False},
+    }
+
+
+def init_ahba_wf(*, analysis_level, atlases, donors, out_dir, crash_dir, base_dir=None,
+                 desc="custom", metadata=None, parameters=None, data_dir=None,
+                 ibf_threshold=0.5, probe_selection="diff_stability", donor_probes="aggregate",
+                 sim_threshold=None, lr_mirror=None, missing=None, tolerance=2.0,
+                 sample_norm="srs", gene_norm="srs", norm_matched=True, norm_structures=False,
+                 region_agg="donors", agg_metric="mean", corrected_mni=True, reannotated=True,
+                 stability_threshold=None, save_donors=False, warnings=None, provenance=None,
+                 hash_method="content", name="ahba_wf"):
+    """Build the whole ahba-app workflow for a set of atlases.
+
+    Workflow graph::
+
+        ahba_data_wf (fetch, reannotate, annotate, filter_probes, select_probes)
+            -> atlas_<name>_wf (match, normalize, aggregate | report, ds_*)   one per atlas
+
+    Parameters
+    ----------
+    analysis_level : {'participant', 'group'}
+        Sample-level tables per donor, or region x gene tables across donors.
+    atlases : list of :class:`ahba_app.bids.AtlasInput`
+        The atlases, already checked.
+    donors : list of str
+        AHBA donor numbers.
+    out_dir : str
+        Staging folder the derivatives are written into.
+    crash_dir : str
+        Where Nipype writes crash files.
+    base_dir : str
+        Nipype's working folder (its cache).
+    desc : str
+        ``desc-`` label of the outputs.
+    metadata : dict
+        Sidecar content shared by every output.
+    parameters : dict
+        :class:`ahba_app.report.ReportParameters` fields (the atlas excepted).
+    data_dir : str or None
+        The AHBA data folder.
+    ibf_threshold, probe_selection, donor_probes, sim_threshold, lr_mirror, missing, tolerance,
+    sample_norm, gene_norm, norm_matched, norm_structures, region_agg, agg_metric,
+    corrected_mni, reannotated, stability_threshold
+        Processing options, with ``get_expression_data``'s meaning.
+    save_donors : bool
+        Group level: also write one region x gene table per donor.
+    warnings : dict of str to list of str
+        Notes for the report of each atlas (keyed by ``AtlasInput.key``).
+    provenance : dict
+        Key/value pairs shown in the reports.
+    hash_method : {'content', 'timestamp'}
+        How Nipype decides whether an input file changed.
+    name : str
+        Name of the workflow.
+    """
+    workflow = pe.Workflow(name=name, base_dir=None if base_dir is None else str(base_dir))
+    workflow.config = workflow_config(crash_dir=crash_dir, hash_method=hash_method)
+    data_dir = None if data_dir is None else os.fspath(data_dir)
+
+    ahba_data_wf = init_ahba_data_wf(
+        donors=donors, data_dir=data_dir, reannotated=reannotated, corrected_mni=corrected_mni,
+        lr_mirror=lr_mirror, sim_threshold=sim_threshold, ibf_threshold=ibf_threshold,
+        probe_selection=probe_selection, donor_probes=donor_probes,
+        need_rnaseq=probe_selection == "rnaseq")
+
+    connections = []
+    for atlas in atlases:
+        atlas_wf = init_atlas_wf(
+            atlas=atlas, analysis_level=analysis_level, out_dir=out_dir, desc=desc,
+            metadata=dict(metadata or {}), parameters=dict(parameters or {}), data_dir=data_dir,
+            tolerance=tolerance, sample_norm=sample_norm, gene_norm=gene_norm,
+            norm_matched=norm_matched, norm_structures=norm_structures, missing=missing,
+            region_agg=region_agg, agg_metric=agg_metric,
+            stability_threshold=stability_threshold, save_donors=save_donors,
+            warnings=(warnings or {}).get(atlas.key, ()), provenance=provenance,
+            name=atlas_workflow_name(atlas.key))
+        connections += [
+            (ahba_data_wf, atlas_wf, [
+                ("outputnode.donors", "inputnode.donors"),
+                ("outputnode.annotations", "inputnode.annotations"),
+                ("outputnode.sample_info", "inputnode.sample_info"),
+                ("outputnode.expressions", "inputnode.expressions"),
+                ("outputnode.selection", "inputnode.selection"),
+                ("outputnode.n_probes", "inputnode.n_probes"),
+                ("outputnode.n_annotated", "inputnode.n_annotated"),
+                ("outputnode.n_filtered", "inputnode.n_filtered"),
+                ("outputnode.n_genes", "inputnode.n_genes")]),
+        ]
+    workflow.connect(connections)
+    return workflow

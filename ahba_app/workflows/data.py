@@ -1,0 +1,100 @@
+"""The AHBA data workflow: fetch, reannotate, annotate/mirror (per donor), filter, select probes.
+
+Everything here is shared by all atlases: none of these stages depends on the parcellation.
+"""
+
+from __future__ import annotations
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from ..interfaces.data import FilterProbes, LoadProbes, LocateData, PrepareSamples, SelectProbes
+
+__all__ = ["init_ahba_data_wf"]
+
+
+def init_ahba_data_wf(*, donors, data_dir=None, reannotated=True, corrected_mni=True,
+                      lr_mirror=None, sim_threshold=None, ibf_threshold=0.5,
+                      probe_selection="diff_stability", donor_probes="aggregate",
+                      need_rnaseq=False, name="ahba_data_wf"):
+    """Build the workflow turning AHBA files into one samples x genes table per donor.
+
+    Workflow graph::
+
+        inputnode -> fetch -> reannotate -> annotate (per donor) -> filter_probes
+                                                                  -> select_probes -> outputnode
+
+    Parameters
+    ----------
+    donors : list of str
+        AHBA donor numbers.
+    data_dir : str or None
+        The AHBA data folder (None: ``$AHBA_DATA``, ``$ABAGEN_DATA`` or the per-user folder).
+    reannotated, corrected_mni, lr_mirror, sim_threshold, ibf_threshold, probe_selection,
+    donor_probes
+        Processing options, with ``get_expression_data``'s meaning.
+    need_rnaseq : bool
+        Locate the RNA-seq files too (``probe_selection='rnaseq'``).
+    name : str
+        Name of the workflow.
+
+    Inputs
+    ------
+    donors
+        AHBA donor numbers (set from ``donors``).
+
+    Outputs
+    -------
+    donors
+        The donors, in the order of every list below.
+    annotations
+        Parquet sample table of every donor.
+    sample_info
+        JSON counts of what happened to every donor's samples.
+    expressions
+        Parquet samples x genes table of every donor.
+    selection
+        Parquet table of the chosen probes.
+    n_probes, n_annotated, n_filtered, n_genes
+        Probes in Probes.csv, with a gene, above background; genes.
+    """
+    workflow = pe.Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(fields=["donors"]), name="inputnode")
+    inputnode.inputs.donors = list(donors)
+    outputnode = pe.Node(niu.IdentityInterface(fields=[
+        "donors", "annotations", "sample_info", "expressions", "selection", "n_probes",
+        "n_annotated", "n_filtered", "n_genes"]), name="outputnode")
+
+    # the command line has checked (and, when needed, downloaded) the files before the run, so
+    # this node only finds them; its inputs leave out how many processes run, to stay cached
+    fetch = pe.Node(LocateData(data_dir=data_dir, need_rnaseq=need_rnaseq), name="fetch")
+    reannotate = pe.Node(LoadProbes(reannotated=reannotated), name="reannotate")
+    annotate = pe.MapNode(PrepareSamples(corrected_mni=corrected_mni, lr_mirror=lr_mirror,
+                                         sim_threshold=sim_threshold),
+                          iterfield=["donor"], name="annotate")
+    filter_probes = pe.Node(FilterProbes(ibf_threshold=ibf_threshold), name="filter_probes",
+                            mem_gb=1.0)
+    select_probes = pe.Node(SelectProbes(probe_selection=probe_selection,
+                                         donor_probes=donor_probes),
+                            name="select_probes", mem_gb=2.0)
+
+    workflow.connect([
+        (inputnode, fetch, [("donors", "donors")]),
+        (fetch, reannotate, [("files", "files")]),
+        (fetch, annotate, [("files", "files"), ("donors", "donor")]),
+        (reannotate, annotate, [("probes", "probes")]),
+        (fetch, filter_probes, [("files", "files"), ("donors", "donors")]),
+        (annotate, filter_probes, [("annotation", "annotations")]),
+        (reannotate, filter_probes, [("probes", "probes")]),
+        (fetch, select_probes, [("files", "files"), ("rnaseq_files", "rnaseq_files"),
+                                ("donors", "donors")]),
+        (annotate, select_probes, [("annotation", "annotations")]),
+        (filter_probes, select_probes, [("probes", "probes")]),
+        (fetch, outputnode, [("donors", "donors")]),
+        (annotate, outputnode, [("annotation", "annotations"), ("info", "sample_info")]),
+        (select_probes, outputnode, [("expressions", "expressions"),
+                                     ("selection", "selection"), ("n_genes", "n_genes")]),
+        (reannotate, outputnode, [("n_probes", "n_probes"), ("n_annotated", "n_annotated")]),
+        (filter_probes, outputnode, [("n_filtered", "n_filtered")]),
+    ])
+    return workflow

@@ -1,0 +1,239 @@
+"""Every interface run as a Nipype node on the small synthetic AHBA data (two donors, DK)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from nipype.pipeline import engine as pe
+
+from ahba_app import pipeline
+from ahba_app.bids import default_atlas
+from ahba_app.interfaces import (AggregateExpression, FilterProbes, GroupDerivatives, LoadProbes,
+                                 LocateData, MatchSamples, NormalizeExpression,
+                                 ParticipantDerivatives, PrepareSamples, RunReport,
+                                 SelectProbes)
+from ahba_app.interfaces._files import (read_frame, read_json, read_labels, write_frame,
+                                        write_labels)
+
+DONORS = ["9861", "10021"]  # the order fetch gives them in (and pipeline.run uses)
+
+
+def _run(interface, name, base_dir, iterfield=None, **inputs):
+    node = (pe.MapNode(interface, iterfield=iterfield, name=name) if iterfield
+            else pe.Node(interface, name=name))
+    for key, value in inputs.items():
+        setattr(node.inputs, key, value)
+    node.base_dir = str(base_dir)
+    node.config = {"execution": {"hash_method": "content", "crashdump_dir": str(base_dir)}}
+    return node.run().outputs
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory, ahba_small):
+    """Run every node once, in pipeline order; keep their outputs and the reference run."""
+    base = tmp_path_factory.mktemp("nodes")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOME", str(base / "home"))
+        mp.setenv("MPLCONFIGDIR", str(base / "mpl"))
+        atlas = default_atlas()
+        atlas.n_regions, atlas.constrained = 83, True
+        out = {"atlas": atlas, "base": base}
+        out["fetch"] = _run(LocateData(data_dir=str(ahba_small), donors=DONORS[::-1]), "fetch",
+                            base)
+        out["reannotate"] = _run(LoadProbes(files=out["fetch"].files), "reannotate", base)
+        out["annotate"] = _run(PrepareSamples(files=out["fetch"].files,
+                                              probes=out["reannotate"].probes),
+                               "annotate", base, iterfield=["donor"], donor=DONORS)
+        annotations = out["annotate"].annotation
+        out["filter"] = _run(FilterProbes(files=out["fetch"].files, donors=DONORS,
+                                          annotations=annotations,
+                                          probes=out["reannotate"].probes), "filter", base)
+        out["select"] = _run(SelectProbes(files=out["fetch"].files,
+                                          rnaseq_files=out["fetch"].rnaseq_files,
+                                          donors=DONORS, annotations=annotations,
+                                          probes=out["filter"].probes), "select", base)
+        out["match"] = _run(MatchSamples(atlas=atlas.as_dict()), "match", base,
+                            iterfield=["donor", "annotation"], donor=DONORS,
+                            annotation=annotations)
+        out["normalize"] = _run(NormalizeExpression(), "normalize", base,
+                                iterfield=["expression", "annotation", "labels"],
+                                expression=out["select"].expressions, annotation=annotations,
+                                labels=out["match"].labels)
+        norm = out["normalize"]
+        out["aggregate"] = _run(AggregateExpression(
+            atlas=atlas.as_dict(), donors=DONORS, expressions=norm.expression,
+            annotations=norm.annotation, labels=norm.labels, return_donors=True),
+            "aggregate", base)
+        out["report"] = _run(RunReport(
+            atlas=atlas.as_dict(), parameters={"donors": DONORS}, donors=DONORS,
+            sample_info=out["annotate"].info, annotations=annotations,
+            labels=out["match"].labels, selection=out["select"].selection,
+            n_probes=out["reannotate"].n_probes, n_annotated=out["reannotate"].n_annotated,
+            n_filtered=out["filter"].n_filtered, n_genes=out["select"].n_genes,
+            expression=out["aggregate"].expression, counts=out["aggregate"].counts,
+            aggregate=out["aggregate"].summary, provenance={"Command": "test"}),
+            "report", base)
+        dk = {"image": atlas.image, "info": atlas.info}
+        out["reference"] = pipeline.run(dk["image"], dk["info"],
+                                        settings=pipeline.Settings(donors=DONORS),
+                                        data_dir=ahba_small)
+        out["reference_samples"] = pipeline.run(dk["image"], dk["info"],
+                                                settings=pipeline.Settings(donors=DONORS),
+                                                data_dir=ahba_small, aggregate=False)
+        yield out
+
+
+def test_files_round_trip(tmp_path):
+    frame = pd.DataFrame(np.arange(6, dtype=np.float32).reshape(3, 2),
+                         index=pd.Index([1, 1, 2], name="sample_id"),
+                         columns=pd.Index(["A", "B"], name="gene_symbol"))
+    back = read_frame(write_frame(frame, tmp_path / "f.parquet"))
+    pd.testing.assert_frame_equal(back, frame)
+    assert back.dtypes.iloc[0] == np.float32 and back.columns.name == "gene_symbol"
+    labels = np.array([0, 3, 5])
+    np.testing.assert_array_equal(read_labels(write_labels(labels, tmp_path / "l.parquet")),
+                                  labels)
+
+
+def test_locate_data(chain, ahba_small):
+    files = read_json(chain["fetch"].files)
+    assert list(files) == DONORS and chain["fetch"].donors == DONORS
+    assert files["9861"]["microarray"].startswith(str(ahba_small))
+    assert read_json(chain["fetch"].rnaseq_files) is None
+
+
+def test_probe_stages(chain):
+    assert chain["reannotate"].n_probes >= chain["reannotate"].n_annotated > 0
+    assert chain["reannotate"].n_annotated >= chain["filter"].n_filtered > 0
+    selection = read_frame(chain["select"].selection)
+    pd.testing.assert_frame_equal(selection, chain["reference"].selection,
+                                  check_column_type=False)
+    assert chain["select"].n_genes == selection["gene_symbol"].nunique()
+
+
+def test_annotate_writes_sample_tables_and_counts(chain):
+    for donor, path, info in zip(DONORS, chain["annotate"].annotation, chain["annotate"].info):
+        annotation = read_frame(path)
+        assert {"mni_x", "hemisphere", "structure", "well_id"} <= set(annotation.columns)
+        info = read_json(info)
+        assert info["donor"] == donor and info["n_kept"] == len(annotation)
+
+
+def test_expressions_keep_the_stage_dtype(chain):
+    """Samples x genes tables are stored in the dtype the stage made (float32 from the
+    microarray reader), never widened for storage."""
+    ref = chain["reference_samples"].expression
+    for donor, path in zip(DONORS, chain["select"].expressions):
+        frame = read_frame(path)
+        assert set(frame.dtypes) == {ref[donor].dtypes.iloc[0]}
+        assert frame.shape[1] == chain["select"].n_genes
+
+
+def test_match_and_normalize_equal_the_pipeline(chain):
+    ref = chain["reference_samples"]
+    for donor, labels, expr in zip(DONORS, chain["normalize"].labels,
+                                   chain["normalize"].expression):
+        np.testing.assert_array_equal(read_labels(labels), ref.labels[donor])
+        np.testing.assert_array_equal(read_frame(expr).to_numpy(),
+                                      ref.expression[donor].to_numpy())
+    matched = [int((read_labels(p) != 0).sum()) for p in chain["match"].labels]
+    assert matched == [ref.summary["samples"].loc[d, "matched"] for d in DONORS]
+
+
+def test_aggregate_equals_the_pipeline(chain):
+    ref = chain["reference"]
+    expression = read_frame(chain["aggregate"].expression)
+    pd.testing.assert_frame_equal(expression, ref.expression, check_exact=True,
+                                  check_column_type=False)
+    pd.testing.assert_frame_equal(read_frame(chain["aggregate"].counts), ref.counts,
+                                  check_dtype=False, check_column_type=False)
+    assert len(chain["aggregate"].donor_expressions) == 2
+    summary = read_json(chain["aggregate"].summary)
+    assert summary["n_genes"] == expression.shape[1]
+    empty = ref.counts.index[ref.counts.sum(axis=1) == 0]
+    assert summary["regions_without_samples"] == [int(r) for r in empty]
+
+
+def test_report(chain):
+    html = open(chain["report"].report, encoding="utf-8").read()
+    assert html.lstrip().lower().startswith("<!doctype html")
+    assert "Desikan" in html
+    citation = open(chain["report"].citation, encoding="utf-8").read()
+    assert citation.startswith("# How to cite")
+
+
+def test_group_sink(chain, tmp_path):
+    atlas = chain["atlas"]
+    out = _run(GroupDerivatives(
+        out_dir=str(tmp_path / "stage"), atlas=atlas.as_dict(), desc="abagendefaults",
+        metadata={"Parameters": {"a": 1}}, selection=chain["select"].selection,
+        expression=chain["aggregate"].expression, counts=chain["aggregate"].counts,
+        donors=DONORS, donor_expressions=chain["aggregate"].donor_expressions,
+        aggregate=chain["aggregate"].summary, report=chain["report"].report,
+        citation=chain["report"].citation), "ds_group", tmp_path)
+    stem = "atlas-desikankilliany_desc-abagendefaults"
+    names = {p.replace(str(tmp_path / "stage") + "/", "") for p in out.out_files}
+    assert {f"{stem}_expression.tsv", f"{stem}_expression.json", f"{stem}_counts.tsv",
+            f"{stem}_probes.tsv", f"{stem}_report.html", f"citations/{stem}.md",
+            f"sub-9861/sub-9861_{stem}_expression.tsv"} <= names
+    table = pd.read_csv(tmp_path / "stage" / f"{stem}_expression.tsv", sep="\t", index_col=0,
+                        na_values="n/a")
+    assert table.index.name == "index"
+    assert np.array_equal(table.to_numpy(), chain["reference"].expression.to_numpy(),
+                          equal_nan=True)
+    sidecar = json.loads((tmp_path / "stage" / f"{stem}_expression.json").read_text())
+    assert sidecar["Parameters"] == {"a": 1}
+    assert sidecar["Atlas"]["Files"][0]["Path"] == atlas.image
+
+
+def test_participant_sink(chain, tmp_path):
+    atlas = chain["atlas"]
+    norm = chain["normalize"]
+    out = _run(ParticipantDerivatives(
+        out_dir=str(tmp_path / "stage"), atlas=atlas.as_dict(), desc="custom",
+        metadata={}, selection=chain["select"].selection, donor="10021",
+        expression=norm.expression[1], annotation=norm.annotation[1],
+        labels=norm.labels[1]), "ds_participant", tmp_path)
+    samples = tmp_path / "stage" / "sub-10021" / \
+        "sub-10021_atlas-desikankilliany_desc-custom_samples.tsv"
+    assert str(samples) in out.out_files
+    table = pd.read_csv(samples, sep="\t", na_values="n/a")
+    assert list(table.columns[:2]) == ["well_id", "structure_id"]
+    ref = chain["reference_samples"]
+    genes = ref.expression["10021"].columns
+    # values are written at the precision of their dtype: exact once read back in it
+    expected = ref.expression["10021"].to_numpy()
+    np.testing.assert_array_equal(table[list(genes)].to_numpy(dtype=expected.dtype), expected)
+    np.testing.assert_array_equal(table["label"], ref.labels["10021"])
+
+
+@pytest.mark.parametrize("options", [
+    {"missing": "centroids"},
+    {"missing": "interpolate", "agg_metric": "median"},
+    {"region_agg": "samples", "stability_threshold": 0.2},
+])
+def test_aggregate_all_equals_the_pipeline(chain, ahba_small, options):
+    """The aggregate node's function, on the normalize nodes' files, for other options."""
+    from ahba_app.bids import load_atlas_input
+    from ahba_app.interfaces.atlas import aggregate_all
+
+    atlas = chain["atlas"]
+    norm = chain["normalize"]
+    atlases, _ = load_atlas_input(atlas, DONORS)
+    settings = dict(missing=None, region_agg="donors", agg_metric="mean",
+                    stability_threshold=None)
+    settings.update(options)
+    result = aggregate_all(
+        atlases, atlases[DONORS[0]].labels,
+        {d: read_frame(p) for d, p in zip(DONORS, norm.expression)},
+        {d: read_frame(p) for d, p in zip(DONORS, norm.annotation)},
+        {d: read_labels(p) for d, p in zip(DONORS, norm.labels)},
+        return_donors=False, **settings)
+    ref = pipeline.run(atlas.image, atlas.info, data_dir=ahba_small,
+                       settings=pipeline.Settings(donors=DONORS, **settings))
+    pd.testing.assert_frame_equal(result["expression"], ref.expression, check_exact=True,
+                                  check_column_type=False)
+    assert result["summary"]["n_genes"] == ref.expression.shape[1]

@@ -1,0 +1,144 @@
+"""Workflow builders, built (never run) over many option combinations (fmriprep's test_fit.py)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from nipype.pipeline import engine as pe
+
+from ahba_app.bids import AtlasInput
+from ahba_app.workflows import init_ahba_data_wf, init_ahba_wf, init_atlas_wf
+from ahba_app.workflows.atlas import atlas_workflow_name
+
+VOLUME = AtlasInput(label="DK", entities={"atlas": "DK", "tpl": "MNI152NLin6Asym", "res": "01"},
+                    image="/in/tpl-MNI152NLin6Asym_res-01_atlas-DK_dseg.nii.gz",
+                    info="/in/tpl-MNI152NLin6Asym_res-01_atlas-DK_dseg.tsv", has_info=True,
+                    n_regions=83, constrained=True)
+SURFACE = AtlasInput(label="DK", entities={"atlas": "DK", "tpl": "fsaverage", "den": "10k"},
+                     kind="surface", image=["/in/l.label.gii", "/in/r.label.gii"],
+                     space="fsaverage5", n_regions=68, constrained=True)
+NATIVE = AtlasInput(label="DK", entities={"atlas": "DK"}, kind="donor-native",
+                    image={"9861": "/in/sub-9861/a.nii.gz", "10021": "/in/sub-10021/a.nii.gz"})
+
+DONORS = ["9861", "10021"]
+
+
+def _names(workflow) -> set[str]:
+    return set(workflow.list_node_names())
+
+
+def _build(tmp_path, **kwargs):
+    options = dict(analysis_level="group", atlases=[VOLUME], donors=DONORS,
+                   out_dir=str(tmp_path / "stage"), crash_dir=str(tmp_path / "logs"),
+                   base_dir=str(tmp_path / "work"))
+    options.update(kwargs)
+    return init_ahba_wf(**options)
+
+
+@pytest.mark.parametrize(
+    ("analysis_level", "atlases", "probe_selection", "lr_mirror", "missing", "norms",
+     "save_donors"),
+    [
+        (level, atlases, probe, mirror, missing, norms, save)
+        for level, atlases, (probe, mirror, missing, norms, save) in itertools.product(
+            ("participant", "group"),
+            ([VOLUME], [VOLUME, SURFACE], [NATIVE]),
+            [("diff_stability", None, None, ("srs", "srs"), False),
+             ("rnaseq", "bidirectional", "interpolate", ("zscore", None), True),
+             ("max_intensity", "leftright", "centroids", (None, "minmax"), False)])
+    ])
+def test_ahba_wf_builds(tmp_path, analysis_level, atlases, probe_selection, lr_mirror, missing,
+                        norms, save_donors):
+    sample_norm, gene_norm = norms
+    wf = _build(tmp_path, analysis_level=analysis_level, atlases=atlases,
+                probe_selection=probe_selection, lr_mirror=lr_mirror, missing=missing,
+                sample_norm=sample_norm, gene_norm=gene_norm, save_donors=save_donors,
+                stability_threshold=0.2 if save_donors else None, desc="custom")
+    names = _names(wf)
+    data = {f"ahba_data_wf.{n}" for n in ("fetch", "reannotate", "annotate", "filter_probes",
+                                            "select_probes")}
+    assert data <= names
+    for atlas in atlases:
+        prefix = atlas_workflow_name(atlas.key)
+        assert {f"{prefix}.match", f"{prefix}.normalize", f"{prefix}.report"} <= names
+        if analysis_level == "group":
+            assert {f"{prefix}.aggregate", f"{prefix}.ds_group"} <= names
+            assert f"{prefix}.ds_participant" not in names
+        else:
+            assert f"{prefix}.ds_participant" in names
+            assert f"{prefix}.aggregate" not in names
+
+    data_wf = wf.get_node("ahba_data_wf")
+    fetch = data_wf.get_node("fetch")
+    assert fetch.inputs.need_rnaseq is (probe_selection == "rnaseq")
+    annotate = data_wf.get_node("annotate")
+    assert isinstance(annotate, pe.MapNode) and annotate.iterfield == ["donor"]
+    assert annotate.inputs.lr_mirror == lr_mirror
+    assert data_wf.get_node("select_probes").inputs.probe_selection == probe_selection
+
+    atlas_wf = wf.get_node(atlas_workflow_name(atlases[0].key))
+    normalize = atlas_wf.get_node("normalize")
+    assert isinstance(normalize, pe.MapNode)
+    assert normalize.inputs.sample_norm == sample_norm
+    assert normalize.inputs.gene_norm == gene_norm
+    match = atlas_wf.get_node("match")
+    assert isinstance(match, pe.MapNode) and set(match.iterfield) == {"donor", "annotation"}
+    assert match.inputs.atlas == atlases[0].as_dict()
+    if analysis_level == "group":
+        aggregate = atlas_wf.get_node("aggregate")
+        assert aggregate.inputs.missing == missing
+        assert aggregate.inputs.return_donors is save_donors
+        assert atlas_wf.get_node("ds_group").inputs.desc == "custom"
+
+
+def test_workflow_config_is_per_workflow(tmp_path):
+    from nipype import config
+
+    before = config.get("execution", "hash_method")
+    wf = _build(tmp_path, hash_method="content")
+    execution = wf.config["execution"]
+    assert execution["crashdump_dir"] == str(tmp_path / "logs")
+    assert execution["hash_method"] == "content"
+    assert execution["remove_unnecessary_outputs"] is False
+    assert wf.base_dir == str(tmp_path / "work")
+    assert config.get("execution", "hash_method") == before  # the global config is untouched
+
+
+def test_data_wf_wiring():
+    wf = init_ahba_data_wf(donors=DONORS, data_dir="/data", ibf_threshold=0.25)
+    graph = wf._graph
+    edges = {(u.name, v.name) for u, v in graph.edges()}
+    assert {("inputnode", "fetch"), ("fetch", "reannotate"), ("reannotate", "annotate"),
+            ("annotate", "filter_probes"), ("filter_probes", "select_probes"),
+            ("select_probes", "outputnode")} <= edges
+    assert wf.get_node("filter_probes").inputs.ibf_threshold == 0.25
+    assert wf.get_node("fetch").inputs.data_dir == "/data"
+    assert wf.get_node("inputnode").inputs.donors == DONORS
+
+
+def test_atlas_wf_wiring_group_and_participant(tmp_path):
+    common = dict(atlas=VOLUME, out_dir=str(tmp_path), desc="x", metadata={}, parameters={})
+    group = init_atlas_wf(analysis_level="group", **common)
+    edges = {(u.name, v.name) for u, v in group._graph.edges()}
+    assert {("inputnode", "match"), ("match", "normalize"), ("normalize", "aggregate"),
+            ("aggregate", "report"), ("aggregate", "ds_group"), ("report", "ds_group"),
+            ("ds_group", "outputnode")} <= edges
+    participant = init_atlas_wf(analysis_level="participant", **common)
+    edges = {(u.name, v.name) for u, v in participant._graph.edges()}
+    assert {("normalize", "ds_participant"), ("report", "ds_participant")} <= edges
+    assert participant.get_node("report").iterfield == ["donor"]
+    with pytest.raises(ValueError, match="analysis level"):
+        init_atlas_wf(analysis_level="session", **common)
+
+
+def test_atlas_workflow_names_are_unique_and_valid():
+    assert atlas_workflow_name(VOLUME.key) == "atlas_DK_space_MNI152NLin6Asym_res_01_wf"
+    assert atlas_workflow_name(VOLUME.key) != atlas_workflow_name(SURFACE.key)
+
+
+def test_builders_do_not_touch_the_inputs(tmp_path):
+    """Building needs no file: the atlas paths above do not exist."""
+    wf = _build(tmp_path, atlases=[VOLUME, SURFACE, NATIVE], analysis_level="participant")
+    assert len([n for n in _names(wf) if n.endswith(".match")]) == 3
+    assert not (tmp_path / "work").exists() and not (tmp_path / "stage").exists()
