@@ -480,7 +480,6 @@ def load_atlas_input(atlas: AtlasInput, donors, data_dir=None) -> tuple[dict, bo
     and space that GIFTI / CIFTI atlases found in the input folder need.
     """
     from . import pipeline
-    from .atlas import coerce_atlas_to_dict
 
     info = atlas.info if atlas.has_info else None
     if isinstance(info, (list, tuple)):
@@ -495,10 +494,8 @@ def load_atlas_input(atlas: AtlasInput, donors, data_dir=None) -> tuple[dict, bo
         geometry = tuple(geometry)
     elif isinstance(geometry, Mapping):
         geometry = {d: tuple(v) for d, v in geometry.items()}
-    if geometry is None and atlas.space is None:
-        return pipeline.load_atlas(image, info, donors, data_dir=data_dir)
-    return coerce_atlas_to_dict(image, donors, atlas_info=info, data_dir=data_dir,
-                                geometry=geometry, space=atlas.space)
+    return pipeline.load_atlas(image, info, donors, data_dir=data_dir, geometry=geometry,
+                               space=atlas.space)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ One reader per file type, with abagen's names, arguments and return conventions:
 =====================  ====================  ==========================================
 reader                 file                  returns
 =====================  ====================  ==========================================
-``read_microarray``    MicroarrayExpression  (P, S) float32, index ``probe_id``,
+``read_microarray``    MicroarrayExpression  (P, S) float64, index ``probe_id``,
                                              columns ``sample_id`` 1..S
 ``read_pacall``        PACall                (P, S) bool, same labels
 ``read_probes``        Probes                index ``probe_id``, ``entrez_id`` as Int64
@@ -22,21 +22,31 @@ Every reader also accepts a DataFrame that is already loaded, and returns it (a 
 
 Deliberate differences from abagen
 ----------------------------------
-- Microarray values are float32, which halves memory. The AHBA CSVs write about seven
-  significant digits, and float32 keeps 24 bits of mantissa, so the relative error of a stored
-  value is below 6e-8 (under 1e-7).
 - PACall values are bool rather than int64.
 - RNA-seq TPM and counts are float64 even when a column holds whole numbers only.
-- The microarray DataFrame is backed by a copy-on-write memory map of the cache: pages are read
-  when first used and shared with every process reading the same donor; writing to the frame
-  changes only this process's copy.
+- Microarray values are float64 like abagen's, and exact: each is the float64 nearest to the
+  decimal written in the CSV (Python's ``float(text)``; pandas' default C parser, which abagen
+  uses, is sometimes one unit in the last place off). The cache stores them losslessly in half
+  the space of float64 (see below); the DataFrame is a new, writable float64 array decoded from
+  it, so writing to the frame never touches the cache.
 
 The binary cache
 ----------------
 The first read of a ``MicroarrayExpression.csv`` or ``PACall.csv`` parses it (pyarrow, streamed
 in blocks of a few MB, so the build needs little memory beyond the blocks) into one cache file;
 later reads map that file and never parse CSV again. ``parquet=True`` (abagen's name) means "use
-the cache"; ``parquet=False`` parses the CSV into memory and writes nothing.
+the cache"; ``parquet=False`` parses the CSV into memory (float64) and writes nothing.
+
+Lossless microarray storage. The AHBA CSVs write each value with a few decimals, so a value v
+parsed as float64 is stored as the int32 ``n = rint(v * 10**k)`` with the smallest k in 0..9
+for which every value of the file round-trips bit for bit (``n / 10**k == v`` in float64, and
+``|n| < 2**31``). As IEEE division is correctly rounded and 10**k is exact, ``n / 10**k`` is the
+float64 nearest to the decimal n * 10**-k, which is what parsing the text gave: decoding is exact.
+k is found on the first block of rows; a later block that needs more decimals restarts the build
+with a larger k. A file that no k fits (more than nine decimals, values too large for int32 at
+the k needed, NaN or empty cells) is stored as float64 instead: exact, but twice the size (a note
+is logged). The encoding and k are recorded in the cache's header. :func:`select_rows` decodes
+only the rows it is asked for, in blocks of a few MB.
 
 Location. ``<folder of the CSV>/.ahba-cache/<file name>.cache`` when that folder is writable.
 Otherwise (a read-only folder, e.g. a Singularity bind mount) under a cache root keyed by the
@@ -45,18 +55,20 @@ where ``<root>`` is ``$AHBA_CACHE_DIR``, else ``$XDG_CACHE_HOME/ahba-app``, else
 ``~/.cache/ahba-app``. A valid cache is looked for in both places, beside the data first. When
 no location is writable the CSV is parsed into memory with a warning.
 
-Layout of a cache file (format version 1, little-endian)::
+Layout of a cache file (format version 2, little-endian)::
 
     0    preamble (64 bytes): magic b"AHBAMTX\\0", uint32 version, uint32 0,
          uint64 header offset, uint64 header length
-    64   values: microarray float32 (P, S) row-major;
+    64   values: microarray int32 (P, S) row-major, v * 10**k (or float64 (P, S) as a fallback);
          PACall bits packed along samples (np.packbits, big bit order) uint8 (P, ceil(S / 8))
     ..   probe ids: int64 (P,), at a 64-byte boundary
-    ..   header: UTF-8 JSON with the kind, the shapes, dtypes and offsets, a CRC-32 of each
-         array, and the source file's absolute path, size and mtime_ns
+    ..   header: UTF-8 JSON with the kind, the shapes, dtypes, encoding (``"int32-decimal"``
+         with ``"decimals": k``, ``"float64"`` or ``"packed-bits"``) and offsets, a CRC-32 of
+         each array, and the source file's absolute path, size and mtime_ns
 
-Sizes: float32 plus packed bits is about 0.45 of the size of abagen's snappy parquet files
-(860 MB against 1.9 GB for the six donors).
+Sizes: int32 plus packed bits is about 0.45 of the size of abagen's snappy parquet files (the
+same as float32: 860 MB against 1.9 GB for the six donors). Version 1 caches (float32, lossy)
+are rebuilt.
 
 Validity. A cache is used only if its magic, version and kind match, its file size equals what
 the header describes, the source's size and mtime_ns equal those recorded, and the CRC-32s of
@@ -106,7 +118,8 @@ LOGGER = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 
 #: Version of the cache file layout; caches of any other version are rebuilt.
-CACHE_FORMAT_VERSION = 1
+#: 1: microarray float32 (lossy). 2: microarray int32 decimals (or float64), exact.
+CACHE_FORMAT_VERSION = 2
 #: Folder created beside the data to hold the caches.
 CACHE_DIRNAME = ".ahba-cache"
 #: The two matrix kinds that are cached, with the file names they come from.
@@ -121,6 +134,11 @@ _BLOCK_SIZE = 2 << 20          # bytes of CSV per parsed block (about 250 rows o
 _CHECK_CHUNK = 16 << 20        # bytes read at a time when checksumming a cache
 _BUILD_ATTEMPTS = 3
 _MAX_DETAIL = 300              # characters of a parser message quoted in an error
+_DECODE_CHUNK = 4 << 20        # bytes of float64 decoded at a time
+_MAX_DECIMALS = 9              # 10**9 * 2 > 2**31: more decimals cannot fit int32 anyway
+_INT32_MAX = 2**31 - 1
+# values encodings recorded in a cache header
+_INT32_DECIMAL, _FLOAT64, _PACKED_BITS = "int32-decimal", "float64", "packed-bits"
 
 
 class AHBAFileError(ValueError):
@@ -145,10 +163,15 @@ class CachedMatrix:
     probe_ids : (P,) int64 ndarray
         Probe ids, in file order (read-only).
     values : ndarray
-        Read-only. Microarray: (P, S) float32. PACall: (P, ceil(S / 8)) uint8, the present/absent
-        calls packed along samples with ``np.packbits`` (use :func:`select_rows` to unpack).
+        The stored array, read-only (use :func:`select_rows` for the values themselves).
+        Microarray: (P, S) int32 holding ``value * 10**decimals``, or (P, S) float64 when
+        ``decimals`` is None. PACall: (P, ceil(S / 8)) uint8, the present/absent calls packed
+        along samples with ``np.packbits``.
     n_samples : int
         S; sample ``j`` (0-based column) has sample id ``j + 1``.
+    decimals : int or None
+        Microarray stored as int32 decimals: the value is ``values / 10**decimals`` (exactly, in
+        float64). None when ``values`` holds the values as they are (or packed bits).
     """
 
     kind: str
@@ -157,6 +180,7 @@ class CachedMatrix:
     probe_ids: np.ndarray
     values: np.ndarray
     n_samples: int
+    decimals: int | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -168,12 +192,24 @@ class CachedMatrix:
         """True when ``values`` holds packed bits (PACall)."""
         return self.kind == "pacall"
 
+    @property
+    def scale(self) -> float | None:
+        """``10.0 ** decimals`` (the stored int32 divided by it gives the value), or None."""
+        return None if self.decimals is None else float(10 ** self.decimals)
+
+    @property
+    def dtype(self) -> np.dtype:
+        """dtype of the values :func:`select_rows` returns: float64 (microarray) or bool."""
+        return np.dtype(bool) if self.packed else np.dtype(np.float64)
+
     def to_frame(self) -> pd.DataFrame:
         """All values as a writable DataFrame labelled like abagen's (probe_id x sample_id).
 
-        Copies the values unless they are writable already (PACall is always unpacked).
+        float64 for microarray, bool for PACall. The values are decoded (or unpacked) into a new
+        array, unless they are float64 and writable already (parsed without a cache, or a
+        float64 cache mapped copy-on-write).
         """
-        if self.packed or not self.values.flags.writeable:
+        if self.packed or self.decimals is not None or not self.values.flags.writeable:
             return _frame(self, select_rows(self))
         return _frame(self, self.values)
 
@@ -181,8 +217,9 @@ class CachedMatrix:
 def select_rows(matrix: CachedMatrix, rows=None, samples=None) -> np.ndarray:
     """Gather some probe rows (and optionally samples) of ``matrix`` into a new array.
 
-    Only the pages holding the requested rows are read from the cache, so taking the few
-    thousand probes that survive filtering costs little beyond the result itself.
+    Only the pages holding the requested rows are read from the cache, and only those rows are
+    decoded (a few MB at a time), so taking the few tens of thousands of probes that survive
+    filtering costs little beyond the result itself.
 
     Parameters
     ----------
@@ -196,10 +233,13 @@ def select_rows(matrix: CachedMatrix, rows=None, samples=None) -> np.ndarray:
     Returns
     -------
     ndarray
-        (rows, samples), float32 for microarray, bool for PACall; writable and owning its data.
+        (rows, samples), float64 for microarray (exactly the values parsed from the CSV), bool
+        for PACall; writable and owning its data.
     """
     values = matrix.values
     n_probes = len(matrix.probe_ids)
+    if matrix.decimals is not None:
+        return _decode_rows(matrix, _row_positions(rows, n_probes), samples)
     if rows is None:
         block = np.array(values)
     elif isinstance(rows, slice):
@@ -217,6 +257,50 @@ def select_rows(matrix: CachedMatrix, rows=None, samples=None) -> np.ndarray:
     if samples is not None:
         block = block[:, samples]
     return np.ascontiguousarray(block)
+
+
+def _row_positions(rows, n_probes: int):
+    """``rows`` as a slice or an int array of positions (a bool mask is checked and converted)."""
+    if rows is None:
+        return slice(None)
+    if isinstance(rows, slice):
+        return rows
+    rows = np.asarray(rows)
+    if rows.dtype == bool:
+        if rows.shape != (n_probes,):
+            raise IndexError(f"Boolean row mask has shape {rows.shape}; the matrix has "
+                             f"{n_probes} rows.")
+        return np.flatnonzero(rows)
+    return rows
+
+
+def _decode_rows(matrix: CachedMatrix, rows, samples) -> np.ndarray:
+    """Some rows (and samples) of an int32-decimal matrix, decoded to float64 block by block."""
+    stored = matrix.values
+    scale = matrix.scale
+    if isinstance(rows, slice):
+        rows = range(*rows.indices(stored.shape[0]))
+    elif rows.ndim != 1:
+        picked = stored[rows]                       # scalar or n-d positions: small, rare
+        if samples is not None:
+            picked = picked[..., samples]
+        return np.divide(picked, scale, dtype=np.float64)
+    columns = None if samples is None else np.atleast_1d(np.arange(matrix.n_samples)[samples])
+    width = matrix.n_samples if columns is None else np.size(columns)
+    out = np.empty((len(rows), width), dtype=np.float64)
+    step = max(1, _DECODE_CHUNK // (8 * max(width, 1)))
+    for start in range(0, len(rows), step):
+        chunk = rows[start:start + step]
+        if isinstance(chunk, range):    # a view: nothing copied yet
+            stop = chunk.stop if chunk.stop >= 0 else None     # a reversed range ending at 0
+            block = stored[chunk.start:stop:chunk.step]
+        else:
+            block = stored[chunk]
+        if columns is not None:
+            block = block[:, columns]
+        # int32 -> float64 is exact and the division is correctly rounded: the parsed value
+        np.divide(block, scale, out=out[start:start + len(chunk)], dtype=np.float64)
+    return out
 
 
 def probe_positions(matrix: CachedMatrix, probe_ids) -> np.ndarray:
@@ -324,9 +408,10 @@ def read_microarray(fname, copy: bool = False, parquet: bool = True) -> pd.DataF
 
     Returns
     -------
-    (P, S) pandas.DataFrame of float32
-        Log2 expression; index ``probe_id`` (int64), columns ``sample_id`` 1..S (int64) in
-        ``SampleAnnot.csv`` row order.
+    (P, S) pandas.DataFrame of float64
+        Log2 expression, each value the float64 nearest to the decimal in the CSV; index
+        ``probe_id`` (int64), columns ``sample_id`` 1..S (int64) in ``SampleAnnot.csv`` row
+        order. A new, writable array (decoded from the cache).
     """
     if isinstance(fname, pd.DataFrame):
         return fname.copy() if copy else fname
@@ -514,12 +599,12 @@ def _arrow_problem(path: Path, what: str, err: Exception, rows_before: int = 0) 
 def _iter_blocks(path: Path, kind: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (probe_ids, values) for consecutive blocks of rows of a matrix CSV.
 
-    values are (n, S) float32 for microarray and (n, S) bool for PACall.
+    values are (n, S) float64 (C order) for microarray and (n, S) bool for PACall.
     """
     what = _LABELS[kind]
     n_samples = _count_samples(path, what)
     names = ["probe_id"] + [str(i) for i in range(1, n_samples + 1)]
-    value_type = pa.float32() if kind == "microarray" else pa.uint8()
+    value_type = pa.float64() if kind == "microarray" else pa.uint8()
     types = {name: value_type for name in names[1:]}
     types["probe_id"] = pa.int64()
     convert = pacsv.ConvertOptions(column_types=types)
@@ -701,26 +786,99 @@ def _remove_stale_temporaries(location: Path) -> None:
             pass
 
 
+class _Reencode(Exception):
+    """Rows that the decimals chosen so far cannot hold exactly: write again with ``decimals``
+    (None: float64)."""
+
+    def __init__(self, decimals: int | None):
+        super().__init__(decimals)
+        self.decimals = decimals
+
+
 def _write_cache(source: Path, location: Path, kind: str, stat: os.stat_result) -> None:
     LOGGER.info("Converting %s to a binary cache at %s (once)", source, location)
+    decimals = "auto" if kind == "microarray" else None
+    while True:  # decimals only grow, then float64: at most a few passes, almost always one
+        try:
+            return _write_cache_file(source, location, kind, stat, decimals)
+        except _Reencode as change:
+            LOGGER.info("Later rows of %s need %s; converting it again", source,
+                        "float64" if change.decimals is None else f"{change.decimals} decimals")
+            decimals = change.decimals
+
+
+def _fewest_decimals(values: np.ndarray, start: int = 0, largest: int = 0,
+                     current: int | None = None) -> int | None:
+    """The smallest k >= start storing ``values`` exactly as int32 decimals, or None.
+
+    ``largest`` is the largest magnitude already stored with ``current`` decimals: those rows
+    must still fit int32 after scaling by 10**(k - current).
+    """
+    for decimals in range(start, _MAX_DECIMALS + 1):
+        if current is not None and largest * 10 ** (decimals - current) > _INT32_MAX:
+            return None  # more decimals only make it larger
+        if _encode_decimals(values, decimals) is not None:
+            return decimals
+    return None
+
+
+def _encode_decimals(values: np.ndarray, decimals: int) -> tuple[np.ndarray, int] | None:
+    """(``rint(values * 10**decimals)`` as int32, its largest magnitude) if that decodes back
+    to ``values`` bit for bit (so also -0.0, NaN and inf fail); None otherwise."""
+    values = np.ascontiguousarray(values, dtype=np.float64)
+    if values.size == 0:
+        return np.zeros(values.shape, "<i4"), 0
+    scale = float(10 ** decimals)
+    scaled = np.multiply(values, scale)
+    np.rint(scaled, out=scaled)
+    with np.errstate(invalid="ignore"):
+        largest = max(scaled.max(), -scaled.min())
+    if not largest <= _INT32_MAX:  # also NaN
+        return None
+    ints = scaled.astype("<i4")
+    decoded = np.divide(ints, scale, out=scaled)
+    if not np.array_equal(decoded.view(np.int64), values.view(np.int64)):
+        return None
+    return ints, int(largest)
+
+
+def _write_cache_file(source: Path, location: Path, kind: str, stat: os.stat_result,
+                      decimals) -> None:
+    """Write the cache once. ``decimals``: int, None (float64 or PACall) or "auto" (choose
+    from the first block); raises _Reencode when a later block needs more."""
     fd, tmp_name = _create_temporary(location)
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(bytes(_DATA_OFFSET))
             values_crc = 0
             ids_blocks = []
+            largest = 0
             for probe_ids, values in _iter_blocks(source, kind):
                 n_samples = values.shape[1]
                 if kind == "pacall":
                     values = np.packbits(values, axis=1)
                 else:
-                    values = values.astype("<f4", copy=False)
+                    if decimals == "auto":
+                        decimals = _fewest_decimals(values)
+                    if decimals is None:
+                        values = values.astype("<f8", copy=False)
+                    else:
+                        encoded = _encode_decimals(values, decimals)
+                        if encoded is None:
+                            raise _Reencode(_fewest_decimals(values, decimals + 1, largest,
+                                                             decimals))
+                        values, block_largest = encoded
+                        largest = max(largest, block_largest)
                 width = values.shape[1]
                 values_crc = zlib.crc32(values, values_crc)
                 out.write(values)
                 ids_blocks.append(probe_ids)
             probe_ids = np.concatenate(ids_blocks).astype("<i8", copy=False)
             _check_unique(source, kind, probe_ids)
+            if kind == "microarray" and decimals is None:
+                LOGGER.info("%s holds values that int32 decimals cannot store exactly (more than "
+                            "%d decimals, too large, or missing): caching them as float64, "
+                            "exact but twice the usual size", source, _MAX_DECIMALS)
             ids_offset = _pad(out)
             out.write(probe_ids)
             header_offset = out.tell()
@@ -733,10 +891,9 @@ def _write_cache(source: Path, location: Path, kind: str, stat: os.stat_result) 
                            "mtime_ns": stat.st_mtime_ns},
                 "n_probes": int(probe_ids.size),
                 "n_samples": int(n_samples),
-                "values": {"offset": _DATA_OFFSET,
-                           "dtype": "<f4" if kind == "microarray" else "|u1",
+                "values": {"offset": _DATA_OFFSET, "dtype": values.dtype.str,
                            "shape": [int(probe_ids.size), int(width)],
-                           "crc32": values_crc},
+                           "crc32": values_crc, **_encoding_record(kind, decimals)},
                 "probe_ids": {"offset": ids_offset, "dtype": "<i8",
                               "shape": [int(probe_ids.size)],
                               "crc32": zlib.crc32(probe_ids)},
@@ -756,6 +913,14 @@ def _write_cache(source: Path, location: Path, kind: str, stat: os.stat_result) 
             pass
         raise
     _fsync_folder(location.parent)
+
+
+def _encoding_record(kind: str, decimals: int | None) -> dict:
+    if kind == "pacall":
+        return {"encoding": _PACKED_BITS}
+    if decimals is None:
+        return {"encoding": _FLOAT64}
+    return {"encoding": _INT32_DECIMAL, "decimals": int(decimals)}
 
 
 def _create_temporary(location: Path) -> tuple[int, str]:
@@ -837,8 +1002,17 @@ def _map_checked(handle, location: Path, source: Path, stat: os.stat_result, kin
         raise _Invalid(f"holds {kind_found}, not {kind}")
     if recorded.get("size") != stat.st_size or recorded.get("mtime_ns") != stat.st_mtime_ns:
         raise _Invalid(f"{source} changed since the cache was built")
-    width = n_samples if kind == "microarray" else -(-n_samples // 8)
-    value_dtype = np.dtype("<f4" if kind == "microarray" else "|u1")
+    encoding, decimals = values_info.get("encoding"), values_info.get("decimals")
+    if kind == "pacall" and encoding == _PACKED_BITS:
+        width, value_dtype, decimals = -(-n_samples // 8), np.dtype("|u1"), None
+    elif kind == "microarray" and encoding == _FLOAT64:
+        width, value_dtype, decimals = n_samples, np.dtype("<f8"), None
+    elif (kind == "microarray" and encoding == _INT32_DECIMAL and type(decimals) is int
+          and 0 <= decimals <= _MAX_DECIMALS):
+        width, value_dtype = n_samples, np.dtype("<i4")
+        mode = "r"  # decoded into new arrays: never written to
+    else:
+        raise _Invalid(f"unknown values encoding {encoding!r} (decimals {decimals!r})")
     values_end = _DATA_OFFSET + n_probes * width * value_dtype.itemsize
     ids_offset = int(ids_info.get("offset", -1))
     layout_ok = (n_probes > 0 and n_samples > 0
@@ -859,7 +1033,7 @@ def _map_checked(handle, location: Path, source: Path, stat: os.stat_result, kin
     values = np.memmap(handle, dtype=value_dtype, mode=mode, offset=_DATA_OFFSET,
                        shape=(n_probes, width))
     return CachedMatrix(kind, source, location, np.asarray(probe_ids), np.asarray(values),
-                        n_samples)
+                        n_samples, decimals)
 
 
 def _file_crc32(handle, offset: int, length: int) -> int:

@@ -156,12 +156,12 @@ def load_probe_table(files: Mapping, *, reannotated: bool = True) -> pd.DataFram
 
 
 def prepare_donor_samples(donor_files: Mapping, probes: pd.DataFrame, *,
-                          corrected_mni: bool = True, lr_mirror=None, sim_threshold=None,
-                          native_affine=None) -> tuple[pd.DataFrame, dict]:
+                          corrected_mni: bool = True, lr_mirror=None, sim_threshold=None
+                          ) -> tuple[pd.DataFrame, dict]:
     """One donor's sample table and the counts of what happened to its samples."""
     annotation, info = _samples.prepare_samples(
         donor_files["annotation"], donor_files["ontology"], corrected_mni=corrected_mni,
-        lr_mirror=lr_mirror, native_affine=native_affine, return_info=True)
+        lr_mirror=lr_mirror, return_info=True)
     info["n_dissimilar"] = 0
     if sim_threshold is not None:
         kept = _samples.similarity_threshold(donor_files["microarray"], annotation, probes,
@@ -195,11 +195,13 @@ def select_donor_probes(files: Mapping, annotations: Mapping, probes: pd.DataFra
 # --------------------------------------------------------------------------------------------
 # atlas and matching
 # --------------------------------------------------------------------------------------------
-def load_atlas(atlas, atlas_info=None, donors="all", *, data_dir=None) -> tuple[dict, bool]:
+def load_atlas(atlas, atlas_info=None, donors="all", *, data_dir=None, geometry=None,
+               space=None) -> tuple[dict, bool]:
     """``{donor: AtlasTree}`` and whether it is one group (MNI) atlas for every donor."""
     from .atlas import coerce_atlas_to_dict
 
-    return coerce_atlas_to_dict(atlas, donors, atlas_info=atlas_info, data_dir=data_dir)
+    return coerce_atlas_to_dict(atlas, donors, atlas_info=atlas_info, data_dir=data_dir,
+                                geometry=geometry, space=space)
 
 
 def renumber_samples(expression: pd.DataFrame, annotation: pd.DataFrame):
@@ -214,10 +216,35 @@ def renumber_samples(expression: pd.DataFrame, annotation: pd.DataFrame):
     return expression, annotation
 
 
+def atlas_coordinates(atlas_tree, annotation: pd.DataFrame) -> pd.DataFrame:
+    """The sample table with coordinates in the atlas's space.
+
+    Group atlases use the (corrected) MNI coordinates as they are; a donor-native atlas maps
+    each sample's MRI voxel through the atlas's ``native_affine``.
+    """
+    if atlas_tree.group_atlas:
+        return annotation
+    if atlas_tree.native_affine is None:
+        raise ValueError(f"The donor-native atlas {atlas_tree.source} has no affine for the "
+                         "donor's MRI voxels: set AtlasTree.native_affine to the affine of the "
+                         "donor's T1w image.")
+    return _matching.native_coordinates(annotation, atlas_tree.native_affine)
+
+
+def check_atlas_settings(group_atlas: bool, settings: Settings) -> None:
+    """Refuse option combinations that make no sense for this kind of atlas."""
+    if not group_atlas and settings.lr_mirror is not None:
+        raise ValueError(f"lr_mirror={settings.lr_mirror!r} cannot be used with donor-native "
+                         "atlases: mirroring flips x around 0, which is the midline only in MNI "
+                         "space, not in a donor's scanner space. Use a group (MNI) atlas or "
+                         "lr_mirror=None.")
+
+
 def match_donor_samples(atlas_tree, annotation: pd.DataFrame, *, tolerance: float = 2
                         ) -> np.ndarray:
     """The region label of every sample row (0 = matched to no region)."""
-    labels = atlas_tree.label_samples(annotation, tolerance=tolerance)
+    labels = atlas_tree.label_samples(atlas_coordinates(atlas_tree, annotation),
+                                      tolerance=tolerance)
     return np.asarray(labels).ravel().astype(np.int64)
 
 
@@ -305,6 +332,7 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
                                       need_rnaseq=settings.probe_selection == "rnaseq",
                                       n_proc=n_proc, verbose=verbose)
     atlases, group_atlas = load_atlas(atlas, atlas_info, settings.donors, data_dir=data_dir)
+    check_atlas_settings(group_atlas, settings)
     all_labels = next(iter(atlases.values())).labels
     sample_facts = {}
 
@@ -313,11 +341,9 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
                "n_probes": len(_io.read_probes(next(iter(files.values()))["probes"]))}
     annotations = {}
     for donor, donor_files in files.items():
-        affine = None if group_atlas else getattr(atlases[donor], "native_affine", None)
         annotations[donor], sample_facts[donor] = prepare_donor_samples(
             donor_files, probes, corrected_mni=settings.corrected_mni,
-            lr_mirror=settings.lr_mirror, sim_threshold=settings.sim_threshold,
-            native_affine=affine)
+            lr_mirror=settings.lr_mirror, sim_threshold=settings.sim_threshold)
     probes = filter_probe_table(files, annotations, probes, ibf_threshold=settings.ibf_threshold)
     summary["n_probes_filtered"] = len(probes)
     expressions, selection = select_donor_probes(
@@ -349,34 +375,63 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
                             labels, kept)
     if not aggregate:
         return result
-
-    fills = fill_missing_regions(settings.missing, atlases, labels, normalized, kept)
-    if settings.missing is not None:
-        summary["filled_regions"] = sorted({int(r) for f in fills.values() if f is not None
-                                            for r in f.index})
-    expression, dropped = aggregate_expression(
-        normalized, labels, all_labels, fills=fills, region_agg=settings.region_agg,
-        agg_metric=settings.agg_metric, return_donors=return_donors)
-    summary["genes_dropped"] = len(dropped)
-    if settings.stability_threshold is not None:
-        expression = _keep_stable(expression, normalized, labels, all_labels, settings, summary)
-    result.expression = expression
-    summary["expression"] = expression
+    group = aggregate_group(atlases, all_labels, normalized, kept, labels,
+                            missing=settings.missing, region_agg=settings.region_agg,
+                            agg_metric=settings.agg_metric,
+                            stability_threshold=settings.stability_threshold,
+                            return_donors=return_donors)
+    result.expression = group["donor_expressions"] if return_donors else group["expression"]
+    summary.update(group["summary"], expression=result.expression)
     return result
 
 
-def _keep_stable(expression, normalized, labels, all_labels, settings: Settings, summary: dict):
-    """Drop genes whose differential stability across donors is below the threshold."""
+def aggregate_group(atlases: Mapping, all_labels, normalized: Mapping, kept: Mapping,
+                    labels: Mapping, *, missing=None, region_agg="donors", agg_metric="mean",
+                    stability_threshold=None, return_donors=False) -> dict:
+    """Fill empty regions, aggregate, apply the stability threshold: the group level.
+
+    Returns ``expression`` (regions x genes), ``counts``, ``donor_expressions`` (per-donor
+    tables, with ``return_donors``) and ``summary`` (JSON-able facts for reports and sidecars).
+    """
+    counts = _matching.sample_counts(labels, all_labels)
+    summary = {"regions_without_samples": [int(r) for r in
+                                           counts.index[counts.sum(axis=1) == 0]]}
+    kept = {donor: atlas_coordinates(atlases[donor], frame) for donor, frame in kept.items()}
+    fills = fill_missing_regions(missing, atlases, labels, normalized, kept)
+    summary["filled_regions"] = sorted({int(r) for rows in fills.values() if rows is not None
+                                        for r in rows.index})
+    expression, dropped = aggregate_expression(normalized, labels, all_labels, fills=fills,
+                                               region_agg=region_agg, agg_metric=agg_metric)
+    summary["genes_dropped"] = [str(gene) for gene in dropped]
+    per_donor = None
+    if return_donors:
+        per_donor, _ = aggregate_expression(normalized, labels, all_labels, fills=fills,
+                                            region_agg=region_agg, agg_metric=agg_metric,
+                                            return_donors=True)
+    if stability_threshold is not None:
+        stable = stable_genes(normalized, labels, all_labels, threshold=stability_threshold,
+                              agg_metric=agg_metric)
+        summary["n_genes_stable"] = int(stable.sum())
+        expression = expression.loc[:, expression.columns.isin(stable.index[stable])]
+        if per_donor is not None:
+            per_donor = {d: f.loc[:, f.columns.isin(stable.index[stable])]
+                         for d, f in per_donor.items()}
+    summary["stability_threshold"] = stability_threshold
+    summary["n_genes"] = int(expression.shape[1])
+    return {"expression": expression, "counts": counts, "donor_expressions": per_donor,
+            "summary": summary}
+
+
+def stable_genes(normalized: Mapping, labels: Mapping, all_labels, *, threshold: float,
+                 agg_metric="mean") -> pd.Series:
+    """Whether each gene's differential stability across donors reaches ``threshold``.
+
+    Differential stability is the mean over donor pairs of the Spearman correlation of the
+    gene's regional expression (regions aggregated within each donor).
+    """
     from .correct import differential_stability
 
     per_donor, _ = aggregate_expression(normalized, labels, all_labels, region_agg="donors",
-                                        agg_metric=settings.agg_metric, return_donors=True)
+                                        agg_metric=agg_metric, return_donors=True)
     frames = list(per_donor.values()) if isinstance(per_donor, Mapping) else list(per_donor)
-    stability = differential_stability(frames)
-    stable = stability.index[stability >= settings.stability_threshold]
-    summary["n_genes_stable"] = int((stability >= settings.stability_threshold).sum())
-    if isinstance(expression, dict):
-        return {d: f.loc[:, f.columns.isin(stable)] for d, f in expression.items()}
-    if isinstance(expression, list):
-        return [f.loc[:, f.columns.isin(stable)] for f in expression]
-    return expression.loc[:, expression.columns.isin(stable)]
+    return differential_stability(frames) >= threshold

@@ -215,10 +215,9 @@ def test_participant_sink(chain, tmp_path):
     {"missing": "interpolate", "agg_metric": "median"},
     {"region_agg": "samples", "stability_threshold": 0.2},
 ])
-def test_aggregate_all_equals_the_pipeline(chain, ahba_small, options):
+def test_aggregate_group_on_node_files_equals_the_pipeline(chain, ahba_small, options):
     """The aggregate node's function, on the normalize nodes' files, for other options."""
     from ahba_app.bids import load_atlas_input
-    from ahba_app.interfaces.atlas import aggregate_all
 
     atlas = chain["atlas"]
     norm = chain["normalize"]
@@ -226,7 +225,7 @@ def test_aggregate_all_equals_the_pipeline(chain, ahba_small, options):
     settings = dict(missing=None, region_agg="donors", agg_metric="mean",
                     stability_threshold=None)
     settings.update(options)
-    result = aggregate_all(
+    result = pipeline.aggregate_group(
         atlases, atlases[DONORS[0]].labels,
         {d: read_frame(p) for d, p in zip(DONORS, norm.expression)},
         {d: read_frame(p) for d, p in zip(DONORS, norm.annotation)},

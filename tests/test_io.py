@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import struct
 import subprocess
 import sys
 import time
+import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +133,45 @@ def _assert_sample_columns(frame: pd.DataFrame, n: int) -> None:
     assert frame.columns.tolist() == list(range(1, n + 1))
 
 
+def _round_trip(path: Path) -> pd.DataFrame:
+    """The CSV as pandas parses it with correctly rounded floats (float_precision='round_trip',
+    deprecated in pandas 3 but still what the name says)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pd.read_csv(path, header=None, index_col=0, float_precision="round_trip")
+
+
+def _python_floats(path: Path) -> np.ndarray:
+    """The CSV's values parsed by Python's float(): the float64 nearest to each decimal."""
+    return np.array([[float(x) for x in line.split(",")[1:]]
+                     for line in path.read_text().splitlines() if line.strip()])
+
+
+def _assert_bits_equal(actual, expected) -> None:
+    """Equal bit for bit as float64 (so 0.0 against -0.0 and NaN payloads count)."""
+    actual, expected = np.asarray(actual), np.asarray(expected, dtype=np.float64)
+    assert actual.dtype == np.float64 and actual.shape == expected.shape
+    differ = np.ascontiguousarray(actual).view(np.int64) != \
+        np.ascontiguousarray(expected).view(np.int64)
+    assert not differ.any(), f"{differ.sum()} values differ, first at {np.argwhere(differ)[0]}"
+
+
+def _assert_exact(frame: pd.DataFrame, path: Path) -> None:
+    """``frame`` holds exactly what a correctly rounding float64 parser reads from ``path``."""
+    expected = _round_trip(path)
+    assert frame.index.tolist() == expected.index.tolist()
+    assert (frame.dtypes == np.float64).all()
+    _assert_bits_equal(frame.to_numpy(), expected.to_numpy())
+
+
+def _cache_header(cache: Path) -> dict:
+    data = cache.read_bytes()
+    _, version, _, offset, length = io._PREAMBLE.unpack(data[: io._PREAMBLE.size])
+    header = json.loads(data[offset: offset + length])
+    assert header["version"] == version
+    return header
+
+
 # ------------------------------------------------------------------------------------------
 # Readers: labels, dtypes, values
 # ------------------------------------------------------------------------------------------
@@ -140,8 +183,9 @@ def test_read_microarray(donor, parquet):
     assert data.index.name == "probe_id" and data.index.dtype == np.int64
     assert data.index.tolist() == PROBE_IDS  # file order, not sorted
     _assert_sample_columns(data, 4)
-    assert (data.dtypes == np.float32).all()
-    np.testing.assert_allclose(data.to_numpy(), np.array(MICROARRAY), rtol=1e-7)
+    assert (data.dtypes == np.float64).all()
+    _assert_bits_equal(data.to_numpy(), MICROARRAY)  # Python's literals: the nearest float64s
+    _assert_exact(data, donor / "MicroarrayExpression.csv")
     assert (donor / io.CACHE_DIRNAME).exists() == parquet
 
 
@@ -161,10 +205,11 @@ def test_microarray_frame_is_writable_without_touching_the_cache(donor, parquet)
     data.iloc[0, 0] = -1.0
     data.loc[1058681] = 0.0
     assert data.iloc[0, 0] == -1.0
-    assert io.read_microarray(path).iloc[0, 0] == np.float32(2.368)
+    assert io.read_microarray(path).iloc[0, 0] == 2.368
     frame = io.load_matrix(path).to_frame()
     frame.iloc[1, 1] = -2.0
-    assert io.load_matrix(path).values[1, 1] == np.float32(1.8875)
+    assert io.select_rows(io.load_matrix(path), [1])[0, 1] == 1.8875
+    assert io.load_matrix(path).values[1, 1] == 18875000  # 1.8875 with 7 decimals
 
 
 def test_missing_values_are_nan_like_pandas(tmp_path):
@@ -172,6 +217,182 @@ def test_missing_values_are_nan_like_pandas(tmp_path):
     path.write_text("1,2.5,,3\n2,NaN,4,5\n")
     data = io.read_microarray(path)
     assert np.isnan(data.to_numpy()).tolist() == [[False, True, False], [True, False, False]]
+    assert data.loc[1, 1] == 2.5 and data.loc[2, 3] == 5
+    # int32 decimals cannot hold NaN: such a file is cached as float64
+    matrix = io.load_matrix(path)
+    assert matrix.decimals is None and matrix.values.dtype == np.float64
+    assert _cache_header(matrix.cache)["values"]["encoding"] == "float64"
+
+
+# ------------------------------------------------------------------------------------------
+# Microarray values are exact: int32 decimals when they fit, float64 otherwise
+# ------------------------------------------------------------------------------------------
+
+def _write_rows(path: Path, rows: list[str]) -> Path:
+    """A matrix CSV whose row i (probe id i + 1) holds the value texts rows[i] (comma-joined)."""
+    path.write_text("".join(f"{i + 1},{row}\n" for i, row in enumerate(rows)))
+    return path
+
+
+def _check_exact_both_ways(path: Path) -> io.CachedMatrix:
+    """Built, then cached, then parsed without cache: all bit-for-bit the correctly rounded
+    parse of the text. Returns the cached matrix."""
+    expected = _python_floats(path)
+    for parquet in (True, True, False):
+        data = io.read_microarray(path, parquet=parquet)
+        _assert_exact(data, path)
+        _assert_bits_equal(data.to_numpy(), expected)
+    matrix = io.load_matrix(path)
+    _assert_bits_equal(io.select_rows(matrix), expected)
+    return matrix
+
+
+def test_mixed_decimals_are_exact(tmp_path):
+    path = _write_rows(tmp_path / "MicroarrayExpression.csv",
+                       ["2.5,3.123456,18.4", "1.5,7,0.000001", "10.25,4.1,3.999999"])
+    matrix = _check_exact_both_ways(path)
+    assert matrix.decimals == 6 and matrix.values.dtype == np.int32
+    assert matrix.values[1].tolist() == [1500000, 7000000, 1]
+    record = _cache_header(matrix.cache)["values"]
+    assert record["encoding"] == "int32-decimal" and record["decimals"] == 6
+    assert record["dtype"] == "<i4"
+
+
+def test_fewest_decimals_are_used(tmp_path):
+    path = _write_rows(tmp_path / "MicroarrayExpression.csv", ["2,3,-4", "17,1,0"])
+    assert _check_exact_both_ways(path).decimals == 0
+    path = _write_rows(tmp_path / "MicroarrayExpression.csv", ["2.25,3.5", "-17.125,1"])
+    assert _check_exact_both_ways(path).decimals == 3
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Parse CSVs in blocks of 1 kB (a few dozen short rows), so files have many blocks."""
+    monkeypatch.setattr(io, "_BLOCK_SIZE", 1 << 10)
+
+
+def test_later_rows_with_more_decimals_rebuild_exactly(tmp_path, small_blocks, monkeypatch):
+    rng = np.random.default_rng(3)
+    short = [f"{a:.1f},{b:.1f}" for a, b in rng.uniform(1.5, 18.4, (300, 2))]
+    longer = [f"{a:.6f},{b:.4f}" for a, b in rng.uniform(1.5, 18.4, (300, 2))]
+    path = _write_rows(tmp_path / "MicroarrayExpression.csv", short + longer)
+    calls = _count_parses(monkeypatch)
+    matrix = io.load_matrix(path)
+    assert len(calls) == 2  # the first block chose 1 decimal; a later one asked for 6
+    assert matrix.decimals == 6 and matrix.values.dtype == np.int32
+    _check_exact_both_ways(path)
+    assert len(calls) == 3  # the parquet=False read only
+
+
+@pytest.mark.parametrize("rows, why", [
+    (["2.123456789012,3.5", "4.25,5"], "more than 9 decimals"),
+    (["3.141592653589793,2.718281828459045"], "shortest repr of arbitrary floats"),
+    (["123456789012.5,1", "2,3"], "too large for int32"),
+    (["-0.0,1.5", "2,3"], "negative zero"),
+    (["2.5,inf", "1,2"], "infinity"),
+    (["1e-12,2", "3,4"], "too small"),
+])
+def test_values_int32_cannot_hold_are_cached_as_float64(tmp_path, rows, why, caplog):
+    path = _write_rows(tmp_path / "MicroarrayExpression.csv", rows)
+    with caplog.at_level("INFO", logger="ahba_app.io"):
+        matrix = _check_exact_both_ways(path)
+    assert matrix.decimals is None and matrix.scale is None
+    assert matrix.values.dtype == np.float64, why
+    record = _cache_header(matrix.cache)["values"]
+    assert record["encoding"] == "float64" and record["dtype"] == "<f8" and "decimals" not in record
+    assert "as float64" in caplog.text
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("later, decimals", [
+    ("{:.9f}", None),      # 9 decimals of values up to 18.4 overflow int32
+    ("{:.2f}e3", None),    # 6 decimals (from the first rows) of values in the thousands too
+    ("{:.8f}", 8),         # 8 decimals still fit
+])
+def test_later_rows_that_int32_cannot_hold_fall_back(tmp_path, small_blocks, monkeypatch,
+                                                     later, decimals):
+    rng = np.random.default_rng(4)
+    first = [f"{a:.6f},{b:.6f}" for a, b in rng.uniform(1.5, 18.4, (200, 2))]
+    last = [f"{later.format(a)},{later.format(b)}" for a, b in rng.uniform(1.5, 18.4, (200, 2))]
+    path = _write_rows(tmp_path / "MicroarrayExpression.csv", first + last)
+    calls = _count_parses(monkeypatch)
+    matrix = _check_exact_both_ways(path)
+    assert matrix.decimals == decimals
+    assert matrix.values.dtype == (np.float64 if decimals is None else np.int32)
+    assert len(calls) == 2 + 1  # built twice (the restart), parsed once without cache
+
+
+def test_select_rows_decodes_in_chunks(tmp_path, monkeypatch):
+    rng = np.random.default_rng(5)
+    values = np.round(rng.uniform(1.5, 18.4, (500, 7)), 6)
+    path = tmp_path / "MicroarrayExpression.csv"
+    path.write_text(_matrix_csv(range(1, 501), values))
+    monkeypatch.setattr(io, "_DECODE_CHUNK", 8 * 7 * 30)  # 30 rows at a time
+    matrix = io.load_matrix(path)
+    assert matrix.decimals == 6
+    samples = np.array([True, False, True, True, False, False, True])
+    rows = rng.permutation(500)[:170]
+    cases = [
+        ((None, None), values),
+        ((rows, None), values[rows]),
+        ((rows, samples), values[rows][:, samples]),
+        ((np.arange(500) % 2 == 0, [6, 0]), values[::2][:, [6, 0]]),
+        ((slice(None, None, -1), None), values[::-1]),
+        ((slice(498, 3, -7), slice(1, 5)), values[498:3:-7, 1:5]),
+        ((slice(10, 440, 3), None), values[10:440:3]),
+        ((np.array([], dtype=int), None), values[:0]),
+        ((np.array([-1, 0]), None), values[[-1, 0]]),
+    ]
+    for (picked, columns), expected in cases:
+        out = io.select_rows(matrix, picked, samples=columns)
+        _assert_bits_equal(out, expected)
+        assert out.flags.owndata and out.flags.writeable and out.flags.c_contiguous
+
+
+def _write_version1_cache(source: Path, location: Path) -> None:
+    """A cache as format version 1 wrote it: float32 values (lossy), otherwise valid."""
+    frame = _round_trip(source)
+    values = np.ascontiguousarray(frame.to_numpy(np.float32))
+    probe_ids = frame.index.to_numpy(np.int64)
+    stat = source.stat()
+    body = bytearray(64) + values.tobytes()
+    body += bytes(-len(body) % 64)
+    ids_offset = len(body)
+    body += probe_ids.tobytes()
+    header = json.dumps({
+        "format": "ahba-app matrix cache", "version": 1, "kind": "microarray",
+        "created_by": "ahba-app 0.0", "n_probes": len(probe_ids), "n_samples": values.shape[1],
+        "source": {"path": str(source.resolve()), "size": stat.st_size,
+                   "mtime_ns": stat.st_mtime_ns},
+        "values": {"offset": 64, "dtype": "<f4", "shape": list(values.shape),
+                   "crc32": zlib.crc32(values)},
+        "probe_ids": {"offset": ids_offset, "dtype": "<i8", "shape": [len(probe_ids)],
+                      "crc32": zlib.crc32(probe_ids)},
+    }).encode()
+    body[:40] = struct.pack("<8sIIQQ", b"AHBAMTX\0", 1, 0, len(body), len(header))
+    location.parent.mkdir(parents=True, exist_ok=True)
+    location.write_bytes(bytes(body) + header)
+
+
+def test_version1_float32_cache_is_rebuilt(donor, monkeypatch):
+    path = donor / "MicroarrayExpression.csv"
+    cache = io.cache_locations(path)[0]
+    _write_version1_cache(path, cache)
+    assert io.CACHE_FORMAT_VERSION == 2
+    calls = _count_parses(monkeypatch)
+    data = io.read_microarray(path)
+    assert len(calls) == 1  # the old cache was not used
+    _assert_exact(data, path)
+    assert data.iloc[0, 2] == 2.6547653 != np.float64(np.float32(2.6547653))
+    header = _cache_header(cache)
+    assert header["version"] == 2 and header["values"]["encoding"] == "int32-decimal"
+    io.read_microarray(path)
+    assert len(calls) == 1
+
+
+def test_pacall_cache_records_its_encoding(donor):
+    header = _cache_header(io.load_matrix(donor / "PACall.csv").cache)
+    assert header["values"]["encoding"] == "packed-bits" and header["values"]["dtype"] == "|u1"
 
 
 def test_read_probes(donor):
@@ -259,7 +480,10 @@ def test_load_matrix_maps_the_cache_read_only(donor):
     assert matrix.kind == "microarray" and matrix.shape == (5, 4)
     assert matrix.cache == donor / io.CACHE_DIRNAME / "MicroarrayExpression.csv.cache"
     assert matrix.probe_ids.dtype == np.int64 and matrix.probe_ids.tolist() == PROBE_IDS
-    assert matrix.values.dtype == np.float32 and matrix.values.shape == (5, 4)
+    # the stored array: int32 decimals (the file has up to 7 decimals: 9.9999999, 2.6547653)
+    assert matrix.values.dtype == np.int32 and matrix.values.shape == (5, 4)
+    assert matrix.decimals == 7 and matrix.scale == 1e7 and matrix.dtype == np.float64
+    assert matrix.values[0].tolist() == [23680000, 24163000, 26547653, 24255000]
     assert not matrix.values.flags.writeable and not matrix.probe_ids.flags.writeable
     assert isinstance(matrix.values.base, np.memmap) or isinstance(matrix.values, np.memmap)
     with pytest.raises(ValueError):
@@ -268,14 +492,16 @@ def test_load_matrix_maps_the_cache_read_only(donor):
 
 def test_select_rows(donor):
     expr = io.load_matrix(donor / "MicroarrayExpression.csv")
-    full = np.array(MICROARRAY, dtype=np.float32)
-    np.testing.assert_array_equal(io.select_rows(expr), full)
-    np.testing.assert_array_equal(io.select_rows(expr, [3, 0]), full[[3, 0]])
+    full = np.array(MICROARRAY, dtype=np.float64)
+    _assert_bits_equal(io.select_rows(expr), full)
+    _assert_bits_equal(io.select_rows(expr, [3, 0]), full[[3, 0]])
     mask = np.array([True, False, True, False, False])
-    np.testing.assert_array_equal(io.select_rows(expr, mask, samples=[1, 3]), full[mask][:, [1, 3]])
-    np.testing.assert_array_equal(io.select_rows(expr, slice(1, 3)), full[1:3])
+    _assert_bits_equal(io.select_rows(expr, mask, samples=[1, 3]), full[mask][:, [1, 3]])
+    _assert_bits_equal(io.select_rows(expr, slice(1, 3)), full[1:3])
     out = io.select_rows(expr, [1])
-    assert out.flags.writeable and out.flags.owndata and out.dtype == np.float32
+    assert out.flags.writeable and out.flags.owndata and out.dtype == np.float64
+    with pytest.raises(IndexError, match="mask"):
+        io.select_rows(expr, mask[:3])
 
     pacall = io.load_matrix(donor / "PACall.csv")
     assert pacall.packed and pacall.values.dtype == np.uint8 and pacall.values.shape == (5, 1)
@@ -331,12 +557,12 @@ def test_cache_is_built_once_and_reused(donor, monkeypatch):
 def test_cache_is_rebuilt_when_the_source_changes(donor, monkeypatch):
     calls = _count_parses(monkeypatch)
     path = donor / "MicroarrayExpression.csv"
-    assert io.read_microarray(path).iloc[0, 0] == np.float32(2.368)
+    assert io.read_microarray(path).iloc[0, 0] == 2.368
     changed = [row[:] for row in MICROARRAY]
     changed[0][0] = 3.368  # same size
     path.write_text(_matrix_csv(PROBE_IDS, changed))
     _bump_mtime(path)
-    assert io.read_microarray(path).iloc[0, 0] == np.float32(3.368)
+    assert io.read_microarray(path).iloc[0, 0] == 3.368
     assert len(calls) == 2
     path.write_text(_matrix_csv(PROBE_IDS[:3], changed[:3]))  # other size
     assert io.read_microarray(path).shape == (3, 4)
@@ -375,7 +601,7 @@ def test_read_only_data_folder_uses_ahba_cache_dir(donor, tmp_path, monkeypatch)
     assert matrix.cache == io.cache_locations(path)[1]
     assert matrix.cache.is_relative_to(cache_root / "matrix-cache")
     assert not (donor / io.CACHE_DIRNAME).exists()
-    np.testing.assert_allclose(io.read_microarray(path).to_numpy(), MICROARRAY, rtol=1e-7)
+    _assert_bits_equal(io.read_microarray(path).to_numpy(), MICROARRAY)
     assert len(calls) == 1
     # another folder with the same file name gets its own entry
     twin = tmp_path / "twin"
@@ -540,14 +766,14 @@ def test_two_processes_build_one_cache(tmp_path):
     outputs = [proc.communicate(timeout=120) for proc in procs]
     for proc, (out, err) in zip(procs, outputs):
         assert proc.returncode == 0, err
-    digest = hashlib.sha256(values.astype(np.float32).tobytes()).hexdigest()
+    digest = hashlib.sha256(values.tobytes()).hexdigest()  # exact float64: the CSV holds repr
     expected = f"3000 60 {digest}"
     assert [out.strip() for out, _ in outputs] == [expected, expected]
     assert log.read_text().count("build") == 1
     cache_dir = tmp_path / io.CACHE_DIRNAME
     assert [p.name for p in cache_dir.glob("*.cache")] == ["MicroarrayExpression.csv.cache"]
     assert not list(cache_dir.glob("*.tmp"))
-    np.testing.assert_allclose(io.read_microarray(path).to_numpy(), values, rtol=1e-7)
+    _assert_bits_equal(io.read_microarray(path).to_numpy(), values)
 
 
 def test_cache_files_follow_the_umask(donor):
@@ -667,9 +893,9 @@ def _compare_with_abagen(files: dict, theirs: dict) -> None:
             if theirs_.dtype != object:  # text: pandas 3's str against pandas 1.5's object
                 assert mine.dtype == theirs_.dtype, key
         if key == "microarray":
-            assert (ours.dtypes == np.float32).all()
-            np.testing.assert_allclose(ours.to_numpy(np.float64), expected.to_numpy(),
-                                       rtol=1e-7, atol=0)
+            # abagen parses with pandas' default float parser: at most an ulp from ours
+            assert (ours.dtypes == np.float64).all()
+            np.testing.assert_allclose(ours.to_numpy(), expected.to_numpy(), rtol=1e-12, atol=0)
         elif key == "pacall":
             np.testing.assert_array_equal(ours.to_numpy(), expected.to_numpy().astype(bool))
         else:
@@ -700,6 +926,19 @@ def test_readers_match_abagen_on_synthetic_data(ahba_small, tmp_path):
     _compare_with_abagen(files, theirs)
 
 
+def test_synthetic_donor_is_exact(ahba_small):
+    path = ahba_small / "microarray" / "normalized_microarray_donor10021" / \
+        "MicroarrayExpression.csv"
+    data = io.read_microarray(path)
+    _assert_exact(data, path)
+    matrix = io.load_matrix(path)
+    assert matrix.values.dtype == np.int32 and matrix.decimals == 6
+    # int32 is half of float64: the cache holds 4 bytes a value, plus the probe ids and header
+    assert matrix.cache.stat().st_size < 4 * data.size + 8 * len(data) + 64 * 1024
+    rows = np.arange(0, len(data), 3)
+    _assert_bits_equal(io.select_rows(matrix, rows), data.to_numpy()[rows])
+
+
 def test_synthetic_donors_read_and_agree(ahba_small):
     for folder in sorted((ahba_small / "microarray").glob("normalized_microarray_donor*")):
         expr = io.load_matrix(folder / "MicroarrayExpression.csv")
@@ -711,3 +950,4 @@ def test_synthetic_donors_read_and_agree(ahba_small):
         assert (np.asarray(expr.probe_ids) == probes.index.to_numpy()).all()
         values = io.select_rows(expr)
         assert 1.5 <= values.min() and values.max() <= 18.4
+        assert expr.values.dtype == np.int32 and expr.decimals == 6  # synthetic: 6 decimals

@@ -123,16 +123,18 @@ def _locate_ahba(data_dir, settings, nprocs, verbose) -> None:
                          verbose=verbose)
 
 
-def _check_atlases(atlases, donors, data_dir) -> None:
+def _check_atlases(atlases, settings, data_dir) -> None:
     """Load every atlas as the workflow will, check its region table, hash its files."""
-    from .. import bids
+    from .. import bids, pipeline
 
+    donors = settings.donors
     for atlas in atlases:
         source = ", ".join(Path(p).name for p in atlas.files()[:2] if p) or atlas.label
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                trees, _ = bids.load_atlas_input(atlas, donors, data_dir=data_dir)
+                trees, group_atlas = bids.load_atlas_input(atlas, donors, data_dir=data_dir)
+                pipeline.check_atlas_settings(group_atlas, settings)
             except (ValueError, TypeError, OSError) as err:
                 hint = ""
                 if atlas.kind in ("surface", "cifti") and not atlas.geometry:
@@ -201,7 +203,7 @@ def prepare_run(opts) -> RunPlan:
         notes[atlases[0].key] = ["The input folder held no atlas, so the Desikan-Killiany "
                                   "atlas bundled with ahba-app was used."]
     _locate_ahba(data_dir, settings, opts.nprocs, opts.verbose)
-    _check_atlases(atlases, settings.donors, data_dir)
+    _check_atlases(atlases, settings, data_dir)
     return RunPlan(analysis_level=opts.analysis_level, input_dir=input_dir,
                    output_dir=output_dir, work_dir=work_dir, data_dir=data_dir,
                    settings=settings, atlases=atlases, desc=desc, save_donors=opts.save_donors,

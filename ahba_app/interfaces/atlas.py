@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
-from types import SimpleNamespace
 
 from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObject,
                                     OutputMultiObject, SimpleInterface, TraitedSpec, traits)
 
 from .. import pipeline
 from ..bids import AtlasInput, load_atlas_input
-from ..matching import sample_counts
 from ._files import read_frame, read_labels, write_frame, write_json, write_labels
 
 LGR = logging.getLogger("ahba_app")
@@ -151,7 +149,7 @@ class AggregateExpression(SimpleInterface):
         normalized = {d: read_frame(p) for d, p in zip(donors, inputs.expressions)}
         kept = {d: read_frame(p) for d, p in zip(donors, inputs.annotations)}
         labels = {d: read_labels(p) for d, p in zip(donors, inputs.labels)}
-        result = aggregate_all(atlases, all_labels, normalized, kept, labels,
+        result = pipeline.aggregate_group(atlases, all_labels, normalized, kept, labels,
                                missing=inputs.missing, region_agg=inputs.region_agg,
                                agg_metric=inputs.agg_metric,
                                stability_threshold=inputs.stability_threshold,
@@ -168,38 +166,3 @@ class AggregateExpression(SimpleInterface):
         self._results["summary"] = write_json(result["summary"],
                                               os.path.join(cwd, "aggregate.json"))
         return runtime
-
-
-def aggregate_all(atlases, all_labels, normalized, kept, labels, *, missing, region_agg,
-                  agg_metric, stability_threshold, return_donors) -> dict:
-    """The end of :func:`ahba_app.pipeline.run`: counts, filling, aggregation, stability.
-
-    Returns a dict with ``expression`` (regions x genes), ``counts``, ``donor_expressions``
-    (dict, with ``return_donors``) and ``summary`` (JSON-able facts).
-    """
-    counts = sample_counts(labels, all_labels)
-    summary = {"regions_without_samples": [int(r) for r in
-                                           counts.index[counts.sum(axis=1) == 0]]}
-    fills = pipeline.fill_missing_regions(missing, atlases, labels, normalized, kept)
-    summary["filled_regions"] = sorted({int(r) for rows in fills.values()
-                                        if rows is not None for r in rows.index})
-    expression, dropped = pipeline.aggregate_expression(
-        normalized, labels, all_labels, fills=fills, region_agg=region_agg,
-        agg_metric=agg_metric, return_donors=False)
-    summary["genes_dropped_incomplete"] = [str(g) for g in dropped]
-    per_donor = None
-    if return_donors:
-        per_donor, _ = pipeline.aggregate_expression(
-            normalized, labels, all_labels, fills=fills, region_agg=region_agg,
-            agg_metric=agg_metric, return_donors=True)
-    if stability_threshold is not None:
-        settings = SimpleNamespace(agg_metric=agg_metric, stability_threshold=stability_threshold)
-        expression = pipeline._keep_stable(expression, normalized, labels, all_labels, settings,
-                                           {})
-        if per_donor is not None:
-            per_donor = pipeline._keep_stable(per_donor, normalized, labels, all_labels,
-                                              settings, {})
-    summary["stability_threshold"] = stability_threshold
-    summary["n_genes"] = int(expression.shape[1])
-    return {"expression": expression, "counts": counts, "donor_expressions": per_donor,
-            "summary": summary}

@@ -81,7 +81,7 @@ def group_outputs(out_dir, atlas: AtlasInput, desc: str, *, expression: pd.DataF
     if aggregate:
         sidecar["RegionsWithoutSamples"] = aggregate.get("regions_without_samples", [])
         sidecar["RegionsFilled"] = aggregate.get("filled_regions", [])
-        sidecar["GenesDroppedIncomplete"] = aggregate.get("genes_dropped_incomplete", [])
+        sidecar["GenesDroppedIncomplete"] = aggregate.get("genes_dropped", [])
         if aggregate.get("stability_threshold") is not None:
             sidecar["StabilityThreshold"] = aggregate["stability_threshold"]
     out.append(write_json(sidecar, path("expression", ".json")))

@@ -94,8 +94,8 @@ def run_summary(*, atlas: AtlasInput, donors: list[str], sample_info: list[dict]
         samples=samples, counts=counts, region_info=region_info, sample_coords=coords,
         probes=probe_table(selection, only_donor), expression=expression,
         warnings=list(warnings), provenance=dict(provenance or {}))
-    if "genes_dropped_incomplete" in aggregate:
-        summary["genes_dropped"] = list(aggregate["genes_dropped_incomplete"])
+    if "genes_dropped" in aggregate:
+        summary["genes_dropped"] = list(aggregate["genes_dropped"])
     if aggregate.get("filled_regions"):
         summary["filled_regions"] = list(aggregate["filled_regions"])
     if aggregate.get("stability_threshold") is not None and "n_genes" in aggregate:
