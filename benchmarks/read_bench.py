@@ -17,8 +17,10 @@ threads; both of the step alone, after imports) and the process's peak resident 
   access pattern);
 - ``pandas``: pandas.read_csv(header=None, index_col=0) of both files (abagen without parquet).
 
-It also prints the cache size on disk and, unless ``--no-parquet``, the size of the snappy parquet
-files abagen would write for the same CSVs (pyarrow, plain encoding like fastparquet's default).
+It also prints the cache size on disk, how the microarray values were stored (int32 decimals, or
+float64 when they do not fit) and, unless ``--no-parquet``, the size of the snappy parquet files
+abagen would write for the same CSVs (pyarrow, plain encoding like fastparquet's default).
+Microarray reads return float64 decoded from the cache, so ``cached`` includes the decoding.
 """
 
 from __future__ import annotations
@@ -149,7 +151,10 @@ def main(argv=None) -> int:
                 figures["cache_mb"] = _size_mb((folder / ".ahba-cache").glob("*.cache"))
         from ahba_app import io
 
-        figures["samples"] = io.load_matrix(folder / FILES[0]).n_samples
+        matrix = io.load_matrix(folder / FILES[0])
+        figures["samples"] = matrix.n_samples
+        figures["encoding"] = ("float64" if matrix.decimals is None
+                               else f"int32, {matrix.decimals} decimals")
         figures["parquet_mb"] = (_size_mb(folder.glob("*.parq")) if "parquet" in figures
                                  else float("nan"))
         rows.append(figures)
@@ -164,6 +169,7 @@ def main(argv=None) -> int:
                        f"{sum(r[s]['cpu_seconds'] for r in rows):>6.2f} {'':>5}" for s in shown)
           + f" | {totals['cache_mb']:>8.0f} {totals['parquet_mb']:>10.0f}")
     print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print("microarray stored as: " + ", ".join(f"{r['donor']} {r['encoding']}" for r in rows))
     if not args.no_parquet:
         print(f"\ncache / parquet size: {totals['cache_mb'] / totals['parquet_mb']:.2f}")
     if args.json:
