@@ -61,7 +61,8 @@ def get_expression_data(atlas, atlas_info=None, *, ibf_threshold=0.5,
 
     Returns
     -------
-    expression : DataFrame (regions x genes), or a list of them with ``return_donors``
+    expression : DataFrame (regions x genes); with ``return_donors`` a dict of donor -> table
+        (what abagen 0.1.3 returns, whatever its docstring says)
     counts : DataFrame (regions x donors), with ``return_counts``
     report : str, our methods text, with ``return_report``
     """
@@ -80,10 +81,7 @@ def get_expression_data(atlas, atlas_info=None, *, ibf_threshold=0.5,
                          stability_threshold=stability_threshold)
     result = pipeline.run(atlas, atlas_info, settings=settings, data_dir=data_dir, n_proc=n_proc,
                           verbose=verbose, return_donors=return_donors)
-    expression = result.expression
-    if return_donors and isinstance(expression, dict):
-        expression = list(expression.values())
-    out = (expression,)
+    out = (result.expression,)
     if return_counts:
         out += (result.counts,)
     if return_report:

@@ -104,13 +104,15 @@ def test_get_expression_data_matches_abagen(group, ahba_small, tmp_path):
                                                data_dir=ahba_small, return_counts=True, **kwargs)
         theirs, their_counts = expected[name]
         if kwargs.get("return_donors"):
-            assert len(ours) == len(theirs)
-            for mine, other in zip(ours, theirs):
-                _compare(name, mine, other)
+            assert isinstance(ours, dict) and list(ours) == list(theirs)
+            for donor in ours:
+                _compare(f"{name} {donor}", ours[donor], theirs[donor])
         else:
             _compare(name, ours, theirs)
-        pd.testing.assert_frame_equal(counts, their_counts, check_dtype=False,
-                                      check_names=False, obj=f"{name} counts")
+        assert list(counts.index) == list(their_counts.index), f"{name}: counts index"
+        assert list(counts.columns) == list(their_counts.columns), f"{name}: counts donors"
+        np.testing.assert_array_equal(counts.to_numpy(), their_counts.to_numpy(),
+                                      err_msg=f"{name}: counts differ")
 
 
 MASK_SNIPPET = """
@@ -119,7 +121,8 @@ dk = nib.load(PARAMS["volume"])
 mask = nib.Nifti1Image((np.asarray(dk.dataobj) == 10).astype("uint8"), dk.affine)
 save("in_mask", abagen.get_samples_in_mask(mask, data_dir=PARAMS["data"]))
 save("all", abagen.get_samples_in_mask(None, data_dir=PARAMS["data"], gene_norm="zscore"))
-save("dense", abagen.get_interpolated_map(PARAMS["genes"], mask, data_dir=PARAMS["data"]))
+save("dense", abagen.get_interpolated_map(PARAMS["genes"], mask, data_dir=PARAMS["data"],
+                                         lr_mirror=None))
 """
 
 
@@ -140,7 +143,9 @@ def test_sample_level_functions_match_abagen(ahba_small, tmp_path):
     ours_all, _ = api.get_samples_in_mask(None, data_dir=ahba_small, gene_norm="zscore")
     _compare("all-samples", ours_all, expected["all"][0])
 
-    dense = api.get_interpolated_map(genes, mask, data_dir=ahba_small)
+    # abagen's default lr_mirror='bidirectional' gives mirrored copies their ORIGINAL coordinates
+    # (see test_mirrored_samples_keep_mirrored_coordinates), so compare without mirroring
+    dense = api.get_interpolated_map(genes, mask, data_dir=ahba_small, lr_mirror=None)
     for gene in genes:
         np.testing.assert_allclose(dense[gene], expected["dense"][gene], atol=TOLERANCE)
 
@@ -167,3 +172,19 @@ def test_bad_options_name_the_value_and_the_choices(ahba_small):
     with pytest.raises(ValueError, match="return_donors"):
         api.get_expression_data(DK["image"], data_dir=ahba_small, region_agg="samples",
                                 return_donors=True)
+
+
+def test_mirrored_samples_keep_mirrored_coordinates(ahba_small):
+    """abagen 0.1.3 looks sample coordinates up by well_id, so a mirrored copy gets its
+    original's coordinates and mirroring adds nothing to get_interpolated_map (whose default is
+    lr_mirror='bidirectional'). Ours keeps each copy at its mirrored position."""
+    plain, plain_coords = api.get_samples_in_mask(None, data_dir=ahba_small, donors=["9861"],
+                                                  probe_selection="max_intensity")
+    mirrored, coords = api.get_samples_in_mask(None, data_dir=ahba_small, donors=["9861"],
+                                               probe_selection="max_intensity",
+                                               lr_mirror="bidirectional")
+    assert len(mirrored) > len(plain)
+    copies = coords.loc[coords.index.duplicated(keep=False)]
+    for well, rows in copies.groupby(level=0):
+        xs = sorted(rows["x"])
+        assert xs[0] == pytest.approx(-xs[-1]), f"well {well}: copy not mirrored"

@@ -25,7 +25,12 @@ pytestmark = pytest.mark.container
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests" / "container" / "run_container_tests.sh"
-TOOLS = Path(os.environ.get("AHBA_CONTAINER_TOOLS", REPO.parent / "shared" / "tools" / "containers"))
+#: podman-setup.sh, oci2sif.sh and sif-run.sh: $AHBA_CONTAINER_TOOLS, else the shared tools folder
+#: beside the checkout, else the one of the development machines.
+TOOLS = next((Path(p) for p in (os.environ.get("AHBA_CONTAINER_TOOLS"),
+                                REPO.parent / "shared" / "tools" / "containers",
+                                "/work/shared/tools/containers") if p and Path(p).is_dir()),
+             REPO.parent / "shared" / "tools" / "containers")
 #: The script's exit status when the machine cannot run the tests (as automake's test drivers).
 EXIT_SKIP = 77
 

@@ -10,9 +10,10 @@
 # 77 the tests cannot run here (not root, no podman and no way to install it).
 #
 # Environment:
-#   AHBA_CONTAINER_TOOLS  folder holding podman-setup.sh, oci2sif.sh and sif-run.sh
-#                         (default: <repo>/../shared/tools/containers). podman-setup.sh, when
-#                         present, installs and configures podman and provides the base image.
+#   AHBA_CONTAINER_TOOLS  folder holding podman-setup.sh, oci2sif.sh and sif-run.sh (default:
+#                         <repo>/../shared/tools/containers, else /work/shared/tools/containers).
+#                         podman-setup.sh, when present, installs and configures podman and
+#                         provides the base image; without it an installed podman is used as is.
 #   AHBA_HOST_PYTHON      Python that has ahba-app installed, for the synthetic data and the host
 #                         reference run (default: <repo>/.venv/bin/python, else python3)
 #   AHBA_TEST_IMAGE       image tag to build and test (default: localhost/ahba-app:test)
@@ -22,7 +23,9 @@
 set -uo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-TOOLS=${AHBA_CONTAINER_TOOLS:-$REPO/../shared/tools/containers}
+if [ -n "${AHBA_CONTAINER_TOOLS:-}" ]; then TOOLS=$AHBA_CONTAINER_TOOLS
+elif [ -d "$REPO/../shared/tools/containers" ]; then TOOLS=$(cd "$REPO/../shared/tools/containers" && pwd)
+else TOOLS=/work/shared/tools/containers; fi
 IMAGE=${AHBA_TEST_IMAGE:-localhost/ahba-app:test}
 if [ -n "${AHBA_HOST_PYTHON:-}" ]; then HOST_PY=$AHBA_HOST_PYTHON
 elif [ -x "$REPO/.venv/bin/python" ]; then HOST_PY=$REPO/.venv/bin/python
