@@ -32,12 +32,9 @@ LGR = logging.getLogger(__name__)
 
 def _standardize(x: np.ndarray) -> np.ndarray:
     """Column z-scores with ddof=1; constant columns (and columns with NaN) give NaN."""
-    mean = x.mean(axis=0, keepdims=True)
-    sd = x.std(axis=0, ddof=1, keepdims=True)
-    constant = (x == x.min(axis=0, keepdims=True)).all(axis=0, keepdims=True)
-    z = (x - mean) / np.where(constant, 1.0, sd)
-    z[:, constant[0]] = np.nan
-    return z
+    from .normalize import NORMALIZATIONS
+
+    return NORMALIZATIONS["zscore"](x)
 
 
 def column_correlations(x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -128,6 +128,19 @@ _KNOWN_ATLASES = (
 )
 
 
+def _dataclass_from_mapping(cls, value, what: str):
+    """``cls`` from a mapping of its fields (None gives the defaults); unknown keys are errors."""
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    names = {f.name for f in fields(cls)}
+    unknown = set(value) - names
+    if unknown:
+        raise ValueError(f"Unknown {what} field(s) {sorted(unknown)}: known are {sorted(names)}.")
+    return cls(**dict(value))
+
+
 @dataclass
 class AtlasDescription:
     """What the methods text needs to know about the atlas.
@@ -170,16 +183,7 @@ class AtlasDescription:
 
     @classmethod
     def from_mapping(cls, value: "AtlasDescription | Mapping | None") -> "AtlasDescription":
-        if value is None:
-            return cls()
-        if isinstance(value, cls):
-            return value
-        names = {f.name for f in fields(cls)}
-        unknown = set(value) - names
-        if unknown:
-            raise ValueError(f"Unknown atlas field(s) {sorted(unknown)}: known are "
-                             f"{sorted(names)}.")
-        return cls(**dict(value))
+        return _dataclass_from_mapping(cls, value, "atlas")
 
     @property
     def native(self) -> bool:
@@ -396,16 +400,7 @@ class RunSummary:
 
     @classmethod
     def from_mapping(cls, value: "RunSummary | Mapping | None") -> "RunSummary":
-        if value is None:
-            return cls()
-        if isinstance(value, cls):
-            return value
-        names = {f.name for f in fields(cls)}
-        unknown = set(value) - names
-        if unknown:
-            raise ValueError(f"Unknown summary field(s) {sorted(unknown)}: known are "
-                             f"{sorted(names)}.")
-        return cls(**dict(value))
+        return _dataclass_from_mapping(cls, value, "summary")
 
     # derived facts ------------------------------------------------------------------------------
     def sample_total(self, column: str) -> int | None:
