@@ -462,9 +462,9 @@ def test_per_donor_tables_equal_the_python_api(runs, ahba_small):
     inp, out = runs["input"], runs["out"]
     tables = get_expression_data(str(inp / VOLUME), str(inp / TABLE), data_dir=str(ahba_small),
                                  donors=DONORS, return_donors=True)
-    files = [out / f"sub-{d}" / f"sub-{d}_{STEM_VOL}_desc-abagendefaults_expression.tsv"
-             for d in ("9861", "10021")]
-    for path, expected in zip(files, tables):
+    assert list(tables) == ["9861", "10021"]
+    for donor, expected in tables.items():
+        path = out / f"sub-{donor}" / f"sub-{donor}_{STEM_VOL}_desc-abagendefaults_expression.tsv"
         np.testing.assert_allclose(_read(path).to_numpy(), expected.to_numpy(), rtol=0,
                                    atol=1e-12)
 
