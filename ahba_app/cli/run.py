@@ -236,6 +236,9 @@ def _metadata(plan: RunPlan) -> tuple[dict, dict]:
     if preset is not None:
         parameters.update(preset=preset.name, preset_description=preset.description,
                           preset_citations=list(preset.citations))
+    elif plan.desc == "abagendefaults":  # no preset, every option at abagen's default
+        parameters.update(preset="abagen-defaults",
+                          preset_description="abagen 0.1.3's defaults (no option changed)")
     return metadata, parameters
 
 
