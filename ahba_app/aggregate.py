@@ -19,10 +19,14 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from ._blocks import thread_map
+
 LGR = logging.getLogger(__name__)
 
 #: Elements per float64 working block (32 MB).
 _BLOCK_ELEMENTS = 1 << 22
+#: Group sums per block of columns in the mean (1 MB, with the rows being added: in cache).
+_KAHAN_ELEMENTS = 1 << 17
 
 #: Accepted values of ``region_agg``.
 REGION_AGGS = ("donors", "samples")
@@ -78,9 +82,124 @@ def _callable_reducer(metric: Callable) -> GroupReducer:
     return reduce
 
 
+def _kahan_add(total, carry, seen, x) -> int:
+    """Add ``x`` to running sums as pandas' groupby mean does, in place: Kahan compensation,
+    NaN values skipped and counted in ``seen`` only when added.
+
+    Returns 1 when every value was added without being counted in ``seen`` (the caller adds
+    it to its count of such steps, which holds for every cell), else 0. That quick path is
+    taken when the new sums are all finite: no NaN was added and no infinity is involved.
+    """
+    y = np.subtract(x, carry)
+    t = np.add(total, y)
+    if np.isfinite(t.sum()):  # any NaN or infinity in t makes the sum NaN or infinite
+        np.subtract(t, total, out=carry)
+        carry -= y
+        total[...] = t
+        return 1
+    valid = x == x
+    fix = np.subtract(t, total)
+    fix -= y
+    fix[fix != fix] = 0.0  # an infinite value: keep it rather than NaN (pandas)
+    np.copyto(carry, fix, where=valid)
+    np.copyto(total, t, where=valid)
+    seen += valid
+    return 0
+
+
+def _kahan_mean(total, seen) -> np.ndarray:
+    means = total / seen
+    means[seen == 0] = np.nan
+    return means
+
+
+def _group_mean(values, rows, codes, n_groups, out=None, where=None) -> np.ndarray:
+    """NaN-skipping mean of each group's rows, per column, exactly as pandas' groupby mean.
+
+    pandas adds a group's values in row order with Kahan compensation, skipping NaN, and
+    divides by the number of values added (NaN when none). The same steps run here on whole
+    arrays: groups are ordered by size, so the groups still adding a row at step k are a prefix,
+    and every step adds one row to each of them, a block of columns at a time; the results are
+    those of pandas bit for bit, without building a DataFrame per block. With ``out`` the means
+    of group g are written to row ``where[g]`` of ``out`` (and ``out`` is returned).
+    """
+    if out is None:
+        out = np.empty((n_groups, values.shape[1]), dtype=np.float64)
+        where = np.arange(n_groups)
+    if n_groups == 0 or values.shape[1] == 0:
+        return out
+    codes = np.asarray(codes)
+    order = np.argsort(codes, kind="stable")           # rows grouped, in row order within
+    sizes = np.bincount(codes, minlength=n_groups)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    by_size = np.argsort(-sizes, kind="stable")
+    first = starts[by_size]
+    active = [int(np.count_nonzero(sizes[by_size] > k)) for k in range(int(sizes.max()))]
+    steps = [np.asarray(rows)[order[first[:n] + k]] for k, n in enumerate(active)]
+    targets = np.asarray(where)[by_size]
+    # genes x samples when the samples of a gene are contiguous: every step then gathers
+    # within rows held in cache; the arithmetic is the same element by element
+    by_gene = values.flags.f_contiguous and not values.flags.c_contiguous
+    width = max(1, _KAHAN_ELEMENTS // max(n_groups, 1))
+
+    def run(start):  # one block of columns (independent of the others: on several threads)
+        cols = slice(start, min(start + width, values.shape[1]))
+        n_cols = cols.stop - cols.start
+        with np.errstate(invalid="ignore", divide="ignore"):
+            shape = (n_cols, n_groups) if by_gene else (n_groups, n_cols)
+            total, carry = np.zeros(shape), np.zeros(shape)
+            seen = np.zeros(shape, dtype=np.int64)
+            block = values.T[cols] if by_gene else None
+            quick = np.zeros(n_groups, dtype=np.int64)  # quick steps of each group
+            for k, n in enumerate(active):
+                if by_gene:
+                    x = np.asarray(block[:, steps[k]], dtype=np.float64)
+                    quick[:n] += _kahan_add(total[:, :n], carry[:, :n], seen[:, :n], x)
+                else:
+                    x = np.asarray(values[steps[k], cols], dtype=np.float64)
+                    quick[:n] += _kahan_add(total[:n], carry[:n], seen[:n], x)
+            seen += quick if by_gene else quick[:, None]
+            means = _kahan_mean(total, seen)
+        out[targets, cols] = means.T if by_gene else means
+
+    thread_map(run, range(0, values.shape[1], width))
+    return out
+
+
+class _RunningMean:
+    """pandas' groupby mean over the rows of same-shaped tables stacked one after another,
+    computed as the tables come (each cell: Kahan over the tables in order, NaN skipped)."""
+
+    def __init__(self, shape):
+        self.total, self.carry = np.zeros(shape), np.zeros(shape)
+        self.seen = np.zeros(shape, dtype=np.int32)
+        size = int(np.prod(shape))
+        self.quick = np.zeros(-(-size // _KAHAN_ELEMENTS), dtype=np.int32)  # per piece
+
+    def add(self, values: np.ndarray) -> None:
+        values = np.asarray(values, dtype=np.float64).reshape(self.total.shape)
+        total, carry, seen = (a.reshape(-1) for a in (self.total, self.carry, self.seen))
+        flat = values.reshape(-1) if values.flags.c_contiguous else np.ravel(values)
+        def run(piece):  # element-wise, a piece in cache at a time (on several threads)
+            part = slice(piece * _KAHAN_ELEMENTS, (piece + 1) * _KAHAN_ELEMENTS)
+            with np.errstate(invalid="ignore"):
+                self.quick[piece] += _kahan_add(total[part], carry[part], seen[part],
+                                                flat[part])
+
+        thread_map(run, range(len(self.quick)))
+
+    def mean(self) -> np.ndarray:
+        seen = self.seen.reshape(-1)
+        for piece, start in enumerate(range(0, seen.size, _KAHAN_ELEMENTS)):
+            seen[start:start + _KAHAN_ELEMENTS] += self.quick[piece]
+        self.quick[:] = 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return _kahan_mean(self.total, self.seen)
+
+
 #: Name -> grouped reduction (both skip NaN values).
 AGG_METRICS: dict[str, GroupReducer] = {
-    "mean": _grouped("mean"),
+    "mean": _group_mean,
     "median": _grouped("median"),
 }
 
@@ -151,6 +270,12 @@ def group_by_label(frame: pd.DataFrame, labels: Sequence | None = None,
     Rows are the sorted union of the labels present and ``labels`` (regions without samples
     are NaN rows); label 0 and missing labels are left out. Index ``'label'``, same columns.
     """
+    out, every = _label_table(frame, labels, agg_metric)
+    return pd.DataFrame(out, index=_label_index(every), columns=frame.columns, copy=False)
+
+
+def _label_table(frame: pd.DataFrame, labels, agg_metric) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`group_by_label` as an array and its row labels."""
     reducer = _reducer(agg_metric)
     sample_labels = _sample_labels(frame)
     keep = pd.notna(sample_labels) & (sample_labels != 0)
@@ -167,8 +292,12 @@ def group_by_label(frame: pd.DataFrame, labels: Sequence | None = None,
         values = frame.to_numpy()
         if values.dtype.kind not in "fiu":
             values = values.astype(np.float64)
-        out[present] = reducer(values, np.flatnonzero(keep), codes.ravel(), len(present))
-    return pd.DataFrame(out, index=_label_index(every), columns=frame.columns, copy=False)
+        if reducer is _group_mean:  # writes its rows in place
+            _group_mean(values, np.flatnonzero(keep), codes.ravel(), len(present), out=out,
+                        where=present)
+        else:
+            out[present] = reducer(values, np.flatnonzero(keep), codes.ravel(), len(present))
+    return out, every
 
 
 def _as_frames(microarray) -> tuple[list[pd.DataFrame], list | None]:
@@ -223,6 +352,113 @@ def incomplete_genes(expression: pd.DataFrame) -> pd.Index:
     return expression.columns[missing[~missing.all(axis=1)].any(axis=0)]
 
 
+def _same_regions(first: pd.DataFrame, table: pd.DataFrame) -> bool:
+    """Whether ``table`` has ``first``'s rows and columns, and those rows are a sorted list
+    of distinct region labels (never 0): stacking such tables and grouping by label then
+    averages cell by cell, in table order."""
+    return (table.index.equals(first.index) and table.columns.equals(first.columns)
+            and _label_rows(first.index))
+
+
+def _label_rows(index: pd.Index) -> bool:
+    """Whether ``index`` is a sorted list of distinct, non-zero integer region labels."""
+    return (not isinstance(index, pd.MultiIndex) and index.dtype.kind in "iu"
+            and index.is_unique and index.is_monotonic_increasing and not (index == 0).any())
+
+
+def _drop_incomplete(merged: pd.DataFrame) -> tuple[pd.DataFrame, pd.Index]:
+    dropped = incomplete_genes(merged)
+    if len(dropped):
+        LGR.warning("Dropping %d of %d genes that are undefined in some region after "
+                    "aggregation (normalization could not handle them).", len(dropped),
+                    merged.shape[1])
+        merged = merged.drop(columns=dropped)
+    return merged, dropped
+
+
+class DonorMeans:
+    """:func:`mean_over_donors`, fed one donor at a time: each donor's samples are reduced to
+    a region table that is folded into a running mean and dropped.
+
+    :meth:`add` raises :class:`ValueError` for a donor whose table does not have the first
+    donor's regions and genes (then the tables must be stacked: :func:`aggregate_donors`).
+    """
+
+    def __init__(self, labels: Sequence | None = None):
+        self.labels = labels
+        self.index: pd.Index | None = None
+        self.columns: pd.Index | None = None
+        self.running: _RunningMean | None = None
+
+    def add(self, frame: pd.DataFrame, extra: pd.DataFrame | None = None) -> None:
+        """Fold in one donor: ``frame`` (samples x genes, index level ``label``) and the
+        ``extra`` rows to append to its samples (regions filled by ``missing``)."""
+        table = _group_with_extra(frame, extra, self.labels)
+        if self.index is None:
+            if not _label_rows(table.index):
+                raise ValueError("Region tables need sorted, distinct, non-zero integer labels "
+                                 "to be averaged donor by donor.")
+            self.index, self.columns = table.index, table.columns
+            self.running = _RunningMean(table.shape)
+        elif not (table.index.equals(self.index) and table.columns.equals(self.columns)):
+            raise ValueError("The donors' region tables differ in regions or genes.")
+        self.running.add(table.to_numpy())
+
+    def result(self) -> tuple[pd.DataFrame, pd.Index]:
+        """The merged table, without the genes left incomplete, and those genes."""
+        merged = pd.DataFrame(self.running.mean(), index=_label_index(np.asarray(self.index)),
+                              columns=self.columns, copy=False)
+        return _drop_incomplete(merged)
+
+
+def mean_over_donors(microarray, labels: Sequence | None = None, extra=None
+                     ) -> tuple[pd.DataFrame, pd.Index]:
+    """:func:`aggregate_samples` with ``region_agg='donors'`` and ``agg_metric='mean'``, donor
+    by donor; also returns the genes dropped.
+
+    Each donor's region table is folded into a running mean and dropped, so only one is held
+    at a time (with ~1,000 regions they are large). ``extra`` (optional, a list or dict like
+    ``microarray``) holds rows to add to each donor's samples, indexed by label (regions
+    filled by ``missing``). The numbers are those of appending the extra rows to the samples,
+    stacking the donors' tables and grouping by label; when the donors' tables differ in
+    regions or genes, that is what is done.
+    """
+    frames, keys = _as_frames(microarray)
+    if extra is None:
+        extras = [None] * len(frames)
+    else:
+        extras = [extra.get(k) for k in keys] if keys is not None else list(extra)
+    means = DonorMeans(labels)
+    try:
+        for frame, rows in zip(frames, extras):
+            means.add(frame, rows)
+    except ValueError:
+        with_rows = [f if r is None or not len(r) else pd.concat([f, r.astype(f.dtypes.iloc[0])])
+                     for f, r in zip(frames, extras)]
+        return aggregate_donors(aggregate_regions(with_rows, labels=labels), agg_metric="mean")
+    return means.result()
+
+
+def _group_with_extra(frame: pd.DataFrame, rows, labels) -> pd.DataFrame:
+    """``group_by_label`` (mean) of ``frame`` with the rows ``rows`` appended.
+
+    A row whose label no sample of ``frame`` has is a group of its own, whose mean is the row
+    itself plus 0.0 (pandas' sum starts at 0.0, which turns -0.0 into 0.0); so the rows need
+    not be appended to (a copy of) the samples. Otherwise they are.
+    """
+    if rows is None or not len(rows):
+        return group_by_label(frame, labels=labels, agg_metric="mean")
+    rows = rows.astype(frame.dtypes.iloc[0])
+    values, every = _label_table(frame, labels, "mean")
+    at = pd.Index(every).get_indexer(rows.index)
+    if (rows.columns.equals(frame.columns) and rows.index.is_unique and (at >= 0).all()
+            and not np.isin(np.asarray(rows.index), _sample_labels(frame)).any()):
+        values[at] = rows.to_numpy(dtype=np.float64) + 0.0
+        return pd.DataFrame(values, index=_label_index(every), columns=frame.columns,
+                            copy=False)
+    return group_by_label(pd.concat([frame, rows]), labels=labels, agg_metric="mean")
+
+
 def aggregate_donors(tables, agg_metric="mean") -> tuple[pd.DataFrame, pd.Index]:
     """Merge per-donor region x gene tables into one and drop the genes left incomplete.
 
@@ -232,14 +468,15 @@ def aggregate_donors(tables, agg_metric="mean") -> tuple[pd.DataFrame, pd.Index]
     dropped genes, so callers can report ``len(dropped)``.
     """
     frames, _ = _as_frames(tables)
-    merged = group_by_label(_concat(frames), agg_metric=agg_metric)
-    dropped = incomplete_genes(merged)
-    if len(dropped):
-        LGR.warning("Dropping %d of %d genes that are undefined in some region after "
-                    "aggregation (normalization could not handle them).", len(dropped),
-                    merged.shape[1])
-        merged = merged.drop(columns=dropped)
-    return merged, dropped
+    if check_metric(agg_metric) == "mean" and all(_same_regions(frames[0], f) for f in frames):
+        running = _RunningMean(frames[0].shape)
+        for frame in frames:
+            running.add(frame.to_numpy())
+        merged = pd.DataFrame(running.mean(), index=_label_index(np.asarray(frames[0].index)),
+                              columns=frames[0].columns, copy=False)
+    else:
+        merged = group_by_label(_concat(frames), agg_metric=agg_metric)
+    return _drop_incomplete(merged)
 
 
 def aggregate_samples(microarray, labels: Sequence | None = None, region_agg: str = "donors",
@@ -271,6 +508,8 @@ def aggregate_samples(microarray, labels: Sequence | None = None, region_agg: st
     if return_donors and region_agg == "samples":
         raise ValueError("return_donors=True needs region_agg='donors': with "
                          "region_agg='samples' donors are pooled before aggregation.")
+    if not return_donors and region_agg == "donors" and check_metric(agg_metric) == "mean":
+        return mean_over_donors(microarray, labels=labels)[0]
     tables = aggregate_regions(microarray, labels=labels, region_agg=region_agg,
                                agg_metric=agg_metric)
     if return_donors:
@@ -281,6 +520,7 @@ def aggregate_samples(microarray, labels: Sequence | None = None, region_agg: st
 
 __all__ = [
     "AGG_METRICS",
+    "DonorMeans",
     "MetricError",
     "REGION_AGGS",
     "aggregate_donors",
@@ -289,4 +529,5 @@ __all__ = [
     "check_metric",
     "group_by_label",
     "incomplete_genes",
+    "mean_over_donors",
 ]

@@ -45,6 +45,8 @@ import numpy as np
 import pandas as pd
 from scipy.special import erfinv
 
+from ._blocks import thread_map, transpose_into
+
 LGR = logging.getLogger(__name__)
 
 #: Interquartile range of the standard normal distribution, 2 * sqrt(2) * erfinv(1/2) ~ 1.349.
@@ -52,6 +54,12 @@ IQR_NORMAL = 2.0 * math.sqrt(2.0) * float(erfinv(0.5))
 
 #: Elements per float64 working block (32 MB): columns are processed in blocks of this size.
 _BLOCK_ELEMENTS = 1 << 22
+#: Smaller blocks (8 MB, kept in cache between the steps of a method) for the methods whose
+#: results do not depend on the block layout: they only sort, compare and compute element by
+#: element. Sums (means, standard deviations) over a block of one column can be rounded
+#: differently from sums over wider blocks, so the other methods keep the blocks they had.
+_SMALL_BLOCK_ELEMENTS = 1 << 20
+_ORDER_FREE = ("minmax", "robust_sigmoid", "scaled_robust_sigmoid")
 
 NormFunc = Callable[[np.ndarray], np.ndarray]
 
@@ -60,10 +68,14 @@ NormFunc = Callable[[np.ndarray], np.ndarray]
 # the methods: float64 (n, m) array in, (n, m) array out, each column on its own
 # --------------------------------------------------------------------------------------------
 
-def _minmax(x: np.ndarray) -> np.ndarray:
+def _minmax(x: np.ndarray, inplace: bool = False, out: np.ndarray | None = None
+            ) -> np.ndarray:
+    """``(x - min) / (max - min)`` per column; ``inplace`` overwrites ``x`` (a temporary);
+    ``out`` receives the result (any layout: the last step is element by element)."""
     low = x.min(axis=0, keepdims=True)
     high = x.max(axis=0, keepdims=True)
-    return (x - low) / (high - low)
+    shifted = np.subtract(x, low, out=x if inplace else None)
+    return np.divide(shifted, high - low, out=shifted if out is None else out)
 
 
 def _center(x: np.ndarray) -> np.ndarray:
@@ -80,8 +92,16 @@ def _zscore(x: np.ndarray) -> np.ndarray:
     return z
 
 
-def _logistic(x: np.ndarray, centre: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-(x - centre) / scale))
+def _logistic(x: np.ndarray, centre: np.ndarray, scale: np.ndarray,
+              out: np.ndarray | None = None) -> np.ndarray:
+    """``1 / (1 + exp(-(x - centre) / scale))``, every step in one new array (the last one in
+    ``out`` if given)."""
+    work = np.subtract(x, centre)
+    np.negative(work, out=work)
+    np.divide(work, scale, out=work)
+    np.exp(work, out=work)
+    np.add(1.0, work, out=work)
+    return np.divide(1.0, work, out=work if out is None else out)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -89,14 +109,18 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def _scaled_sigmoid(x: np.ndarray) -> np.ndarray:
-    return _minmax(_sigmoid(x))
+    return _minmax(_sigmoid(x), inplace=True)
 
 
 def _sorted_columns(x: np.ndarray) -> np.ndarray:
     """Each column of ``x`` sorted ascending (NaN last), as the rows of a contiguous array:
     one sort along the fast axis is several times quicker than numpy's median / percentile
     along axis 0, and serves every order statistic at once."""
-    ordered = np.array(x.T, order="C", copy=True)  # never a view: sorted in place below
+    if x.flags.f_contiguous:
+        ordered = np.array(x.T, order="C", copy=True)  # never a view: sorted in place below
+    else:
+        ordered = np.empty(x.shape[::-1], dtype=x.dtype)
+        transpose_into(ordered, x)
     ordered.sort(axis=1)
     return ordered
 
@@ -132,7 +156,7 @@ def _scaled_sigmoid_quantiles(x: np.ndarray) -> np.ndarray:
     mean = np.where(inside, x, 0.0).sum(axis=0, keepdims=True) / n_inside
     deviation = np.where(inside, x - mean, 0.0)
     sd = np.sqrt((deviation * deviation).sum(axis=0, keepdims=True) / (n_inside - 1))
-    return _minmax(_logistic(x, mean, sd))
+    return _minmax(_logistic(x, mean, sd), inplace=True)
 
 
 def _robust_centre_scale(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -142,12 +166,12 @@ def _robust_centre_scale(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return _median(ordered)[None], iqr[None]
 
 
-def _robust_sigmoid(x: np.ndarray) -> np.ndarray:
-    return _logistic(x, *_robust_centre_scale(x))
+def _robust_sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    return _logistic(x, *_robust_centre_scale(x), out=out)
 
 
-def _scaled_robust_sigmoid(x: np.ndarray) -> np.ndarray:
-    return _minmax(_robust_sigmoid(x))
+def _scaled_robust_sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    return _minmax(_robust_sigmoid(x), inplace=True, out=out)
 
 
 def _mixed_sigmoid(x: np.ndarray) -> np.ndarray:
@@ -155,7 +179,7 @@ def _mixed_sigmoid(x: np.ndarray) -> np.ndarray:
     zero_iqr = (iqr == 0)[0]
     out = np.empty_like(x)
     out[:, ~zero_iqr] = _minmax(_logistic(x[:, ~zero_iqr], median[:, ~zero_iqr],
-                                          iqr[:, ~zero_iqr]))
+                                          iqr[:, ~zero_iqr]), inplace=True)
     if zero_iqr.any():
         out[:, zero_iqr] = _scaled_sigmoid(x[:, zero_iqr])
     # undefined results (constant columns, NaN columns) become 0
@@ -195,6 +219,13 @@ ALIASES: dict[str, str] = {
 }
 
 
+def layout_independent(norm: str | None) -> bool:
+    """Whether method ``norm`` gives the same numbers bit for bit whatever the memory layout of
+    its input (it only sorts, compares and computes element by element; methods that sum
+    round differently along contiguous and strided axes)."""
+    return resolve_norm(norm) in _ORDER_FREE
+
+
 def resolve_norm(norm: str | None) -> str | None:
     """Canonical name of normalization ``norm`` (``None`` stays ``None``: no normalization).
 
@@ -219,8 +250,14 @@ def _out_dtype(values: np.ndarray) -> np.dtype:
     return np.dtype(np.float32) if values.dtype == np.float32 else np.dtype(np.float64)
 
 
-def _column_blocks(n_rows: int, n_cols: int) -> Iterable[slice]:
-    width = max(1, _BLOCK_ELEMENTS // max(n_rows, 1))
+def _same_layout(a: np.ndarray, b: np.ndarray) -> bool:
+    return ((a.flags.f_contiguous and b.flags.f_contiguous)
+            or (a.flags.c_contiguous and b.flags.c_contiguous))
+
+
+def _column_blocks(n_rows: int, n_cols: int, elements: int = _BLOCK_ELEMENTS
+                   ) -> Iterable[slice]:
+    width = max(1, elements // max(n_rows, 1))
     for start in range(0, n_cols, width):
         yield slice(start, min(start + width, n_cols))
 
@@ -259,7 +296,8 @@ def _group_rows(groups: Sequence | None, n: int, usable: np.ndarray) -> list[np.
 
 
 def normalize_array(values: np.ndarray, norm: str | None = "srs", axis: int = 0,
-                    groups: Sequence | None = None) -> np.ndarray:
+                    groups: Sequence | None = None, out: np.ndarray | None = None
+                    ) -> np.ndarray:
     """Normalize every 1-D slice of 2-D ``values`` along ``axis`` with method ``norm``.
 
     ``axis=0`` normalizes each column across rows (genes across samples on a samples x genes
@@ -267,7 +305,10 @@ def normalize_array(values: np.ndarray, norm: str | None = "srs", axis: int = 0,
     slice (e.g. samples without data) take no part and stay NaN. With ``groups`` (one label per
     position along ``axis``) each group is normalized on its own; positions with a missing
     group stay NaN. Statistics are computed in float64; the result is float32 for float32
-    input, float64 otherwise. ``values`` is never modified.
+    input, float64 otherwise. ``values`` is never modified, unless it is ``out``.
+
+    ``out`` (optional): an array of ``values``' shape and the result's dtype, in any layout and
+    not overlapping ``values``, to write the result into (and return).
     """
     name = resolve_norm(norm)
     values = np.asarray(values)
@@ -280,19 +321,50 @@ def normalize_array(values: np.ndarray, norm: str | None = "srs", axis: int = 0,
     if name in ACROSS_DONORS:
         raise ValueError(f"Normalization {name!r} removes donor effects and needs every donor at "
                          "once: call normalize_expression with a list of donor frames.")
+    dtype = _out_dtype(values)
+    if out is not None and (out.shape != values.shape or out.dtype != dtype
+                            or np.may_share_memory(out, values)):
+        raise ValueError(f"out must be a {dtype} array of shape {values.shape} apart from the "
+                         f"input, got {out.dtype} {out.shape}.")
     if name is None:
-        return values.astype(_out_dtype(values), copy=True)
+        if out is None:
+            return values.astype(dtype, copy=True)
+        out[...] = values
+        return out
     func = NORMALIZATIONS[name]
+    elements = _SMALL_BLOCK_ELEMENTS if name in _ORDER_FREE else _BLOCK_ELEMENTS
     view = values if axis in (0, -2) else values.T
-    out = np.full(view.shape, np.nan, dtype=_out_dtype(values))
     selections = _group_rows(groups, view.shape[0], ~_empty_rows(view))
-    with np.errstate(all="ignore"):
-        for rows in selections:
-            n_rows = view.shape[0] if isinstance(rows, slice) else rows.size
-            for cols in _column_blocks(n_rows, view.shape[1]):
-                block = np.asarray(view[rows, cols], dtype=np.float64)
-                out[rows, cols] = func(block)
-    return out if axis in (0, -2) else out.T
+    covered = np.zeros(view.shape[0], dtype=bool)
+    for rows in selections:
+        covered[rows] = True
+    if out is None:
+        out_view = np.empty(view.shape, dtype=dtype)
+    else:
+        out_view = out if axis in (0, -2) else out.T
+
+    def run(piece):
+        rows, cols = piece
+        with np.errstate(all="ignore"):
+            block = np.asarray(view[rows, cols], dtype=np.float64)
+            target = out_view[rows, cols] if isinstance(rows, slice) else None
+            if target is None:
+                out_view[rows, cols] = func(block)
+            elif name in _ORDER_FREE and _same_layout(block, target):
+                func(block, out=target)  # the last step writes in place
+            else:
+                result = func(block)
+                if result.flags.f_contiguous and not _same_layout(result, target):
+                    transpose_into(target, result.T)  # across layouts: tile by tile
+                else:
+                    target[...] = result
+
+    # columns are normalized independently: blocks run on several threads
+    thread_map(run, [(rows, cols) for rows in selections
+                     for cols in _column_blocks(view.shape[0] if isinstance(rows, slice)
+                                                else rows.size, view.shape[1], elements)])
+    out_view[~covered] = np.nan  # the rows no block wrote
+    return out_view if axis in (0, -2) else out_view.T
 
 
 # --------------------------------------------------------------------------------------------
@@ -443,7 +515,8 @@ def failed_genes(expression) -> pd.Index:
         values = frame.to_numpy()
         if values.dtype.kind != "f":
             values = values.astype(np.float64)
-        rows = ~_empty_rows(values)
+        empty = _empty_rows(values)
+        rows = slice(None) if not empty.any() else ~empty
         bad = np.zeros(values.shape[1], dtype=bool)
         for cols in _column_blocks(values.shape[0], values.shape[1]):
             bad[cols] = np.isnan(values[rows, cols]).any(axis=0)
@@ -452,9 +525,22 @@ def failed_genes(expression) -> pd.Index:
     return failed if failed is not None else pd.Index([])
 
 
+def _buffer(buffers, values: np.ndarray, transposed: bool = False) -> np.ndarray | None:
+    """A view of the first of ``buffers`` apart from ``values``, shaped like ``values`` in the
+    layout normalize_array gives its result (a C array, or the transpose of one): None when
+    there is none."""
+    if buffers is None or values.dtype != np.float64:
+        return None
+    for buffer in buffers:
+        if buffer.size >= values.size and not np.may_share_memory(buffer, values):
+            flat = buffer[:values.size]
+            return flat.reshape(values.shape[::-1]).T if transposed else flat.reshape(values.shape)
+    return None
+
+
 def normalize_donor(expression: pd.DataFrame, sample_norm: str | None = "srs",
                     gene_norm: str | None = "srs", matched=None, structures=None,
-                    ignore_warn: bool = True) -> pd.DataFrame:
+                    ignore_warn: bool = True, buffers=None) -> pd.DataFrame:
     """One donor's normalization as ``get_expression_data`` runs it.
 
     ``expression`` is (S, G) samples x genes. ``matched`` (optional boolean mask over the S
@@ -464,6 +550,11 @@ def normalize_donor(expression: pd.DataFrame, sample_norm: str | None = "srs",
     ``sample_norm`` and each gene across samples with ``gene_norm``, within the
     ``structures`` classes (one per sample, as in :func:`normalize_expression`) when given
     (``norm_structures=True``). Returns the kept samples.
+
+    ``buffers`` (optional): two 1-D float64 arrays, each at least as large as the kept data,
+    whose memory the normalizations write into instead of new arrays (the same numbers). One
+    of them may hold ``expression``'s values when the caller no longer needs them: a
+    normalization never writes over its own input.
     """
     sample_name, gene_name = resolve_norm(sample_norm), resolve_norm(gene_norm)
     for which, name in (("sample_norm", sample_name), ("gene_norm", gene_name)):
@@ -481,15 +572,21 @@ def normalize_donor(expression: pd.DataFrame, sample_norm: str | None = "srs",
         expression = expression.iloc[np.flatnonzero(matched)]
         classes = None if classes is None else classes[matched]
     values = expression.to_numpy()
+    index, columns = expression.index, expression.columns
+    del expression  # the caller may have let go of it: then each input is freed once used
     if sample_name is not None:
-        values = normalize_array(values, sample_name, axis=1)
+        values = normalize_array(values, sample_name, axis=1,
+                                 out=_buffer(buffers, values, transposed=True))
     if gene_name is not None:
-        values = normalize_array(values, gene_name, axis=0, groups=classes)
-    out = _frame_like(values, expression)
-    failed = failed_genes(out)
-    if len(failed):
-        LGR.log(logging.DEBUG if ignore_warn else logging.WARNING,
-                "Normalization left %d of %d genes undefined.", len(failed), out.shape[1])
+        values = normalize_array(values, gene_name, axis=0, groups=classes,
+                                 out=_buffer(buffers, values))
+    out = pd.DataFrame(values, index=index, columns=columns, copy=False)
+    level = logging.DEBUG if ignore_warn else logging.WARNING
+    if LGR.isEnabledFor(level):  # a pass over the data, for a log message
+        failed = failed_genes(out)
+        if len(failed):
+            LGR.log(level, "Normalization left %d of %d genes undefined.", len(failed),
+                    out.shape[1])
     return out
 
 

@@ -25,6 +25,7 @@ stage                         what it does
 
 from __future__ import annotations
 
+import collections.abc
 import logging
 from dataclasses import asdict, dataclass, field, fields
 from typing import Callable, Mapping
@@ -38,6 +39,7 @@ from . import matching as _matching
 from . import normalize as _normalize
 from . import probes as _probes
 from . import samples as _samples
+from ._blocks import background, transpose_into
 from .datasets import RNASEQ_DONORS, check_donors
 
 LGR = logging.getLogger("ahba_app")
@@ -179,17 +181,52 @@ def filter_probe_table(files: Mapping, annotations: Mapping, probes: pd.DataFram
     return _probes.filter_probes(pacall, annotations, probes, threshold=ibf_threshold)
 
 
+class DonorTables(collections.abc.Mapping):
+    """Donor -> samples x genes table of the chosen probes, read when asked for.
+
+    Nothing is kept: each access reads the donor's chosen probes from its microarray (from the
+    cache, only those rows), so a caller going donor by donor holds one table at a time.
+    """
+
+    def __init__(self, chosen: _probes.ChosenProbes):
+        self.chosen = chosen
+
+    def __getitem__(self, donor) -> pd.DataFrame:
+        """The donor's table, each sample's values contiguous (written out row by row)."""
+        if donor not in self.chosen.donors:
+            raise KeyError(donor)
+        return self.chosen.frame(donor, order="C")
+
+    def __iter__(self):
+        return iter(self.chosen.donors)
+
+    def __len__(self) -> int:
+        return len(self.chosen.donors)
+
+    def frame(self, donor, samples=None, order: str = "F", buffer=None) -> pd.DataFrame:
+        """The donor's table, restricted to the rows at positions ``samples`` if given, with
+        values in ``order`` ('F': samples contiguous per gene, or 'C': what ``self[donor]``
+        gives), in ``buffer``'s memory if given (a large enough 1-D float64 array)."""
+        return self.chosen.frame(donor, samples, order=order, buffer=buffer)
+
+    def n_genes(self, donor) -> int:
+        return len(self.chosen.columns(donor))
+
+
 def select_donor_probes(files: Mapping, annotations: Mapping, probes: pd.DataFrame, *,
                         probe_selection: str = "diff_stability", donor_probes: str = "aggregate",
-                        rnaseq_files: Mapping | None = None) -> tuple[dict, pd.DataFrame]:
-    """Samples x genes expression of every donor and the table of chosen probes."""
+                        rnaseq_files: Mapping | None = None) -> tuple[DonorTables, pd.DataFrame]:
+    """Samples x genes expression of every donor (a :class:`DonorTables`, read on demand) and
+    the table of chosen probes."""
     microarray = {donor: files[donor]["microarray"] for donor in annotations}
     rnaseq = None
     if rnaseq_files is not None:
         rnaseq = {donor: {"tpm": paths["tpm"], "annotation": paths["annotation"]}
                   for donor, paths in rnaseq_files.items()}
-    return _probes.collapse_probes(microarray, annotations, probes, method=probe_selection,
-                                   donor_probes=donor_probes, rnaseq=rnaseq, return_info=True)
+    chosen, selection = _probes.select_probes(microarray, annotations, probes,
+                                              method=probe_selection, donor_probes=donor_probes,
+                                              rnaseq=rnaseq)
+    return DonorTables(chosen), selection
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,10 +247,12 @@ def renumber_samples(expression: pd.DataFrame, annotation: pd.DataFrame):
     Mirrored copies repeat their original's sample id; every later stage aligns rows by
     position, and unique ids keep pandas from aligning the copies onto one another.
     """
-    index = pd.RangeIndex(1, len(annotation) + 1, name="sample_id")
-    expression = expression.set_axis(index, axis=0)
-    annotation = annotation.set_axis(index, axis=0)
-    return expression, annotation
+    annotation = _renumbered(annotation)
+    return expression.set_axis(annotation.index, axis=0), annotation
+
+
+def _renumbered(annotation: pd.DataFrame) -> pd.DataFrame:
+    return annotation.set_axis(pd.RangeIndex(1, len(annotation) + 1, name="sample_id"), axis=0)
 
 
 def atlas_coordinates(atlas_tree, annotation: pd.DataFrame) -> pd.DataFrame:
@@ -258,6 +297,16 @@ def normalize_donor_expression(expression: pd.DataFrame, labels: np.ndarray,
     """
     keep = labels != 0 if norm_matched else np.ones(len(labels), dtype=bool)
     structures = annotation[["structure"]] if norm_structures else None
+    first = sample_norm if sample_norm is not None else gene_norm
+    values = expression.to_numpy()
+    if (first is not None and not _normalize.layout_independent(first)
+            and not values.flags.f_contiguous):
+        # sums round by memory layout: give such methods the layout the stages always had
+        # (samples contiguous per gene, as the tables were read from parquet columns)
+        by_gene = np.empty(values.shape[::-1], dtype=values.dtype)
+        transpose_into(by_gene, values)
+        expression = pd.DataFrame(by_gene.T, index=expression.index,
+                                  columns=expression.columns, copy=False)
     normalized = _normalize.normalize_donor(expression, sample_norm=sample_norm,
                                             gene_norm=gene_norm,
                                             matched=keep if norm_matched else None,
@@ -281,9 +330,13 @@ def aggregate_expression(expressions: Mapping, labels: Mapping, all_labels, *,
     ``expressions`` and ``labels`` are per donor, aligned by row; ``fills`` are extra rows per
     donor from :func:`fill_missing_regions`, already indexed by region label.
     """
-    labelled = {}
-    for donor, frame in expressions.items():
-        frame = frame.set_axis(pd.Index(labels[donor], name="label"), axis=0)
+    labelled = {donor: frame.set_axis(pd.Index(labels[donor], name="label"), axis=0)
+                .rename_axis("gene_symbol", axis=1) for donor, frame in expressions.items()}
+    if region_agg == "donors" and not return_donors \
+            and _aggregate.check_metric(agg_metric) == "mean":
+        # the filled rows are not appended to (copies of) the samples: the same numbers
+        return _aggregate.mean_over_donors(labelled, labels=all_labels, extra=fills)
+    for donor, frame in labelled.items():
         extra = None if fills is None else fills.get(donor)
         if extra is not None and len(extra):
             frame = pd.concat([frame, extra.astype(frame.dtypes.iloc[0])])
@@ -327,44 +380,96 @@ _SAMPLE_COLUMNS = {"n_samples": "total", "n_mirrored": "mirrored",
 
 def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: int = 1,
         verbose: int = 0, return_donors: bool = False, aggregate: bool = True) -> PipelineResult:
-    """Run every stage in order for one atlas (the Python API's engine)."""
+    """Run every stage in order for one atlas (the Python API's engine).
+
+    The same stages as the workflow, arranged to hold little at a time: each donor's
+    microarray and PACall caches are mapped once and shared by the stages; each donor's table
+    of chosen probes is read only when the donor is normalized, and only for the samples kept
+    (with ``norm_matched``, those matched to a region).
+    """
     files, rnaseq_files = locate_data(data_dir, settings.donors,
                                       need_rnaseq=settings.probe_selection == "rnaseq",
                                       n_proc=n_proc, verbose=verbose)
-    atlases, group_atlas = load_atlas(atlas, atlas_info, settings.donors, data_dir=data_dir)
-    check_atlas_settings(group_atlas, settings)
-    all_labels = next(iter(atlases.values())).labels
-    sample_facts = {}
+    with background() as pool:
+        # each cache is checked (its checksum: read whole) and mapped once, on other threads
+        # while the atlas, the probes and the samples are prepared and matched
+        opening = {donor: {kind: pool.submit(_io.load_matrix, paths[kind], kind)
+                           for kind in ("pacall", "microarray")}
+                   for donor, paths in files.items()}
+        atlases, group_atlas = load_atlas(atlas, atlas_info, settings.donors,
+                                          data_dir=data_dir)
+        check_atlas_settings(group_atlas, settings)
+        all_labels = next(iter(atlases.values())).labels
+        sample_facts = {}
 
-    probes = load_probe_table(files, reannotated=settings.reannotated)
-    summary = {"donors": list(files), "n_probes_annotated": len(probes),
-               "n_probes": len(_io.read_probes(next(iter(files.values()))["probes"]))}
-    annotations = {}
-    for donor, donor_files in files.items():
-        annotations[donor], sample_facts[donor] = prepare_donor_samples(
-            donor_files, probes, corrected_mni=settings.corrected_mni,
-            lr_mirror=settings.lr_mirror, sim_threshold=settings.sim_threshold)
+        raw_probes = _io.read_probes(next(iter(files.values()))["probes"])
+        probes = _probes.prepare_probes(raw_probes, reannotated=settings.reannotated)
+        summary = {"donors": list(files), "n_probes_annotated": len(probes),
+                   "n_probes": len(raw_probes)}
+        del raw_probes
+        annotations = {}
+        for donor, donor_files in files.items():
+            if settings.sim_threshold is not None:  # the similarity filter reads expression
+                donor_files = dict(donor_files,
+                                   microarray=opening[donor]["microarray"].result())
+            annotations[donor], sample_facts[donor] = prepare_donor_samples(
+                donor_files, probes, corrected_mni=settings.corrected_mni,
+                lr_mirror=settings.lr_mirror, sim_threshold=settings.sim_threshold)
+
+        labels, kept, coords, keep = {}, {}, [], {}
+        for donor in files:
+            annotation = _renumbered(annotations[donor])
+            donor_labels = match_donor_samples(atlases[donor], annotation,
+                                               tolerance=settings.tolerance)
+            if not (donor_labels != 0).any():
+                LGR.warning("No sample of donor %s matched a region of the atlas.", donor)
+            sample_facts[donor]["n_matched"] = int((donor_labels != 0).sum())
+            coords.append(annotation[["mni_x", "mni_y", "mni_z"]].assign(label=donor_labels,
+                                                                          donor=donor))
+            # normalize_donor_expression's samples: with norm_matched, the matched ones
+            keep[donor] = np.flatnonzero(donor_labels != 0 if settings.norm_matched
+                                         else np.ones(len(donor_labels), dtype=bool))
+            kept[donor] = annotation.iloc[keep[donor]]
+            labels[donor] = donor_labels[keep[donor]]
+
+        files = {donor: dict(paths, **{kind: future.result()
+                                       for kind, future in opening[donor].items()})
+                 for donor, paths in files.items()}
+    del opening
     probes = filter_probe_table(files, annotations, probes, ibf_threshold=settings.ibf_threshold)
     summary["n_probes_filtered"] = len(probes)
     expressions, selection = select_donor_probes(
         files, annotations, probes, probe_selection=settings.probe_selection,
         donor_probes=settings.donor_probes, rnaseq_files=rnaseq_files)
-    summary["n_genes"] = next(iter(expressions.values())).shape[1]
+    summary["n_genes"] = expressions.n_genes(next(iter(expressions)))
 
-    labels, normalized, kept, coords = {}, {}, {}, []
+    normalized = {}
+    # sample normalization runs along each sample's genes: when its numbers cannot depend on
+    # the layout, give it the genes contiguous (quicker); otherwise the layout it always had
+    order = ("C" if settings.sample_norm is not None
+             and _normalize.layout_independent(settings.sample_norm) else "F")
+    # when the group level only needs each donor's region means, they are taken as soon as
+    # the donor is normalized, and its sample-level table is dropped (see _DonorStream)
+    stream = _DonorStream(atlases, all_labels, settings.missing) if (
+        aggregate and _can_stream(settings, expressions, return_donors)) else None
+    # then each donor's tables live in the same two buffers, reused (no new memory to map)
+    buffers = None
+    if stream is not None:
+        size = max(len(rows) * expressions.n_genes(donor) for donor, rows in keep.items())
+        buffers = (np.empty(size), np.empty(size))
     for donor in files:
-        expression, annotation = renumber_samples(expressions.pop(donor), annotations[donor])
-        donor_labels = match_donor_samples(atlases[donor], annotation,
-                                           tolerance=settings.tolerance)
-        if not (donor_labels != 0).any():
-            LGR.warning("No sample of donor %s matched a region of the atlas.", donor)
-        sample_facts[donor]["n_matched"] = int((donor_labels != 0).sum())
-        coords.append(annotation[["mni_x", "mni_y", "mni_z"]].assign(label=donor_labels,
-                                                                      donor=donor))
-        normalized[donor], labels[donor], kept[donor] = normalize_donor_expression(
-            expression, donor_labels, annotation, sample_norm=settings.sample_norm,
-            gene_norm=settings.gene_norm, norm_matched=settings.norm_matched,
-            norm_structures=settings.norm_structures)
+        structures = kept[donor][["structure"]] if settings.norm_structures else None
+        # normalize_donor_expression, reading only the samples kept; no name holds the table
+        # read, so normalize_donor lets go of it once normalized
+        normalized[donor] = _normalize.normalize_donor(
+            expressions.frame(donor, keep[donor], order=order,
+                              buffer=None if buffers is None else buffers[1])
+            .set_axis(kept[donor].index, axis=0),
+            sample_norm=settings.sample_norm, gene_norm=settings.gene_norm,
+            structures=structures, buffers=buffers)
+        if stream is not None:
+            stream.add(donor, normalized.pop(donor), labels[donor], kept[donor])
+    del buffers
     counts = _matching.sample_counts(labels, all_labels)
     summary.update(
         samples=pd.DataFrame.from_dict(sample_facts, orient="index").rename(
@@ -375,14 +480,67 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
                             labels, kept)
     if not aggregate:
         return result
-    group = aggregate_group(atlases, all_labels, normalized, kept, labels,
-                            missing=settings.missing, region_agg=settings.region_agg,
-                            agg_metric=settings.agg_metric,
-                            stability_threshold=settings.stability_threshold,
-                            return_donors=return_donors)
+    if stream is not None:
+        group = stream.result(labels)
+    else:
+        group = aggregate_group(atlases, all_labels, normalized, kept, labels,
+                                missing=settings.missing, region_agg=settings.region_agg,
+                                agg_metric=settings.agg_metric,
+                                stability_threshold=settings.stability_threshold,
+                                return_donors=return_donors)
     result.expression = group["donor_expressions"] if return_donors else group["expression"]
     summary.update(group["summary"], expression=result.expression)
     return result
+
+
+def _can_stream(settings: Settings, expressions: DonorTables, return_donors: bool) -> bool:
+    """Whether :func:`aggregate_group` would need no more than each donor's region means:
+    means over donors (then over regions) of tables that all have the same genes, regions
+    filled per donor or not at all, and no per-donor output."""
+    if (return_donors or settings.stability_threshold is not None
+            or settings.region_agg != "donors" or settings.agg_metric != "mean"
+            or settings.missing not in (None, "interpolate")):
+        return False
+    donors = list(expressions)
+    first = expressions.chosen.columns(donors[0])
+    return all(expressions.chosen.columns(d).equals(first) for d in donors[1:])
+
+
+class _DonorStream:
+    """:func:`aggregate_group` computed donor by donor (see :func:`_can_stream`).
+
+    Each donor's normalized samples are reduced at once to region means (after adding the
+    rows that ``missing='interpolate'`` fills for its empty regions) and folded into the
+    running mean over donors, so no donor's sample-level table outlives its turn. The numbers
+    and the summary are those of :func:`aggregate_group`.
+    """
+
+    def __init__(self, atlases: Mapping, all_labels, missing):
+        self.atlases, self.all_labels, self.missing = atlases, all_labels, missing
+        self.means = _aggregate.DonorMeans(all_labels)
+        self.filled: set = set()
+
+    def add(self, donor, normalized: pd.DataFrame, labels: np.ndarray,
+            kept: pd.DataFrame) -> None:
+        fills = None
+        if self.missing == "interpolate":
+            atlas = self.atlases[donor]
+            fills = _matching.interpolate_missing(atlas, labels, normalized,
+                                                  atlas_coordinates(atlas, kept))
+            self.filled.update(int(r) for r in fills.index)
+        frame = normalized.set_axis(pd.Index(labels, name="label"), axis=0)
+        self.means.add(frame.rename_axis("gene_symbol", axis=1), fills)
+
+    def result(self, labels: Mapping) -> dict:
+        counts = _matching.sample_counts(labels, self.all_labels)
+        expression, dropped = self.means.result()
+        summary = {"regions_without_samples": [int(r) for r in
+                                               counts.index[counts.sum(axis=1) == 0]],
+                   "filled_regions": sorted(self.filled),
+                   "genes_dropped": [str(gene) for gene in dropped],
+                   "stability_threshold": None, "n_genes": int(expression.shape[1])}
+        return {"expression": expression, "counts": counts, "donor_expressions": None,
+                "summary": summary}
 
 
 def aggregate_group(atlases: Mapping, all_labels, normalized: Mapping, kept: Mapping,

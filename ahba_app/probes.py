@@ -34,11 +34,14 @@ from typing import Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from .samples import _annotation, _matrix, _probes_by_samples, _read, _row_chunks
+from ._blocks import thread_map
+from .samples import (_annotation, _DonorMatrix, _matrix, _probes_by_samples, _read,
+                      _row_chunks)
 
 __all__ = [
     "AGGREGATE_ONLY",
     "COLLAPSE_METHODS",
+    "ChosenProbes",
     "DONOR_PROBES",
     "SELECTION_ALIASES",
     "SELECTION_METHODS",
@@ -51,11 +54,19 @@ __all__ = [
     "prepare_probes",
     "probe_summary",
     "reannotate_probes",
+    "select_probes",
 ]
 
 # float64 values per working chunk (16 MB): chunks are read from the source matrix as needed,
 # so no full float64 (or even full gathered float32) copy of the data is ever made
 _CHUNK = 1 << 21
+# values per block of the region means (2 MB): the block and its running sums stay in cache
+_KAHAN_CHUNK = 1 << 18
+# rank codes per block of rows in differential stability: the histograms stay in cache
+_RANK_CHUNK = 1 << 18
+# ranks over a donor's regions shared with another donor are derived from the ranks over all
+# its regions when at most this many are not shared (cheaper than counting again)
+_MAX_LEFT_OUT = 12
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,13 +174,13 @@ def probe_summary(steps: Mapping[str, pd.DataFrame | Mapping]) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------
 # intensity-based filter
 # ---------------------------------------------------------------------------------------------
-def _indexers(frame: pd.DataFrame, probe_ids, sample_ids, what: str):
-    rows = frame.index.get_indexer(probe_ids)
+def _indexers(matrix: _DonorMatrix, probe_ids, sample_ids, what: str):
+    rows = matrix.probe_index.get_indexer(probe_ids)
     if (rows < 0).any():
         raise ValueError(f"{int((rows < 0).sum())} probe(s) are not rows of the {what} (e.g. "
                          f"probe_id {pd.Index(probe_ids)[rows < 0][0]!r}): check that the "
                          "probe table and the data come from the same AHBA download.")
-    cols = frame.columns.get_indexer(sample_ids)
+    cols = matrix.sample_index.get_indexer(sample_ids)
     if (cols < 0).any():
         raise ValueError(f"Sample id(s) {pd.Index(sample_ids)[cols < 0][:10].tolist()} are "
                          f"not columns of the {what}.")
@@ -185,7 +196,7 @@ def filter_probes(pacall: Mapping, annotation: Mapping, probes,
 
     Parameters
     ----------
-    pacall : dict of DataFrame or path
+    pacall : dict of DataFrame, ahba_app.io.CachedMatrix or path
         Donor -> PACall (probes x samples, boolean or 0/1).
     annotation : dict of DataFrame
         Donor -> sample table; its index selects the columns.
@@ -200,15 +211,13 @@ def filter_probes(pacall: Mapping, annotation: Mapping, probes,
     signal = np.zeros(len(probes), dtype=np.int64)
     n_samples = 0
     for donor, frame in pacall.items():
-        frame = _read(frame, "read_pacall")
         if donor not in annotation:
             raise ValueError(f"No sample table for donor {donor!r} of the PACall data.")
+        matrix = _DonorMatrix(frame, "pacall")
         annot = _annotation(annotation[donor])
-        rows, cols = _indexers(frame, probes.index, annot.index, f"PACall of donor {donor}")
-        values = _matrix(frame)
-        for part in _row_chunks(len(rows), len(cols), 4 * _CHUNK):
-            block = _probes_by_samples(values, rows[part], cols)
-            signal[part] += block.sum(axis=1, dtype=np.int64)
+        rows, cols = _indexers(matrix, probes.index, annot.index, f"PACall of donor {donor}")
+        signal += matrix.count_true(rows, cols)
+        matrix.release()
         n_samples += len(cols)
     if n_samples == 0:
         raise ValueError("No samples left for the intensity-based filter: every donor's sample "
@@ -300,7 +309,11 @@ class _Genes:
 
 
 class _Data:
-    """The per-donor data, read as probes x samples blocks (C order, input dtype)."""
+    """The per-donor data, read as probes x samples blocks (C order, input dtype).
+
+    Each donor's matrix is a :class:`ahba_app.samples._DonorMatrix`: from the cache, only the
+    blocks asked for are read and decoded; :meth:`release` gives a finished donor's pages back.
+    """
 
     def __init__(self, microarray: Mapping, annotation: Mapping, genes: _Genes):
         missing = [d for d in microarray if d not in annotation]
@@ -309,19 +322,24 @@ class _Data:
                              "annotation must have the same donors.")
         self.genes = genes
         self.donors = list(microarray)
-        self.frames, self.rows, self.cols, self.annotation = {}, {}, {}, {}
+        self.matrices, self.rows, self.cols, self.annotation = {}, {}, {}, {}
         for donor in self.donors:
-            frame = _read(microarray[donor], "read_microarray")
+            matrix = _DonorMatrix(microarray[donor], "microarray")
             annot = _annotation(annotation[donor])
             self.rows[donor], self.cols[donor] = _indexers(
-                frame, genes.probe_ids, annot.index, f"microarray of donor {donor}")
-            self.frames[donor], self.annotation[donor] = frame, annot
+                matrix, genes.probe_ids, annot.index, f"microarray of donor {donor}")
+            self.matrices[donor], self.annotation[donor] = matrix, annot
 
-    def block(self, donor, positions=None, sample_order=None) -> np.ndarray:
-        """Sorted probes ``positions`` (all by default) x samples (in ``sample_order``)."""
+    def block(self, donor, positions=None, sample_order=None, transposed=False, out=None
+              ) -> np.ndarray:
+        """Sorted probes ``positions`` (all by default) x samples (in ``sample_order``), or
+        samples x probes with ``transposed``: a new array (or ``out``, filled)."""
         rows = self.rows[donor] if positions is None else self.rows[donor][positions]
         cols = self.cols[donor] if sample_order is None else self.cols[donor][sample_order]
-        return _probes_by_samples(_matrix(self.frames[donor]), rows, cols)
+        return self.matrices[donor].take(rows, cols, transposed=transposed, out=out)
+
+    def release(self, donor) -> None:
+        self.matrices[donor].release()
 
     def stacks(self, donor, batches):
         """(batch, genes slice, float64 genes x probes x samples stack) over ``batches``.
@@ -332,11 +350,12 @@ class _Data:
         for batch in batches:
             for gs, rows in _gene_chunks(batch, n_samples):
                 positions = self.genes.layout[rows]
-                x = self.block(donor, positions=positions).astype(np.float64)
+                x = self.block(donor, positions=positions).astype(np.float64, copy=False)
                 yield batch, gs, x.reshape(-1, batch.size, n_samples)
+        self.release(donor)
 
     def dtype(self):
-        kinds = [_matrix(self.frames[d]).dtype for d in self.donors]
+        kinds = [self.matrices[d].dtype for d in self.donors]
         return np.result_type(*kinds) if kinds else np.dtype(np.float64)
 
 
@@ -550,72 +569,145 @@ def _region_order(structure_ids):
     return order, regions, starts, counts
 
 
-def _region_means(read, n_rows: int, n_samples: int, starts, counts) -> np.ndarray:
-    """Means over consecutive sample groups: rows x groups, reading rows with ``read(slice)``.
+def _region_means(read, n_rows: int, positions: np.ndarray, starts, counts) -> np.ndarray:
+    """Means over groups of samples: rows x groups, reading rows with ``read``.
 
-    ``read`` returns rows x samples (samples already grouped). Sums run in float64 in sample
-    order, so groups holding the same samples get equal means.
+    ``positions`` lists the samples to average, group by group (``starts`` and ``counts`` say
+    where each group begins and how many samples it has). ``read(rows, samples)`` returns the
+    given samples (positions, in that order, repeats allowed) x the rows of the slice ``rows``.
+    Each group's values are summed in that order with Kahan compensation and divided by the
+    count, which is how pandas' groupby mean (abagen's ``_groupby_structure_id``) computes
+    them: for data without NaN (the AHBA's) the means are the same bit for bit, so two regions
+    tie exactly when they tie in abagen (ties decide Spearman ranks).
     """
-    out = np.empty((n_rows, len(starts)))
-    if n_samples == 0:
+    n_groups = len(starts)
+    out = np.empty((n_rows, n_groups))
+    if len(positions) == 0 or n_rows == 0:
         return out
-    for rows in _row_chunks(n_rows, n_samples, _CHUNK):
-        out[rows] = np.add.reduceat(read(rows).astype(np.float64), starts, axis=1) / counts
+    # groups by size, largest first: the groups still adding a sample at step k are a prefix;
+    # the samples are read step after step, so that each step is a slice of what was read
+    by_size = np.argsort(-np.asarray(counts), kind="stable")
+    sizes = np.asarray(counts)[by_size]
+    firsts = np.asarray(starts)[by_size]
+    active = [int(np.count_nonzero(sizes > k)) for k in range(int(sizes[0]))]
+    samples = np.concatenate([np.asarray(positions)[firsts[:n] + k]
+                              for k, n in enumerate(active)])
+    offsets = np.concatenate([[0], np.cumsum(active)])
+    for rows in _row_chunks(n_rows, len(samples), _KAHAN_CHUNK):
+        values = read(rows, samples)            # samples (step by step) x rows
+        total = values[:active[0]] + 0.0        # 0 + x: the first step of the sum
+        carry = total - values[:active[0]]      # (t - 0) - x, i.e. 0 unless x is -0.0 or inf
+        y = np.empty_like(total)
+        t = np.empty_like(total)
+        for k in range(1, len(active)):
+            n = active[k]
+            np.subtract(values[offsets[k]:offsets[k] + n], carry[:n], out=y[:n])
+            np.add(total[:n], y[:n], out=t[:n])
+            np.subtract(t[:n], total[:n], out=carry[:n])
+            carry[:n] -= y[:n]
+            total[:n] = t[:n]
+        total /= sizes[:, None]
+        out[rows, by_size] = total.T
     return out
 
 
 class _Ranker:
     """Average ranks of every row of a matrix over any subset of its columns.
 
-    Rows are argsorted once; the order over a subset is the full order with the other columns
-    left out, so each subset costs a compress and a scatter (plus a tie scan of the rows that
-    have ties).
+    Each row's values are replaced once by dense codes (equal values share a code, codes grow
+    with the values). Over a subset of columns, a value's average rank is the number of subset
+    values with a smaller code plus half of (those with its code, plus one): one histogram of
+    codes per row (a ``bincount``) and its cumulative sum give every rank, ties included,
+    without sorting again. Ranks are returned doubled, as integers, by :meth:`doubled_ranks`.
     """
 
     def __init__(self, values: np.ndarray):
-        self.values = values
-        index = np.int16 if values.shape[1] < np.iinfo(np.int16).max else np.intp
-        self.order = np.argsort(values, axis=1, kind="stable").astype(index)
+        values = np.asarray(values)
+        self.shape = values.shape
+        self.codes = _dense_codes(values)
+
+    def doubled_ranks(self, columns: np.ndarray, rows=slice(None)) -> np.ndarray:
+        """Twice the average rank (1-based) of ``rows`` over ``columns``: (rows, k) float64
+        holding integers."""
+        codes = self.codes[rows][:, columns]
+        n_rows, k = codes.shape
+        n_cols = self.shape[1]
+        keys = codes + (np.arange(n_rows, dtype=np.int64) * n_cols)[:, None]
+        keys = keys.ravel()
+        counts = np.bincount(keys, minlength=n_rows * n_cols)
+        # running count over the flattened rows: each row holds k values, so row i starts at
+        # i * k; twice the average rank is 2 * (smaller + (equal + 1) / 2) with
+        # smaller + equal the running count within the row
+        table = np.cumsum(counts).astype(np.float64)
+        table *= 2
+        table -= counts
+        table = table.reshape(n_rows, n_cols)
+        table -= (np.arange(n_rows, dtype=np.float64) * (2 * k) - 1)[:, None]
+        return table.ravel()[keys].reshape(n_rows, k)
+
+    def doubled_ranks_without(self, columns: np.ndarray, rows, full: np.ndarray
+                              ) -> np.ndarray:
+        """:meth:`doubled_ranks` over ``columns`` from ``full``, the doubled ranks of ``rows``
+        over every column: each column left out lowers a doubled rank by 2 when its value is
+        smaller and by 1 when it is equal. Quicker when few columns are left out."""
+        codes = self.codes[rows]
+        left_out = np.ones(self.shape[1], dtype=bool)
+        left_out[columns] = False
+        # per column left out: sign(kept - other) + 1 is 2 (smaller), 1 (equal) or 0
+        step = codes[:, columns][:, None, :] - codes[:, left_out][:, :, None]
+        np.clip(step, -1, 1, out=step)
+        lower = step.sum(axis=1, dtype=np.int16) + np.int16(left_out.sum())
+        return full[:, columns] - lower
 
     def ranks(self, columns: np.ndarray) -> np.ndarray:
-        n_rows, n_cols = self.values.shape
-        k = len(columns)
-        out = np.empty((n_rows, k))
-        if k == 0:
-            return out
-        member = np.zeros(n_cols, dtype=bool)
-        member[columns] = True
-        where = np.full(n_cols, -1, dtype=self.order.dtype)
-        where[columns] = np.arange(k)
-        order = self.order[member[self.order]].reshape(n_rows, k)
-        ordered = np.take_along_axis(self.values, order, axis=1)
-        ranks = np.broadcast_to(np.arange(1, k + 1, dtype=np.float64), (n_rows, k))
-        same = ordered[:, 1:] == ordered[:, :-1]  # tie with the previous value
-        tied = same.any(axis=1)
-        if tied.any():
-            ranks = ranks.copy()
-            ranks[tied] = _tie_average(same[tied])
-        np.put_along_axis(out, where[order], ranks, axis=1)
-        return out
+        """Average ranks (1-based, ties averaged) of every row over ``columns``: float64."""
+        return self.doubled_ranks(columns) / 2.0
 
 
-def _tie_average(same: np.ndarray) -> np.ndarray:
-    """1-based average ranks of sorted rows, given where a value equals the previous one.
+def _dense_codes(values: np.ndarray) -> np.ndarray:
+    """Per row, the position of each value among the row's distinct values (equal values, and
+    only they, share a code; NaN values each get their own, after every number, in column
+    order)."""
+    n_rows, n_cols = values.shape
+    index = np.int16 if n_cols < np.iinfo(np.int16).max else np.int64
+    codes = np.zeros((n_rows, n_cols), dtype=index)
+    if n_cols == 0 or n_rows == 0:
+        return codes
+    for rows in _row_chunks(n_rows, n_cols, _RANK_CHUNK):  # small temporaries, in cache
+        part = values[rows]
+        order = np.argsort(part, axis=1)  # equal values end up side by side in any order
+        if part.dtype.kind == "f":
+            with_nan = np.flatnonzero(np.isnan(part).any(axis=1))
+            if with_nan.size:  # NaN != NaN: their codes follow their (stable) order
+                order[with_nan] = np.argsort(part[with_nan], axis=1, kind="stable")
+        ordered = np.sort(part, axis=1)  # the values in ``order``'s order
+        step = np.zeros(part.shape, dtype=index)
+        np.not_equal(ordered[:, 1:], ordered[:, :-1], out=step[:, 1:])
+        np.cumsum(step, axis=1, out=step)
+        order += (np.arange(len(part), dtype=order.dtype) * n_cols)[:, None]
+        codes[rows].ravel()[order.ravel()] = step.ravel()
+    return codes
 
-    Each run of equal values gets the mean of its first and last position.
+
+def _rank_corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson correlation of matching rows of two doubled-rank arrays (Spearman's rho).
+
+    Equal to :func:`_row_corr` of the ranks bit for bit: ranks are multiples of 1/2 that sum to
+    k (k + 1) / 2, so their mean is exactly (k + 1) / 2 and every centred sum of products is
+    an exact multiple of 1/4, whatever the order of summation. Those sums are computed here in
+    exact integer-valued float64, then combined by the same final expression.
     """
-    n_rows, k = same.shape[0], same.shape[1] + 1
-    index = np.int16 if k < np.iinfo(np.int16).max else np.intp
-    pos = np.arange(k, dtype=index)
-    first = np.empty((n_rows, k), dtype=index)
-    first[:, 0] = 0
-    first[:, 1:] = np.where(same, 0, pos[1:])
-    np.maximum.accumulate(first, axis=1, out=first)
-    last = np.empty((n_rows, k), dtype=index)
-    last[:, -1] = k - 1
-    last[:, :-1] = np.where(same, k - 1, pos[:-1])
-    last = np.minimum.accumulate(last[:, ::-1], axis=1)[:, ::-1]
-    return (first + last.astype(np.float64)) / 2 + 1
+    k = a.shape[1]
+    if k == 0:
+        return np.full(a.shape[0], np.nan)
+    a = a.astype(np.float64, copy=False)
+    b = b.astype(np.float64, copy=False)
+    base = float(k * (k + 1) ** 2)  # sum of (2 r)(2 s) minus the centred part, for mean k + 1
+    cross = (np.einsum("ij,ij->i", a, b) - base) / 4
+    a_sq = (np.einsum("ij,ij->i", a, a) - base) / 4
+    b_sq = (np.einsum("ij,ij->i", b, b) - base) / 4
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return cross / np.sqrt(a_sq * b_sq)
 
 
 def _row_corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -631,12 +723,21 @@ def _row_corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _donor_regions(data: _Data, donor) -> tuple[np.ndarray, np.ndarray]:
     """Sorted structure ids of a donor's samples and the probes x structures mean expression."""
     order, regions, starts, counts = _region_order(data.annotation[donor]["structure_id"])
-    positions = np.arange(data.genes.n_probes)
+    matrix = data.matrices[donor]
+    # rows in the order of the file: each block reads neighbouring pages, then lets them go
+    in_file = np.argsort(data.rows[donor], kind="stable")
+    source_rows = data.rows[donor][in_file]
 
-    def read(rows):
-        return data.block(donor, positions=positions[rows], sample_order=order)
+    def read(rows, samples):
+        block = matrix.take(source_rows[rows], samples, transposed=True)
+        matrix.release(source_rows[rows])  # the pages just read leave this process's memory
+        return block
 
-    return regions, _region_means(read, len(positions), len(order), starts, counts)
+    means = np.empty((data.genes.n_probes, len(regions)))
+    means[in_file] = _region_means(read, data.genes.n_probes, data.cols[donor][order], starts,
+                                   counts)
+    data.release(donor)
+    return regions, means
 
 
 def _diff_stability(data: _Data, donors, **_) -> _Choice:
@@ -648,15 +749,33 @@ def _diff_stability(data: _Data, donors, **_) -> _Choice:
     if len(donors) < 2:
         raise ValueError("probe_selection='diff_stability' needs at least two donors; got "
                          f"{list(donors)}. Use more donors or another method.")
-    regions, rankers = {}, {}
-    for donor in donors:
-        regions[donor], means = _donor_regions(data, donor)
-        rankers[donor] = _Ranker(means)
+    def donor_ranks(donor):
+        regions, means = _donor_regions(data, donor)
+        return regions, _Ranker(means)
+
+    done = dict(zip(donors, thread_map(donor_ranks, donors)))
+    regions = {donor: done[donor][0] for donor in donors}
+    rankers = {donor: done[donor][1] for donor in donors}
     pairs = [(a, b) for i, a in enumerate(donors) for b in donors[i + 1:]]
+    shared = [np.intersect1d(regions[a], regions[b], return_indices=True)[1:] for a, b in pairs]
     corr = np.empty((data.genes.n_probes, len(pairs)))
-    for n, (a, b) in enumerate(pairs):
-        _, ia, ib = np.intersect1d(regions[a], regions[b], return_indices=True)
-        corr[:, n] = _row_corr(rankers[a].ranks(ia), rankers[b].ranks(ib))
+    widest = max(len(r) for r in regions.values())
+
+    def correlate(rows):
+        full = {}  # doubled ranks over all of a donor's regions, for the donors that need them
+
+        def ranks(donor, columns):
+            ranker = rankers[donor]
+            if ranker.shape[1] - len(columns) > _MAX_LEFT_OUT:
+                return ranker.doubled_ranks(columns, rows)
+            if donor not in full:
+                full[donor] = ranker.doubled_ranks(np.arange(ranker.shape[1]), rows)
+            return ranker.doubled_ranks_without(columns, rows, full[donor])
+
+        for n, ((a, b), (ia, ib)) in enumerate(zip(pairs, shared)):
+            corr[rows, n] = _rank_corr(ranks(a, ia), ranks(b, ib))
+
+    thread_map(correlate, _row_chunks(data.genes.n_probes, widest, _RANK_CHUNK))
     return _choice(data.genes, corr.mean(axis=1), "diff_stability")
 
 
@@ -707,8 +826,10 @@ def _rnaseq(data: _Data, donors, rnaseq: Mapping | None = None, **_) -> _Choice:
         unique_rows = np.flatnonzero(~pd.Index(tpm.index).duplicated())
         order, rna_regions, starts, counts = _region_order(annot["structure_id"])
         values = _matrix(tpm)
-        rna = _region_means(lambda rows: _probes_by_samples(values, unique_rows[rows], order),
-                            len(unique_rows), len(order), starts, counts)
+        rna = _region_means(
+            lambda rows, samples: np.array(values[unique_rows[rows]][:, samples].T,
+                                           dtype=np.float64, order="C"),
+            len(unique_rows), order, starts, counts)
         rna_genes = tpm.index.to_numpy(dtype=object)[unique_rows]
         with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -828,8 +949,9 @@ def collapse_probes(microarray: Mapping, annotation: Mapping, probes,
 
     Parameters
     ----------
-    microarray : dict of DataFrame or path
-        Donor -> MicroarrayExpression (probes x samples; float32 is fine and kept).
+    microarray : dict of DataFrame, ahba_app.io.CachedMatrix or path
+        Donor -> MicroarrayExpression (probes x samples; float32 is fine and kept). From the
+        cache (a CachedMatrix, or a path) only the probes needed are read.
     annotation : dict of DataFrame
         Donor -> sample table; its index (``sample_id``, may repeat) selects and orders the
         samples, and ``structure_id`` defines the regions of 'diff_stability' and 'rnaseq'.
@@ -856,6 +978,73 @@ def collapse_probes(microarray: Mapping, annotation: Mapping, probes,
         Donor -> samples x genes (index as ``annotation``'s, columns ``gene_symbol`` sorted),
         in the microarray's dtype.
     """
+    chosen, info = select_probes(microarray, annotation, probes, method=method,
+                                 donor_probes=donor_probes, rnaseq=rnaseq)
+    out = {donor: chosen.frame(donor) for donor in chosen.donors}
+    return (out, info) if return_info else out
+
+
+class ChosenProbes:
+    """The probes chosen for every donor; each donor's samples x genes table is read on demand.
+
+    Returned by :func:`select_probes`. :meth:`frame` reads a donor's chosen probes from its
+    microarray (for the cache: only those rows, and only the samples asked for), so a caller
+    going donor by donor never holds every donor's table at once.
+    """
+
+    def __init__(self, data: _Data, choices: dict | None = None, frames: dict | None = None):
+        self._data, self._choices, self._frames = data, choices, frames
+        self.donors = list(data.donors)
+
+    def columns(self, donor) -> pd.Index:
+        """The donor's gene columns (sorted gene symbols)."""
+        if self._frames is not None:
+            return self._frames[donor].columns
+        return _gene_columns(self._data.genes, np.flatnonzero(self._position(donor) >= 0))
+
+    def _position(self, donor) -> np.ndarray:
+        choices = self._choices
+        return choices.get(donor, choices.get("all")).position
+
+    def frame(self, donor, samples=None, order: str = "F", buffer=None) -> pd.DataFrame:
+        """Samples x genes of ``donor``: every row of its sample table, or the positions
+        ``samples`` of them; a new frame each call.
+
+        ``order`` is the memory layout of its values: 'F' (samples contiguous per gene, what
+        :func:`collapse_probes` returns) or 'C'. ``buffer`` (optional): a 1-D float64 array at
+        least as large as the table, whose memory the table then uses.
+        """
+        data = self._data
+        if self._frames is not None:
+            frame = self._frames[donor]
+            return frame if samples is None else frame.iloc[samples]
+        position = self._position(donor)
+        which = np.flatnonzero(position >= 0)
+        index = data.annotation[donor].index
+        sample_order = None
+        if samples is not None:
+            sample_order = np.arange(len(index))[samples]
+            index = index[sample_order]
+        out = None
+        if buffer is not None and data.dtype() == np.float64:
+            shape = (len(index), len(which)) if order == "C" else (len(which), len(index))
+            out = buffer[:shape[0] * shape[1]].reshape(shape)
+        values = data.block(donor, positions=position[which], sample_order=sample_order,
+                            transposed=order == "C", out=out)
+        data.release(donor)
+        values = values.astype(data.dtype(), copy=False)
+        return pd.DataFrame(values if order == "C" else values.T, index=index,
+                            columns=_gene_columns(data.genes, which), copy=False)
+
+
+def select_probes(microarray: Mapping, annotation: Mapping, probes,
+                  method: str = "diff_stability", donor_probes: str = "aggregate",
+                  rnaseq: Mapping | None = None) -> tuple[ChosenProbes, pd.DataFrame]:
+    """Choose the probes as :func:`collapse_probes` does, without reading the tables yet.
+
+    Returns a :class:`ChosenProbes` (whose ``frame(donor)`` is ``collapse_probes``' table of
+    that donor) and the selection table of ``return_info=True``.
+    """
     method = check_probe_selection(method)
     donor_probes = check_donor_probes(donor_probes, method)
     probes = _read(probes, "read_probes")
@@ -863,27 +1052,14 @@ def collapse_probes(microarray: Mapping, annotation: Mapping, probes,
     data = _Data(microarray, annotation, genes)
 
     if method in COLLAPSE_METHODS:
-        out = SELECTION_METHODS[method](data, data.donors)
-        if not return_info:
-            return out
+        frames = SELECTION_METHODS[method](data, data.donors)
         info = pd.DataFrame({"donor": "all", "gene_symbol": genes.symbols,
                              "probe_id": pd.array([pd.NA] * len(genes.symbols), dtype="Int64"),
                              "probe_name": None, "n_probes": genes.sizes,
                              "criterion": method, "score": np.nan})
-        return out, info
+        return ChosenProbes(data, frames=frames), info
 
     choices = DONOR_PROBES[donor_probes](data, SELECTION_METHODS[method], rnaseq=rnaseq)
-    dtype = data.dtype()
-    out = {}
-    for donor in data.donors:
-        choice = choices.get(donor, choices.get("all"))
-        which = np.flatnonzero(choice.position >= 0)
-        values = data.block(donor, positions=choice.position[which])
-        out[donor] = pd.DataFrame(values.astype(dtype, copy=False).T,
-                                  index=data.annotation[donor].index,
-                                  columns=_gene_columns(genes, which), copy=False)
-    if not return_info:
-        return out
     rows = []
     for key, choice in choices.items():
         which = np.flatnonzero(choice.position >= 0)
@@ -893,4 +1069,4 @@ def collapse_probes(microarray: Mapping, annotation: Mapping, probes,
             "probe_id": pd.array(genes.probe_ids[pos], dtype="Int64"),
             "probe_name": genes.names[pos], "n_probes": genes.sizes[which],
             "criterion": choice.criterion, "score": choice.score[which]}))
-    return out, pd.concat(rows, ignore_index=True)
+    return ChosenProbes(data, choices=choices), pd.concat(rows, ignore_index=True)

@@ -27,6 +27,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from ._blocks import thread_map, transpose_into
+
 __all__ = [
     "HEMISPHERES",
     "MIRROR_METHODS",
@@ -345,6 +347,203 @@ def _matrix(frame) -> np.ndarray:
     return np.asarray(frame)
 
 
+class _DonorMatrix:
+    """One donor's probes x samples matrix (microarray or PACall), read a block at a time.
+
+    Wraps a DataFrame (index ``probe_id``, columns ``sample_id``), an
+    :class:`ahba_app.io.CachedMatrix`, or the path of a ``MicroarrayExpression.csv`` /
+    ``PACall.csv`` (opened through the cache). From the cache only the rows (and samples) asked
+    for are read and decoded, so the whole matrix is never copied; :meth:`release` hands the
+    pages read back to the page cache, so that finished donors do not count in this process's
+    memory.
+    """
+
+    def __init__(self, obj, kind: str):
+        from . import io  # imported late: io is optional for callers passing frames
+
+        if isinstance(obj, (str, os.PathLike)):
+            obj = io.load_matrix(obj, kind)
+        if isinstance(obj, io.CachedMatrix):
+            self.cached, self.frame = obj, None
+            self.probe_index = pd.Index(np.asarray(obj.probe_ids), name="probe_id")
+            self.sample_index = pd.RangeIndex(1, obj.n_samples + 1, name="sample_id")
+            self.dtype = obj.dtype
+        elif isinstance(obj, pd.DataFrame):
+            self.cached, self.frame = None, obj
+            self.probe_index, self.sample_index = obj.index, obj.columns
+            self.dtype = _matrix(obj).dtype
+        else:
+            raise TypeError(f"Expected a pandas DataFrame, an ahba_app.io.CachedMatrix or a "
+                            f"path for the {kind} data, got {type(obj).__name__}.")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self.probe_index), len(self.sample_index))
+
+    def take(self, rows=None, cols=None, transposed: bool = False, out=None) -> np.ndarray:
+        """``values[rows][:, cols]`` as a new C-contiguous probes x samples array, or samples x
+        probes with ``transposed`` (never a view of the source, so callers may modify it).
+
+        ``rows`` and ``cols`` are positions (None: all); microarray values come out as the
+        float64 the cache decodes them to, bit for bit. ``out`` (optional): a C-contiguous
+        array of the result's shape and dtype to write into (and return).
+        """
+        if self.cached is not None and self.cached.decimals is not None:
+            if cols is not None and _is_identity(cols, self.shape[1]):
+                cols = None
+            return _decode_scaled(self.cached.values, self.cached.scale, rows, cols,
+                                  transposed, out)
+        if self.cached is None:
+            values = _matrix(self.frame)
+            block = _probes_by_samples(values, rows, cols)
+            if transposed:
+                block = np.array(block.T, order="C", copy=True)
+            elif np.may_share_memory(block, values):
+                block = block.copy()
+        else:  # PACall bits, or microarray stored as float64
+            from . import io
+
+            block = io.select_rows(self.cached, rows, cols)
+            block = np.ascontiguousarray(block.T) if transposed else block
+        if out is None:
+            return block
+        out[...] = block
+        return out
+
+    def count_true(self, rows, cols) -> np.ndarray:
+        """For PACall: per row, how many of the columns ``cols`` (repeats counted) are True.
+
+        From the cache the packed bits are counted as they are (bitwise AND with one mask per
+        repeat level, then popcount), never unpacked.
+        """
+        cached = self.cached
+        if cached is None or not cached.packed:
+            counts = np.zeros(len(rows), dtype=np.int64)
+            for part in _row_chunks(len(rows), len(cols), 1 << 23):
+                counts[part] = self.take(rows[part], cols).sum(axis=1, dtype=np.int64)
+            return counts
+        weight = np.bincount(np.asarray(cols, dtype=np.intp), minlength=cached.n_samples)
+        masks = [np.packbits(weight >= level) for level in range(1, int(weight.max(initial=0)) + 1)]
+        counts = np.zeros(len(rows), dtype=np.int64)
+        packed = cached.values
+        for part in _row_chunks(len(rows), packed.shape[1], 1 << 22):
+            block = packed[rows[part]]
+            for mask in masks:
+                counts[part] += _popcount(block & mask).sum(axis=1, dtype=np.int64)
+        return counts
+
+    def release(self, rows=None) -> None:
+        """Drop the cache pages mapped so far from this process, or those of the rows
+        ``rows`` (positions): they stay in the page cache."""
+        if self.cached is not None:
+            _release_pages(self.cached.values, rows)
+
+
+_BIT_COUNTS = np.array([bin(byte).count("1") for byte in range(256)], dtype=np.uint8)
+
+
+def _popcount(values: np.ndarray) -> np.ndarray:
+    """Set bits of each uint8 value."""
+    if hasattr(np, "bitwise_count"):  # numpy >= 2.0
+        return np.bitwise_count(values)
+    return _BIT_COUNTS[values]
+
+
+# int32 values decoded at a time (512 KB, with 1 MB of float64): each block stays in cache
+_DECODE_VALUES = 1 << 17
+
+
+def _decode_scaled(stored: np.ndarray, scale: float, rows, cols, transposed: bool,
+                   out: np.ndarray | None = None) -> np.ndarray:
+    """Rows (and columns) of a cache's int32 ``value * scale`` matrix as float64 values.
+
+    Each value is the int32 converted to float64 (exact) and divided by ``scale`` (correctly
+    rounded), which is how :func:`ahba_app.io.select_rows` decodes it, so the results are the
+    same bit for bit; converting first and dividing in place is about three times quicker than
+    one mixed-type division.
+    """
+    n_rows, n_cols = stored.shape
+    if rows is None:
+        rows = np.arange(n_rows)
+    elif isinstance(rows, slice):
+        rows = np.arange(n_rows)[rows]
+    else:
+        rows = np.asarray(rows)
+        if rows.dtype == bool:
+            if rows.shape != (n_rows,):
+                raise IndexError(f"Boolean row mask has shape {rows.shape}; the matrix has "
+                                 f"{n_rows} rows.")
+            rows = np.flatnonzero(rows)
+        rows = rows.ravel()
+    if cols is not None:
+        cols = np.atleast_1d(np.arange(n_cols)[cols])
+    width = n_cols if cols is None else len(cols)
+    shape = (width, len(rows)) if transposed else (len(rows), width)
+    if out is None:
+        out = np.empty(shape)
+    elif out.shape != shape or out.dtype != np.float64 or not out.flags.c_contiguous:
+        raise ValueError(f"The output must be a C-contiguous float64 array of shape {shape}.")
+    step = max(1, _DECODE_VALUES // max(width, 1))
+
+    def run(start):  # one block of rows (on several threads)
+        part = rows[start:start + step]
+        block = stored[part]
+        if cols is not None:
+            block = block[:, cols]
+        if transposed:  # decoded in place, then copied across tile by tile
+            values = block.astype(np.float64)
+            np.divide(values, scale, out=values)
+            transpose_into(out[:, start:start + len(part)], values)
+        else:
+            target = out[start:start + len(part)]
+            target[...] = block
+            np.divide(target, scale, out=target)
+
+    thread_map(run, range(0, len(rows), step))
+    return out
+
+
+def _release_pages(values: np.ndarray, rows=None) -> None:
+    """``madvise(MADV_DONTNEED)`` on the read-only shared memory map behind ``values``: all of
+    it, or the pages holding ``rows`` (positions: from the first to the last).
+
+    Pages of a read-only file mapping count in the resident memory of every process that has
+    touched them; dropping them costs nothing (the data stay in the page cache, and a later read
+    maps them again). Copy-on-write or writable maps, and arrays not backed by a map, are left
+    alone.
+    """
+    import mmap
+
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    base = values
+    while base is not None and not isinstance(base, np.memmap):
+        base = getattr(base, "base", None)
+    if advice is None or base is None or getattr(base, "mode", None) != "r":
+        return
+    mapping = getattr(base, "_mmap", None)
+    if not isinstance(mapping, mmap.mmap):
+        return
+    try:
+        if rows is None:
+            mapping.madvise(advice)
+            return
+        rows = np.asarray(rows)
+        if rows.size == 0 or values.ndim != 2 or not values.flags.c_contiguous:
+            return
+        # np.memmap maps the file from the granularity boundary below its offset
+        offset = int(base.offset)
+        first = offset - offset % mmap.ALLOCATIONGRANULARITY
+        start = offset - first + (values.ctypes.data - base.ctypes.data)
+        row_bytes = values.strides[0]
+        lo = start + int(rows.min()) * row_bytes
+        hi = min(len(mapping), start + (int(rows.max()) + 1) * row_bytes)
+        lo -= lo % mmap.PAGESIZE
+        if hi > lo:
+            mapping.madvise(advice, lo, hi - lo)
+    except (OSError, ValueError):  # closed, or not supported here: nothing to give back
+        pass
+
+
 def _probes_by_samples(values: np.ndarray, rows=None, cols=None) -> np.ndarray:
     """``values[rows][:, cols]`` as a C-contiguous probes x samples array (None means all).
 
@@ -382,21 +581,21 @@ def _row_chunks(n_rows: int, n_cols: int, budget: int = 1 << 22):
 # ---------------------------------------------------------------------------------------------
 # similarity filter
 # ---------------------------------------------------------------------------------------------
-def _sample_similarity(values: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+def _sample_similarity(matrix: "_DonorMatrix", rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """Row sums of the samples x samples correlation matrix, without forming it.
 
     With z_i sample i's profile over probes, centred and scaled to unit norm, the sum of its
     correlations is z_i . t with t = sum_j z_j (j over ``cols``, repeats included). Every
-    column of ``values`` is read (unused ones weigh 0), in two passes over probe chunks in
+    column of the matrix is read (unused ones weigh 0), in two passes over probe chunks in
     float64: column moments, then t = X v - c and X't, with v the columns' weight / norm.
     """
-    n_cols = values.shape[1]
+    n_cols = matrix.shape[1]
     weight = np.bincount(cols, minlength=n_cols).astype(np.float64)
     chunks = list(_row_chunks(len(rows), n_cols, 1 << 21))
     total = np.zeros(n_cols)
     sumsq = np.zeros(n_cols)
     for part in chunks:
-        block = _probes_by_samples(values, rows[part]).astype(np.float64)
+        block = matrix.take(rows[part]).astype(np.float64, copy=False)
         total += block.sum(axis=0)
         sumsq += (block * block).sum(axis=0)
     mean = total / len(rows)
@@ -408,10 +607,11 @@ def _sample_similarity(values: np.ndarray, rows: np.ndarray, cols: np.ndarray) -
     cross = np.zeros(n_cols)
     t_sum = 0.0
     for part in chunks:
-        block = _probes_by_samples(values, rows[part]).astype(np.float64)
+        block = matrix.take(rows[part]).astype(np.float64, copy=False)
         t = block @ v - shift
         cross += t @ block
         t_sum += t.sum()
+    matrix.release()
     return (scale * (cross - mean * t_sum))[cols]
 
 
@@ -425,7 +625,7 @@ def similarity_threshold(microarray, annotation, probes, threshold: float = 5,
 
     Parameters
     ----------
-    microarray : DataFrame or path
+    microarray : DataFrame, ahba_app.io.CachedMatrix or path
         One donor's probes x samples expression (index probe_id, columns sample_id).
     annotation : DataFrame or path
         The donor's samples; its index (``sample_id``, may repeat) selects the columns.
@@ -442,18 +642,18 @@ def similarity_threshold(microarray, annotation, probes, threshold: float = 5,
         raise ValueError("similarity_threshold needs a threshold (a number of SDs >= 0).")
     annotation = _annotation(annotation)
     probes = _read(probes, "read_probes")
-    microarray = _read(microarray, "read_microarray")
-    rows = microarray.index.get_indexer(probes.index)
+    microarray = _DonorMatrix(microarray, "microarray")
+    rows = microarray.probe_index.get_indexer(probes.index)
     if (rows < 0).any():
         raise ValueError(f"{int((rows < 0).sum())} probe(s) of the probe table are not in the "
                          "microarray (e.g. probe_id "
                          f"{probes.index[rows < 0][0]!r}): check that they come from the same "
                          "AHBA download.")
-    cols = microarray.columns.get_indexer(annotation.index)
+    cols = microarray.sample_index.get_indexer(annotation.index)
     if (cols < 0).any():
         raise ValueError(f"Sample id(s) {annotation.index[cols < 0][:10].tolist()} are not "
                          "columns of the microarray.")
-    sim = _sample_similarity(_matrix(microarray), rows, cols)
+    sim = _sample_similarity(microarray, rows, cols)
     if len(sim) < 2:
         kept = annotation
     else:

@@ -221,3 +221,74 @@ def test_registry_and_bad_options(data):
     for bad in (np.ones((3, 3)), [], {}):
         with pytest.raises(ValueError, match="DataFrame"):
             aggregate_samples(bad)
+
+
+# --------------------------------------------------------------------------------------------
+# the quick paths give pandas' numbers bit for bit
+# --------------------------------------------------------------------------------------------
+def _pandas_group_mean(values, rows, codes, n_groups):
+    block = pd.DataFrame(np.asarray(values[rows], dtype=np.float64))
+    return block.groupby(codes, sort=True).mean().to_numpy()
+
+
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_group_mean_is_pandas_groupby_mean_bit_for_bit(monkeypatch, threads):
+    monkeypatch.setenv("AHBA_APP_THREADS", threads)
+    monkeypatch.setattr(aggregate, "_KAHAN_ELEMENTS", 64)  # several blocks of columns
+    rng = np.random.default_rng(3)
+    for trial in range(6):
+        values = np.round(rng.normal(0.5, 0.2, size=(60, 40)), 3 if trial % 2 else 12)
+        values[rng.random(values.shape) < 0.1] = np.nan
+        values[:, 0] = np.nan                       # a gene no sample has
+        values[2, 3], values[5, 4], values[9, 5] = np.inf, -np.inf, -0.0
+        if trial > 2:
+            values = np.asfortranarray(values)      # the layout normalized tables have
+        rows = np.sort(rng.choice(60, 50, replace=False))
+        codes = np.unique(rng.integers(0, 7, size=50), return_inverse=True)[1].ravel()
+        expected = _pandas_group_mean(values, rows, codes, codes.max() + 1)
+        got = aggregate._group_mean(values, rows, codes, codes.max() + 1)
+        assert np.array_equal(got, expected, equal_nan=True), trial
+
+
+def _stacked(frames, extra, labels):
+    """What mean_over_donors stands for: extra rows appended, tables stacked and grouped."""
+    with_rows = [f if r is None else pd.concat([f, r]) for f, r in zip(frames, extra)]
+    tables = [group_by_label(f, labels=labels) for f in with_rows]
+    return group_by_label(aggregate._concat(tables))
+
+
+def test_donor_by_donor_means_equal_stacking_the_donors(data):
+    frames = _frames(*data)
+    columns = frames[0].columns
+    extra = [pd.DataFrame([[0.25] * N_GENES, [-0.0] * N_GENES], columns=columns,
+                          index=pd.Index([10, 11], name="label")),
+             None,
+             pd.DataFrame([np.linspace(0, 1, N_GENES)], columns=columns,
+                          index=pd.Index([12], name="label"))]
+    stacked = _stacked(frames, extra, ALL_LABELS)
+    dropped = incomplete_genes(stacked)
+    expected = stacked.drop(columns=dropped)
+    got, got_dropped = aggregate.mean_over_donors(frames, labels=ALL_LABELS, extra=extra)
+    pd.testing.assert_frame_equal(got, expected, check_exact=True)
+    assert list(got_dropped) == list(dropped)
+    # a filled row of a region the donor sampled is added to its samples (no shortcut)
+    clash = [None, pd.DataFrame([[0.5] * N_GENES], index=pd.Index([1], name="label"),
+                                columns=columns), None]
+    clashed = _stacked(frames, clash, ALL_LABELS)
+    pd.testing.assert_frame_equal(
+        aggregate.mean_over_donors(frames, labels=ALL_LABELS, extra=clash)[0],
+        clashed.drop(columns=incomplete_genes(clashed)), check_exact=True)
+    # donors with different genes are stacked as they are
+    fewer = [frames[0], frames[1].iloc[:, :-2], frames[2]]
+    stacked = _stacked(fewer, [None] * 3, ALL_LABELS)
+    pd.testing.assert_frame_equal(aggregate.mean_over_donors(fewer, labels=ALL_LABELS)[0],
+                                  stacked.drop(columns=incomplete_genes(stacked)),
+                                  check_exact=True)
+
+
+def test_merging_same_shaped_tables_equals_stacking(data):
+    tables = aggregate_regions(_frames(*data), labels=ALL_LABELS)
+    merged, _ = aggregate_donors(tables)
+    stacked = group_by_label(aggregate._concat(tables))
+    pd.testing.assert_frame_equal(merged, stacked.drop(columns=incomplete_genes(stacked)),
+                                  check_exact=True)

@@ -86,6 +86,32 @@ def chain(tmp_path_factory, ahba_small):
         yield out
 
 
+@pytest.mark.parametrize("index", [pd.Index([1, 1, 2, 5], name="sample_id"),
+                                   pd.RangeIndex(1, 5, name="label"),
+                                   pd.Index(["a", "b", "c", "d"], name="well"),
+                                   pd.MultiIndex.from_arrays([[1, 1, 2, 2], [3, 4, 3, 4]],
+                                                             names=["label", "sample_id"])])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_matrices_round_trip_as_fixed_size_rows(tmp_path, index, dtype):
+    import pyarrow.parquet as pq
+
+    genes = pd.Index([f"G{i}" for i in range(70)], name="gene_symbol", dtype=object)
+    frame = pd.DataFrame(np.random.default_rng(0).random((4, 70)).astype(dtype), index=index,
+                         columns=genes)
+    frame.iloc[1, 2] = np.nan
+    path = write_frame(frame, tmp_path / "m.parquet")
+    assert pq.read_schema(path).metadata.get(b"ahba_app.matrix")  # the quick layout was used
+    back = read_frame(path)
+    pd.testing.assert_frame_equal(back, frame, check_exact=True, check_index_type=True)
+    assert back.to_numpy().flags["C_CONTIGUOUS"]  # read row by row, straight from the file
+    labelled = pd.DataFrame(frame.to_numpy(), index=index, columns=pd.RangeIndex(70))
+    pd.testing.assert_frame_equal(read_frame(write_frame(labelled, tmp_path / "r.parquet")),
+                                  labelled, check_exact=True, check_column_type=False)
+    frame.iloc[:, :5].to_parquet(tmp_path / "plain.parquet")  # other tables: plain parquet
+    pd.testing.assert_frame_equal(read_frame(tmp_path / "plain.parquet"), frame.iloc[:, :5],
+                                  check_column_type=False)
+
+
 def test_files_round_trip(tmp_path):
     frame = pd.DataFrame(np.arange(6, dtype=np.float32).reshape(3, 2),
                          index=pd.Index([1, 1, 2], name="sample_id"),

@@ -306,8 +306,52 @@ def test_blocks_do_not_change_results(inputs, monkeypatch):
     values = inputs["special"][0]
     whole = normalize_array(values, "srs")
     monkeypatch.setattr(normalize, "_BLOCK_ELEMENTS", 100)  # a couple of columns per block
+    monkeypatch.setattr(normalize, "_SMALL_BLOCK_ELEMENTS", 100)
     np.testing.assert_array_equal(normalize_array(values, "srs"), whole)
     np.testing.assert_array_equal(normalize_array(values.T, "srs", axis=1), whole.T)
+
+
+@pytest.mark.parametrize("method", METHODS[:-1])
+def test_threads_outputs_and_buffers_do_not_change_results(inputs, monkeypatch, method):
+    values = inputs["special"][0]
+    monkeypatch.setattr(normalize, "_BLOCK_ELEMENTS", 100)  # several blocks (the same in
+    monkeypatch.setattr(normalize, "_SMALL_BLOCK_ELEMENTS", 100)  # both runs: sums depend on them)
+    monkeypatch.setenv("AHBA_APP_THREADS", "1")
+    alone = normalize_array(values, method)
+    by_rows = normalize_array(values.T, method, axis=1)
+    monkeypatch.setenv("AHBA_APP_THREADS", "3")  # the blocks on threads
+    assert np.array_equal(normalize_array(values, method), alone, equal_nan=True)
+    for order in "CF":  # the result written into the caller's array, of either layout
+        out = np.empty(values.shape, order=order)
+        assert normalize_array(values, method, out=out) is out
+        assert np.array_equal(out, alone, equal_nan=True)
+        out = np.empty(values.T.shape, order=order)
+        assert np.array_equal(normalize_array(values.T, method, axis=1, out=out), by_rows,
+                              equal_nan=True)
+    if normalize.layout_independent(method):  # then the input's layout does not matter
+        for layout in (np.asfortranarray, np.ascontiguousarray):
+            assert np.array_equal(normalize_array(layout(values), method), alone,
+                                  equal_nan=True)
+    with pytest.raises(ValueError, match="apart from the input"):
+        normalize_array(values, method, out=values)
+
+
+def test_normalize_donor_into_buffers(inputs):
+    frame = _frame(inputs["special"][0], 0)
+    expected = normalize_donor(frame, "srs", "zscore")
+    size = frame.size + 5
+    first, second = np.full(size, -1.0), np.full(size, -1.0)
+    out = normalize_donor(frame, "srs", "zscore", buffers=(first, second))
+    pd.testing.assert_frame_equal(out, expected)
+    assert np.shares_memory(out.to_numpy(), second)  # the result lives in the second buffer
+    # a buffer holding the input is never written over while it is read
+    values = np.ascontiguousarray(frame.to_numpy())
+    held = np.concatenate([values.ravel(), [0.0] * 5])
+    source = pd.DataFrame(held[:frame.size].reshape(frame.shape), index=frame.index,
+                          columns=frame.columns)
+    out = normalize_donor(source, None, "srs", buffers=(first, held))
+    pd.testing.assert_frame_equal(out, normalize_donor(frame, None, "srs"))
+    assert np.shares_memory(out.to_numpy(), first)
 
 
 def test_input_is_not_modified(inputs):

@@ -320,6 +320,68 @@ def test_ranks_of_column_subsets_match_scipy():
     assert ranker.ranks(np.array([], dtype=int)).shape == (200, 0)
 
 
+def test_region_means_equal_pandas_groupby_mean_bit_for_bit():
+    # abagen averages regions with pandas' groupby mean (Kahan-compensated sums); with values
+    # of few decimals, region means tie often, and a last-bit difference would break a tie and
+    # change the Spearman ranks (on full-size data it changed the probe chosen for a gene)
+    rng = np.random.default_rng(2)
+    values = np.round(rng.uniform(2, 18, size=(500, 240)), 3)
+    structure = rng.integers(0, 30, size=240) ** 2
+    structure[:12] = 4  # one large region
+    order, regions, starts, counts = probes._region_order(structure)
+    means = probes._region_means(lambda rows, samples: values[rows][:, samples].T.copy(),
+                                 len(values), order, starts, counts)
+    expected = pd.DataFrame(values.T).groupby(structure).mean()
+    np.testing.assert_array_equal(regions, expected.index)
+    assert np.array_equal(means, expected.to_numpy().T)
+
+
+def test_ranks_without_some_columns_equal_counting_again():
+    rng = np.random.default_rng(5)
+    values = np.round(rng.random((300, 40)) * 6) / 6  # many ties
+    values[::3] = rng.random((100, 40))
+    ranker = probes._Ranker(values)
+    rows = slice(10, 250)
+    full = ranker.doubled_ranks(np.arange(40), rows)
+    for left_out in ([3], [0, 39], [1, 2, 3, 17, 30, 31]):
+        columns = np.setdiff1d(np.arange(40), left_out)
+        np.testing.assert_array_equal(ranker.doubled_ranks_without(columns, rows, full),
+                                      ranker.doubled_ranks(columns, rows))
+        np.testing.assert_array_equal(ranker.doubled_ranks(columns, rows) / 2,
+                                      stats.rankdata(values[rows][:, columns], axis=1))
+
+
+def test_diff_stability_does_not_depend_on_threads_or_shortcuts(monkeypatch):
+    micro, annots, table = small_data(seed=6, dtype=np.float64)
+    monkeypatch.setenv("AHBA_APP_THREADS", "1")
+    monkeypatch.setattr(probes, "_MAX_LEFT_OUT", 0)
+    expected = probes.collapse_probes(micro, annots, table, return_info=True)
+    monkeypatch.setenv("AHBA_APP_THREADS", "3")
+    monkeypatch.setattr(probes, "_MAX_LEFT_OUT", 100)
+    monkeypatch.setattr(probes, "_RANK_CHUNK", 40)  # several blocks of probes, on threads
+    got = probes.collapse_probes(micro, annots, table, return_info=True)
+    pd.testing.assert_frame_equal(got[1], expected[1], check_exact=True)
+    for donor in micro:
+        pd.testing.assert_frame_equal(got[0][donor], expected[0][donor], check_exact=True)
+
+
+def test_chosen_probes_read_on_demand_equal_collapse_probes():
+    micro, annots, table = small_data(dtype=np.float64)
+    expected, info = probes.collapse_probes(micro, annots, table, return_info=True)
+    chosen, chosen_info = probes.select_probes(micro, annots, table)
+    pd.testing.assert_frame_equal(chosen_info, info)
+    for donor, frame in expected.items():
+        pd.testing.assert_frame_equal(chosen.frame(donor), frame, check_exact=True)
+        assert chosen.columns(donor).equals(frame.columns)
+        rows = np.array([2, 0, 2])
+        for order in "CF":
+            buffer = np.zeros(frame.size + 3)
+            part = chosen.frame(donor, rows, order=order, buffer=buffer)
+            pd.testing.assert_frame_equal(part, frame.iloc[rows], check_exact=True)
+            assert np.shares_memory(part.to_numpy(), buffer)
+            assert part.to_numpy().flags["C_CONTIGUOUS" if order == "C" else "F_CONTIGUOUS"]
+
+
 def test_probe_summary():
     table = pd.DataFrame({"gene_symbol": ["A", "A", "B"]}, index=[1, 2, 3])
     summary = probes.probe_summary({"Probes.csv": table, "selected": {"n_probes": 2,

@@ -254,3 +254,60 @@ def test_similarity_needs_known_probes_and_samples():
     with pytest.raises(ValueError, match=r"\[5\]"):
         samples.similarity_threshold(frame, annot.set_axis([1, 5]), pd.DataFrame(index=[1, 2]),
                                      threshold=1)
+
+
+# --------------------------------------------------------------------------------------------
+# reading the cache: only what is asked for, the same values
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cached_donor(ahba_small, tmp_path_factory):
+    """A donor's microarray and PACall caches, built in a scratch copy of its folder."""
+    import shutil
+
+    from ahba_app import io
+
+    source = ahba_small / "microarray" / "normalized_microarray_donor9861"
+    folder = tmp_path_factory.mktemp("donor")
+    for name in ("MicroarrayExpression.csv", "PACall.csv"):
+        shutil.copy(source / name, folder / name)
+    return (io.load_matrix(folder / "MicroarrayExpression.csv"),
+            io.load_matrix(folder / "PACall.csv"))
+
+
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_donor_matrix_reads_what_select_rows_gives(cached_donor, monkeypatch, threads):
+    from ahba_app import io
+
+    monkeypatch.setenv("AHBA_APP_THREADS", threads)
+    monkeypatch.setattr(samples, "_DECODE_VALUES", 50)  # many blocks
+    microarray, _ = cached_donor
+    matrix = samples._DonorMatrix(microarray, "microarray")
+    rng = np.random.default_rng(0)
+    rows = rng.choice(microarray.shape[0], 300, replace=False)
+    cols = np.concatenate([rng.choice(microarray.n_samples, 20), [0, 0]])  # repeats too
+    expected = io.select_rows(microarray, rows, cols)
+    assert np.array_equal(matrix.take(rows, cols), expected)
+    assert np.array_equal(matrix.take(rows, cols, transposed=True), expected.T)
+    out = np.empty(expected.shape)
+    assert matrix.take(rows, cols, out=out) is out and np.array_equal(out, expected)
+    assert np.array_equal(matrix.take(None), io.select_rows(microarray))
+    matrix.release(rows)
+    matrix.release()
+    assert np.array_equal(matrix.take(rows, cols), expected)  # pages come back when read
+    frame = pd.DataFrame(expected, columns=pd.RangeIndex(1, expected.shape[1] + 1))
+    from_frame = samples._DonorMatrix(frame, "microarray")
+    assert np.array_equal(from_frame.take([2, 1], [0, 3], transposed=True),
+                          expected[[2, 1]][:, [0, 3]].T)
+
+
+def test_present_calls_are_counted_from_packed_bits(cached_donor):
+    from ahba_app import io
+
+    _, pacall = cached_donor
+    matrix = samples._DonorMatrix(pacall, "pacall")
+    rows = np.arange(0, pacall.shape[0], 3)
+    cols = np.array([0, 5, 5, 7, pacall.n_samples - 1, 2, 2, 2])  # mirrored copies repeat
+    expected = io.select_rows(pacall, rows)[:, cols].sum(axis=1)
+    assert np.array_equal(matrix.count_true(rows, cols), expected)
+    frame = pd.DataFrame(io.select_rows(pacall))
+    assert np.array_equal(samples._DonorMatrix(frame, "pacall").count_true(rows, cols), expected)

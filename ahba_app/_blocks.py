@@ -1,0 +1,110 @@
+"""Helpers for the heavy numeric loops of the stages: threads, and transposed copies.
+
+Threads (numpy releases the GIL inside its loops): work is split into independent pieces (donors, blocks of rows or columns) whose results do
+not depend on how many threads run or in which order they finish: every piece computes the
+same numbers it would compute alone, and writes only its own part of the output.
+
+The number of threads is ``$AHBA_APP_THREADS`` when set (1 turns threads off), else the number
+of CPUs this process may use (``os.sched_getaffinity``, which batch schedulers restrict), at
+most :data:`MAX_THREADS`.
+
+Transposed copies (:func:`transpose_into`) go tile by tile, so that both arrays are read and
+written in cache; numpy's own copy between C and F layouts of large matrices is several times
+slower.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Iterable, TypeVar
+
+import numpy as np
+
+__all__ = ["MAX_THREADS", "background", "n_threads", "thread_map", "transpose_into"]
+
+#: More threads than this gain little: the loops are mostly memory-bound.
+MAX_THREADS = 4
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def n_threads() -> int:
+    """Threads to use: ``$AHBA_APP_THREADS``, else the usable CPUs (at most MAX_THREADS)."""
+    value = os.environ.get("AHBA_APP_THREADS", "").strip()
+    if value:
+        try:
+            return max(1, int(value))
+        except ValueError:
+            raise ValueError(f"AHBA_APP_THREADS={value!r} is not a whole number: set it to the "
+                             "number of threads to use (1 for none), or unset it.") from None
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(MAX_THREADS, cpus))
+
+
+def thread_map(func: Callable[[T], R], items: Iterable[T], threads: int | None = None
+               ) -> list[R]:
+    """``[func(item) for item in items]``, run on up to ``threads`` threads, results in order.
+
+    An exception in any call is raised here (after the calls already running have finished).
+    """
+    items = list(items)
+    threads = n_threads() if threads is None else threads
+    if threads <= 1 or len(items) <= 1 or getattr(_local, "worker", False):
+        return [func(item) for item in items]  # (inside a worker: no threads of threads)
+
+    def work(item):
+        _local.worker = True
+        try:
+            return func(item)
+        finally:
+            _local.worker = False
+
+    with ThreadPoolExecutor(max_workers=min(threads, len(items))) as pool:
+        return list(pool.map(work, items))
+
+
+_local = threading.local()
+
+
+class _Inline:
+    """An executor that runs each task when it is submitted (one thread: nothing to overlap)."""
+
+    def submit(self, func, *args, **kwargs) -> Future:
+        future = Future()
+        try:
+            future.set_result(func(*args, **kwargs))
+        except BaseException as err:  # handed to whoever asks for the result, as threads do
+            future.set_exception(err)
+        return future
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def background(threads: int | None = None):
+    """An executor (a context manager) for tasks to overlap with the caller's own work: a
+    pool of :func:`n_threads` threads, or, with one thread, one that runs each task at once."""
+    threads = n_threads() if threads is None else threads
+    if threads <= 1:
+        return _Inline()
+    return ThreadPoolExecutor(max_workers=threads)
+
+
+def transpose_into(dst: np.ndarray, src: np.ndarray, rows: int = 512, cols: int = 64) -> None:
+    """``dst[...] = src.T`` for 2-D arrays, copied tile by tile (``rows`` x ``cols`` of
+    ``dst``); values are copied (and cast, if the dtypes differ) exactly as numpy would."""
+    n_rows, n_cols = dst.shape
+    if src.shape != (n_cols, n_rows):
+        raise ValueError(f"Cannot copy the transpose of a {src.shape} array into {dst.shape}.")
+    for i in range(0, n_rows, rows):
+        for j in range(0, n_cols, cols):
+            dst[i:i + rows, j:j + cols] = src[j:j + cols, i:i + rows].T
