@@ -1,0 +1,612 @@
+"""ahba-app against abagen 0.1.3, side by side: wall time and peak memory on identical inputs.
+
+    python benchmarks/run.py [--data DIR] [--repeat 3] [--cases cold warm cli mirror fine]
+
+Run it with the Python of the environment where ahba-app is installed. It
+
+1. finds full-size synthetic AHBA data in ``--data`` (default
+   ``benchmarks/results/synthetic-full``), making it with ``python -m ahba_app.synthetic DIR
+   --size full --seed 0`` when absent (``--data /tmp/synth_full`` reuses a copy);
+2. builds abagen 0.1.3 in its own pinned virtual environment (``--abagen-venv``, default
+   ``benchmarks/results/.venv-abagen``) with its ``io`` extras (fastparquet, python-snappy), so
+   that abagen keeps its parquet cache as its users do;
+3. runs every case ``--repeat`` times, alternating abagen and ahba-app, each measurement in a
+   fresh process: wall time (interpreter start and imports included), CPU time and peak
+   memory (the largest resident set of the process or any of its children, from ``wait4``,
+   and the largest sum over the process tree, polled from ``/proc``);
+4. prints the medians and the ratios ahba-app / abagen, checks the targets, checks that the
+   warm default outputs agree within 1e-6, and writes ``benchmarks/results/<timestamp>.json``.
+
+Cases (all on the six donors, default options unless said otherwise):
+
+``cold``   first run on fresh folders (the CSVs hard-linked, or copied, into a new folder per
+           run, no cache anywhere): abagen converts the CSVs to parquet, ahba-app builds its
+           cache; also compares the sizes of the two caches;
+``warm``   Python API, caches built, Desikan-Killiany volume with its atlas info;
+``cli``    command line, caches built: ``ahba-app IN OUT group --ahba-dir DIR -w WORK`` (an
+           empty IN: the bundled Desikan-Killiany atlas; Nipype included, a fresh work folder
+           per run) against ``abagen --data-dir DIR --atlas-info info.csv atlas.nii.gz
+           --output-file out.csv``;
+``mirror`` Python API with ``lr_mirror='bidirectional'`` and ``missing='interpolate'``;
+           abagen cannot combine them, so it runs each alone, and ahba-app's one run is
+           compared with the quicker of the two (the harder comparison). abagen's
+           interpolation crashes when a donor has no region it can fill; the script lets it
+           add nothing for that donor instead (as ahba-app does);
+``fine``   Python API with a ~1,000-region volume cut from Desikan-Killiany
+           (``benchmarks/fine_atlas.py``), to show how the cost grows with regions.
+
+Nothing here is a test: CI never times anything. Timings on a shared machine vary; the JSON
+records the load average before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import errno
+import hashlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+DONORS = ("9861", "10021", "12876", "14380", "15496", "15697")
+DATA_FILES = ("MicroarrayExpression.csv", "PACall.csv", "Probes.csv", "SampleAnnot.csv",
+              "Ontology.csv")
+CASES = ("cold", "warm", "cli", "mirror", "fine")
+TOLERANCE = 1e-6
+
+#: abagen 0.1.3 with the only versions it works with (tests/oracle-requirements.txt) and its
+#: ``io`` extras, pinned to releases that install and work with numpy 1.26.
+ABAGEN_REQUIREMENTS = [
+    "abagen==0.1.3", "numpy==1.26.4", "pandas==1.5.3", "scipy==1.13.1", "nibabel==5.2.1",
+    "setuptools<82", "fastparquet==2026.9.0", "python-snappy==0.7.3", "cramjam==2.14.0",
+]
+ABAGEN_PACKAGES = ["abagen", "numpy", "pandas", "scipy", "nibabel", "fastparquet",
+                   "python-snappy", "cramjam"]
+AHBA_PACKAGES = ["ahba-app", "numpy", "pandas", "scipy", "nibabel", "pyarrow", "nipype"]
+
+# Each API measurement runs one of these in a fresh interpreter:
+# argv = data_dir atlas info kwargs-json output-pickle-or-dash
+_API_SCRIPT = {
+    "ahba": """
+import json, sys
+import ahba_app
+data_dir, atlas, info, kwargs, out = sys.argv[1:6]
+expression = ahba_app.get_expression_data(atlas, info, data_dir=data_dir, **json.loads(kwargs))
+if out != "-":
+    expression.to_pickle(out)
+""",
+    "abagen": """
+import json, sys, warnings
+warnings.simplefilter("ignore")
+import abagen
+data_dir, atlas, info, kwargs, out = sys.argv[1:6]
+if sys.argv[6] == "patch":
+    # abagen crashes when Probes.csv lacks probes of its reannotation table: drop those rows
+    import abagen.probes_ as probes_
+    _full = probes_.reannotate_probes
+    def _known(probes):
+        table = _full(probes)
+        table = table.loc[table.index.notna()]
+        table.index = table.index.astype("int64")
+        return table
+    probes_.reannotate_probes = _known
+# abagen crashes (pd.concat of nothing) when missing='interpolate' finds nothing to fill for a
+# donor (with atlas info: every empty region in a hemisphere or class the donor has no sample
+# of); let it add no rows for that donor, as it means to
+import abagen.allen as allen
+_interpolate = allen._interpolate_missing
+def _interpolate_or_nothing(atlas, labels, microarray, annotation):
+    try:
+        return _interpolate(atlas, labels, microarray, annotation)
+    except ValueError as err:
+        if "No objects to concatenate" not in str(err):
+            raise
+        return microarray.iloc[:0], labels.iloc[:0]
+allen._interpolate_missing = _interpolate_or_nothing
+expression = abagen.get_expression_data(atlas, info, data_dir=data_dir, **json.loads(kwargs))
+if out != "-":
+    expression.to_pickle(out)
+""",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# measuring one process
+# ---------------------------------------------------------------------------------------------
+def _tree_rss_mb(root: int) -> float:
+    """Resident memory of ``root`` and all its descendants, in MB (from /proc)."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        pid, ppid = int(entry.name), int(fields[1])
+        children.setdefault(ppid, []).append(pid)
+        rss[pid] = int(fields[21])  # pages
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += rss.get(pid, 0)
+        todo.extend(children.get(pid, ()))
+    return total * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def measure(cmd: list[str], *, env: dict, cwd: Path, log: Path) -> dict:
+    """Run ``cmd`` to completion; its wall and CPU time and peak memory (MB)."""
+    peak_tree = 0.0
+    done = threading.Event()
+    with open(log, "w") as out:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+
+        def poll():
+            nonlocal peak_tree
+            while not done.wait(0.02):
+                peak_tree = max(peak_tree, _tree_rss_mb(proc.pid))
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        done.set()
+        poller.join()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        tail = log.read_text(errors="replace")[-4000:]
+        raise RuntimeError(f"{' '.join(map(str, cmd))} failed (exit {proc.returncode}):\n{tail}")
+    maxrss = usage.ru_maxrss / 1024  # KB on Linux: the largest process of the tree
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
+            "maxrss_mb": maxrss, "tree_peak_mb": peak_tree,
+            "peak_mb": max(maxrss, peak_tree)}
+
+
+# ---------------------------------------------------------------------------------------------
+# environments and data
+# ---------------------------------------------------------------------------------------------
+def ensure_abagen_venv(venv: Path) -> Path:
+    """abagen 0.1.3's pinned venv (created, or re-created when the pins change)."""
+    python = venv / "bin" / "python"
+    stamp = venv / ".requirements-sha256"
+    wanted = hashlib.sha256("\n".join(ABAGEN_REQUIREMENTS).encode()).hexdigest()
+    if python.exists() and stamp.exists() and stamp.read_text() == wanted:
+        return python
+    print(f"Creating abagen 0.1.3's environment in {venv} ...", flush=True)
+    base = shutil.which("python3") or sys.executable
+    subprocess.run([base, "-m", "venv", "--clear", str(venv)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", *ABAGEN_REQUIREMENTS],
+                   check=True)
+    check = ("import abagen.io as io, sys; sys.exit(0 if io.use_parq else "
+             "'abagen cannot use parquet: fastparquet or python-snappy is not working')")
+    subprocess.run([str(python), "-c", check], check=True)
+    stamp.write_text(wanted)
+    return python
+
+
+def versions(python: Path, packages: list[str]) -> dict:
+    code = ("import json, sys, importlib.metadata as m\n"
+            "out = {'python': sys.version.split()[0]}\n"
+            f"for p in {packages!r}:\n"
+            "    try: out[p] = m.version(p)\n"
+            "    except m.PackageNotFoundError: out[p] = None\n"
+            "print(json.dumps(out))")
+    return json.loads(subprocess.run([str(python), "-c", code], check=True, capture_output=True,
+                                     text=True).stdout)
+
+
+def ensure_data(data: Path) -> Path:
+    if not (data / "microarray").is_dir():
+        print(f"Generating full-size synthetic AHBA data in {data} (once) ...", flush=True)
+        subprocess.run([sys.executable, "-m", "ahba_app.synthetic", str(data), "--size", "full",
+                        "--seed", "0"], check=True)
+    missing = [f"{donor}/{name}" for donor in DONORS for name in DATA_FILES
+               if not (_donor_folder(data, donor) / name).is_file()]
+    if missing:
+        raise SystemExit(f"{data} lacks AHBA files: {missing[:5]}")
+    return data
+
+
+def _donor_folder(root: Path, donor: str) -> Path:
+    return root / "microarray" / f"normalized_microarray_donor{donor}"
+
+
+def link_data(source: Path, target: Path) -> Path:
+    """``target/microarray/normalized_microarray_donor<N>/`` holding hard links to (or, across
+    file systems, copies of) the source's files; caches of either tool are then built there."""
+    for donor in DONORS:
+        folder = _donor_folder(target, donor)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in DATA_FILES:
+            src, dst = _donor_folder(source, donor) / name, folder / name
+            if dst.exists():
+                continue
+            try:
+                os.link(src, dst)
+            except OSError as err:
+                if err.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                    raise
+                shutil.copy2(src, dst)
+    return target
+
+
+def needs_probe_patch(data: Path) -> bool:
+    """Whether Probes.csv lacks probes of abagen's reannotation table (abagen then crashes)."""
+    import pandas as pd
+    from ahba_app.datasets import load_reannotated
+
+    names = pd.read_csv(_donor_folder(data, DONORS[0]) / "Probes.csv", usecols=["probe_name"])
+    return not load_reannotated()["probe_name"].isin(names["probe_name"]).all()
+
+
+def _sizes_mb(paths) -> float:
+    return sum(p.stat().st_size for p in paths) / 2**20
+
+
+def cache_sizes(folder: Path) -> dict:
+    micro = folder / "microarray"
+    return {"csv_mb": _sizes_mb(p for p in micro.glob("*/*.csv")
+                                if p.name in ("MicroarrayExpression.csv", "PACall.csv")),
+            "ahba_cache_mb": _sizes_mb(micro.glob("*/.ahba-cache/*.cache")),
+            "abagen_parquet_mb": _sizes_mb(micro.glob("*/*.parq"))}
+
+
+def machine_facts() -> dict:
+    facts = {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+             "cpus_usable": len(os.sched_getaffinity(0)), "load_average": os.getloadavg()}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                facts["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                facts["memory_gb"] = round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return facts
+
+
+def git_commit() -> dict:
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
+                                  check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None
+            else None}
+
+
+# ---------------------------------------------------------------------------------------------
+# the cases
+# ---------------------------------------------------------------------------------------------
+class Bench:
+    def __init__(self, args, abagen_python: Path):
+        self.args = args
+        self.work = args.work
+        self.logs = self.work / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.scripts = self.work / "scripts"
+        self.scripts.mkdir(exist_ok=True)
+        for tool, code in _API_SCRIPT.items():
+            (self.scripts / f"{tool}_api.py").write_text(code)
+        self.python = {"ahba": Path(sys.executable), "abagen": abagen_python}
+        self.ahba_cli = Path(sys.executable).with_name("ahba-app")
+        self.abagen_cli = abagen_python.with_name("abagen")
+        import ahba_app
+
+        dk = ahba_app.fetch_desikan_killiany()
+        self.dk = (str(dk["image"]), str(dk["info"]))
+        self.patch = needs_probe_patch(args.data)
+        self.results: dict = {}
+        self.count = 0
+
+    def env(self, tmp: Path) -> dict:
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("PYTHON") and k not in ("AHBA_DATA", "ABAGEN_DATA")}
+        # no cache from elsewhere: the user cache root of ahba-app points into the scratch
+        env.update(AHBA_CACHE_DIR=str(tmp / "user-cache"), XDG_CACHE_HOME=str(tmp / "xdg"),
+                   MPLCONFIGDIR=str(tmp / "mpl"))
+        return env
+
+    def api(self, tool: str, data: Path, atlas, kwargs: dict, output: Path | None = None,
+            label: str = "") -> dict:
+        cmd = [str(self.python[tool]), str(self.scripts / f"{tool}_api.py"), str(data),
+               str(atlas[0]), str(atlas[1]), json.dumps(kwargs),
+               str(output) if output else "-"]
+        if tool == "abagen":
+            cmd.append("patch" if self.patch else "-")
+        return self._run(tool, label, cmd)
+
+    def _run(self, tool: str, label: str, cmd: list[str]) -> dict:
+        self.count += 1
+        tmp = Path(tempfile.mkdtemp(prefix="run-", dir=self.work))
+        try:
+            figures = measure(cmd, env=self.env(tmp), cwd=tmp,
+                              log=self.logs / f"{self.count:03d}-{label}-{tool}.log")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        print(f"  {label:<22} {tool:<7} {figures['wall_s']:7.1f} s  cpu {figures['cpu_s']:6.1f} s"
+              f"  peak {figures['peak_mb']:6.0f} MB", flush=True)
+        return figures
+
+    def warm_folder(self, tool: str) -> Path:
+        """Persistent data folder of ``tool`` with its cache built (by an untimed run)."""
+        folder = link_data(self.args.data, self.work / f"warm-{tool}")
+        sizes = cache_sizes(folder)
+        built = sizes["ahba_cache_mb"] if tool == "ahba" else sizes["abagen_parquet_mb"]
+        if not built:
+            print(f"  building {tool}'s cache in {folder} (untimed) ...", flush=True)
+            self.api(tool, folder, self.dk, {}, label="prepare")
+        return folder
+
+    def record(self, case: str, tool: str, figures: dict) -> None:
+        self.results.setdefault(case, {}).setdefault(tool, []).append(figures)
+
+    # one repetition of each case ------------------------------------------------------------
+    def cold(self, rep: int, tools) -> None:
+        for tool in tools:
+            folder = link_data(self.args.data, self.work / f"cold-{tool}-{rep}")
+            try:
+                figures = self.api(tool, folder, self.dk, {}, label="cold")
+                if rep == 0:
+                    self.results.setdefault("cache_sizes", {})[tool] = cache_sizes(folder)
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+            self.record("cold", tool, figures)
+
+    def warm(self, rep: int, tools) -> None:
+        for tool in tools:
+            out = self.work / f"output-warm-{tool}.pkl" if rep == 0 else None
+            self.record("warm", tool, self.api(tool, self.warm_folder(tool), self.dk, {}, out,
+                                               label="warm"))
+
+    def cli(self, rep: int, tools) -> None:
+        for tool in tools:
+            data = self.warm_folder(tool)
+            run = Path(tempfile.mkdtemp(prefix="cli-", dir=self.work))
+            try:
+                if tool == "ahba":
+                    (run / "in").mkdir()
+                    cmd = [str(self.ahba_cli), str(run / "in"), str(run / "out"), "group",
+                           "--ahba-dir", str(data), "-w", str(run / "work")]
+                else:
+                    cmd = [str(self.abagen_cli), "--data-dir", str(data), "--atlas-info",
+                           self.dk[1], self.dk[0], "--output-file", str(run / "out.csv")]
+                figures = self._run(tool, "cli", cmd)
+                if rep == 0:
+                    self._keep_cli_output(tool, run)
+            finally:
+                shutil.rmtree(run, ignore_errors=True)
+            self.record("cli", tool, figures)
+
+    def _keep_cli_output(self, tool: str, run: Path) -> None:
+        found = (sorted((run / "out").glob("*_expression.tsv")) if tool == "ahba"
+                 else [run / "out.csv"])
+        if found and found[0].exists():
+            shutil.copy(found[0], self.work / f"output-cli-{tool}{found[0].suffix}")
+
+    def mirror(self, rep: int, tools) -> None:
+        for tool in tools:
+            data = self.warm_folder(tool)
+            if tool == "ahba":
+                self.record("mirror", tool, self.api(
+                    tool, data, self.dk, {"lr_mirror": "bidirectional",
+                                          "missing": "interpolate"}, label="mirror+interpolate"))
+            else:
+                self.record("mirror_only", tool, self.api(
+                    tool, data, self.dk, {"lr_mirror": "bidirectional"}, label="mirror"))
+                self.record("interpolate_only", tool, self.api(
+                    tool, data, self.dk, {"missing": "interpolate"}, label="interpolate"))
+
+    def fine(self, rep: int, tools) -> None:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        from fine_atlas import make_fine_atlas
+
+        atlas = make_fine_atlas(self.work / "atlases", self.args.fine_regions)
+        for tool in tools:
+            out = self.work / f"output-fine-{tool}.pkl" if rep == 0 else None
+            self.record("fine", tool, self.api(tool, self.warm_folder(tool), atlas, {}, out,
+                                               label="fine"))
+
+
+# ---------------------------------------------------------------------------------------------
+# summaries
+# ---------------------------------------------------------------------------------------------
+def medians(runs: list[dict]) -> dict:
+    return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+
+
+def compare_outputs(ours: Path, theirs: Path) -> dict:
+    """Same regions, genes and empty cells, and the largest absolute difference."""
+    import numpy as np
+    import pandas as pd
+
+    if not (ours.exists() and theirs.exists()):
+        return {"checked": False}
+    read = pd.read_pickle if ours.suffix == ".pkl" else (
+        lambda p: pd.read_csv(p, sep="\t" if p.suffix == ".tsv" else ",", index_col=0))
+    a, b = read(ours), read(theirs)
+    same_rows = list(map(int, a.index)) == list(map(int, b.index))
+    same_cols = list(map(str, a.columns)) == list(map(str, b.columns))
+    out = {"checked": True, "shape_ahba": list(a.shape), "shape_abagen": list(b.shape),
+           "same_regions": same_rows, "same_genes": same_cols}
+    if same_rows and same_cols:
+        x, y = a.to_numpy(dtype=float), b.to_numpy(dtype=float)
+        out["same_nan"] = bool((np.isnan(x) == np.isnan(y)).all())
+        diff = np.abs(x - y)
+        out["max_abs_diff"] = float(np.nanmax(diff)) if np.isfinite(diff).any() else 0.0
+    out["ok"] = bool(same_rows and same_cols and out.get("same_nan")
+                     and out.get("max_abs_diff", 1) <= TOLERANCE)
+    return out
+
+
+def summarize(bench: Bench, args) -> dict:
+    res = bench.results
+    table, ratios = [], {}
+    for case in ("cold", "warm", "cli", "mirror", "fine"):
+        if case not in res:
+            continue
+        ours = medians(res[case]["ahba"])
+        if case == "mirror":
+            candidates = {name: medians(res[name]["abagen"])
+                          for name in ("mirror_only", "interpolate_only")}
+            for name, theirs in candidates.items():
+                table.append((f"{case}: abagen {name.split('_')[0]} alone", "abagen", theirs))
+            theirs = min(candidates.values(), key=lambda m: m["wall_s"])
+            mem_theirs = min(c["peak_mb"] for c in candidates.values())
+        else:
+            theirs = medians(res[case]["abagen"])
+            table.append((case, "abagen", theirs))
+            mem_theirs = theirs["peak_mb"]
+        table.append((case, "ahba-app", ours))
+        ratios[case] = {"wall": ours["wall_s"] / theirs["wall_s"],
+                        "cpu": ours["cpu_s"] / theirs["cpu_s"],
+                        "peak_memory": ours["peak_mb"] / mem_theirs}
+    return {"table": table, "ratios": ratios}
+
+
+def targets(ratios: dict, sizes: dict | None, parity: dict) -> list[tuple[str, bool, str]]:
+    checks = []
+
+    def add(name, value, limit, what):
+        if value is not None:
+            checks.append((name, value <= limit, f"{what} {value:.3f} (target <= {limit:.3g})"))
+
+    warm = ratios.get("warm", {})
+    add("warm API wall time", warm.get("wall"), 1 / 10, "ratio")
+    add("warm API peak memory", warm.get("peak_memory"), 1 / 2, "ratio")
+    add("warm CLI wall time", ratios.get("cli", {}).get("wall"), 1 / 5, "ratio")
+    add("cold wall time", ratios.get("cold", {}).get("wall"), 1 / 3, "ratio")
+    if sizes and sizes.get("abagen", {}).get("abagen_parquet_mb"):
+        add("cache size", sizes["ahba"]["ahba_cache_mb"] / sizes["abagen"]["abagen_parquet_mb"],
+            1 / 2, "ahba cache / abagen parquet")
+    for case in ("fine", "mirror"):
+        if case in ratios and warm:
+            for key, label in (("wall", "wall time"), ("peak_memory", "peak memory")):
+                add(f"{case} {label} vs DK", ratios[case][key], warm[key],
+                    f"ratio (DK warm: {warm[key]:.3f})")
+    if parity.get("warm", {}).get("checked"):
+        checks.append(("warm outputs equal abagen's", parity["warm"]["ok"],
+                       f"max |difference| {parity['warm'].get('max_abs_diff', float('nan')):.2e}"
+                       f" (tolerance {TOLERANCE:g})"))
+    return checks
+
+
+def print_report(summary: dict, checks, sizes, parity, facts, args) -> None:
+    print("\n" + "=" * 100)
+    print("command: " + " ".join([Path(sys.executable).name, *sys.argv]))
+    print(f"machine: {facts.get('cpu_model', '?')}, {facts['cpus_usable']} usable CPU(s), "
+          f"{facts.get('memory_gb', '?')} GB; load average at start "
+          f"{facts['load_average'][0]:.1f}, at end {os.getloadavg()[0]:.1f}")
+    print(f"medians of {args.repeat} run(s); each a fresh process (start-up and imports "
+          "included); peak = largest resident set of the process tree")
+    print(f"\n{'case':<34} {'tool':<9} {'wall s':>8} {'cpu s':>8} {'peak MB':>9}")
+    print("-" * 72)
+    for case, tool, m in summary["table"]:
+        print(f"{case:<34} {tool:<9} {m['wall_s']:8.1f} {m['cpu_s']:8.1f} {m['peak_mb']:9.0f}")
+    print(f"\n{'ratio ahba-app / abagen':<34} {'wall':>8} {'cpu':>8} {'memory':>9}")
+    print("-" * 62)
+    for case, r in summary["ratios"].items():
+        note = " (vs abagen's quicker single option)" if case == "mirror" else ""
+        print(f"{case + note:<34} {r['wall']:8.3f} {r['cpu']:8.3f} {r['peak_memory']:9.3f}")
+    if sizes:
+        print("\ncache on disk: " + ", ".join(
+            f"{tool}: {s['ahba_cache_mb' if tool == 'ahba' else 'abagen_parquet_mb']:.0f} MB"
+            for tool, s in sizes.items()) + f" (CSVs: {next(iter(sizes.values()))['csv_mb']:.0f}"
+            " MB)")
+    for case, p in parity.items():
+        if p.get("checked"):
+            print(f"outputs ({case}): ahba-app {p['shape_ahba']} vs abagen {p['shape_abagen']},"
+                  f" same regions {p['same_regions']}, same genes {p['same_genes']}, same empty "
+                  f"cells {p.get('same_nan')}, max |difference| "
+                  f"{p.get('max_abs_diff', float('nan')):.2e}")
+    print("\ntargets:")
+    for name, ok, detail in checks:
+        print(f"  [{'met' if ok else 'NOT met':>7}] {name}: {detail}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--data", type=Path, default=RESULTS / "synthetic-full",
+                        help="full-size AHBA data (made here when absent)")
+    parser.add_argument("--work", type=Path, default=RESULTS / "work",
+                        help="scratch folder for data links, caches and logs (best on the "
+                             "data's file system, so that the CSVs are hard-linked)")
+    parser.add_argument("--abagen-venv", type=Path, default=RESULTS / ".venv-abagen")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
+    parser.add_argument("--fine-regions", type=int, default=1000)
+    parser.add_argument("--json", type=Path, help="where to write the figures (default: "
+                        "benchmarks/results/<timestamp>.json)")
+    args = parser.parse_args(argv)
+    args.data, args.work = args.data.resolve(), args.work.resolve()
+    args.work.mkdir(parents=True, exist_ok=True)
+
+    facts = machine_facts()
+    ensure_data(args.data)
+    abagen_python = ensure_abagen_venv(args.abagen_venv)
+    bench = Bench(args, abagen_python)
+    started = _dt.datetime.now()
+    print(f"data: {args.data}\nwork: {args.work}\nabagen: {abagen_python}\n"
+          f"ahba-app: {sys.executable}" + ("\nabagen runs with the reannotation patch"
+                                           if bench.patch else ""), flush=True)
+    for rep in range(args.repeat):
+        tools = ("abagen", "ahba") if rep % 2 == 0 else ("ahba", "abagen")
+        print(f"repetition {rep + 1} of {args.repeat}", flush=True)
+        for case in args.cases:
+            getattr(bench, case)(rep, tools)
+
+    parity = {case: compare_outputs(args.work / f"output-{case}-ahba.pkl",
+                                    args.work / f"output-{case}-abagen.pkl")
+              for case in ("warm", "fine")}
+    parity["cli"] = compare_outputs(args.work / "output-cli-ahba.tsv",
+                                    args.work / "output-cli-abagen.csv")
+    summary = summarize(bench, args)
+    sizes = bench.results.get("cache_sizes")
+    checks = targets(summary["ratios"], sizes, parity)
+    print_report(summary, checks, sizes, parity, facts, args)
+
+    record = {
+        "started": started.isoformat(timespec="seconds"),
+        "finished": _dt.datetime.now().isoformat(timespec="seconds"),
+        "command": [sys.executable, *sys.argv], "repeat": args.repeat, "cases": args.cases,
+        "data": str(args.data), "machine": dict(facts, load_average_end=os.getloadavg()),
+        "git": git_commit(),
+        "versions": {"ahba": versions(Path(sys.executable), AHBA_PACKAGES),
+                     "abagen": versions(abagen_python, ABAGEN_PACKAGES)},
+        "abagen_reannotation_patch": bench.patch,
+        "runs": {k: v for k, v in bench.results.items() if k != "cache_sizes"},
+        "medians": {f"{case}/{tool}": m for case, tool, m in summary["table"]},
+        "ratios": summary["ratios"], "cache_sizes": sizes, "parity": parity,
+        "targets": [{"target": n, "met": ok, "detail": d} for n, ok, d in checks],
+    }
+    path = args.json or RESULTS / f"{started.strftime('%Y%m%d-%H%M%S')}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=1, default=str))
+    os.replace(tmp, path)
+    print(f"\nfigures written to {path}")
+    return 0 if all(ok for _, ok, _ in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
