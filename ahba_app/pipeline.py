@@ -279,6 +279,28 @@ def check_atlas_settings(group_atlas: bool, settings: Settings) -> None:
                          "lr_mirror=None.")
 
 
+def donor_samples(files: Mapping, *, corrected_mni: bool = True, lr_mirror=None) -> list:
+    """Every donor's sample table (coordinates, hemisphere, structure), from the annotation files
+    alone: what the atlas checks need before any expression data is read."""
+    return [_samples.prepare_samples(paths["annotation"], paths["ontology"],
+                                     corrected_mni=corrected_mni, lr_mirror=lr_mirror)
+            for paths in files.values()]
+
+
+def warn_unreachable_regions(atlases: Mapping, group_atlas: bool, annotations, *,
+                             tolerance: float = 2) -> np.ndarray:
+    """Warn (UserWarning) about regions of a group atlas that no sample can be matched to.
+
+    ``annotations`` are the donors' sample tables; donor-native atlases are not checked (each
+    donor's samples reach only its own atlas).
+    """
+    if not group_atlas:
+        return np.zeros(0, dtype=np.int64)
+    samples = pd.concat(list(annotations), ignore_index=True)
+    return _matching.unreachable_labels(next(iter(atlases.values())), samples,
+                                        tolerance=tolerance)
+
+
 def match_donor_samples(atlas_tree, annotation: pd.DataFrame, *, tolerance: float = 2
                         ) -> np.ndarray:
     """The region label of every sample row (0 = matched to no region)."""
@@ -416,6 +438,8 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
                 donor_files, probes, corrected_mni=settings.corrected_mni,
                 lr_mirror=settings.lr_mirror, sim_threshold=settings.sim_threshold)
 
+        warn_unreachable_regions(atlases, group_atlas, annotations.values(),
+                                 tolerance=settings.tolerance)
         labels, kept, coords, keep = {}, {}, [], {}
         for donor in files:
             annotation = _renumbered(annotations[donor])

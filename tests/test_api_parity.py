@@ -188,3 +188,18 @@ def test_mirrored_samples_keep_mirrored_coordinates(ahba_small):
     for well, rows in copies.groupby(level=0):
         xs = sorted(rows["x"])
         assert xs[0] == pytest.approx(-xs[-1]), f"well {well}: copy not mirrored"
+
+
+def test_regions_no_sample_can_reach_are_warned_about(ahba_small, tmp_path):
+    """A region far from every sample (a block of voxels in a corner of the DK volume) is named
+    in a warning; it is not an error, and its row stays empty."""
+    import nibabel as nib
+
+    dk = nib.load(DK["image"])
+    data = np.asarray(dk.dataobj).astype(np.int16)
+    data[:4, :4, :4] = 999
+    atlas = tmp_path / "dk-plus-corner.nii.gz"
+    nib.save(nib.Nifti1Image(data, dk.affine), atlas)
+    with pytest.warns(UserWarning, match=r"cannot be reached by any tissue sample.*999"):
+        expression = api.get_expression_data(atlas, data_dir=ahba_small, donors=["9861", "10021"])
+    assert expression.loc[999].isna().all()

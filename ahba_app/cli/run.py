@@ -126,8 +126,12 @@ def _locate_ahba(data_dir, settings, nprocs, verbose) -> None:
 def _check_atlases(atlases, settings, data_dir) -> None:
     """Load every atlas as the workflow will, check its region table, hash its files."""
     from .. import bids, pipeline
+    from ..fetch import find_microarray
 
     donors = settings.donors
+    samples = pipeline.donor_samples(find_microarray(data_dir, donors),
+                                     corrected_mni=settings.corrected_mni,
+                                     lr_mirror=settings.lr_mirror)
     for atlas in atlases:
         source = ", ".join(Path(p).name for p in atlas.files()[:2] if p) or atlas.label
         with warnings.catch_warnings(record=True) as caught:
@@ -135,6 +139,8 @@ def _check_atlases(atlases, settings, data_dir) -> None:
             try:
                 trees, group_atlas = bids.load_atlas_input(atlas, donors, data_dir=data_dir)
                 pipeline.check_atlas_settings(group_atlas, settings)
+                pipeline.warn_unreachable_regions(trees, group_atlas, samples,
+                                                  tolerance=settings.tolerance)
             except (ValueError, TypeError, OSError) as err:
                 hint = ""
                 if atlas.kind in ("surface", "cifti") and not atlas.geometry:
