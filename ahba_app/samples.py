@@ -462,19 +462,10 @@ def _decode_scaled(stored: np.ndarray, scale: float, rows, cols, transposed: boo
     same bit for bit; converting first and dividing in place is about three times quicker than
     one mixed-type division.
     """
+    from .io import _row_positions
+
     n_rows, n_cols = stored.shape
-    if rows is None:
-        rows = np.arange(n_rows)
-    elif isinstance(rows, slice):
-        rows = np.arange(n_rows)[rows]
-    else:
-        rows = np.asarray(rows)
-        if rows.dtype == bool:
-            if rows.shape != (n_rows,):
-                raise IndexError(f"Boolean row mask has shape {rows.shape}; the matrix has "
-                                 f"{n_rows} rows.")
-            rows = np.flatnonzero(rows)
-        rows = rows.ravel()
+    rows = np.arange(n_rows)[_row_positions(rows, n_rows)].ravel()
     if cols is not None:
         cols = np.atleast_1d(np.arange(n_cols)[cols])
     width = n_cols if cols is None else len(cols)
