@@ -89,6 +89,7 @@ def _kahan_add(total, carry, seen, x) -> int:
     Returns 1 when every value was added without being counted in ``seen`` (the caller adds
     it to its count of such steps, which holds for every cell), else 0. That quick path is
     taken when the new sums are all finite: no NaN was added and no infinity is involved.
+    ``seen`` may be None when ``x`` holds no NaN.
     """
     y = np.subtract(x, carry)
     t = np.add(total, y)
@@ -103,6 +104,8 @@ def _kahan_add(total, carry, seen, x) -> int:
     fix[fix != fix] = 0.0  # an infinite value: keep it rather than NaN (pandas)
     np.copyto(carry, fix, where=valid)
     np.copyto(total, t, where=valid)
+    if seen is None:  # the caller knows ``x`` holds no NaN: every value was added
+        return 1
     seen += valid
     return 0
 
@@ -168,33 +171,47 @@ def _group_mean(values, rows, codes, n_groups, out=None, where=None) -> np.ndarr
 
 class _RunningMean:
     """pandas' groupby mean over the rows of same-shaped tables stacked one after another,
-    computed as the tables come (each cell: Kahan over the tables in order, NaN skipped)."""
+    computed as the tables come (each cell: Kahan over the tables in order, NaN skipped).
+
+    Rows that are NaN throughout (regions a donor has no sample in) add nothing and are
+    skipped; the others are added a few rows at a time (in cache, on several threads).
+    """
 
     def __init__(self, shape):
         self.total, self.carry = np.zeros(shape), np.zeros(shape)
-        self.seen = np.zeros(shape, dtype=np.int32)
-        size = int(np.prod(shape))
-        self.quick = np.zeros(-(-size // _KAHAN_ELEMENTS), dtype=np.int32)  # per piece
+        # values counted one by one (only where some table had NaN in a row it added: made
+        # when first needed), and tables added to a row all at once
+        self.seen: np.ndarray | None = None
+        self.quick = np.zeros(shape[0], dtype=np.int32)
 
     def add(self, values: np.ndarray) -> None:
         values = np.asarray(values, dtype=np.float64).reshape(self.total.shape)
-        total, carry, seen = (a.reshape(-1) for a in (self.total, self.carry, self.seen))
-        flat = values.reshape(-1) if values.flags.c_contiguous else np.ravel(values)
-        def run(piece):  # element-wise, a piece in cache at a time (on several threads)
-            part = slice(piece * _KAHAN_ELEMENTS, (piece + 1) * _KAHAN_ELEMENTS)
-            with np.errstate(invalid="ignore"):
-                self.quick[piece] += _kahan_add(total[part], carry[part], seen[part],
-                                                flat[part])
+        n_rows, n_cols = values.shape
+        used = np.flatnonzero(~np.isnan(values).all(axis=1)) if n_cols else np.zeros(0, int)
+        # runs of consecutive rows in use, cut into pieces of about _KAHAN_ELEMENTS values
+        step = max(1, _KAHAN_ELEMENTS // max(n_cols, 1))
+        breaks = np.flatnonzero(np.diff(used) != 1) + 1
+        pieces = []
+        for run in np.split(used, breaks):
+            for start in range(0, len(run), step):
+                last = run[min(start + step, len(run)) - 1]
+                pieces.append(slice(int(run[start]), int(last) + 1))
 
-        thread_map(run, range(len(self.quick)))
+        if self.seen is None and any(np.isnan(values[rows]).any() for rows in pieces):
+            self.seen = np.zeros(values.shape, dtype=np.int32)
+
+        def add(rows):
+            seen = self.seen[rows] if self.seen is not None else None
+            with np.errstate(invalid="ignore"):
+                self.quick[rows] += _kahan_add(self.total[rows], self.carry[rows], seen,
+                                               values[rows])
+
+        thread_map(add, pieces)
 
     def mean(self) -> np.ndarray:
-        seen = self.seen.reshape(-1)
-        for piece, start in enumerate(range(0, seen.size, _KAHAN_ELEMENTS)):
-            seen[start:start + _KAHAN_ELEMENTS] += self.quick[piece]
-        self.quick[:] = 0
+        seen = self.quick[:, None] if self.seen is None else self.seen + self.quick[:, None]
         with np.errstate(invalid="ignore", divide="ignore"):
-            return _kahan_mean(self.total, self.seen)
+            return _kahan_mean(self.total, np.broadcast_to(seen, self.total.shape))
 
 
 #: Name -> grouped reduction (both skip NaN values).
@@ -274,8 +291,10 @@ def group_by_label(frame: pd.DataFrame, labels: Sequence | None = None,
     return pd.DataFrame(out, index=_label_index(every), columns=frame.columns, copy=False)
 
 
-def _label_table(frame: pd.DataFrame, labels, agg_metric) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`group_by_label` as an array and its row labels."""
+def _label_table(frame: pd.DataFrame, labels, agg_metric, out=None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`group_by_label` as an array (``out`` if given and of the right shape: it is
+    reused) and its row labels."""
     reducer = _reducer(agg_metric)
     sample_labels = _sample_labels(frame)
     keep = pd.notna(sample_labels) & (sample_labels != 0)
@@ -286,7 +305,11 @@ def _label_table(frame: pd.DataFrame, labels, agg_metric) -> tuple[np.ndarray, n
         wanted = wanted[pd.notna(wanted)]
         every = np.union1d(every, wanted)
     every = every[every != 0]
-    out = np.full((len(every), frame.shape[1]), np.nan, dtype=np.float64)
+    shape = (len(every), frame.shape[1])
+    if (out is None or out.shape != shape or out.dtype != np.float64
+            or not out.flags.c_contiguous):
+        out = np.empty(shape, dtype=np.float64)
+    out.fill(np.nan)
     if kept.size:
         present, codes = np.unique(np.searchsorted(every, kept), return_inverse=True)
         values = frame.to_numpy()
@@ -389,11 +412,13 @@ class DonorMeans:
         self.index: pd.Index | None = None
         self.columns: pd.Index | None = None
         self.running: _RunningMean | None = None
+        self._scratch: np.ndarray | None = None
 
     def add(self, frame: pd.DataFrame, extra: pd.DataFrame | None = None) -> None:
         """Fold in one donor: ``frame`` (samples x genes, index level ``label``) and the
         ``extra`` rows to append to its samples (regions filled by ``missing``)."""
-        table = _group_with_extra(frame, extra, self.labels)
+        table = _group_with_extra(frame, extra, self.labels, out=self._scratch)
+        self._scratch = None
         if self.index is None:
             if not _label_rows(table.index):
                 raise ValueError("Region tables need sorted, distinct, non-zero integer labels "
@@ -402,11 +427,21 @@ class DonorMeans:
             self.running = _RunningMean(table.shape)
         elif not (table.index.equals(self.index) and table.columns.equals(self.columns)):
             raise ValueError("The donors' region tables differ in regions or genes.")
-        self.running.add(table.to_numpy())
+        values = table.to_numpy()
+        self.running.add(values)
+        # the next donor's table is written into this one's memory (no new pages to map)
+        root = values
+        while isinstance(root.base, np.ndarray):
+            root = root.base
+        reusable = (root.ndim == 2 and root.dtype == np.float64 and root.flags.writeable
+                    and root.flags.c_contiguous)
+        self._scratch = root if reusable else None
 
     def result(self) -> tuple[pd.DataFrame, pd.Index]:
         """The merged table, without the genes left incomplete, and those genes."""
-        merged = pd.DataFrame(self.running.mean(), index=_label_index(np.asarray(self.index)),
+        self._scratch = None
+        means, self.running = self.running.mean(), None
+        merged = pd.DataFrame(means, index=_label_index(np.asarray(self.index)),
                               columns=self.columns, copy=False)
         return _drop_incomplete(merged)
 
@@ -439,7 +474,7 @@ def mean_over_donors(microarray, labels: Sequence | None = None, extra=None
     return means.result()
 
 
-def _group_with_extra(frame: pd.DataFrame, rows, labels) -> pd.DataFrame:
+def _group_with_extra(frame: pd.DataFrame, rows, labels, out=None) -> pd.DataFrame:
     """``group_by_label`` (mean) of ``frame`` with the rows ``rows`` appended.
 
     A row whose label no sample of ``frame`` has is a group of its own, whose mean is the row
@@ -447,9 +482,11 @@ def _group_with_extra(frame: pd.DataFrame, rows, labels) -> pd.DataFrame:
     not be appended to (a copy of) the samples. Otherwise they are.
     """
     if rows is None or not len(rows):
-        return group_by_label(frame, labels=labels, agg_metric="mean")
+        values, every = _label_table(frame, labels, "mean", out=out)
+        return pd.DataFrame(values, index=_label_index(every), columns=frame.columns,
+                            copy=False)
     rows = rows.astype(frame.dtypes.iloc[0])
-    values, every = _label_table(frame, labels, "mean")
+    values, every = _label_table(frame, labels, "mean", out=out)
     at = pd.Index(every).get_indexer(rows.index)
     if (rows.columns.equals(frame.columns) and rows.index.is_unique and (at >= 0).all()
             and not np.isin(np.asarray(rows.index), _sample_labels(frame)).any()):

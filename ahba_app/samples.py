@@ -481,10 +481,10 @@ def _decode_scaled(stored: np.ndarray, scale: float, rows, cols, transposed: boo
         block = stored[part]
         if cols is not None:
             block = block[:, cols]
-        if transposed:  # decoded in place, then copied across tile by tile
-            values = block.astype(np.float64)
-            np.divide(values, scale, out=values)
-            transpose_into(out[:, start:start + len(part)], values)
+        if transposed:  # copied across tile by tile (int32 to float64: exact), then divided
+            target = out[:, start:start + len(part)]
+            transpose_into(target, block)
+            np.divide(target, scale, out=target)
         else:
             target = out[start:start + len(part)]
             target[...] = block

@@ -292,3 +292,37 @@ def test_merging_same_shaped_tables_equals_stacking(data):
     stacked = group_by_label(aggregate._concat(tables))
     pd.testing.assert_frame_equal(merged, stacked.drop(columns=incomplete_genes(stacked)),
                                   check_exact=True)
+
+
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_running_mean_skips_empty_rows_and_equals_pandas(monkeypatch, threads):
+    """Tables added one by one give pandas' mean of the stacked tables bit for bit, with
+    rows empty in some tables (regions a donor has no sample in), NaN first met in a later
+    table, and infinities."""
+    monkeypatch.setenv("AHBA_APP_THREADS", threads)
+    monkeypatch.setattr(aggregate, "_KAHAN_ELEMENTS", 24)  # several pieces per run of rows
+    rng = np.random.default_rng(11)
+    shape = (17, 9)
+    tables = []
+    for k in range(5):
+        table = np.round(rng.normal(0.5, 0.2, size=shape), 12)
+        table[rng.choice(shape[0], 4, replace=False)] = np.nan   # empty regions
+        if k >= 2:                                                 # NaN only from table 3 on
+            table[rng.random(shape) < 0.1] = np.nan
+        tables.append(table)
+    tables[1][3, 2], tables[4][5, 1], tables[0][0, 0] = np.inf, -np.inf, -0.0
+    tables[3][:, :] = np.nan                                       # a donor with nothing
+    running = aggregate._RunningMean(shape)
+    for table in tables:
+        running.add(table)
+    stacked = pd.DataFrame(np.vstack(tables))
+    expected = stacked.groupby(np.tile(np.arange(shape[0]), len(tables))).mean().to_numpy()
+    assert np.array_equal(running.mean(), expected, equal_nan=True)
+    # no NaN anywhere: the counts are kept per row only
+    clean = aggregate._RunningMean(shape)
+    for table in tables[:2]:
+        clean.add(np.nan_to_num(table, nan=0.125))
+    assert clean.seen is None
+    stacked = pd.DataFrame(np.vstack([np.nan_to_num(t, nan=0.125) for t in tables[:2]]))
+    expected = stacked.groupby(np.tile(np.arange(shape[0]), 2)).mean().to_numpy()
+    assert np.array_equal(clean.mean(), expected, equal_nan=True)
