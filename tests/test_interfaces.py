@@ -56,8 +56,7 @@ def chain(tmp_path_factory, ahba_small):
                                           donors=DONORS, annotations=annotations,
                                           probes=out["filter"].probes), "select", base)
         out["match"] = _run(MatchSamples(atlas=atlas.as_dict()), "match", base,
-                            iterfield=["donor", "annotation"], donor=DONORS,
-                            annotation=annotations)
+                            donors=DONORS, annotations=annotations)
         out["normalize"] = _run(NormalizeExpression(), "normalize", base,
                                 iterfield=["expression", "annotation", "labels"],
                                 expression=out["select"].expressions, annotation=annotations,
@@ -93,17 +92,21 @@ def chain(tmp_path_factory, ahba_small):
                                                              names=["label", "sample_id"])])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_matrices_round_trip_as_fixed_size_rows(tmp_path, index, dtype):
-    import pyarrow.parquet as pq
-
     genes = pd.Index([f"G{i}" for i in range(70)], name="gene_symbol", dtype=object)
     frame = pd.DataFrame(np.random.default_rng(0).random((4, 70)).astype(dtype), index=index,
                          columns=genes)
     frame.iloc[1, 2] = np.nan
-    path = write_frame(frame, tmp_path / "m.parquet")
-    assert pq.read_schema(path).metadata.get(b"ahba_app.matrix")  # the quick layout was used
+    path = write_frame(frame, tmp_path / "m")
+    assert path == str(tmp_path / "m.arrow")  # the quick layout was used
+    assert [p.name for p in tmp_path.iterdir()] == ["m.arrow"]  # nothing left aside
     back = read_frame(path)
     pd.testing.assert_frame_equal(back, frame, check_exact=True, check_index_type=True)
-    assert back.to_numpy().flags["C_CONTIGUOUS"]  # read row by row, straight from the file
+    values = back.to_numpy()
+    assert values.flags["C_CONTIGUOUS"] and not values.flags["WRITEABLE"]  # mapped from the file
+    # rewriting the file (a node run again) leaves a table read before intact
+    write_frame(frame * 2, tmp_path / "m")
+    pd.testing.assert_frame_equal(back, frame, check_exact=True)
+    pd.testing.assert_frame_equal(read_frame(path), frame * 2, check_exact=True)
     labelled = pd.DataFrame(frame.to_numpy(), index=index, columns=pd.RangeIndex(70))
     pd.testing.assert_frame_equal(read_frame(write_frame(labelled, tmp_path / "r.parquet")),
                                   labelled, check_exact=True, check_column_type=False)
@@ -116,7 +119,9 @@ def test_files_round_trip(tmp_path):
     frame = pd.DataFrame(np.arange(6, dtype=np.float32).reshape(3, 2),
                          index=pd.Index([1, 1, 2], name="sample_id"),
                          columns=pd.Index(["A", "B"], name="gene_symbol"))
-    back = read_frame(write_frame(frame, tmp_path / "f.parquet"))
+    path = write_frame(frame, tmp_path / "f")
+    assert path.endswith("f.parquet")  # a small table: compressed parquet
+    back = read_frame(path)
     pd.testing.assert_frame_equal(back, frame)
     assert back.dtypes.iloc[0] == np.float32 and back.columns.name == "gene_symbol"
     labels = np.array([0, 3, 5])

@@ -1,4 +1,4 @@
-"""Interfaces of the atlas stages: match (per donor), normalize (per donor), aggregate.
+"""Interfaces of the atlas stages: match (all donors), normalize (per donor), aggregate.
 
 The atlas travels between nodes as the small dict of :class:`ahba_app.bids.AtlasInput` (paths
 and checksums), and every node that needs its matching tree loads it with
@@ -31,44 +31,56 @@ class _AtlasInputSpec(BaseInterfaceInputSpec):
 
 # ---------------------------------------------------------------------------------------------
 class _MatchSamplesInputSpec(_AtlasInputSpec):
-    donor = traits.Str(mandatory=True, desc="the donor whose samples are matched")
-    annotation = File(exists=True, mandatory=True, desc="parquet sample table of the donor")
+    donors = traits.List(traits.Str, mandatory=True, desc="donors whose samples are matched")
+    annotations = InputMultiObject(File(exists=True), mandatory=True,
+                                   desc="sample table of every donor, in donors' order")
     tolerance = traits.Float(2.0, usedefault=True,
                              desc="matching distance (mm for volumes, SD for surfaces)")
 
 
 class _MatchSamplesOutputSpec(TraitedSpec):
-    labels = File(exists=True, desc="parquet: region label of every sample row (0 = none)")
-    n_matched = traits.Int(desc="samples matched to a region")
+    labels = OutputMultiObject(File(exists=True),
+                               desc="per donor: region label of every sample row "
+                                    "(0 = none)")
+    n_matched = traits.List(traits.Int, desc="samples matched to a region, per donor")
 
 
 class MatchSamples(SimpleInterface):
-    """Region label of every sample of one donor (stage ``match``)."""
+    """Region label of every sample of every donor (stage ``match``).
+
+    One node for all donors: the atlas is loaded and its search tree built once (for a
+    template-space atlas they are shared by the donors), which costs more than matching.
+    """
 
     input_spec = _MatchSamplesInputSpec
     output_spec = _MatchSamplesOutputSpec
 
     def _run_interface(self, runtime):
-        donor = self.inputs.donor
-        atlases, _ = load_atlas_input(AtlasInput.from_dict(self.inputs.atlas), [donor],
+        donors = [str(d) for d in self.inputs.donors]
+        if len(donors) != len(self.inputs.annotations):
+            raise ValueError(f"{len(donors)} donor(s) but {len(self.inputs.annotations)} "
+                             "sample table(s).")
+        atlases, _ = load_atlas_input(AtlasInput.from_dict(self.inputs.atlas), donors,
                                       data_dir=self.inputs.data_dir)
-        annotation = read_frame(self.inputs.annotation)
-        _, annotation = pipeline.renumber_samples(annotation.iloc[:, :0], annotation)
-        labels = pipeline.match_donor_samples(atlases[donor], annotation,
-                                              tolerance=self.inputs.tolerance)
-        if not (labels != 0).any():
-            LGR.warning("No sample of donor %s matched a region of the atlas.", donor)
-        self._results["labels"] = write_labels(labels, os.path.join(runtime.cwd,
-                                                                    "labels.parquet"))
-        self._results["n_matched"] = int((labels != 0).sum())
+        self._results["labels"], self._results["n_matched"] = [], []
+        for donor, path in zip(donors, self.inputs.annotations):
+            annotation = read_frame(path)
+            _, annotation = pipeline.renumber_samples(annotation.iloc[:, :0], annotation)
+            labels = pipeline.match_donor_samples(atlases[donor], annotation,
+                                                  tolerance=self.inputs.tolerance)
+            if not (labels != 0).any():
+                LGR.warning("No sample of donor %s matched a region of the atlas.", donor)
+            self._results["labels"].append(
+                write_labels(labels, os.path.join(runtime.cwd, f"labels_{donor}")))
+            self._results["n_matched"].append(int((labels != 0).sum()))
         return runtime
 
 
 # ---------------------------------------------------------------------------------------------
 class _NormalizeInputSpec(BaseInterfaceInputSpec):
-    expression = File(exists=True, mandatory=True, desc="parquet samples x genes of one donor")
-    annotation = File(exists=True, mandatory=True, desc="parquet sample table of the donor")
-    labels = File(exists=True, mandatory=True, desc="parquet region label of every sample")
+    expression = File(exists=True, mandatory=True, desc="table: samples x genes of one donor")
+    annotation = File(exists=True, mandatory=True, desc="sample table of the donor")
+    labels = File(exists=True, mandatory=True, desc="table: region label of every sample")
     sample_norm = traits.Either(None, traits.Str, default="srs", usedefault=True,
                                 desc="normalization of each sample across genes (None: none)")
     gene_norm = traits.Either(None, traits.Str, default="srs", usedefault=True,
@@ -80,9 +92,9 @@ class _NormalizeInputSpec(BaseInterfaceInputSpec):
 
 
 class _NormalizeOutputSpec(TraitedSpec):
-    expression = File(exists=True, desc="parquet: normalized samples x genes (kept samples)")
-    annotation = File(exists=True, desc="parquet: sample table of the kept samples")
-    labels = File(exists=True, desc="parquet: region labels of the kept samples")
+    expression = File(exists=True, desc="table: normalized samples x genes (kept samples)")
+    annotation = File(exists=True, desc="sample table of the kept samples")
+    labels = File(exists=True, desc="table: region labels of the kept samples")
 
 
 class NormalizeExpression(SimpleInterface):
@@ -100,9 +112,9 @@ class NormalizeExpression(SimpleInterface):
             norm_matched=self.inputs.norm_matched, norm_structures=self.inputs.norm_structures)
         cwd = runtime.cwd
         self._results["expression"] = write_frame(normalized, os.path.join(cwd,
-                                                                           "normalized.parquet"))
-        self._results["annotation"] = write_frame(kept, os.path.join(cwd, "annotation.parquet"))
-        self._results["labels"] = write_labels(labels, os.path.join(cwd, "labels.parquet"))
+                                                                           "normalized"))
+        self._results["annotation"] = write_frame(kept, os.path.join(cwd, "annotation"))
+        self._results["labels"] = write_labels(labels, os.path.join(cwd, "labels"))
         return runtime
 
 
@@ -110,11 +122,11 @@ class NormalizeExpression(SimpleInterface):
 class _AggregateInputSpec(_AtlasInputSpec):
     donors = traits.List(traits.Str, mandatory=True, desc="donors, in the lists' order")
     expressions = InputMultiObject(File(exists=True), mandatory=True,
-                                   desc="parquet normalized samples x genes of every donor")
+                                   desc="table: normalized samples x genes of every donor")
     annotations = InputMultiObject(File(exists=True), mandatory=True,
-                                   desc="parquet sample tables (kept samples) of every donor")
+                                   desc="sample tables (kept samples) of every donor")
     labels = InputMultiObject(File(exists=True), mandatory=True,
-                              desc="parquet region labels (kept samples) of every donor")
+                              desc="table: region labels (kept samples) of every donor")
     missing = traits.Either(None, traits.Str, usedefault=True,
                             desc="how regions without samples are filled (None: left empty)")
     region_agg = traits.Str("donors", usedefault=True,
@@ -127,10 +139,10 @@ class _AggregateInputSpec(_AtlasInputSpec):
 
 
 class _AggregateOutputSpec(TraitedSpec):
-    expression = File(exists=True, desc="parquet: regions x genes, aggregated across donors")
-    counts = File(exists=True, desc="parquet: samples per region (rows) and donor (columns)")
+    expression = File(exists=True, desc="table: regions x genes, aggregated across donors")
+    counts = File(exists=True, desc="table: samples per region (rows) and donor (columns)")
     donor_expressions = OutputMultiObject(File(exists=True),
-                                          desc="parquet regions x genes of every donor")
+                                          desc="table: regions x genes of every donor")
     summary = File(exists=True, desc="JSON: genes dropped, regions filled or empty")
 
 
@@ -156,13 +168,13 @@ class AggregateExpression(SimpleInterface):
                                return_donors=inputs.return_donors)
         cwd = runtime.cwd
         self._results["expression"] = write_frame(result["expression"],
-                                                  os.path.join(cwd, "expression.parquet"))
+                                                  os.path.join(cwd, "expression"))
         self._results["counts"] = write_frame(result["counts"],
-                                              os.path.join(cwd, "counts.parquet"))
+                                              os.path.join(cwd, "counts"))
         if inputs.return_donors:
             self._results["donor_expressions"] = [
                 write_frame(result["donor_expressions"][d],
-                            os.path.join(cwd, f"expression_{d}.parquet")) for d in donors]
+                            os.path.join(cwd, f"expression_{d}")) for d in donors]
         self._results["summary"] = write_json(result["summary"],
                                               os.path.join(cwd, "aggregate.json"))
         return runtime

@@ -158,7 +158,7 @@ class _SinkInputSpec(BaseInterfaceInputSpec):
     atlas = traits.Dict(mandatory=True, desc="the atlas (ahba_app.bids.AtlasInput.as_dict())")
     desc = traits.Str(mandatory=True, desc="desc- label of the outputs")
     metadata = traits.Dict(mandatory=True, desc="sidecar content: parameters, donors, versions")
-    selection = File(exists=True, mandatory=True, desc="parquet table of the chosen probes")
+    selection = File(exists=True, mandatory=True, desc="table of the chosen probes")
     report = File(exists=True, desc="HTML report")
     citation = File(exists=True, desc="Markdown citation text")
 
@@ -169,11 +169,11 @@ class _SinkOutputSpec(TraitedSpec):
 
 
 class _GroupInputSpec(_SinkInputSpec):
-    expression = File(exists=True, mandatory=True, desc="parquet regions x genes")
-    counts = File(exists=True, mandatory=True, desc="parquet samples per region and donor")
+    expression = File(exists=True, mandatory=True, desc="table: regions x genes")
+    counts = File(exists=True, mandatory=True, desc="table: samples per region and donor")
     donors = traits.List(traits.Str, desc="donors of donor_expressions, in order")
     donor_expressions = InputMultiObject(File(exists=True),
-                                         desc="parquet regions x genes of every donor")
+                                         desc="table: regions x genes of every donor")
     aggregate = File(exists=True, desc="JSON facts of the aggregation")
 
 
@@ -204,9 +204,9 @@ class GroupDerivatives(SimpleInterface):
 
 class _ParticipantInputSpec(_SinkInputSpec):
     donor = traits.Str(mandatory=True, desc="the donor")
-    expression = File(exists=True, mandatory=True, desc="parquet normalized samples x genes")
-    annotation = File(exists=True, mandatory=True, desc="parquet sample table (kept samples)")
-    labels = File(exists=True, mandatory=True, desc="parquet region labels (kept samples)")
+    expression = File(exists=True, mandatory=True, desc="table: normalized samples x genes")
+    annotation = File(exists=True, mandatory=True, desc="sample table (kept samples)")
+    labels = File(exists=True, mandatory=True, desc="table: region labels (kept samples)")
 
 
 class ParticipantDerivatives(SimpleInterface):

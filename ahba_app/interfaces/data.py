@@ -1,7 +1,7 @@
 """Interfaces of the AHBA data stages: fetch, reannotate, annotate/mirror, filter, select probes.
 
 Each ``_run_interface`` calls one function of :mod:`ahba_app.pipeline` and writes its results
-into the node's folder as parquet / JSON (see :mod:`ahba_app.interfaces._files`).
+into the node's folder as parquet / Arrow / JSON (see :mod:`ahba_app.interfaces._files`).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class _LoadProbesInputSpec(BaseInterfaceInputSpec):
 
 
 class _LoadProbesOutputSpec(TraitedSpec):
-    probes = File(exists=True, desc="parquet: the probe table (probes with a gene)")
+    probes = File(exists=True, desc="table: the probe table (probes with a gene)")
     n_probes = traits.Int(desc="probes in Probes.csv")
     n_annotated = traits.Int(desc="probes left with a gene after (re)annotation")
 
@@ -88,7 +88,7 @@ class LoadProbes(SimpleInterface):
         files = read_json(self.inputs.files)
         probes = pipeline.load_probe_table(files, reannotated=self.inputs.reannotated)
         self._results["probes"] = write_frame(probes, os.path.join(runtime.cwd,
-                                                                   "probes.parquet"))
+                                                                   "probes"))
         self._results["n_probes"] = len(read_probes(next(iter(files.values()))["probes"]))
         self._results["n_annotated"] = len(probes)
         return runtime
@@ -98,7 +98,7 @@ class LoadProbes(SimpleInterface):
 class _PrepareSamplesInputSpec(BaseInterfaceInputSpec):
     files = File(exists=True, mandatory=True, desc="JSON of the donors' microarray files")
     donor = traits.Str(mandatory=True, desc="the donor whose samples are prepared")
-    probes = File(exists=True, mandatory=True, desc="parquet probe table (similarity filter)")
+    probes = File(exists=True, mandatory=True, desc="probe table (similarity filter)")
     corrected_mni = traits.Bool(True, usedefault=True, desc="use corrected MNI coordinates")
     lr_mirror = traits.Either(None, traits.Str, usedefault=True,
                               desc="mirroring across the midline (None: none)")
@@ -107,7 +107,7 @@ class _PrepareSamplesInputSpec(BaseInterfaceInputSpec):
 
 
 class _PrepareSamplesOutputSpec(TraitedSpec):
-    annotation = File(exists=True, desc="parquet: the donor's sample table")
+    annotation = File(exists=True, desc="table: the donor's sample table")
     info = File(exists=True, desc="JSON: what happened to the donor's samples (counts)")
 
 
@@ -125,7 +125,7 @@ class PrepareSamples(SimpleInterface):
             corrected_mni=self.inputs.corrected_mni, lr_mirror=self.inputs.lr_mirror,
             sim_threshold=self.inputs.sim_threshold)
         self._results["annotation"] = write_frame(
-            annotation, os.path.join(runtime.cwd, "annotation.parquet"))
+            annotation, os.path.join(runtime.cwd, "annotation"))
         self._results["info"] = write_json(dict(info, donor=self.inputs.donor),
                                            os.path.join(runtime.cwd, "samples.json"))
         return runtime
@@ -136,14 +136,14 @@ class _FilterProbesInputSpec(BaseInterfaceInputSpec):
     files = File(exists=True, mandatory=True, desc="JSON of the donors' microarray files")
     donors = traits.List(traits.Str, mandatory=True, desc="donors, in the annotations' order")
     annotations = InputMultiObject(File(exists=True), mandatory=True,
-                                   desc="parquet sample table of every donor")
-    probes = File(exists=True, mandatory=True, desc="parquet probe table")
+                                   desc="sample table of every donor")
+    probes = File(exists=True, mandatory=True, desc="probe table")
     ibf_threshold = traits.Float(0.5, usedefault=True,
                                  desc="share of samples a probe must be above background in")
 
 
 class _FilterProbesOutputSpec(TraitedSpec):
-    probes = File(exists=True, desc="parquet: the probes that pass the intensity filter")
+    probes = File(exists=True, desc="table: the probes that pass the intensity filter")
     n_filtered = traits.Int(desc="probes kept")
 
 
@@ -160,7 +160,7 @@ class FilterProbes(SimpleInterface):
             _by_donor(self.inputs.donors, self.inputs.annotations),
             read_frame(self.inputs.probes), ibf_threshold=self.inputs.ibf_threshold)
         self._results["probes"] = write_frame(probes, os.path.join(runtime.cwd,
-                                                                   "probes_filtered.parquet"))
+                                                                   "probes_filtered"))
         self._results["n_filtered"] = len(probes)
         return runtime
 
@@ -171,8 +171,8 @@ class _SelectProbesInputSpec(BaseInterfaceInputSpec):
     rnaseq_files = File(exists=True, desc="JSON of the RNA-seq files (probe_selection='rnaseq')")
     donors = traits.List(traits.Str, mandatory=True, desc="donors, in the annotations' order")
     annotations = InputMultiObject(File(exists=True), mandatory=True,
-                                   desc="parquet sample table of every donor")
-    probes = File(exists=True, mandatory=True, desc="parquet table of the filtered probes")
+                                   desc="sample table of every donor")
+    probes = File(exists=True, mandatory=True, desc="table of the filtered probes")
     probe_selection = traits.Str("diff_stability", usedefault=True,
                                  desc="probe selection method")
     donor_probes = traits.Str("aggregate", usedefault=True,
@@ -181,8 +181,8 @@ class _SelectProbesInputSpec(BaseInterfaceInputSpec):
 
 class _SelectProbesOutputSpec(TraitedSpec):
     expressions = OutputMultiObject(File(exists=True),
-                                    desc="parquet samples x genes table of every donor")
-    selection = File(exists=True, desc="parquet: the probe chosen for every gene")
+                                    desc="table: samples x genes table of every donor")
+    selection = File(exists=True, desc="table: the probe chosen for every gene")
     n_genes = traits.Int(desc="genes")
 
 
@@ -201,9 +201,9 @@ class SelectProbes(SimpleInterface):
             read_frame(self.inputs.probes), probe_selection=self.inputs.probe_selection,
             donor_probes=self.inputs.donor_probes, rnaseq_files=rnaseq)
         self._results["expressions"] = [
-            write_frame(expressions[d], os.path.join(runtime.cwd, f"expression_{d}.parquet"))
+            write_frame(expressions[d], os.path.join(runtime.cwd, f"expression_{d}"))
             for d in self.inputs.donors]
         self._results["selection"] = write_frame(selection, os.path.join(
-            runtime.cwd, "selection.parquet"))
+            runtime.cwd, "selection"))
         self._results["n_genes"] = int(next(iter(expressions.values())).shape[1])
         return runtime

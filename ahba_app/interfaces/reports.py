@@ -115,16 +115,16 @@ class _RunReportInputSpec(BaseInterfaceInputSpec):
     sample_info = InputMultiObject(File(exists=True), mandatory=True,
                                    desc="JSON sample counts of every donor")
     annotations = InputMultiObject(File(exists=True), mandatory=True,
-                                   desc="parquet sample tables (before matching)")
+                                   desc="sample tables (before matching)")
     labels = InputMultiObject(File(exists=True), mandatory=True,
-                              desc="parquet region labels of every sample row")
-    selection = File(exists=True, mandatory=True, desc="parquet table of the chosen probes")
+                              desc="table: region labels of every sample row")
+    selection = File(exists=True, mandatory=True, desc="table of the chosen probes")
     n_probes = traits.Int(desc="probes in Probes.csv")
     n_annotated = traits.Int(desc="probes with a gene after (re)annotation")
     n_filtered = traits.Int(desc="probes that passed the intensity filter")
     n_genes = traits.Int(desc="genes after probe selection")
-    expression = File(exists=True, desc="parquet regions x genes (group report)")
-    counts = File(exists=True, desc="parquet samples per region and donor")
+    expression = File(exists=True, desc="table: regions x genes (group report)")
+    counts = File(exists=True, desc="table: samples per region and donor")
     aggregate = File(exists=True, desc="JSON facts of the aggregation")
     warnings = traits.List(traits.Str, desc="notes to show in the report")
     provenance = traits.Dict(desc="free key/value pairs shown in the report")

@@ -1,5 +1,5 @@
-"""The per-atlas workflow: match and normalize (per donor), then aggregate (group) or write the
-sample-level tables (participant), the report and the derivatives."""
+"""The per-atlas workflow: match (all donors at once), normalize (per donor), then aggregate
+(group) or write the sample-level tables (participant), the report and the derivatives."""
 
 from __future__ import annotations
 
@@ -34,12 +34,12 @@ def init_atlas_wf(*, atlas, analysis_level, out_dir, desc, metadata, parameters,
 
     Workflow graph (group)::
 
-        inputnode -> match (per donor) -> normalize (per donor) -> aggregate -> report
+        inputnode -> match (all donors) -> normalize (per donor) -> aggregate -> report
                                                                              -> ds_group
 
     Workflow graph (participant)::
 
-        inputnode -> match (per donor) -> normalize (per donor) -> report (per donor)
+        inputnode -> match (all donors) -> normalize (per donor) -> report (per donor)
                                                                 -> ds_participant (per donor)
 
     Parameters
@@ -87,8 +87,8 @@ def init_atlas_wf(*, atlas, analysis_level, out_dir, desc, metadata, parameters,
     inputnode = pe.Node(niu.IdentityInterface(fields=_INPUTS), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
 
-    match = pe.MapNode(MatchSamples(atlas=atlas_dict, data_dir=data_dir, tolerance=tolerance),
-                       iterfield=["donor", "annotation"], name="match")
+    match = pe.Node(MatchSamples(atlas=atlas_dict, data_dir=data_dir, tolerance=tolerance),
+                    name="match")
     normalize = pe.MapNode(NormalizeExpression(sample_norm=sample_norm, gene_norm=gene_norm,
                                                norm_matched=norm_matched,
                                                norm_structures=norm_structures),
@@ -98,7 +98,7 @@ def init_atlas_wf(*, atlas, analysis_level, out_dir, desc, metadata, parameters,
     sink_inputs = dict(out_dir=str(out_dir), atlas=atlas_dict, desc=desc, metadata=metadata)
 
     connections = [
-        (inputnode, match, [("donors", "donor"), ("annotations", "annotation")]),
+        (inputnode, match, [("donors", "donors"), ("annotations", "annotations")]),
         (inputnode, normalize, [("expressions", "expression"), ("annotations", "annotation")]),
         (match, normalize, [("labels", "labels")]),
     ]

@@ -12,7 +12,7 @@ from .data import init_ahba_data_wf
 __all__ = ["init_ahba_wf", "workflow_config"]
 
 
-def workflow_config(*, crash_dir, hash_method="content", stop_on_first_crash=True) -> dict:
+def workflow_config(*, crash_dir, hash_method="timestamp", stop_on_first_crash=True) -> dict:
     """The Nipype settings of a run, applied per workflow (``workflow.config``)."""
     return {
         "execution": {
@@ -38,7 +38,7 @@ def init_ahba_wf(*, analysis_level, atlases, donors, out_dir, crash_dir, base_di
                  sample_norm="srs", gene_norm="srs", norm_matched=True, norm_structures=False,
                  region_agg="donors", agg_metric="mean", corrected_mni=True, reannotated=True,
                  stability_threshold=None, save_donors=False, warnings=None, provenance=None,
-                 hash_method="content", name="ahba_wf"):
+                 hash_method="timestamp", name="ahba_wf"):
     """Build the whole ahba-app workflow for a set of atlases.
 
     Workflow graph::
@@ -78,8 +78,12 @@ def init_ahba_wf(*, analysis_level, atlases, donors, out_dir, crash_dir, base_di
         Notes for the report of each atlas (keyed by ``AtlasInput.key``).
     provenance : dict
         Key/value pairs shown in the reports.
-    hash_method : {'content', 'timestamp'}
-        How Nipype decides whether an input file changed.
+    hash_method : {'timestamp', 'content'}
+        How Nipype decides whether an input file changed. Every file a node takes is an
+        intermediate written by the node before it (a re-run rewrites it); the atlas, the only
+        user file, reaches the nodes with the SHA-256 of its files (``AtlasInput.checksums``), so
+        its content is part of every hash either way. 'content' would re-read (MD5) some
+        900 MB of intermediates per run on the full data, for nothing.
     name : str
         Name of the workflow.
     """
