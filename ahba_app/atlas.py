@@ -227,6 +227,15 @@ class AtlasTree:
         self._native_affine = None if affine is None else np.asarray(
             getattr(affine, "affine", affine), dtype=float)
 
+    def label_volume(self) -> np.ndarray | None:
+        """The label of every voxel of a volumetric atlas's grid, 0 outside regions (a new
+        int64 array; None for surfaces)."""
+        if self._affine is None:
+            return None
+        volume = np.zeros(self._shape, dtype=np.int64)
+        volume[self._nz] = self._atlas
+        return volume
+
     @property
     def voxel_size(self) -> np.ndarray:
         """Voxel edge lengths (zeros for surfaces)."""

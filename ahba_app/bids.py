@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import secrets
+import re
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -142,6 +143,8 @@ def _walk(root: Path) -> list[tuple[Path, dict]]:
 
 def _indexed(root: Path) -> list[tuple[Path, dict]]:
     """(path, entities) for every file: pybids' entities, completed by :func:`parse_entities`."""
+    if not _walk(root):  # nothing pybids would index: spare its import and database (~0.3 s)
+        return []
     files = _pybids_files(root)
     if files is None:
         files = _walk(root)
@@ -579,9 +582,46 @@ def write_tsv(frame: pd.DataFrame, path: str | os.PathLike, index_label: str | N
     """Write a TSV atomically: tabs, ``n/a`` for missing values, floats at full precision
     (shortest representation that reads back to the same float64)."""
     def write(tmp):
-        frame.to_csv(tmp, sep="\t", na_rep="n/a", index=index, index_label=index_label,
-                     lineterminator="\n")
+        if _plain_float_table(frame, index) and not _SPECIAL.search(index_label or ""):
+            _write_float_tsv(frame, tmp, index_label)
+        else:
+            frame.to_csv(tmp, sep="\t", na_rep="n/a", index=index, index_label=index_label,
+                         lineterminator="\n")
     return _atomic(Path(path), write)
+
+
+_SPECIAL = re.compile(r'[\t\n\r"]')
+
+
+def _plain_float_table(frame: pd.DataFrame, index: bool) -> bool:
+    """A region x gene table: float64 values, one level of int or plain str labels each way."""
+    if not index or frame.shape[1] == 0:
+        return False
+    if isinstance(frame.index, pd.MultiIndex) or isinstance(frame.columns, pd.MultiIndex):
+        return False
+    if not all(dtype == np.float64 for dtype in frame.dtypes):
+        return False
+    for labels in (frame.index, frame.columns):
+        if labels.dtype.kind in "iu":
+            continue
+        if labels.dtype.kind != "O" or not all(type(v) is str and not _SPECIAL.search(v)
+                                               for v in labels):
+            return False
+    return frame.index.name is None or (type(frame.index.name) is str
+                                        and not _SPECIAL.search(frame.index.name))
+
+
+def _write_float_tsv(frame: pd.DataFrame, path: Path, index_label: str | None) -> None:
+    """What ``to_csv`` writes for such a table, twice as fast: Python's ``repr`` of a float64
+    is the same shortest round-trip text that pandas writes."""
+    name = index_label if index_label is not None else (frame.index.name or "")
+    with open(path, "w", encoding="utf-8", newline="\n") as handle:
+        handle.write("\t".join([name, *map(str, frame.columns)]) + "\n")
+        for label, row in zip(frame.index.tolist(), frame.to_numpy().tolist()):
+            values = "\t".join(map(repr, row))
+            if "nan" in values:  # the cells hold only numbers: 'nan' is a missing value
+                values = values.replace("nan", "n/a")
+            handle.write(f"{label}\t{values}\n")
 
 
 def write_json(obj, path: str | os.PathLike) -> Path:

@@ -277,10 +277,11 @@ def _match_surface(tree, xyz, hemi, struct, tolerance) -> np.ndarray:
 def unreachable_labels(atlas, annotation, tolerance: float = 2, warn: bool = True) -> np.ndarray:
     """Regions of ``atlas`` that none of the samples in ``annotation`` can be matched to.
 
-    Volumes: regions with no voxel within ``abs(tolerance)`` mm plus one voxel diagonal of any
-    sample. Surfaces: regions holding none of the cortical samples' nearest vertices. Hemisphere
-    and structure are not considered, so a region listed here stays empty whatever the
-    constraints. With ``warn`` a UserWarning names them (``missing=`` can fill them).
+    Volumes: regions with no voxel near any sample: within ``abs(tolerance)`` mm plus one voxel
+    diagonal, widened to whole voxels of the image grid (see :func:`_reached_volume_labels`).
+    Surfaces: regions holding none of the cortical samples' nearest vertices. Hemisphere and
+    structure are not considered, so a region listed here stays empty whatever the constraints.
+    With ``warn`` a UserWarning names them (``missing=`` can fill them).
     """
     from .atlas import check_atlas
 
@@ -289,8 +290,7 @@ def unreachable_labels(atlas, annotation, tolerance: float = 2, warn: bool = Tru
     xyz = np.asarray(frame[COORDS], dtype=float)
     if atlas.volumetric:
         margin = float(np.sqrt(np.sum(np.asarray(atlas.voxel_size) ** 2)))
-        rows, nodes = _flatten_hits(atlas.tree.query_ball_point(xyz, r=abs(tolerance) + margin))
-        reached = np.unique(atlas.atlas[nodes])
+        reached = _reached_volume_labels(atlas, xyz, abs(tolerance) + margin)
     else:
         if "structure" in frame.columns:
             xyz = xyz[np.asarray(frame["structure"] == "cortex")]
@@ -303,6 +303,35 @@ def unreachable_labels(atlas, annotation, tolerance: float = 2, warn: bool = Tru
                       f"unless missing='centroids' or 'interpolate' fills them.", UserWarning,
                       stacklevel=2)
     return missing
+
+
+def _reached_volume_labels(atlas, xyz, radius: float) -> np.ndarray:
+    """Labels of the voxels within about ``radius`` mm of any point of ``xyz``.
+
+    Looked up on the image grid rather than in the KD-tree of labelled voxels (which a
+    ball query per sample makes slow, and which need not be built yet): every voxel whose
+    index lies within ``radius`` / (smallest voxel step) + 1 of a point's rounded index. That
+    includes every voxel within ``radius`` mm (and a few more, up to one voxel further), so
+    a region left out is surely out of reach.
+    """
+    if not len(xyz):
+        return np.zeros(0, dtype=np.int64)
+    affine = np.asarray(atlas.affine, dtype=float)
+    volume = atlas.label_volume()
+    shape = np.asarray(volume.shape)
+    step = float(np.linalg.svd(affine[:3, :3], compute_uv=False).min())
+    reach = radius / step + 1.0
+    span = np.arange(-int(np.ceil(reach)), int(np.ceil(reach)) + 1)
+    offsets = np.stack(np.meshgrid(span, span, span, indexing="ij"), axis=-1).reshape(-1, 3)
+    offsets = offsets[(offsets ** 2).sum(axis=1) <= reach ** 2]
+    ijk = np.rint(np.c_[xyz, np.ones(len(xyz))] @ np.linalg.inv(affine).T)[:, :3]
+    ijk = np.unique(ijk.astype(np.int64), axis=0)
+    reached = []
+    for start in range(0, len(ijk), 512):  # a few MB of candidate indices at a time
+        near = (ijk[start:start + 512, None, :] + offsets[None]).reshape(-1, 3)
+        near = near[((near >= 0) & (near < shape)).all(axis=1)]
+        reached.append(np.unique(volume[near[:, 0], near[:, 1], near[:, 2]]))
+    return np.unique(np.concatenate(reached))
 
 
 # --------------------------------------------------------------------------------------------

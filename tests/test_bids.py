@@ -275,3 +275,27 @@ def test_cifti_and_surface_atlases_find_their_surfaces(tmp_path):
     assert surface.kind == "surface" and surface.space == "fsaverage"
     assert surface.key == "atlas-Schaefer2018_space-fsaverage_den-164k_seg-7n_scale-400"
     assert surface.geometry[0].endswith("tpl-fsaverage_hemi-L_den-164k_pial.surf.gii")
+
+
+def test_float_tables_are_written_as_pandas_writes_them(tmp_path):
+    """The quick writer of region x gene tables gives pandas' bytes, edge values included."""
+    from ahba_app.bids import _plain_float_table, write_tsv
+
+    values = np.array([[0.1 + 0.2, 1e-5, 1e16, -0.0, np.nan],
+                       [np.inf, -np.inf, 5e-324, 123456789012345680.0, 1.0],
+                       [np.nan] * 5,
+                       [2 / 3, -1e-300, 1e300, 0.5, 1e15]])
+    genes = pd.Index(["A1BG", "NANOG", "nan", "C1orf43", "ZZZ3"], name="gene_symbol")
+    for index in (pd.Index([1, 2, 30, 4], name="label"),
+                  pd.Index(["lh_a", "rh b", "x", "y"], name=None)):
+        frame = pd.DataFrame(values, index=index, columns=genes)
+        assert _plain_float_table(frame, True)
+        expected = frame.to_csv(sep="\t", na_rep="n/a", lineterminator="\n")
+        assert write_tsv(frame, tmp_path / "t.tsv").read_text() == expected
+        assert (write_tsv(frame, tmp_path / "u.tsv", index_label="region").read_text()
+                == frame.to_csv(sep="\t", na_rep="n/a", lineterminator="\n",
+                                index_label="region"))
+    # other tables go through pandas
+    assert not _plain_float_table(pd.DataFrame(np.ones((2, 3), dtype=np.float32)), True)
+    assert not _plain_float_table(frame.rename(columns={"A1BG": 'a"b'}), True)
+    assert not _plain_float_table(frame, False)

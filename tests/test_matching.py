@@ -462,3 +462,34 @@ def test_abagen_fails_when_a_mirrored_donor_has_no_empty_region(oracle, dk_volum
     assert matching.interpolate_missing(with_info, labels, expression, mirrored).empty
     rows, dist = matching.match_centroids(with_info, labels, expression, mirrored)
     assert rows.empty and dist.empty
+
+
+def test_unreachable_labels_never_names_a_region_within_reach(dk_volume):
+    """The grid look-up reaches every region a ball query of the labelled voxels reaches
+    (it may reach a few more, up to a voxel further), on the 1 mm and a 2 mm oblique grid."""
+    import nibabel as nib
+
+    from ahba_app.atlas import AtlasTree
+
+    plain, _ = dk_volume
+    rng = np.random.default_rng(5)
+    picked = plain.coords[rng.choice(len(plain.coords), 40, replace=False)]
+    xyz = picked + rng.normal(0, 4, size=picked.shape)
+    frame = pd.DataFrame(xyz, columns=matching.COORDS)
+    volume = plain.label_volume()
+    tilted = np.array([[2 * np.cos(0.3), -2 * np.sin(0.3), 0, -90],
+                       [2 * np.sin(0.3), 2 * np.cos(0.3), 0, -126],
+                       [0, 0, 2, -72], [0, 0, 0, 1]])
+    coarse = AtlasTree(nib.Nifti1Image(volume[::2, ::2, ::2].astype(np.int16), tilted))
+    for atlas in (plain, coarse):
+        for tolerance in (0, 2, -3):
+            margin = float(np.sqrt(np.sum(atlas.voxel_size ** 2)))
+            radius = abs(tolerance) + margin
+            hits = atlas.tree.query_ball_point(xyz, r=radius)
+            by_tree = np.unique(atlas.atlas[np.concatenate([np.asarray(h, int) for h in hits])])
+            missing = matching.unreachable_labels(atlas, frame, tolerance=tolerance, warn=False)
+            assert not np.isin(by_tree, missing).any()
+            # and no region far beyond reach is said to be reachable
+            far = atlas.tree.query_ball_point(xyz, r=radius + 2 * margin)
+            near = np.unique(atlas.atlas[np.concatenate([np.asarray(h, int) for h in far])])
+            assert set(np.setdiff1d(atlas.labels, missing)) <= set(near)

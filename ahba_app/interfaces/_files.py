@@ -8,8 +8,8 @@ thousands of genes, one float dtype) are Arrow IPC files (``.arrow``) holding on
 fixed-size binary values, a row's values (little-endian) per value, beside the index columns,
 with the gene labels in the file's metadata. They are written at the speed of a memory copy
 (parquet's column-per-gene layout takes seconds per table, and even this layout in parquet
-takes ~1 s per 100 MB to encode) and read back memory-mapped, as read-only arrays whose rows
-(each sample's values) are contiguous.
+takes ~1 s per 100 MB to encode) and read back memory-mapped, as read-only arrays laid out as
+they were written (row- or column-major: nothing is transposed on the way).
 """
 
 from __future__ import annotations
@@ -71,26 +71,22 @@ def _write_matrix(frame: pd.DataFrame, path: Path) -> None:
     import pyarrow as pa
     import pyarrow.ipc as ipc
 
-    from .._blocks import transpose_into
-
     values = frame.to_numpy()
-    if not values.flags.c_contiguous:  # rows are written one after another
-        rows = np.empty(values.shape, dtype=values.dtype)
-        if values.flags.f_contiguous:
-            transpose_into(rows, values.T)
-        else:
-            np.copyto(rows, values)
-        values = rows
-    values = values.astype(values.dtype.newbyteorder("<"), copy=False)
+    # a column-major table (each gene's values contiguous, as probe selection gives them) is
+    # written as it lies in memory: the same buffer cut into as many pieces as there are rows,
+    # read back column-major; anything else row by row
+    order = "F" if values.flags.f_contiguous and not values.flags.c_contiguous else "C"
+    values = np.asarray(values, order=order)
+    values = values.astype(values.dtype.newbyteorder("<"), copy=False, order=order)
     table = pa.Table.from_pandas(pd.DataFrame(index=frame.index), preserve_index=None)
     width = max(1, values.shape[1] * values.itemsize)
-    rows_bytes = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(values),
-                                                      [None, pa.py_buffer(values)])
+    rows_bytes = pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(width), len(values), [None, pa.py_buffer(values.reshape(-1, order=order))])
     table = table.append_column(_VALUES, rows_bytes)
     labels = frame.columns.tolist()
     described = {"labels": [label if isinstance(label, str) else int(label) for label in labels],
                  "labels_dtype": str(frame.columns.dtype),
-                 "name": frame.columns.name, "dtype": values.dtype.str}
+                 "name": frame.columns.name, "dtype": values.dtype.str, "order": order}
     metadata = dict(table.schema.metadata or {})
     metadata[_MATRIX_KEY] = json.dumps(described).encode()
     table = table.replace_schema_metadata(metadata)
@@ -110,10 +106,16 @@ def _read_matrix(path) -> pd.DataFrame:
     described = json.loads(table.schema.metadata[_MATRIX_KEY])
     labels = described["labels"]
     dtype = np.dtype(described["dtype"])
-    stored = table.column(_VALUES).combine_chunks()
+    column = table.column(_VALUES)
+    # one record batch (as written): its buffer is the mapped file, used without a copy
+    stored = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
     count = len(stored) * len(labels)
-    rows = np.frombuffer(stored.buffers()[1], dtype=dtype, count=count,
-                         offset=stored.offset * stored.type.byte_width).reshape(-1, len(labels))
+    flat = np.frombuffer(stored.buffers()[1], dtype=dtype, count=count,
+                         offset=stored.offset * stored.type.byte_width)
+    if described.get("order", "C") == "F":
+        rows = flat.reshape(len(labels), len(stored)).T
+    else:
+        rows = flat.reshape(-1, len(labels))
     index = table.drop_columns([_VALUES]).to_pandas().index
     columns = pd.Index(labels, name=described["name"], dtype=described["labels_dtype"])
     return pd.DataFrame(rows, index=index, columns=columns, copy=False)
