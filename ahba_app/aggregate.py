@@ -184,27 +184,36 @@ class _RunningMean:
         self.seen: np.ndarray | None = None
         self.quick = np.zeros(shape[0], dtype=np.int32)
 
-    def add(self, values: np.ndarray) -> None:
-        values = np.asarray(values, dtype=np.float64).reshape(self.total.shape)
-        n_rows, n_cols = values.shape
+    def add(self, values: np.ndarray, rows: np.ndarray | None = None) -> None:
+        """Add a table: all rows, or row ``i`` of ``values`` to row ``rows[i]`` (increasing)."""
+        n_cols = self.total.shape[1]
+        values = np.asarray(values, dtype=np.float64)
+        if rows is None:
+            values = values.reshape(self.total.shape)
+            rows = np.arange(len(values))
+        rows = np.asarray(rows, dtype=np.intp)
+        if values.shape != (len(rows), n_cols):
+            raise ValueError(f"{values.shape} values for {len(rows)} rows of {n_cols} columns.")
         used = np.flatnonzero(~np.isnan(values).all(axis=1)) if n_cols else np.zeros(0, int)
-        # runs of consecutive rows in use, cut into pieces of about _KAHAN_ELEMENTS values
+        # runs of rows consecutive in both tables, cut into pieces of about _KAHAN_ELEMENTS
         step = max(1, _KAHAN_ELEMENTS // max(n_cols, 1))
-        breaks = np.flatnonzero(np.diff(used) != 1) + 1
+        breaks = np.flatnonzero((np.diff(used) != 1) | (np.diff(rows[used]) != 1)) + 1
         pieces = []
         for run in np.split(used, breaks):
             for start in range(0, len(run), step):
-                last = run[min(start + step, len(run)) - 1]
-                pieces.append(slice(int(run[start]), int(last) + 1))
+                first, last = int(run[start]), int(run[min(start + step, len(run)) - 1])
+                to = int(rows[first])
+                pieces.append((slice(first, last + 1), slice(to, to + last - first + 1)))
 
-        if self.seen is None and any(np.isnan(values[rows]).any() for rows in pieces):
-            self.seen = np.zeros(values.shape, dtype=np.int32)
+        if self.seen is None and any(np.isnan(values[src]).any() for src, _ in pieces):
+            self.seen = np.zeros(self.total.shape, dtype=np.int32)
 
-        def add(rows):
-            seen = self.seen[rows] if self.seen is not None else None
+        def add(piece):
+            src, dst = piece
+            seen = self.seen[dst] if self.seen is not None else None
             with np.errstate(invalid="ignore"):
-                self.quick[rows] += _kahan_add(self.total[rows], self.carry[rows], seen,
-                                               values[rows])
+                self.quick[dst] += _kahan_add(self.total[dst], self.carry[dst], seen,
+                                              values[src])
 
         thread_map(add, pieces)
 
@@ -412,34 +421,32 @@ class DonorMeans:
         self.index: pd.Index | None = None
         self.columns: pd.Index | None = None
         self.running: _RunningMean | None = None
-        self._scratch: np.ndarray | None = None
 
     def add(self, frame: pd.DataFrame, extra: pd.DataFrame | None = None) -> None:
         """Fold in one donor: ``frame`` (samples x genes, index level ``label``) and the
         ``extra`` rows to append to its samples (regions filled by ``missing``)."""
-        table = _group_with_extra(frame, extra, self.labels, out=self._scratch)
-        self._scratch = None
         if self.index is None:
+            table = _group_with_extra(frame, extra, self.labels)
             if not _label_rows(table.index):
                 raise ValueError("Region tables need sorted, distinct, non-zero integer labels "
                                  "to be averaged donor by donor.")
             self.index, self.columns = table.index, table.columns
             self.running = _RunningMean(table.shape)
-        elif not (table.index.equals(self.index) and table.columns.equals(self.columns)):
+            self.running.add(table.to_numpy())
+            return
+        # later donors: a table of the regions the donor has (its samples and extra rows)
+        # only, added into its rows of the whole; regions it lacks would be NaN throughout
+        # and add nothing. Fine atlases have many such regions per donor.
+        wanted = None if extra is None or not len(extra) else extra.index
+        table = _group_with_extra(frame, extra, wanted)
+        at = self.index.get_indexer(table.index) if table.index.is_unique else None
+        if (at is None or (at < 0).any() or not table.columns.equals(self.columns)
+                or (len(at) and (np.diff(at) <= 0).any())):
             raise ValueError("The donors' region tables differ in regions or genes.")
-        values = table.to_numpy()
-        self.running.add(values)
-        # the next donor's table is written into this one's memory (no new pages to map)
-        root = values
-        while isinstance(root.base, np.ndarray):
-            root = root.base
-        reusable = (root.ndim == 2 and root.dtype == np.float64 and root.flags.writeable
-                    and root.flags.c_contiguous)
-        self._scratch = root if reusable else None
+        self.running.add(table.to_numpy(), rows=at)
 
     def result(self) -> tuple[pd.DataFrame, pd.Index]:
         """The merged table, without the genes left incomplete, and those genes."""
-        self._scratch = None
         means, self.running = self.running.mean(), None
         merged = pd.DataFrame(means, index=_label_index(np.asarray(self.index)),
                               columns=self.columns, copy=False)

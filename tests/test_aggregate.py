@@ -318,6 +318,14 @@ def test_running_mean_skips_empty_rows_and_equals_pandas(monkeypatch, threads):
     stacked = pd.DataFrame(np.vstack(tables))
     expected = stacked.groupby(np.tile(np.arange(shape[0]), len(tables))).mean().to_numpy()
     assert np.array_equal(running.mean(), expected, equal_nan=True)
+    # the same tables given as their non-empty rows only, each with its row numbers
+    compact = aggregate._RunningMean(shape)
+    for table in tables:
+        rows = np.flatnonzero(~np.isnan(table).all(axis=1))
+        compact.add(table[rows], rows=rows)
+    assert np.array_equal(compact.mean(), expected, equal_nan=True)
+    with pytest.raises(ValueError, match="rows"):
+        compact.add(tables[0][:3], rows=[0, 1])
     # no NaN anywhere: the counts are kept per row only
     clean = aggregate._RunningMean(shape)
     for table in tables[:2]:
