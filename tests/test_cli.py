@@ -547,3 +547,35 @@ def test_donor_native_atlases_are_checked(tmp_path, ahba_small):
     assert atlas.key == "atlas-DK_space-native"
     with pytest.raises(bids.BIDSInputError, match="12876"):
         _prepare(tmp_path, inp, "--donors", "9861", "12876", ahba=ahba_small)
+
+
+def test_an_atlas_changed_in_place_is_matched_again(tmp_path, ahba_small, monkeypatch):
+    """Nipype hashes files by timestamp: an atlas table edited in place, with the same size
+    and modification time, still makes the next run (same work folder) match again, because
+    the atlas reaches the nodes with the SHA-256 of its files."""
+    import os
+
+    for var in ("NIPYPE_CONFIG_DIR", "MPLCONFIGDIR", "AHBA_DATA", "ABAGEN_DATA"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    inp = make_bids_input(tmp_path / "atlases", gifti=False)
+    common = ["--ahba-dir", str(ahba_small), "-w", str(tmp_path / "work"),
+              "--participant-label", *DONORS]
+    counts = f"{STEM_VOL}_desc-abagendefaults_counts.tsv"
+    assert cli_run.main([str(inp), str(tmp_path / "first"), "group", *common]) == 0
+    before = _read(tmp_path / "first" / counts)
+    table_path = inp / TABLE
+    stat = table_path.stat()
+    table = pd.read_csv(table_path, sep="\t")
+    sided = table.loc[table["hemisphere"].isin(["L", "R"]), "index"]
+    region = int(before.loc[sided].sum(axis=1).idxmax())  # a one-sided region with samples
+    side = table.loc[table["index"] == region, "hemisphere"].item()
+    table.loc[table["index"] == region, "hemisphere"] = {"L": "R", "R": "L"}[side]
+    table.to_csv(table_path, sep="\t", index=False)
+    os.utime(table_path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert table_path.stat().st_size == stat.st_size  # the same size and time: only content
+    assert cli_run.main([str(inp), str(tmp_path / "second"), "group", *common]) == 0
+    after = _read(tmp_path / "second" / counts)
+    assert after.loc[region].sum() < before.loc[region].sum()
+    _, expected = _api(ahba_small, str(inp / VOLUME), str(table_path))
+    np.testing.assert_array_equal(after.loc[expected.index].to_numpy(), expected.to_numpy())
