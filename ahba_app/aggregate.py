@@ -300,10 +300,8 @@ def group_by_label(frame: pd.DataFrame, labels: Sequence | None = None,
     return pd.DataFrame(out, index=_label_index(every), columns=frame.columns, copy=False)
 
 
-def _label_table(frame: pd.DataFrame, labels, agg_metric, out=None
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`group_by_label` as an array (``out`` if given and of the right shape: it is
-    reused) and its row labels."""
+def _label_table(frame: pd.DataFrame, labels, agg_metric) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`group_by_label` as an array and its row labels."""
     reducer = _reducer(agg_metric)
     sample_labels = _sample_labels(frame)
     keep = pd.notna(sample_labels) & (sample_labels != 0)
@@ -314,11 +312,7 @@ def _label_table(frame: pd.DataFrame, labels, agg_metric, out=None
         wanted = wanted[pd.notna(wanted)]
         every = np.union1d(every, wanted)
     every = every[every != 0]
-    shape = (len(every), frame.shape[1])
-    if (out is None or out.shape != shape or out.dtype != np.float64
-            or not out.flags.c_contiguous):
-        out = np.empty(shape, dtype=np.float64)
-    out.fill(np.nan)
+    out = np.full((len(every), frame.shape[1]), np.nan, dtype=np.float64)
     if kept.size:
         present, codes = np.unique(np.searchsorted(every, kept), return_inverse=True)
         values = frame.to_numpy()
@@ -481,7 +475,7 @@ def mean_over_donors(microarray, labels: Sequence | None = None, extra=None
     return means.result()
 
 
-def _group_with_extra(frame: pd.DataFrame, rows, labels, out=None) -> pd.DataFrame:
+def _group_with_extra(frame: pd.DataFrame, rows, labels) -> pd.DataFrame:
     """``group_by_label`` (mean) of ``frame`` with the rows ``rows`` appended.
 
     A row whose label no sample of ``frame`` has is a group of its own, whose mean is the row
@@ -489,11 +483,9 @@ def _group_with_extra(frame: pd.DataFrame, rows, labels, out=None) -> pd.DataFra
     not be appended to (a copy of) the samples. Otherwise they are.
     """
     if rows is None or not len(rows):
-        values, every = _label_table(frame, labels, "mean", out=out)
-        return pd.DataFrame(values, index=_label_index(every), columns=frame.columns,
-                            copy=False)
+        return group_by_label(frame, labels=labels, agg_metric="mean")
     rows = rows.astype(frame.dtypes.iloc[0])
-    values, every = _label_table(frame, labels, "mean", out=out)
+    values, every = _label_table(frame, labels, "mean")
     at = pd.Index(every).get_indexer(rows.index)
     if (rows.columns.equals(frame.columns) and rows.index.is_unique and (at >= 0).all()
             and not np.isin(np.asarray(rows.index), _sample_labels(frame)).any()):

@@ -27,8 +27,8 @@ import hashlib
 import json
 import logging
 import os
-import secrets
 import re
+import secrets
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path

@@ -311,8 +311,9 @@ def _reached_volume_labels(atlas, xyz, radius: float) -> np.ndarray:
     Looked up on the image grid rather than in the KD-tree of labelled voxels (which a
     ball query per sample makes slow, and which need not be built yet): every voxel whose
     index lies within ``radius`` / (smallest voxel step) + 1 of a point's rounded index. That
-    includes every voxel within ``radius`` mm (and a few more, up to one voxel further), so
-    a region left out is surely out of reach.
+    includes every voxel within ``radius`` mm (rounding moves a point by at most half a voxel
+    diagonal) and some up to about two voxels further, so a region left out is surely out of
+    reach.
     """
     if not len(xyz):
         return np.zeros(0, dtype=np.int64)

@@ -4,9 +4,10 @@ Tables keep their dtypes (nothing is widened for storage), their index (sample i
 mirrored copies) and the name of their column index (``gene_symbol``). No pickles.
 
 Small tables are zstd-compressed parquet files (``.parquet``). Matrices (samples or regions x
-thousands of genes, one float dtype) are Arrow IPC files (``.arrow``) holding one column of
-fixed-size binary values, a row's values (little-endian) per value, beside the index columns,
-with the gene labels in the file's metadata. They are written at the speed of a memory copy
+thousands of genes, one float dtype) are Arrow IPC files (``.arrow``): the matrix's buffer
+(little-endian) as one column of fixed-size binary values, one per row (row-major: each value is
+a row; column-major: the same bytes in as many pieces), beside the index columns, with the gene
+labels and the layout in the file's metadata. They are written at the speed of a memory copy
 (parquet's column-per-gene layout takes seconds per table, and even this layout in parquet
 takes ~1 s per 100 MB to encode) and read back memory-mapped, as read-only arrays laid out as
 they were written (row- or column-major: nothing is transposed on the way).
