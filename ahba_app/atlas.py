@@ -227,14 +227,16 @@ class AtlasTree:
         self._native_affine = None if affine is None else np.asarray(
             getattr(affine, "affine", affine), dtype=float)
 
+    def _full_labels(self) -> np.ndarray:
+        """The label of every voxel or vertex, 0 outside regions (a new int64 array)."""
+        full = np.zeros(self._shape, dtype=np.int64)
+        full[self._nz] = self._atlas
+        return full
+
     def label_volume(self) -> np.ndarray | None:
         """The label of every voxel of a volumetric atlas's grid, 0 outside regions (a new
         int64 array; None for surfaces)."""
-        if self._affine is None:
-            return None
-        volume = np.zeros(self._shape, dtype=np.int64)
-        volume[self._nz] = self._atlas
-        return volume
+        return None if self._affine is None else self._full_labels()
 
     @property
     def voxel_size(self) -> np.ndarray:
@@ -266,9 +268,8 @@ class AtlasTree:
     def graph(self):
         """Sparse geodesic graph between labelled vertices (surfaces with triangles)."""
         if self._graph is None and self._triangles is not None:
-            full = np.zeros(self._shape, dtype=np.int64)
-            full[self._nz] = self._atlas
-            graph = matching.surface_graph(self._full_coords, self._triangles, full == 0)
+            unlabelled = self._full_labels() == 0
+            graph = matching.surface_graph(self._full_coords, self._triangles, unlabelled)
             self._graph = graph[self._nz][:, self._nz].tocsr()
         return self._graph
 

@@ -143,11 +143,12 @@ def _walk(root: Path) -> list[tuple[Path, dict]]:
 
 def _indexed(root: Path) -> list[tuple[Path, dict]]:
     """(path, entities) for every file: pybids' entities, completed by :func:`parse_entities`."""
-    if not _walk(root):  # nothing pybids would index: spare its import and database (~0.3 s)
+    listed = _walk(root)
+    if not listed:  # nothing pybids would index: spare its import and database (~0.3 s)
         return []
     files = _pybids_files(root)
     if files is None:
-        files = _walk(root)
+        files = listed
     out = []
     for path, ents in files:
         parsed = parse_entities(path)

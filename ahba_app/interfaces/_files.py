@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["read_frame", "read_json", "read_labels", "write_frame", "write_json",
-           "write_labels"]
+__all__ = ["check_lengths", "read_frame", "read_json", "read_labels", "write_frame",
+           "write_json", "write_labels"]
 
 
 #: Matrices with at least this many columns are stored as one column of lists.
@@ -129,6 +129,13 @@ def write_labels(labels, path: str | os.PathLike) -> str:
 
 def read_labels(path: str | os.PathLike) -> np.ndarray:
     return read_frame(path)["label"].to_numpy(dtype=np.int64)
+
+
+def check_lengths(donors, **lists) -> None:
+    """Error unless every list of per-donor files has one file per donor."""
+    for name, values in lists.items():
+        if len(values) != len(donors):
+            raise ValueError(f"{name}: {len(values)} files for {len(donors)} donors.")
 
 
 def write_json(obj, path: str | os.PathLike) -> str:

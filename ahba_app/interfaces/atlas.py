@@ -15,7 +15,8 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObje
 
 from .. import pipeline
 from ..bids import AtlasInput, load_atlas_input
-from ._files import read_frame, read_labels, write_frame, write_json, write_labels
+from ._files import (check_lengths, read_frame, read_labels, write_frame, write_json,
+                     write_labels)
 
 LGR = logging.getLogger("ahba_app")
 
@@ -57,9 +58,7 @@ class MatchSamples(SimpleInterface):
 
     def _run_interface(self, runtime):
         donors = [str(d) for d in self.inputs.donors]
-        if len(donors) != len(self.inputs.annotations):
-            raise ValueError(f"{len(donors)} donor(s) but {len(self.inputs.annotations)} "
-                             "sample table(s).")
+        check_lengths(donors, annotations=self.inputs.annotations)
         atlases, _ = load_atlas_input(AtlasInput.from_dict(self.inputs.atlas), donors,
                                       data_dir=self.inputs.data_dir)
         self._results["labels"], self._results["n_matched"] = [], []

@@ -13,19 +13,13 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObje
                                     traits)
 
 from .. import pipeline
-from ._files import read_frame, read_json, write_frame, write_json
+from ._files import check_lengths, read_frame, read_json, write_frame, write_json
 
 __all__ = ["FilterProbes", "LoadProbes", "LocateData", "PrepareSamples", "SelectProbes"]
 
 
 def _by_donor(donors, paths) -> dict:
     return {str(d): read_frame(p) for d, p in zip(donors, paths)}
-
-
-def _check_lengths(donors, **lists) -> None:
-    for name, values in lists.items():
-        if len(values) != len(donors):
-            raise ValueError(f"{name}: {len(values)} files for {len(donors)} donors.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,7 +148,7 @@ class FilterProbes(SimpleInterface):
     output_spec = _FilterProbesOutputSpec
 
     def _run_interface(self, runtime):
-        _check_lengths(self.inputs.donors, annotations=self.inputs.annotations)
+        check_lengths(self.inputs.donors, annotations=self.inputs.annotations)
         probes = pipeline.filter_probe_table(
             read_json(self.inputs.files),
             _by_donor(self.inputs.donors, self.inputs.annotations),
@@ -193,7 +187,7 @@ class SelectProbes(SimpleInterface):
     output_spec = _SelectProbesOutputSpec
 
     def _run_interface(self, runtime):
-        _check_lengths(self.inputs.donors, annotations=self.inputs.annotations)
+        check_lengths(self.inputs.donors, annotations=self.inputs.annotations)
         rnaseq = (read_json(self.inputs.rnaseq_files) if isdefined(self.inputs.rnaseq_files)
                   else None)
         expressions, selection = pipeline.select_donor_probes(
