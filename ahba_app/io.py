@@ -93,7 +93,6 @@ import secrets
 import struct
 import sys
 import warnings
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Union
@@ -105,6 +104,11 @@ import pyarrow.csv as pacsv
 from filelock import FileLock
 
 from ._version import __version__
+
+try:  # the same CRC-32 as zlib's, several times faster (checking a cache reads it whole)
+    from isal.isal_zlib import crc32 as _crc32
+except ImportError:  # pragma: no cover - isal has wheels for the usual platforms
+    from zlib import crc32 as _crc32
 
 __all__ = [
     "AHBAFileError", "CACHE_DIRNAME", "CACHE_FORMAT_VERSION", "CachedMatrix", "cache_locations",
@@ -172,6 +176,9 @@ class CachedMatrix:
     decimals : int or None
         Microarray stored as int32 decimals: the value is ``values / 10**decimals`` (exactly, in
         float64). None when ``values`` holds the values as they are (or packed bits).
+    content_id : str or None
+        What the cache file holds, in a few characters (its recorded checksums, shape and
+        encoding): equal ids mean the same matrix. None when the CSV was parsed into memory.
     """
 
     kind: str
@@ -181,6 +188,7 @@ class CachedMatrix:
     values: np.ndarray
     n_samples: int
     decimals: int | None = None
+    content_id: str | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -870,7 +878,7 @@ def _write_cache_file(source: Path, location: Path, kind: str, stat: os.stat_res
                         values, block_largest = encoded
                         largest = max(largest, block_largest)
                 width = values.shape[1]
-                values_crc = zlib.crc32(values, values_crc)
+                values_crc = _crc32(values, values_crc)
                 out.write(values)
                 ids_blocks.append(probe_ids)
             probe_ids = np.concatenate(ids_blocks).astype("<i8", copy=False)
@@ -896,7 +904,7 @@ def _write_cache_file(source: Path, location: Path, kind: str, stat: os.stat_res
                            "crc32": values_crc, **_encoding_record(kind, decimals)},
                 "probe_ids": {"offset": ids_offset, "dtype": "<i8",
                               "shape": [int(probe_ids.size)],
-                              "crc32": zlib.crc32(probe_ids)},
+                              "crc32": _crc32(probe_ids)},
             }
             encoded = json.dumps(header, indent=1).encode()
             out.write(encoded)
@@ -1019,21 +1027,24 @@ def _map_checked(handle, location: Path, source: Path, stat: os.stat_result, kin
                  and values_info.get("offset") == _DATA_OFFSET
                  and values_info.get("shape") == [n_probes, width]
                  and values_info.get("dtype") == value_dtype.str
+                 and type(values_info.get("crc32")) is int
                  and values_end <= ids_offset
                  and ids_info.get("dtype") == "<i8" and ids_info.get("shape") == [n_probes]
                  and ids_offset + 8 * n_probes <= header_offset)
     if not layout_ok:
         raise _Invalid("inconsistent layout")
     probe_ids = np.memmap(handle, dtype="<i8", mode="r", offset=ids_offset, shape=(n_probes,))
-    if zlib.crc32(probe_ids) != ids_info.get("crc32"):
+    if _crc32(probe_ids) != ids_info.get("crc32"):
         raise _Invalid("probe ids fail their checksum")
     if (verify or kind == "pacall") and _file_crc32(
             handle, _DATA_OFFSET, values_end - _DATA_OFFSET) != values_info.get("crc32"):
         raise _Invalid("values fail their checksum")
     values = np.memmap(handle, dtype=value_dtype, mode=mode, offset=_DATA_OFFSET,
                        shape=(n_probes, width))
+    content_id = (f"{kind}:{encoding}:{decimals}:{n_probes}x{n_samples}:"
+                  f"{values_info.get('crc32'):08x}:{ids_info.get('crc32'):08x}")
     return CachedMatrix(kind, source, location, np.asarray(probe_ids), np.asarray(values),
-                        n_samples, decimals)
+                        n_samples, decimals, content_id)
 
 
 def _file_crc32(handle, offset: int, length: int) -> int:
@@ -1046,6 +1057,6 @@ def _file_crc32(handle, offset: int, length: int) -> int:
         n = handle.readinto(view[:min(length, len(buffer))])
         if not n:
             break
-        crc = zlib.crc32(view[:n], crc)
+        crc = _crc32(view[:n], crc)
         length -= n
     return crc
