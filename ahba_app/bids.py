@@ -477,12 +477,66 @@ def select_atlases(atlases: list[AtlasInput], wanted: Iterable[str] | None) -> l
     return chosen
 
 
+class _RecentAtlases:
+    """The last few group atlases loaded in this process, by the SHA-256 of their files.
+
+    With Nipype's Linear plugin every node runs in one process, and the run's check, the
+    matching, the aggregation and the report would each load (and index) the same atlas again.
+    The key holds every file's checksum (:attr:`AtlasInput.checksums`, taken before loading),
+    so a file changed in place is loaded anew; atlases without checksums are never kept.
+    """
+
+    def __init__(self, size: int = 2):
+        self.size, self.entries = size, {}
+
+    @staticmethod
+    def key(atlas: AtlasInput) -> str | None:
+        files = atlas.files()
+        if (atlas.kind == "donor-native" or not files
+                or any(path not in atlas.checksums for path in files)):
+            return None
+        return json.dumps([atlas.kind, atlas.image, atlas.info, atlas.has_info, atlas.geometry,
+                           atlas.space, [atlas.checksums[path] for path in files]],
+                          default=str)
+
+    def get(self, key: str | None):
+        found = self.entries.pop(key, None) if key is not None else None
+        if found is not None:
+            self.entries[key] = found  # now the most recent
+        return found
+
+    def put(self, key: str | None, value) -> None:
+        if key is None:
+            return
+        self.entries[key] = value
+        while len(self.entries) > self.size:
+            self.entries.pop(next(iter(self.entries)))
+
+
+_RECENT_ATLASES = _RecentAtlases()
+
+
 def load_atlas_input(atlas: AtlasInput, donors, data_dir=None) -> tuple[dict, bool]:
     """``{donor: AtlasTree}`` for ``atlas`` and whether it is one group atlas.
 
     Runs :func:`ahba_app.pipeline.load_atlas` (what the Python API runs), passing the surfaces
-    and space that GIFTI / CIFTI atlases found in the input folder need.
+    and space that GIFTI / CIFTI atlases found in the input folder need. A group atlas with
+    checksums is loaded once per process (see :class:`_RecentAtlases`): callers read the
+    trees, they do not change them.
     """
+    from .datasets import check_donors
+
+    key = _RECENT_ATLASES.key(atlas)
+    tree = _RECENT_ATLASES.get(key)
+    if tree is not None:  # one group atlas serves every donor
+        return {donor: tree for donor in check_donors(donors)}, True
+    trees, group_atlas = _load_atlas_input(atlas, donors, data_dir)
+    if group_atlas and trees:
+        _RECENT_ATLASES.put(key, next(iter(trees.values())))
+    return trees, group_atlas
+
+
+def _load_atlas_input(atlas: AtlasInput, donors, data_dir=None) -> tuple[dict, bool]:
     from . import pipeline
 
     info = atlas.info if atlas.has_info else None

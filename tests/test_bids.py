@@ -190,6 +190,34 @@ def test_load_atlas_input_matches_pipeline_load_atlas(bids_input):
     assert len(trees["9861"].labels) == 68 and trees["9861"].atlas_info is not None
 
 
+def test_a_hashed_group_atlas_is_loaded_once_per_process(bids_input, monkeypatch):
+    from ahba_app import pipeline
+
+    loads = []
+    real = pipeline.load_atlas
+    monkeypatch.setattr(pipeline, "load_atlas", lambda *a, **k: loads.append(a) or real(*a, **k))
+    monkeypatch.setattr(bids, "_RECENT_ATLASES", bids._RecentAtlases(size=1))
+    volume, surface = bids.discover_atlases(bids_input)
+    bids.load_atlas_input(volume, ["9861"])  # no checksums: never kept
+    bids.load_atlas_input(volume, ["9861"])
+    assert len(loads) == 2
+    for atlas in (volume, surface):
+        atlas.checksums = {path: bids.sha256(path) for path in atlas.files()}
+    trees, group = bids.load_atlas_input(volume, ["9861"])
+    again, group_again = bids.load_atlas_input(
+        bids.AtlasInput.from_dict(json.loads(json.dumps(volume.as_dict()))), "all")
+    assert len(loads) == 3 and group and group_again
+    assert set(again) == {"9861", "10021", "12876", "14380", "15496", "15697"}
+    assert all(tree is trees["9861"] for tree in again.values())
+    bids.load_atlas_input(surface, ["9861"])  # the other atlas takes the only place
+    bids.load_atlas_input(volume, ["9861"])
+    assert len(loads) == 5
+    edited = bids.AtlasInput.from_dict(volume.as_dict())
+    edited.checksums = dict(volume.checksums, **{volume.info: "0" * 64})  # its table changed
+    bids.load_atlas_input(edited, ["9861"])
+    assert len(loads) == 6
+
+
 def test_atlas_input_round_trips_through_a_dict(bids_input):
     for atlas in bids.discover_atlases(bids_input):
         again = bids.AtlasInput.from_dict(json.loads(json.dumps(atlas.as_dict())))

@@ -137,6 +137,8 @@ def _check_atlases(atlases, settings, data_dir) -> None:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
+                # hashed first: node hashes, and the atlases kept loaded, go by these checksums
+                atlas.checksums = {path: bids.sha256(path) for path in atlas.files()}
                 trees, group_atlas = bids.load_atlas_input(atlas, donors, data_dir=data_dir)
                 pipeline.check_atlas_settings(group_atlas, settings)
                 pipeline.warn_unreachable_regions(trees, group_atlas, samples,
@@ -164,7 +166,6 @@ def _check_atlases(atlases, settings, data_dir) -> None:
                 raise UsageError(f"atlas-{atlas.name} ({where}) has no labelled region.")
         atlas.n_regions = int(len(tree.labels))
         atlas.constrained = tree.atlas_info is not None
-        atlas.checksums = {path: bids.sha256(path) for path in atlas.files()}
         if not atlas.constrained:
             LGR.warning("atlas-%s has no hemisphere/structure information: samples are matched "
                         "without these constraints (the report says so).", atlas.name)
