@@ -27,8 +27,10 @@ table is sorted by probe id), as abagen's ``idxmax``/``argmax`` do.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
@@ -45,6 +47,7 @@ __all__ = [
     "DONOR_PROBES",
     "SELECTION_ALIASES",
     "SELECTION_METHODS",
+    "UNSTORED_METHODS",
     "check_donor_probes",
     "check_ibf_threshold",
     "check_probe_selection",
@@ -56,6 +59,8 @@ __all__ = [
     "reannotate_probes",
     "select_probes",
 ]
+
+LOGGER = logging.getLogger(__name__)
 
 # float64 values per working chunk (16 MB): chunks are read from the source matrix as needed,
 # so no full float64 (or even full gathered float32) copy of the data is ever made
@@ -1037,6 +1042,74 @@ class ChosenProbes:
                             columns=_gene_columns(data.genes, which), copy=False)
 
 
+# ---------------------------------------------------------------------------------------------
+# choices kept beside the matrix caches (see ahba_app.selection_cache)
+# ---------------------------------------------------------------------------------------------
+#: Methods whose choice is never stored: it depends on files the key does not digest.
+UNSTORED_METHODS = ("rnaseq",)
+
+
+def _choice_store(data: _Data, method: str, donor_probes: str) -> tuple[Path, str] | None:
+    """(file, key) of this choice in the store, or None when it cannot be stored: a donor's
+    microarray is not from a cache, or probe ids repeat."""
+    from . import selection_cache
+
+    donors = []
+    for donor in data.donors:
+        cached = data.matrices[donor].cached
+        if cached is None or cached.cache is None or cached.content_id is None:
+            return None
+        annotation = data.annotation[donor]
+        structures = (annotation["structure_id"].to_numpy()
+                      if "structure_id" in annotation.columns else None)
+        donors.append((str(donor), cached.content_id, data.cols[donor], structures))
+    genes = data.genes
+    if not pd.Index(genes.probe_ids).is_unique:
+        return None
+    key = selection_cache.choice_key(method, donor_probes, genes.probe_ids, genes.gene_of,
+                                     genes.symbols, donors)
+    folder = Path(data.matrices[data.donors[0]].cached.cache).parent
+    return selection_cache.path_for(folder, key), key
+
+
+def _load_choices(data: _Data, path: Path, key: str) -> dict | None:
+    """The stored choices as :data:`DONOR_PROBES` returns them, or None (none stored, or they do
+    not fit this probe table: every probe must exist and belong to its gene)."""
+    from . import selection_cache
+
+    genes = data.genes
+    stored = selection_cache.load(path, key, len(genes.symbols))
+    if stored is None:
+        return None
+    keys = {"all": "all", **{str(donor): donor for donor in data.donors}}
+    position_of = pd.Index(genes.probe_ids)
+    choices = {}
+    for name, choice in stored.items():
+        chosen = choice.probe_ids >= 0
+        found = position_of.get_indexer(choice.probe_ids[chosen])
+        if (name not in keys or (found < 0).any()
+                or (genes.gene_of[found] != np.flatnonzero(chosen)).any()):
+            LOGGER.info("Not using the stored probe choice %s (it does not fit the probe "
+                        "table); choosing again", path)
+            return None
+        position = np.full(len(genes.symbols), -1, dtype=np.intp)
+        position[chosen] = found
+        choices[keys[name]] = _Choice(position, choice.scores, choice.criterion)
+    LOGGER.info("Probe choice read from %s (made before on the same data and options)", path)
+    return choices
+
+
+def _save_choices(data: _Data, choices: dict, path: Path, key: str) -> None:
+    from . import selection_cache
+
+    ids = data.genes.probe_ids
+    selection_cache.save(path, key, {
+        str(name): selection_cache.StoredChoice(
+            np.where(choice.position >= 0, ids[np.maximum(choice.position, 0)], -1),
+            np.asarray(choice.score, dtype=np.float64), choice.criterion)
+        for name, choice in choices.items()})
+
+
 def select_probes(microarray: Mapping, annotation: Mapping, probes,
                   method: str = "diff_stability", donor_probes: str = "aggregate",
                   rnaseq: Mapping | None = None) -> tuple[ChosenProbes, pd.DataFrame]:
@@ -1059,7 +1132,12 @@ def select_probes(microarray: Mapping, annotation: Mapping, probes,
                              "criterion": method, "score": np.nan})
         return ChosenProbes(data, frames=frames), info
 
-    choices = DONOR_PROBES[donor_probes](data, SELECTION_METHODS[method], rnaseq=rnaseq)
+    store = _choice_store(data, method, donor_probes) if method not in UNSTORED_METHODS else None
+    choices = _load_choices(data, *store) if store is not None else None
+    if choices is None:
+        choices = DONOR_PROBES[donor_probes](data, SELECTION_METHODS[method], rnaseq=rnaseq)
+        if store is not None:
+            _save_choices(data, choices, *store)
     rows = []
     for key, choice in choices.items():
         which = np.flatnonzero(choice.position >= 0)
