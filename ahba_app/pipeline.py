@@ -212,6 +212,48 @@ class DonorTables(collections.abc.Mapping):
     def n_genes(self, donor) -> int:
         return len(self.chosen.columns(donor))
 
+    def source(self, donor) -> tuple[pd.DataFrame, object] | None:
+        """The donor's chosen probes (:meth:`ahba_app.probes.ChosenProbes.probe_table`) and its
+        cached microarray, from which :func:`read_donor_samples` reads the table again; None
+        when it cannot be read that way (probes averaged, or a microarray given as a table)."""
+        matrix = self.chosen.cached_matrix(donor)
+        table = self.chosen.probe_table(donor)
+        if matrix is None or matrix.content_id is None or table is None:
+            return None
+        return table, matrix
+
+
+def read_donor_samples(microarray, content_id: str | None, annotation: pd.DataFrame,
+                       chosen: pd.DataFrame, samples=None, order: str = "F") -> pd.DataFrame:
+    """A donor's samples x genes table of the probes ``chosen`` (one per gene), read from its
+    microarray cache (``microarray``: the CSV's path), only the rows ``samples`` if given.
+
+    ``content_id`` is what the cache held when the probes were chosen
+    (:attr:`ahba_app.io.CachedMatrix.content_id`): a cache rebuilt since then is an error, not
+    a table of other numbers.
+    """
+    matrix = _io.load_matrix(microarray, "microarray")
+    if content_id is not None and matrix.content_id != content_id:
+        raise ValueError(f"The cache of {microarray} changed after the probes were chosen from "
+                         "it (the file was replaced or its cache rebuilt). Run probe selection "
+                         "again, e.g. with a new work folder.")
+    return _probes.read_chosen_probes(matrix, annotation, chosen, samples, order=order)
+
+
+def normalized_rows(labels: np.ndarray, *, norm_matched: bool = True) -> np.ndarray:
+    """Positions of the samples normalization keeps: with ``norm_matched`` the matched ones
+    (label not 0), otherwise all."""
+    labels = np.asarray(labels)
+    return np.flatnonzero(labels != 0) if norm_matched else np.arange(len(labels))
+
+
+def read_order(sample_norm) -> str:
+    """The memory layout to read a donor's table in before normalization: genes contiguous
+    ('C', quicker) when the sample normalization's numbers cannot depend on the layout,
+    otherwise the layout it always had ('F')."""
+    return ("C" if sample_norm is not None and _normalize.layout_independent(sample_norm)
+            else "F")
+
 
 def select_donor_probes(files: Mapping, annotations: Mapping, probes: pd.DataFrame, *,
                         probe_selection: str = "diff_stability", donor_probes: str = "aggregate",
@@ -450,9 +492,7 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
             sample_facts[donor]["n_matched"] = int((donor_labels != 0).sum())
             coords.append(annotation[["mni_x", "mni_y", "mni_z"]].assign(label=donor_labels,
                                                                           donor=donor))
-            # normalize_donor_expression's samples: with norm_matched, the matched ones
-            keep[donor] = np.flatnonzero(donor_labels != 0 if settings.norm_matched
-                                         else np.ones(len(donor_labels), dtype=bool))
+            keep[donor] = normalized_rows(donor_labels, norm_matched=settings.norm_matched)
             kept[donor] = annotation.iloc[keep[donor]]
             labels[donor] = donor_labels[keep[donor]]
 
@@ -468,10 +508,7 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
     summary["n_genes"] = expressions.n_genes(next(iter(expressions)))
 
     normalized = {}
-    # sample normalization runs along each sample's genes: when its numbers cannot depend on
-    # the layout, give it the genes contiguous (quicker); otherwise the layout it always had
-    order = ("C" if settings.sample_norm is not None
-             and _normalize.layout_independent(settings.sample_norm) else "F")
+    order = read_order(settings.sample_norm)
     # when the group level only needs each donor's region means, they are taken as soon as
     # the donor is normalized, and its sample-level table is dropped (see _DonorStream)
     stream = _DonorStream(atlases, all_labels, settings.missing) if (

@@ -56,6 +56,7 @@ __all__ = [
     "filter_probes",
     "prepare_probes",
     "probe_summary",
+    "read_chosen_probes",
     "reannotate_probes",
     "select_probes",
 ]
@@ -1011,6 +1012,23 @@ class ChosenProbes:
         choices = self._choices
         return choices.get(donor, choices.get("all")).position
 
+    def cached_matrix(self, donor):
+        """The donor's microarray as a cache (:class:`ahba_app.io.CachedMatrix`), or None when
+        it was given as a table."""
+        return self._data.matrices[donor].cached
+
+    def probe_table(self, donor) -> pd.DataFrame | None:
+        """The probe chosen for each of the donor's genes (index ``probe_id``, column
+        ``gene_symbol``, genes in column order): what :func:`read_chosen_probes` reads. None
+        when genes combine several probes (method 'average')."""
+        if self._frames is not None:
+            return None
+        genes = self._data.genes
+        position = self._position(donor)
+        which = np.flatnonzero(position >= 0)
+        return pd.DataFrame({"gene_symbol": genes.symbols[which]},
+                            index=pd.Index(genes.probe_ids[position[which]], name="probe_id"))
+
     def frame(self, donor, samples=None, order: str = "F", buffer=None) -> pd.DataFrame:
         """Samples x genes of ``donor``: every row of its sample table, or the positions
         ``samples`` of them; a new frame each call.
@@ -1040,6 +1058,27 @@ class ChosenProbes:
         values = values.astype(data.dtype(), copy=False)
         return pd.DataFrame(values if order == "C" else values.T, index=index,
                             columns=_gene_columns(data.genes, which), copy=False)
+
+
+def read_chosen_probes(microarray, annotation, chosen: pd.DataFrame, samples=None,
+                       order: str = "F", buffer=None) -> pd.DataFrame:
+    """Samples x genes of one donor for the probes of ``chosen`` (a
+    :meth:`ChosenProbes.probe_table`): the table :meth:`ChosenProbes.frame` gives, read again
+    later from the donor's ``microarray`` (for the cache: only those rows and samples).
+
+    ``annotation`` is the donor's sample table; ``samples``, ``order`` and ``buffer`` are
+    those of :meth:`ChosenProbes.frame`.
+    """
+    genes = _Genes.from_probes(chosen)
+    if (genes.sizes != 1).any():
+        repeated = genes.symbols[np.flatnonzero(genes.sizes != 1)][:3].tolist()
+        raise ValueError(f"The chosen probes must be one per gene; genes {repeated} have "
+                         "several.")
+    data = _Data({"donor": microarray}, {"donor": annotation}, genes)
+    n_genes = len(genes.symbols)
+    given = _Choice(np.arange(n_genes), np.full(n_genes, np.nan), "given")
+    return ChosenProbes(data, choices={"all": given}).frame("donor", samples, order=order,
+                                                             buffer=buffer)
 
 
 # ---------------------------------------------------------------------------------------------

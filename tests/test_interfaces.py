@@ -15,8 +15,8 @@ from ahba_app.interfaces import (AggregateExpression, FilterProbes, GroupDerivat
                                  LocateData, MatchSamples, NormalizeExpression,
                                  ParticipantDerivatives, PrepareSamples, RunReport,
                                  SelectProbes)
-from ahba_app.interfaces._files import (read_frame, read_json, read_labels, write_frame,
-                                        write_labels)
+from ahba_app.interfaces._files import (read_frame, read_json, read_labels, read_samples,
+                                        write_frame, write_json, write_labels)
 
 DONORS = ["9861", "10021"]  # the order fetch gives them in (and pipeline.run uses)
 
@@ -161,14 +161,41 @@ def test_annotate_writes_sample_tables_and_counts(chain):
         assert info["donor"] == donor and info["n_kept"] == len(annotation)
 
 
-def test_expressions_keep_the_stage_dtype(chain):
-    """Samples x genes tables are stored in the dtype the stage made (float32 from the
-    microarray reader), never widened for storage."""
-    ref = chain["reference_samples"].expression
+def test_select_passes_the_probes_to_read_from_the_cache(chain, tmp_path):
+    """Select probes writes which probe each gene got; the next node reads the samples it needs
+    from the microarray cache: the table probe selection gives, in its dtype."""
+    files = read_json(chain["fetch"].files)
+    annotations = {d: read_frame(p) for d, p in zip(DONORS, chain["annotate"].annotation)}
+    expected, _ = pipeline.select_donor_probes(files, annotations,
+                                               read_frame(chain["filter"].probes))
     for donor, path in zip(DONORS, chain["select"].expressions):
-        frame = read_frame(path)
-        assert set(frame.dtypes) == {ref[donor].dtypes.iloc[0]}
-        assert frame.shape[1] == chain["select"].n_genes
+        assert path.endswith(".json")
+        table = read_samples(path, annotations[donor])
+        pd.testing.assert_frame_equal(table, expected.frame(donor), check_exact=True)
+        assert table.shape[1] == chain["select"].n_genes
+        rows = np.array([2, 0])
+        part = read_samples(path, annotations[donor], rows, order="C")
+        pd.testing.assert_frame_equal(part, expected.frame(donor).iloc[rows], check_exact=True)
+        assert part.to_numpy().flags["C_CONTIGUOUS"]
+    stale = read_json(path)
+    stale["content_id"] += "0"  # the cache was rebuilt since: an error, not other numbers
+    with pytest.raises(ValueError, match="changed after the probes were chosen"):
+        read_samples(write_json(stale, tmp_path / "stale.json"), annotations[donor])
+
+
+def test_averaged_probes_are_passed_as_tables(chain, tmp_path):
+    annotations = chain["annotate"].annotation
+    out = _run(SelectProbes(files=chain["fetch"].files, donors=DONORS, annotations=annotations,
+                            probes=chain["filter"].probes, probe_selection="average"),
+               "select_average", tmp_path)
+    files = read_json(chain["fetch"].files)
+    tables = {d: read_frame(p) for d, p in zip(DONORS, annotations)}
+    expected, _ = pipeline.select_donor_probes(files, tables, read_frame(chain["filter"].probes),
+                                               probe_selection="average")
+    for donor, path in zip(DONORS, out.expressions):
+        assert path.endswith(".arrow")
+        pd.testing.assert_frame_equal(read_samples(path, tables[donor]), expected[donor],
+                                      check_exact=True)
 
 
 def test_match_and_normalize_equal_the_pipeline(chain):

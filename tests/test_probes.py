@@ -382,6 +382,23 @@ def test_chosen_probes_read_on_demand_equal_collapse_probes():
             assert part.to_numpy().flags["C_CONTIGUOUS" if order == "C" else "F_CONTIGUOUS"]
 
 
+def test_chosen_probes_are_read_again_from_their_table():
+    micro, annots, table = small_data(dtype=np.float64)
+    chosen, _ = probes.select_probes(micro, annots, table)
+    for donor in micro:
+        picked = chosen.probe_table(donor)
+        assert picked.index.name == "probe_id" and picked["gene_symbol"].is_unique
+        rows = np.array([1, 0])
+        pd.testing.assert_frame_equal(
+            probes.read_chosen_probes(micro[donor], annots[donor], picked, rows, order="C"),
+            chosen.frame(donor, rows, order="C"), check_exact=True)
+    two = pd.concat([picked, picked.iloc[:1].set_axis([table.index.difference(picked.index)[0]])])
+    with pytest.raises(ValueError, match="one per gene"):
+        probes.read_chosen_probes(micro[donor], annots[donor], two)
+    averaged, _ = probes.select_probes(micro, annots, table, method="average")
+    assert averaged.probe_table(donor) is None
+
+
 def test_probe_summary():
     table = pd.DataFrame({"gene_symbol": ["A", "A", "B"]}, index=[1, 2, 3])
     summary = probes.probe_summary({"Probes.csv": table, "selected": {"n_probes": 2,

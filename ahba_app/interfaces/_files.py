@@ -3,6 +3,11 @@
 Tables keep their dtypes (nothing is widened for storage), their index (sample ids may repeat:
 mirrored copies) and the name of their column index (``gene_symbol``). No pickles.
 
+A donor's samples x genes table after probe selection is usually not written at all: the node
+writes which probe was chosen for each gene (``.json``, with the microarray cache's
+``content_id``), and the next node reads only the samples it needs from the cache, as the Python
+API does (:func:`write_chosen_probes`, :func:`read_samples`).
+
 Small tables are zstd-compressed parquet files (``.parquet``). Matrices (samples or regions x
 thousands of genes, one float dtype) are Arrow IPC files (``.arrow``): the matrix's buffer
 (little-endian) as one column of fixed-size binary values, one per row (row-major: each value is
@@ -22,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["check_lengths", "read_frame", "read_json", "read_labels", "write_frame",
-           "write_json", "write_labels"]
+__all__ = ["check_lengths", "read_frame", "read_json", "read_labels", "read_samples",
+           "write_chosen_probes", "write_frame", "write_json", "write_labels"]
 
 
 #: Matrices with at least this many columns are stored as one column of lists.
@@ -31,6 +36,7 @@ _MATRIX_COLUMNS = 64
 _VALUES = "__ahba_values__"
 _MATRIX_KEY = b"ahba_app.matrix"
 _ARROW_MAGIC = b"ARROW1"
+_CHOSEN_KIND = "ahba_app.chosen_probes"
 
 
 def write_frame(frame: pd.DataFrame, path: str | os.PathLike) -> str:
@@ -125,6 +131,37 @@ def _read_matrix(path) -> pd.DataFrame:
 def write_labels(labels, path: str | os.PathLike) -> str:
     """Region label of every sample row (int64) as a one-column parquet file."""
     return write_frame(pd.DataFrame({"label": np.asarray(labels, dtype=np.int64)}), path)
+
+
+def write_chosen_probes(chosen: pd.DataFrame, matrix, path: str | os.PathLike) -> str:
+    """Which probe of the cached microarray ``matrix`` (an :class:`ahba_app.io.CachedMatrix`)
+    was chosen for each gene (``chosen``: index ``probe_id``, column ``gene_symbol``), as JSON
+    at ``path`` (suffix ``.json``): what :func:`read_samples` needs to read the donor's samples
+    x genes table from the cache, instead of a copy of the table."""
+    return write_json({"kind": _CHOSEN_KIND, "microarray": os.fspath(matrix.source),
+                       "content_id": matrix.content_id,
+                       "probe_id": chosen.index.tolist(),
+                       "gene_symbol": chosen["gene_symbol"].tolist()},
+                      Path(path).with_suffix(".json"))
+
+
+def read_samples(path: str | os.PathLike, annotation: pd.DataFrame, rows=None,
+                 order: str = "F") -> pd.DataFrame:
+    """A donor's samples x genes table from probe selection: from its microarray cache for a
+    file of :func:`write_chosen_probes` (only the rows at positions ``rows``, laid out in
+    ``order``), else the table written (``order`` is then the table's own)."""
+    from .. import pipeline
+
+    if Path(path).suffix != ".json":
+        frame = read_frame(path)
+        return frame if rows is None else frame.iloc[rows]
+    found = read_json(path)
+    if not isinstance(found, dict) or found.get("kind") != _CHOSEN_KIND:
+        raise ValueError(f"{path} does not list chosen probes (no kind {_CHOSEN_KIND!r}).")
+    chosen = pd.DataFrame({"gene_symbol": np.array(found["gene_symbol"], dtype=object)},
+                          index=pd.Index(found["probe_id"], dtype=np.int64, name="probe_id"))
+    return pipeline.read_donor_samples(found["microarray"], found["content_id"], annotation,
+                                       chosen, rows, order=order)
 
 
 def read_labels(path: str | os.PathLike) -> np.ndarray:

@@ -15,8 +15,8 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObje
 
 from .. import pipeline
 from ..bids import AtlasInput, load_atlas_input
-from ._files import (check_lengths, read_frame, read_labels, write_frame, write_json,
-                     write_labels)
+from ._files import (check_lengths, read_frame, read_labels, read_samples, write_frame,
+                     write_json, write_labels)
 
 LGR = logging.getLogger("ahba_app")
 
@@ -77,7 +77,9 @@ class MatchSamples(SimpleInterface):
 
 # ---------------------------------------------------------------------------------------------
 class _NormalizeInputSpec(BaseInterfaceInputSpec):
-    expression = File(exists=True, mandatory=True, desc="table: samples x genes of one donor")
+    expression = File(exists=True, mandatory=True,
+                      desc="the donor's samples x genes from select probes (table, or the "
+                           "chosen probes to read from the microarray cache)")
     annotation = File(exists=True, mandatory=True, desc="sample table of the donor")
     labels = File(exists=True, mandatory=True, desc="table: region label of every sample")
     sample_norm = traits.Either(None, traits.Str, default="srs", usedefault=True,
@@ -103,10 +105,16 @@ class NormalizeExpression(SimpleInterface):
     output_spec = _NormalizeOutputSpec
 
     def _run_interface(self, runtime):
-        expression, annotation = pipeline.renumber_samples(read_frame(self.inputs.expression),
-                                                           read_frame(self.inputs.annotation))
+        annotation = read_frame(self.inputs.annotation)
+        labels = read_labels(self.inputs.labels)
+        # only the samples normalization keeps are read (as the Python API does)
+        rows = pipeline.normalized_rows(labels, norm_matched=self.inputs.norm_matched)
+        expression = read_samples(self.inputs.expression, annotation, rows,
+                                  order=pipeline.read_order(self.inputs.sample_norm))
+        _, annotation = pipeline.renumber_samples(annotation.iloc[:, :0], annotation)
+        annotation = annotation.iloc[rows]
         normalized, labels, kept = pipeline.normalize_donor_expression(
-            expression, read_labels(self.inputs.labels), annotation,
+            expression.set_axis(annotation.index, axis=0), labels[rows], annotation,
             sample_norm=self.inputs.sample_norm, gene_norm=self.inputs.gene_norm,
             norm_matched=self.inputs.norm_matched, norm_structures=self.inputs.norm_structures)
         cwd = runtime.cwd

@@ -13,7 +13,8 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObje
                                     traits)
 
 from .. import pipeline
-from ._files import check_lengths, read_frame, read_json, write_frame, write_json
+from ._files import (check_lengths, read_frame, read_json, write_chosen_probes, write_frame,
+                     write_json)
 
 __all__ = ["FilterProbes", "LoadProbes", "LocateData", "PrepareSamples", "SelectProbes"]
 
@@ -175,9 +176,20 @@ class _SelectProbesInputSpec(BaseInterfaceInputSpec):
 
 class _SelectProbesOutputSpec(TraitedSpec):
     expressions = OutputMultiObject(File(exists=True),
-                                    desc="table: samples x genes table of every donor")
+                                    desc="samples x genes of every donor: the probes chosen, to "
+                                         "read from its microarray cache (or the table)")
     selection = File(exists=True, desc="table: the probe chosen for every gene")
     n_genes = traits.Int(desc="genes")
+
+
+def _write_donor_samples(expressions: pipeline.DonorTables, donor: str, folder: str) -> str:
+    """The chosen probes, read again from the cache by the next node (only the samples it
+    needs); the table itself when it cannot be read that way."""
+    stem = os.path.join(folder, f"expression_{donor}")
+    source = expressions.source(donor)
+    if source is None:
+        return write_frame(expressions[donor], stem)
+    return write_chosen_probes(*source, stem)
 
 
 class SelectProbes(SimpleInterface):
@@ -194,10 +206,9 @@ class SelectProbes(SimpleInterface):
             read_json(self.inputs.files), _by_donor(self.inputs.donors, self.inputs.annotations),
             read_frame(self.inputs.probes), probe_selection=self.inputs.probe_selection,
             donor_probes=self.inputs.donor_probes, rnaseq_files=rnaseq)
-        self._results["expressions"] = [
-            write_frame(expressions[d], os.path.join(runtime.cwd, f"expression_{d}"))
-            for d in self.inputs.donors]
+        self._results["expressions"] = [_write_donor_samples(expressions, d, runtime.cwd)
+                                        for d in self.inputs.donors]
         self._results["selection"] = write_frame(selection, os.path.join(
             runtime.cwd, "selection"))
-        self._results["n_genes"] = int(next(iter(expressions.values())).shape[1])
+        self._results["n_genes"] = expressions.n_genes(self.inputs.donors[0])
         return runtime
