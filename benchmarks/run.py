@@ -36,7 +36,13 @@ Cases (all on the six donors, default options unless said otherwise):
            interpolation crashes when a donor has no region it can fill; the script lets it
            add nothing for that donor instead (as ahba-app does);
 ``fine``   Python API with a ~1,000-region volume cut from Desikan-Killiany
-           (``benchmarks/fine_atlas.py``), to show how the cost grows with regions.
+           (``benchmarks/fine_atlas.py``), to show how the cost grows with regions;
+``rechoose`` ahba-app only: ``warm`` with the stored probe choices removed before each run
+           (``ahba_app.selection_cache``), so that it chooses the probes again, as a first
+           run with new data or options does; compared with abagen's ``warm`` medians.
+
+"Caches built" includes, for ahba-app, the probe choice of the case's data and options (an
+untimed run makes it, as it makes the matrix cache); ``rechoose`` shows the cost without it.
 
 Before each measurement the files the tool is about to read are read once (untimed), so that
 they are in the operating system's page cache for both tools alike: "warm" means caches built
@@ -70,7 +76,7 @@ RESULTS = REPO / "benchmarks" / "results"
 DONORS = ("9861", "10021", "12876", "14380", "15496", "15697")
 DATA_FILES = ("MicroarrayExpression.csv", "PACall.csv", "Probes.csv", "SampleAnnot.csv",
               "Ontology.csv")
-CASES = ("cold", "warm", "cli", "mirror", "fine")
+CASES = ("cold", "warm", "cli", "mirror", "fine", "rechoose")
 TOLERANCE = 1e-6
 
 #: abagen 0.1.3 with the only versions it works with (tests/oracle-requirements.txt) and its
@@ -340,6 +346,7 @@ class Bench:
         self.patch = needs_probe_patch(args.data)
         self.results: dict = {}
         self.count = 0
+        self._prepared: set = set()
 
     def env(self, tmp: Path) -> dict:
         env = {k: v for k, v in os.environ.items()
@@ -379,6 +386,17 @@ class Bench:
         if not built:
             print(f"  building {tool}'s cache in {folder} (untimed) ...", flush=True)
             self.api(tool, folder, self.dk, {}, label="prepare")
+        return folder
+
+    def prepared(self, tool: str, atlas, kwargs: dict) -> Path:
+        """The warm folder, after an untimed run with these options (ahba-app stores the probe
+        choice they make, as a user's first run with them does)."""
+        folder = self.warm_folder(tool)
+        key = json.dumps([tool, list(atlas), kwargs], sort_keys=True)
+        if tool == "ahba" and key not in self._prepared:
+            print("  storing ahba-app's probe choice for these options (untimed) ...", flush=True)
+            self.api(tool, folder, atlas, kwargs, label="prepare")
+            self._prepared.add(key)
         return folder
 
     def record(self, case: str, tool: str, figures: dict) -> None:
@@ -429,12 +447,13 @@ class Bench:
             shutil.copy(found[0], self.work / f"output-cli-{tool}{found[0].suffix}")
 
     def mirror(self, rep: int, tools) -> None:
+        both = {"lr_mirror": "bidirectional", "missing": "interpolate"}
         for tool in tools:
             data = self.warm_folder(tool)
             if tool == "ahba":
-                self.record("mirror", tool, self.api(
-                    tool, data, self.dk, {"lr_mirror": "bidirectional",
-                                          "missing": "interpolate"}, label="mirror+interpolate"))
+                data = self.prepared(tool, self.dk, both)
+                self.record("mirror", tool, self.api(tool, data, self.dk, both,
+                                                     label="mirror+interpolate"))
             else:
                 self.record("mirror_only", tool, self.api(
                     tool, data, self.dk, {"lr_mirror": "bidirectional"}, label="mirror"))
@@ -450,6 +469,17 @@ class Bench:
             out = self.work / f"output-fine-{tool}.pkl" if rep == 0 else None
             self.record("fine", tool, self.api(tool, self.warm_folder(tool), atlas, {}, out,
                                                label="fine"))
+
+
+    def rechoose(self, rep: int, tools) -> None:
+        if "ahba" not in tools:
+            return
+        folder = self.warm_folder("ahba")
+        for stored in folder.rglob("selection-*.npz"):  # ahba_app.selection_cache's files
+            stored.unlink()
+        self._prepared.clear()  # the choices of other options are gone too
+        self.record("rechoose", "ahba", self.api("ahba", folder, self.dk, {},
+                                                 label="warm, probes chosen again"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -486,11 +516,12 @@ def compare_outputs(ours: Path, theirs: Path) -> dict:
 def summarize(bench: Bench, args) -> dict:
     res = bench.results
     table, ratios = [], {}
-    for case in ("cold", "warm", "cli", "mirror", "fine"):
-        if case not in res:
+    for case in ("cold", "warm", "cli", "mirror", "fine", "rechoose"):
+        if case not in res or (case == "rechoose" and "abagen" not in res.get("warm", {})):
             continue
         ours = medians(res[case]["ahba"])
-        if case == "mirror":  # abagen runs each option alone: compare with each run
+        if case == "rechoose":  # abagen has nothing to store: its warm run is the same work
+            versus = {case: medians(res["warm"]["abagen"])}  # abagen runs each option alone: compare with each run
             versus = {"mirror": medians(res["mirror_only"]["abagen"]),
                       "mirror (vs interpolate alone)": medians(res["interpolate_only"]["abagen"])}
             table.append(("mirror: abagen lr_mirror alone", "abagen", versus["mirror"]))
