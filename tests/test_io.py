@@ -105,6 +105,13 @@ def donor(tmp_path) -> Path:
     return folder
 
 
+@pytest.fixture(autouse=True)
+def _checksums_not_remembered(monkeypatch):
+    """Every test checks caches afresh: a file damaged in place within the clock tick of its
+    last check (file times move by ticks of a few ms) keeps its identity."""
+    monkeypatch.setattr(io, "_CHECKED_CACHES", {})
+
+
 def _rna(donor: Path) -> Path:
     return donor.parents[1] / "rnaseq" / "rnaseq_donor9861"
 
@@ -705,6 +712,27 @@ def test_damaged_cache_is_rebuilt(donor, monkeypatch, corrupt, name):
     assert len(calls) == 1
     reader(path)
     assert len(calls) == 1
+
+
+def test_a_cache_is_read_whole_once_per_process_until_it_changes(donor, monkeypatch):
+    import time
+
+    path = donor / "MicroarrayExpression.csv"
+    good = io.read_microarray(path).copy(deep=True)  # built and checked
+    checks = []
+    real = io._file_crc32
+    monkeypatch.setattr(io, "_file_crc32", lambda *a: checks.append(a) or real(*a))
+    io.load_matrix(path)
+    io.load_matrix(path, verify=True)
+    assert checks == []  # the same file, unchanged: not read again
+    time.sleep(0.05)  # a later clock tick: the damage moves the file's change time
+    _corrupt_value(io.cache_locations(path)[0])
+    calls = _count_parses(monkeypatch)
+    pd.testing.assert_frame_equal(io.read_microarray(path), good)
+    assert checks and len(calls) == 1  # the damage found: the cache was rebuilt
+    checked = len(checks)
+    io.load_matrix(path)
+    assert len(checks) == checked  # the new file was checked when it was built
 
 
 def test_ensure_cache(donor, monkeypatch):
