@@ -521,7 +521,9 @@ def summarize(bench: Bench, args) -> dict:
             continue
         ours = medians(res[case]["ahba"])
         if case == "rechoose":  # abagen has nothing to store: its warm run is the same work
-            versus = {case: medians(res["warm"]["abagen"])}  # abagen runs each option alone: compare with each run
+            versus = {case: medians(res["warm"]["abagen"])}
+            table.append(("rechoose: abagen's warm runs", "abagen", versus[case]))
+        elif case == "mirror":  # abagen runs each option alone: compare with each run
             versus = {"mirror": medians(res["mirror_only"]["abagen"]),
                       "mirror (vs interpolate alone)": medians(res["interpolate_only"]["abagen"])}
             table.append(("mirror: abagen lr_mirror alone", "abagen", versus["mirror"]))
