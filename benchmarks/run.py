@@ -87,7 +87,7 @@ ABAGEN_REQUIREMENTS = [
 ]
 ABAGEN_PACKAGES = ["abagen", "numpy", "pandas", "scipy", "nibabel", "fastparquet",
                    "python-snappy", "cramjam"]
-AHBA_PACKAGES = ["ahba-app", "numpy", "pandas", "scipy", "nibabel", "pyarrow", "nipype"]
+AHBA_PACKAGES = ["ahba-app", "numpy", "pandas", "scipy", "nibabel", "pyarrow", "nipype", "isal"]
 
 # Each API measurement runs one of these in a fresh interpreter:
 # argv = data_dir atlas info kwargs-json output-pickle-or-dash
