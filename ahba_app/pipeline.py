@@ -289,11 +289,12 @@ def renumber_samples(expression: pd.DataFrame, annotation: pd.DataFrame):
     Mirrored copies repeat their original's sample id; every later stage aligns rows by
     position, and unique ids keep pandas from aligning the copies onto one another.
     """
-    annotation = _renumbered(annotation)
+    annotation = renumbered(annotation)
     return expression.set_axis(annotation.index, axis=0), annotation
 
 
-def _renumbered(annotation: pd.DataFrame) -> pd.DataFrame:
+def renumbered(annotation: pd.DataFrame) -> pd.DataFrame:
+    """The sample table with sample ids 1..n (see :func:`renumber_samples`)."""
     return annotation.set_axis(pd.RangeIndex(1, len(annotation) + 1, name="sample_id"), axis=0)
 
 
@@ -484,7 +485,7 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
                                  tolerance=settings.tolerance)
         labels, kept, coords, keep = {}, {}, [], {}
         for donor in files:
-            annotation = _renumbered(annotations[donor])
+            annotation = renumbered(annotations[donor])
             donor_labels = match_donor_samples(atlases[donor], annotation,
                                                tolerance=settings.tolerance)
             if not (donor_labels != 0).any():

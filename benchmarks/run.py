@@ -105,16 +105,9 @@ import json, sys, warnings
 warnings.simplefilter("ignore")
 import abagen
 data_dir, atlas, info, kwargs, out = sys.argv[1:6]
-if sys.argv[6] == "patch":
-    # abagen crashes when Probes.csv lacks probes of its reannotation table: drop those rows
+if sys.argv[6] == "patch":  # keep_known_probes: see tests/oracle.py
     import abagen.probes_ as probes_
-    _full = probes_.reannotate_probes
-    def _known(probes):
-        table = _full(probes)
-        table = table.loc[table.index.notna()]
-        table.index = table.index.astype("int64")
-        return table
-    probes_.reannotate_probes = _known
+    keep_known_probes(probes_)
 # abagen crashes (pd.concat of nothing) when missing='interpolate' finds nothing to fill for a
 # donor (with atlas info: every empty region in a hemisphere or class the donor has no sample
 # of); let it add no rows for that donor, as it means to
@@ -334,8 +327,12 @@ class Bench:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.scripts = self.work / "scripts"
         self.scripts.mkdir(exist_ok=True)
+        sys.path.insert(0, str(REPO / "tests"))
+        from oracle import KEEP_KNOWN_PROBES  # the patch the parity tests give abagen
+
         for tool, code in _API_SCRIPT.items():
-            (self.scripts / f"{tool}_api.py").write_text(code)
+            prefix = KEEP_KNOWN_PROBES if tool == "abagen" else ""
+            (self.scripts / f"{tool}_api.py").write_text(prefix + code)
         self.python = {"ahba": Path(sys.executable), "abagen": abagen_python}
         self.ahba_cli = Path(sys.executable).with_name("ahba-app")
         self.abagen_cli = abagen_python.with_name("abagen")

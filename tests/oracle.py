@@ -45,9 +45,24 @@ def oracle_python() -> Path:
     return python
 
 
-# Prepended to every oracle snippet. abagen crashes when Probes.csv lacks a probe that its
-# reannotation table names (facts.md): keep only the reannotated rows whose probe exists.
-_PREAMBLE = '''
+#: Python text (for abagen's venv) defining ``keep_known_probes(probes_module)``: abagen crashes
+#: when Probes.csv lacks a probe that its reannotation table names (facts.md); the patched
+#: reannotation keeps only the rows whose probe exists. Also used by benchmarks/run.py.
+KEEP_KNOWN_PROBES = '''
+def keep_known_probes(probes_module):
+    full = probes_module.reannotate_probes
+
+    def reannotate_known_probes(probes):
+        table = full(probes)
+        table = table.loc[table.index.notna()]
+        table.index = table.index.astype("int64")
+        return table
+
+    probes_module.reannotate_probes = reannotate_known_probes
+'''
+
+# Prepended to every oracle snippet (with the patch above applied).
+_PREAMBLE = KEEP_KNOWN_PROBES + '''
 import json, os, sys, warnings
 from pathlib import Path
 import numpy as np
@@ -61,15 +76,7 @@ OUT = Path(sys.argv[2])
 # abagen's rnaseq probe selection ignores data_dir and looks in $ABAGEN_DATA
 if "data" in PARAMS:
     os.environ["ABAGEN_DATA"] = str(PARAMS["data"])
-_full_reannotation = _abagen_probes.reannotate_probes
-
-def _reannotate_known_probes(probes):
-    table = _full_reannotation(probes)
-    table = table.loc[table.index.notna()]
-    table.index = table.index.astype("int64")
-    return table
-
-_abagen_probes.reannotate_probes = _reannotate_known_probes
+keep_known_probes(_abagen_probes)
 
 def save(name, obj):
     pd.to_pickle(obj, OUT / (name + ".pkl"))

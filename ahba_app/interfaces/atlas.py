@@ -63,8 +63,7 @@ class MatchSamples(SimpleInterface):
                                       data_dir=self.inputs.data_dir)
         self._results["labels"], self._results["n_matched"] = [], []
         for donor, path in zip(donors, self.inputs.annotations):
-            annotation = read_frame(path)
-            _, annotation = pipeline.renumber_samples(annotation.iloc[:, :0], annotation)
+            annotation = pipeline.renumbered(read_frame(path))
             labels = pipeline.match_donor_samples(atlases[donor], annotation,
                                                   tolerance=self.inputs.tolerance)
             if not (labels != 0).any():
@@ -111,8 +110,7 @@ class NormalizeExpression(SimpleInterface):
         rows = pipeline.normalized_rows(labels, norm_matched=self.inputs.norm_matched)
         expression = read_samples(self.inputs.expression, annotation, rows,
                                   order=pipeline.read_order(self.inputs.sample_norm))
-        _, annotation = pipeline.renumber_samples(annotation.iloc[:, :0], annotation)
-        annotation = annotation.iloc[rows]
+        annotation = pipeline.renumbered(annotation).iloc[rows]
         normalized, labels, kept = pipeline.normalize_donor_expression(
             expression.set_axis(annotation.index, axis=0), labels[rows], annotation,
             sample_norm=self.inputs.sample_norm, gene_norm=self.inputs.gene_norm,
