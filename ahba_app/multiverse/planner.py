@@ -1,0 +1,203 @@
+"""Shared stages: which intermediate results the pipelines of a grid have in common.
+
+A pipeline is a chain of stages, and each stage's result depends on only some options:
+
+==============  =====================================================================
+stage           the options its result depends on (with those of the stages above)
+==============  =====================================================================
+samples         donors, corrected_mni, lr_mirror, sim_threshold (and reannotated when
+                sim_threshold is set: the similarity filter reads the probes)
+probes          donors, lr_mirror, sim_threshold, reannotated, ibf_threshold,
+                probe_selection, donor_probes (the choice reads sample structures, not
+                coordinates: the stored choice's key has no coordinates either)
+matching        samples + tolerance
+normalization   probes + matching + sample_norm, gene_norm, norm_matched,
+                norm_structures (which only acts through gene_norm: ignored without it)
+aggregation     normalization + missing, region_agg, agg_metric, stability_threshold
+==============  =====================================================================
+
+Pipelines with the same key at a stage share that stage's result: it is computed once. The
+:class:`Plan` counts the distinct results per stage, groups pipelines by their normalization
+(the unit the sweep engine works on: everything downstream is computed together in memory) and
+estimates time, memory and disk from unit costs (:class:`CostModel`).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+import itertools
+from typing import Iterator, Mapping
+
+from .grid import RULES, Grid, Pipeline
+
+__all__ = ["STAGES", "CostModel", "Estimate", "Plan", "plan", "stage_key"]
+
+#: Stage names, upstream first.
+STAGES = ("samples", "probes", "matching", "normalization", "aggregation")
+
+_OWN = {
+    "samples": ("donors", "corrected_mni", "lr_mirror", "sim_threshold"),
+    "probes": ("donors", "lr_mirror", "sim_threshold", "reannotated", "ibf_threshold",
+               "probe_selection", "donor_probes"),
+    "matching": ("tolerance",),
+    "normalization": ("sample_norm", "gene_norm", "norm_matched", "norm_structures"),
+    "aggregation": ("missing", "region_agg", "agg_metric", "stability_threshold"),
+}
+_UPSTREAM = {"samples": (), "probes": (), "matching": ("samples",),
+             "normalization": ("probes", "matching"), "aggregation": ("normalization",)}
+
+
+def _options_of(stage: str) -> set:
+    names = set(_OWN[stage])
+    for above in _UPSTREAM[stage]:
+        names |= _options_of(above)
+    return names
+
+
+def _effective(options: Mapping) -> dict:
+    """The options with those that cannot change the result set to a fixed value."""
+    out = dict(options)
+    if out.get("gene_norm") is None:
+        out["norm_structures"] = False  # structures only group the gene normalization
+    return out
+
+
+def stage_key(stage: str, options: Mapping) -> tuple:
+    """What ``stage``'s result depends on, for a pipeline with ``options`` (canonical): two
+    pipelines with equal keys share the result."""
+    effective = _effective(options)
+    names = _options_of(stage)
+    if stage in ("samples", "matching") and effective.get("sim_threshold") is not None:
+        names = names | {"reannotated"}
+    return tuple((name, effective[name]) for name in sorted(names))
+
+
+# ---------------------------------------------------------------------------------------------
+# estimates
+# ---------------------------------------------------------------------------------------------
+#: full-size AHBA: probes x samples (58,692 x 3,702)
+_FULL_CELLS = 58_692 * 3_702
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Seconds per distinct stage result (and per pipeline for aggregation and statistics) on
+    full-size data, one core; bytes per output row. Defaults are the stage times of the
+    README's "Where the time goes" (warm caches, six donors, DK, 2-core Xeon); scaled by the
+    data's probes x samples for other sizes. An estimate, not a measurement."""
+
+    samples: float = 0.3
+    probes: float = 1.0
+    matching: float = 0.4
+    normalization: float = 0.6
+    aggregation: float = 0.25
+    statistics: float = 0.02
+    row_bytes_tsv: int = 260
+    row_bytes_parquet: int = 40
+    #: float64 samples x genes of one upstream result (normalized donors) on full data,
+    #: mirrored (twice the samples): 7,404 x 15,000 x 8 B, plus the aggregation's tables
+    peak_bytes: int = 7_404 * 15_000 * 8 + 300 * 2**20
+
+
+@dataclass(frozen=True)
+class Estimate:
+    seconds: float
+    peak_bytes: int
+    disk_bytes: int
+
+    def text(self) -> str:
+        hours = self.seconds / 3600
+        when = f"{hours:.1f} h" if hours >= 1 else f"{self.seconds / 60:.1f} min"
+        return (f"estimated (from unit costs, not measured): {when} of compute, peak memory "
+                f"about {self.peak_bytes / 2**30:.1f} GB, {self.disk_bytes / 2**20:.1f} MB "
+                "of results")
+
+
+@dataclass
+class Plan:
+    """The pipelines of a grid grouped by the stage results they share.
+
+    ``counts[stage]``: distinct results of each stage. ``groups``: normalization key -> the
+    upstream combinations (values of :attr:`upstream`, in grid order) sharing that result;
+    each group is one unit of the sweep engine, and :meth:`pipelines` gives its pipelines
+    (every upstream combination crossed with the downstream options, :attr:`downstream`).
+    Only upstream combinations are held, never one object per pipeline.
+    """
+
+    grid: Grid = field(repr=False)
+    upstream: tuple
+    downstream: tuple
+    n_pipelines: int
+    counts: dict
+    groups: dict = field(repr=False)
+
+    @property
+    def n_shared_stages(self) -> int:
+        """Distinct stage results computed once and shared (every stage above aggregation)."""
+        return sum(n for stage, n in self.counts.items() if stage != "aggregation")
+
+    def pipelines(self, key=None) -> Iterator[Pipeline]:
+        """The pipelines of one group (``key``: a key of :attr:`groups`), or of every group,
+        group by group."""
+        keys = list(self.groups) if key is None else [key]
+        down_axes = [self.grid.axes[name] for name in self.downstream]
+        for group in keys:
+            for combo in self.groups[group]:
+                upstream = dict(self.grid.base, **dict(zip(self.upstream, combo)))
+                for down in itertools.product(*down_axes):
+                    yield from self.grid.keep(dict(upstream, **dict(zip(self.downstream,
+                                                                           down))))
+
+    def estimate(self, costs: CostModel = CostModel(), *, cells: int = _FULL_CELLS,
+                 parquet: bool = False) -> Estimate:
+        """Time (one core), peak memory and disk of the run, from ``costs`` scaled to data of
+        ``cells`` probes x samples."""
+        scale = cells / _FULL_CELLS
+        seconds = sum(getattr(costs, stage) * self.counts[stage] for stage in STAGES) \
+            + costs.statistics * self.n_pipelines
+        per_row = costs.row_bytes_parquet if parquet else costs.row_bytes_tsv
+        return Estimate(seconds * scale, int(costs.peak_bytes * max(scale, 0.01)),
+                        per_row * self.n_pipelines)
+
+    def summary(self, costs: CostModel = CostModel(), *, cells: int = _FULL_CELLS,
+                parquet: bool = False) -> str:
+        stages = ", ".join(f"{self.counts[s]:,} {s}" for s in STAGES if s != "aggregation")
+        return (f"{self.n_pipelines:,} pipelines, {self.n_shared_stages:,} shared stage "
+                f"results ({stages}), {self.counts['aggregation']:,} distinct tables; "
+                + self.estimate(costs, cells=cells, parquet=parquet).text())
+
+
+def plan(grid: Grid) -> Plan:
+    """Group the pipelines of ``grid`` by the stage results they share.
+
+    Works on the upstream combinations (the grid's axes that are not aggregation options):
+    the downstream options are crossed with each of them only when pipelines are listed.
+    """
+    downstream = tuple(n for n in grid.axes if n in _OWN["aggregation"])
+    upstream = tuple(n for n in grid.axes if n not in downstream)
+    down_axes = [grid.axes[name] for name in downstream]
+    watched_downstream = any(name in rule.options for rule in RULES for name in downstream)
+    seen: dict = {stage: set() for stage in STAGES[:-1]}
+    groups: dict = defaultdict(list)
+    tables: dict = defaultdict(set)  # normalization key -> downstream values kept
+    n_pipelines = 0
+    for combo in itertools.product(*(grid.axes[name] for name in upstream)):
+        values = dict(grid.base, **dict(zip(upstream, combo)))
+        if watched_downstream:
+            kept = [down for down in itertools.product(*down_axes)
+                    if grid.reason(dict(values, **dict(zip(downstream, down)))) is None]
+        else:  # no rule looks at the downstream options: one check for all of them
+            kept = [] if grid.reason(values) is not None else list(
+                itertools.product(*down_axes))
+        if not kept:
+            continue
+        n_pipelines += len(kept)
+        for stage in STAGES[:-1]:
+            seen[stage].add(stage_key(stage, values))
+        norm_key = stage_key("normalization", values)
+        groups[norm_key].append(combo)
+        tables[norm_key].update(kept)
+    counts = {stage: len(keys) for stage, keys in seen.items()}
+    counts["aggregation"] = sum(len(kept) for kept in tables.values())
+    return Plan(grid, upstream, downstream, n_pipelines, counts, dict(groups))
