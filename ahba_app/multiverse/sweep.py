@@ -1,0 +1,256 @@
+"""The in-process sweep engine: run a :class:`~ahba_app.multiverse.planner.Plan` group by group
+and stream one row of statistics per pipeline to disk.
+
+A group is the pipelines sharing one normalization (:mod:`.planner`): its upstream result (the
+samples, the probe choice, the matching and each donor's normalized table) is computed once by
+:func:`ahba_app.pipeline.run`, then every distinct downstream variant (``missing``,
+``region_agg``, ``agg_metric``, ``stability_threshold``) is aggregated from it in memory by
+:func:`ahba_app.pipeline.aggregate_group`, the function ``get_expression_data`` uses, and the
+statistics (:mod:`.stats`) are taken from that table. Pipelines of a group whose options differ
+only where they cannot change the result (see :func:`~ahba_app.multiverse.planner.stage_key`)
+share their row's numbers. At most one group's tables are in memory at a time; rows go to disk
+every ``flush_rows`` rows (TSV, or Parquet), into a temporary file renamed into place only when
+the sweep has finished: an interrupted sweep leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, TextIO
+
+import pandas as pd
+
+from .. import pipeline as _pipeline
+from . import _options
+from .planner import Plan, stage_key
+from .stats import STATISTICS, TableStatistics
+
+__all__ = ["COLUMNS", "ProgressLine", "RowWriter", "format_value", "group_rows", "sweep"]
+
+#: Columns of the pipelines table: the id, every option, every statistic.
+COLUMNS = ("pipeline_id", *_options.NAMES, *STATISTICS)
+
+_FLOATS = ("ibf_threshold", "sim_threshold", "tolerance", "stability_threshold",
+           "cge_distance_rho", "pc1_variance", "map_rho")
+_INTEGERS = ("n_genes", "n_regions")
+
+
+def format_value(value) -> str:
+    """A cell of the TSV: None as ``none`` (how grids write it), NaN as ``n/a`` (BIDS), floats
+    at full precision (``repr``), booleans ``true``/``false``, donors comma-separated."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else repr(value)
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+class RowWriter:
+    """Rows (dicts with :data:`COLUMNS`) streamed to ``path`` as TSV or Parquet.
+
+    Rows are held until ``flush_rows`` of them are waiting, then written; the file is written
+    under a temporary name in the same folder and moved to ``path`` by :meth:`close`, or removed
+    by :meth:`abort` (a ``with`` block aborts on an exception).
+    """
+
+    def __init__(self, path, *, parquet: bool = False, flush_rows: int = 10_000):
+        self.path = Path(path)
+        self.parquet = parquet
+        self.flush_rows = max(1, int(flush_rows))
+        self.n_rows = 0
+        self._rows: list = []
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
+                                   dir=self.path.parent)
+        self._tmp = Path(tmp)
+        if parquet:
+            import pyarrow.parquet as pq
+
+            os.close(fd)
+            self._writer = pq.ParquetWriter(str(self._tmp), self._schema())
+            self._handle = None
+        else:
+            self._writer = None
+            self._handle = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
+            self._handle.write("\t".join(COLUMNS) + "\n")
+
+    @staticmethod
+    def _schema():
+        import pyarrow as pa
+
+        def kind(name):
+            if name in _FLOATS:
+                return pa.float64()
+            if name in _INTEGERS:
+                return pa.int64()
+            if name in _options.BOOLEANS:
+                return pa.bool_()
+            return pa.string()
+        return pa.schema([(name, kind(name)) for name in COLUMNS])
+
+    def write(self, row: Mapping) -> None:
+        self._rows.append(row)
+        if len(self._rows) >= self.flush_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._rows:
+            return
+        if self._writer is not None:
+            import pyarrow as pa
+
+            columns = {}
+            for name in COLUMNS:
+                values = [row[name] for row in self._rows]
+                if name == "donors":
+                    values = [format_value(v) for v in values]
+                columns[name] = values
+            self._writer.write_table(pa.Table.from_pydict(columns, schema=self._writer.schema))
+        else:
+            self._handle.write("".join("\t".join(format_value(row[name]) for name in COLUMNS)
+                                       + "\n" for row in self._rows))
+        self.n_rows += len(self._rows)
+        self._rows = []
+
+    def close(self) -> Path:
+        self.flush()
+        if self._writer is not None:
+            self._writer.close()
+        else:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            self._handle.close()
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        try:
+            if self._writer is not None:
+                self._writer.close()
+            elif not self._handle.closed:
+                self._handle.close()
+        finally:
+            self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, traceback):
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
+        return False
+
+
+class ProgressLine:
+    """A progress report that also reads well in a batch log: one line (never a carriage
+    return) at most every ``interval`` seconds, and one at the end: pipelines done, share,
+    rate and time left."""
+
+    def __init__(self, total: int, stream: TextIO | None = None, interval: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.total, self.stream, self.interval, self.clock = total, stream, interval, clock
+        self.start = clock()
+        self.last = None
+        self.done = 0
+
+    def line(self) -> str:
+        elapsed = max(self.clock() - self.start, 1e-9)
+        rate = self.done / elapsed
+        left = (self.total - self.done) / rate if rate > 0 else float("inf")
+        share = 100.0 * self.done / self.total if self.total else 100.0
+        return (f"multiverse: {self.done:,}/{self.total:,} pipelines ({share:.1f}%), "
+                f"{rate:.2f} pipelines/s, {_duration(left)} left")
+
+    def update(self, done: int) -> None:
+        self.done = done
+        now = self.clock()
+        if self.last is None or now - self.last >= self.interval or done >= self.total:
+            self.last = now
+            print(self.line(), file=self.stream or sys.stderr, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "unknown time"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _downstream(options: Mapping) -> tuple:
+    return stage_key("aggregation", options)
+
+
+def group_rows(plan: Plan, key, atlas, atlas_info=None, *, data_dir=None,
+               centroids: Mapping | None = None, region_map: pd.Series | None = None,
+               n_proc: int = 1) -> Iterable[dict]:
+    """The rows of one group of ``plan`` (``key``: a key of ``plan.groups``): its upstream
+    result computed once, each distinct downstream variant aggregated from it."""
+    members = list(plan.pipelines(key))
+    first = members[0].kwargs()
+    settings = _pipeline.Settings(**first)
+    with warnings.catch_warnings():
+        # the same warnings (e.g. regions no sample can reach) would repeat for every group
+        warnings.simplefilter("ignore")
+        upstream = _pipeline.run(atlas, atlas_info, settings=settings, data_dir=data_dir,
+                                 n_proc=n_proc, aggregate=False)
+        atlases, _ = _pipeline.load_atlas(atlas, atlas_info, settings.donors,
+                                          data_dir=data_dir)
+    all_labels = next(iter(atlases.values())).labels
+    computed: dict = {}
+    for member in members:
+        variant = _downstream(member.options)
+        if variant not in computed:
+            options = member.options
+            group = _pipeline.aggregate_group(
+                atlases, all_labels, upstream.expression, upstream.annotations,
+                upstream.labels, missing=options["missing"], region_agg=options["region_agg"],
+                agg_metric=options["agg_metric"],
+                stability_threshold=options["stability_threshold"])
+            computed[variant] = TableStatistics(group["expression"], centroids,
+                                                region_map).as_dict()
+        yield dict({"pipeline_id": member.id}, **member.options, **computed[variant])
+
+
+def sweep(plan: Plan, atlas, atlas_info=None, out=None, *, data_dir=None,
+          region_map: pd.Series | None = None, parquet: bool = False, keys=None,
+          progress: ProgressLine | None = None, flush_rows: int = 10_000,
+          n_proc: int = 1) -> Path:
+    """Run the groups of ``plan`` (all, or those of ``keys``) on ``atlas`` and write one row per
+    pipeline to ``out`` (TSV, or Parquet with ``parquet``). Returns ``out``.
+
+    ``atlas`` is checked once (:func:`ahba_app.check_atlas`); its centroids (mm) feed
+    ``cge_distance_rho``. ``region_map`` (a value per region label) feeds ``map_rho``.
+    """
+    from ..atlas import check_atlas
+
+    tree = atlas
+    if not isinstance(atlas, Mapping):
+        tree = check_atlas(atlas, atlas_info)
+        atlas_info = None  # the checked tree carries it
+        centroids = tree.centroids
+    else:
+        centroids = None  # donor-native atlases: no common centroid per region
+    keys = list(plan.groups) if keys is None else list(keys)
+    done = 0
+    with RowWriter(out, parquet=parquet, flush_rows=flush_rows) as writer:
+        for key in keys:
+            for row in group_rows(plan, key, tree, atlas_info, data_dir=data_dir,
+                                  centroids=centroids, region_map=region_map, n_proc=n_proc):
+                writer.write(row)
+                done += 1
+            if progress is not None:
+                progress.update(done)
+    return Path(out)
