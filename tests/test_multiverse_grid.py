@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 
 import pytest
 
@@ -199,3 +200,21 @@ def test_dropped_is_cheap_for_big_grids():
     watched = [n for n in grid.axes if any(n in r.options for r in mgrid.RULES)]
     assert math.prod(len(grid.axes[n]) for n in watched) == 54
     assert list(itertools.islice(grid.pipelines(), 1))[0].options["probe_selection"] == "average"
+
+
+def test_grid_files_are_not_presets():
+    from ahba_app.cli.presets import PresetError, available_presets, load_preset
+
+    assert not any(name.startswith("multiverse-") for name in available_presets())
+    assert "abagen-defaults" in available_presets()
+    with pytest.raises(PresetError, match="multiverse grid"):
+        load_preset(mgrid.grid_path("markello2021"))
+
+
+def test_readme_multiverse_example_runs(capsys):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Multiverse runs", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(code, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "373,248 pipelines" in out and "38,880 normalization" in out

@@ -59,7 +59,9 @@ def available_presets() -> list[str]:
     folder = _preset_folder()
     if not folder.is_dir():
         return []
-    return sorted(p.name[:-5] for p in folder.glob("*.toml"))
+    # multiverse-*.toml files there are grids for --multiverse (ahba_app.multiverse), not presets
+    return sorted(p.name[:-5] for p in folder.glob("*.toml")
+                  if not p.name.startswith("multiverse-"))
 
 
 def preset_path(name_or_path: str | os.PathLike) -> Path:
@@ -92,6 +94,9 @@ def load_preset(name_or_path: str | os.PathLike) -> Preset:
     except (OSError, tomllib.TOMLDecodeError) as err:
         raise PresetError(f"Cannot read preset file {path}: {err}") from None
     params = data.get("parameters", {})
+    if "grid" in data and "parameters" not in data:
+        raise PresetError(f"{path} is a multiverse grid (a [grid] table), not a preset: use it "
+                          "with --multiverse.")
     if not isinstance(params, dict):
         raise PresetError(f"Preset file {path}: [parameters] must be a table of options.")
     unknown = sorted(set(params) - set(PARAMETERS))
