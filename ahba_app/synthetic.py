@@ -15,7 +15,17 @@ Agilent probe names of the reannotation table plus made-up ones. Expression is a
 of position and structure per gene, seen by each probe with its own weight, offset and noise, so
 every probe-selection method has real choices to make. Nothing is real expression data.
 
-Command line: ``python -m ahba_app.synthetic OUT_DIR --size {small,full} --seed N [--zips]``.
+Precision. Real files may carry any number of digits, so the digits written are a choice
+(``precision``): ``"6dp"`` (the default) rounds each log2 intensity to 6 decimals; ``"9"`` and
+``"12"`` round to that many significant digits (8 or 11 decimals below 10, one fewer from 10 up);
+``"17"`` writes every float64 as drawn, in its shortest round-trip form (Python's ``repr``: at most
+17 significant digits, usually 16 or 17). Rounding happens on the float64 values; the number
+written is the shortest decimal that reads back as that float64 (pyarrow's writer, the same
+digits as ``repr``, with plain notation such as ``0.00001`` where ``repr`` writes ``1e-05``).
+:func:`format_values` gives the text of values at a precision, for tests writing their own files.
+
+Command line: ``python -m ahba_app.synthetic OUT_DIR --size {small,full} --seed N
+[--precision {6dp,9,12,17}] [--zips]``.
 """
 
 from __future__ import annotations
@@ -81,8 +91,10 @@ RNA_ANNOT_COLUMNS = ["RNAseq_sample_name", "replicate_sample", "sample_name", "w
 
 #: Probes per chunk when writing expression: fixes the random streams, so it is part of the format.
 CHUNK = 2048
-#: Decimals written for log2 intensities: 6 keeps float32 and float64 readers within 1e-7.
+#: Decimals written for log2 intensities at the default precision ("6dp").
 DECIMALS = 6
+#: Precision choices: "6dp" (6 decimals), or significant digits (17: every float64 as drawn).
+PRECISIONS = ("6dp", "9", "12", "17")
 MIN_LOG2, MAX_LOG2 = 1.5, 18.4
 #: The date stamped on every zip member, so zips are byte-identical across runs.
 ZIP_DATE = (2013, 9, 1, 0, 0, 0)
@@ -587,8 +599,10 @@ def gene_signal(model: Model, rows: np.ndarray, features: np.ndarray) -> np.ndar
 
 
 def expression_chunk(model: Model, probe_slice: slice, donor: str, features: np.ndarray,
-                     seed: int, chunk_index: int) -> tuple[np.ndarray, np.ndarray]:
-    """log2 intensities and PA calls of a slice of probes in one donor's samples."""
+                     seed: int, chunk_index: int, precision: str = "6dp"
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """log2 intensities (rounded to ``precision``) and PA calls of a slice of probes in one
+    donor's samples."""
     rng = np.random.default_rng([seed, 7, int(donor), chunk_index])
     rows = model.probe_gene[probe_slice]
     n_probes, n_samples = len(rows), features.shape[0]
@@ -602,9 +616,50 @@ def expression_chunk(model: Model, probe_slice: slice, donor: str, features: np.
     # soft floor at the background, hard ceiling at saturation, as scanner intensities behave
     values = MIN_LOG2 + np.logaddexp2(0.0, values - MIN_LOG2)
     values = np.minimum(values, MAX_LOG2)
-    values = np.round(values, DECIMALS)
+    values = round_values(values, precision)
     present = values + rng.normal(0, 0.6, values.shape) > model.background[donor]
     return values, present.astype(np.int8)
+
+
+def round_values(values: np.ndarray, precision: str = "6dp") -> np.ndarray:
+    """``values`` rounded as a file of ``precision`` (see :data:`PRECISIONS`) would hold them.
+
+    Each result is the float64 nearest to its rounded decimal (``n / 10**d`` with an integer
+    ``n`` below 2**53, a correctly rounded division), so its shortest repr is that decimal.
+    """
+    check_precision(precision)
+    values = np.asarray(values, dtype=np.float64)
+    if precision == "6dp":
+        return np.round(values, DECIMALS)
+    if precision == "17":
+        return values.copy()
+    digits = int(precision)
+    finite = np.isfinite(values) & (values != 0)
+    magnitude = np.floor(np.log10(np.abs(values, where=finite, out=np.ones_like(values))))
+    decimals = np.where(finite, digits - 1 - magnitude, 0).astype(np.int64)
+    out = values.copy()
+    # 10**d is exact as a float64 for |d| <= 22; the few values outside (none in AHBA's range)
+    # are rounded in two steps, which may differ from the decimal by one unit in the last place
+    up = finite & (decimals >= 0) & (decimals <= 22)
+    scale = 10.0 ** decimals[up]
+    out[up] = np.rint(values[up] * scale) / scale
+    down = finite & (decimals < 0) & (decimals >= -22)
+    scale = 10.0 ** -decimals[down]
+    out[down] = np.rint(values[down] / scale) * scale
+    return out
+
+
+def format_values(values, precision: str = "6dp") -> list[str]:
+    """The text of ``values`` (any shape, flattened) at ``precision``, as Python writes them:
+    ``repr`` of the rounded float64 (so ``1e-05``, ``0.1``, ``18.400000000000002``)."""
+    return [repr(float(v)) for v in round_values(np.ravel(values), precision)]
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"Unknown synthetic precision {precision!r}: choose one of "
+                         f"{', '.join(PRECISIONS)} (6 decimals, or significant digits).")
+    return precision
 
 
 # --------------------------------------------------------------------------------------------
@@ -652,7 +707,8 @@ class _MatrixWriter:
 
 
 def write_donor_microarray(folder: Path, donor: str, samples: pd.DataFrame, probes: pd.DataFrame,
-                           ontology: pd.DataFrame, model: Model, seed: int) -> None:
+                           ontology: pd.DataFrame, model: Model, seed: int,
+                           precision: str = "6dp") -> None:
     """The five microarray files of one donor; expression is drawn and written by probe chunks
     so memory stays flat whatever the size."""
     folder.mkdir(parents=True)
@@ -664,7 +720,7 @@ def write_donor_microarray(folder: Path, donor: str, samples: pd.DataFrame, prob
     with expr, pacall:
         for k, start in enumerate(range(0, len(probes), CHUNK)):
             part = slice(start, min(start + CHUNK, len(probes)))
-            values, present = expression_chunk(model, part, donor, features, seed, k)
+            values, present = expression_chunk(model, part, donor, features, seed, k, precision)
             expr.write(ids[part], values)
             pacall.write(ids[part], present)
     _write_text(folder / "Probes.csv", _csv_text(probes[PROBE_COLUMNS]))
@@ -785,8 +841,12 @@ def write_zip(files: list[Path], target: Path) -> None:
 # Entry points
 # --------------------------------------------------------------------------------------------
 
-def generate(out_dir, size: str = "small", seed: int = 0, zips: bool = False) -> Path:
+def generate(out_dir, size: str = "small", seed: int = 0, zips: bool = False,
+             precision: str = "6dp") -> Path:
     """Write a synthetic AHBA dataset to ``out_dir`` (replacing it) and return its path.
+
+    ``precision`` (see :data:`PRECISIONS`) sets the digits of the microarray values; the same
+    seed gives the same values at every precision, rounded differently.
 
     The files are built in a hidden sibling folder renamed into place at the end, so an
     interrupted run never leaves an ``out_dir`` that looks complete.
@@ -795,6 +855,7 @@ def generate(out_dir, size: str = "small", seed: int = 0, zips: bool = False) ->
         raise ValueError(f"Unknown synthetic size {size!r}: choose one of {sorted(SIZES)}.")
     if int(seed) < 0:
         raise ValueError(f"Synthetic seed must be a non-negative integer, got {seed!r}.")
+    check_precision(precision)
     spec = SIZES[size]
     out_dir = Path(out_dir).resolve()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -803,7 +864,7 @@ def generate(out_dir, size: str = "small", seed: int = 0, zips: bool = False) ->
     if work.exists():
         shutil.rmtree(work)
     try:
-        _build(work, spec, size, int(seed), zips)
+        _build(work, spec, size, int(seed), zips, precision)
         if out_dir.exists():
             old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
             out_dir.rename(old)
@@ -829,7 +890,8 @@ def _remove_abandoned(out_dir: Path) -> None:
             continue
 
 
-def _build(work: Path, spec: SizeSpec, size: str, seed: int, zips: bool) -> None:
+def _build(work: Path, spec: SizeSpec, size: str, seed: int, zips: bool,
+           precision: str = "6dp") -> None:
     rng = np.random.default_rng([seed, 1])
     ontology = make_ontology()
     samples = make_samples(spec, np.random.default_rng([seed, 2]))
@@ -839,7 +901,7 @@ def _build(work: Path, spec: SizeSpec, size: str, seed: int, zips: bool) -> None
     folders = {}
     for donor in DONORS:
         folder = work / "microarray" / f"normalized_microarray_donor{donor}"
-        write_donor_microarray(folder, donor, samples, probes, ontology, model, seed)
+        write_donor_microarray(folder, donor, samples, probes, ontology, model, seed, precision)
         folders[DONORS[donor].microarray_zip_id] = [folder / f for f in MICROARRAY_FILES]
     for donor in RNASEQ_DONORS:
         folder = work / "rnaseq" / f"rnaseq_donor{donor}"
@@ -852,6 +914,7 @@ def _build(work: Path, spec: SizeSpec, size: str, seed: int, zips: bool) -> None
 
     manifest = {
         "generator_version": GENERATOR_VERSION, "size": size, "seed": seed, "zips": zips,
+        "precision": precision,
         "n_probes": len(probes),
         "samples": {d: int((samples["donor"] == d).sum()) for d in DONORS},
         "note": "Synthetic data for testing: not real Allen Human Brain Atlas expression.",
@@ -869,12 +932,18 @@ def main(argv=None) -> int:
                         help="small: ~1/6 of the samples and 2,000 probes; full: real size "
                              "(58,692 probes x 3,702 samples: 2.4 GB, +1 GB with --zips)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="6dp",
+                        help="digits of the microarray values: 6dp rounds to 6 decimals (the "
+                             "default); 9 and 12 round to that many significant digits; 17 writes "
+                             "each float64 as drawn (shortest round-trip form, up to 17 digits)")
     parser.add_argument("--zips", action="store_true",
                         help="also write the per-donor zip archives under mirror/")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    path = generate(args.out_dir, size=args.size, seed=args.seed, zips=args.zips)
-    print(f"Wrote {args.size} synthetic AHBA (seed {args.seed}) to {path} "
+    path = generate(args.out_dir, size=args.size, seed=args.seed, zips=args.zips,
+                    precision=args.precision)
+    print(f"Wrote {args.size} synthetic AHBA (seed {args.seed}, precision {args.precision}) "
+          f"to {path} "
           f"in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return 0
 
