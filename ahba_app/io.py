@@ -26,9 +26,9 @@ Deliberate differences from abagen
 - RNA-seq TPM and counts are float64 even when a column holds whole numbers only.
 - Microarray values are float64 like abagen's, and exact: each is the float64 nearest to the
   decimal written in the CSV (Python's ``float(text)``; pandas' default C parser, which abagen
-  uses, is sometimes one unit in the last place off). The cache stores them losslessly in half
-  the space of float64 (see below); the DataFrame is a new, writable float64 array decoded from
-  it, so writing to the frame never touches the cache.
+  uses, is sometimes one unit in the last place off). The cache stores them losslessly in 3 to
+  7 bytes a value, whatever the digits of the file (see below); the DataFrame is a new, writable
+  float64 array decoded from it, so writing to the frame never touches the cache.
 
 The binary cache
 ----------------
@@ -37,16 +37,20 @@ in blocks of a few MB, so the build needs little memory beyond the blocks) into 
 later reads map that file and never parse CSV again. ``parquet=True`` (abagen's name) means "use
 the cache"; ``parquet=False`` parses the CSV into memory (float64) and writes nothing.
 
-Lossless microarray storage. The AHBA CSVs write each value with a few decimals, so a value v
-parsed as float64 is stored as the int32 ``n = rint(v * 10**k)`` with the smallest k in 0..9
-for which every value of the file round-trips bit for bit (``n / 10**k == v`` in float64, and
-``|n| < 2**31``). As IEEE division is correctly rounded and 10**k is exact, ``n / 10**k`` is the
-float64 nearest to the decimal n * 10**-k, which is what parsing the text gave: decoding is exact.
-k is found on the first block of rows; a later block that needs more decimals restarts the build
-with a larger k. A file that no k fits (more than nine decimals, values too large for int32 at
-the k needed, NaN or empty cells) is stored as float64 instead: exact, but twice the size (a note
-is logged). The encoding and k are recorded in the cache's header. :func:`select_rows` decodes
-only the rows it is asked for, in blocks of a few MB.
+Lossless microarray storage, at any precision ("row-scaled"). Each row (probe) is stored for
+itself as integers ``n`` with ``value == float64(n) / d`` bit for bit, where ``d`` is ``10**k``
+(decimals: the fewest k, and integers up to 2**53) or ``2**q`` (binary fixed point, for values
+with more digits than 15 decimals hold, e.g. 17 significant digits). For decimals this is the
+parse of the text itself: IEEE division is correctly rounded and 10**k is exact, so ``n / 10**k``
+is the float64 nearest to the decimal n * 10**-k; for binary it is exact arithmetic. Every row's
+candidate is decoded as readers decode it and compared bit for bit before it is accepted; a row
+nothing holds (NaN, infinities, -0.0, magnitudes too far apart) is kept as float64. The
+integers are stored minus the row's least, in the fewest bytes holding the row's range: 3 bytes
+a value for 6 decimals, 4 for 9 significant digits, 5 for 12, 7 for 17 (AHBA-like rows, whose
+values span less than 10). Rows of one width form one segment, so a reader gathers the rows it
+wants with a strided view and decodes them block by block (:func:`decode_rows`): a few ns a
+value, nothing but the result held in float64. The alternatives measured (a general-purpose
+compressor, float32 plus a correction) are in ``README.md``, Performance.
 
 Location. ``<folder of the CSV>/.ahba-cache/<file name>.cache`` when that folder is writable.
 Otherwise (a read-only folder, e.g. a Singularity bind mount) under a cache root keyed by the
@@ -55,20 +59,23 @@ where ``<root>`` is ``$AHBA_CACHE_DIR``, else ``$XDG_CACHE_HOME/ahba-app``, else
 ``~/.cache/ahba-app``. A valid cache is looked for in both places, beside the data first. When
 no location is writable the CSV is parsed into memory with a warning.
 
-Layout of a cache file (format version 2, little-endian)::
+Layout of a cache file (format version 3, little-endian)::
 
     0    preamble (64 bytes): magic b"AHBAMTX\\0", uint32 version, uint32 0,
          uint64 header offset, uint64 header length
-    64   values: microarray int32 (P, S) row-major, v * 10**k (or float64 (P, S) as a fallback);
-         PACall bits packed along samples (np.packbits, big bit order) uint8 (P, ceil(S / 8))
+    64   values. PACall: bits packed along samples (np.packbits, big bit order), uint8
+         (P, ceil(S / 8)). Microarray: segments at 64-byte boundaries, each followed by 8 spare
+         bytes: segment 0 float64 (rows, S); segment w (1..8) unsigned w-byte integers (rows, S)
+    ..   microarray row table, in file order: segment uint8 (P,), base int64 (P,), divisor
+         float64 (P,); the value is float64(base + stored) / divisor
     ..   probe ids: int64 (P,), at a 64-byte boundary
-    ..   header: UTF-8 JSON with the kind, the shapes, dtypes, encoding (``"int32-decimal"``
-         with ``"decimals": k``, ``"float64"`` or ``"packed-bits"``) and offsets, a CRC-32 of
-         each array, and the source file's absolute path, size and mtime_ns
+    ..   header: UTF-8 JSON with the kind, the shapes, the encoding (``"row-scaled"`` with its
+         segments, or ``"packed-bits"``) and offsets, a CRC-32 of the values region and of each
+         array, and the source file's absolute path, size and mtime_ns
 
-Sizes: int32 plus packed bits is about 0.45 of the size of abagen's snappy parquet files (the
-same as float32: 860 MB against 1.9 GB for the six donors). Version 1 caches (float32, lossy)
-are rebuilt.
+Sizes, full-size synthetic data, six donors: 0.35 of abagen's snappy parquet files at 6
+decimals, 0.46 at 9 significant digits, 0.57 at 12, 0.80 at 17. Caches of other versions
+(1: float32, lossy; 2: int32 decimals, else float64) are rebuilt, never read.
 
 Validity. A cache is used only if its magic, version and kind match, its file size equals what
 the header describes, the source's size and mtime_ns equal those recorded, and the CRC-32s of
@@ -111,8 +118,8 @@ except ImportError:  # pragma: no cover - isal has wheels for the usual platform
     from zlib import crc32 as _crc32
 
 __all__ = [
-    "AHBAFileError", "CACHE_DIRNAME", "CACHE_FORMAT_VERSION", "CachedMatrix", "cache_locations",
-    "check_microarray_pacall", "ensure_cache", "load_matrix", "probe_positions", "read_annotation",
+    "AHBAFileError", "CACHE_DIRNAME", "CACHE_FORMAT_VERSION", "CachedMatrix", "RowCodes",
+    "cache_locations", "check_microarray_pacall", "decode_rows", "ensure_cache", "load_matrix", "probe_positions", "read_annotation",
     "read_counts", "read_genes", "read_microarray", "read_ontology", "read_pacall", "read_probes",
     "read_tpm", "select_rows",
 ]
@@ -123,7 +130,8 @@ PathLike = Union[str, os.PathLike]
 
 #: Version of the cache file layout; caches of any other version are rebuilt.
 #: 1: microarray float32 (lossy). 2: microarray int32 decimals (or float64), exact.
-CACHE_FORMAT_VERSION = 2
+#: 3: microarray rows as scaled integers of 1 to 8 bytes (or float64), exact at any precision.
+CACHE_FORMAT_VERSION = 3
 #: Folder created beside the data to hold the caches.
 CACHE_DIRNAME = ".ahba-cache"
 #: The two matrix kinds that are cached, with the file names they come from.
@@ -138,11 +146,8 @@ _BLOCK_SIZE = 2 << 20          # bytes of CSV per parsed block (about 250 rows o
 _CHECK_CHUNK = 16 << 20        # bytes read at a time when checksumming a cache
 _BUILD_ATTEMPTS = 3
 _MAX_DETAIL = 300              # characters of a parser message quoted in an error
-_DECODE_CHUNK = 4 << 20        # bytes of float64 decoded at a time
-_MAX_DECIMALS = 9              # 10**9 * 2 > 2**31: more decimals cannot fit int32 anyway
-_INT32_MAX = 2**31 - 1
 # values encodings recorded in a cache header
-_INT32_DECIMAL, _FLOAT64, _PACKED_BITS = "int32-decimal", "float64", "packed-bits"
+_ROW_SCALED, _PACKED_BITS = "row-scaled", "packed-bits"
 
 
 class AHBAFileError(ValueError):
@@ -152,6 +157,31 @@ class AHBAFileError(ValueError):
 # --------------------------------------------------------------------------------------------
 # Arrays held in the cache
 # --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class RowCodes:
+    """How each row of a microarray cache is stored (the ``"row-scaled"`` encoding).
+
+    Row ``r`` lives in segment ``segment[r]`` at position ``slot[r]``. Segment 0 holds rows as
+    float64; segment ``w`` (1..8) holds rows as ``w``-byte unsigned integers ``u``, and the
+    value is ``float64(base[r] + u) / divisor[r]`` (``divisor`` is ``10**k`` or ``2**q``, exact
+    in float64). ``views[w]`` is a (rows, S) view of segment ``w``; for ``w`` of 3, 5, 6 or 7 it
+    reads 4 or 8 bytes per value (the segment is padded) and ``masks[w]`` keeps the low ``w``
+    bytes.
+    """
+
+    segment: np.ndarray
+    slot: np.ndarray
+    base: np.ndarray
+    divisor: np.ndarray
+    views: dict
+    masks: dict
+
+    def widths(self) -> dict:
+        """Rows per segment (0: float64; w: w bytes per value)."""
+        counts = np.bincount(self.segment, minlength=9)
+        return {int(w): int(n) for w, n in enumerate(counts) if n}
+
 
 @dataclass(frozen=True, eq=False)
 class CachedMatrix:
@@ -168,14 +198,13 @@ class CachedMatrix:
         Probe ids, in file order (read-only).
     values : ndarray
         The stored array, read-only (use :func:`select_rows` for the values themselves).
-        Microarray: (P, S) int32 holding ``value * 10**decimals``, or (P, S) float64 when
-        ``decimals`` is None. PACall: (P, ceil(S / 8)) uint8, the present/absent calls packed
-        along samples with ``np.packbits``.
+        PACall: (P, ceil(S / 8)) uint8, the present/absent calls packed along samples with
+        ``np.packbits``. Microarray from a cache: the bytes of the stored rows (see ``codes``);
+        parsed into memory: (P, S) float64.
     n_samples : int
         S; sample ``j`` (0-based column) has sample id ``j + 1``.
-    decimals : int or None
-        Microarray stored as int32 decimals: the value is ``values / 10**decimals`` (exactly, in
-        float64). None when ``values`` holds the values as they are (or packed bits).
+    codes : RowCodes or None
+        How a microarray cache stores each row; None for PACall and for matrices in memory.
     content_id : str or None
         What the cache file holds, in a few characters (its recorded checksums, shape and
         encoding): equal ids mean the same matrix. None when the CSV was parsed into memory.
@@ -187,7 +216,7 @@ class CachedMatrix:
     probe_ids: np.ndarray
     values: np.ndarray
     n_samples: int
-    decimals: int | None = None
+    codes: RowCodes | None = None
     content_id: str | None = None
 
     @property
@@ -201,11 +230,6 @@ class CachedMatrix:
         return self.kind == "pacall"
 
     @property
-    def scale(self) -> float | None:
-        """``10.0 ** decimals`` (the stored int32 divided by it gives the value), or None."""
-        return None if self.decimals is None else float(10 ** self.decimals)
-
-    @property
     def dtype(self) -> np.dtype:
         """dtype of the values :func:`select_rows` returns: float64 (microarray) or bool."""
         return np.dtype(bool) if self.packed else np.dtype(np.float64)
@@ -214,10 +238,9 @@ class CachedMatrix:
         """All values as a writable DataFrame labelled like abagen's (probe_id x sample_id).
 
         float64 for microarray, bool for PACall. The values are decoded (or unpacked) into a new
-        array, unless they are float64 and writable already (parsed without a cache, or a
-        float64 cache mapped copy-on-write).
+        array, unless they are float64 in memory and writable already (parsed without a cache).
         """
-        if self.packed or self.decimals is not None or not self.values.flags.writeable:
+        if self.packed or self.codes is not None or not self.values.flags.writeable:
             return _frame(self, select_rows(self))
         return _frame(self, self.values)
 
@@ -246,20 +269,20 @@ def select_rows(matrix: CachedMatrix, rows=None, samples=None) -> np.ndarray:
     """
     values = matrix.values
     n_probes = len(matrix.probe_ids)
-    if matrix.decimals is not None:
-        return _decode_rows(matrix, _row_positions(rows, n_probes), samples)
+    if matrix.codes is not None:
+        positions = _row_positions(rows, n_probes)
+        if isinstance(positions, slice):
+            positions = np.arange(n_probes)[positions]
+        elif positions.ndim != 1:                   # scalar or n-d positions: small, rare
+            flat = decode_rows(matrix, positions.ravel(), samples)
+            return flat.reshape(positions.shape + flat.shape[1:])
+        return decode_rows(matrix, positions, samples)
     if rows is None:
         block = np.array(values)
     elif isinstance(rows, slice):
         block = np.array(values[rows])
     else:
-        rows = np.asarray(rows)
-        if rows.dtype == bool:
-            if rows.shape != (n_probes,):
-                raise IndexError(f"Boolean row mask has shape {rows.shape}; the matrix has "
-                                 f"{n_probes} rows.")
-            rows = np.flatnonzero(rows)
-        block = np.asarray(values[rows])
+        block = np.asarray(values[_row_positions(rows, n_probes)])
     if matrix.packed:
         block = np.unpackbits(block, axis=1, count=matrix.n_samples).view(bool)
     if samples is not None:
@@ -282,33 +305,89 @@ def _row_positions(rows, n_probes: int):
     return rows
 
 
-def _decode_rows(matrix: CachedMatrix, rows, samples) -> np.ndarray:
-    """Some rows (and samples) of an int32-decimal matrix, decoded to float64 block by block."""
-    stored = matrix.values
-    scale = matrix.scale
-    if isinstance(rows, slice):
-        rows = range(*rows.indices(stored.shape[0]))
-    elif rows.ndim != 1:
-        picked = stored[rows]                       # scalar or n-d positions: small, rare
-        if samples is not None:
-            picked = picked[..., samples]
-        return np.divide(picked, scale, dtype=np.float64)
-    columns = None if samples is None else np.atleast_1d(np.arange(matrix.n_samples)[samples])
-    width = matrix.n_samples if columns is None else np.size(columns)
-    out = np.empty((len(rows), width), dtype=np.float64)
-    step = max(1, _DECODE_CHUNK // (8 * max(width, 1)))
-    for start in range(0, len(rows), step):
-        chunk = rows[start:start + step]
-        if isinstance(chunk, range):    # a view: nothing copied yet
-            stop = chunk.stop if chunk.stop >= 0 else None     # a reversed range ending at 0
-            block = stored[chunk.start:stop:chunk.step]
+# values decoded at a time (1 MB of float64): each block stays in the CPU's cache
+_DECODE_VALUES = 1 << 17
+
+
+def decode_rows(matrix: CachedMatrix, rows, samples=None, transposed: bool = False,
+                out: np.ndarray | None = None) -> np.ndarray:
+    """Rows ``rows`` (positions) and samples ``samples`` of a microarray cache, as float64.
+
+    Decoded block by block (about 1 MB of output at a time, on the threads of
+    :func:`ahba_app._blocks.thread_map`), so nothing but the result is ever held in float64.
+    ``transposed`` gives samples x probes. ``out`` (optional): a C-contiguous float64 array of
+    the result's shape to write into (and return). Each value is the float64 the CSV's text
+    parses to, bit for bit.
+    """
+    from ._blocks import thread_map, transpose_into
+
+    codes = matrix.codes
+    rows = np.asarray(rows, dtype=np.intp).ravel()
+    cols = None
+    if samples is not None:
+        cols = np.atleast_1d(np.arange(matrix.n_samples)[samples])
+        if cols.size == matrix.n_samples and np.array_equal(cols, np.arange(matrix.n_samples)):
+            cols = None
+    width = matrix.n_samples if cols is None else len(cols)
+    shape = (width, len(rows)) if transposed else (len(rows), width)
+    if out is None:
+        out = np.empty(shape)
+    elif out.shape != shape or out.dtype != np.float64 or not out.flags.c_contiguous:
+        raise ValueError(f"The output must be a C-contiguous float64 array of shape {shape}.")
+    step = max(1, _DECODE_VALUES // max(width, 1))
+
+    def run(start):  # one block of rows
+        part = rows[start:start + step]
+        if transposed:
+            target = out[:, start:start + len(part)]
+            transpose_into(target, _decode_block(codes, part, cols))
         else:
-            block = stored[chunk]
-        if columns is not None:
-            block = block[:, columns]
-        # int32 -> float64 is exact and the division is correctly rounded: the parsed value
-        np.divide(block, scale, out=out[start:start + len(chunk)], dtype=np.float64)
+            _decode_block(codes, part, cols, out[start:start + len(part)])
+
+    thread_map(run, range(0, len(rows), step))
     return out
+
+
+def _decode_block(codes: RowCodes, rows: np.ndarray, cols, out=None) -> np.ndarray:
+    """Rows (positions) of a row-scaled cache, all samples or ``cols``, as float64."""
+    width = codes.views[next(iter(codes.views))].shape[1] if cols is None else len(cols)
+    if out is None:
+        out = np.empty((len(rows), width))
+    segment = codes.segment[rows]
+    first = segment[0] if len(rows) else 0
+    groups = [(first, slice(None))] if (segment == first).all() else \
+        [(w, np.flatnonzero(segment == w)) for w in np.unique(segment)]
+    for w, pick in groups:
+        picked = rows[pick]
+        view = codes.views[int(w)]
+        slots = codes.slot[picked]
+        stored = view[slots]                 # whole rows (a few kB each), then the samples
+        if cols is not None:
+            stored = np.take(stored, cols, axis=1)
+        if w == 0:
+            out[pick] = stored
+            continue
+        mask = codes.masks.get(int(w))
+        if mask is not None:
+            stored &= mask
+        out[pick] = _scaled_values(_offset_ints(stored, codes.base[picked]),
+                                   codes.divisor[picked])
+    return out
+
+
+def _offset_ints(stored: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """``base + stored`` per row as int64 (added modulo 2**64: the sum always fits int64)."""
+    total = stored.astype(np.uint64)
+    total += base.view(np.uint64)[:, None]
+    return total.view(np.int64)
+
+
+def _scaled_values(ints: np.ndarray, divisor: np.ndarray) -> np.ndarray:
+    """``float64(ints) / divisor`` per row: the one formula of the encoder's check and of every
+    decode, so a value that passed the check decodes to the same bits."""
+    values = ints.astype(np.float64)
+    values /= divisor[:, None]
+    return values
 
 
 def probe_positions(matrix: CachedMatrix, probe_ids) -> np.ndarray:
@@ -795,99 +874,221 @@ def _remove_stale_temporaries(location: Path) -> None:
             pass
 
 
-class _Reencode(Exception):
-    """Rows that the decimals chosen so far cannot hold exactly: write again with ``decimals``
-    (None: float64)."""
+# --- the microarray encoding: each row as scaled integers, or as float64 -----------------------
 
-    def __init__(self, decimals: int | None):
-        super().__init__(decimals)
-        self.decimals = decimals
+_MAX_DECIMALS = 15   # 10**15 * 10 > 2**53: with more decimals, values from 10 up cannot be exact
+_EXACT_INT = 2**53   # integers up to this convert to float64 exactly
+_WIDTH_LIMITS = [2**(8 * w) for w in range(1, 8)]
+
+
+class _RowEncoder:
+    """Encodes blocks of microarray rows, each row for itself (see :class:`RowCodes`).
+
+    A row whose values are all ``n / 10**k`` (in float64, bit for bit) for integers ``n`` up to
+    2**53 is stored as decimals: IEEE division is correctly rounded and ``10**k`` is exact, so
+    ``n / 10**k`` is the float64 nearest to the decimal ``n * 10**-k``, which is what parsing the
+    text gave, whatever the digits were. Other rows (more than 15 decimals, e.g. 17 significant
+    digits) are stored in binary fixed point: ``n / 2**q``, with ``q`` making the smallest value's
+    last mantissa bit one unit; exact by construction. A row neither can hold (NaN, infinity,
+    -0.0, magnitudes too far apart) is stored as float64. Each candidate is checked by decoding it
+    with :func:`_scaled_values`, as readers do, and comparing bits: exactness is tested, not
+    assumed. The integers are stored minus the row's smallest, in the fewest bytes that hold the
+    row's range (3 for 6 decimals, 4 for 9 significant digits, 5 for 12, 7 for 17).
+
+    Decimals tried: on the first block every k from 0 (finding the file's k); later, the largest
+    k used so far, then larger ones for the rows that need them (none, in a file written with a
+    fixed format), so a file of 17-digit values pays for the search once.
+    """
+
+    def __init__(self):
+        self.decimals = None   # the largest k any row needed so far
+        self.first = True
+
+    def encode(self, values: np.ndarray):
+        """(segment, base, divisor, payload) of a block: ``payload[w]`` holds the bytes of the
+        rows of segment ``w``, in order."""
+        values = np.ascontiguousarray(values, dtype="<f8")
+        n_rows, n_cols = values.shape
+        ints = np.zeros((n_rows, n_cols), dtype=np.int64)
+        low, high = np.zeros(n_rows, dtype=np.int64), np.zeros(n_rows, dtype=np.int64)
+        divisor = np.ones(n_rows)
+        todo = np.ones(n_rows, dtype=bool)
+
+        def accept(rows, ok, n, lo, hi, scale):
+            nonlocal ints
+            if rows.size == n_rows and ok.all():
+                ints = n            # the usual case: every row at once, nothing copied
+            else:
+                ints[rows[ok]] = n[ok]
+            done = rows[ok]
+            low[done], high[done], divisor[done], todo[done] = lo[ok], hi[ok], scale[ok], False
+            return done.size
+
+        if self.first:
+            candidates = range(0, _MAX_DECIMALS + 1)
+        elif self.decimals is None:
+            candidates = range(0)
+        else:
+            candidates = range(self.decimals, _MAX_DECIMALS + 1)
+        self.first = False
+        for k in candidates:
+            rows = np.flatnonzero(todo)
+            if rows.size == 0:
+                break
+            scale = np.full(rows.size, float(10 ** k))
+            part = values if rows.size == n_rows else values[rows]
+            if accept(rows, *self._fit(part, scale, _EXACT_INT), scale):
+                self.decimals = k if self.decimals is None else max(self.decimals, k)
+        rows = np.flatnonzero(todo)
+        if rows.size:
+            part = values if rows.size == n_rows else values[rows]
+            finite = np.isfinite(part).all(axis=1)
+            nonzero = np.where(part != 0, np.frexp(part)[1], np.iinfo(np.int32).max)
+            lowest = nonzero.min(axis=1).astype(np.int64)
+            q = np.where(lowest == np.iinfo(np.int32).max, 0, 53 - lowest)
+            usable = finite & (q >= -1000) & (q <= 1000)
+            scale = np.ldexp(1.0, np.where(usable, q, 0))
+            accept(rows, *self._fit(part, scale, 2**63 - 1024, usable), scale)
+        scaled = ~todo
+        base = np.where(scaled, low, 0)
+        largest = (high.view(np.uint64) - low.view(np.uint64))   # modulo 2**64: exact
+        segment = np.zeros(n_rows, dtype=np.uint8)
+        segment[scaled] = 1 + sum((largest[scaled] >= limit).astype(np.uint8)
+                                  for limit in _WIDTH_LIMITS)
+        divisor[~scaled] = 1.0
+        payload = {}
+        for w in np.unique(segment):
+            w = int(w)
+            picked = slice(None) if segment[0] == w and (segment == w).all() else segment == w
+            if w == 0:
+                payload[0] = values[picked]
+                continue
+            offsets = ints[picked].view(np.uint64)
+            offsets -= base[picked].view(np.uint64)[:, None]    # modulo 2**64: exact
+            item = w if w in (1, 2, 4, 8) else (4 if w < 4 else 8)
+            stored = offsets.astype(f"<u{item}", copy=False)
+            if w < item:
+                stored = np.ascontiguousarray(
+                    stored.view(np.uint8).reshape(-1, n_cols, item)[:, :, :w])
+            payload[w] = stored
+        return segment, base, divisor, payload
+
+    @staticmethod
+    def _fit(values: np.ndarray, scale: np.ndarray, limit: int, usable=None):
+        """Which rows of ``values`` ``rint(values * scale)`` stores exactly (integers within
+        +-limit that decode to the same bits); the integers, and each row's least and largest
+        (meaningful for those rows only)."""
+        with np.errstate(invalid="ignore", over="ignore"):
+            scaled = values * scale[:, None]
+            np.rint(scaled, out=scaled)
+            lo, hi = scaled.min(axis=1), scaled.max(axis=1)
+            fits = (lo >= -limit) & (hi <= limit)   # False for NaN and infinities
+        if usable is not None:
+            fits &= usable
+        if not fits.all():
+            scaled[~fits] = 0
+            lo[~fits] = hi[~fits] = 0
+        n = scaled.astype(np.int64)
+        back = _scaled_values(n, scale)
+        same = (back.view(np.int64) == values.view(np.int64)).all(axis=1)
+        return fits & same, n, lo.astype(np.int64), hi.astype(np.int64)
+
+
+class _SegmentFiles:
+    """Temporary files, one per segment, collecting the rows' bytes while a cache is built."""
+
+    def __init__(self, location: Path):
+        self.location = location
+        self.files = {}
+        self.rows = {}
+
+    def append(self, payload: dict) -> None:
+        for w, block in payload.items():
+            if w not in self.files:
+                fd, name = _create_temporary(self.location, os.O_RDWR)
+                self.files[w] = (os.fdopen(fd, "w+b"), name)
+                self.rows[w] = 0
+            self.files[w][0].write(block.astype("<f8", copy=False) if w == 0 else
+                                   block.view(np.uint8))
+            self.rows[w] += len(block)
+
+    def copy_into(self, out, n_cols: int) -> tuple[list, int]:
+        """Write the segments into ``out`` (each at a 64-byte boundary, followed by 8 spare
+        bytes); returns their records and the CRC-32 of all bytes written."""
+        records, crc = [], 0
+        for w in sorted(self.files):
+            handle, _ = self.files[w]
+            start = out.tell()
+            if start % _ALIGN:
+                padding = bytes(-start % _ALIGN)
+                crc = _crc32(padding, crc)
+                out.write(padding)
+                start = out.tell()
+            handle.flush()
+            handle.seek(0)
+            while True:
+                chunk = handle.read(_CHECK_CHUNK)
+                if not chunk:
+                    break
+                crc = _crc32(chunk, crc)
+                out.write(chunk)
+            spare = bytes(8)
+            crc = _crc32(spare, crc)
+            out.write(spare)
+            records.append({"width": w, "offset": start, "rows": self.rows[w],
+                            "bytes": self.rows[w] * n_cols * (8 if w == 0 else w)})
+        return records, crc
+
+    def close(self) -> None:
+        for handle, name in self.files.values():
+            handle.close()
+            try:
+                os.unlink(name)
+            except OSError:
+                pass
 
 
 def _write_cache(source: Path, location: Path, kind: str, stat: os.stat_result) -> None:
+    """Write the cache of ``source`` at ``location`` (a temporary file renamed into place)."""
     LOGGER.info("Converting %s to a binary cache at %s (once)", source, location)
-    decimals = "auto" if kind == "microarray" else None
-    while True:  # decimals only grow, then float64: at most a few passes, almost always one
-        try:
-            return _write_cache_file(source, location, kind, stat, decimals)
-        except _Reencode as change:
-            LOGGER.info("Later rows of %s need %s; converting it again", source,
-                        "float64" if change.decimals is None else f"{change.decimals} decimals")
-            decimals = change.decimals
-
-
-def _fewest_decimals(values: np.ndarray, start: int = 0, largest: int = 0,
-                     current: int | None = None) -> int | None:
-    """The smallest k >= start storing ``values`` exactly as int32 decimals, or None.
-
-    ``largest`` is the largest magnitude already stored with ``current`` decimals: those rows
-    must still fit int32 after scaling by 10**(k - current).
-    """
-    for decimals in range(start, _MAX_DECIMALS + 1):
-        if current is not None and largest * 10 ** (decimals - current) > _INT32_MAX:
-            return None  # more decimals only make it larger
-        if _encode_decimals(values, decimals) is not None:
-            return decimals
-    return None
-
-
-def _encode_decimals(values: np.ndarray, decimals: int) -> tuple[np.ndarray, int] | None:
-    """(``rint(values * 10**decimals)`` as int32, its largest magnitude) if that decodes back
-    to ``values`` bit for bit (so also -0.0, NaN and inf fail); None otherwise."""
-    values = np.ascontiguousarray(values, dtype=np.float64)
-    if values.size == 0:
-        return np.zeros(values.shape, "<i4"), 0
-    scale = float(10 ** decimals)
-    scaled = np.multiply(values, scale)
-    np.rint(scaled, out=scaled)
-    with np.errstate(invalid="ignore"):
-        largest = max(scaled.max(), -scaled.min())
-    if not largest <= _INT32_MAX:  # also NaN
-        return None
-    ints = scaled.astype("<i4")
-    decoded = np.divide(ints, scale, out=scaled)
-    if not np.array_equal(decoded.view(np.int64), values.view(np.int64)):
-        return None
-    return ints, int(largest)
-
-
-def _write_cache_file(source: Path, location: Path, kind: str, stat: os.stat_result,
-                      decimals) -> None:
-    """Write the cache once. ``decimals``: int, None (float64 or PACall) or "auto" (choose
-    from the first block); raises _Reencode when a later block needs more."""
     fd, tmp_name = _create_temporary(location)
+    segments = _SegmentFiles(location) if kind == "microarray" else None
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(bytes(_DATA_OFFSET))
             values_crc = 0
-            ids_blocks = []
-            largest = 0
+            ids_blocks, codes = [], []
+            encoder = _RowEncoder()
+            width = 0
             for probe_ids, values in _iter_blocks(source, kind):
                 n_samples = values.shape[1]
                 if kind == "pacall":
                     values = np.packbits(values, axis=1)
+                    width = values.shape[1]
+                    values_crc = _crc32(values, values_crc)
+                    out.write(values)
+                    values_end = out.tell()
                 else:
-                    if decimals == "auto":
-                        decimals = _fewest_decimals(values)
-                    if decimals is None:
-                        values = values.astype("<f8", copy=False)
-                    else:
-                        encoded = _encode_decimals(values, decimals)
-                        if encoded is None:
-                            raise _Reencode(_fewest_decimals(values, decimals + 1, largest,
-                                                             decimals))
-                        values, block_largest = encoded
-                        largest = max(largest, block_largest)
-                width = values.shape[1]
-                values_crc = _crc32(values, values_crc)
-                out.write(values)
+                    segment, base, divisor, payload = encoder.encode(values)
+                    segments.append(payload)
+                    codes.append((segment, base, divisor))
                 ids_blocks.append(probe_ids)
             probe_ids = np.concatenate(ids_blocks).astype("<i8", copy=False)
             _check_unique(source, kind, probe_ids)
-            if kind == "microarray" and decimals is None:
-                LOGGER.info("%s holds values that int32 decimals cannot store exactly (more than "
-                            "%d decimals, too large, or missing): caching them as float64, "
-                            "exact but twice the usual size", source, _MAX_DECIMALS)
+            extra = {}
+            if kind == "pacall":
+                values_record = {"encoding": _PACKED_BITS, "dtype": "|u1",
+                                 "shape": [int(probe_ids.size), int(width)]}
+            else:
+                records, values_crc = segments.copy_into(out, n_samples)
+                values_end = out.tell()
+                table = {name: np.concatenate([c[i] for c in codes]).astype(dtype, copy=False)
+                         for i, (name, dtype) in enumerate(_ROW_TABLE)}
+                values_record = {"encoding": _ROW_SCALED, "segments": records}
+                for name, _ in _ROW_TABLE:
+                    offset = _pad(out)
+                    out.write(table[name])
+                    extra[name] = {"offset": offset, "crc32": _crc32(table[name])}
             ids_offset = _pad(out)
             out.write(probe_ids)
             header_offset = out.tell()
@@ -900,13 +1101,15 @@ def _write_cache_file(source: Path, location: Path, kind: str, stat: os.stat_res
                            "mtime_ns": stat.st_mtime_ns},
                 "n_probes": int(probe_ids.size),
                 "n_samples": int(n_samples),
-                "values": {"offset": _DATA_OFFSET, "dtype": values.dtype.str,
-                           "shape": [int(probe_ids.size), int(width)],
-                           "crc32": values_crc, **_encoding_record(kind, decimals)},
+                "values": {"offset": _DATA_OFFSET, "end": values_end, "crc32": values_crc,
+                           **values_record},
+                "rows": extra,
                 "probe_ids": {"offset": ids_offset, "dtype": "<i8",
                               "shape": [int(probe_ids.size)],
                               "crc32": _crc32(probe_ids)},
             }
+            if kind == "microarray":
+                LOGGER.info("%s: rows stored with %s", source, _describe_widths(records))
             encoded = json.dumps(header, indent=1).encode()
             out.write(encoded)
             out.seek(0)
@@ -921,23 +1124,27 @@ def _write_cache_file(source: Path, location: Path, kind: str, stat: os.stat_res
         except OSError:
             pass
         raise
+    finally:
+        if segments is not None:
+            segments.close()
     _fsync_folder(location.parent)
 
 
-def _encoding_record(kind: str, decimals: int | None) -> dict:
-    if kind == "pacall":
-        return {"encoding": _PACKED_BITS}
-    if decimals is None:
-        return {"encoding": _FLOAT64}
-    return {"encoding": _INT32_DECIMAL, "decimals": int(decimals)}
+#: The per-row arrays of a row-scaled cache, in file order.
+_ROW_TABLE = (("segment", "|u1"), ("base", "<i8"), ("divisor", "<f8"))
 
 
-def _create_temporary(location: Path) -> tuple[int, str]:
+def _describe_widths(records: list) -> str:
+    return ", ".join(f"{r['rows']} rows as " + ("float64" if r["width"] == 0 else
+                                                f"{r['width']}-byte integers") for r in records)
+
+
+def _create_temporary(location: Path, access: int = os.O_WRONLY) -> tuple[int, str]:
     """A new file beside ``location``, readable by whoever the umask allows (unlike mkstemp)."""
     while True:
         name = str(location) + "." + secrets.token_hex(6) + ".tmp"
         try:
-            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), name
+            return os.open(name, access | os.O_CREAT | os.O_EXCL, 0o666), name
         except FileExistsError:
             continue
 
@@ -1005,33 +1212,28 @@ def _map_checked(handle, location: Path, source: Path, stat: os.stat_result, kin
         values_info, ids_info = header["values"], header["probe_ids"]
         n_probes, n_samples = int(header["n_probes"]), int(header["n_samples"])
         kind_found = header["kind"]
+        values_end = int(values_info["end"])
+        encoding = values_info.get("encoding")
     except (ValueError, KeyError, TypeError) as err:
         raise _Invalid(f"unreadable header ({err})") from None
     if kind_found != kind:
         raise _Invalid(f"holds {kind_found}, not {kind}")
     if recorded.get("size") != stat.st_size or recorded.get("mtime_ns") != stat.st_mtime_ns:
         raise _Invalid(f"{source} changed since the cache was built")
-    encoding, decimals = values_info.get("encoding"), values_info.get("decimals")
-    if kind == "pacall" and encoding == _PACKED_BITS:
-        width, value_dtype, decimals = -(-n_samples // 8), np.dtype("|u1"), None
-    elif kind == "microarray" and encoding == _FLOAT64:
-        width, value_dtype, decimals = n_samples, np.dtype("<f8"), None
-    elif (kind == "microarray" and encoding == _INT32_DECIMAL and type(decimals) is int
-          and 0 <= decimals <= _MAX_DECIMALS):
-        width, value_dtype = n_samples, np.dtype("<i4")
-        mode = "r"  # decoded into new arrays: never written to
-    else:
-        raise _Invalid(f"unknown values encoding {encoding!r} (decimals {decimals!r})")
-    values_end = _DATA_OFFSET + n_probes * width * value_dtype.itemsize
     ids_offset = int(ids_info.get("offset", -1))
     layout_ok = (n_probes > 0 and n_samples > 0
                  and values_info.get("offset") == _DATA_OFFSET
-                 and values_info.get("shape") == [n_probes, width]
-                 and values_info.get("dtype") == value_dtype.str
                  and type(values_info.get("crc32")) is int
-                 and values_end <= ids_offset
+                 and _DATA_OFFSET <= values_end <= ids_offset
                  and ids_info.get("dtype") == "<i8" and ids_info.get("shape") == [n_probes]
                  and ids_offset + 8 * n_probes <= header_offset)
+    if kind == "pacall":
+        width = -(-n_samples // 8)
+        layout_ok = (layout_ok and encoding == _PACKED_BITS
+                     and values_info.get("shape") == [n_probes, width]
+                     and _DATA_OFFSET + n_probes * width <= values_end)
+    elif encoding != _ROW_SCALED:
+        raise _Invalid(f"unknown values encoding {encoding!r}")
     if not layout_ok:
         raise _Invalid("inconsistent layout")
     probe_ids = np.memmap(handle, dtype="<i8", mode="r", offset=ids_offset, shape=(n_probes,))
@@ -1044,12 +1246,70 @@ def _map_checked(handle, location: Path, source: Path, stat: os.stat_result, kin
                            values_end - _DATA_OFFSET) != values_info.get("crc32"):
                 raise _Invalid("values fail their checksum")
             _remember_checked(identity)
-    values = np.memmap(handle, dtype=value_dtype, mode=mode, offset=_DATA_OFFSET,
-                       shape=(n_probes, width))
-    content_id = (f"{kind}:{encoding}:{decimals}:{n_probes}x{n_samples}:"
-                  f"{values_info.get('crc32'):08x}:{ids_info.get('crc32'):08x}")
-    return CachedMatrix(kind, source, location, np.asarray(probe_ids), np.asarray(values),
-                        n_samples, decimals, content_id)
+    codes = None
+    if kind == "pacall":
+        values = np.memmap(handle, dtype="|u1", mode=mode, offset=_DATA_OFFSET,
+                           shape=(n_probes, width))
+        detail = f"{n_probes}x{n_samples}"
+    else:
+        stored = np.memmap(handle, dtype="|u1", mode="r", offset=_DATA_OFFSET,
+                           shape=(values_end - _DATA_OFFSET,))
+        codes = _row_codes(handle, stored, header, n_probes, n_samples)
+        values = stored
+        detail = f"{n_probes}x{n_samples}:" + ",".join(
+            f"{w}={n}" for w, n in sorted(codes.widths().items()))
+    content_id = (f"{kind}:{encoding}:{detail}:{values_info.get('crc32'):08x}:"
+                  f"{ids_info.get('crc32'):08x}")
+    return CachedMatrix(kind, source, location, np.asarray(probe_ids), values, n_samples, codes,
+                        content_id)
+
+
+def _row_codes(handle, stored: np.ndarray, header: dict, n_probes: int,
+               n_samples: int) -> RowCodes:
+    """The per-row table and the segment views of a row-scaled cache (checked)."""
+    try:
+        table = {}
+        for name, dtype in _ROW_TABLE:
+            info = header["rows"][name]
+            offset = int(info["offset"])
+            if (offset % 8 or offset < int(header["values"]["end"])
+                    or offset + n_probes * np.dtype(dtype).itemsize
+                    > int(header["probe_ids"]["offset"])):
+                raise _Invalid("inconsistent row table")
+            array = np.memmap(handle, dtype=dtype, mode="r", offset=offset, shape=(n_probes,))
+            if _crc32(array) != info["crc32"]:
+                raise _Invalid(f"row table '{name}' fails its checksum")
+            table[name] = np.asarray(array)
+        records = header["values"]["segments"]
+        segment = table["segment"]
+        if segment.max(initial=0) > 8:
+            raise _Invalid("inconsistent row table")
+        counts = np.bincount(segment, minlength=9)
+        views, masks = {}, {}
+        for record in records:
+            w, start, n_rows = int(record["width"]), int(record["offset"]), int(record["rows"])
+            item = 8 if w == 0 or w > 4 else (4 if w == 3 else w)
+            length = n_rows * n_samples * (8 if w == 0 else w)
+            if (w in views or not 0 <= w <= 8 or counts[w] != n_rows or start % _ALIGN
+                    or start - _DATA_OFFSET + length + 8 > stored.shape[0]):
+                raise _Invalid("inconsistent segments")
+            dtype = "<f8" if w == 0 else f"<u{item}"
+            step = 8 if w == 0 else w
+            views[w] = np.ndarray((n_rows, n_samples), dtype=dtype, buffer=stored,
+                                  offset=start - _DATA_OFFSET,
+                                  strides=(n_samples * step, step))
+            if 0 < w < item:
+                masks[w] = np.array((1 << (8 * w)) - 1, dtype=dtype)
+        if sum(int(r["rows"]) for r in records) != n_probes:
+            raise _Invalid("inconsistent segments")
+    except (KeyError, TypeError, ValueError) as err:
+        raise _Invalid(f"unreadable row table ({err})") from None
+    # position of each row within its segment (rows are stored in file order)
+    slot = np.empty(n_probes, dtype=np.intp)
+    order = np.argsort(segment, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    slot[order] = np.arange(n_probes) - np.repeat(starts, counts)
+    return RowCodes(segment, slot, table["base"], table["divisor"], views, masks)
 
 
 #: Cache files whose values passed their checksum in this process, oldest first (see

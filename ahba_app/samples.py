@@ -27,7 +27,6 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from ._blocks import thread_map, transpose_into
 
 __all__ = [
     "HEMISPHERES",
@@ -388,11 +387,11 @@ class _DonorMatrix:
         float64 the cache decodes them to, bit for bit. ``out`` (optional): a C-contiguous
         array of the result's shape and dtype to write into (and return).
         """
-        if self.cached is not None and self.cached.decimals is not None:
-            if cols is not None and _is_identity(cols, self.shape[1]):
-                cols = None
-            return _decode_scaled(self.cached.values, self.cached.scale, rows, cols,
-                                  transposed, out)
+        if self.cached is not None and self.cached.codes is not None:
+            from . import io
+
+            rows = np.arange(self.shape[0]) if rows is None else rows
+            return io.decode_rows(self.cached, rows, cols, transposed, out)
         if self.cached is None:
             values = _matrix(self.frame)
             block = _probes_by_samples(values, rows, cols)
@@ -435,8 +434,16 @@ class _DonorMatrix:
     def release(self, rows=None) -> None:
         """Drop the cache pages mapped so far from this process, or those of the rows
         ``rows`` (positions): they stay in the page cache."""
-        if self.cached is not None:
+        if self.cached is None:
+            return
+        codes = self.cached.codes
+        if codes is None or rows is None:
             _release_pages(self.cached.values, rows)
+            return
+        rows = np.asarray(rows)
+        segments = codes.segment[rows]
+        for width in np.unique(segments):
+            _release_pages(codes.views[int(width)], codes.slot[rows[segments == width]])
 
 
 _BIT_COUNTS = np.array([bin(byte).count("1") for byte in range(256)], dtype=np.uint8)
@@ -447,51 +454,6 @@ def _popcount(values: np.ndarray) -> np.ndarray:
     if hasattr(np, "bitwise_count"):  # numpy >= 2.0
         return np.bitwise_count(values)
     return _BIT_COUNTS[values]
-
-
-# int32 values decoded at a time (512 KB, with 1 MB of float64): each block stays in cache
-_DECODE_VALUES = 1 << 17
-
-
-def _decode_scaled(stored: np.ndarray, scale: float, rows, cols, transposed: bool,
-                   out: np.ndarray | None = None) -> np.ndarray:
-    """Rows (and columns) of a cache's int32 ``value * scale`` matrix as float64 values.
-
-    Each value is the int32 converted to float64 (exact) and divided by ``scale`` (correctly
-    rounded), which is how :func:`ahba_app.io.select_rows` decodes it, so the results are the
-    same bit for bit; converting first and dividing in place is about three times quicker than
-    one mixed-type division.
-    """
-    from .io import _row_positions
-
-    n_rows, n_cols = stored.shape
-    rows = np.arange(n_rows)[_row_positions(rows, n_rows)].ravel()
-    if cols is not None:
-        cols = np.atleast_1d(np.arange(n_cols)[cols])
-    width = n_cols if cols is None else len(cols)
-    shape = (width, len(rows)) if transposed else (len(rows), width)
-    if out is None:
-        out = np.empty(shape)
-    elif out.shape != shape or out.dtype != np.float64 or not out.flags.c_contiguous:
-        raise ValueError(f"The output must be a C-contiguous float64 array of shape {shape}.")
-    step = max(1, _DECODE_VALUES // max(width, 1))
-
-    def run(start):  # one block of rows (on several threads)
-        part = rows[start:start + step]
-        block = stored[part]
-        if cols is not None:
-            block = block[:, cols]
-        if transposed:  # copied across tile by tile (int32 to float64: exact), then divided
-            target = out[:, start:start + len(part)]
-            transpose_into(target, block)
-            np.divide(target, scale, out=target)
-        else:
-            target = out[start:start + len(part)]
-            target[...] = block
-            np.divide(target, scale, out=target)
-
-    thread_map(run, range(0, len(rows), step))
-    return out
 
 
 def _release_pages(values: np.ndarray, rows=None) -> None:
@@ -519,7 +481,7 @@ def _release_pages(values: np.ndarray, rows=None) -> None:
             mapping.madvise(advice)
             return
         rows = np.asarray(rows)
-        if rows.size == 0 or values.ndim != 2 or not values.flags.c_contiguous:
+        if rows.size == 0 or values.ndim != 2 or values.strides[0] <= 0:
             return
         # np.memmap maps the file from the granularity boundary below its offset
         offset = int(base.offset)

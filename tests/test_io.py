@@ -216,7 +216,8 @@ def test_microarray_frame_is_writable_without_touching_the_cache(donor, parquet)
     frame = io.load_matrix(path).to_frame()
     frame.iloc[1, 1] = -2.0
     assert io.select_rows(io.load_matrix(path), [1])[0, 1] == 1.8875
-    assert io.load_matrix(path).values[1, 1] == 18875000  # 1.8875 with 7 decimals
+    codes = io.load_matrix(path).codes  # row 1 needs 5 decimals (13.95217): 1.8875 is 188750
+    assert codes.divisor[1] == 1e5 and codes.base[1] == 188750
 
 
 def test_missing_values_are_nan_like_pandas(tmp_path):
@@ -225,10 +226,10 @@ def test_missing_values_are_nan_like_pandas(tmp_path):
     data = io.read_microarray(path)
     assert np.isnan(data.to_numpy()).tolist() == [[False, True, False], [True, False, False]]
     assert data.loc[1, 1] == 2.5 and data.loc[2, 3] == 5
-    # int32 decimals cannot hold NaN: such a file is cached as float64
+    # scaled integers cannot hold NaN: such rows are cached as float64
     matrix = io.load_matrix(path)
-    assert matrix.decimals is None and matrix.values.dtype == np.float64
-    assert _cache_header(matrix.cache)["values"]["encoding"] == "float64"
+    assert matrix.codes.widths() == {0: 2}
+    assert _cache_header(matrix.cache)["values"]["encoding"] == "row-scaled"
 
 
 # ------------------------------------------------------------------------------------------
@@ -258,18 +259,23 @@ def test_mixed_decimals_are_exact(tmp_path):
     path = _write_rows(tmp_path / "MicroarrayExpression.csv",
                        ["2.5,3.123456,18.4", "1.5,7,0.000001", "10.25,4.1,3.999999"])
     matrix = _check_exact_both_ways(path)
-    assert matrix.decimals == 6 and matrix.values.dtype == np.int32
-    assert matrix.values[1].tolist() == [1500000, 7000000, 1]
+    codes = matrix.codes
+    assert codes.divisor.tolist() == [1e6] * 3 and codes.base[1] == 1
+    assert codes.segment.tolist() == [3, 3, 3]  # ranges below 2**24 millionths
+    assert io.select_rows(matrix, [1]).tolist() == [[1.5, 7.0, 0.000001]]
     record = _cache_header(matrix.cache)["values"]
-    assert record["encoding"] == "int32-decimal" and record["decimals"] == 6
-    assert record["dtype"] == "<i4"
+    assert record["encoding"] == "row-scaled"
+    assert [(r["width"], r["rows"]) for r in record["segments"]] == [(3, 3)]
 
 
 def test_fewest_decimals_are_used(tmp_path):
     path = _write_rows(tmp_path / "MicroarrayExpression.csv", ["2,3,-4", "17,1,0"])
-    assert _check_exact_both_ways(path).decimals == 0
+    codes = _check_exact_both_ways(path).codes
+    assert codes.divisor.tolist() == [1, 1] and codes.segment.tolist() == [1, 1]
+    assert codes.base.tolist() == [-4, 0]
     path = _write_rows(tmp_path / "MicroarrayExpression.csv", ["2.25,3.5", "-17.125,1"])
-    assert _check_exact_both_ways(path).decimals == 3
+    codes = _check_exact_both_ways(path).codes
+    assert codes.divisor.tolist() == [100, 1000] and codes.segment.tolist() == [1, 2]
 
 
 @pytest.fixture
@@ -278,55 +284,72 @@ def small_blocks(monkeypatch):
     monkeypatch.setattr(io, "_BLOCK_SIZE", 1 << 10)
 
 
-def test_later_rows_with_more_decimals_rebuild_exactly(tmp_path, small_blocks, monkeypatch):
+def test_later_rows_with_more_decimals_are_exact_in_one_pass(tmp_path, small_blocks,
+                                                              monkeypatch):
     rng = np.random.default_rng(3)
     short = [f"{a:.1f},{b:.1f}" for a, b in rng.uniform(1.5, 18.4, (300, 2))]
     longer = [f"{a:.6f},{b:.4f}" for a, b in rng.uniform(1.5, 18.4, (300, 2))]
     path = _write_rows(tmp_path / "MicroarrayExpression.csv", short + longer)
     calls = _count_parses(monkeypatch)
     matrix = io.load_matrix(path)
-    assert len(calls) == 2  # the first block chose 1 decimal; a later one asked for 6
-    assert matrix.decimals == 6 and matrix.values.dtype == np.int32
+    assert len(calls) == 1  # each row is encoded for itself: nothing to start again
+    divisor = matrix.codes.divisor
+    assert set(divisor[:300]) <= {1.0, 10.0} and set(divisor[300:]) <= {1e4, 1e5, 1e6}
+    assert 1e6 in set(divisor[300:])
     _check_exact_both_ways(path)
-    assert len(calls) == 3  # the parquet=False read only
+    assert len(calls) == 2  # the parquet=False read only
 
 
-@pytest.mark.parametrize("rows, why", [
-    (["2.123456789012,3.5", "4.25,5"], "more than 9 decimals"),
-    (["3.141592653589793,2.718281828459045"], "shortest repr of arbitrary floats"),
-    (["123456789012.5,1", "2,3"], "too large for int32"),
-    (["-0.0,1.5", "2,3"], "negative zero"),
-    (["2.5,inf", "1,2"], "infinity"),
-    (["1e-12,2", "3,4"], "too small"),
+@pytest.mark.parametrize("row, stored", [
+    ("2.123456789012,3.5", 1e12),                     # 12 decimals: 6 bytes
+    ("3.141592653589793,2.718281828459045", 1e15),    # 16 digits, 15 decimals: still decimal
+    ("18.400000000000002,1.5", "binary"),              # 17 digits: 2**-52 units
+    ("0.30000000000000004,0.1", "binary"),
+    ("123456789012.5,1", 10.0),
+    ("1e-12,2", 1e12),
+    ("-0.0,1.5", "float64"),                           # no integer gives -0.0
+    ("2.5,inf", "float64"),
+    ("1e-300,1e300", "float64"),                       # no int64 spans these
+    ("5e-324,2.2250738585072014e-308", "float64"),
 ])
-def test_values_int32_cannot_hold_are_cached_as_float64(tmp_path, rows, why, caplog):
-    path = _write_rows(tmp_path / "MicroarrayExpression.csv", rows)
-    with caplog.at_level("INFO", logger="ahba_app.io"):
-        matrix = _check_exact_both_ways(path)
-    assert matrix.decimals is None and matrix.scale is None
-    assert matrix.values.dtype == np.float64, why
-    record = _cache_header(matrix.cache)["values"]
-    assert record["encoding"] == "float64" and record["dtype"] == "<f8" and "decimals" not in record
-    assert "as float64" in caplog.text
+def test_rows_are_stored_exactly_whatever_their_digits(tmp_path, row, stored):
+    path = _write_rows(tmp_path / "MicroarrayExpression.csv", [row, "2,3"])
+    matrix = _check_exact_both_ways(path)
+    codes = matrix.codes
+    if stored == "float64":
+        assert codes.segment[0] == 0
+    elif stored == "binary":
+        assert codes.segment[0] in (7, 8) and np.log2(codes.divisor[0]).is_integer()
+        assert codes.divisor[0] >= 2**52
+    else:
+        assert codes.divisor[0] == stored and codes.segment[0] > 0
+    assert codes.segment[1] == 1 and codes.divisor[1] == 1
     assert not list(tmp_path.rglob("*.tmp"))
 
 
-@pytest.mark.parametrize("later, decimals", [
-    ("{:.9f}", None),      # 9 decimals of values up to 18.4 overflow int32
-    ("{:.2f}e3", None),    # 6 decimals (from the first rows) of values in the thousands too
-    ("{:.8f}", 8),         # 8 decimals still fit
+@pytest.mark.parametrize("later, divisor", [
+    ("{:.9f}", {1e7, 1e8, 1e9}),
+    ("{:.2f}e3", {1e6}),    # the decimals of earlier rows are tried first: exact, if wider
+    ("{!r}", "binary"),     # up to 17 significant digits after rows of 6 decimals
 ])
-def test_later_rows_that_int32_cannot_hold_fall_back(tmp_path, small_blocks, monkeypatch,
-                                                     later, decimals):
+def test_later_rows_with_other_digits_are_exact(tmp_path, small_blocks, monkeypatch, later,
+                                                divisor):
     rng = np.random.default_rng(4)
     first = [f"{a:.6f},{b:.6f}" for a, b in rng.uniform(1.5, 18.4, (200, 2))]
-    last = [f"{later.format(a)},{later.format(b)}" for a, b in rng.uniform(1.5, 18.4, (200, 2))]
+    last = [f"{later.format(float(a))},{later.format(float(b))}"
+            for a, b in rng.uniform(1.5, 18.4, (200, 2))]
     path = _write_rows(tmp_path / "MicroarrayExpression.csv", first + last)
     calls = _count_parses(monkeypatch)
     matrix = _check_exact_both_ways(path)
-    assert matrix.decimals == decimals
-    assert matrix.values.dtype == (np.float64 if decimals is None else np.int32)
-    assert len(calls) == 2 + 1  # built twice (the restart), parsed once without cache
+    assert len(calls) == 1 + 1  # built once, parsed once without cache
+    assert set(matrix.codes.divisor[:200]) <= {1e5, 1e6}
+    found = set(matrix.codes.divisor[200:])
+    if divisor == "binary":
+        # 16 digits below 9.007 still fit 15 decimals (integers up to 2**53); others: binary
+        assert all(d in (1e14, 1e15) or (np.log2(d).is_integer() and d > 2**40) for d in found)
+        assert any(np.log2(d).is_integer() for d in found)
+    else:
+        assert found <= divisor and max(divisor) in found
 
 
 def test_select_rows_decodes_in_chunks(tmp_path, monkeypatch):
@@ -334,9 +357,9 @@ def test_select_rows_decodes_in_chunks(tmp_path, monkeypatch):
     values = np.round(rng.uniform(1.5, 18.4, (500, 7)), 6)
     path = tmp_path / "MicroarrayExpression.csv"
     path.write_text(_matrix_csv(range(1, 501), values))
-    monkeypatch.setattr(io, "_DECODE_CHUNK", 8 * 7 * 30)  # 30 rows at a time
+    monkeypatch.setattr(io, "_DECODE_VALUES", 7 * 30)  # 30 rows at a time
     matrix = io.load_matrix(path)
-    assert matrix.decimals == 6
+    assert set(matrix.codes.divisor) <= {1e5, 1e6}
     samples = np.array([True, False, True, True, False, False, True])
     rows = rng.permutation(500)[:170]
     cases = [
@@ -385,21 +408,34 @@ def test_version1_float32_cache_is_rebuilt(donor, monkeypatch):
     path = donor / "MicroarrayExpression.csv"
     cache = io.cache_locations(path)[0]
     _write_version1_cache(path, cache)
-    assert io.CACHE_FORMAT_VERSION == 2
+    assert io.CACHE_FORMAT_VERSION == 3
     calls = _count_parses(monkeypatch)
     data = io.read_microarray(path)
     assert len(calls) == 1  # the old cache was not used
     _assert_exact(data, path)
     assert data.iloc[0, 2] == 2.6547653 != np.float64(np.float32(2.6547653))
     header = _cache_header(cache)
-    assert header["version"] == 2 and header["values"]["encoding"] == "int32-decimal"
+    assert header["version"] == 3 and header["values"]["encoding"] == "row-scaled"
     io.read_microarray(path)
     assert len(calls) == 1
+
+
+def test_version2_cache_is_rebuilt_not_misread(donor, monkeypatch):
+    path = donor / "MicroarrayExpression.csv"
+    cache = io.load_matrix(path).cache
+    data = bytearray(cache.read_bytes())
+    data[8:12] = struct.pack("<I", 2)  # the same bytes, announced as the int32 format
+    cache.write_bytes(bytes(data))
+    calls = _count_parses(monkeypatch)
+    _assert_exact(io.read_microarray(path), path)
+    assert len(calls) == 1
+    assert _cache_header(cache)["version"] == 3
 
 
 def test_pacall_cache_records_its_encoding(donor):
     header = _cache_header(io.load_matrix(donor / "PACall.csv").cache)
     assert header["values"]["encoding"] == "packed-bits" and header["values"]["dtype"] == "|u1"
+    assert header["version"] == io.CACHE_FORMAT_VERSION == 3
 
 
 def test_read_probes(donor):
@@ -487,14 +523,17 @@ def test_load_matrix_maps_the_cache_read_only(donor):
     assert matrix.kind == "microarray" and matrix.shape == (5, 4)
     assert matrix.cache == donor / io.CACHE_DIRNAME / "MicroarrayExpression.csv.cache"
     assert matrix.probe_ids.dtype == np.int64 and matrix.probe_ids.tolist() == PROBE_IDS
-    # the stored array: int32 decimals (the file has up to 7 decimals: 9.9999999, 2.6547653)
-    assert matrix.values.dtype == np.int32 and matrix.values.shape == (5, 4)
-    assert matrix.decimals == 7 and matrix.scale == 1e7 and matrix.dtype == np.float64
-    assert matrix.values[0].tolist() == [23680000, 24163000, 26547653, 24255000]
+    # each row as integers over its fewest decimals (9.9999999, 2.6547653: 7), minus its least
+    codes = matrix.codes
+    assert codes.divisor.tolist() == [1e7, 1e5, 1e4, 1e4, 1e7] and matrix.dtype == np.float64
+    assert codes.base[0] == 23680000 and codes.segment[0] == 3
+    row = codes.views[3][codes.slot[0]] & codes.masks[3]
+    assert (row + codes.base[0]).tolist() == [23680000, 24163000, 26547653, 24255000]
     assert not matrix.values.flags.writeable and not matrix.probe_ids.flags.writeable
-    assert isinstance(matrix.values.base, np.memmap) or isinstance(matrix.values, np.memmap)
+    assert not codes.views[3].flags.writeable
+    assert isinstance(matrix.values, np.memmap)
     with pytest.raises(ValueError):
-        matrix.values[0, 0] = 1
+        matrix.values[0] = 1
 
 
 def test_select_rows(donor):
@@ -960,9 +999,10 @@ def test_synthetic_donor_is_exact(ahba_small):
     data = io.read_microarray(path)
     _assert_exact(data, path)
     matrix = io.load_matrix(path)
-    assert matrix.values.dtype == np.int32 and matrix.decimals == 6
-    # int32 is half of float64: the cache holds 4 bytes a value, plus the probe ids and header
-    assert matrix.cache.stat().st_size < 4 * data.size + 8 * len(data) + 64 * 1024
+    assert set(matrix.codes.divisor) <= {1e5, 1e6}  # synthetic: 6 decimals
+    # 3 bytes a value (ranges below 16.7), plus the probe ids, the row table and the header
+    assert matrix.codes.widths() == {3: len(data)}
+    assert matrix.cache.stat().st_size < 3 * data.size + 25 * len(data) + 64 * 1024
     rows = np.arange(0, len(data), 3)
     _assert_bits_equal(io.select_rows(matrix, rows), data.to_numpy()[rows])
 
@@ -978,4 +1018,4 @@ def test_synthetic_donors_read_and_agree(ahba_small):
         assert (np.asarray(expr.probe_ids) == probes.index.to_numpy()).all()
         values = io.select_rows(expr)
         assert 1.5 <= values.min() and values.max() <= 18.4
-        assert expr.values.dtype == np.int32 and expr.decimals == 6  # synthetic: 6 decimals
+        assert set(expr.codes.divisor) <= {1e5, 1e6}  # synthetic: 6 decimals

@@ -279,7 +279,7 @@ def test_donor_matrix_reads_what_select_rows_gives(cached_donor, monkeypatch, th
     from ahba_app import io
 
     monkeypatch.setenv("AHBA_APP_THREADS", threads)
-    monkeypatch.setattr(samples, "_DECODE_VALUES", 50)  # many blocks
+    monkeypatch.setattr(io, "_DECODE_VALUES", 50)  # many blocks
     microarray, _ = cached_donor
     matrix = samples._DonorMatrix(microarray, "microarray")
     rng = np.random.default_rng(0)
