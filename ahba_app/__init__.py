@@ -28,11 +28,16 @@ _LAZY = {
     "relabel_gifti": "atlas",
 }
 
+# sub-modules that ``import ahba_app`` makes reachable as attributes (loaded on first use)
+_SUBMODULES = ("mouse",)
+
 __all__ = ["__version__", "DONORS", "fetch_desikan_killiany", "fetch_donor_info",
            "fetch_fsaverage5", "fetch_gene_group", *_LAZY]
 
 
 def __getattr__(name):
+    if name in _SUBMODULES:
+        return import_module(f".{name}", __name__)
     if name in _LAZY:
         value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
         globals()[name] = value

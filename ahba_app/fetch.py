@@ -39,6 +39,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 import uuid
 import zipfile
 import zlib
@@ -416,37 +417,63 @@ def _try_once(session: requests.Session, url: str, part: Path, desc: str, verbos
         raise _Retry(f"the connection ended after {size:,}{of_total} bytes")
 
 
+def _retrying(once, *, desc: str, verbose: int, fail=AHBADownloadError,
+              cancel: threading.Event | None = None, kept=lambda: ""):
+    """Return ``once(state)``, calling it again after failures another try may fix; or raise.
+
+    ``once`` sets ``state['reached']`` once the server has answered, and raises ``_Retry`` for
+    a failure worth another try. Dropped connections and timeouts are tried again too, up to
+    ``RETRIES`` times with a doubling wait (``BACKOFF``); a server that cannot be reached before
+    it answered (no network, refused, unknown host) fails at once. Failures raise
+    ``fail(reason)``; ``kept()`` is added to the message of the last one. ``cancel`` (set by
+    Ctrl-C handling) stops the waiting.
+    """
+    state = {"reached": False}
+    reason = ""
+    for attempt in range(RETRIES + 1):
+        try:
+            return once(state)
+        except _Retry as exc:
+            reason = str(exc)
+        except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+            if not state["reached"] and _unreachable(exc):
+                raise fail(f"the server could not be reached ({_short(exc)})") from None
+            reason = _short(exc)
+        if attempt < RETRIES:
+            wait = min(BACKOFF * 2 ** attempt, 60.0)
+            _say(verbose, f"{desc}: {reason}; trying again in {wait:g} s "
+                          f"({attempt + 1} of {RETRIES} retries)")
+            if cancel is None:
+                time.sleep(wait)
+            elif cancel.wait(wait):
+                raise _Cancelled
+    raise fail(f"{reason}, {RETRIES + 1} tries{kept()}")
+
+
+def _session() -> requests.Session:
+    """A requests session that says who is asking."""
+    session = requests.Session()
+    session.headers["User-Agent"] = f"ahba-app/{__version__}"
+    return session
+
+
 def _download(url: str, dest: Path, *, desc: str, verbose: int, cancel: threading.Event) -> None:
     """Download ``url`` to ``dest`` through ``dest.part``, resuming and retrying; or raise.
 
     The raised AHBADownloadError carries only the reason; the caller adds what and how to fix.
     """
     part = dest.with_name(dest.name + ".part")
-    state = {"reached": False}
-    with requests.Session() as session:
-        session.headers["User-Agent"] = f"ahba-app/{__version__}"
-        for attempt in range(RETRIES + 1):
-            try:
-                _try_once(session, url, part, desc, verbose, state, cancel)
-                os.replace(part, dest)
-                return
-            except _Retry as exc:
-                reason = str(exc)
-            except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
-                if not state["reached"] and _unreachable(exc):
-                    raise AHBADownloadError(f"the server could not be reached ({_short(exc)})") \
-                        from None
-                reason = _short(exc)
-            if attempt < RETRIES:
-                wait = min(BACKOFF * 2 ** attempt, 60.0)
-                _say(verbose, f"{desc}: {reason}; trying again in {wait:g} s "
-                              f"({attempt + 1} of {RETRIES} retries)")
-                if cancel.wait(wait):
-                    raise _Cancelled
-    kept = ""
-    if part.exists():
-        kept = f"; the {part.stat().st_size:,} bytes received are kept in {part} for the next run"
-    raise AHBADownloadError(f"{reason}, {RETRIES + 1} tries{kept}")
+
+    def kept() -> str:
+        if part.exists():
+            return (f"; the {part.stat().st_size:,} bytes received are kept in {part} for the "
+                    f"next run")
+        return ""
+
+    with _session() as session:
+        _retrying(lambda state: _try_once(session, url, part, desc, verbose, state, cancel),
+                  desc=desc, verbose=verbose, cancel=cancel, kept=kept)
+    os.replace(part, dest)
 
 
 def _short(exc: BaseException) -> str:

@@ -23,7 +23,8 @@ def _isolated_environment(monkeypatch, tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
-    for var in ("AHBA_DATA", "ABAGEN_DATA", "AHBA_APP_MIRROR", "AHBA_CACHE_DIR"):
+    for var in ("AHBA_DATA", "ABAGEN_DATA", "AHBA_APP_MIRROR", "AHBA_APP_ALLEN_API",
+                "AHBA_CACHE_DIR"):
         monkeypatch.delenv(var, raising=False)
 
 
