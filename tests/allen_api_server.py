@@ -44,7 +44,11 @@ requests fail as ``kind``:
 - ``"slow"``: the normal answer after ``delay`` seconds (past a client's timeout);
 - ``"success_false"``: HTTP 200, ``{"success": false, "msg": ...}``;
 - ``"malformed"``: HTTP 200 with JSON cut in the middle;
-- ``"drop"``: the connection is closed without an answer.
+- ``"drop"``: the connection is closed without an answer;
+- ``"first_page"``: the rows from the first one, whatever ``start_row`` asks (a server that
+  does not page).
+
+``fault(kind, after=N)`` lets N requests through first.
 
 The data
 --------
@@ -608,7 +612,7 @@ def run_query(models: dict, model_name: str, params: dict, page_limit: int | Non
 # --------------------------------------------------------------------------------------------
 # The server
 
-_FAULTS = ("http500", "slow", "success_false", "malformed", "drop")
+_FAULTS = ("http500", "slow", "success_false", "malformed", "drop", "first_page")
 _PATH = re.compile(r"/api/v2/data/([A-Za-z]+)/query\.json")
 
 
@@ -632,7 +636,9 @@ class _Handler(BaseHTTPRequestHandler):
         match = _PATH.fullmatch(parts.path)
         server._record(match.group(1) if match else parts.path, params)
         fault = server._next_fault()
-        if fault is not None:
+        if fault is not None and fault[0] == "first_page":
+            params["start_row"] = "0"
+        elif fault is not None:
             kind, delay = fault
             if kind == "http500":
                 return self._send(500, b"Internal Server Error\n", "text/plain")
@@ -685,12 +691,13 @@ class AllenAPIServer:
         self._thread = None
         self.url = None
 
-    def fault(self, kind: str, times: int = 1, delay: float = 0.0) -> None:
-        """Make the next ``times`` requests fail as ``kind`` (see the module's docstring)."""
+    def fault(self, kind: str, times: int = 1, delay: float = 0.0, after: int = 0) -> None:
+        """Make ``times`` requests, after the next ``after``, fail as ``kind`` (see the module's
+        docstring)."""
         if kind not in _FAULTS:
             raise ValueError(f"unknown fault {kind!r}: one of {', '.join(_FAULTS)}")
         with self._lock:
-            self._faults.extend([(kind, delay)] * times)
+            self._faults.extend([None] * after + [(kind, delay)] * times)
 
     def _next_fault(self):
         with self._lock:

@@ -215,6 +215,14 @@ def test_paging_collects_every_row(allen_api):
     assert info.index.tolist() == ids
 
 
+def test_server_that_does_not_page(allen_api):
+    allen_api.page_limit = 7
+    allen_api.fault("first_page", after=1)
+    with pytest.raises(mouse.AllenAPIError, match="asked for rows from 7, the server sent rows "
+                                                  "from 0"):
+        mouse.fetch_allenref_structures(cache=False, verbose=False)
+
+
 def test_long_lists_are_split(allen_api, monkeypatch):
     monkeypatch.setattr(rma, "VALUES_PER_QUERY", 4)
     ids = [22, 31, 44, 95, 151, 159, 254, 322, 375]

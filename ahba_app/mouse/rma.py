@@ -221,6 +221,10 @@ def rows(query: Query, *, url: str | None = None, verbose: bool = False) -> list
     with fetch._session() as session:
         while True:
             answer = _page(session, base, query, len(out), verbose)
+            if answer.get("start_row", len(out)) != len(out):
+                raise AllenAPIError(f"Allen API query {query.describe(base)}: asked for rows "
+                                    f"from {len(out)}, the server sent rows from "
+                                    f"{answer.get('start_row')}; is {base} the Allen API?")
             out.extend(answer["msg"])
             total = answer["total_rows"]
             if len(out) >= total or not answer["msg"]:

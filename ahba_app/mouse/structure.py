@@ -30,27 +30,11 @@ def get_structure_info(id=None, acronym=None, name=None, attributes=None, verbos
                        api_url=None) -> pd.DataFrame:
     """Information about structures of the Allen Mouse Brain Atlas from the Allen API.
 
-    Parameters
-    ----------
-    id, acronym, name : int or str, or a list of them
-        The structures, by numerical id, acronym or full name (case sensitive); the first
-        given is used.
-    attributes : str or list, optional
-        Attributes to return (see :func:`available_structure_info`); all when None.
-    verbose : bool
-        Print each query.
-    api_url : str, optional
-        The Allen API server (default ``$AHBA_APP_ALLEN_API``, else the Allen Institute's).
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per structure, indexed (and sorted) by the identifier given.
-
-    Raises
-    ------
-    AllenNotFoundError (a ValueError)
-        A structure is not in the Allen API; ValueError for an unknown attribute.
+    As :func:`ahba_app.mouse.get_gene_info`, for structures: ``id``, ``acronym`` or ``name``
+    (one or a list, case sensitive) name them; ``attributes`` are those of
+    :func:`available_structure_info` (all when None). Returns one row per structure, indexed
+    (and sorted) by the identifier given; an unknown structure raises AllenNotFoundError (a
+    ValueError).
     """
     return info_table("structure", "Structure", MOUSE_ONTOLOGY, STRUCTURE_ATTRIBUTES,
                       "available_structure_info", id, acronym, name, attributes, verbose,
