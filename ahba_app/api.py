@@ -8,13 +8,15 @@ Nipype workflow runs.
 from __future__ import annotations
 
 import logging
-import warnings
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from . import pipeline
+from . import options, pipeline
+
+#: the options' defaults (declared once, in ahba_app.options)
+_D = options.DEFAULTS
 
 LGR = logging.getLogger("ahba_app")
 
@@ -25,35 +27,17 @@ def _set_verbosity(verbose) -> None:
     LGR.setLevel(_VERBOSITY.get(int(verbose), logging.DEBUG))
 
 
-def _settings(*, ibf_threshold, probe_selection, donor_probes, sim_threshold, lr_mirror, exact,
-              missing, tolerance, sample_norm, gene_norm, norm_matched, norm_structures,
-              region_agg, agg_metric, corrected_mni, reannotated, donors,
-              stability_threshold) -> pipeline.Settings:
-    if isinstance(lr_mirror, bool):  # abagen < 0.1 took a boolean
-        warnings.warn("lr_mirror=True/False is deprecated: use 'bidirectional' or None.",
-                      FutureWarning, stacklevel=3)
-        lr_mirror = "bidirectional" if lr_mirror else None
-    if exact is not None:  # abagen < 0.1's name for "missing"
-        warnings.warn("exact= is deprecated: use missing=None (exact=True) or "
-                      "missing='centroids' (exact=False).", FutureWarning, stacklevel=3)
-        missing = None if exact else "centroids"
-    return pipeline.Settings(
-        ibf_threshold=ibf_threshold, probe_selection=probe_selection, donor_probes=donor_probes,
-        sim_threshold=sim_threshold, lr_mirror=lr_mirror, missing=missing, tolerance=tolerance,
-        sample_norm=sample_norm, gene_norm=gene_norm, norm_matched=norm_matched,
-        norm_structures=norm_structures, region_agg=region_agg, agg_metric=agg_metric,
-        corrected_mni=corrected_mni, reannotated=reannotated, donors=donors,
-        stability_threshold=stability_threshold)
-
-
-def get_expression_data(atlas, atlas_info=None, *, ibf_threshold=0.5,
-                        probe_selection="diff_stability", donor_probes="aggregate",
-                        sim_threshold=None, lr_mirror=None, exact=None, missing=None,
-                        tolerance=2, sample_norm="srs", gene_norm="srs", norm_matched=True,
-                        norm_structures=False, region_agg="donors", agg_metric="mean",
-                        corrected_mni=True, reannotated=True, return_counts=False,
-                        return_donors=False, return_report=False, donors="all", data_dir=None,
-                        verbose=0, n_proc=1, stability_threshold=None):
+def get_expression_data(atlas, atlas_info=None, *, ibf_threshold=_D["ibf_threshold"],
+                        probe_selection=_D["probe_selection"], donor_probes=_D["donor_probes"],
+                        sim_threshold=_D["sim_threshold"], lr_mirror=_D["lr_mirror"], exact=None,
+                        missing=_D["missing"], tolerance=_D["tolerance"],
+                        sample_norm=_D["sample_norm"], gene_norm=_D["gene_norm"],
+                        norm_matched=_D["norm_matched"], norm_structures=_D["norm_structures"],
+                        region_agg=_D["region_agg"], agg_metric=_D["agg_metric"],
+                        corrected_mni=_D["corrected_mni"], reannotated=_D["reannotated"],
+                        return_counts=False, return_donors=False, return_report=False,
+                        donors=_D["donors"], data_dir=None, verbose=0, n_proc=1,
+                        stability_threshold=_D["stability_threshold"]):
     """Region x gene AHBA expression for ``atlas`` (abagen.get_expression_data's contract).
 
     Parameters are abagen 0.1.3's (see its documentation or ``ahba-app --help``), plus
@@ -71,14 +55,13 @@ def get_expression_data(atlas, atlas_info=None, *, ibf_threshold=0.5,
         raise ValueError("return_donors=True needs region_agg='donors': with region_agg="
                          "'samples' the donors' samples are pooled, so no per-donor table "
                          "exists.")
-    settings = _settings(ibf_threshold=ibf_threshold, probe_selection=probe_selection,
-                         donor_probes=donor_probes, sim_threshold=sim_threshold,
-                         lr_mirror=lr_mirror, exact=exact, missing=missing, tolerance=tolerance,
-                         sample_norm=sample_norm, gene_norm=gene_norm, norm_matched=norm_matched,
-                         norm_structures=norm_structures, region_agg=region_agg,
-                         agg_metric=agg_metric, corrected_mni=corrected_mni,
-                         reannotated=reannotated, donors=donors,
-                         stability_threshold=stability_threshold)
+    settings = options.settings(
+        ibf_threshold=ibf_threshold, probe_selection=probe_selection, donor_probes=donor_probes,
+        sim_threshold=sim_threshold, lr_mirror=lr_mirror, exact=exact, missing=missing,
+        tolerance=tolerance, sample_norm=sample_norm, gene_norm=gene_norm,
+        norm_matched=norm_matched, norm_structures=norm_structures, region_agg=region_agg,
+        agg_metric=agg_metric, corrected_mni=corrected_mni, reannotated=reannotated,
+        donors=donors, stability_threshold=stability_threshold)
     result = pipeline.run(atlas, atlas_info, settings=settings, data_dir=data_dir, n_proc=n_proc,
                           verbose=verbose, return_donors=return_donors)
     out = (result.expression,)
@@ -90,21 +73,15 @@ def get_expression_data(atlas, atlas_info=None, *, ibf_threshold=0.5,
 
 
 def report_text(atlas, atlas_info, result: pipeline.PipelineResult) -> str:
-    """Our methods text (ahba_app.report, CC0) for a finished run."""
+    """Our methods text (ahba_app.report, CC0) for a finished run: the text the command line
+    writes for the same atlas and options (the same :mod:`ahba_app.summary` functions)."""
     from .report import methods_text
+    from .summary import atlas_entities, describe_atlas, report_parameters
 
-    params = dict(result.settings.as_dict(), atlas=describe_atlas(atlas, atlas_info, result))
+    params = report_parameters(result.settings,
+                               atlas=describe_atlas(result.atlas, entities=atlas_entities(atlas)),
+                               return_donors=isinstance(result.expression, dict))
     return methods_text(params, result.summary)
-
-
-def describe_atlas(atlas, atlas_info, result: pipeline.PipelineResult) -> dict:
-    """What the methods text says about the atlas: kind, regions, whether info constrained it."""
-    surface = isinstance(atlas, (tuple, list)) or (
-        isinstance(atlas, dict) and isinstance(next(iter(atlas.values())), (tuple, list)))
-    kind = "donor-native" if not result.group_atlas else ("surface" if surface else "volumetric")
-    return {"kind": kind, "native_kind": "surface" if surface else "volumetric",
-            "space": "fsaverage5" if surface else "MNI152NLin6Asym",
-            "n_regions": len(result.counts), "has_info": atlas_info is not None or surface}
 
 
 def _all_sample_mask(data_dir, donors, corrected_mni) -> nib.Nifti1Image:
@@ -138,7 +115,7 @@ def get_samples_in_mask(mask=None, **kwargs):
     return_donors = kwargs.pop("return_donors", False)
     data_dir, n_proc = kwargs.pop("data_dir", None), kwargs.pop("n_proc", 1)
     verbose = kwargs.pop("verbose", 0)
-    settings = _settings(**{**_DEFAULTS, **kwargs})
+    settings = options.settings(**kwargs)
     if mask is None:
         mask = _all_sample_mask(data_dir, settings.donors, settings.corrected_mni)
     result = pipeline.run(mask, None, settings=settings, data_dir=data_dir, n_proc=n_proc,
@@ -155,13 +132,6 @@ def get_samples_in_mask(mask=None, **kwargs):
     if return_donors:
         return frames, coords
     return pd.concat(frames.values()).dropna(axis=1, how="any"), pd.concat(coords.values())
-
-
-_DEFAULTS = dict(ibf_threshold=0.5, probe_selection="diff_stability", donor_probes="aggregate",
-                 sim_threshold=None, lr_mirror=None, exact=None, missing=None, tolerance=2,
-                 sample_norm="srs", gene_norm="srs", norm_matched=True, norm_structures=False,
-                 region_agg="donors", agg_metric="mean", corrected_mni=True, reannotated=True,
-                 donors="all", stability_threshold=None)
 
 
 def get_interpolated_map(genes, mask, n_neighbors=10, **kwargs):

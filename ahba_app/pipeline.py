@@ -20,15 +20,16 @@ stage                         what it does
 :func:`aggregate_expression`  region x gene table(s) and the sample counts
 ============================  ==================================================================
 
-:class:`Settings` validates every option once, up front, against the method registries.
+:class:`~ahba_app.options.Settings` (declared in :mod:`ahba_app.options`) validates every option
+once, up front, against the method registries.
 """
 
 from __future__ import annotations
 
 import collections.abc
 import logging
-from dataclasses import asdict, dataclass, field, fields
-from typing import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -40,98 +41,11 @@ from . import normalize as _normalize
 from . import probes as _probes
 from . import samples as _samples
 from ._blocks import background, transpose_into
-from .datasets import RNASEQ_DONORS, check_donors
+from .datasets import RNASEQ_DONORS
+from .options import Settings
+from .summary import GroupFacts, ProbeCounts, run_summary
 
 LGR = logging.getLogger("ahba_app")
-
-MISSING_METHODS = (None, "centroids", "interpolate")
-REGION_AGGS = ("donors", "samples")
-
-
-def _check_choice(name: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"Invalid {name}={value!r}: choose one of {list(choices)}.")
-
-
-def _check_unit_interval(name: str, value) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"Invalid {name}={value!r}: give a number between 0 and 1.") from None
-    if not 0 <= number <= 1:
-        raise ValueError(f"Invalid {name}={value!r}: it must lie between 0 and 1.")
-    return number
-
-
-@dataclass
-class Settings:
-    """Every processing option of ``get_expression_data`` (abagen's names and defaults), checked.
-
-    ``stability_threshold`` is an ahba-app extension: genes whose differential stability across
-    donors (mean pairwise Spearman correlation of their regional expression) is below it are
-    dropped after aggregation (the ENIGMA Toolbox tables used 0.2).
-    """
-
-    ibf_threshold: float = 0.5
-    probe_selection: str = "diff_stability"
-    donor_probes: str = "aggregate"
-    sim_threshold: float | None = None
-    lr_mirror: str | None = None
-    missing: str | None = None
-    tolerance: float = 2
-    sample_norm: str | None = "srs"
-    gene_norm: str | None = "srs"
-    norm_matched: bool = True
-    norm_structures: bool = False
-    region_agg: str = "donors"
-    agg_metric: str | Callable = "mean"
-    corrected_mni: bool = True
-    reannotated: bool = True
-    donors: list = field(default_factory=lambda: ["all"])
-    stability_threshold: float | None = None
-
-    def __post_init__(self):
-        self.ibf_threshold = _check_unit_interval("ibf_threshold", self.ibf_threshold)
-        self.probe_selection = _probes.check_probe_selection(self.probe_selection)
-        self.donor_probes = _probes.check_donor_probes(self.donor_probes, self.probe_selection)
-        self.sim_threshold = _samples.check_sim_threshold(self.sim_threshold)
-        self.lr_mirror = _samples.check_lr_mirror(self.lr_mirror)
-        _check_choice("missing", self.missing, MISSING_METHODS)
-        try:
-            self.tolerance = float(self.tolerance)
-        except (TypeError, ValueError):
-            raise ValueError(f"Invalid tolerance={self.tolerance!r}: give a number (mm for "
-                             "volumes, standard deviations for surfaces).") from None
-        for name in ("sample_norm", "gene_norm"):
-            resolved = _normalize.resolve_norm(getattr(self, name))
-            if resolved in _normalize.ACROSS_DONORS:
-                raise ValueError(f"Invalid {name}={resolved!r}: it corrects donors against one "
-                                 "another; use ahba_app.normalize_expression on the donors' "
-                                 f"tables instead. Choose one of {list(_normalize.NORMALIZATIONS)}"
-                                 " or None.")
-            setattr(self, name, resolved)
-        _check_choice("region_agg", self.region_agg, REGION_AGGS)
-        self.agg_metric = _aggregate.check_metric(self.agg_metric)
-        self.donors = check_donors(self.donors)
-        if self.stability_threshold is not None:
-            self.stability_threshold = _check_unit_interval("stability_threshold",
-                                                            self.stability_threshold)
-        if self.probe_selection == "diff_stability" and len(self.donors) < 2:
-            raise ValueError("probe_selection='diff_stability' compares donors, so it needs at "
-                             f"least two; got donors={self.donors}. Use more donors or another "
-                             "probe_selection.")
-
-    def as_dict(self) -> dict:
-        """The settings as plain values (callables by name), for sidecars and reports."""
-        out = asdict(self)
-        if callable(self.agg_metric):
-            out["agg_metric"] = getattr(self.agg_metric, "__name__", repr(self.agg_metric))
-        return out
-
-    @classmethod
-    def names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
-
 
 # --------------------------------------------------------------------------------------------
 # fetch
@@ -424,23 +338,21 @@ def aggregate_expression(expressions: Mapping, labels: Mapping, all_labels, *,
 class PipelineResult:
     """What one run produced: the tables, and the facts the report and outputs need.
 
-    ``summary`` holds the fields of :class:`ahba_app.report.RunSummary`; ``labels`` and
-    ``annotations`` are the per-donor sample labels and tables after normalization.
+    ``summary`` is the :class:`ahba_app.report.RunSummary` (built by
+    :func:`ahba_app.summary.run_summary`, as the workflow's report node builds it); ``labels``
+    and ``annotations`` are the per-donor sample labels and tables after normalization;
+    ``atlas`` is the atlas tree (the first donor's).
     """
 
     expression: pd.DataFrame | dict
     counts: pd.DataFrame
     selection: pd.DataFrame
     settings: Settings
-    summary: dict
+    summary: object
     group_atlas: bool = True
     labels: dict = field(default_factory=dict)
     annotations: dict = field(default_factory=dict)
-
-
-_SAMPLE_COLUMNS = {"n_samples": "total", "n_mirrored": "mirrored",
-                   "n_mismatched": "dropped_hemisphere", "n_dissimilar": "dropped_similarity",
-                   "n_kept": "kept", "n_matched": "matched"}
+    atlas: object = None
 
 
 def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: int = 1,
@@ -469,8 +381,7 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
 
         raw_probes = _io.read_probes(next(iter(files.values()))["probes"])
         probes = _probes.prepare_probes(raw_probes, reannotated=settings.reannotated)
-        summary = {"donors": list(files), "n_probes_annotated": len(probes),
-                   "n_probes": len(raw_probes)}
+        probe_counts = ProbeCounts(n_probes=len(raw_probes), n_annotated=len(probes))
         del raw_probes
         annotations = {}
         for donor, donor_files in files.items():
@@ -483,16 +394,14 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
 
         warn_unreachable_regions(atlases, group_atlas, annotations.values(),
                                  tolerance=settings.tolerance)
-        labels, kept, coords, keep = {}, {}, [], {}
+        labels, kept, match_labels, keep = {}, {}, {}, {}
         for donor in files:
             annotation = renumbered(annotations[donor])
             donor_labels = match_donor_samples(atlases[donor], annotation,
                                                tolerance=settings.tolerance)
             if not (donor_labels != 0).any():
                 LGR.warning("No sample of donor %s matched a region of the atlas.", donor)
-            sample_facts[donor]["n_matched"] = int((donor_labels != 0).sum())
-            coords.append(annotation[["mni_x", "mni_y", "mni_z"]].assign(label=donor_labels,
-                                                                          donor=donor))
+            match_labels[donor] = donor_labels
             keep[donor] = normalized_rows(donor_labels, norm_matched=settings.norm_matched)
             kept[donor] = annotation.iloc[keep[donor]]
             labels[donor] = donor_labels[keep[donor]]
@@ -502,11 +411,11 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
                  for donor, paths in files.items()}
     del opening
     probes = filter_probe_table(files, annotations, probes, ibf_threshold=settings.ibf_threshold)
-    summary["n_probes_filtered"] = len(probes)
+    probe_counts.n_filtered = len(probes)
     expressions, selection = select_donor_probes(
         files, annotations, probes, probe_selection=settings.probe_selection,
         donor_probes=settings.donor_probes, rnaseq_files=rnaseq_files)
-    summary["n_genes"] = expressions.n_genes(next(iter(expressions)))
+    probe_counts.n_genes = expressions.n_genes(next(iter(expressions)))
 
     normalized = {}
     order = read_order(settings.sample_norm)
@@ -533,14 +442,18 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
             stream.add(donor, normalized.pop(donor), labels[donor], kept[donor])
     del buffers
     counts = _matching.sample_counts(labels, all_labels)
-    summary.update(
-        samples=pd.DataFrame.from_dict(sample_facts, orient="index").rename(
-            columns=_SAMPLE_COLUMNS),
-        counts=counts, sample_coords=pd.concat(coords, ignore_index=True),
-        probes=selection)
-    result = PipelineResult(normalized, counts, selection, settings, summary, group_atlas,
-                            labels, kept)
+    tree = next(iter(atlases.values()))
+
+    def summarize(group=None, expression=None):
+        return run_summary(tree=tree, donors=list(files), sample_info=sample_facts,
+                           annotations=annotations, match_labels=match_labels,
+                           selection=selection, probes=probe_counts, group=group,
+                           expression=expression, counts=counts)
+
+    result = PipelineResult(normalized, counts, selection, settings, None, group_atlas,
+                            labels, kept, tree)
     if not aggregate:
+        result.summary = summarize()
         return result
     if stream is not None:
         group = stream.result(labels)
@@ -551,7 +464,7 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
                                 stability_threshold=settings.stability_threshold,
                                 return_donors=return_donors)
     result.expression = group["donor_expressions"] if return_donors else group["expression"]
-    summary.update(group["summary"], expression=result.expression)
+    result.summary = summarize(group["summary"], result.expression)
     return result
 
 
@@ -596,11 +509,11 @@ class _DonorStream:
     def result(self, labels: Mapping) -> dict:
         counts = _matching.sample_counts(labels, self.all_labels)
         expression, dropped = self.means.result()
-        summary = {"regions_without_samples": [int(r) for r in
-                                               counts.index[counts.sum(axis=1) == 0]],
-                   "filled_regions": sorted(self.filled),
-                   "genes_dropped": [str(gene) for gene in dropped],
-                   "stability_threshold": None, "n_genes": int(expression.shape[1])}
+        summary = GroupFacts(
+            regions_without_samples=[int(r) for r in counts.index[counts.sum(axis=1) == 0]],
+            filled_regions=None if self.missing is None else sorted(self.filled),
+            genes_dropped=[str(gene) for gene in dropped], stability_threshold=None,
+            n_genes=int(expression.shape[1]))
         return {"expression": expression, "counts": counts, "donor_expressions": None,
                 "summary": summary}
 
@@ -611,18 +524,20 @@ def aggregate_group(atlases: Mapping, all_labels, normalized: Mapping, kept: Map
     """Fill empty regions, aggregate, apply the stability threshold: the group level.
 
     Returns ``expression`` (regions x genes), ``counts``, ``donor_expressions`` (per-donor
-    tables, with ``return_donors``) and ``summary`` (JSON-able facts for reports and sidecars).
+    tables, with ``return_donors``) and ``summary`` (a :class:`ahba_app.summary.GroupFacts`).
     """
     counts = _matching.sample_counts(labels, all_labels)
-    summary = {"regions_without_samples": [int(r) for r in
-                                           counts.index[counts.sum(axis=1) == 0]]}
+    summary = GroupFacts(regions_without_samples=[int(r) for r in
+                                                  counts.index[counts.sum(axis=1) == 0]],
+                         stability_threshold=stability_threshold)
     kept = {donor: atlas_coordinates(atlases[donor], frame) for donor, frame in kept.items()}
     fills = fill_missing_regions(missing, atlases, labels, normalized, kept)
-    summary["filled_regions"] = sorted({int(r) for rows in fills.values() if rows is not None
-                                        for r in rows.index})
+    if missing is not None:
+        summary.filled_regions = sorted({int(r) for rows in fills.values() if rows is not None
+                                         for r in rows.index})
     expression, dropped = aggregate_expression(normalized, labels, all_labels, fills=fills,
                                                region_agg=region_agg, agg_metric=agg_metric)
-    summary["genes_dropped"] = [str(gene) for gene in dropped]
+    summary.genes_dropped = [str(gene) for gene in dropped]
     per_donor = None
     if return_donors:
         per_donor, _ = aggregate_expression(normalized, labels, all_labels, fills=fills,
@@ -631,13 +546,11 @@ def aggregate_group(atlases: Mapping, all_labels, normalized: Mapping, kept: Map
     if stability_threshold is not None:
         stable = stable_genes(normalized, labels, all_labels, threshold=stability_threshold,
                               agg_metric=agg_metric)
-        summary["n_genes_stable"] = int(stable.sum())
         expression = expression.loc[:, expression.columns.isin(stable.index[stable])]
         if per_donor is not None:
             per_donor = {d: f.loc[:, f.columns.isin(stable.index[stable])]
                          for d, f in per_donor.items()}
-    summary["stability_threshold"] = stability_threshold
-    summary["n_genes"] = int(expression.shape[1])
+    summary.n_genes = int(expression.shape[1])
     return {"expression": expression, "counts": counts, "donor_expressions": per_donor,
             "summary": summary}
 

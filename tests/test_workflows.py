@@ -8,6 +8,8 @@ import pytest
 from nipype.pipeline import engine as pe
 
 from ahba_app.bids import AtlasInput
+from ahba_app.normalize import resolve_norm
+from ahba_app.options import Settings
 from ahba_app.workflows import init_ahba_data_wf, init_ahba_wf, init_atlas_wf
 from ahba_app.workflows.atlas import atlas_workflow_name
 
@@ -28,12 +30,15 @@ def _names(workflow) -> set[str]:
     return set(workflow.list_node_names())
 
 
+_RUN = ("analysis_level", "atlases", "save_donors", "desc", "hash_method")
+
+
 def _build(tmp_path, **kwargs):
-    options = dict(analysis_level="group", atlases=[VOLUME], donors=DONORS,
-                   out_dir=str(tmp_path / "stage"), crash_dir=str(tmp_path / "logs"),
-                   base_dir=str(tmp_path / "work"))
-    options.update(kwargs)
-    return init_ahba_wf(**options)
+    run = dict(analysis_level="group", atlases=[VOLUME], out_dir=str(tmp_path / "stage"),
+               crash_dir=str(tmp_path / "logs"), base_dir=str(tmp_path / "work"))
+    run.update({k: v for k, v in kwargs.items() if k in _RUN})
+    settings = Settings(donors=DONORS, **{k: v for k, v in kwargs.items() if k not in _RUN})
+    return init_ahba_wf(settings=settings, **run)
 
 
 @pytest.mark.parametrize(
@@ -80,8 +85,8 @@ def test_ahba_wf_builds(tmp_path, analysis_level, atlases, probe_selection, lr_m
     atlas_wf = wf.get_node(atlas_workflow_name(atlases[0].key))
     normalize = atlas_wf.get_node("normalize")
     assert isinstance(normalize, pe.MapNode)
-    assert normalize.inputs.sample_norm == sample_norm
-    assert normalize.inputs.gene_norm == gene_norm
+    assert normalize.inputs.sample_norm == resolve_norm(sample_norm)
+    assert normalize.inputs.gene_norm == resolve_norm(gene_norm)
     match = atlas_wf.get_node("match")
     assert not isinstance(match, pe.MapNode)  # one node: the atlas is loaded once
     assert match.inputs.atlas == atlases[0].as_dict()
@@ -106,7 +111,8 @@ def test_workflow_config_is_per_workflow(tmp_path):
 
 
 def test_data_wf_wiring():
-    wf = init_ahba_data_wf(donors=DONORS, data_dir="/data", ibf_threshold=0.25)
+    wf = init_ahba_data_wf(settings=Settings(donors=DONORS, ibf_threshold=0.25),
+                           data_dir="/data")
     graph = wf._graph
     edges = {(u.name, v.name) for u, v in graph.edges()}
     assert {("inputnode", "fetch"), ("fetch", "reannotate"), ("reannotate", "annotate"),
@@ -118,7 +124,8 @@ def test_data_wf_wiring():
 
 
 def test_atlas_wf_wiring_group_and_participant(tmp_path):
-    common = dict(atlas=VOLUME, out_dir=str(tmp_path), desc="x", metadata={}, parameters={})
+    common = dict(atlas=VOLUME, out_dir=str(tmp_path), desc="x", metadata={}, parameters={},
+                  settings=Settings(donors=DONORS))
     group = init_atlas_wf(analysis_level="group", **common)
     edges = {(u.name, v.name) for u, v in group._graph.edges()}
     assert {("inputnode", "match"), ("match", "normalize"), ("normalize", "aggregate"),
@@ -142,3 +149,28 @@ def test_builders_do_not_touch_the_inputs(tmp_path):
     wf = _build(tmp_path, atlases=[VOLUME, SURFACE, NATIVE], analysis_level="participant")
     assert len([n for n in _names(wf) if n.endswith(".match")]) == 3
     assert not (tmp_path / "work").exists() and not (tmp_path / "stage").exists()
+
+
+@pytest.mark.parametrize("interface, name, bad", [
+    ("data.SelectProbes", "probe_selection", "best_probe"),
+    ("data.SelectProbes", "donor_probes", "all"),
+    ("data.PrepareSamples", "lr_mirror", "up"),
+    ("atlas.NormalizeExpression", "sample_norm", "quantile"),
+    ("atlas.AggregateExpression", "missing", "fill"),
+    ("atlas.AggregateExpression", "region_agg", "voxels"),
+    ("atlas.AggregateExpression", "agg_metric", "max"),
+])
+def test_interface_traits_accept_only_the_registry(interface, name, bad):
+    """The traits are Enums of the stage registries (ahba_app.options.trait)."""
+    import importlib
+
+    from nipype.interfaces.base import traits
+
+    from ahba_app import options
+
+    module, cls = interface.split(".")
+    node = getattr(importlib.import_module(f"ahba_app.interfaces.{module}"), cls)()
+    with pytest.raises(traits.TraitError):
+        setattr(node.inputs, name, bad)
+    for value in options.OPTIONS[name].accepted():  # every registry value, aliases included
+        setattr(node.inputs, name, value)

@@ -14,67 +14,19 @@ import argparse
 import os
 from pathlib import Path
 
+from .. import options
 from .._version import __version__
 from .presets import PARAMETERS, Preset, available_presets, load_preset
 
 __all__ = ["DEFAULTS", "get_parser", "parse_args", "resolve_parameters", "choices"]
 
-#: abagen 0.1.3's defaults (and ahba-app's for its extension).
-DEFAULTS = dict(
-    ibf_threshold=0.5, probe_selection="diff_stability", donor_probes="aggregate",
-    sim_threshold=None, lr_mirror=None, missing=None, tolerance=2.0, sample_norm="srs",
-    gene_norm="srs", norm_matched=True, norm_structures=False, region_agg="donors",
-    agg_metric="mean", corrected_mni=True, reannotated=True, donors="all",
-    stability_threshold=None,
-)
-
-_NONE = ("none", "None")
+#: abagen 0.1.3's defaults (and ahba-app's for its extension), from :mod:`ahba_app.options`.
+DEFAULTS = options.DEFAULTS
 
 
 def choices() -> dict[str, list]:
     """Allowed values of the options with a fixed set, read from the method registries."""
-    from .. import aggregate, matching, normalize, probes, samples
-
-    norms = [m for m in normalize.METHODS if m not in normalize.ACROSS_DONORS]
-    return {
-        "probe_selection": list(probes.SELECTION_METHODS) + list(probes.SELECTION_ALIASES),
-        "donor_probes": list(probes.DONOR_PROBES),
-        "lr_mirror": list(samples.MIRROR_METHODS) + list(_NONE),
-        "missing": [m for m in matching.MISSING_METHODS if m is not None] + list(_NONE),
-        "sample_norm": norms + list(normalize.ALIASES) + list(_NONE),
-        "gene_norm": norms + list(normalize.ALIASES) + list(_NONE),
-        "region_agg": list(aggregate.REGION_AGGS),
-        "agg_metric": list(aggregate.AGG_METRICS),
-    }
-
-
-def _shown(values) -> str:
-    """Choices for a help text, 'None' (an alias of 'none') left out."""
-    return ", ".join(v for v in values if v != "None")
-
-
-def _none_or(kind):
-    """An argparse type: ``none``/``None`` gives None, anything else ``kind(value)``."""
-    def convert(value: str):
-        if value in _NONE:
-            return None
-        try:
-            return kind(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number or 'none', got {value!r}")
-    convert.__name__ = kind.__name__
-    return convert
-
-
-def _number(value: str) -> float:
-    try:
-        return float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
-
-
-def _none_string(value: str):
-    return None if value in _NONE else value
+    return options.choices()
 
 
 def _path(value: str) -> Path:
@@ -86,16 +38,8 @@ def _label(value: str) -> str:
     return value[4:] if value.startswith("sub-") else value
 
 
-class _Choices(list):
-    """A choice list that also accepts None (from ``none``) without listing it twice."""
-
-    def __contains__(self, item):
-        return item is None or super().__contains__(item)
-
-
 def get_parser() -> argparse.ArgumentParser:
     """The argparse parser of ``ahba-app``."""
-    opts = choices()
     parser = argparse.ArgumentParser(
         prog="ahba-app",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -152,79 +96,7 @@ def get_parser() -> argparse.ArgumentParser:
                         "parameters are used unchanged, else 'custom'.")
 
     g = parser.add_argument_group("Processing options (abagen's names and defaults)")
-    g.add_argument("--ibf-threshold", "--ibf_threshold", dest="ibf_threshold", type=_number,
-                   metavar="THRESHOLD",
-                   help="Keep probes above background in at least this share of all samples "
-                        "(0-1). Default: 0.5.")
-    g.add_argument("--probe-selection", "--probe_selection", dest="probe_selection",
-                   choices=opts["probe_selection"], metavar="METHOD",
-                   help=f"How one probe per gene is chosen: {', '.join(opts['probe_selection'])}."
-                        " Default: diff_stability.")
-    g.add_argument("--donor-probes", "--donor_probes", dest="donor_probes",
-                   choices=opts["donor_probes"], metavar="METHOD",
-                   help=f"Choose probes on pooled donors, per donor or by majority: "
-                        f"{', '.join(opts['donor_probes'])}. Default: aggregate.")
-    g.add_argument("--lr-mirror", "--lr_mirror", dest="lr_mirror", type=_none_string,
-                   choices=_Choices(opts["lr_mirror"]), metavar="METHOD",
-                   help=f"Copy samples across the midline: {_shown(opts['lr_mirror'])}. "
-                        "Default: none.")
-    g.add_argument("--sim-threshold", "--sim_threshold", dest="sim_threshold",
-                   type=_none_or(float), metavar="THRESHOLD",
-                   help="Drop samples whose summed correlation with the others is this many "
-                        "standard deviations below the mean ('none': keep all). Default: none.")
-    g.add_argument("--missing", dest="missing", type=_none_string,
-                   choices=_Choices(opts["missing"]), metavar="METHOD",
-                   help=f"Fill regions without samples: {_shown(opts['missing'])}. "
-                        "Default: none (rows of n/a).")
-    g.add_argument("--tolerance", "--tol", dest="tolerance", type=_number, metavar="DIST",
-                   help="Volumes: how far (mm) a sample may lie from a region. Surfaces: "
-                        "standard deviations above the mean distance (negative: mm). "
-                        "Default: 2.")
-    g.add_argument("--sample-norm", "--sample_norm", dest="sample_norm", type=_none_string,
-                   choices=_Choices(opts["sample_norm"]), metavar="METHOD",
-                   help=f"Normalization of each sample across genes: "
-                        f"{_shown(opts['sample_norm'])}. Default: srs.")
-    g.add_argument("--gene-norm", "--gene_norm", dest="gene_norm", type=_none_string,
-                   choices=_Choices(opts["gene_norm"]), metavar="METHOD",
-                   help="Normalization of each gene across samples (same choices). "
-                        "Default: srs.")
-    g.add_argument("--norm-all", "--norm_all", dest="norm_matched", action="store_const",
-                   const=False,
-                   help="Normalize genes over all samples, not only the matched ones.")
-    g.add_argument("--norm-matched", "--norm_matched", dest="norm_matched",
-                   action="store_const", const=True,
-                   help="Normalize genes over matched samples only (the default; overrides a "
-                        "preset).")
-    g.add_argument("--norm-structures", "--norm_structures", dest="norm_structures",
-                   action="store_const", const=True,
-                   help="Normalize genes separately within cortex, subcortex/brainstem and "
-                        "cerebellum.")
-    g.add_argument("--no-norm-structures", "--no_norm_structures", dest="norm_structures",
-                   action="store_const", const=False,
-                   help="Normalize genes across structures (the default; overrides a preset).")
-    g.add_argument("--region-agg", "--region_agg", dest="region_agg",
-                   choices=opts["region_agg"], metavar="METHOD",
-                   help=f"Combine samples within donors first, or pool them: "
-                        f"{', '.join(opts['region_agg'])}. Default: donors.")
-    g.add_argument("--agg-metric", "--agg_metric", dest="agg_metric",
-                   choices=opts["agg_metric"], metavar="METHOD",
-                   help=f"Statistic combining samples and donors: "
-                        f"{', '.join(opts['agg_metric'])}. Default: mean.")
-    g.add_argument("--no-reannotated", "--no_reannotated", dest="reannotated",
-                   action="store_const", const=False,
-                   help="Use the AHBA's own probe annotations instead of the Arnatkeviciute "
-                        "et al. (2019) reannotation.")
-    g.add_argument("--reannotated", dest="reannotated", action="store_const", const=True,
-                   help=argparse.SUPPRESS)
-    g.add_argument("--no-corrected-mni", "--no_corrected_mni", dest="corrected_mni",
-                   action="store_const", const=False,
-                   help="Use the AHBA's MNI coordinates instead of the alleninf corrected ones.")
-    g.add_argument("--corrected-mni", dest="corrected_mni", action="store_const", const=True,
-                   help=argparse.SUPPRESS)
-    g.add_argument("--stability-threshold", "--stability_threshold",
-                   dest="stability_threshold", type=_none_or(float), metavar="R",
-                   help="ahba-app extension: drop genes whose differential stability across "
-                        "donors is below R ('none': keep all). Default: none.")
+    options.add_arguments(g)
 
     g = parser.add_argument_group("Outputs")
     g.add_argument("--save-donors", "--save_donors", dest="save_donors", action="store_true",
@@ -243,9 +115,6 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--nprocs", "--n-procs", "--n_procs", "--nthreads", "--n-proc", "--n_proc",
                    dest="nprocs", type=int, default=1, metavar="N",
                    help="Processes to run donors and atlases in parallel. Default: 1.")
-    for action in parser._actions:
-        if action.dest in PARAMETERS:
-            action.default = argparse.SUPPRESS  # absent unless given: see resolve_parameters
     return parser
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from ..options import NAMES
+
 try:  # Python >= 3.11
     import tomllib
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
@@ -22,11 +24,7 @@ __all__ = ["PARAMETERS", "Preset", "PresetError", "available_presets", "load_pre
            "preset_path"]
 
 #: Option names a preset may set (``get_expression_data``'s, plus ahba-app's extension).
-PARAMETERS = (
-    "ibf_threshold", "probe_selection", "donor_probes", "sim_threshold", "lr_mirror", "missing",
-    "tolerance", "sample_norm", "gene_norm", "norm_matched", "norm_structures", "region_agg",
-    "agg_metric", "corrected_mni", "reannotated", "donors", "stability_threshold",
-)
+PARAMETERS = NAMES
 
 
 class PresetError(ValueError):

@@ -239,13 +239,11 @@ def _metadata(plan: RunPlan) -> tuple[dict, dict]:
         "AHBADataFolder": plan.data_dir,
         "SoftwareVersions": versions,
     }
-    parameters = dict(settings, return_donors=plan.save_donors, versions=versions)
+    # the options come from plan.settings (ahba_app.summary.report_parameters)
+    parameters = dict(versions=versions)
     if preset is not None:
         parameters.update(preset=preset.name, preset_description=preset.description,
                           preset_citations=list(preset.citations))
-    elif plan.desc == "abagendefaults":  # no preset, every option at abagen's default
-        parameters.update(preset="abagen-defaults",
-                          preset_description="abagen 0.1.3's defaults (no option changed)")
     return metadata, parameters
 
 
@@ -254,21 +252,14 @@ def build_workflow(plan: RunPlan, staging: Path, crash_dir: Path, argv=None):
     from ..workflows.base import init_ahba_wf
 
     metadata, parameters = _metadata(plan)
-    s = plan.settings
     provenance = {"Command": "ahba-app " + " ".join(map(str, argv or sys.argv[1:])),
                   "Input folder": str(plan.input_dir),
                   "AHBA data folder": plan.data_dir,
                   "Analysis level": plan.analysis_level}
     return init_ahba_wf(
-        analysis_level=plan.analysis_level, atlases=plan.atlases, donors=s.donors,
+        analysis_level=plan.analysis_level, atlases=plan.atlases, settings=plan.settings,
         out_dir=str(staging), crash_dir=str(crash_dir), base_dir=str(plan.work_dir),
         desc=plan.desc, metadata=metadata, parameters=parameters, data_dir=plan.data_dir,
-        ibf_threshold=s.ibf_threshold, probe_selection=s.probe_selection,
-        donor_probes=s.donor_probes, sim_threshold=s.sim_threshold, lr_mirror=s.lr_mirror,
-        missing=s.missing, tolerance=s.tolerance, sample_norm=s.sample_norm,
-        gene_norm=s.gene_norm, norm_matched=s.norm_matched, norm_structures=s.norm_structures,
-        region_agg=s.region_agg, agg_metric=s.agg_metric, corrected_mni=s.corrected_mni,
-        reannotated=s.reannotated, stability_threshold=s.stability_threshold,
         save_donors=plan.save_donors, warnings=plan.notes, provenance=provenance)
 
 

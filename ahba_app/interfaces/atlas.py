@@ -14,6 +14,7 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObje
                                     OutputMultiObject, SimpleInterface, TraitedSpec, traits)
 
 from .. import pipeline
+from ..options import trait
 from ..bids import AtlasInput, load_atlas_input
 from ._files import (check_lengths, read_frame, read_labels, read_samples, write_frame,
                      write_json, write_labels)
@@ -35,8 +36,7 @@ class _MatchSamplesInputSpec(_AtlasInputSpec):
     donors = traits.List(traits.Str, mandatory=True, desc="donors whose samples are matched")
     annotations = InputMultiObject(File(exists=True), mandatory=True,
                                    desc="sample table of every donor, in donors' order")
-    tolerance = traits.Float(2.0, usedefault=True,
-                             desc="matching distance (mm for volumes, SD for surfaces)")
+    tolerance = trait("tolerance")
 
 
 class _MatchSamplesOutputSpec(TraitedSpec):
@@ -81,14 +81,10 @@ class _NormalizeInputSpec(BaseInterfaceInputSpec):
                            "chosen probes to read from the microarray cache)")
     annotation = File(exists=True, mandatory=True, desc="sample table of the donor")
     labels = File(exists=True, mandatory=True, desc="table: region label of every sample")
-    sample_norm = traits.Either(None, traits.Str, default="srs", usedefault=True,
-                                desc="normalization of each sample across genes (None: none)")
-    gene_norm = traits.Either(None, traits.Str, default="srs", usedefault=True,
-                              desc="normalization of each gene across samples (None: none)")
-    norm_matched = traits.Bool(True, usedefault=True,
-                               desc="normalize genes over matched samples only")
-    norm_structures = traits.Bool(False, usedefault=True,
-                                  desc="normalize genes within structural classes")
+    sample_norm = trait("sample_norm")
+    gene_norm = trait("gene_norm")
+    norm_matched = trait("norm_matched")
+    norm_structures = trait("norm_structures")
 
 
 class _NormalizeOutputSpec(TraitedSpec):
@@ -132,13 +128,10 @@ class _AggregateInputSpec(_AtlasInputSpec):
                                    desc="sample tables (kept samples) of every donor")
     labels = InputMultiObject(File(exists=True), mandatory=True,
                               desc="table: region labels (kept samples) of every donor")
-    missing = traits.Either(None, traits.Str, usedefault=True,
-                            desc="how regions without samples are filled (None: left empty)")
-    region_agg = traits.Str("donors", usedefault=True,
-                            desc="aggregate within donors first ('donors') or pool samples")
-    agg_metric = traits.Str("mean", usedefault=True, desc="mean or median")
-    stability_threshold = traits.Either(None, traits.Float, usedefault=True,
-                                        desc="drop genes less stable across donors than this")
+    missing = trait("missing")
+    region_agg = trait("region_agg")
+    agg_metric = trait("agg_metric")
+    stability_threshold = trait("stability_threshold")
     return_donors = traits.Bool(False, usedefault=True,
                                 desc="also write one region x gene table per donor")
 
@@ -180,6 +173,6 @@ class AggregateExpression(SimpleInterface):
             self._results["donor_expressions"] = [
                 write_frame(result["donor_expressions"][d],
                             os.path.join(cwd, f"expression_{d}")) for d in donors]
-        self._results["summary"] = write_json(result["summary"],
+        self._results["summary"] = write_json(result["summary"].as_dict(),
                                               os.path.join(cwd, "aggregate.json"))
         return runtime

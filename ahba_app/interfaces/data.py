@@ -13,6 +13,7 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObje
                                     traits)
 
 from .. import pipeline
+from ..options import trait
 from ._files import (check_lengths, read_frame, read_json, write_chosen_probes, write_frame,
                      write_json)
 
@@ -61,8 +62,7 @@ class LocateData(SimpleInterface):
 # ---------------------------------------------------------------------------------------------
 class _LoadProbesInputSpec(BaseInterfaceInputSpec):
     files = File(exists=True, mandatory=True, desc="JSON of the donors' microarray files")
-    reannotated = traits.Bool(True, usedefault=True,
-                              desc="use the Arnatkeviciute et al. (2019) reannotation")
+    reannotated = trait("reannotated")
 
 
 class _LoadProbesOutputSpec(TraitedSpec):
@@ -94,11 +94,9 @@ class _PrepareSamplesInputSpec(BaseInterfaceInputSpec):
     files = File(exists=True, mandatory=True, desc="JSON of the donors' microarray files")
     donor = traits.Str(mandatory=True, desc="the donor whose samples are prepared")
     probes = File(exists=True, mandatory=True, desc="probe table (similarity filter)")
-    corrected_mni = traits.Bool(True, usedefault=True, desc="use corrected MNI coordinates")
-    lr_mirror = traits.Either(None, traits.Str, usedefault=True,
-                              desc="mirroring across the midline (None: none)")
-    sim_threshold = traits.Either(None, traits.Float, usedefault=True,
-                                  desc="similarity filter threshold in SD (None: no filter)")
+    corrected_mni = trait("corrected_mni")
+    lr_mirror = trait("lr_mirror")
+    sim_threshold = trait("sim_threshold")
 
 
 class _PrepareSamplesOutputSpec(TraitedSpec):
@@ -133,8 +131,7 @@ class _FilterProbesInputSpec(BaseInterfaceInputSpec):
     annotations = InputMultiObject(File(exists=True), mandatory=True,
                                    desc="sample table of every donor")
     probes = File(exists=True, mandatory=True, desc="probe table")
-    ibf_threshold = traits.Float(0.5, usedefault=True,
-                                 desc="share of samples a probe must be above background in")
+    ibf_threshold = trait("ibf_threshold")
 
 
 class _FilterProbesOutputSpec(TraitedSpec):
@@ -168,10 +165,8 @@ class _SelectProbesInputSpec(BaseInterfaceInputSpec):
     annotations = InputMultiObject(File(exists=True), mandatory=True,
                                    desc="sample table of every donor")
     probes = File(exists=True, mandatory=True, desc="table of the filtered probes")
-    probe_selection = traits.Str("diff_stability", usedefault=True,
-                                 desc="probe selection method")
-    donor_probes = traits.Str("aggregate", usedefault=True,
-                              desc="choose on pooled donors, per donor or by majority")
+    probe_selection = trait("probe_selection")
+    donor_probes = trait("donor_probes")
 
 
 class _SelectProbesOutputSpec(TraitedSpec):

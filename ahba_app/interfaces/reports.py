@@ -9,48 +9,26 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import pandas as pd
 from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObject,
                                     SimpleInterface, TraitedSpec, isdefined, traits)
 
+from .. import summary as _summary
 from ..bids import AtlasInput, load_atlas_input, read_region_table
-from ..matching import sample_counts
 from ._files import read_frame, read_json, read_labels
 
-__all__ = ["RunReport", "atlas_description", "probe_table", "run_summary"]
-
-_SAMPLE_FIELDS = {"total": "n_samples", "mirrored": "n_mirrored",
-                  "dropped_hemisphere": "n_mismatched", "dropped_similarity": "n_dissimilar",
-                  "kept": "n_kept"}
+__all__ = ["RunReport", "atlas_description", "run_summary"]
 
 
-def atlas_description(atlas: AtlasInput) -> dict:
-    """The report's :class:`~ahba_app.report.AtlasDescription` fields for an atlas."""
-    kind = {"cifti": "surface"}.get(atlas.kind, atlas.kind)
-    native_kind = "volumetric"
-    if atlas.kind == "donor-native":
-        first = next(iter(atlas.image.values()))
-        native_kind = "surface" if isinstance(first, (list, tuple)) else "volumetric"
-    return {"label": atlas.label, "space": atlas.template or ("MNI152" if atlas.bundled else None),
-            "kind": kind, "native_kind": native_kind, "n_regions": atlas.n_regions,
-            "has_info": bool(atlas.has_info if atlas.constrained is None else atlas.constrained),
-            "description": atlas.entities.get("desc")}
+def atlas_description(atlas: AtlasInput, donors=None, data_dir=None) -> dict:
+    """The report's :class:`~ahba_app.report.AtlasDescription` fields for an atlas
+    (:func:`ahba_app.summary.describe_atlas`, as the Python API describes it)."""
+    from ..datasets import check_donors
 
-
-def probe_table(selection: pd.DataFrame, donor: str | None = None) -> pd.DataFrame:
-    """The chosen probe of every gene (shared choice, else ``donor``'s), indexed by gene, with
-    the differential stability when it was the selection criterion."""
-    rows = selection[selection["donor"].astype(str) == "all"]
-    if not len(rows) and donor is not None:
-        rows = selection[selection["donor"].astype(str) == str(donor)]
-    if not len(rows):
-        rows = selection[selection["donor"] == selection["donor"].iloc[0]] if len(selection) \
-            else selection
-    table = rows.set_index("gene_symbol")
-    if len(table) and (table["criterion"] == "diff_stability").all():
-        table = table.assign(diff_stability=table["score"])
-    return table
+    donors = check_donors(donors if donors else list(atlas.image)
+                          if atlas.kind == "donor-native" else "all")
+    atlases, _ = load_atlas_input(atlas, donors[:1], data_dir=data_dir)
+    return _summary.describe_atlas(atlases[donors[0]], entities=atlas.entities)
 
 
 def run_summary(*, atlas: AtlasInput, donors: list[str], sample_info: list[dict],
@@ -58,49 +36,18 @@ def run_summary(*, atlas: AtlasInput, donors: list[str], sample_info: list[dict]
                 probe_counts: dict, expression: pd.DataFrame | None = None,
                 counts: pd.DataFrame | None = None, aggregate: dict | None = None,
                 only_donor: str | None = None, data_dir=None, warnings=(),
-                provenance: dict | None = None) -> dict:
-    """The fields of a :class:`~ahba_app.report.RunSummary` for one atlas.
-
-    ``annotations`` / ``match_labels`` are every donor's sample table and labels before
-    normalization (all samples); ``only_donor`` restricts the samples, counts and coordinates
-    to one donor (participant reports).
-    """
+                provenance: dict | None = None):
+    """The :class:`~ahba_app.report.RunSummary` of one atlas, from the nodes' outputs
+    (:func:`ahba_app.summary.run_summary`, as the Python API builds it)."""
     atlases, _ = load_atlas_input(atlas, donors[:1], data_dir=data_dir)
-    tree = atlases[donors[0]]
-    shown = [only_donor] if only_donor else list(donors)
-    samples = pd.DataFrame([{col: info.get(key) for col, key in _SAMPLE_FIELDS.items()}
-                            for info in sample_info], index=[str(i["donor"]) for i in sample_info])
-    samples["matched"] = [int((match_labels[d] != 0).sum()) for d in samples.index]
-    samples = samples.loc[shown]
-    if counts is None or only_donor:
-        counts = sample_counts({d: match_labels[d] for d in shown}, tree.labels)
-    region_info = None
-    if atlas.info is not None:
-        region_info = read_region_table(atlas.info).reindex(tree.labels)
-    elif tree.atlas_info is not None:
-        region_info = tree.atlas_info.copy()
-    if region_info is None:
-        region_info = pd.DataFrame(index=pd.Index(tree.labels, name="index"))
-    centroids = np.asarray([tree.centroids[int(lab)] for lab in tree.labels], dtype=float)
-    region_info = region_info.assign(x=centroids[:, 0], y=centroids[:, 1], z=centroids[:, 2])
-    coords = pd.concat([
-        annotations[d][["mni_x", "mni_y", "mni_z"]].reset_index(drop=True)
-        .assign(label=match_labels[d], donor=d) for d in shown], ignore_index=True)
-    aggregate = aggregate or {}
-    summary = dict(
-        donors=list(donors), n_probes=probe_counts.get("n_probes"),
-        n_probes_annotated=probe_counts.get("n_annotated"),
-        n_probes_filtered=probe_counts.get("n_filtered"), n_genes=probe_counts.get("n_genes"),
-        samples=samples, counts=counts, region_info=region_info, sample_coords=coords,
-        probes=probe_table(selection, only_donor), expression=expression,
-        warnings=list(warnings), provenance=dict(provenance or {}))
-    if "genes_dropped" in aggregate:
-        summary["genes_dropped"] = list(aggregate["genes_dropped"])
-    if aggregate.get("filled_regions"):
-        summary["filled_regions"] = list(aggregate["filled_regions"])
-    if aggregate.get("stability_threshold") is not None and "n_genes" in aggregate:
-        summary["n_genes_stable"] = int(aggregate["n_genes"])
-    return summary
+    return _summary.run_summary(
+        tree=atlases[donors[0]], donors=donors,
+        sample_info={str(info["donor"]): info for info in sample_info},
+        annotations=annotations, match_labels=match_labels, selection=selection,
+        probes=_summary.ProbeCounts(**probe_counts),
+        group=_summary.GroupFacts.from_dict(aggregate), expression=expression, counts=counts,
+        region_table=None if atlas.info is None else read_region_table(atlas.info),
+        only_donor=only_donor, warnings=warnings, provenance=provenance)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,7 +114,7 @@ class RunReport(SimpleInterface):
             warnings=list(inputs.warnings) if isdefined(inputs.warnings) else [],
             provenance=dict(inputs.provenance) if isdefined(inputs.provenance) else {})
         atlas = AtlasInput.from_dict(inputs.atlas)
-        params = dict(inputs.parameters, atlas=atlas_description(atlas))
+        params = dict(inputs.parameters, atlas=atlas_description(atlas, donors, inputs.data_dir))
         html = render_report(params, summary, mplconfigdir=os.environ.get(
             "MPLCONFIGDIR", os.path.join(runtime.cwd, ".matplotlib")))
         self._results["report"] = _write(os.path.join(runtime.cwd, "report.html"), html)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..options import OPTIONS, report_value
 from . import figures as _figures
 from .methods import (CC0_NOTICE, CC0_URL, NORMALIZATION, PROJECT_URL, ReportParameters,
                       RunSummary, advisories, methods_document)
@@ -368,9 +369,8 @@ def _parameter_rows(params: ReportParameters) -> list[dict]:
 
 
 def _canonical(name: str, default):
-    if name in ("sample_norm", "gene_norm") and default == "srs":
-        return "scaled_robust_sigmoid"
-    return default
+    """The default as the run's value would be spelled (``srs`` -> ``scaled_robust_sigmoid``)."""
+    return report_value(name, default) if name in OPTIONS else default
 
 
 def render_report(params, summary=None, *, title: str = "ahba-app report",

@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, make_dataclass
 from functools import lru_cache
+from types import MappingProxyType
 from importlib import resources
 from typing import Any, Callable, Iterable, Mapping, Sequence
 from urllib.parse import quote
@@ -23,11 +24,15 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 
+from ..normalize import ALIASES as _NORMALIZE_ALIASES
+from ..options import OPTIONS, report_value
+from ..options import table as options_table
+
 __all__ = [
     "AtlasDescription", "ReportParameters", "RunSummary", "Reference", "OptionText",
     "Block", "Paragraph", "MethodsDocument", "PROBE_SELECTION", "NORMALIZATION",
     "NORMALIZATION_ALIASES", "DONOR_PROBES", "LR_MIRROR", "MISSING", "REGION_AGG",
-    "PARAMETER_DOCS", "CC0_NOTICE", "load_references", "describe", "methods_document",
+    "CC0_NOTICE", "load_references", "describe", "methods_document",
     "methods_text", "citation_markdown", "advisories",
 ]
 
@@ -218,44 +223,24 @@ class AtlasDescription:
         return None
 
 
-_PARAMETER_DEFAULTS = dict(
-    ibf_threshold=0.5, probe_selection="diff_stability", donor_probes="aggregate",
-    sim_threshold=None, lr_mirror=None, missing=None, tolerance=2, sample_norm="srs",
-    gene_norm="srs", norm_matched=True, norm_structures=False, region_agg="donors",
-    agg_metric="mean", corrected_mni=True, reannotated=True, donors="all", return_donors=False,
-)
+#: The options, with their defaults, as fields (declared in :mod:`ahba_app.options`).
+_ReportOptions = make_dataclass("_ReportOptions", [(o.name, Any, field(default=o.default))
+                                                   for o in OPTIONS.values()])
 
 
 @dataclass
-class ReportParameters:
+class ReportParameters(_ReportOptions):
     """The options of a run, with abagen's names and defaults, plus what describes the run.
 
-    The first seventeen fields are the parameters of ``get_expression_data``.
-    ``stability_threshold`` is ahba-app's gene filter (genes whose differential stability across
-    donors is below it are dropped; ``None`` keeps all). ``preset`` names the preset used, with its
-    ``preset_description`` and ``preset_citations`` (keys of ``references.json``). ``versions``
-    maps software names to versions (``{"ahba-app": "0.1.0", "python": "3.11.7", ...}``).
-    String spellings ``"none"``/``"None"`` mean None, as in the preset files.
+    The option fields are those of :data:`ahba_app.options.OPTIONS` (``get_expression_data``'s
+    parameters and ``stability_threshold``); ``return_donors`` says whether per-donor tables
+    were returned. ``preset`` names the preset used, with its ``preset_description`` and
+    ``preset_citations`` (keys of ``references.json``). ``versions`` maps software names to
+    versions (``{"ahba-app": "0.1.0", "python": "3.11.7", ...}``). String spellings
+    ``"none"``/``"None"`` mean None, as in the preset files.
     """
 
-    ibf_threshold: float = 0.5
-    probe_selection: str = "diff_stability"
-    donor_probes: str = "aggregate"
-    sim_threshold: float | None = None
-    lr_mirror: str | None = None
-    missing: str | None = None
-    tolerance: float = 2
-    sample_norm: str | None = "srs"
-    gene_norm: str | None = "srs"
-    norm_matched: bool = True
-    norm_structures: bool = False
-    region_agg: str = "donors"
-    agg_metric: Any = "mean"
-    corrected_mni: bool = True
-    reannotated: bool = True
-    donors: Any = "all"
     return_donors: bool = False
-    stability_threshold: float | None = None
     atlas: AtlasDescription = field(default_factory=AtlasDescription)
     preset: str | None = None
     preset_description: str | None = None
@@ -264,38 +249,10 @@ class ReportParameters:
 
     def __post_init__(self):
         self.atlas = AtlasDescription.from_mapping(self.atlas)
-        for name in ("sim_threshold", "lr_mirror", "missing", "sample_norm", "gene_norm",
-                     "stability_threshold", "preset"):
-            setattr(self, name, _none(getattr(self, name)))
-        if isinstance(self.lr_mirror, bool):  # abagen's deprecated spelling
-            self.lr_mirror = "bidirectional" if self.lr_mirror else None
-        if callable(self.agg_metric):
-            self.agg_metric = getattr(self.agg_metric, "__name__", "custom")
-        self.agg_metric = {"average": "mean", "nanmean": "mean",
-                           "nanmedian": "median"}.get(self.agg_metric, self.agg_metric)
-        self.probe_selection = "average" if self.probe_selection == "mean" else self.probe_selection
-        for name in ("sample_norm", "gene_norm"):
-            value = getattr(self, name)
-            if value is not None:
-                setattr(self, name, NORMALIZATION_ALIASES.get(value, value))
-        _choice("probe_selection", self.probe_selection, PROBE_SELECTION)
-        _choice("donor_probes", self.donor_probes, DONOR_PROBES)
-        _choice("lr_mirror", self.lr_mirror, LR_MIRROR)
-        _choice("missing", self.missing, MISSING)
-        _choice("region_agg", self.region_agg, REGION_AGG)
-        for name in ("sample_norm", "gene_norm"):
-            value = getattr(self, name)
-            if value is not None:
-                _choice(name, value, list(NORMALIZATION) + list(NORMALIZATION_ALIASES) + [None])
-        self.ibf_threshold = float(self.ibf_threshold)
-        self.tolerance = float(self.tolerance)
-        if self.sim_threshold is not None:
-            self.sim_threshold = float(self.sim_threshold)
-        if self.stability_threshold is not None:
-            self.stability_threshold = float(self.stability_threshold)
-        for name in ("norm_matched", "norm_structures", "corrected_mni", "reannotated",
-                     "return_donors"):
-            setattr(self, name, bool(getattr(self, name)))
+        for name in OPTIONS:
+            setattr(self, name, report_value(name, getattr(self, name)))
+        self.preset = _none(self.preset)
+        self.return_donors = bool(self.return_donors)
         self.preset_citations = tuple(self.preset_citations or ())
         self.versions = {str(k): str(v) for k, v in dict(self.versions or {}).items()}
         if "ahba-app" not in self.versions:
@@ -342,12 +299,11 @@ class ReportParameters:
         return self.donor_probes
 
     def as_table(self) -> list[tuple[str, Any, Any, str]]:
-        """(name, value, abagen default, description) for every abagen parameter and extension."""
-        rows = []
-        for name, default in _PARAMETER_DEFAULTS.items():
-            rows.append((name, getattr(self, name), default, PARAMETER_DOCS[name]))
-        rows.append(("stability_threshold", self.stability_threshold, None,
-                     PARAMETER_DOCS["stability_threshold"]))
+        """(name, value, default, description) of every option, and ``return_donors``."""
+        rows = options_table(vars(self))
+        at = [row[0] for row in rows].index("donors") + 1
+        rows.insert(at, ("return_donors", self.return_donors, False,
+                         "Return one table per donor instead of the donor aggregate."))
         return rows
 
 
@@ -664,13 +620,8 @@ NORMALIZATION: dict[str, OptionText] = {
     ),
 }
 
-#: abagen's other names for the normalisation methods.
-NORMALIZATION_ALIASES: dict[str, str] = {
-    "demean": "center", "sig": "sigmoid", "scaled_sig": "scaled_sigmoid",
-    "scaled_sig_qnt": "scaled_sigmoid_quantiles", "rs": "robust_sigmoid",
-    "rsig": "robust_sigmoid", "srs": "scaled_robust_sigmoid",
-    "scaled_rsig": "scaled_robust_sigmoid", "mixed_sig": "mixed_sigmoid",
-}
+#: abagen's other names for the normalisation methods (the registry's).
+NORMALIZATION_ALIASES: Mapping[str, str] = MappingProxyType(_NORMALIZE_ALIASES)
 
 LR_MIRROR: dict[str | None, OptionText] = {
     None: OptionText(label="none", text=""),
@@ -733,31 +684,6 @@ REGION_AGG: dict[str, OptionText] = {
               "their {metric}, so that donors with more samples in a region weigh more."),
     ),
 }
-
-#: One-line descriptions of every parameter, for the report's parameter table.
-PARAMETER_DOCS: dict[str, str] = {
-    "ibf_threshold": "Fraction of samples in which a probe must exceed background to be kept.",
-    "probe_selection": "How one expression profile per gene is obtained from its probes.",
-    "donor_probes": "Whether probes are chosen on pooled donors, per donor, or by majority.",
-    "sim_threshold": "Drop samples whose summed correlation is this many SD below the mean.",
-    "lr_mirror": "Copy samples into the other hemisphere to increase coverage.",
-    "missing": "How regions without samples are filled (or left empty).",
-    "tolerance": ("Volumetric atlas: search radius in mm. Surface atlas: SD above the mean "
-                  "distance (a negative value is a distance in mm)."),
-    "sample_norm": "Normalisation of each sample across genes, within donors.",
-    "gene_norm": "Normalisation of each gene across samples, within donors.",
-    "norm_matched": "Normalise genes over matched samples only (else over all samples).",
-    "norm_structures": "Normalise genes separately within cortex, subcortex and cerebellum.",
-    "region_agg": "Combine samples within donors first, or pool all samples.",
-    "agg_metric": "Statistic used to combine samples and donors.",
-    "corrected_mni": "Use the alleninf non-linear MNI coordinates of the samples.",
-    "reannotated": "Use the Arnatkeviciute et al. (2019) probe-to-gene reannotation.",
-    "donors": "Donors whose samples are used.",
-    "return_donors": "Return one table per donor instead of the donor aggregate.",
-    "stability_threshold": ("ahba-app extension: drop genes whose differential stability "
-                            "across donors is below this value."),
-}
-
 
 # ------------------------------------------------------------------------------------------------
 # Text helpers

@@ -6,6 +6,7 @@ from __future__ import annotations
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from .. import summary
 from ..interfaces.atlas import AggregateExpression, MatchSamples, NormalizeExpression
 from ..interfaces.bids import GroupDerivatives, ParticipantDerivatives
 from ..interfaces.reports import RunReport
@@ -25,11 +26,9 @@ def atlas_workflow_name(atlas_key: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in atlas_key) + "_wf"
 
 
-def init_atlas_wf(*, atlas, analysis_level, out_dir, desc, metadata, parameters,
-                  data_dir=None, tolerance=2.0, sample_norm="srs", gene_norm="srs",
-                  norm_matched=True, norm_structures=False, missing=None, region_agg="donors",
-                  agg_metric="mean", stability_threshold=None, save_donors=False,
-                  warnings=(), provenance=None, name="atlas_wf"):
+def init_atlas_wf(*, atlas, analysis_level, out_dir, desc, metadata, parameters, settings,
+                  data_dir=None, save_donors=False, warnings=(), provenance=None,
+                  name="atlas_wf"):
     """Build the workflow of one atlas, from matched samples to its derivatives.
 
     Workflow graph (group)::
@@ -55,10 +54,13 @@ def init_atlas_wf(*, atlas, analysis_level, out_dir, desc, metadata, parameters,
     metadata : dict
         Sidecar content shared by every output (parameters, preset, donors, versions).
     parameters : dict
-        :class:`ahba_app.report.ReportParameters` fields (the atlas excepted).
-    data_dir, tolerance, sample_norm, gene_norm, norm_matched, norm_structures, missing,
-    region_agg, agg_metric, stability_threshold
-        Processing options, with ``get_expression_data``'s meaning.
+        What the report says besides the options (``preset``, ``versions``, ...:
+        :class:`ahba_app.report.ReportParameters` fields).
+    settings : :class:`ahba_app.options.Settings`
+        The processing options; this workflow reads those of the ``matching``, ``normalize``
+        and ``aggregate`` stages, and the report all of them.
+    data_dir : str or None
+        The AHBA data folder (FreeSurfer files of donor-native surface atlases).
     save_donors : bool
         Group level: also write one region x gene table per donor.
     warnings : list of str
@@ -87,13 +89,16 @@ def init_atlas_wf(*, atlas, analysis_level, out_dir, desc, metadata, parameters,
     inputnode = pe.Node(niu.IdentityInterface(fields=_INPUTS), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
 
-    match = pe.Node(MatchSamples(atlas=atlas_dict, data_dir=data_dir, tolerance=tolerance),
+    s = settings
+    match = pe.Node(MatchSamples(atlas=atlas_dict, data_dir=data_dir, tolerance=s.tolerance),
                     name="match")
-    normalize = pe.MapNode(NormalizeExpression(sample_norm=sample_norm, gene_norm=gene_norm,
-                                               norm_matched=norm_matched,
-                                               norm_structures=norm_structures),
+    normalize = pe.MapNode(NormalizeExpression(sample_norm=s.sample_norm, gene_norm=s.gene_norm,
+                                               norm_matched=s.norm_matched,
+                                               norm_structures=s.norm_structures),
                            iterfield=["expression", "annotation", "labels"], name="normalize")
-    report_inputs = dict(atlas=atlas_dict, data_dir=data_dir, parameters=parameters,
+    report_parameters = dict(summary.report_parameters(s, return_donors=save_donors,
+                                                       versions={}), **(parameters or {}))
+    report_inputs = dict(atlas=atlas_dict, data_dir=data_dir, parameters=report_parameters,
                          warnings=list(warnings), provenance=dict(provenance or {}))
     sink_inputs = dict(out_dir=str(out_dir), atlas=atlas_dict, desc=desc, metadata=metadata)
 
@@ -105,8 +110,8 @@ def init_atlas_wf(*, atlas, analysis_level, out_dir, desc, metadata, parameters,
 
     if analysis_level == "group":
         aggregate = pe.Node(AggregateExpression(
-            atlas=atlas_dict, data_dir=data_dir, missing=missing, region_agg=region_agg,
-            agg_metric=agg_metric, stability_threshold=stability_threshold,
+            atlas=atlas_dict, data_dir=data_dir, missing=s.missing, region_agg=s.region_agg,
+            agg_metric=s.agg_metric, stability_threshold=s.stability_threshold,
             return_donors=save_donors), name="aggregate", mem_gb=1.0)
         report = pe.Node(RunReport(**report_inputs), name="report")
         ds_group = pe.Node(GroupDerivatives(**sink_inputs), name="ds_group")

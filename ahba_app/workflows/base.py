@@ -31,14 +31,10 @@ def workflow_config(*, crash_dir, hash_method="timestamp", stop_on_first_crash=T
     }
 
 
-def init_ahba_wf(*, analysis_level, atlases, donors, out_dir, crash_dir, base_dir=None,
+def init_ahba_wf(*, analysis_level, atlases, out_dir, crash_dir, settings, base_dir=None,
                  desc="custom", metadata=None, parameters=None, data_dir=None,
-                 ibf_threshold=0.5, probe_selection="diff_stability", donor_probes="aggregate",
-                 sim_threshold=None, lr_mirror=None, missing=None, tolerance=2.0,
-                 sample_norm="srs", gene_norm="srs", norm_matched=True, norm_structures=False,
-                 region_agg="donors", agg_metric="mean", corrected_mni=True, reannotated=True,
-                 stability_threshold=None, save_donors=False, warnings=None, provenance=None,
-                 hash_method="timestamp", name="ahba_wf"):
+                 save_donors=False, warnings=None, provenance=None, hash_method="timestamp",
+                 name="ahba_wf"):
     """Build the whole ahba-app workflow for a set of atlases.
 
     Workflow graph::
@@ -52,8 +48,6 @@ def init_ahba_wf(*, analysis_level, atlases, donors, out_dir, crash_dir, base_di
         Sample-level tables per donor, or region x gene tables across donors.
     atlases : list of :class:`ahba_app.bids.AtlasInput`
         The atlases, already checked.
-    donors : list of str
-        AHBA donor numbers.
     out_dir : str
         Staging folder the derivatives are written into.
     crash_dir : str
@@ -64,14 +58,13 @@ def init_ahba_wf(*, analysis_level, atlases, donors, out_dir, crash_dir, base_di
         ``desc-`` label of the outputs.
     metadata : dict
         Sidecar content shared by every output.
+    settings : :class:`ahba_app.options.Settings`
+        The processing options (donors included), checked.
     parameters : dict
-        :class:`ahba_app.report.ReportParameters` fields (the atlas excepted).
+        What the report says besides the options: ``preset``, ``preset_description``,
+        ``preset_citations``, ``versions`` (:class:`ahba_app.report.ReportParameters` fields).
     data_dir : str or None
         The AHBA data folder.
-    ibf_threshold, probe_selection, donor_probes, sim_threshold, lr_mirror, missing, tolerance,
-    sample_norm, gene_norm, norm_matched, norm_structures, region_agg, agg_metric,
-    corrected_mni, reannotated, stability_threshold
-        Processing options, with ``get_expression_data``'s meaning.
     save_donors : bool
         Group level: also write one region x gene table per donor.
     warnings : dict of str to list of str
@@ -91,21 +84,14 @@ def init_ahba_wf(*, analysis_level, atlases, donors, out_dir, crash_dir, base_di
     workflow.config = workflow_config(crash_dir=crash_dir, hash_method=hash_method)
     data_dir = None if data_dir is None else os.fspath(data_dir)
 
-    ahba_data_wf = init_ahba_data_wf(
-        donors=donors, data_dir=data_dir, reannotated=reannotated, corrected_mni=corrected_mni,
-        lr_mirror=lr_mirror, sim_threshold=sim_threshold, ibf_threshold=ibf_threshold,
-        probe_selection=probe_selection, donor_probes=donor_probes,
-        need_rnaseq=probe_selection == "rnaseq")
+    ahba_data_wf = init_ahba_data_wf(settings=settings, data_dir=data_dir)
 
     connections = []
     for atlas in atlases:
         atlas_wf = init_atlas_wf(
             atlas=atlas, analysis_level=analysis_level, out_dir=out_dir, desc=desc,
-            metadata=dict(metadata or {}), parameters=dict(parameters or {}), data_dir=data_dir,
-            tolerance=tolerance, sample_norm=sample_norm, gene_norm=gene_norm,
-            norm_matched=norm_matched, norm_structures=norm_structures, missing=missing,
-            region_agg=region_agg, agg_metric=agg_metric,
-            stability_threshold=stability_threshold, save_donors=save_donors,
+            metadata=dict(metadata or {}), parameters=dict(parameters or {}), settings=settings,
+            data_dir=data_dir, save_donors=save_donors,
             warnings=(warnings or {}).get(atlas.key, ()), provenance=provenance,
             name=atlas_workflow_name(atlas.key))
         connections += [

@@ -13,10 +13,7 @@ from ..interfaces.data import FilterProbes, LoadProbes, LocateData, PrepareSampl
 __all__ = ["init_ahba_data_wf"]
 
 
-def init_ahba_data_wf(*, donors, data_dir=None, reannotated=True, corrected_mni=True,
-                      lr_mirror=None, sim_threshold=None, ibf_threshold=0.5,
-                      probe_selection="diff_stability", donor_probes="aggregate",
-                      need_rnaseq=False, name="ahba_data_wf"):
+def init_ahba_data_wf(*, settings, data_dir=None, name="ahba_data_wf"):
     """Build the workflow turning AHBA files into one samples x genes table per donor.
 
     Workflow graph::
@@ -26,22 +23,19 @@ def init_ahba_data_wf(*, donors, data_dir=None, reannotated=True, corrected_mni=
 
     Parameters
     ----------
-    donors : list of str
-        AHBA donor numbers.
+    settings : :class:`ahba_app.options.Settings`
+        The processing options; this workflow reads ``donors`` and the options of the
+        ``samples`` and ``probes`` stages (``probe_selection='rnaseq'`` also locates the RNA-seq
+        files).
     data_dir : str or None
         The AHBA data folder (None: ``$AHBA_DATA``, ``$ABAGEN_DATA`` or the per-user folder).
-    reannotated, corrected_mni, lr_mirror, sim_threshold, ibf_threshold, probe_selection,
-    donor_probes
-        Processing options, with ``get_expression_data``'s meaning.
-    need_rnaseq : bool
-        Locate the RNA-seq files too (``probe_selection='rnaseq'``).
     name : str
         Name of the workflow.
 
     Inputs
     ------
     donors
-        AHBA donor numbers (set from ``donors``).
+        AHBA donor numbers (set from ``settings.donors``).
 
     Outputs
     -------
@@ -60,22 +54,24 @@ def init_ahba_data_wf(*, donors, data_dir=None, reannotated=True, corrected_mni=
     """
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=["donors"]), name="inputnode")
-    inputnode.inputs.donors = list(donors)
+    inputnode.inputs.donors = list(settings.donors)
     outputnode = pe.Node(niu.IdentityInterface(fields=[
         "donors", "annotations", "sample_info", "expressions", "selection", "n_probes",
         "n_annotated", "n_filtered", "n_genes"]), name="outputnode")
 
     # the command line has checked (and, when needed, downloaded) the files before the run, so
     # this node only finds them; its inputs leave out how many processes run, to stay cached
-    fetch = pe.Node(LocateData(data_dir=data_dir, need_rnaseq=need_rnaseq), name="fetch")
-    reannotate = pe.Node(LoadProbes(reannotated=reannotated), name="reannotate")
-    annotate = pe.MapNode(PrepareSamples(corrected_mni=corrected_mni, lr_mirror=lr_mirror,
-                                         sim_threshold=sim_threshold),
+    s = settings
+    fetch = pe.Node(LocateData(data_dir=data_dir, need_rnaseq=s.probe_selection == "rnaseq"),
+                    name="fetch")
+    reannotate = pe.Node(LoadProbes(reannotated=s.reannotated), name="reannotate")
+    annotate = pe.MapNode(PrepareSamples(corrected_mni=s.corrected_mni, lr_mirror=s.lr_mirror,
+                                         sim_threshold=s.sim_threshold),
                           iterfield=["donor"], name="annotate")
-    filter_probes = pe.Node(FilterProbes(ibf_threshold=ibf_threshold), name="filter_probes",
+    filter_probes = pe.Node(FilterProbes(ibf_threshold=s.ibf_threshold), name="filter_probes",
                             mem_gb=1.0)
-    select_probes = pe.Node(SelectProbes(probe_selection=probe_selection,
-                                         donor_probes=donor_probes),
+    select_probes = pe.Node(SelectProbes(probe_selection=s.probe_selection,
+                                         donor_probes=s.donor_probes),
                             name="select_probes", mem_gb=2.0)
 
     workflow.connect([

@@ -1,0 +1,535 @@
+"""The processing options of ahba-app, each declared once.
+
+One :class:`Option` per option of ``get_expression_data`` (abagen 0.1.3's names and defaults)
+plus ahba-app's ``stability_threshold``: its default, how a value is checked and made
+canonical, its choices (read from the stage's method registry), its other spellings, one line
+of help, its command-line flags and the stage that uses it. Everything else is derived from
+:data:`OPTIONS`:
+
+- :class:`Settings`, the frozen, checked options of one run;
+- the command line's processing options (:func:`add_arguments`) and :data:`DEFAULTS`;
+- the options a preset may set (:data:`NAMES`);
+- the Nipype interface traits (:func:`trait`: ``traits.Enum`` of the registry);
+- the report's parameter table and help (:func:`table`).
+
+A new option is one entry here (and the stage function that uses it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import warnings
+from dataclasses import dataclass, field, fields, make_dataclass, replace
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+
+__all__ = ["OPTIONS", "DEFAULTS", "NAMES", "Option", "Settings", "add_arguments", "choices",
+           "settings", "table", "trait", "parse_text", "report_value", "deprecated_spellings"]
+
+#: How "no value" may be written in text (command line, preset files, reports).
+NONE_SPELLINGS = ("none", "None")
+
+
+# ---------------------------------------------------------------------------------------------
+# converters: value -> canonical value, or ValueError naming the value and what is allowed
+# ---------------------------------------------------------------------------------------------
+def _unit_interval(name: str) -> Callable:
+    def convert(value) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"Invalid {name}={value!r}: give a number between 0 and 1."
+                             ) from None
+        if not 0 <= number <= 1:
+            raise ValueError(f"Invalid {name}={value!r}: it must lie between 0 and 1.")
+        return number
+    return convert
+
+
+def _optional(convert: Callable) -> Callable:
+    def optional(value):
+        return None if value is None else convert(value)
+    return optional
+
+
+def _tolerance(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"Invalid tolerance={value!r}: give a number (mm for volumes, standard "
+                         "deviations for surfaces).") from None
+
+
+def _probe_selection(value):
+    from .probes import check_probe_selection
+    return check_probe_selection(value)
+
+
+def _donor_probes(value):
+    from .probes import DONOR_PROBES
+    if value not in DONOR_PROBES:
+        raise ValueError(f"Unknown donor_probes {value!r}: choose one of {list(DONOR_PROBES)}.")
+    return value
+
+
+def _sim_threshold(value):
+    from .samples import check_sim_threshold
+    return check_sim_threshold(value)
+
+
+def _lr_mirror(value):
+    from .samples import check_lr_mirror
+    return check_lr_mirror(value)
+
+
+def _missing(value):
+    from .matching import MISSING_METHODS
+    if value not in MISSING_METHODS:
+        raise ValueError(f"Invalid missing={value!r}: choose one of {list(MISSING_METHODS)}.")
+    return value
+
+
+def _norm(name: str) -> Callable:
+    def convert(value):
+        from . import normalize
+        resolved = normalize.resolve_norm(value)
+        if resolved in normalize.ACROSS_DONORS:
+            raise ValueError(f"Invalid {name}={resolved!r}: it corrects donors against one "
+                             "another; use ahba_app.normalize_expression on the donors' tables "
+                             f"instead. Choose one of {list(normalize.NORMALIZATIONS)} or None.")
+        return resolved
+    return convert
+
+
+def _any_norm(value):
+    from .normalize import resolve_norm
+    return resolve_norm(value)
+
+
+def _region_agg(value):
+    from .aggregate import REGION_AGGS
+    if value not in REGION_AGGS:
+        raise ValueError(f"Invalid region_agg={value!r}: choose one of {list(REGION_AGGS)}.")
+    return value
+
+
+def _agg_metric(value):
+    from .aggregate import check_metric
+    return check_metric(value)
+
+
+def _donors(value):
+    from .datasets import check_donors
+    return check_donors(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# registries: the values each option family accepts, read from the stage modules
+# ---------------------------------------------------------------------------------------------
+def _probe_selection_choices():
+    from .probes import SELECTION_ALIASES, SELECTION_METHODS
+    return tuple(SELECTION_METHODS), dict(SELECTION_ALIASES)
+
+
+def _donor_probes_choices():
+    from .probes import DONOR_PROBES
+    return tuple(DONOR_PROBES), {}
+
+
+def _lr_mirror_choices():
+    from .samples import MIRROR_METHODS
+    return (None, *MIRROR_METHODS), {}
+
+
+def _missing_choices():
+    from .matching import MISSING_METHODS
+    return tuple(MISSING_METHODS), {}
+
+
+def _norm_choices():
+    from . import normalize
+    methods = [m for m in normalize.METHODS if m not in normalize.ACROSS_DONORS]
+    return (None, *methods), dict(normalize.ALIASES)
+
+
+def _region_agg_choices():
+    from .aggregate import REGION_AGGS
+    return tuple(REGION_AGGS), {}
+
+
+def _agg_metric_choices():
+    from .aggregate import AGG_METRICS
+    return tuple(AGG_METRICS), {}
+
+
+# ---------------------------------------------------------------------------------------------
+# the table
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Switch:
+    """A command-line flag that sets a boolean option to ``value``."""
+
+    flags: tuple[str, ...]
+    value: bool
+    help: str | None  # None: accepted but not listed in --help
+
+
+@dataclass(frozen=True)
+class Option:
+    """One processing option.
+
+    name: ``get_expression_data``'s keyword (abagen's).
+    default: abagen 0.1.3's default (ahba-app's for its extensions).
+    stage: the stage that uses it (``samples``, ``probes``, ``matching``, ``normalize``,
+        ``aggregate``, ``data``).
+    help: one line, used by the command line, the interface traits and the report.
+    convert: value -> canonical value (aliases resolved); ValueError for a bad value.
+    registry: () -> (canonical choices, {alias: canonical}), read from the stage's registry;
+        None for numbers, switches and donors.
+    flags: command-line flags taking a value; switches: flags of a boolean option.
+    kind: ``number``, ``choice``, ``bool`` or ``donors`` (how text is parsed).
+    nullable: None is a valid value (written ``none`` on the command line and in presets).
+    metavar: the command line's placeholder.
+    describe: the converter of reports when it is more lenient than ``convert`` (a report may
+        describe what ``normalize_expression`` did across donors).
+    """
+
+    name: str
+    default: Any
+    stage: str
+    help: str
+    convert: Callable[[Any], Any]
+    kind: str = "number"
+    registry: Callable[[], tuple[tuple, dict]] | None = None
+    flags: tuple[str, ...] = ()
+    switches: tuple[Switch, ...] = ()
+    nullable: bool = False
+    metavar: str | None = None
+    describe: Callable[[Any], Any] | None = None
+
+    def choices(self) -> tuple:
+        """Canonical values (None first when allowed), from the registry."""
+        return self.registry()[0] if self.registry else ()
+
+    def aliases(self) -> dict:
+        """Other accepted spellings -> canonical value."""
+        return self.registry()[1] if self.registry else {}
+
+    def accepted(self) -> tuple:
+        """Every value the option takes: canonical values, then aliases."""
+        return (*self.choices(), *self.aliases())
+
+
+def _dash(name: str) -> tuple[str, str]:
+    return "--" + name.replace("_", "-"), "--" + name
+
+
+OPTIONS: Mapping[str, Option] = MappingProxyType({o.name: o for o in (
+    Option("ibf_threshold", 0.5, "probes",
+           "Share of all samples (0-1) in which a probe must exceed background to be kept.",
+           _unit_interval("ibf_threshold"), flags=_dash("ibf_threshold"), metavar="THRESHOLD"),
+    Option("probe_selection", "diff_stability", "probes",
+           "How one expression profile per gene is obtained from its probes.",
+           _probe_selection, kind="choice", registry=_probe_selection_choices,
+           flags=_dash("probe_selection"), metavar="METHOD"),
+    Option("donor_probes", "aggregate", "probes",
+           "Whether probes are chosen on pooled donors, per donor, or by majority.",
+           _donor_probes, kind="choice", registry=_donor_probes_choices,
+           flags=_dash("donor_probes"), metavar="METHOD"),
+    Option("sim_threshold", None, "samples",
+           "Drop samples whose summed correlation with the others is this many standard "
+           "deviations below the mean (none: keep all).",
+           _sim_threshold, nullable=True, flags=_dash("sim_threshold"), metavar="THRESHOLD"),
+    Option("lr_mirror", None, "samples",
+           "Copy samples into the other hemisphere to increase coverage.",
+           _lr_mirror, kind="choice", registry=_lr_mirror_choices, nullable=True,
+           flags=_dash("lr_mirror"), metavar="METHOD"),
+    Option("missing", None, "matching",
+           "How regions without samples are filled (none: left empty, rows of n/a).",
+           _missing, kind="choice", registry=_missing_choices, nullable=True,
+           flags=("--missing",), metavar="METHOD"),
+    Option("tolerance", 2, "matching",
+           "Volumetric atlas: how far (mm) a sample may lie from a region. Surface atlas: "
+           "standard deviations above the mean distance (a negative value is a distance in mm).",
+           _tolerance, flags=("--tolerance", "--tol"), metavar="DIST"),
+    Option("sample_norm", "srs", "normalize",
+           "Normalisation of each sample across genes, within donors.",
+           _norm("sample_norm"), kind="choice", registry=_norm_choices, nullable=True,
+           describe=_any_norm,
+           flags=_dash("sample_norm"), metavar="METHOD"),
+    Option("gene_norm", "srs", "normalize",
+           "Normalisation of each gene across samples, within donors.",
+           _norm("gene_norm"), kind="choice", registry=_norm_choices, nullable=True,
+           describe=_any_norm,
+           flags=_dash("gene_norm"), metavar="METHOD"),
+    Option("norm_matched", True, "normalize",
+           "Normalise genes over matched samples only (else over all samples).",
+           bool, kind="bool", switches=(
+               Switch(("--norm-all", "--norm_all"), False,
+                      "Normalize genes over all samples, not only the matched ones."),
+               Switch(("--norm-matched", "--norm_matched"), True,
+                      "Normalize genes over matched samples only (the default; overrides a "
+                      "preset)."))),
+    Option("norm_structures", False, "normalize",
+           "Normalise genes separately within cortex, subcortex/brainstem and cerebellum.",
+           bool, kind="bool", switches=(
+               Switch(("--norm-structures", "--norm_structures"), True,
+                      "Normalize genes separately within cortex, subcortex/brainstem and "
+                      "cerebellum."),
+               Switch(("--no-norm-structures", "--no_norm_structures"), False,
+                      "Normalize genes across structures (the default; overrides a preset)."))),
+    Option("region_agg", "donors", "aggregate",
+           "Combine samples within donors first, or pool all samples.",
+           _region_agg, kind="choice", registry=_region_agg_choices,
+           flags=_dash("region_agg"), metavar="METHOD"),
+    Option("agg_metric", "mean", "aggregate",
+           "Statistic used to combine samples and donors.",
+           _agg_metric, kind="choice", registry=_agg_metric_choices,
+           flags=_dash("agg_metric"), metavar="METHOD"),
+    Option("corrected_mni", True, "samples",
+           "Use the alleninf non-linear MNI coordinates of the samples.",
+           bool, kind="bool", switches=(
+               Switch(("--no-corrected-mni", "--no_corrected_mni"), False,
+                      "Use the AHBA's MNI coordinates instead of the alleninf corrected ones."),
+               Switch(("--corrected-mni",), True, None))),
+    Option("reannotated", True, "probes",
+           "Use the Arnatkeviciute et al. (2019) probe-to-gene reannotation.",
+           bool, kind="bool", switches=(
+               Switch(("--no-reannotated", "--no_reannotated"), False,
+                      "Use the AHBA's own probe annotations instead of the Arnatkeviciute et "
+                      "al. (2019) reannotation."),
+               Switch(("--reannotated",), True, None))),
+    Option("donors", "all", "data",
+           "Donors whose samples are used.", _donors, kind="donors"),
+    Option("stability_threshold", None, "aggregate",
+           "ahba-app extension: drop genes whose differential stability across donors is "
+           "below this value (none: keep all).",
+           _optional(_unit_interval("stability_threshold")), nullable=True,
+           flags=_dash("stability_threshold"), metavar="R"),
+)})
+
+#: Option names, in the table's order (also what a preset may set).
+NAMES: tuple[str, ...] = tuple(OPTIONS)
+
+#: Every option's default, as abagen (and ``get_expression_data``'s signature) writes it.
+DEFAULTS: Mapping[str, Any] = MappingProxyType({o.name: o.default for o in OPTIONS.values()})
+
+
+def deprecated_spellings(kwargs: dict, stacklevel: int = 3) -> dict:
+    """``kwargs`` with abagen's deprecated spellings replaced, with a FutureWarning:
+    ``exact=True/False`` (abagen < 0.1's ``missing``) and ``lr_mirror=True/False``."""
+    kwargs = dict(kwargs)
+    exact = kwargs.pop("exact", None)
+    if exact is not None:
+        warnings.warn("exact= is deprecated: use missing=None (exact=True) or "
+                      "missing='centroids' (exact=False).", FutureWarning, stacklevel=stacklevel)
+        kwargs["missing"] = None if exact else "centroids"
+    if isinstance(kwargs.get("lr_mirror"), bool):  # abagen < 0.1 took a boolean
+        warnings.warn("lr_mirror=True/False is deprecated: use 'bidirectional' or None.",
+                      FutureWarning, stacklevel=stacklevel)
+        kwargs["lr_mirror"] = "bidirectional" if kwargs["lr_mirror"] else None
+    return kwargs
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings: the checked options of one run
+# ---------------------------------------------------------------------------------------------
+def _post_init(self) -> None:
+    for option in OPTIONS.values():
+        object.__setattr__(self, option.name, option.convert(getattr(self, option.name)))
+    if self.probe_selection is not None:
+        from .probes import check_donor_probes
+        object.__setattr__(self, "donor_probes",
+                           check_donor_probes(self.donor_probes, self.probe_selection))
+    if self.probe_selection == "diff_stability" and len(self.donors) < 2:
+        raise ValueError("probe_selection='diff_stability' compares donors, so it needs at "
+                         f"least two; got donors={self.donors}. Use more donors or another "
+                         "probe_selection.")
+
+
+def _as_dict(self) -> dict:
+    """The settings as plain values (callables by name), for sidecars and reports."""
+    out = {f.name: getattr(self, f.name) for f in fields(self)}
+    out["donors"] = list(out["donors"])
+    if callable(self.agg_metric):
+        out["agg_metric"] = getattr(self.agg_metric, "__name__", repr(self.agg_metric))
+    return out
+
+
+def _names(cls) -> list[str]:
+    return [f.name for f in fields(cls)]
+
+
+def _replace(self, **changes) -> "Settings":
+    return replace(self, **changes)
+
+
+Settings = make_dataclass(
+    "Settings",
+    [(o.name, Any, field(default=o.default)) for o in OPTIONS.values()],
+    frozen=True,
+    namespace={"__post_init__": _post_init, "as_dict": _as_dict, "names": classmethod(_names),
+               "replace": _replace, "__module__": __name__,
+               "__doc__": "Every processing option of one run, checked and canonical (frozen).\n\n"
+                          "Built from :data:`OPTIONS`: ``Settings(**options)`` checks each "
+                          "value\nagainst its stage's registry, resolves aliases, and checks "
+                          "the options that\ndepend on one another."})
+
+
+def settings(**kwargs) -> "Settings":
+    """:class:`Settings` from ``get_expression_data``'s keywords (deprecated spellings
+    accepted with a FutureWarning)."""
+    return Settings(**deprecated_spellings(kwargs, stacklevel=4))
+
+
+# ---------------------------------------------------------------------------------------------
+# text sources: command line, preset files, reports
+# ---------------------------------------------------------------------------------------------
+def _is_none(value) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("", "none", "null"):
+        return True
+    return isinstance(value, float) and math.isnan(value)
+
+
+def parse_text(name: str, value):
+    """A value as a preset file or a report gives it: ``"none"`` (any case), ``""`` and NaN
+    mean None for options that take None; anything else is returned as is."""
+    if OPTIONS[name].nullable and _is_none(value):
+        return None
+    return value
+
+
+def report_value(name: str, value):
+    """The canonical value a report shows: spelled as :class:`Settings` makes it (``"none"``
+    spellings accepted), without the checks that need other options and without warnings; a
+    callable ``agg_metric`` by its name. A value outside the registry is a ValueError that
+    lists the allowed values."""
+    value = parse_text(name, value)
+    option = OPTIONS[name]
+    if name == "donors":
+        return value
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            value = (option.describe or option.convert)(value)
+        except (TypeError, ValueError):
+            if option.kind != "choice":
+                raise
+            shown = ", ".join(repr(a) for a in option.accepted())
+            raise ValueError(f"Invalid {name}={value!r}: allowed values are {shown}."
+                             ) from None
+    if name == "agg_metric" and callable(value):
+        return getattr(value, "__name__", "custom")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# the command line
+# ---------------------------------------------------------------------------------------------
+def choices(name: str | None = None):
+    """Values the command line accepts for the options with a fixed set (canonical names,
+    aliases, and 'none'/'None' when None is allowed); all of them by option without ``name``."""
+    if name is None:
+        return {o.name: choices(o.name) for o in OPTIONS.values() if o.kind == "choice"}
+    option = OPTIONS[name]
+    values = [v for v in option.accepted() if v is not None]
+    return values + list(NONE_SPELLINGS) if option.nullable else values
+
+
+class _Choices(list):
+    """A choice list that also accepts None (from ``none``) without listing it twice."""
+
+    def __contains__(self, item):
+        return item is None or super().__contains__(item)
+
+
+def _number(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+
+
+def _none_or_number(value: str):
+    if value in NONE_SPELLINGS:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {value!r}") from None
+
+
+_none_or_number.__name__ = "float"
+
+
+def _none_string(value: str):
+    return None if value in NONE_SPELLINGS else value
+
+
+def _shown(value) -> str:
+    return "none" if value is None else str(value)
+
+
+def add_arguments(group) -> None:
+    """Add every option with command-line flags to an argparse group.
+
+    Options are absent from the parsed namespace unless given (``argparse.SUPPRESS``), so that
+    an explicit option (even ``none``) can be told from a default.
+    """
+    for option in OPTIONS.values():
+        if option.switches:
+            for switch in option.switches:
+                group.add_argument(*switch.flags, dest=option.name, action="store_const",
+                                   const=switch.value, default=argparse.SUPPRESS,
+                                   help=switch.help or argparse.SUPPRESS)
+            continue
+        if not option.flags:
+            continue
+        text = option.help
+        kwargs = dict(dest=option.name, metavar=option.metavar, default=argparse.SUPPRESS)
+        if option.kind == "choice":
+            allowed = choices(option.name)
+            shown = ", ".join(v for v in allowed if v != "None")
+            text = f"{text} Choices: {shown}."
+            if option.nullable:
+                kwargs.update(type=_none_string, choices=_Choices(allowed))
+            else:
+                kwargs.update(choices=allowed)
+        else:
+            kwargs["type"] = _none_or_number if option.nullable else _number
+        kwargs["help"] = f"{text} Default: {_shown(option.default)}."
+        group.add_argument(*option.flags, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Nipype traits and the report
+# ---------------------------------------------------------------------------------------------
+def trait(name: str, **kwargs):
+    """The Nipype trait of an option: ``traits.Enum`` of its registry's values (canonical and
+    aliases, None when allowed), so that an interface rejects anything else; numbers and
+    switches as Float / Bool. The default is the option's, made canonical."""
+    from nipype.interfaces.base import traits
+
+    option = OPTIONS[name]
+    default = Settings.__dataclass_fields__[name].default
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        default = option.convert(default) if name != "donors" else default
+    kwargs.setdefault("desc", option.help)
+    kwargs.setdefault("usedefault", True)
+    if option.kind == "choice":
+        values = [default] + [v for v in option.accepted() if v != default]
+        return traits.Enum(*values, **kwargs)
+    if option.kind == "bool":
+        return traits.Bool(default, **kwargs)
+    if option.nullable:
+        return traits.Either(None, traits.Float, default=default, **kwargs)
+    return traits.Float(default, **kwargs)
+
+
+def table(values: Mapping) -> list[tuple[str, Any, Any, str]]:
+    """(name, value, default, help) of every option, for the report's parameter table."""
+    return [(o.name, values.get(o.name, o.default), o.default, o.help) for o in OPTIONS.values()]
