@@ -206,7 +206,7 @@ def test_match_and_normalize_equal_the_pipeline(chain):
         np.testing.assert_array_equal(read_frame(expr).to_numpy(),
                                       ref.expression[donor].to_numpy())
     matched = [int((read_labels(p) != 0).sum()) for p in chain["match"].labels]
-    assert matched == [ref.summary["samples"].loc[d, "matched"] for d in DONORS]
+    assert matched == [ref.summary.samples.loc[d, "matched"] for d in DONORS]
 
 
 def test_aggregate_equals_the_pipeline(chain):
@@ -301,4 +301,4 @@ def test_aggregate_group_on_node_files_equals_the_pipeline(chain, ahba_small, op
                        settings=pipeline.Settings(donors=DONORS, **settings))
     pd.testing.assert_frame_equal(result["expression"], ref.expression, check_exact=True,
                                   check_column_type=False)
-    assert result["summary"]["n_genes"] == ref.expression.shape[1]
+    assert result["summary"].n_genes == ref.expression.shape[1]
