@@ -2,7 +2,8 @@
 
 Every fenced ``python`` block is executed, and every ``ahba-app`` command of a ``bash`` block
 is run, on the synthetic data (``/data/ahba`` becomes the test's AHBA folder, ``INPUT_DIR`` /
-``OUTPUT_DIR`` temporary folders, ``[optional parts]`` are left out). Commands a test cannot
+``OUTPUT_DIR`` temporary folders, ``[optional parts]`` are left out) and with the Allen API
+answered locally (``tests/allen_api_server.py``: no network). Commands a test cannot
 run (building images, installing, the scripts CI itself runs) are listed in :data:`NOT_RUN`
 with the reason; a command of neither kind fails the test, so a new example is never skipped
 silently.
@@ -15,6 +16,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+from allen_api_server import allen_api  # noqa: F401 (a fixture: the Allen API, locally)
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -52,9 +54,10 @@ def test_the_readme_has_examples():
 
 
 @pytest.mark.parametrize("index", range(len(blocks("python"))))
-def test_python_examples_run(index, ahba_small, monkeypatch, tmp_path):
+def test_python_examples_run(index, ahba_small, monkeypatch, tmp_path, allen_api):
     code = blocks("python")[index].replace('"/data/ahba"', repr(str(ahba_small)))
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AHBA_DATA", str(tmp_path / "data"))  # what an example may fetch
     namespace: dict = {}
     exec(compile(code, f"README.md python block {index + 1}", "exec"), namespace)
     if "report" in namespace:  # the API example: the methods text of the run
