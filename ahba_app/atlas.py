@@ -663,6 +663,8 @@ def _surface_tree(lh, rh, tables, geometry, space, donor, data_dir, source, hemi
         raise ValueError(f"{source}: with geometry= also give space= (one of "
                          f"{_SURFACE_SPACES}).")
     (lv, lf), (rv, rf) = load_geometry(geometry)
+    lh = _nested_fsaverage(lh, lv, space, source)
+    rh = _nested_fsaverage(rh, rv, space, source)
     for name, labels, verts in (("left", lh, lv), ("right", rh, rv)):
         if len(labels) != len(verts):
             raise ValueError(f"{source}: the {name} hemisphere has {len(labels)} labelled "
@@ -701,11 +703,14 @@ def _load_cifti(img, source):
         raise ValueError(f"{source} holds {data.shape[0]} label maps: an atlas must hold "
                          f"exactly one. Split it (e.g. wb_command -cifti-separate) first.")
     values = _integer_labels(data[0], source)
-    hemis, ignored = {}, []
+    hemis, ignored, voxels = {}, [], []
     for name, where, model in models.iter_structures():
         key = {"CIFTI_STRUCTURE_CORTEX_LEFT": "L", "CIFTI_STRUCTURE_CORTEX_RIGHT": "R"}.get(name)
         if key is None:
-            ignored.append(name)
+            if model.volume_mask.all():
+                voxels.append((name, model.voxel, values[where]))
+            else:
+                ignored.append(name)
             continue
         full = np.zeros(model.nvertices[name], dtype=np.int64)
         full[model.vertex] = values[where]
@@ -714,10 +719,15 @@ def _load_cifti(img, source):
         raise ValueError(f"{source} lacks {'left' if 'L' not in hemis else 'right'} cortex "
                          f"(CIFTI_STRUCTURE_CORTEX_LEFT/RIGHT surface models).")
     if ignored:
-        warnings.warn(f"{source}: only the cortical surfaces are used; ignoring "
-                      f"{', '.join(ignored)}.", UserWarning, stacklevel=3)
+        warnings.warn(f"{source}: only the cortical surfaces and subcortical voxels are used; "
+                      f"ignoring {', '.join(ignored)}.", UserWarning, stacklevel=3)
     table = {int(k): v[0] for k, v in labels_axis.label[0].items()}
-    return hemis["L"], hemis["R"], table
+    volume = None
+    if voxels:
+        from .grayordinates import CiftiVolume
+
+        volume = CiftiVolume.from_models(voxels, models.volume_shape, models.affine)
+    return hemis["L"], hemis["R"], table, volume
 
 
 def check_atlas_info(atlas_info, labels=None, source=None) -> pd.DataFrame:
@@ -829,7 +839,9 @@ def check_atlas(atlas, atlas_info=None, geometry=None, space=None, donor=None,
         Folder holding donors' FreeSurfer reconstructions (``donor<N>/mri/orig.mgz``), for
         fsnative surfaces.
     """
-    if isinstance(atlas, AtlasTree):
+    from .grayordinates import GrayordinateAtlas
+
+    if isinstance(atlas, (AtlasTree, GrayordinateAtlas)):
         if atlas_info is not None:
             atlas.atlas_info = atlas_info
         return atlas
@@ -844,9 +856,14 @@ def check_atlas(atlas, atlas_info=None, geometry=None, space=None, donor=None,
             raise ValueError(f"{source} is a CIFTI dlabel file: give its surfaces with "
                              f"geometry=(left, right) (e.g. the fsLR 32k midthickness "
                              f"surfaces).")
-        lh, rh, table = _load_cifti(atlas, source)
+        lh, rh, table, volume = _load_cifti(atlas, source)
         tree, _ = _surface_tree(lh, rh, (table, table), geometry, space or "fslr", donor,
                                 data_dir, source)
+        if volume is not None:  # grayordinates: subcortical voxels too
+            from .grayordinates import volume_tree
+
+            tree = GrayordinateAtlas(tree, volume_tree(volume, table, source, donor),
+                                     source=source)
     elif _is_pathlike(atlas) or isinstance(atlas, nib.spatialimages.SpatialImage):
         if _is_pathlike(atlas) and str(atlas).endswith((".gii", ".gii.gz", ".annot")):
             raise TypeError(f"{source} is one hemisphere: surface atlases are given as a "
@@ -862,6 +879,7 @@ def check_atlas(atlas, atlas_info=None, geometry=None, space=None, donor=None,
         else:
             parts = [_surface_labels(hemi, _describe(hemi)) for hemi in atlas]
         (lh, lt), (rh, rt) = parts
+        lh, rh = _drop_shared_background(lh, rh, lt, rt)
         shared = np.intersect1d(lh[lh != 0], rh[rh != 0])
         if len(shared):
             raise ValueError(
@@ -887,6 +905,35 @@ def check_atlas(atlas, atlas_info=None, geometry=None, space=None, donor=None,
         if surface_info is not None:
             _check_surface_hemispheres(tree.atlas_info, surface_info, source)
     return tree
+
+
+def _drop_shared_background(lh, rh, lt, rt):
+    """Zero the labels that both hemispheres share and both label tables name as background
+    (:data:`BACKGROUND`, e.g. TemplateFlow's ``Background+FreeSurfer_Defined_Medial_Wall``)."""
+    shared = np.intersect1d(lh[lh != 0], rh[rh != 0])
+    background = [lab for lab in shared.tolist()
+                  if (lt or {}).get(lab) in BACKGROUND and (rt or {}).get(lab) in BACKGROUND]
+    if background:
+        lh = np.where(np.isin(lh, background), 0, lh)
+        rh = np.where(np.isin(rh, background), 0, rh)
+    return lh, rh
+
+
+def _nested_fsaverage(labels, vertices, space, source):
+    """Labels of a denser fsaverage mesh cut to a coarser one's vertices.
+
+    FreeSurfer's fsaverage meshes are nested icosahedra: fsaverage6's 40,962 vertices are the
+    first 40,962 of fsaverage's 163,842, and so on down, so a label file of a denser fsaverage
+    holds the coarser mesh's labels in its first vertices. Anything else is returned unchanged
+    (and the vertex-count check reports it).
+    """
+    icosahedral = {10 * 4 ** level + 2 for level in range(10)}.__contains__  # 12, 42, ...
+    if space is None or not _space_key(space, source).startswith("fsaverage"):
+        return labels
+    n_labels, n_vertices = len(labels), len(vertices)
+    if n_labels > n_vertices and icosahedral(n_labels) and icosahedral(n_vertices):
+        return labels[:n_vertices]
+    return labels
 
 
 def _check_surface_hemispheres(info, from_surface, source):

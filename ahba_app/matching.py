@@ -288,7 +288,11 @@ def unreachable_labels(atlas, annotation, tolerance: float = 2, warn: bool = Tru
     atlas = check_atlas(atlas)
     frame = sample_frame(annotation, copy=False)
     xyz = np.asarray(frame[COORDS], dtype=float)
-    if atlas.volumetric:
+    from . import grayordinates
+    if isinstance(atlas, grayordinates.GrayordinateAtlas):  # CIFTI: part by part
+        reached = np.setdiff1d(atlas.labels, grayordinates.unreachable_labels(
+            atlas, frame, tolerance))
+    elif atlas.volumetric:
         margin = float(np.sqrt(np.sum(np.asarray(atlas.voxel_size) ** 2)))
         reached = _reached_volume_labels(atlas, xyz, abs(tolerance) + margin)
     else:
@@ -561,6 +565,9 @@ def interpolate_missing(atlas, labels, expression: pd.DataFrame,
     from .atlas import check_atlas
 
     atlas = check_atlas(atlas)
+    from . import grayordinates
+    if isinstance(atlas, grayordinates.GrayordinateAtlas):  # CIFTI: part by part
+        return grayordinates.interpolate_missing(atlas, labels, expression, annotation)
     frame = sample_frame(annotation)
     values = _aligned(expression, frame)
     empty = np.setdiff1d(atlas.labels, _label_values(labels))
@@ -598,6 +605,9 @@ def match_centroids(atlas, labels, expression: pd.DataFrame, annotation: pd.Data
     from .atlas import check_atlas
 
     atlas = check_atlas(atlas)
+    from . import grayordinates
+    if isinstance(atlas, grayordinates.GrayordinateAtlas):  # CIFTI: part by part
+        return grayordinates.match_centroids(atlas, labels, expression, annotation)
     frame = sample_frame(annotation)
     values = _aligned(expression, frame)
     empty = np.setdiff1d(atlas.labels, _label_values(labels))

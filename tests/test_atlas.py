@@ -299,7 +299,7 @@ def test_gifti_label_tables_give_info():
     assert tree.triangles is not None and tree.graph is not None
 
 
-def make_dlabel(lh, rh, table, extra_voxels=False, shared=False):
+def make_dlabel(lh, rh, table, extra_voxels=False, shared=False, voxel_label=1):
     models = cifti2.BrainModelAxis.from_surface(np.flatnonzero(lh), len(lh), "CortexLeft") + \
         cifti2.BrainModelAxis.from_surface(np.flatnonzero(rh), len(rh), "CortexRight")
     values = [lh[lh > 0], rh[rh > 0]]
@@ -308,7 +308,7 @@ def make_dlabel(lh, rh, table, extra_voxels=False, shared=False):
         mask[1, 1, 1:3] = True
         models = models + cifti2.BrainModelAxis.from_mask(mask, name="ThalamusLeft",
                                                           affine=MNI_2MM)
-        values.append(np.array([1, 1]))
+        values.append(np.array([voxel_label, voxel_label]))
     labels = cifti2.LabelAxis(["parcels"], [{k: (v, (0.2, 0.4, 0.6, 1.0))
                                              for k, v in table.items()}])
     data = np.concatenate(values)[None].astype(np.float32)
@@ -332,15 +332,26 @@ def test_cifti_equals_gifti(tmp_path, sample_frame):
         check_atlas(path)
 
 
-def test_cifti_subcortical_models_ignored_and_shared_ids():
+def test_cifti_subcortical_models_and_shared_ids():
+    from ahba_app.grayordinates import GrayordinateAtlas
+
     (lh, lt), (rh, rt) = dk_surface_arrays()
     geometry = tuple(datasets.fetch_fsaverage5(load=False))
+    # subcortical voxels are used (tests/test_grayordinates.py): a label they share with the
+    # cortex is an error ...
     img = make_dlabel(lh, np.where(rh > 0, rh - 41, 0), lt, extra_voxels=True)
-    with pytest.warns(UserWarning, match="ignoring CIFTI_STRUCTURE_THALAMUS_LEFT"):
-        tree = check_atlas(img, geometry=geometry)
+    with pytest.raises(ValueError, match=r"label\(s\) \[1\] are used both on the cortical"):
+        check_atlas(img, geometry=geometry)
+    # ... a label of their own is a subcortical region of the same atlas
+    img = make_dlabel(lh, np.where(rh > 0, rh - 41, 0), {**lt, 99: "thalamus"},
+                      extra_voxels=True, voxel_label=99)
+    tree = check_atlas(img, geometry=geometry)
+    assert isinstance(tree, GrayordinateAtlas)
     # the same id on both hemispheres is one bilateral cortical region
-    assert tree.labels.tolist() == list(range(1, 35))
-    assert set(tree.atlas_info["hemisphere"]) == {"B"}
+    assert tree.labels.tolist() == list(range(1, 35)) + [99]
+    assert tree.atlas_info.loc[99, ["hemisphere", "structure"]].tolist() == \
+        ["L", "subcortex/brainstem"]
+    assert set(tree.atlas_info.loc[list(range(1, 35)), "hemisphere"]) == {"B"}
 
 
 def write_annot(path, labels, table):
