@@ -655,8 +655,7 @@ class _Handler(BaseHTTPRequestHandler):
             if kind == "malformed":
                 return self._send(200, b'{"success": true, "id": 0, "start_row": 0, "msg": [{"id"')
         if not match:
-            return self._send(404, json.dumps({"success": False,
-                                               "msg": f"no route for {parts.path}"}).encode())
+            return self._send(404, b"Not Found\n", "text/plain")
         try:
             answer = run_query(server.models, match.group(1), params, server.page_limit)
         except QueryError as exc:

@@ -313,6 +313,27 @@ def test_api_url_argument_and_environment(allen_api, monkeypatch):
     assert rma.api_url() == "https://api.brain-map.org"
 
 
+def test_wrong_address_is_a_clear_error(allen_api):
+    with pytest.raises(mouse.AllenAPIError, match=r"HTTP 404 Not Found; is http://127\.0\.0\.1:"
+                                                  r"\d+/v1 the Allen API"):
+        mouse.get_gene_info(id=18376, api_url=allen_api.url + "/v1")
+    assert len(allen_api.requests) == 1
+
+
+def test_identifier_forms():
+    assert rma.identifiers(id=[22.0, np.int32(31), "44", 22], kind="structure") == \
+        ("id", [22, 31, 44])
+    assert rma.identifiers(acronym="ACA", name="ignored", kind="structure") == ("acronym", ["ACA"])
+    assert rma.match("name", ["Ammon's horn", "x"]) == '[name$in"Ammon\'s horn",\'x\']'
+    for bad in (True, 2.5, "Pdyn"):
+        with pytest.raises(ValueError, match="id must be integers"):
+            rma.identifiers(id=bad, kind="gene")
+    with pytest.raises(ValueError, match="gene acronyms must be strings"):
+        rma.identifiers(acronym=["Pdyn", 5], kind="gene")
+    with pytest.raises(ValueError, match="square brackets"):
+        rma.match("name", ["a [b]"])
+
+
 def test_verbose_prints_the_queries(allen_api, capsys):
     mouse.get_structure_info(id=22, verbose=True)
     assert "Querying " + allen_api.url + "/api/v2/data/Structure/query.json?criteria=[id$eq22]" \

@@ -181,7 +181,8 @@ def _page(session: requests.Session, base: str, query: Query, start: int,
                 raise AllenQueryError(f"The Allen API refused the query {described}: "
                                       f"{refused.get('msg')}")
             raise AllenAPIError(f"Allen API query {described} failed: the server answered "
-                                f"HTTP {status} {response.reason}.")
+                                f"HTTP {status} {response.reason}; is {base} the Allen API (or "
+                                f"a mirror of it, as $AHBA_APP_ALLEN_API or api_url=)?")
         return body
 
     def fail(reason: str) -> AllenAPIError:
