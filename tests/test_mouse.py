@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import stat
 import subprocess
 import sys
@@ -18,8 +17,6 @@ from ahba_app.mouse import rma
 from allen_api_server import AllenAPIServer, allen_api  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.network
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(autouse=True)
@@ -437,19 +434,3 @@ def test_reachable_from_the_package():
                  "fetch_allenref_structures", "fetch_rubinov2015_structures"):
         assert f"'{name}'" in out
 
-
-def test_readme_mouse_example(allen_api, tmp_path, monkeypatch):
-    """The example of README's "Mouse" section runs, against the local Allen API."""
-    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as handle:
-        section = handle.read().split("\n## Mouse\n", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
-    assert len(blocks) == 1
-    monkeypatch.setenv("AHBA_DATA", str(tmp_path))
-    names: dict = {}
-    exec(compile(blocks[0], "README.md (Mouse)", "exec"), names)
-    assert names["genes"]["id"].to_dict() == {"Ace": 11210, "Cd99": 163028}
-    assert names["centre"].values.tolist() == [[1018, 7800, 3400, 1050]]
-    assert names["density"]["expression_density"].tolist() == [0.024840, 0.017199]
-    assert names["every"].shape == (2, 8)
-    assert len(names["structures"]) == len(names["rubinov"]) + 6
-    assert (tmp_path / "allenmouse" / "reference_atlas.csv").is_file()
