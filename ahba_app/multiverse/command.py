@@ -1,0 +1,155 @@
+"""The command line's multiverse run (``ahba-app IN OUT group --multiverse GRID``), from checked
+inputs: every input is checked before anything runs, and a bad one ends with one message
+(:class:`MultiverseInputError`) and nothing written.
+
+1. :func:`prepare`: read the grid with the run's other options as its base, plan it, read the
+   ``--multiverse-map`` TSV against each atlas's regions;
+2. :func:`summary`: what is about to run (pipelines, dropped combinations, shared stages, the
+   estimate), printed before the run;
+3. :func:`run`: one sweep per atlas into ``OUT/<atlas stem>_desc-multiverse_pipelines.tsv``
+   (``.parquet`` with ``parquet``), with a progress line that reads well in batch logs.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, TextIO
+
+import numpy as np
+import pandas as pd
+
+from .grid import Grid, GridError, load_grid
+from .planner import Plan, plan as make_plan
+from .sweep import ProgressLine, sweep
+
+__all__ = ["MultiverseInputError", "MultiverseRun", "prepare", "read_region_map", "run",
+           "summary"]
+
+#: Columns a region map may name its regions with (BIDS ``index`` first).
+INDEX_COLUMNS = ("index", "id", "label")
+
+
+class MultiverseInputError(ValueError):
+    """A grid or region map that cannot be used (one message, nothing written)."""
+
+
+def read_region_map(path, labels, where: str = "the atlas") -> pd.Series:
+    """The value per region of a map TSV (``index`` column, or ``id``/``label``, and one value
+    column, or a ``value`` column), checked against the atlas's region ``labels``: every region
+    of the file must be an atlas region and every atlas region must be listed (``n/a`` for no
+    value)."""
+    path = Path(path)
+    try:
+        table = pd.read_csv(path, sep="\t", na_values=["n/a"])
+    except (OSError, ValueError) as err:
+        raise MultiverseInputError(f"Cannot read the region map {path}: {err}") from None
+    index = next((c for c in INDEX_COLUMNS if c in table.columns), None)
+    if index is None:
+        raise MultiverseInputError(f"The region map {path} has no 'index' column (the atlas "
+                                   f"region of each row); its columns are {list(table.columns)}.")
+    others = [c for c in table.columns if c != index]
+    value = "value" if "value" in others else (others[0] if len(others) == 1 else None)
+    if value is None:
+        raise MultiverseInputError(f"The region map {path} must have one value column besides "
+                                   f"'{index}' (or one named 'value'); it has {others}.")
+    values = pd.to_numeric(table[value], errors="coerce")
+    bad = table[value][values.isna() & table[value].notna()]
+    if len(bad):
+        raise MultiverseInputError(f"The region map {path}: column {value!r} holds "
+                                   f"non-numbers ({list(bad[:5])}); write n/a for no value.")
+    try:
+        regions = table[index].astype(np.int64)
+    except (TypeError, ValueError):
+        raise MultiverseInputError(f"The region map {path}: column {index!r} must hold the "
+                                   "atlas's integer region indices.") from None
+    if regions.duplicated().any():
+        raise MultiverseInputError(f"The region map {path} lists region(s) "
+                                   f"{sorted(set(regions[regions.duplicated()]))[:10]} twice.")
+    labels = [int(label) for label in labels]
+    extra = sorted(set(regions) - set(labels))
+    missing = sorted(set(labels) - set(regions))
+    if extra or missing:
+        parts = []
+        if extra:
+            parts.append(f"region(s) {extra[:10]} are not in {where}")
+        if missing:
+            parts.append(f"region(s) {missing[:10]} of {where} are not listed")
+        raise MultiverseInputError(f"The regions of the map {path} do not match {where}: "
+                                   + "; ".join(parts) + ". List every region of the atlas once "
+                                   "(n/a for no value).")
+    return pd.Series(values.to_numpy(dtype=float), index=regions.to_numpy(), name=value)
+
+
+@dataclass
+class MultiverseRun:
+    """A checked multiverse run: the grid, its plan, and per atlas (output stem -> atlas) the
+    atlas (an AtlasTree, or a donor-native mapping) and its region map."""
+
+    grid: Grid
+    plan: Plan
+    atlases: dict
+    region_maps: dict = field(default_factory=dict)
+    parquet: bool = False
+
+
+def prepare(grid_arg, base: Mapping, atlases: Mapping, *, map_path=None,
+            group_atlas: bool = True, parquet: bool | None = None) -> MultiverseRun:
+    """Check everything a multiverse run needs. ``base``: the other options' values (command
+    line / preset); ``atlases``: output stem -> checked atlas (AtlasTree with ``labels``).
+    ``parquet`` None: Parquet for grids of more than 100,000 pipelines, TSV below."""
+    try:
+        grid = load_grid(grid_arg, base=base, group_atlas=group_atlas)
+    except GridError as err:
+        raise MultiverseInputError(str(err)) from None
+    maps = {}
+    if map_path is not None:
+        for stem, tree in atlases.items():
+            labels = next(iter(tree.values())).labels if isinstance(tree, Mapping) \
+                else tree.labels
+            maps[stem] = read_region_map(map_path, labels, where=stem)
+    result = make_plan(grid)
+    if parquet is None:
+        parquet = result.n_pipelines > 100_000
+    return MultiverseRun(grid, result, dict(atlases), maps, parquet)
+
+
+def summary(job: MultiverseRun, *, cells: int | None = None) -> str:
+    """What is about to run, for the log: the grid, what is dropped and why, the plan."""
+    kwargs = {} if cells is None else {"cells": cells}
+    n_atlases = len(job.atlases)
+    return "\n".join([job.grid.summary(),
+                      f"Per atlas ({n_atlases} atlas{'es' if n_atlases != 1 else ''}): "
+                      + job.plan.summary(parquet=job.parquet, **kwargs)])
+
+
+def output_path(output_dir, stem: str, parquet: bool) -> Path:
+    return Path(output_dir) / f"{stem}_desc-multiverse_pipelines.{'parquet' if parquet else 'tsv'}"
+
+
+def run(job: MultiverseRun, output_dir, *, data_dir=None, stream: TextIO | None = None,
+        interval: float = 30.0, n_proc: int = 1) -> list[Path]:
+    """One sweep per atlas; returns the tables written."""
+    stream = stream or sys.stderr
+    written = []
+    total = job.plan.n_pipelines * len(job.atlases)
+    progress = _Offset(ProgressLine(total, stream, interval))
+    for stem, tree in job.atlases.items():
+        out = output_path(output_dir, stem, job.parquet)
+        written.append(sweep(job.plan, tree, None, out, data_dir=data_dir,
+                             region_map=job.region_maps.get(stem), parquet=job.parquet,
+                             progress=progress, n_proc=n_proc))
+        progress.offset += job.plan.n_pipelines
+    return written
+
+
+class _Offset:
+    """One progress line over several sweeps (each counts from 0)."""
+
+    def __init__(self, line: ProgressLine):
+        self.line, self.offset = line, 0
+
+    def update(self, done: int) -> None:
+        self.line.update(self.offset + done)
+

@@ -1,0 +1,97 @@
+"""The command line's multiverse run: inputs checked first, one message, nothing written."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ahba_app.datasets import fetch_desikan_killiany
+from ahba_app.images import check_atlas
+from ahba_app.multiverse import command
+from ahba_app.multiverse.command import MultiverseInputError, read_region_map
+from ahba_app.multiverse.sweep import COLUMNS
+
+DK = fetch_desikan_killiany()
+
+
+@pytest.fixture(scope="module")
+def dk_tree():
+    return check_atlas(DK["image"], DK["info"])
+
+
+def _map(path, labels, values=None, column="myelin"):
+    values = np.linspace(0, 1, len(labels)) if values is None else values
+    pd.DataFrame({"index": labels, column: values}).to_csv(path, sep="\t", index=False,
+                                                           na_rep="n/a")
+    return path
+
+
+def test_region_map_is_read_by_atlas_index(tmp_path, dk_tree):
+    labels = list(dk_tree.labels)
+    values = np.arange(len(labels), dtype=float)
+    values[3] = np.nan
+    got = read_region_map(_map(tmp_path / "map.tsv", labels[::-1], values[::-1]), labels)
+    assert list(got.index) == labels[::-1] and got.name == "myelin"
+    assert got.loc[labels[0]] == 0.0 and np.isnan(got.loc[labels[3]])
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda t: t.iloc[:-1], ["are not listed", "83"]),
+    (lambda t: pd.concat([t, pd.DataFrame({"index": [999], "myelin": [1.0]})]),
+     ["999", "are not in"]),
+    (lambda t: t.rename(columns={"index": "region"}), ["no 'index' column"]),
+    (lambda t: t.assign(other=1.0), ["one value column"]),
+    (lambda t: t.assign(myelin=["high"] * len(t)), ["non-numbers", "high"]),
+    (lambda t: pd.concat([t, t.iloc[:1]]), ["twice"]),
+])
+def test_bad_region_maps_are_one_message(tmp_path, dk_tree, change, words):
+    labels = list(dk_tree.labels)
+    path = tmp_path / "map.tsv"
+    table = pd.DataFrame({"index": labels, "myelin": np.linspace(0, 1, len(labels))})
+    change(table).to_csv(path, sep="\t", index=False)
+    with pytest.raises(MultiverseInputError) as err:
+        read_region_map(path, labels, where="atlas-DK")
+    assert str(path) in str(err.value)
+    for word in words:
+        assert word in str(err.value), str(err.value)
+
+
+def test_prepare_checks_everything_before_running(tmp_path, dk_tree):
+    grid = tmp_path / "grid.toml"
+    grid.write_text("[grid]\nagg_metric = ['mean', 'median']\n")
+    bad_map = _map(tmp_path / "map.tsv", list(dk_tree.labels)[:-2])
+    with pytest.raises(MultiverseInputError, match="do not match atlas-DK"):
+        command.prepare(grid, {}, {"atlas-DK": dk_tree}, map_path=bad_map)
+    bad_grid = tmp_path / "bad.toml"
+    bad_grid.write_text("[grid]\nagg_metric = ['mode']\n")
+    with pytest.raises(MultiverseInputError, match="mode"):
+        command.prepare(bad_grid, {}, {"atlas-DK": dk_tree})
+    job = command.prepare(grid, {"gene_norm": "zscore"}, {"atlas-DK": dk_tree})
+    assert job.plan.n_pipelines == 2 and not job.parquet
+    assert all(p.options["gene_norm"] == "zscore" for p in job.grid.pipelines())
+    assert command.prepare("markello2021", {}, {"atlas-DK": dk_tree}).parquet
+    text = command.summary(job)
+    assert "2 pipelines" in text and "1 normalization" in text and "estimated" in text
+    assert sorted(tmp_path.iterdir()) == sorted([grid, bad_map, bad_grid])  # nothing written
+
+
+def test_run_writes_one_table_per_atlas(tmp_path, dk_tree, ahba_small):
+    grid = tmp_path / "grid.toml"
+    grid.write_text("[grid]\nagg_metric = ['mean', 'median']\n")
+    map_path = _map(tmp_path / "map.tsv", list(dk_tree.labels))
+    job = command.prepare(grid, {"sample_norm": "zscore"},
+                          {"atlas-DK": dk_tree, "atlas-DKcopy": dk_tree}, map_path=map_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    log = io.StringIO()
+    written = command.run(job, out, data_dir=ahba_small, stream=log, interval=0)
+    assert [p.name for p in written] == ["atlas-DK_desc-multiverse_pipelines.tsv",
+                                         "atlas-DKcopy_desc-multiverse_pipelines.tsv"]
+    first, second = (pd.read_csv(p, sep="\t") for p in written)
+    assert list(first.columns) == list(COLUMNS) and len(first) == 2
+    pd.testing.assert_frame_equal(first, second)
+    assert first["map_rho"].notna().all() and (first["sample_norm"] == "zscore").all()
+    assert log.getvalue().splitlines()[-1].startswith("multiverse: 4/4 pipelines (100.0%)")
