@@ -95,3 +95,68 @@ def test_run_writes_one_table_per_atlas(tmp_path, dk_tree, ahba_small):
     pd.testing.assert_frame_equal(first, second)
     assert first["map_rho"].notna().all() and (first["sample_norm"] == "zscore").all()
     assert log.getvalue().splitlines()[-1].startswith("multiverse: 4/4 pipelines (100.0%)")
+
+
+# ---------------------------------------------------------------------------------------------
+# ahba-app IN OUT group --multiverse GRID
+# ---------------------------------------------------------------------------------------------
+def _main(capsys, args):
+    from ahba_app.cli import run as cli_run
+
+    code = cli_run.main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+def _cli_grid(tmp_path, text="[grid]\nagg_metric = ['mean', 'median']\n"):
+    path = tmp_path / "grid.toml"
+    path.write_text(text)
+    (tmp_path / "in").mkdir(exist_ok=True)
+    return path
+
+
+def test_command_line_multiverse_run(tmp_path, capsys, ahba_small, dk_tree):
+    grid = _cli_grid(tmp_path)
+    map_path = _map(tmp_path / "map.tsv", list(dk_tree.labels))
+    out = tmp_path / "out"
+    code, err = _main(capsys, [tmp_path / "in", out, "group", "--ahba-dir", ahba_small,
+                               "-w", tmp_path / "work", "--gene-norm", "zscore",
+                               "--multiverse", grid, "--multiverse-map", map_path])
+    assert code == 0, err
+    table = out / "atlas-desikankilliany_desc-multiverse_pipelines.tsv"
+    assert sorted(p.name for p in out.iterdir()) == [table.name, "dataset_description.json"]
+    rows = pd.read_csv(table, sep="\t")
+    assert len(rows) == 2 and list(rows["agg_metric"]) == ["mean", "median"]
+    assert (rows["gene_norm"] == "zscore").all() and rows["map_rho"].notna().all()
+    assert "2 pipelines" in err and "estimated" in err
+    assert "multiverse: 2/2 pipelines (100.0%)" in err
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--multiverse", "GRID_UNKNOWN"], ["unknown option", "sample_nrom"]),
+    (["--multiverse", "GRID", "--multiverse-map", "MAP_BAD"], ["do not match"]),
+    (["--multiverse-map", "MAP_BAD"], ["--multiverse-map needs --multiverse"]),
+    (["--multiverse", "no-such-grid"], ["Unknown multiverse grid", "markello2021"]),
+])
+def test_command_line_bad_multiverse_inputs(tmp_path, capsys, ahba_small, dk_tree, extra,
+                                            words):
+    grid = _cli_grid(tmp_path)
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text("[grid]\nsample_nrom = ['srs']\n")
+    bad_map = _map(tmp_path / "bad.tsv", list(dk_tree.labels)[1:])
+    swap = {"GRID": grid, "GRID_UNKNOWN": unknown, "MAP_BAD": bad_map}
+    out = tmp_path / "out"
+    code, err = _main(capsys, [tmp_path / "in", out, "group", "--ahba-dir", ahba_small,
+                               "-w", tmp_path / "work", *[swap.get(a, a) for a in extra]])
+    assert code == 1
+    lines = [line for line in err.splitlines() if "error" in line]
+    assert len(lines) == 1 and lines[0].startswith("ahba-app: error:")
+    for word in words:
+        assert word in lines[0], lines[0]
+    assert not out.exists() and not (tmp_path / "work").exists()
+
+
+def test_command_line_multiverse_needs_the_group_level(tmp_path, capsys, ahba_small):
+    grid = _cli_grid(tmp_path)
+    code, err = _main(capsys, [tmp_path / "in", tmp_path / "out", "participant",
+                               "--ahba-dir", ahba_small, "--multiverse", grid])
+    assert code == 1 and "group level" in err and not (tmp_path / "out").exists()

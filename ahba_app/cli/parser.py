@@ -105,6 +105,23 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--save-counts", "--save_counts", dest="save_counts", action="store_true",
                    help="Accepted for abagen compatibility: sample counts are always written.")
 
+    g = parser.add_argument_group("Multiverse (group level; ahba_app.multiverse)")
+    g.add_argument("--multiverse", metavar="GRID",
+                   help="Run every pipeline of a grid (a TOML file whose [grid] table maps "
+                        "options to lists of values, or a bundled grid such as markello2021) "
+                        "and write one row of statistics per pipeline and atlas instead of the "
+                        "tables. Options the grid does not name keep their value from the "
+                        "command line or preset.")
+    g.add_argument("--multiverse-map", "--multiverse_map", dest="multiverse_map", type=_path,
+                   metavar="TSV",
+                   help="A value per atlas region (columns 'index' and one value, n/a for "
+                        "none) whose Spearman correlation with each table's first principal "
+                        "component is reported (map_rho).")
+    g.add_argument("--multiverse-format", "--multiverse_format", dest="multiverse_format",
+                   choices=["auto", "tsv", "parquet"], default="auto",
+                   help="Format of the pipelines table. Default: auto (Parquet above 100,000 "
+                        "pipelines, TSV below).")
+
     g = parser.add_argument_group("Execution")
     g.add_argument("-w", "--work-dir", "--work_dir", dest="work_dir", type=_path,
                    metavar="PATH",

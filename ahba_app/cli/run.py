@@ -407,6 +407,7 @@ def main(argv=None) -> int:
     _setup_environment(opts.work_dir or Path.cwd() / "work")
     try:
         plan = prepare_run(opts)
+        multiverse = _prepare_multiverse(opts, plan)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except Exception as err:  # any problem found while checking inputs: one clear message
@@ -416,6 +417,10 @@ def main(argv=None) -> int:
         print(f"ahba-app: error: {message}", file=sys.stderr)
         return EXIT_FAILED
     try:
+        if multiverse is not None:
+            from ..multiverse.command import run_cli
+            run_cli(plan, multiverse)
+            return EXIT_OK
         return run_plan(plan, argv)
     except KeyboardInterrupt:
         print("ahba-app: interrupted.", file=sys.stderr)
@@ -425,6 +430,17 @@ def main(argv=None) -> int:
             LGR.exception("The run failed.")
         print(f"ahba-app: error: {_plain(err)}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _prepare_multiverse(opts, plan: RunPlan):
+    """The checked ``--multiverse`` run (:mod:`ahba_app.multiverse.command`), or None."""
+    if getattr(opts, "multiverse", None) is None:
+        if getattr(opts, "multiverse_map", None) is not None:
+            raise UsageError("--multiverse-map needs --multiverse GRID.")
+        return None
+    from ..multiverse.command import prepare_cli
+
+    return prepare_cli(plan, opts.multiverse, opts.multiverse_map, opts.multiverse_format)
 
 
 def _plain(err: BaseException) -> str:

@@ -153,3 +153,47 @@ class _Offset:
     def update(self, done: int) -> None:
         self.line.update(self.offset + done)
 
+
+
+# ---------------------------------------------------------------------------------------------
+# the command line (ahba_app.cli.run calls these with its checked RunPlan)
+# ---------------------------------------------------------------------------------------------
+FORMATS = ("auto", "tsv", "parquet")
+
+
+def prepare_cli(run_plan, grid_arg, map_path=None, fmt: str = "auto") -> MultiverseRun:
+    """Check a ``--multiverse`` run on top of the checked :class:`ahba_app.cli.run.RunPlan`:
+    the group level, the grid (the run's options as its base), the region map per atlas."""
+    from .. import bids
+
+    if run_plan.analysis_level != "group":
+        raise MultiverseInputError("--multiverse runs at the group level (its tables are region "
+                                   "x gene); use 'group' instead of "
+                                   f"'{run_plan.analysis_level}'.")
+    if fmt not in FORMATS:
+        raise MultiverseInputError(f"Unknown --multiverse-format {fmt!r}: choose one of "
+                                   f"{list(FORMATS)}.")
+    atlases, group_atlas = {}, True
+    for atlas in run_plan.atlases:
+        trees, group = bids.load_atlas_input(atlas, run_plan.settings.donors,
+                                             data_dir=run_plan.data_dir)
+        group_atlas = group_atlas and group
+        atlases[atlas.key] = next(iter(trees.values())) if group else trees
+    parquet = None if fmt == "auto" else fmt == "parquet"
+    return prepare(grid_arg, run_plan.settings.as_dict(), atlases, map_path=map_path,
+                   group_atlas=group_atlas, parquet=parquet)
+
+
+def run_cli(run_plan, job: MultiverseRun, stream: TextIO | None = None) -> list[Path]:
+    """Print what is about to run, sweep every atlas into the output folder, then write the
+    folder's dataset_description.json."""
+    from .. import bids
+
+    stream = stream or sys.stderr
+    print(summary(job), file=stream, flush=True)
+    run_plan.output_dir.mkdir(parents=True, exist_ok=True)
+    written = run(job, run_plan.output_dir, data_dir=run_plan.data_dir, stream=stream,
+                  n_proc=run_plan.nprocs)
+    bids.write_json(bids.dataset_description(run_plan.input_dir),
+                    run_plan.output_dir / "dataset_description.json")
+    return written
