@@ -53,7 +53,12 @@ def test_markello_plan_counts_shared_stages():
     text = result.summary()
     assert "373,248 pipelines" in text and "estimated" in text
     estimate = result.estimate(parquet=True)
-    assert estimate.seconds > 0 and estimate.disk_bytes == 40 * 373_248
+    # one upstream run per normalization, one choice per probe set, one aggregation per table
+    assert estimate.seconds == pytest.approx(2.7 * 38_880 + 1.0 * 216 + 0.8 * 311_040
+                                             + 0.02 * 373_248)
+    assert estimate.disk_bytes == 40 * 373_248
+    small = result.estimate(cells=58_692 * 3_702 // 10)
+    assert small.seconds == pytest.approx(estimate.seconds / 10, rel=1e-6)
 
 
 def test_bundled_grid_is_not_a_preset_and_cites_known_references():

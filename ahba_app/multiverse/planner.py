@@ -82,16 +82,21 @@ _FULL_CELLS = 58_692 * 3_702
 
 @dataclass(frozen=True)
 class CostModel:
-    """Seconds per distinct stage result (and per pipeline for aggregation and statistics) on
-    full-size data, one core; bytes per output row. Defaults are the stage times of the
-    README's "Where the time goes" (warm caches, six donors, DK, 2-core Xeon); scaled by the
-    data's probes x samples for other sizes. An estimate, not a measurement."""
+    """What the in-process engine (:mod:`.sweep`) spends, in seconds on full-size data and one
+    core, and bytes per output row; scaled by the data's probes x samples for other sizes. An
+    estimate, not a measurement of the run to come.
 
-    samples: float = 0.3
+    The engine runs the upstream stages once per normalization (``upstream``: the README's warm
+    Python API run, 2.7 s, which reads a stored probe choice), chooses each distinct probe set
+    once (``probes``: 1.0 s more, README), then aggregates each distinct table (``aggregation``)
+    and takes its statistics. ``aggregation`` is this engine's figure on full data, 31 s for the
+    8 variants of one group at a load average of 15 on this 2-core machine (3.9 s a table),
+    divided by the 5 that the load costs the upstream run there (17 s against 2.7 + 1.0 s).
+    """
+
+    upstream: float = 2.7
     probes: float = 1.0
-    matching: float = 0.4
-    normalization: float = 0.6
-    aggregation: float = 0.25
+    aggregation: float = 0.8
     statistics: float = 0.02
     row_bytes_tsv: int = 260
     row_bytes_parquet: int = 40
@@ -154,8 +159,10 @@ class Plan:
         """Time (one core), peak memory and disk of the run, from ``costs`` scaled to data of
         ``cells`` probes x samples."""
         scale = cells / _FULL_CELLS
-        seconds = sum(getattr(costs, stage) * self.counts[stage] for stage in STAGES) \
-            + costs.statistics * self.n_pipelines
+        seconds = (costs.upstream * self.counts["normalization"]
+                   + costs.probes * self.counts["probes"]
+                   + costs.aggregation * self.counts["aggregation"]
+                   + costs.statistics * self.n_pipelines)
         per_row = costs.row_bytes_parquet if parquet else costs.row_bytes_tsv
         return Estimate(seconds * scale, int(costs.peak_bytes * max(scale, 0.01)),
                         per_row * self.n_pipelines)
