@@ -68,8 +68,11 @@ def main(argv=None) -> None:
     rate = n / seconds
     whole = result.n_pipelines / rate
     load = os.getloadavg()[0]
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KB -> GB
     print(f"{n} pipelines in {len(chosen)} groups: {seconds:.1f} s, {rate:.2f} pipelines/s "
-          f"(load average {load:.1f}, {os.cpu_count()} CPUs)")
+          f"(load average {load:.1f}, {os.cpu_count()} CPUs), peak memory {peak:.2f} GB")
     print(f"extrapolated (not measured): the whole grid ({result.n_pipelines:,} pipelines) in "
           f"{whole / 3600:.1f} h on one process")
 
