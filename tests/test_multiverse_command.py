@@ -161,23 +161,3 @@ def test_command_line_multiverse_needs_the_group_level(tmp_path, capsys, ahba_sm
                                "--ahba-dir", ahba_small, "--multiverse", grid])
     assert code == 1 and "group level" in err and not (tmp_path / "out").exists()
 
-
-def test_readme_command_line_example_runs(tmp_path, capsys, ahba_small):
-    """The README's multiverse command (its bundled 8-pipeline grid) on the synthetic data."""
-    import re
-    import shlex
-    from pathlib import Path
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme.split("## Multiverse runs", 1)[1].split("\n## ", 1)[0]
-    command = section.split("```bash\n", 1)[1].split("```", 1)[0].strip()
-    command = re.sub(r"\s*\[[^\]]*\]", "", command)
-    (tmp_path / "in").mkdir()
-    words = [{"INPUT_DIR": tmp_path / "in", "OUTPUT_DIR": tmp_path / "out",
-              "/data/ahba": ahba_small}.get(w, w) for w in shlex.split(command)[1:]]
-    code, err = _main(capsys, [*words, "-w", tmp_path / "work"])
-    assert code == 0, err
-    rows = pd.read_csv(tmp_path / "out" / "atlas-desikankilliany_desc-multiverse_pipelines.tsv",
-                       sep="\t")
-    assert len(rows) == 8 and rows["pipeline_id"].nunique() == 8
-    assert "1 normalization" in err

@@ -9,7 +9,9 @@ for None (TOML has no null)::
     ibf_threshold = [0, 0.25, 0.5]
     sample_norm = ["srs", "zscore", "none"]
 
-Options the grid does not name keep their value from ``base`` (the command line or preset;
+A list is always a list of values: ``donors = [["9861", "10021"], "all"]`` crosses two donor
+sets, ``donors = ["9861", "10021"]`` two single donors. Options the grid does not name keep
+their value from ``base`` (the command line or preset;
 abagen's defaults otherwise). Every value is checked and made canonical before anything runs
 (aliases resolved: ``"srs"`` is ``"scaled_robust_sigmoid"``), and the combinations that abagen
 refuses or silently turns into another pipeline are dropped and counted with the reason
