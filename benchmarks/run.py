@@ -1,12 +1,16 @@
 """ahba-app against abagen 0.1.3, side by side: wall time and peak memory on identical inputs.
 
-    python benchmarks/run.py [--data DIR] [--repeat 3] [--cases cold warm cli mirror fine]
+    python benchmarks/run.py [--data DIR] [--precision 6dp 12 17] [--repeat 3]
+                             [--cases cold warm cli rechoose batch mirror fine]
 
 Run it with the Python of the environment where ahba-app is installed. It
 
 1. finds full-size synthetic AHBA data in ``--data`` (default
    ``benchmarks/results/synthetic-full``), making it with ``python -m ahba_app.synthetic DIR
-   --size full --seed 0`` when absent (``--data /tmp/synth_full`` reuses a copy);
+   --size full --seed 0`` when absent (``--data /tmp/synth_full`` reuses a copy); that is the
+   data written with 6 decimals. Each other ``--precision`` (12 or 17 significant digits, or
+   9) reads ``DIR_p12``, ``DIR_p17`` beside it, generated once with ``--precision`` when
+   absent; every case runs at every precision asked for, one precision after the other;
 2. builds abagen 0.1.3 in its own pinned virtual environment (``--abagen-venv``, default
    ``benchmarks/results/.venv-abagen``) with its ``io`` extras (fastparquet, python-snappy), so
    that abagen keeps its parquet cache as its users do;
@@ -14,8 +18,10 @@ Run it with the Python of the environment where ahba-app is installed. It
    fresh process: wall time (interpreter start and imports included), CPU time and peak
    memory (the largest resident set of the process or any of its children, from ``wait4``,
    and the largest sum over the process tree, polled from ``/proc``);
-4. prints the medians and the ratios ahba-app / abagen, checks the targets, checks that the
-   warm default outputs agree within 1e-6, and writes ``benchmarks/results/<timestamp>.json``.
+4. prints the medians and the ratios ahba-app / abagen per precision, checks that the outputs
+   agree within 1e-12 (warm API, command line, two atlases of the batch), then one table of
+   every target at every precision with PASS or FAIL, and writes
+   ``benchmarks/results/<timestamp>.json``.
 
 Cases (all on the six donors, default options unless said otherwise):
 
@@ -40,6 +46,15 @@ Cases (all on the six donors, default options unless said otherwise):
 ``rechoose`` ahba-app only: ``warm`` with the stored probe choices removed before each run
            (``ahba_app.selection_cache``), so that it chooses the probes again, as a first
            run with new data or options does; compared with abagen's ``warm`` medians.
+``batch``  one ahba-app command-line run over ten atlases (Desikan-Killiany and nine volumes
+           cut from it by ``benchmarks/fine_atlas.py``, ``--batch-regions``) against ten
+           abagen runs, one per atlas (its Python API, which is what its command line runs;
+           their times added, the largest peak).
+           abagen's ten runs are measured ``--batch-abagen-repeat`` times (default 1: they are
+           ten runs already).
+
+The first ``cold`` run of each tool keeps its folder as the tool's warm folder (its cache is
+what a first run builds), so no untimed run is needed to build the caches.
 
 "Caches built" includes, for ahba-app, the probe choice of the case's data and options (an
 untimed run makes it, as it makes the matrix cache); ``rechoose`` shows the cost without it.
@@ -76,8 +91,11 @@ RESULTS = REPO / "benchmarks" / "results"
 DONORS = ("9861", "10021", "12876", "14380", "15496", "15697")
 DATA_FILES = ("MicroarrayExpression.csv", "PACall.csv", "Probes.csv", "SampleAnnot.csv",
               "Ontology.csv")
-CASES = ("cold", "warm", "cli", "mirror", "fine", "rechoose")
-TOLERANCE = 1e-6
+CASES = ("cold", "warm", "cli", "rechoose", "batch", "mirror", "fine")
+DEFAULT_CASES = ("cold", "warm", "cli", "rechoose", "batch")
+PRECISIONS = ("6dp", "9", "12", "17")
+TOLERANCE = 1e-12
+BATCH_REGIONS = (100, 150, 200, 250, 300, 350, 400, 450, 500)
 
 #: abagen 0.1.3 with the only versions it works with (tests/oracle-requirements.txt) and its
 #: ``io`` extras, pinned to releases that install and work with numpy 1.26.
@@ -216,11 +234,17 @@ def versions(python: Path, packages: list[str]) -> dict:
                                      text=True).stdout)
 
 
-def ensure_data(data: Path) -> Path:
+def data_for(data: Path, precision: str) -> Path:
+    """The folder of the data written at ``precision``: ``data`` itself for 6 decimals."""
+    return data if precision == "6dp" else data.with_name(f"{data.name}_p{precision}")
+
+
+def ensure_data(data: Path, precision: str = "6dp") -> Path:
     if not (data / "microarray").is_dir():
-        print(f"Generating full-size synthetic AHBA data in {data} (once) ...", flush=True)
+        print(f"Generating full-size synthetic AHBA data at precision {precision} in {data} "
+              "(once) ...", flush=True)
         subprocess.run([sys.executable, "-m", "ahba_app.synthetic", str(data), "--size", "full",
-                        "--seed", "0"], check=True)
+                        "--seed", "0", "--precision", precision], check=True)
     missing = [f"{donor}/{name}" for donor in DONORS for name in DATA_FILES
                if not (_donor_folder(data, donor) / name).is_file()]
     if missing:
@@ -401,12 +425,17 @@ class Bench:
 
     # one repetition of each case ------------------------------------------------------------
     def cold(self, rep: int, tools) -> None:
+        if rep >= self.args.cold_repeat:
+            return
         for tool in tools:
             folder = link_data(self.args.data, self.work / f"cold-{tool}-{rep}")
             try:
                 figures = self.api(tool, folder, self.dk, {}, label="cold")
                 if rep == 0:
                     self.results.setdefault("cache_sizes", {})[tool] = cache_sizes(folder)
+                warm = self.work / f"warm-{tool}"
+                if not warm.exists():  # what a first run builds is the warm folder's cache
+                    folder.rename(warm)
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
             self.record("cold", tool, figures)
@@ -468,6 +497,57 @@ class Bench:
                                                label="fine"))
 
 
+    def batch_input(self) -> tuple[Path, list]:
+        """A BIDS atlas folder with DK and nine volumes cut from it; the atlases as pairs."""
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        import nibabel as nib
+        import pandas as pd
+        from fine_atlas import make_fine_atlas
+
+        folder = self.work / "batch-in"
+        atlases = [("DK", self.dk)] + [
+            (f"fine{n}", tuple(map(str, make_fine_atlas(self.args.work.parent / "atlases", n))))
+            for n in self.args.batch_regions]
+        folder.mkdir(parents=True, exist_ok=True)
+        for label, (image, info) in atlases:
+            stem = folder / f"tpl-MNI152NLin6Asym_res-01_atlas-{label}_dseg"
+            if not stem.with_name(stem.name + ".tsv").exists():
+                nib.save(nib.load(image), str(stem) + ".nii.gz")
+                table = pd.read_csv(info).rename(columns={"id": "index", "label": "name"})
+                table.to_csv(str(stem) + ".tsv", sep="\t", index=False)
+        return folder, atlases
+
+    def batch(self, rep: int, tools) -> None:
+        inputs, atlases = self.batch_input()
+        for tool in tools:
+            data = self.warm_folder(tool)
+            if tool == "ahba":
+                run = Path(tempfile.mkdtemp(prefix="batch-", dir=self.work))
+                try:
+                    cmd = [str(self.ahba_cli), str(inputs), str(run / "out"), "group",
+                           "--ahba-dir", str(data), "-w", str(run / "work")]
+                    prewarm(data, tool)
+                    figures = self._run(tool, "batch (10 atlases)", cmd)
+                    if rep == 0:
+                        for label in ("DK", atlases[-1][0]):
+                            found = sorted((run / "out").glob(f"atlas-{label}_*expression.tsv"))
+                            if found:
+                                shutil.copy(found[0], self.work / f"output-batch-{label}-ahba.tsv")
+                finally:
+                    shutil.rmtree(run, ignore_errors=True)
+                self.record("batch", tool, figures)
+                continue
+            if rep >= self.args.batch_abagen_repeat or self.args.batch_abagen_from is not None:
+                continue
+            runs = []
+            for label, atlas in atlases:  # its Python API (which takes the probe patch)
+                out = self.work / f"output-batch-{label}-abagen.pkl"
+                runs.append(self.api(tool, data, atlas, {}, out if rep == 0 else None,
+                                     label=f"batch {label}"))
+            self.record("batch", tool, {
+                "wall_s": sum(r["wall_s"] for r in runs), "cpu_s": sum(r["cpu_s"] for r in runs),
+                "peak_mb": max(r["peak_mb"] for r in runs), "runs": runs})
+
     def rechoose(self, rep: int, tools) -> None:
         if "ahba" not in tools:
             return
@@ -483,7 +563,8 @@ class Bench:
 # summaries
 # ---------------------------------------------------------------------------------------------
 def medians(runs: list[dict]) -> dict:
-    return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+    return {key: statistics.median(r[key] for r in runs) for key in runs[0]
+            if isinstance(runs[0][key], (int, float))}
 
 
 def compare_outputs(ours: Path, theirs: Path) -> dict:
@@ -493,8 +574,11 @@ def compare_outputs(ours: Path, theirs: Path) -> dict:
 
     if not (ours.exists() and theirs.exists()):
         return {"checked": False}
-    read = pd.read_pickle if ours.suffix == ".pkl" else (
-        lambda p: pd.read_csv(p, sep="\t" if p.suffix == ".tsv" else ",", index_col=0))
+    def read(path):
+        if path.suffix == ".pkl":
+            return pd.read_pickle(path)
+        return pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",", index_col=0)
+
     a, b = read(ours), read(theirs)
     same_rows = list(map(int, a.index)) == list(map(int, b.index))
     same_cols = list(map(str, a.columns)) == list(map(str, b.columns))
@@ -513,7 +597,7 @@ def compare_outputs(ours: Path, theirs: Path) -> dict:
 def summarize(bench: Bench, args) -> dict:
     res = bench.results
     table, ratios = [], {}
-    for case in ("cold", "warm", "cli", "mirror", "fine", "rechoose"):
+    for case in ("cold", "warm", "cli", "mirror", "fine", "rechoose", "batch"):
         if case not in res or (case == "rechoose" and "abagen" not in res.get("warm", {})):
             continue
         ours = medians(res[case]["ahba"])
@@ -543,31 +627,44 @@ def summarize(bench: Bench, args) -> dict:
     return {"table": table, "ratios": ratios}
 
 
-def targets(ratios: dict, sizes: dict | None, parity: dict) -> list[tuple[str, bool, str]]:
+#: (name, ratio key, limit): the targets of issue 16, at every precision.
+TARGETS = (
+    ("warm API wall", ("warm", "wall"), 1 / 20),
+    ("warm API peak memory", ("warm", "peak_memory"), 0.35),
+    ("warm CLI wall", ("cli", "wall"), 1 / 10),
+    ("cold wall", ("cold", "wall"), 1 / 5),
+    ("new options, probes not stored (wall)", ("rechoose", "wall"), 1 / 10),
+    ("batch of 10 atlases vs 10 abagen runs (wall)", ("batch", "wall"), 1 / 20),
+)
+
+
+def targets(ratios: dict, sizes: dict | None, parity: dict, precision: str = "6dp"
+            ) -> list[tuple[str, bool, str]]:
     checks = []
 
     def add(name, value, limit, what):
         if value is not None:
             checks.append((name, value <= limit, f"{what} {value:.3f} (target <= {limit:.3g})"))
 
-    warm = ratios.get("warm", {})
-    add("warm API wall time", warm.get("wall"), 1 / 10, "ratio")
-    add("warm API peak memory", warm.get("peak_memory"), 1 / 2, "ratio")
-    add("warm CLI wall time", ratios.get("cli", {}).get("wall"), 1 / 5, "ratio")
-    add("cold wall time", ratios.get("cold", {}).get("wall"), 1 / 3, "ratio")
-    if sizes and sizes.get("abagen", {}).get("abagen_parquet_mb"):
+    for name, (case, key), limit in TARGETS:
+        add(name, ratios.get(case, {}).get(key), limit, "ratio")
+    if sizes and sizes.get("abagen", {}).get("abagen_parquet_mb") and sizes.get("ahba"):
+        limit = 1.0 if precision == "17" else 1 / 2
         add("cache size", sizes["ahba"]["ahba_cache_mb"] / sizes["abagen"]["abagen_parquet_mb"],
-            1 / 2, "ahba cache / abagen parquet")
+            limit, "ahba cache / abagen parquet")
+    warm = ratios.get("warm", {})
     for case in ("fine", "mirror", "mirror (vs interpolate alone)",
                  "mirror (vs both abagen runs)"):
         if case in ratios and warm:
             for key, label in (("wall", "wall time"), ("peak_memory", "peak memory")):
                 add(f"{case} {label} vs DK", ratios[case][key], warm[key],
                     f"ratio (DK warm: {warm[key]:.3f})")
-    if parity.get("warm", {}).get("checked"):
-        checks.append(("warm outputs equal abagen's", parity["warm"]["ok"],
-                       f"max |difference| {parity['warm'].get('max_abs_diff', float('nan')):.2e}"
-                       f" (tolerance {TOLERANCE:g})"))
+    checked = {case: p for case, p in parity.items() if p.get("checked")}
+    if checked:
+        worst = max(p.get("max_abs_diff", float("inf")) for p in checked.values())
+        checks.append(("outputs equal abagen's", all(p["ok"] for p in checked.values()),
+                       f"{len(checked)} tables ({', '.join(checked)}), max |difference| "
+                       f"{worst:.2e} (tolerance {TOLERANCE:g})"))
     return checks
 
 
@@ -604,62 +701,136 @@ def print_report(summary: dict, checks, sizes, parity, facts, args) -> None:
         print(f"  [{'met' if ok else 'NOT met':>7}] {name}: {detail}")
 
 
+def run_precision(args, precision: str, abagen_python: Path, facts: dict) -> dict:
+    """Every case at one precision; its summary, targets and raw figures."""
+    sub = argparse.Namespace(**vars(args))
+    sub.data = ensure_data(data_for(args.data, precision), precision)
+    sub.work = args.work / f"p{precision}"
+    sub.work.mkdir(parents=True, exist_ok=True)
+    bench = Bench(sub, abagen_python)
+    print(f"\n### precision {precision}\ndata: {sub.data}\nwork: {sub.work}" +
+          ("\nabagen runs with the reannotation patch" if bench.patch else ""), flush=True)
+    for rep in range(args.repeat):
+        tools = ("abagen", "ahba") if rep % 2 == 0 else ("ahba", "abagen")
+        print(f"repetition {rep + 1} of {args.repeat} (precision {precision}, load average "
+              f"{os.getloadavg()[0]:.1f})", flush=True)
+        for case in args.cases:
+            getattr(bench, case)(rep, tools)
+    parity = {case: compare_outputs(sub.work / f"output-{case}-ahba.pkl",
+                                    sub.work / f"output-{case}-abagen.pkl")
+              for case in ("warm", "fine")}
+    parity["cli"] = compare_outputs(sub.work / "output-cli-ahba.tsv",
+                                    sub.work / "output-cli-abagen.csv")
+    for ours in sorted(sub.work.glob("output-batch-*-ahba.tsv")):
+        label = ours.name[len("output-batch-"):-len("-ahba.tsv")]
+        parity[f"batch {label}"] = compare_outputs(
+            ours, sub.work / f"output-batch-{label}-abagen.pkl")
+    if args.batch_abagen_from is not None and "batch" in args.cases:
+        # abagen's ten runs read its parquet files, float64 at every precision: measured once
+        bench.results.setdefault("batch", {})["abagen"] = args.batch_abagen_from
+        print("  (abagen's ten batch runs: as measured at the first precision)", flush=True)
+    summary = summarize(bench, sub)
+    sizes = bench.results.get("cache_sizes")
+    checks = targets(summary["ratios"], sizes, parity, precision)
+    print_report(summary, checks, sizes, parity, facts, sub)
+    return {"data": str(sub.data), "summary": summary, "checks": checks, "sizes": sizes,
+            "parity": parity, "runs": {k: v for k, v in bench.results.items()
+                                       if k != "cache_sizes"}}
+
+
+def print_targets_table(done: dict) -> None:
+    """One row per target, one column per precision: the ratio and PASS or FAIL."""
+    names = []
+    for result in done.values():
+        for name, _, _ in result["checks"]:
+            if name not in names:
+                names.append(name)
+    width = 44
+    print("\n" + "=" * 100)
+    print(f"{'target':<{width}}" + "".join(f"{p:>18}" for p in done))
+    print("-" * (width + 18 * len(done)))
+    for name in names:
+        cells = []
+        for result in done.values():
+            found = [(ok, d) for n, ok, d in result["checks"] if n == name]
+            if not found:
+                cells.append(f"{'-':>18}")
+                continue
+            ok, detail = found[0]
+            value = detail.split("(")[0].split()[-1] if "difference" not in detail else \
+                detail.split("difference| ")[1].split()[0]
+            cells.append(f"{value + (' PASS' if ok else ' FAIL'):>18}")
+        print(f"{name[:width - 1]:<{width}}" + "".join(cells))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--data", type=Path, default=RESULTS / "synthetic-full",
-                        help="full-size AHBA data (made here when absent)")
+                        help="full-size AHBA data written with 6 decimals (made here when "
+                             "absent); other precisions use DIR_p12 etc. beside it")
+    parser.add_argument("--precision", nargs="+", choices=PRECISIONS,
+                        default=["6dp", "12", "17"],
+                        help="digits of the data to run on (default: 6dp 12 17)")
     parser.add_argument("--work", type=Path, default=RESULTS / "work",
                         help="scratch folder for data links, caches and logs (best on the "
                              "data's file system, so that the CSVs are hard-linked)")
     parser.add_argument("--abagen-venv", type=Path, default=RESULTS / ".venv-abagen")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(DEFAULT_CASES))
     parser.add_argument("--fine-regions", type=int, default=1000)
+    parser.add_argument("--batch-regions", type=int, nargs=9, default=list(BATCH_REGIONS),
+                        help="regions of the nine atlases cut from DK for the batch case")
+    parser.add_argument("--batch-abagen-repeat", type=int, default=1,
+                        help="times abagen's ten batch runs are measured (default 1)")
+    parser.add_argument("--batch-abagen-once", action="store_true",
+                        help="measure abagen's ten batch runs at the first precision only and "
+                             "compare every precision with them (abagen reads the same float64 "
+                             "parquet whatever the digits of the CSV)")
+    parser.add_argument("--cold-repeat", type=int, default=None,
+                        help="repetitions of the cold case (default: --repeat)")
     parser.add_argument("--json", type=Path, help="where to write the figures (default: "
                         "benchmarks/results/<timestamp>.json)")
     args = parser.parse_args(argv)
     args.data, args.work = args.data.resolve(), args.work.resolve()
     args.work.mkdir(parents=True, exist_ok=True)
+    if args.cold_repeat is None:
+        args.cold_repeat = args.repeat
 
     facts = machine_facts()
-    ensure_data(args.data)
+    for precision in args.precision:  # each dataset generated once, before any timing
+        ensure_data(data_for(args.data, precision), precision)
     abagen_python = ensure_abagen_venv(args.abagen_venv)
-    bench = Bench(args, abagen_python)
     started = _dt.datetime.now()
-    print(f"data: {args.data}\nwork: {args.work}\nabagen: {abagen_python}\n"
-          f"ahba-app: {sys.executable}" + ("\nabagen runs with the reannotation patch"
-                                           if bench.patch else ""), flush=True)
-    for rep in range(args.repeat):
-        tools = ("abagen", "ahba") if rep % 2 == 0 else ("ahba", "abagen")
-        print(f"repetition {rep + 1} of {args.repeat}", flush=True)
-        for case in args.cases:
-            getattr(bench, case)(rep, tools)
-
-    parity = {case: compare_outputs(args.work / f"output-{case}-ahba.pkl",
-                                    args.work / f"output-{case}-abagen.pkl")
-              for case in ("warm", "fine")}
-    parity["cli"] = compare_outputs(args.work / "output-cli-ahba.tsv",
-                                    args.work / "output-cli-abagen.csv")
-    summary = summarize(bench, args)
-    sizes = bench.results.get("cache_sizes")
-    checks = targets(summary["ratios"], sizes, parity)
-    print_report(summary, checks, sizes, parity, facts, args)
+    print(f"abagen: {abagen_python}\nahba-app: {sys.executable}", flush=True)
+    done = {}
+    args.batch_abagen_from = None
+    for precision in args.precision:
+        done[precision] = run_precision(args, precision, abagen_python, facts)
+        if args.batch_abagen_once and "abagen" in done[precision]["runs"].get("batch", {}):
+            args.batch_abagen_from = done[precision]["runs"]["batch"]["abagen"]
+    print_targets_table(done)
+    print(f"load average at start {facts['load_average'][0]:.1f}, at end "
+          f"{os.getloadavg()[0]:.1f} (2-core machine shared with other jobs)")
 
     record = {
         "started": started.isoformat(timespec="seconds"),
         "finished": _dt.datetime.now().isoformat(timespec="seconds"),
         "command": [sys.executable, *sys.argv], "repeat": args.repeat, "cases": args.cases,
-        "data": str(args.data), "machine": dict(facts, load_average_end=os.getloadavg()),
+        "precisions": args.precision, "batch_regions": args.batch_regions,
+        "machine": dict(facts, load_average_end=os.getloadavg()),
         "git": git_commit(),
         "versions": {"ahba": versions(Path(sys.executable), AHBA_PACKAGES),
                      "abagen": versions(abagen_python, ABAGEN_PACKAGES)},
-        "abagen_reannotation_patch": bench.patch,
-        "runs": {k: v for k, v in bench.results.items() if k != "cache_sizes"},
-        "medians": {f"{case}/{tool}": m for case, tool, m in summary["table"]},
-        "ratios": summary["ratios"], "cache_sizes": sizes, "parity": parity,
-        "targets": [{"target": n, "met": ok, "detail": d} for n, ok, d in checks],
+        "by_precision": {
+            precision: {
+                "data": r["data"], "runs": r["runs"],
+                "medians": {f"{case}/{tool}": m for case, tool, m in r["summary"]["table"]},
+                "ratios": r["summary"]["ratios"], "cache_sizes": r["sizes"],
+                "parity": r["parity"],
+                "targets": [{"target": n, "met": ok, "detail": d} for n, ok, d in r["checks"]],
+            } for precision, r in done.items()},
     }
     path = args.json or RESULTS / f"{started.strftime('%Y%m%d-%H%M%S')}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -667,7 +838,7 @@ def main(argv=None) -> int:
     tmp.write_text(json.dumps(record, indent=1, default=str))
     os.replace(tmp, path)
     print(f"\nfigures written to {path}")
-    return 0 if all(ok for _, ok, _ in checks) else 1
+    return 0 if all(ok for r in done.values() for _, ok, _ in r["checks"]) else 1
 
 
 if __name__ == "__main__":
