@@ -120,7 +120,7 @@ except ImportError:  # pragma: no cover - isal has wheels for the usual platform
 
 __all__ = [
     "AHBAFileError", "CACHE_DIRNAME", "CACHE_FORMAT_VERSION", "CachedMatrix", "RowCodes",
-    "cache_locations", "check_microarray_pacall", "decode_rows", "ensure_cache", "load_matrix", "probe_positions", "read_annotation",
+    "cache_locations", "check_microarray_pacall", "decode_rows", "ensure_cache", "release_rows", "load_matrix", "probe_positions", "read_annotation",
     "read_counts", "read_genes", "read_microarray", "read_ontology", "read_pacall", "read_probes",
     "read_tpm", "select_rows",
 ]
@@ -311,14 +311,15 @@ _DECODE_VALUES = 1 << 17
 
 
 def decode_rows(matrix: CachedMatrix, rows, samples=None, transposed: bool = False,
-                out: np.ndarray | None = None) -> np.ndarray:
+                out: np.ndarray | None = None, release: bool = False) -> np.ndarray:
     """Rows ``rows`` (positions) and samples ``samples`` of a microarray cache, as float64.
 
     Decoded block by block (about 1 MB of output at a time, on the threads of
     :func:`ahba_app._blocks.thread_map`), so nothing but the result is ever held in float64.
     ``transposed`` gives samples x probes. ``out`` (optional): a C-contiguous float64 array of
     the result's shape to write into (and return). Each value is the float64 the CSV's text
-    parses to, bit for bit.
+    parses to, bit for bit. ``release``: hand the pages of each block back once it is decoded
+    (:func:`release_rows`), so that the mapped file never counts whole in this process's memory.
     """
     from ._blocks import thread_map, transpose_into
 
@@ -344,9 +345,26 @@ def decode_rows(matrix: CachedMatrix, rows, samples=None, transposed: bool = Fal
             transpose_into(target, _decode_block(codes, part, cols))
         else:
             _decode_block(codes, part, cols, out[start:start + len(part)])
+        if release:
+            release_rows(matrix, part)
 
     thread_map(run, range(0, len(rows), step))
     return out
+
+
+def release_rows(matrix: CachedMatrix, rows=None) -> None:
+    """Drop the pages of a cache mapped for ``rows`` (positions; None: all) from this process:
+    they stay in the page cache, and a later read maps them again."""
+    from .samples import _release_pages  # (the madvise helper shared with PACall and frames)
+
+    codes = matrix.codes
+    if codes is None or rows is None:
+        _release_pages(matrix.values, rows)
+        return
+    rows = np.asarray(rows)
+    segments = codes.segment[rows]
+    for width in np.unique(segments):
+        _release_pages(codes.views[int(width)], codes.slot[rows[segments == width]])
 
 
 def _decode_block(codes: RowCodes, rows: np.ndarray, cols, out=None) -> np.ndarray:

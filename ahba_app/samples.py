@@ -391,7 +391,7 @@ class _DonorMatrix:
             from . import io
 
             rows = np.arange(self.shape[0]) if rows is None else rows
-            return io.decode_rows(self.cached, rows, cols, transposed, out)
+            return io.decode_rows(self.cached, rows, cols, transposed, out, release=True)
         if self.cached is None:
             values = _matrix(self.frame)
             block = _probes_by_samples(values, rows, cols)
@@ -434,16 +434,10 @@ class _DonorMatrix:
     def release(self, rows=None) -> None:
         """Drop the cache pages mapped so far from this process, or those of the rows
         ``rows`` (positions): they stay in the page cache."""
-        if self.cached is None:
-            return
-        codes = self.cached.codes
-        if codes is None or rows is None:
-            _release_pages(self.cached.values, rows)
-            return
-        rows = np.asarray(rows)
-        segments = codes.segment[rows]
-        for width in np.unique(segments):
-            _release_pages(codes.views[int(width)], codes.slot[rows[segments == width]])
+        if self.cached is not None:
+            from . import io
+
+            io.release_rows(self.cached, rows)
 
 
 _BIT_COUNTS = np.array([bin(byte).count("1") for byte in range(256)], dtype=np.uint8)

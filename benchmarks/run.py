@@ -601,6 +601,11 @@ def summarize(bench: Bench, args) -> dict:
     for case in ("cold", "warm", "cli", "mirror", "fine", "rechoose", "batch"):
         if case not in res or (case == "rechoose" and "abagen" not in res.get("warm", {})):
             continue
+        if case != "rechoose" and not ({"ahba", "abagen"} <= set(res[case]) or (
+                case == "mirror" and "ahba" in res[case] and "mirror_only" in res)):
+            for tool, runs in res[case].items():  # one tool only (--tools): no ratio
+                table.append((case, "ahba-app" if tool == "ahba" else tool, medians(runs)))
+            continue
         ours = medians(res[case]["ahba"])
         if case == "rechoose":  # abagen has nothing to store: its warm run is the same work
             versus = {case: medians(res["warm"]["abagen"])}
@@ -713,6 +718,7 @@ def run_precision(args, precision: str, abagen_python: Path, facts: dict) -> dic
           ("\nabagen runs with the reannotation patch" if bench.patch else ""), flush=True)
     for rep in range(args.repeat):
         tools = ("abagen", "ahba") if rep % 2 == 0 else ("ahba", "abagen")
+        tools = tuple(t for t in tools if t in args.tools)
         print(f"repetition {rep + 1} of {args.repeat} (precision {precision}, load average "
               f"{os.getloadavg()[0]:.1f})", flush=True)
         for case in args.cases:
@@ -802,6 +808,9 @@ def main(argv=None) -> int:
                         help="do not run abagen on the ten atlases: take ten times its warm DK "
                              "median, a lower bound of its ten runs (fewer regions than any of "
                              "the nine others), which makes the batch ratio an upper bound")
+    parser.add_argument("--tools", nargs="+", choices=("abagen", "ahba"),
+                        default=["abagen", "ahba"],
+                        help="run only these tools (ratios need both in one run)")
     parser.add_argument("--cold-repeat", type=int, default=None,
                         help="repetitions of the cold case (default: --repeat)")
     parser.add_argument("--json", type=Path, help="where to write the figures (default: "
