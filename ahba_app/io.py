@@ -120,9 +120,9 @@ except ImportError:  # pragma: no cover - isal has wheels for the usual platform
 
 __all__ = [
     "AHBAFileError", "CACHE_DIRNAME", "CACHE_FORMAT_VERSION", "CachedMatrix", "RowCodes",
-    "cache_locations", "check_microarray_pacall", "decode_rows", "ensure_cache", "release_rows", "load_matrix", "probe_positions", "read_annotation",
-    "read_counts", "read_genes", "read_microarray", "read_ontology", "read_pacall", "read_probes",
-    "read_tpm", "select_rows",
+    "cache_locations", "check_microarray_pacall", "decode_rows", "ensure_cache", "load_matrix",
+    "probe_positions", "read_annotation", "read_counts", "read_genes", "read_microarray",
+    "read_ontology", "read_pacall", "read_probes", "read_tpm", "release_rows", "select_rows",
 ]
 
 LOGGER = logging.getLogger(__name__)
