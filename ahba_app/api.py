@@ -37,11 +37,12 @@ def get_expression_data(atlas, atlas_info=None, *, ibf_threshold=_D["ibf_thresho
                         corrected_mni=_D["corrected_mni"], reannotated=_D["reannotated"],
                         return_counts=False, return_donors=False, return_report=False,
                         donors=_D["donors"], data_dir=None, verbose=0, n_proc=1,
-                        stability_threshold=_D["stability_threshold"]):
+                        stability_threshold=_D["stability_threshold"], return_genes=False):
     """Region x gene AHBA expression for ``atlas`` (abagen.get_expression_data's contract).
 
     Parameters are abagen 0.1.3's (see its documentation or ``ahba-app --help``), plus
-    ``stability_threshold``: drop genes whose differential stability across donors is below it.
+    ``stability_threshold``: drop genes whose differential stability across donors is below it,
+    and ``return_genes``: also return what became of every gene symbol of the probe table.
 
     Returns
     -------
@@ -49,6 +50,9 @@ def get_expression_data(atlas, atlas_info=None, *, ibf_threshold=_D["ibf_thresho
         (what abagen 0.1.3 returns, whatever its docstring says)
     counts : DataFrame (regions x donors), with ``return_counts``
     report : str, our methods text, with ``return_report``
+    genes : DataFrame, with ``return_genes``: one row per gene symbol of the AHBA probe table,
+        its fate (``kept``, or the stage that dropped it) and the numbers that decided it
+        (:func:`ahba_app.genes.gene_fates`); always last, so abagen's returns are unchanged
     """
     _set_verbosity(verbose)
     if region_agg == "samples" and return_donors:
@@ -63,12 +67,15 @@ def get_expression_data(atlas, atlas_info=None, *, ibf_threshold=_D["ibf_thresho
         agg_metric=agg_metric, corrected_mni=corrected_mni, reannotated=reannotated,
         donors=donors, stability_threshold=stability_threshold)
     result = pipeline.run(atlas, atlas_info, settings=settings, data_dir=data_dir, n_proc=n_proc,
-                          verbose=verbose, return_donors=return_donors)
+                          verbose=verbose, return_donors=return_donors,
+                          return_genes=return_genes)
     out = (result.expression,)
     if return_counts:
         out += (result.counts,)
     if return_report:
         out += (report_text(atlas, atlas_info, result),)
+    if return_genes:
+        out += (result.genes,)
     return out[0] if len(out) == 1 else out
 
 

@@ -68,6 +68,7 @@ _NOT_ATLAS = ("sub", "ses", "hemi")
 
 #: Suffixes of ahba-app's outputs, which BIDS does not define.
 BIDSIGNORE = ("*_expression.tsv", "*_expression.json", "*_counts.tsv", "*_probes.tsv",
+              "*_genes.tsv", "*_genes.json",
               "*_samples.tsv", "*_samples.json", "*_report.html", "CITATION.md", "logs/")
 
 
@@ -577,6 +578,12 @@ def read_region_table(info) -> pd.DataFrame:
                                  "integers.") from None
         frames.append(frame.drop(columns=[column]).set_axis(pd.Index(ids, name="index")))
     table = pd.concat(frames) if len(frames) > 1 else frames[0]
+    names = next((table[c] for c in ("name", "label") if c in table.columns), None)
+    if table.index.has_duplicates and names is not None:
+        # TemplateFlow's fsaverage tables list the medial wall once per hemisphere
+        from .atlas import BACKGROUND
+        repeated = table.index.duplicated(keep="first") & names.isin(BACKGROUND).to_numpy()
+        table = table.loc[~repeated]
     if table.index.has_duplicates:
         dup = table.index[table.index.duplicated()].unique().tolist()[:10]
         raise BIDSInputError(f"The region table {', '.join(map(str, paths))} lists index "

@@ -89,10 +89,12 @@ def prepare_donor_samples(donor_files: Mapping, probes: pd.DataFrame, *,
 
 
 def filter_probe_table(files: Mapping, annotations: Mapping, probes: pd.DataFrame, *,
-                       ibf_threshold: float = 0.5) -> pd.DataFrame:
-    """Probes above background in at least ``ibf_threshold`` of all donors' samples."""
+                       ibf_threshold: float = 0.5, return_share: bool = False):
+    """Probes above background in at least ``ibf_threshold`` of all donors' samples (and, with
+    ``return_share``, every probe's share of samples above background)."""
     pacall = {donor: files[donor]["pacall"] for donor in annotations}
-    return _probes.filter_probes(pacall, annotations, probes, threshold=ibf_threshold)
+    return _probes.filter_probes(pacall, annotations, probes, threshold=ibf_threshold,
+                                 return_share=return_share)
 
 
 class DonorTables(collections.abc.Mapping):
@@ -353,10 +355,12 @@ class PipelineResult:
     labels: dict = field(default_factory=dict)
     annotations: dict = field(default_factory=dict)
     atlas: object = None
+    genes: pd.DataFrame | None = None
 
 
 def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: int = 1,
-        verbose: int = 0, return_donors: bool = False, aggregate: bool = True) -> PipelineResult:
+        verbose: int = 0, return_donors: bool = False, aggregate: bool = True,
+        return_genes: bool = False) -> PipelineResult:
     """Run every stage in order for one atlas (the Python API's engine).
 
     The same stages as the workflow, arranged to hold little at a time: each donor's
@@ -382,6 +386,7 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
         raw_probes = _io.read_probes(next(iter(files.values()))["probes"])
         probes = _probes.prepare_probes(raw_probes, reannotated=settings.reannotated)
         probe_counts = ProbeCounts(n_probes=len(raw_probes), n_annotated=len(probes))
+        array_probes = raw_probes[["gene_symbol"]] if return_genes else None
         del raw_probes
         annotations = {}
         for donor, donor_files in files.items():
@@ -410,7 +415,9 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
                                        for kind, future in opening[donor].items()})
                  for donor, paths in files.items()}
     del opening
-    probes = filter_probe_table(files, annotations, probes, ibf_threshold=settings.ibf_threshold)
+    annotated = probes
+    probes, share = filter_probe_table(files, annotations, probes,
+                                       ibf_threshold=settings.ibf_threshold, return_share=True)
     probe_counts.n_filtered = len(probes)
     expressions, selection = select_donor_probes(
         files, annotations, probes, probe_selection=settings.probe_selection,
@@ -465,6 +472,15 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
                                 return_donors=return_donors)
     result.expression = group["donor_expressions"] if return_donors else group["expression"]
     result.summary = summarize(group["summary"], result.expression)
+    if return_genes:
+        from .genes import gene_fates
+
+        result.genes = gene_fates(
+            array_probes, annotated, probes, selection, group["expression"].columns,
+            share=share, ibf_threshold=settings.ibf_threshold,
+            dropped_incomplete=group["summary"].genes_dropped,
+            stability=group.get("stability"), stability_threshold=settings.stability_threshold,
+            donors=list(files), reannotated=settings.reannotated)
     return result
 
 
@@ -543,16 +559,17 @@ def aggregate_group(atlases: Mapping, all_labels, normalized: Mapping, kept: Map
         per_donor, _ = aggregate_expression(normalized, labels, all_labels, fills=fills,
                                             region_agg=region_agg, agg_metric=agg_metric,
                                             return_donors=True)
+    stability = None
     if stability_threshold is not None:
-        stable = stable_genes(normalized, labels, all_labels, threshold=stability_threshold,
-                              agg_metric=agg_metric)
+        stability = gene_stability(normalized, labels, all_labels, agg_metric=agg_metric)
+        stable = stability >= stability_threshold
         expression = expression.loc[:, expression.columns.isin(stable.index[stable])]
         if per_donor is not None:
             per_donor = {d: f.loc[:, f.columns.isin(stable.index[stable])]
                          for d, f in per_donor.items()}
     summary.n_genes = int(expression.shape[1])
     return {"expression": expression, "counts": counts, "donor_expressions": per_donor,
-            "summary": summary}
+            "summary": summary, "stability": stability}
 
 
 def stable_genes(normalized: Mapping, labels: Mapping, all_labels, *, threshold: float,
@@ -562,9 +579,15 @@ def stable_genes(normalized: Mapping, labels: Mapping, all_labels, *, threshold:
     Differential stability is the mean over donor pairs of the Spearman correlation of the
     gene's regional expression (regions aggregated within each donor).
     """
+    return gene_stability(normalized, labels, all_labels, agg_metric=agg_metric) >= threshold
+
+
+def gene_stability(normalized: Mapping, labels: Mapping, all_labels, *,
+                   agg_metric="mean") -> pd.Series:
+    """Each gene's differential stability across donors (see :func:`stable_genes`)."""
     from .correct import differential_stability
 
     per_donor, _ = aggregate_expression(normalized, labels, all_labels, region_agg="donors",
                                         agg_metric=agg_metric, return_donors=True)
     frames = list(per_donor.values()) if isinstance(per_donor, Mapping) else list(per_donor)
-    return differential_stability(frames) >= threshold
+    return differential_stability(frames)

@@ -107,7 +107,7 @@ def test_choices_come_from_the_registries():
 def test_bad_options_are_usage_errors(bad, capsys):
     with pytest.raises(SystemExit) as exc:
         parse_args(_args(*bad))
-    assert exc.value.code == 2
+    assert exc.value.code == 64  # EX_USAGE, as the BIDS Apps execution specification asks
     assert "ahba-app: error:" in capsys.readouterr().err
 
 
@@ -119,8 +119,43 @@ def test_version(capsys):
 
 
 def test_nprocs_spellings():
-    for flag in ("--nprocs", "--n-procs", "--n_procs", "--nthreads", "--n-proc", "--n_proc"):
+    for flag in ("--nprocs", "--n-procs", "--n_procs", "--nthreads", "--n-proc", "--n_proc",
+                 "--n_cpus", "--n-cpus"):
         assert parse_args(_args(flag, "3")).nprocs == 3
+
+
+def test_bids_app_habits(capsys):
+    """fMRIPrep's spellings: --mem/--mem_mb, --skip_bids_validation, sub- labels."""
+    for flag in ("--mem", "--mem_mb", "--mem-mb"):
+        assert parse_args(_args(flag, "16000")).mem_mb == 16000
+    assert parse_args(_args("--mem", "16G")).mem_mb == 16 * 1024
+    assert parse_args(_args("--mem", "8GB")).mem_mb == 8 * 1024
+    assert parse_args(_args()).mem_mb is None
+    for flag in ("--skip_bids_validation", "--skip-bids-validation", "--skip_bids_validator"):
+        assert parse_args(_args(flag)).skip_bids_validation is True
+    for flag in ("--participant_label", "--participant-label"):
+        assert parse_args(_args(flag, "sub-9861", "10021")).participant_label == \
+            ["9861", "10021"]
+    with pytest.raises(SystemExit) as exc:
+        parse_args(_args("--mem", "lots"))
+    assert exc.value.code == 64
+
+
+def test_unknown_analysis_level_exits_17(capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["in", "out", "session"])
+    assert exc.value.code == 17
+    assert "analysis_level" in capsys.readouterr().err
+
+
+def test_help_documents_the_exit_codes(capsys):
+    from ahba_app.cli.exits import EXIT_CODES
+
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for code, text in EXIT_CODES.items():
+        assert f"{code} {' '.join(text.split())}" in out
 
 
 @pytest.mark.parametrize("name", ["abagen-defaults", "arnatkeviciute2019", "dense",

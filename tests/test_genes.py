@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import html as _html
+import json
+import re
+import shutil
+import subprocess
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
 
+import ahba_app
 from ahba_app.genes import FATES, explain, gene_fates, summarize
+from ahba_app.report import render_report
 
 
 def _probes(pairs):
@@ -81,3 +90,231 @@ def test_explain(stages):
                                             "best probe is above background in 45.0%")
     assert explain(table, "KEPT") == "KEPT is kept: it is a column of the expression table."
     assert explain(table, "ESR2") == "ESR2 is not a gene symbol of the AHBA probe table."
+
+
+# ---------------------------------------------------------------------------------------------
+# through get_expression_data: one gene made to fail at exactly each stage
+# ---------------------------------------------------------------------------------------------
+
+DONORS = ("9861", "10021", "12876", "14380", "15496", "15697")
+
+
+def _run(data_dir, **options):
+    atlas = ahba_app.fetch_desikan_killiany()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ahba_app.get_expression_data(atlas["image"], atlas["info"], data_dir=data_dir,
+                                            return_genes=True, **options)
+
+
+def _donor_files(root, name):
+    return [root / "microarray" / f"normalized_microarray_donor{d}" / name for d in DONORS]
+
+
+def _single_probe_kept(genes, probes, n):
+    """n genes kept in the baseline run that have exactly one probe on the array."""
+    one = probes.groupby("gene_symbol").size()
+    kept = genes.loc[genes["fate"] == "kept", "gene_symbol"]
+    return [g for g in kept if one.get(g) == 1][:n]
+
+
+@pytest.fixture(scope="module")
+def baseline(ahba_small):
+    """The unmodified data; a stability threshold of 0 (genes anticorrelated across donors
+    are dropped) so that every gene's differential stability is in the table."""
+    expression, genes = _run(ahba_small, stability_threshold=0.0)
+    return expression, genes
+
+
+@pytest.fixture(scope="module")
+def broken(ahba_small, baseline, tmp_path_factory):
+    """A copy of the data where gene DIM is never above background, gene FLAT has the same
+    value in every sample (differential stability cannot choose its probe; chosen otherwise,
+    its normalization is undefined), and Probes.csv has no Entrez id for gene ORPHAN."""
+    root = tmp_path_factory.mktemp("genes") / "ahba"
+    shutil.copytree(ahba_small, root, ignore=shutil.ignore_patterns(".ahba-cache", "*.npz"))
+    probes = pd.read_csv(_donor_files(root, "Probes.csv")[0], index_col="probe_id")
+    dim, flat, orphan = _single_probe_kept(baseline[1], probes, 3)
+    ids = {name: probes.index[probes["gene_symbol"] == name][0]
+           for name in (dim, flat, orphan)}
+    for path in _donor_files(root, "PACall.csv"):
+        table = pd.read_csv(path, header=None, index_col=0)
+        table.loc[ids[dim]] = 0
+        table.to_csv(path, header=False)
+    for path in _donor_files(root, "MicroarrayExpression.csv"):
+        table = pd.read_csv(path, header=None, index_col=0)
+        table.loc[ids[flat]] = 7.25
+        table.to_csv(path, header=False)
+    for path in _donor_files(root, "Probes.csv"):
+        table = pd.read_csv(path)
+        table.loc[table["gene_symbol"] == orphan, "entrez_id"] = np.nan
+        table.to_csv(path, index=False)
+    return dict(root=root, dim=dim, flat=flat, orphan=orphan)
+
+
+def _fates(genes):
+    return genes.set_index("gene_symbol")
+
+
+def test_genes_table_covers_every_gene_once(ahba_small, baseline):
+    expression, genes = baseline
+    probes = pd.read_csv(_donor_files(ahba_small, "Probes.csv")[0])
+    assert genes["gene_symbol"].is_unique
+    assert set(probes["gene_symbol"]) <= set(genes["gene_symbol"])
+    kept = genes.loc[genes["fate"] == "kept", "gene_symbol"]
+    assert sorted(kept) == sorted(expression.columns)
+    # the run's own drops are there with their numbers
+    dim = genes.loc[genes["fate"] == "intensity_filter"]
+    assert len(dim) and (dim["best_share_above_background"] < 0.5).all()
+    assert (genes.loc[genes["fate"] == "kept", "best_share_above_background"] >= 0.5).all()
+
+
+def test_one_gene_fails_each_stage(broken, baseline):
+    expression, genes = _run(broken["root"], stability_threshold=0.0)
+    fates = _fates(genes)
+    assert fates.loc[broken["dim"], "fate"] == "intensity_filter"
+    assert fates.loc[broken["dim"], "best_share_above_background"] == 0.0
+    assert fates.loc[broken["flat"], "fate"] == "probe_selection"
+    assert fates.loc[broken["flat"], "reason"] == "no probe could be chosen for it"
+    assert sorted(fates.index[fates["fate"] == "kept"]) == sorted(expression.columns)
+    # no other gene changed its fate up to probe selection (after it, numbers move a little:
+    # sample normalization sees two genes fewer)
+    changed = [broken["dim"], broken["flat"]]
+    early = {"no_annotated_probe", "intensity_filter", "probe_selection"}
+
+    def up_to_selection(table):
+        fate = table["fate"].drop(changed).astype(str)
+        return fate.where(fate.isin(early), "selected")
+    before = up_to_selection(_fates(baseline[1]))
+    pd.testing.assert_series_equal(up_to_selection(fates).loc[before.index], before)
+    # stability: a threshold just above the least stable kept gene's drops exactly that gene
+    # more (those below 0 were dropped already)
+    already = set(fates.index[fates["fate"] == "stability_threshold"])
+    stability = fates.loc[fates["fate"] == "kept", "differential_stability"]
+    lowest, second = np.sort(stability.to_numpy())[:2]
+    assert lowest < second
+    threshold = float((lowest + second) / 2)
+    expression, genes = _run(broken["root"], stability_threshold=threshold)
+    fates = _fates(genes)
+    unstable = sorted(set(fates.index[fates["fate"] == "stability_threshold"]) - already)
+    assert unstable == [stability.idxmin()]
+    assert f"below the threshold of {threshold:g}" in fates.loc[unstable[0], "reason"]
+    assert unstable[0] not in expression.columns
+
+
+def test_gene_undefined_after_normalization(broken):
+    """Chosen by maximum intensity and not moved by a sample normalization, the constant
+    gene's scaled robust sigmoid is undefined."""
+    expression, genes = _run(broken["root"], probe_selection="max_intensity", sample_norm=None)
+    fates = _fates(genes)
+    assert fates.loc[broken["flat"], "fate"] == "incomplete"
+    assert broken["flat"] not in expression.columns
+    assert sorted(fates.index[fates["fate"] == "kept"]) == sorted(expression.columns)
+
+
+def test_gene_without_entrez_id(broken, baseline):
+    _, genes = _run(broken["root"], reannotated=False)
+    fates = _fates(genes)
+    assert fates.loc[broken["orphan"], "fate"] == "no_annotated_probe"
+    assert fates.loc[broken["orphan"], "reason"] == "none of its 1 probe(s) has an Entrez id"
+
+
+def test_return_genes_leaves_abagens_returns_alone(ahba_small, baseline):
+    atlas = ahba_app.fetch_desikan_killiany()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = ahba_app.get_expression_data(atlas["image"], atlas["info"], data_dir=ahba_small,
+                                           return_counts=True, return_genes=True,
+                                           stability_threshold=0.0)
+    assert len(out) == 3
+    pd.testing.assert_frame_equal(out[0], baseline[0])
+    assert list(out[1].columns) and out[2].equals(baseline[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# the report's search box
+# ---------------------------------------------------------------------------------------------
+
+
+def _report_with_genes(stages) -> str:
+    table = gene_fates(**stages)
+    return render_report({"atlas": {"label": "desikankilliany", "kind": "volumetric"}},
+                         {"genes": table, "genes_file": "atlas-x_genes.tsv",
+                          "n_probes": 9, "n_probes_annotated": 8, "n_probes_filtered": 6,
+                          "n_genes": 4})
+
+
+def test_report_holds_the_search_box_offline(stages):
+    page = _report_with_genes(stages)
+    assert 'id="gene-query"' in page and 'href="#gene-search"' in page
+    assert "atlas-x_genes.tsv" in page
+    # no external script or style: the page works offline
+    assert not re.search(r"<script[^>]+src=", page) and "<link" not in page
+    data = re.search(r'<script type="application/json" id="gene-fates">(.*?)</script>', page,
+                     re.S).group(1)
+    table = json.loads(data)
+    assert table["genes"]["DIM"][0] == "intensity_filter" and table["genes"]["KEPT"] == ["kept"]
+
+
+def test_report_json_cannot_close_its_script_element(stages):
+    stages["raw_probes"] = pd.concat([stages["raw_probes"], _probes([(10, "</script>X")])])
+    page = _report_with_genes(stages)
+    block = re.search(r'<script type="application/json" id="gene-fates">(.*?)</script>', page,
+                      re.S).group(1)
+    assert json.loads(block)["genes"]["</script>X"][0] == "no_annotated_probe"
+
+
+def _chromium_answer(tmp_path, page: str, gene: str) -> str:
+    report = tmp_path / "report.html"
+    report.write_text(page, encoding="utf-8")
+    cmd = ["chromium", "--headless", "--no-sandbox", "--disable-gpu",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
+           f"{report.as_uri()}?gene={gene}"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    found = re.search(r'<output id="gene-answer"[^>]*>(.*?)</output>', result.stdout, re.S)
+    assert found, result.stdout[-2000:]
+    return _html.unescape(found.group(1)).strip()
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed")
+def test_search_box_answers_in_a_headless_browser(tmp_path, stages):
+    """The page opened with ?gene=... types the gene into the box (an input event, as the
+    keyboard sends) and the answer is read back from the rendered page."""
+    page = _report_with_genes(stages)
+    table = gene_fates(**stages)
+    assert _chromium_answer(tmp_path, page, "dim") == explain(table, "DIM")
+    assert _chromium_answer(tmp_path, page, "KEPT") == explain(table, "KEPT")
+    assert _chromium_answer(tmp_path, page, "ESR2") == explain(table, "ESR2")
+
+
+def test_command_line_writes_the_genes_table(tmp_path, ahba_small, monkeypatch):
+    """A group run writes ..._genes.tsv (kept genes = the expression table's columns) and
+    the report's search box answers from it."""
+    from ahba_app.cli import run as cli_run
+
+    for var in ("NIPYPE_CONFIG_DIR", "MPLCONFIGDIR", "AHBA_APP_CONTAINER"):
+        monkeypatch.delenv(var, raising=False)
+    (tmp_path / "in").mkdir()
+    out = tmp_path / "out"
+    code = cli_run.main([str(tmp_path / "in"), str(out), "group", "--ahba-dir", str(ahba_small),
+                         "-w", str(tmp_path / "work"), "--stability-threshold", "0.1"])
+    assert code == 0
+    stem = "atlas-desikankilliany_desc-custom"
+    genes = pd.read_csv(out / f"{stem}_genes.tsv", sep="\t", na_values="n/a",
+                        keep_default_na=False)
+    expression = pd.read_csv(out / f"{stem}_expression.tsv", sep="\t", index_col=0, nrows=1)
+    assert genes["gene_symbol"].is_unique
+    assert sorted(genes.loc[genes["fate"] == "kept", "gene_symbol"]) == \
+        sorted(expression.columns)
+    assert set(genes["fate"]) >= {"kept", "intensity_filter", "stability_threshold"}
+    unstable = genes.loc[genes["fate"] == "stability_threshold"]
+    assert (unstable["differential_stability"] < 0.1).all()
+    sidecar = json.loads((out / f"{stem}_genes.json").read_text())
+    assert set(sidecar) == set(genes.columns)
+    page = (out / f"{stem}_report.html").read_text()
+    assert f"{stem}_genes.tsv" in page and 'id="gene-query"' in page
+    data = json.loads(re.search(r'<script type="application/json" id="gene-fates">(.*?)'
+                                r'</script>', page, re.S).group(1))
+    assert set(data["genes"]) == set(genes["gene_symbol"])

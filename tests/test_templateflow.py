@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import stat
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -28,9 +30,9 @@ def _read_only(root: Path) -> None:
 
 @pytest.fixture(scope="session")
 def tf_home(tmp_path_factory) -> Path:
-    """A synthetic TemplateFlow home (MNI152NLin6Asym res-02, fsaverage 3k-164k, fsLR 32k),
-    made read-only."""
-    home = stf.generate(tmp_path_factory.mktemp("templateflow") / "home", resolutions=(2,))
+    """A synthetic TemplateFlow home (MNI152NLin6Asym res-01 and res-02, fsaverage 3k-164k,
+    fsLR 32k), made read-only."""
+    home = stf.generate(tmp_path_factory.mktemp("templateflow") / "home")
     _read_only(home)
     return home
 
@@ -50,15 +52,17 @@ def offline(monkeypatch, tf_home):
 
 
 def test_volumetric_atlas_resolves_with_its_table(offline):
-    atlas = tf.resolve_atlas("Schaefer2018", "400Parcels7Networks")
+    finest = tf.resolve_atlas("Schaefer2018", "400Parcels7Networks")
+    assert "_res-01_" in finest.image  # the finest by default
+    atlas = tf.resolve_atlas("Schaefer2018", "400Parcels7Networks", res=2)
     assert atlas.kind == "volumetric"
     assert Path(atlas.image).name == ("tpl-MNI152NLin6Asym_res-02_atlas-Schaefer2018_desc-"
                                       "400Parcels7Networks_dseg.nii.gz")
     assert Path(atlas.info).name == ("tpl-MNI152NLin6Asym_atlas-Schaefer2018_desc-"
                                      "400Parcels7Networks_dseg.tsv")
     assert atlas.key == "atlas-Schaefer2018400Parcels7Networks_space-MNI152NLin6Asym_res-02"
-    same = tf.resolve_atlas("Schaefer2018", "400Parcels7Networks", space="MNI152NLin6Asym",
-                            res=2)
+    same = tf.resolve_atlas("Schaefer2018", "400Parcels7Networks", space="mni152nlin6asym",
+                            res="02")
     assert same.image == atlas.image
     trees, group = bids.load_atlas_input(atlas, ["9861", "10021"])
     tree = next(iter(trees.values()))
@@ -113,8 +117,8 @@ def test_several_densities_need_den(offline, tmp_path, monkeypatch, tf_home):
      r"desc-100Parcels7Networks in MNI152NLin6Asym is not in TEMPLATEFLOW_HOME=.*variants: "
      r"desc: 400Parcels7Networks.*api.get\('MNI152NLin6Asym', atlas='Schaefer2018', "
      r"desc='100Parcels7Networks', suffix='dseg'\)"),
-    (dict(atlas="Schaefer2018", desc="400Parcels7Networks", res=1),
-     r"has no resolution 1 \(res: 02\).*resolution=1"),
+    (dict(atlas="Schaefer2018", desc="400Parcels7Networks", res=3),
+     r"has no resolution 3 \(res: 01, 02\).*resolution=3"),
     (dict(atlas="Schaefer2018", space="MNI152NLin2009cAsym"),
      r"has no template 'MNI152NLin2009cAsym' \(it has: MNI152NLin6Asym, fsLR, fsaverage\)"),
     (dict(atlas="Glasser", space="fsLR", den="32k"),
@@ -129,7 +133,7 @@ def test_placeholder_file_is_named_with_how_to_get_it(tmp_path, monkeypatch, tf_
     """The client's skeleton holds empty files for what has not been downloaded."""
     home = tmp_path / "home"
     shutil.copytree(tf_home, home)
-    image = next((home / "tpl-MNI152NLin6Asym").glob("*res-02*_dseg.nii.gz"))
+    image = next((home / "tpl-MNI152NLin6Asym").glob("*res-01*_dseg.nii.gz"))
     image.chmod(0o644)
     image.write_bytes(b"")
     monkeypatch.setenv("TEMPLATEFLOW_HOME", str(home))
@@ -138,7 +142,7 @@ def test_placeholder_file_is_named_with_how_to_get_it(tmp_path, monkeypatch, tf_
     text = str(err.value)
     assert str(image) in text and "empty placeholder" in text
     assert "api.get('MNI152NLin6Asym', atlas='Schaefer2018', desc='400Parcels7Networks', " \
-           "resolution=2, suffix='dseg')" in text
+           "resolution=1, suffix='dseg')" in text
     assert "never downloads" in text
 
 
@@ -216,3 +220,99 @@ def test_choose_atlases_prefers_the_input_folder(offline, tmp_path):
         tf.choose_atlases(found, None, space="fsaverage")
     with pytest.raises(tf.TemplateFlowError, match="atlas-Nope in MNI152NLin6Asym is not in"):
         tf.choose_atlases(found, ["Nope"])
+
+
+# ---------------------------------------------------------------------------------------------
+# the command line
+# ---------------------------------------------------------------------------------------------
+DONORS = ["9861", "10021", "12876", "14380", "15496", "15697"]
+
+
+def _cli(args, capsys):
+    from ahba_app.cli import run as cli_run
+
+    code = cli_run.main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture
+def cli_env(monkeypatch):
+    for var in ("NIPYPE_CONFIG_DIR", "MPLCONFIGDIR", "AHBA_APP_CONTAINER"):
+        monkeypatch.delenv(var, raising=False)
+    return monkeypatch
+
+
+def test_cli_runs_a_templateflow_atlas_offline(offline, tmp_path, ahba_small, capsys, cli_env):
+    import pandas as pd
+
+    import ahba_app
+
+    (tmp_path / "in").mkdir()
+    out = tmp_path / "out"
+    code, err = _cli([tmp_path / "in", out, "group", "--ahba-dir", ahba_small,
+                      "-w", tmp_path / "work", "--atlas", "Schaefer2018", "--atlas-desc",
+                      "400Parcels7Networks", "--space", "MNI152NLin6Asym", "--res", "2"], capsys)
+    assert code == 0, err
+    stem = "atlas-Schaefer2018400Parcels7Networks_space-MNI152NLin6Asym_res-02_desc-abagendefaults"
+    table = pd.read_csv(out / f"{stem}_expression.tsv", sep="\t", index_col=0, na_values="n/a")
+    image = next((offline / "tpl-MNI152NLin6Asym").glob("*res-02*_dseg.nii.gz"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = ahba_app.get_expression_data(str(image), data_dir=str(ahba_small))
+    np.testing.assert_allclose(table.to_numpy(), expected.to_numpy(), rtol=0, atol=1e-12)
+    sidecar = json.loads((out / f"{stem}_expression.json").read_text())
+    assert str(image) in json.dumps(sidecar)
+
+
+def test_cli_exit_codes(tmp_path, ahba_small, capsys, cli_env, tf_home):
+    (tmp_path / "in").mkdir()
+    base = [tmp_path / "in", tmp_path / "out", "group", "--ahba-dir", ahba_small,
+            "-w", tmp_path / "work"]
+    cli_env.delenv("TEMPLATEFLOW_HOME", raising=False)
+    code, err = _cli(base + ["--atlas", "Schaefer2018"], capsys)
+    assert code == 18 and "TEMPLATEFLOW_HOME is not set" in err and "Traceback" not in err
+    cli_env.setenv("TEMPLATEFLOW_HOME", str(tf_home))
+    code, err = _cli(base + ["--atlas", "Schaefer2018", "--atlas-desc", "100Parcels7Networks"],
+                     capsys)
+    assert code == 66 and "api.get(" in err
+    code, err = _cli([tmp_path / "nope"] + base[1:], capsys)
+    assert code == 66 and "does not exist" in err
+    assert not (tmp_path / "out").exists()
+
+
+def _readme_commands() -> list[list[str]]:
+    """The ahba-app commands of the README's TemplateFlow section."""
+    import shlex
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("### Atlases from TemplateFlow, offline", 1)[1]
+    block = section.split("```bash", 1)[1].split("```", 1)[0]
+    joined = block.replace("\\\n", " ")
+    return [shlex.split(line) for line in joined.splitlines()
+            if line.strip().startswith("ahba-app ")]
+
+
+def test_readme_templateflow_commands_run(offline, tmp_path, ahba_small, capsys, cli_env):
+    """The README's Schaefer 400 volume, Glasser fsLR CIFTI and Schaefer fsaverage6 runs, on
+    the synthetic TemplateFlow home and a synthetic HCPMMP1-like CIFTI."""
+    commands = _readme_commands()
+    assert len(commands) == 3
+    glasser = tmp_path / "glasser"
+    stf.write_cifti_atlas(glasser / "tpl-fsLR_atlas-HCPMMP1_den-32k_dseg.dlabel.nii")
+    stf.write_region_table(glasser / "tpl-fsLR_atlas-HCPMMP1_dseg.tsv")
+    (tmp_path / "atlases").mkdir()
+    paths = {"/data/atlases": tmp_path / "atlases", "/data/glasser": glasser,
+             "/data/ahba": ahba_small}
+    expected = ["atlas-Schaefer2018400Parcels7Networks_space-MNI152NLin6Asym_res-01",
+                "atlas-HCPMMP1_space-fsLR_den-32k",
+                "atlas-Schaefer2018_space-fsaverage_den-41k_seg-7n_scale-400"]
+    for n, (command, stem) in enumerate(zip(commands, expected)):
+        args = [str(paths.get(a, a)) for a in command[1:]]
+        out = tmp_path / f"out{n}"
+        args[args.index("out")] = str(out)
+        code, err = _cli(args + ["-w", tmp_path / f"work{n}"], capsys)
+        assert code == 0, err
+        table = out / f"{stem}_desc-abagendefaults_expression.tsv"
+        counts = np.loadtxt(out / f"{stem}_desc-abagendefaults_counts.tsv", skiprows=1,
+                            delimiter="\t")[:, 1:]
+        assert table.is_file() and counts.sum() > 0

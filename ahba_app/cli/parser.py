@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from .. import options
 from .._version import __version__
+from . import exits
 from .presets import PARAMETERS, Preset, available_presets, load_preset
 
 __all__ = ["DEFAULTS", "get_parser", "parse_args", "resolve_parameters", "choices"]
@@ -38,9 +40,34 @@ def _label(value: str) -> str:
     return value[4:] if value.startswith("sub-") else value
 
 
+def _megabytes(value: str) -> int:
+    """``16000``, ``16000M``, ``16G``, ``16GB`` -> megabytes."""
+    text = value.strip().upper().removesuffix("B")
+    units = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 ** 2}
+    factor = units.get(text[-1:], None)
+    try:
+        number = float(text[:-1] if factor else text) * (factor or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected megabytes (e.g. 16000 or 16G), got "
+                                         f"{value!r}") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"memory must be positive, got {value!r}")
+    return int(number)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the exit codes of the BIDS Apps specification: 17 for an unknown
+    analysis level, 64 for any other usage error (argparse's own is 2, which shells use)."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        code = exits.EXIT_UNKNOWN_LEVEL if "analysis_level" in message else exits.EXIT_USAGE
+        self.exit(code, f"{self.prog}: error: {message}\n")
+
+
 def get_parser() -> argparse.ArgumentParser:
     """The argparse parser of ``ahba-app``."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ahba-app",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
@@ -52,7 +79,7 @@ def get_parser() -> argparse.ArgumentParser:
             "aggregated across donors, with sample counts, the probe chosen for each gene, a "
             "sidecar listing every parameter, an HTML report and CITATION.md."),
         epilog=(f"Presets: {', '.join(available_presets())} (or the path of a TOML file).\n"
-                "Explicit options override the preset's values."),
+                "Explicit options override the preset's values.\n\n" + exits.help_text()),
     )
     parser.add_argument("input_dir", metavar="INPUT_DIR", type=_path,
                         help="BIDS atlas dataset: dseg images (NIfTI, GIFTI hemi-L/hemi-R "
@@ -75,7 +102,26 @@ def get_parser() -> argparse.ArgumentParser:
                         "uids such as H0351.2001; 'all' for every donor). Default: all.")
     g.add_argument("--atlas", nargs="+", metavar="LABEL",
                    help="Process only the atlases with these atlas- labels (e.g. Schaefer2018) "
-                        "or output names (e.g. Schaefer2018400Parcels7Networks).")
+                        "or output names (e.g. Schaefer2018400Parcels7Networks); a label "
+                        "INPUT_DIR lacks is looked up in $TEMPLATEFLOW_HOME (offline).")
+    g.add_argument("--atlas-desc", "--atlas_desc", dest="atlas_desc", metavar="DESC",
+                   help="The desc- of a TemplateFlow atlas (e.g. 400Parcels7Networks; for "
+                        "Schaefer2018 on fsaverage it also finds seg-7n_scale-400).")
+    g.add_argument("--space", metavar="TEMPLATE",
+                   help="TemplateFlow template of the atlas: MNI152NLin6Asym (default), fsLR, "
+                        "fsaverage, ...")
+    g.add_argument("--res", "--resolution", dest="res", metavar="N",
+                   help="TemplateFlow resolution index of a volumetric atlas (1 = 1 mm in "
+                        "MNI152NLin6Asym). Default: the finest there is.")
+    g.add_argument("--den", "--density", dest="den", metavar="DEN",
+                   help="Density of a surface atlas: 32k (fsLR); 3k, 10k, 41k or 164k "
+                        "(fsaverage4, 5, 6, fsaverage). A coarser fsaverage density than "
+                        "TemplateFlow holds is cut from the nested finer mesh.")
+    g.add_argument("--skip-bids-validation", "--skip_bids_validation",
+                   "--skip-bids-validator", "--skip_bids_validator",
+                   dest="skip_bids_validation", action="store_true",
+                   help="Accepted for BIDS Apps compatibility: ahba-app checks the atlas files "
+                        "it uses itself and never runs the BIDS validator.")
     g.add_argument("--no-default-atlas", "--no_default_atlas", dest="default_atlas",
                    action="store_false", default=True,
                    help="Fail when INPUT_DIR holds no atlas instead of using the bundled "
@@ -130,13 +176,19 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--clean-workdir", "--clean_workdir", dest="clean_workdir",
                    action="store_true", help="Remove the work folder after a successful run.")
     g.add_argument("--nprocs", "--n-procs", "--n_procs", "--nthreads", "--n-proc", "--n_proc",
+                   "--n-cpus", "--n_cpus",
                    dest="nprocs", type=int, default=1, metavar="N",
                    help="Processes to run donors and atlases in parallel. Default: 1.")
+    g.add_argument("--mem", "--mem-mb", "--mem_mb", dest="mem_mb", type=_megabytes,
+                   metavar="MB",
+                   help="Upper bound of the memory the parallel nodes may use together, in MB "
+                        "(or with a unit: 16G, 16000M). Default: no bound.")
     return parser
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    """Parse ``argv`` (default ``sys.argv[1:]``); bad usage exits with status 2."""
+    """Parse ``argv`` (default ``sys.argv[1:]``); bad usage exits with status 64 (17 for an
+    unknown analysis level)."""
     parser = get_parser()
     opts = parser.parse_args(argv)
     if opts.nprocs < 1:

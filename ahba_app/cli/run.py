@@ -32,15 +32,19 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NO_INPUT, EXIT_OK
 from .parser import DEFAULTS, parse_args, resolve_parameters
 
 LGR = logging.getLogger("ahba_app")
 
-EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
-
 
 class UsageError(Exception):
-    """A problem with the inputs, reported as one message."""
+    """A problem with the inputs, reported as one message; ``exit_code`` is the status the
+    command exits with (:mod:`ahba_app.cli.exits`)."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass
@@ -62,6 +66,7 @@ class RunPlan:
     verbose: int = 0
     notes: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
+    mem_mb: int | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,13 +179,14 @@ def _check_atlases(atlases, settings, data_dir) -> None:
 def prepare_run(opts) -> RunPlan:
     """Check every input and option of a run; raise :class:`UsageError` (or the stage modules'
     ValueError / OSError) with a message naming the problem."""
-    from .. import bids, pipeline
+    from .. import bids, pipeline, templateflow
     from ..fetch import get_data_dir
     from .presets import PresetError
 
     input_dir, output_dir = opts.input_dir, opts.output_dir
     if not input_dir.is_dir():
-        raise UsageError(f"The input folder {input_dir} does not exist.")
+        raise UsageError(f"The input folder {input_dir} does not exist.",
+                         exit_code=EXIT_NO_INPUT)
     work_dir = opts.work_dir or Path.cwd() / "work"
     _check_writable(output_dir, "output folder")
     _check_writable(work_dir, "work folder")
@@ -196,7 +202,12 @@ def prepare_run(opts) -> RunPlan:
     # resolved now ($AHBA_DATA, $ABAGEN_DATA, per-user folder), so that nodes get it explicitly
     data_dir = str(get_data_dir(opts.ahba_dir))
 
-    atlases = bids.select_atlases(bids.discover_atlases(input_dir, settings.donors), opts.atlas)
+    try:
+        atlases = templateflow.choose_atlases(
+            bids.discover_atlases(input_dir, settings.donors), opts.atlas,
+            desc=opts.atlas_desc, space=opts.space, res=opts.res, den=opts.den)
+    except templateflow.TemplateFlowError as err:
+        raise UsageError(str(err), exit_code=err.exit_code) from None
     notes = {}
     if not atlases:
         if not opts.default_atlas:
@@ -215,7 +226,7 @@ def prepare_run(opts) -> RunPlan:
                    output_dir=output_dir, work_dir=work_dir, data_dir=data_dir,
                    settings=settings, atlases=atlases, desc=desc, save_donors=opts.save_donors,
                    nprocs=opts.nprocs, clean_workdir=opts.clean_workdir, preset=preset,
-                   verbose=opts.verbose, notes=notes)
+                   verbose=opts.verbose, notes=notes, mem_mb=opts.mem_mb)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,8 +352,10 @@ def run_plan(plan: RunPlan, argv=None) -> int:
              ", ".join(plan.settings.donors), plan.work_dir, plan.nprocs)
     try:
         if plan.nprocs > 1:
-            workflow.run(plugin="MultiProc", plugin_args={"n_procs": plan.nprocs,
-                                                          "raise_insufficient": False})
+            plugin_args = {"n_procs": plan.nprocs, "raise_insufficient": False}
+            if plan.mem_mb:
+                plugin_args["memory_gb"] = plan.mem_mb / 1024
+            workflow.run(plugin="MultiProc", plugin_args=plugin_args)
         else:
             workflow.run(plugin="Linear")
         publish(staging, plan.output_dir, plan.input_dir)
@@ -415,7 +428,7 @@ def main(argv=None) -> int:
             LGR.exception("Checking the inputs failed.")
         message = str(err) if isinstance(err, (UsageError,)) else _plain(err)
         print(f"ahba-app: error: {message}", file=sys.stderr)
-        return EXIT_FAILED
+        return getattr(err, "exit_code", EXIT_FAILED)
     try:
         if multiverse is not None:
             from ..multiverse.command import run_cli

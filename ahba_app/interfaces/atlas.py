@@ -142,6 +142,8 @@ class _AggregateOutputSpec(TraitedSpec):
     donor_expressions = OutputMultiObject(File(exists=True),
                                           desc="table: regions x genes of every donor")
     summary = File(exists=True, desc="JSON: genes dropped, regions filled or empty")
+    stability = File(exists=True, desc="table: every gene's differential stability (with a "
+                                       "stability threshold)")
 
 
 class AggregateExpression(SimpleInterface):
@@ -175,4 +177,8 @@ class AggregateExpression(SimpleInterface):
                             os.path.join(cwd, f"expression_{d}")) for d in donors]
         self._results["summary"] = write_json(result["summary"].as_dict(),
                                               os.path.join(cwd, "aggregate.json"))
+        if result.get("stability") is not None:
+            self._results["stability"] = write_frame(
+                result["stability"].rename("differential_stability").to_frame(),
+                os.path.join(cwd, "stability"))
         return runtime

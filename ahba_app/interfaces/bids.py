@@ -38,6 +38,25 @@ _PROBE_COLUMNS = {
 }
 
 
+_GENE_COLUMNS = {
+    "gene_symbol": "Gene symbol (of AHBA's Probes.csv or of the reannotation table).",
+    "fate": "kept (a column of the expression table) or the stage that dropped the gene: "
+            "no_annotated_probe, intensity_filter, probe_selection, incomplete, "
+            "stability_threshold.",
+    "n_probes_array": "Probes of the gene in Probes.csv.",
+    "n_probes_annotated": "Probes assigned to the gene after (re)annotation.",
+    "n_probes_above_threshold": "Of those, probes that passed the intensity filter.",
+    "best_share_above_background": "Largest share of samples above background among the "
+                                   "gene's probes.",
+    "ibf_threshold": "The intensity filter's threshold.",
+    "donors_without_probe": "Donors where no probe could be chosen (probe_selection).",
+    "differential_stability": "Differential stability of the gene across donors (with a "
+                              "stability threshold).",
+    "stability_threshold": "The stability threshold.",
+    "reason": "Why, in words.",
+}
+
+
 def atlas_metadata(atlas: AtlasInput) -> dict:
     """The sidecar's description of the input atlas: name, entities, files and their SHA-256."""
     return {"Label": atlas.label, "Entities": dict(atlas.entities), "Kind": atlas.kind,
@@ -61,7 +80,8 @@ def _index_named(frame: pd.DataFrame) -> pd.DataFrame:
 def group_outputs(out_dir, atlas: AtlasInput, desc: str, *, expression: pd.DataFrame,
                   counts: pd.DataFrame, selection: pd.DataFrame, metadata: dict,
                   donor_expressions: dict | None = None, report: str | None = None,
-                  citation: str | None = None, aggregate: dict | None = None) -> list[str]:
+                  citation: str | None = None, aggregate: dict | None = None,
+                  genes: pd.DataFrame | None = None) -> list[str]:
     """Write the group outputs of one atlas under ``out_dir``; returns the paths written."""
     out = []
 
@@ -93,6 +113,10 @@ def group_outputs(out_dir, atlas: AtlasInput, desc: str, *, expression: pd.DataF
     out.append(write_tsv(probes, path("probes"), index=False))
     out.append(write_json({c: {"Description": _PROBE_COLUMNS.get(c, c)} for c in probes.columns},
                           path("probes", ".json")))
+    if genes is not None:
+        out.append(write_tsv(genes, path("genes"), index=False))
+        out.append(write_json({c: {"Description": _GENE_COLUMNS.get(c, c)} for c in genes.columns},
+                              path("genes", ".json")))
     for donor, table in (donor_expressions or {}).items():
         out.append(write_tsv(_index_named(table), path("expression", donor=donor)))
         out.append(write_json(dict(sidecar, Description=(
@@ -175,6 +199,7 @@ class _GroupInputSpec(_SinkInputSpec):
     donor_expressions = InputMultiObject(File(exists=True),
                                          desc="table: regions x genes of every donor")
     aggregate = File(exists=True, desc="JSON facts of the aggregation")
+    genes = File(exists=True, desc="table: every gene symbol and its fate")
 
 
 class GroupDerivatives(SimpleInterface):
@@ -198,7 +223,8 @@ class GroupDerivatives(SimpleInterface):
             donor_expressions=donor_tables,
             report=inputs.report if isdefined(inputs.report) else None,
             citation=inputs.citation if isdefined(inputs.citation) else None,
-            aggregate=read_json(inputs.aggregate) if isdefined(inputs.aggregate) else None)
+            aggregate=read_json(inputs.aggregate) if isdefined(inputs.aggregate) else None,
+            genes=read_frame(inputs.genes) if isdefined(inputs.genes) else None)
         return runtime
 
 

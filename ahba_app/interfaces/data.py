@@ -136,6 +136,7 @@ class _FilterProbesInputSpec(BaseInterfaceInputSpec):
 
 class _FilterProbesOutputSpec(TraitedSpec):
     probes = File(exists=True, desc="table: the probes that pass the intensity filter")
+    share = File(exists=True, desc="table: every probe's share of samples above background")
     n_filtered = traits.Int(desc="probes kept")
 
 
@@ -147,10 +148,13 @@ class FilterProbes(SimpleInterface):
 
     def _run_interface(self, runtime):
         check_lengths(self.inputs.donors, annotations=self.inputs.annotations)
-        probes = pipeline.filter_probe_table(
+        probes, share = pipeline.filter_probe_table(
             read_json(self.inputs.files),
             _by_donor(self.inputs.donors, self.inputs.annotations),
-            read_frame(self.inputs.probes), ibf_threshold=self.inputs.ibf_threshold)
+            read_frame(self.inputs.probes), ibf_threshold=self.inputs.ibf_threshold,
+            return_share=True)
+        self._results["share"] = write_frame(share.to_frame(), os.path.join(runtime.cwd,
+                                                                            "probe_share"))
         self._results["probes"] = write_frame(probes, os.path.join(runtime.cwd,
                                                                    "probes_filtered"))
         self._results["n_filtered"] = len(probes)

@@ -73,6 +73,8 @@ class _RunReportInputSpec(BaseInterfaceInputSpec):
     expression = File(exists=True, desc="table: regions x genes (group report)")
     counts = File(exists=True, desc="table: samples per region and donor")
     aggregate = File(exists=True, desc="JSON facts of the aggregation")
+    genes = File(exists=True, desc="table: every gene symbol and its fate (group report)")
+    genes_name = traits.Str(desc="file name of the genes table in the outputs")
     warnings = traits.List(traits.Str, desc="notes to show in the report")
     provenance = traits.Dict(desc="free key/value pairs shown in the report")
 
@@ -114,6 +116,9 @@ class RunReport(SimpleInterface):
             warnings=list(inputs.warnings) if isdefined(inputs.warnings) else [],
             provenance=dict(inputs.provenance) if isdefined(inputs.provenance) else {})
         atlas = AtlasInput.from_dict(inputs.atlas)
+        if isdefined(inputs.genes):
+            summary.genes = read_frame(inputs.genes)
+            summary.genes_file = inputs.genes_name if isdefined(inputs.genes_name) else None
         params = dict(inputs.parameters, atlas=atlas_description(atlas, donors, inputs.data_dir))
         html = render_report(params, summary, mplconfigdir=os.environ.get(
             "MPLCONFIGDIR", os.path.join(runtime.cwd, ".matplotlib")))

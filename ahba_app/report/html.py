@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..genes import search_context
 from ..options import OPTIONS, report_value
 from . import figures as _figures
 from .methods import (CC0_NOTICE, CC0_URL, NORMALIZATION, PROJECT_URL, ReportParameters,
@@ -420,6 +421,7 @@ def render_report(params, summary=None, *, title: str = "ahba-app report",
         project_url=PROJECT_URL,
         version=params.versions.get("ahba-app", ""),
         generated=stamp,
+        gene_fates=None if s.genes is None else search_context(s.genes, s.genes_file),
     )
     return _environment().get_template("report/base.html.jinja").render(**context)
 

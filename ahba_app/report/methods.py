@@ -333,6 +333,8 @@ class RunSummary:
     expression: the final regions x genes table (a dict of them per donor is accepted).
     warnings, errors: messages to show in the report.
     provenance: free key/value pairs shown in the report (command line, run time, ...).
+    genes: what became of every gene symbol (:func:`ahba_app.genes.gene_fates`): the report's
+        "Why is a gene missing?" search box answers from it; genes_file: its file name.
     """
 
     donors: Sequence[str] | None = None
@@ -353,6 +355,8 @@ class RunSummary:
     warnings: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     provenance: dict[str, Any] = field(default_factory=dict)
+    genes: pd.DataFrame | None = None
+    genes_file: str | None = None
 
     @classmethod
     def from_mapping(cls, value: "RunSummary | Mapping | None") -> "RunSummary":

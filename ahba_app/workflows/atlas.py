@@ -9,6 +9,7 @@ from nipype.pipeline import engine as pe
 from .. import summary
 from ..interfaces.atlas import AggregateExpression, MatchSamples, NormalizeExpression
 from ..interfaces.bids import GroupDerivatives, ParticipantDerivatives
+from ..interfaces.genes import AccountGenes
 from ..interfaces.reports import RunReport
 
 __all__ = ["ANALYSIS_LEVELS", "atlas_workflow_name", "init_atlas_wf"]
@@ -16,7 +17,8 @@ __all__ = ["ANALYSIS_LEVELS", "atlas_workflow_name", "init_atlas_wf"]
 ANALYSIS_LEVELS = ("participant", "group")
 
 _INPUTS = ["donors", "annotations", "sample_info", "expressions", "selection", "n_probes",
-           "n_annotated", "n_filtered", "n_genes"]
+           "n_annotated", "n_filtered", "n_genes", "files", "annotated_probes",
+           "filtered_probes", "probe_share"]
 
 
 def atlas_workflow_name(atlas_key: str) -> str:
@@ -113,9 +115,21 @@ def init_atlas_wf(*, atlas, analysis_level, out_dir, desc, metadata, parameters,
             atlas=atlas_dict, data_dir=data_dir, missing=s.missing, region_agg=s.region_agg,
             agg_metric=s.agg_metric, stability_threshold=s.stability_threshold,
             return_donors=save_donors), name="aggregate", mem_gb=1.0)
-        report = pe.Node(RunReport(**report_inputs), name="report")
+        genes = pe.Node(AccountGenes(ibf_threshold=s.ibf_threshold,
+                                     stability_threshold=s.stability_threshold,
+                                     reannotated=s.reannotated), name="genes")
+        report = pe.Node(RunReport(**report_inputs, genes_name=f"{atlas.stem(desc)}_genes.tsv"),
+                         name="report")
         ds_group = pe.Node(GroupDerivatives(**sink_inputs), name="ds_group")
         connections += [
+            (inputnode, genes, [("files", "files"), ("donors", "donors"),
+                                ("annotated_probes", "annotated_probes"),
+                                ("filtered_probes", "filtered_probes"),
+                                ("probe_share", "probe_share"), ("selection", "selection")]),
+            (aggregate, genes, [("expression", "expression"), ("summary", "aggregate"),
+                                ("stability", "stability")]),
+            (genes, report, [("genes", "genes")]),
+            (genes, ds_group, [("genes", "genes")]),
             (inputnode, aggregate, [("donors", "donors")]),
             (normalize, aggregate, [("expression", "expressions"),
                                     ("annotation", "annotations"), ("labels", "labels")]),

@@ -104,7 +104,11 @@ def init_ahba_wf(*, analysis_level, atlases, out_dir, crash_dir, settings, base_
                 ("outputnode.n_probes", "inputnode.n_probes"),
                 ("outputnode.n_annotated", "inputnode.n_annotated"),
                 ("outputnode.n_filtered", "inputnode.n_filtered"),
-                ("outputnode.n_genes", "inputnode.n_genes")]),
+                ("outputnode.n_genes", "inputnode.n_genes"),
+                ("outputnode.files", "inputnode.files"),
+                ("outputnode.annotated_probes", "inputnode.annotated_probes"),
+                ("outputnode.filtered_probes", "inputnode.filtered_probes"),
+                ("outputnode.probe_share", "inputnode.probe_share")]),
         ]
     workflow.connect(connections)
     return workflow

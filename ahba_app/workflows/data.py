@@ -51,13 +51,18 @@ def init_ahba_data_wf(*, settings, data_dir=None, name="ahba_data_wf"):
         Parquet table of the chosen probes.
     n_probes, n_annotated, n_filtered, n_genes
         Probes in Probes.csv, with a gene, above background; genes.
+    files, annotated_probes, filtered_probes, probe_share
+        JSON of the donors' AHBA files; the probe table after (re)annotation and after the
+        intensity filter; every probe's share of samples above background (what the genes
+        table, :func:`ahba_app.genes.gene_fates`, is made from).
     """
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=["donors"]), name="inputnode")
     inputnode.inputs.donors = list(settings.donors)
     outputnode = pe.Node(niu.IdentityInterface(fields=[
         "donors", "annotations", "sample_info", "expressions", "selection", "n_probes",
-        "n_annotated", "n_filtered", "n_genes"]), name="outputnode")
+        "n_annotated", "n_filtered", "n_genes", "files", "annotated_probes", "filtered_probes",
+        "probe_share"]), name="outputnode")
 
     # the command line has checked (and, when needed, downloaded) the files before the run, so
     # this node only finds them; its inputs leave out how many processes run, to stay cached
@@ -86,7 +91,9 @@ def init_ahba_data_wf(*, settings, data_dir=None, name="ahba_data_wf"):
                                 ("donors", "donors")]),
         (annotate, select_probes, [("annotation", "annotations")]),
         (filter_probes, select_probes, [("probes", "probes")]),
-        (fetch, outputnode, [("donors", "donors")]),
+        (fetch, outputnode, [("donors", "donors"), ("files", "files")]),
+        (reannotate, outputnode, [("probes", "annotated_probes")]),
+        (filter_probes, outputnode, [("probes", "filtered_probes"), ("share", "probe_share")]),
         (annotate, outputnode, [("annotation", "annotations"), ("info", "sample_info")]),
         (select_probes, outputnode, [("expressions", "expressions"),
                                      ("selection", "selection"), ("n_genes", "n_genes")]),
