@@ -28,6 +28,11 @@ NOT_RUN = {
     ".venv/bin/pip install": "installs the package (what CI's set-up does)",
     "docker": "needs a container engine (tests/container/ builds and runs the image)",
     "apptainer": "needs a container engine (tests/container/ builds and runs the image)",
+    "export TEMPLATEFLOW_HOME": "sets the TemplateFlow folder for the three commands below it",
+    "ahba-app /data/atlases": "needs a TemplateFlow home: tests/test_templateflow.py runs it "
+                              "on a synthetic one (test_readme_templateflow_commands_run)",
+    "ahba-app /data/glasser": "needs a TemplateFlow home and a CIFTI atlas: "
+                              "tests/test_templateflow.py runs it on synthetic ones",
 }
 
 _FENCE = re.compile(r"^```(\w+)\n(.*?)^```", re.M | re.S)
