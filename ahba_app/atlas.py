@@ -431,6 +431,10 @@ def _integer_labels(data, source: str) -> np.ndarray:
             raise ValueError(f"{source} holds non-integer values (e.g. {example!r}): an atlas "
                              f"must hold integer region ids. If it was resampled, use "
                              f"nearest-neighbour interpolation.")
+    if data.size and data.max() >= 2**63:  # uint64 or huge floats: int64 would wrap
+        raise ValueError(f"{source} holds labels too large for region ids (e.g. "
+                         f"{int(data.max())}; the largest allowed is {np.iinfo(np.int64).max}): "
+                         "relabel the regions with small positive integers.")
     data = data.astype(np.int64)
     if data.size and data.min() < 0:
         negative = np.unique(data[data < 0])[:5].tolist()
@@ -456,8 +460,14 @@ def _load_volume(img, source: str):
         raise ValueError(f"{source} is a {len(shape)}-D image of shape {img.shape}: an atlas "
                          f"must be a single 3-D volume of integer labels. Pick one volume "
                          f"(e.g. img.slicer[..., 0]) or use a 3-D parcellation.")
+    affine = np.asarray(img.affine, dtype=float)
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise ValueError(f"{source} has an unusable affine (voxel to world mapping) "
+                         f"{affine[:3].tolist()}: it must be finite and invertible. Fix the "
+                         "image header (sform/qform), e.g. copy it from the template the atlas "
+                         "was made on.")
     data = np.asarray(img.dataobj).reshape(shape)
-    return _integer_labels(data, source), np.asarray(img.affine, dtype=float)
+    return _integer_labels(data, source), affine
 
 
 def _voxel_to_world(affine, ijk) -> np.ndarray:

@@ -132,14 +132,37 @@ def _pybids_files(root: Path) -> list[tuple[Path, dict]] | None:
 
 
 def _walk(root: Path) -> list[tuple[Path, dict]]:
+    """Every file under ``root`` (hidden ones and derivatives/sourcedata/code left out).
+
+    Folder links are not followed (a link to a parent would loop). A folder whose name is an
+    atlas image's is an error: it would otherwise be silently ignored."""
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames:
+            if (name.endswith(IMAGE_EXTENSIONS) and "_dseg." in name
+                    and not os.path.islink(os.path.join(dirpath, name))):
+                raise BIDSInputError(f"{Path(dirpath) / name} is a folder, not an atlas image "
+                                     "file: replace it by the image (or rename it).")
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
                              and d not in ("derivatives", "sourcedata", "code"))
         for name in sorted(filenames):
             if not name.startswith("."):
                 out.append((Path(dirpath) / name, {}))
     return out
+
+
+def _one_path_per_file(files: list[tuple[Path, dict]]) -> list[tuple[Path, dict]]:
+    """Files reached again through a folder link (``ln -s . loop``, a link to a parent) are
+    the same files: keep the path that goes through no folder link."""
+    best: dict = {}
+    for i, (path, _) in enumerate(files):
+        linked = os.path.realpath(path.parent) != os.path.abspath(path.parent)
+        rank = (linked, len(path.parts), i)
+        real = os.path.realpath(path)
+        if real not in best or rank < best[real]:
+            best[real] = rank
+    keep = {rank[2] for rank in best.values()}
+    return [item for i, item in enumerate(files) if i in keep]
 
 
 def _indexed(root: Path) -> list[tuple[Path, dict]]:
@@ -150,6 +173,7 @@ def _indexed(root: Path) -> list[tuple[Path, dict]]:
     files = _pybids_files(root)
     if files is None:
         files = listed
+    files = _one_path_per_file(files)
     out = []
     for path, ents in files:
         parsed = parse_entities(path)

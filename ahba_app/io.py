@@ -109,8 +109,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
-from filelock import FileLock
-
+from . import _locks
 from ._version import __version__
 
 try:  # the same CRC-32 as zlib's, several times faster (checking a cache reads it whole)
@@ -120,9 +119,10 @@ except ImportError:  # pragma: no cover - isal has wheels for the usual platform
 
 __all__ = [
     "AHBAFileError", "CACHE_DIRNAME", "CACHE_FORMAT_VERSION", "CachedMatrix", "RowCodes",
-    "cache_locations", "check_microarray_pacall", "decode_rows", "ensure_cache", "load_matrix",
-    "probe_positions", "read_annotation", "read_counts", "read_genes", "read_microarray",
-    "read_ontology", "read_pacall", "read_probes", "read_tpm", "release_rows", "select_rows",
+    "cache_locations", "check_microarray_pacall", "content_id", "decode_rows", "ensure_cache",
+    "load_matrix", "probe_positions", "read_annotation", "read_counts", "read_genes",
+    "read_microarray", "read_ontology", "read_pacall", "read_probes", "read_tpm", "release_rows",
+    "select_rows",
 ]
 
 LOGGER = logging.getLogger(__name__)
@@ -147,6 +147,8 @@ _BLOCK_SIZE = 2 << 20          # bytes of CSV per parsed block (about 250 rows o
 _CHECK_CHUNK = 16 << 20        # bytes read at a time when checksumming a cache
 _BUILD_ATTEMPTS = 3
 _MAX_DETAIL = 300              # characters of a parser message quoted in an error
+# errors of a cache location without room (or no longer writable): try elsewhere, else parse
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
 # values encodings recorded in a cache header
 _ROW_SCALED, _PACKED_BITS = "row-scaled", "packed-bits"
 
@@ -460,6 +462,21 @@ def ensure_cache(fname: PathLike, kind: str | None = None) -> Path | None:
     return load_matrix(fname, kind).cache
 
 
+def content_id(fname: PathLike, kind: str | None = None) -> str:
+    """What identifies the content of a microarray or PACall file, cheaply: the content id of
+    its cache (checksums, shape, encoding; the cache is built when it can be), else, when no
+    cache can exist, the file's size and modification time."""
+    source = _as_path(fname, "a MicroarrayExpression.csv or PACall.csv file")
+    kind = _matrix_kind(source, kind)
+    locations = cache_locations(source)
+    if any(loc.is_file() or _can_write(loc.parent) for loc in locations):
+        matrix = _cached_matrix(source, kind, verify=False, mode="r")
+        if matrix.content_id:
+            return matrix.content_id
+    stat = source.stat()
+    return f"{kind}:file:{stat.st_size}:{stat.st_mtime_ns}"
+
+
 def cache_locations(fname: PathLike) -> list[Path]:
     """Where the cache of ``fname`` is looked for, in order: beside the data, then the user's."""
     source = _as_path(fname, "a MicroarrayExpression.csv or PACall.csv file")
@@ -548,7 +565,21 @@ def read_probes(fname, copy: bool = False) -> pd.DataFrame:
     """
     if isinstance(fname, pd.DataFrame):
         return fname.copy() if copy else fname
-    return _read_table(fname, "Probes.csv", index_col=0, dtype={"entrez_id": "Int64"})
+    try:
+        data = _read_table(fname, "Probes.csv", index_col=0, dtype={"entrez_id": "Int64"})
+    except (TypeError, ValueError) as err:  # e.g. text in entrez_id
+        if isinstance(err, AHBAFileError):
+            raise
+        raise AHBAFileError(f"{fname} is not a valid AHBA Probes.csv file: {_clip(err)}. "
+                            "Restore it from the Allen download.") from err
+    _check_numeric(data.reset_index(), fname, "Probes.csv", ("probe_id",))
+    duplicated = data.index[data.index.duplicated()].unique()
+    if len(duplicated):
+        shown = ", ".join(map(str, duplicated[:10])) + (" ..." if len(duplicated) > 10 else "")
+        raise AHBAFileError(f"{fname} is not a valid AHBA Probes.csv file: probe ids appear more "
+                            f"than once ({shown}), so a gene's probe would be ambiguous. Restore "
+                            "the file from the Allen download.")
+    return data
 
 
 def read_annotation(fname, copy: bool = False) -> pd.DataFrame:
@@ -565,7 +596,12 @@ def read_annotation(fname, copy: bool = False) -> pd.DataFrame:
         return data.rename(columns=present) if present else data
     data = _read_table(fname, "SampleAnnot.csv")
     data.index = pd.Index(np.arange(1, len(data) + 1, dtype=np.int64), name="sample_id")
-    return data.rename(columns=renames)
+    data = data.rename(columns=renames)
+    if data.empty:
+        raise AHBAFileError(f"{fname} is not a valid AHBA SampleAnnot.csv file: it lists no "
+                            "sample (a header only). Restore it from the Allen download.")
+    _check_numeric(data, fname, "SampleAnnot.csv", _NUMERIC_ANNOTATION)
+    return data
 
 
 def read_ontology(fname, copy: bool = False) -> pd.DataFrame:
@@ -629,6 +665,28 @@ def _read_table(fname, what: str, **kwargs) -> pd.DataFrame:
         return pd.read_csv(path, **kwargs)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as err:
         raise AHBAFileError(f"{path} is not a valid AHBA {what} file: {_clip(err)}") from err
+
+
+#: SampleAnnot.csv columns that must hold numbers (empty cells are allowed: missing values)
+_NUMERIC_ANNOTATION = ("structure_id", "well_id", "mri_voxel_x", "mri_voxel_y", "mri_voxel_z",
+                       "mni_x", "mni_y", "mni_z")
+
+
+def _check_numeric(data: pd.DataFrame, fname, what: str, columns) -> None:
+    """AHBAFileError naming the file, the column and the first cell that is not a number."""
+    for column in columns:
+        if column not in data.columns or data[column].dtype.kind in "iufb":
+            continue
+        values = data[column]
+        numbers = pd.to_numeric(values, errors="coerce")
+        bad = numbers.isna() & values.notna()
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise AHBAFileError(
+                f"{fname} is not a valid AHBA {what} file: column {column!r} holds text "
+                f"({values.iloc[row]!r} in data row {row + 1}) where numbers belong. Restore "
+                "the file from the Allen download.")
+        data[column] = numbers
 
 
 def _read_gene_matrix(path: Path, what: str) -> pd.DataFrame:
@@ -850,10 +908,10 @@ def _cached_matrix(source: Path, kind: str, verify: bool, mode: str) -> CachedMa
                 "(slow, every run); set AHBA_CACHE_DIR to a writable folder to avoid this.",
                 stacklevel=3)
             return _parse_into_memory(source, kind, writable=mode == "c")
+        failed = []
         for location in writable:
-            lock = FileLock(str(location) + ".lock")
-            try:
-                lock.acquire()
+            try:  # a builder that is stopped (Ctrl-Z) is an error, not an endless wait
+                lock = _locks.acquire(str(location) + ".lock", f"the cache {location}")
             except OSError as err:  # e.g. a lock file left by another user
                 LOGGER.info("Cannot lock %s (%s); trying elsewhere", location, err)
                 continue
@@ -864,10 +922,21 @@ def _cached_matrix(source: Path, kind: str, verify: bool, mode: str) -> CachedMa
                     return matrix
                 _remove_stale_temporaries(location)
                 _write_cache(source, location, kind, stat)
+            except OSError as err:
+                if err.errno not in _NO_ROOM or err.filename == str(source):
+                    raise
+                failed.append(f"{location.parent} ({err.strerror or err})")
+                continue
             finally:
                 lock.release()
             break
         else:
+            if failed:  # full or read-only file systems: the data can still be read
+                warnings.warn(
+                    f"Cannot write the cache of {source}: {'; '.join(failed)}. Parsing the CSV "
+                    "into memory instead (slow, every run); free some space there or set "
+                    "AHBA_CACHE_DIR to a folder with room.", stacklevel=3)
+                return _parse_into_memory(source, kind, writable=mode == "c")
             raise OSError(errno.EACCES, "Cannot lock any cache location for", str(source))
         if _same_file_state(source.stat(), stat):
             matrix = _open_cache(location, source, stat, kind, verify, mode)

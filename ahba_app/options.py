@@ -55,10 +55,14 @@ def _optional(convert: Callable) -> Callable:
 
 def _tolerance(value) -> float:
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"Invalid tolerance={value!r}: give a number (mm for volumes, standard "
                          "deviations for surfaces).") from None
+    if not math.isfinite(number):  # nan and inf would fail later, blamed on the atlas
+        raise ValueError(f"Invalid tolerance={value!r}: give a finite number (mm for volumes, "
+                         "standard deviations for surfaces; default 2).")
+    return number
 
 
 def _probe_selection(value):

@@ -27,6 +27,7 @@ once, up front, against the method registries.
 from __future__ import annotations
 
 import collections.abc
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from typing import Mapping
@@ -47,6 +48,56 @@ from .summary import GroupFacts, ProbeCounts, run_summary
 
 LGR = logging.getLogger("ahba_app")
 
+class EmptyResultError(ValueError):
+    """The run would produce an empty or degenerate result (no gene, no matched sample, every
+    region empty): an error with the reason, never a table."""
+
+
+def check_matched(n_matched: Mapping, n_samples: Mapping, *, tolerance) -> None:
+    """EmptyResultError when no sample of any donor matched a region of the atlas."""
+    if any(int(n) for n in n_matched.values()):
+        return
+    total = sum(int(n) for n in n_samples.values())
+    if not total:
+        raise EmptyResultError(
+            f"No tissue sample is left to match (donors {', '.join(map(str, n_samples))}): "
+            "check the donors' SampleAnnot.csv files and the sample options (lr_mirror, "
+            "sim_threshold).")
+    raise EmptyResultError(
+        f"None of the {total} tissue samples of donors {', '.join(map(str, n_samples))} lies "
+        f"in a region of the atlas (tolerance={tolerance}): is the atlas in MNI space, with "
+        "the right voxel size and origin in its header? Check its affine, or raise tolerance.")
+
+
+def check_genes(n_genes: int, *, n_probes: int | None = None, ibf_threshold=None) -> None:
+    """EmptyResultError when no gene is left after probe filtering and selection."""
+    if n_genes:
+        return
+    detail = (f" {n_probes} probes passed the intensity filter (ibf_threshold={ibf_threshold})"
+              if n_probes is not None else "")
+    raise EmptyResultError(f"No gene is left after probe filtering and selection.{detail} "
+                           "Lower ibf_threshold, or check the Probes.csv and PACall.csv files.")
+
+
+def check_expression(expression: pd.DataFrame, facts: GroupFacts | None = None) -> None:
+    """EmptyResultError for a region x gene table without genes or without any value."""
+    facts = facts or GroupFacts()
+    if expression.shape[1] == 0:
+        threshold = facts.stability_threshold
+        if threshold is not None:
+            raise EmptyResultError(
+                f"No gene reaches the differential stability threshold {threshold} "
+                f"(stability_threshold): lower it (the ENIGMA Toolbox used 0.2).")
+        dropped = len(facts.genes_dropped or ())
+        raise EmptyResultError(
+            f"No gene is left in the region x gene table ({dropped} dropped because some "
+            "region or donor had no value for them): use missing='centroids' or "
+            "'interpolate', or an atlas whose regions hold samples.")
+    if expression.shape[0] == 0 or not expression.notna().to_numpy().any():
+        raise EmptyResultError(
+            "Every region of the atlas is empty: no region holds a sample of any donor. Is "
+            "the atlas in MNI space? Check its affine, or use missing='centroids'.")
+
 # --------------------------------------------------------------------------------------------
 # fetch
 # --------------------------------------------------------------------------------------------
@@ -60,6 +111,27 @@ def locate_data(data_dir, donors, *, need_rnaseq: bool = False, n_proc: int = 1,
     if need_rnaseq:
         rnaseq = fetch_rnaseq(data_dir=data_dir, donors=list(RNASEQ_DONORS), verbose=verbose)
     return files, rnaseq
+
+
+def data_identity(files: Mapping, rnaseq_files: Mapping | None = None) -> str:
+    """A SHA-256 of what the AHBA files hold: each matrix's cache content id (see
+    :func:`ahba_app.io.content_id`) and the SHA-256 of every other file.
+
+    The workflow's first node takes it as an input, so data replaced in the same folder
+    change every hash after it (Nipype alone sees only the folder's path).
+    """
+    from .bids import sha256
+
+    digest = hashlib.sha256()
+    for group, paths_by_donor in (("microarray", files), ("rnaseq", rnaseq_files or {})):
+        for donor in sorted(paths_by_donor, key=str):
+            for kind, path in sorted(paths_by_donor[donor].items()):
+                if group == "microarray" and kind in _io.MATRIX_KINDS:
+                    token = _io.content_id(path, kind)
+                else:
+                    token = sha256(path)
+                digest.update(f"{group}/{donor}/{kind}={token}\n".encode())
+    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------
@@ -93,8 +165,14 @@ def filter_probe_table(files: Mapping, annotations: Mapping, probes: pd.DataFram
     """Probes above background in at least ``ibf_threshold`` of all donors' samples (and, with
     ``return_share``, every probe's share of samples above background)."""
     pacall = {donor: files[donor]["pacall"] for donor in annotations}
-    return _probes.filter_probes(pacall, annotations, probes, threshold=ibf_threshold,
+    kept = _probes.filter_probes(pacall, annotations, probes, threshold=ibf_threshold,
                                  return_share=return_share)
+    if not len(kept[0] if return_share else kept):
+        raise EmptyResultError(
+            f"No probe is above background in at least {ibf_threshold:g} of the samples "
+            f"(ibf_threshold; {len(probes)} probes with a gene were tested): lower "
+            "ibf_threshold, or check the donors' PACall.csv files.")
+    return kept
 
 
 class DonorTables(collections.abc.Mapping):
@@ -411,6 +489,8 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
             kept[donor] = annotation.iloc[keep[donor]]
             labels[donor] = donor_labels[keep[donor]]
 
+        check_matched({d: f["n_matched"] for d, f in sample_facts.items()},
+                      {d: len(a) for d, a in annotations.items()}, tolerance=settings.tolerance)
         files = {donor: dict(paths, **{kind: future.result()
                                        for kind, future in opening[donor].items()})
                  for donor, paths in files.items()}
@@ -423,6 +503,7 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
         files, annotations, probes, probe_selection=settings.probe_selection,
         donor_probes=settings.donor_probes, rnaseq_files=rnaseq_files)
     probe_counts.n_genes = expressions.n_genes(next(iter(expressions)))
+    check_genes(probe_counts.n_genes, n_probes=len(probes), ibf_threshold=settings.ibf_threshold)
 
     normalized = {}
     order = read_order(settings.sample_norm)
@@ -470,6 +551,7 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
                                 agg_metric=settings.agg_metric,
                                 stability_threshold=settings.stability_threshold,
                                 return_donors=return_donors)
+    check_expression(group["expression"], group["summary"])
     result.expression = group["donor_expressions"] if return_donors else group["expression"]
     result.summary = summarize(group["summary"], result.expression)
     if return_genes:

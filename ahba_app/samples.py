@@ -628,6 +628,15 @@ def prepare_samples(annotation, ontology, *, corrected_mni: bool = True, lr_mirr
     annot = update_coords(annotation, corrected_mni=corrected_mni,
                           native_affine=native_affine, coords=coords)
     n_samples = len(annot)
+    unplaced = ~np.isfinite(annot[_COORDS].to_numpy(dtype=float)).all(axis=1)
+    if unplaced.any():
+        where = (os.fspath(annotation) if isinstance(annotation, (str, os.PathLike))
+                 else "the sample table")
+        warnings.warn(f"{int(unplaced.sum())} of {n_samples} samples of {where} have no MNI "
+                      f"coordinates (empty mni_x/y/z, e.g. sample {annot.index[unplaced][0]}): "
+                      "they are left out. Restore the file from the Allen download"
+                      + ("." if not corrected_mni else
+                         ", or check that its well ids are the Allen ones."), stacklevel=2)
     if lr_mirror is not None:
         annot = MIRROR_METHODS[lr_mirror](annot, ontology)
     n_rows = len(annot)

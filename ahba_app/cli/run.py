@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import secrets
 import shutil
 import sys
 import tempfile
@@ -32,6 +31,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import publish as publishing
 from .exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NO_INPUT, EXIT_OK
 from .parser import DEFAULTS, parse_args, resolve_parameters
 
@@ -67,6 +67,7 @@ class RunPlan:
     notes: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
     mem_mb: int | None = None
+    data_identity: str = ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,6 +90,37 @@ def _check_writable(path: Path, what: str) -> None:
     except OSError as err:
         raise UsageError(f"The {what} {path} is not writable ({err.strerror or err}): choose "
                          "another folder or fix its permissions.") from None
+
+
+def _check_separate(input_dir: Path, output_dir: Path, work_dir: Path) -> None:
+    """The outputs and the work folder must not overwrite the input dataset."""
+    if os.path.realpath(output_dir) == os.path.realpath(input_dir):
+        raise UsageError(f"The output folder {output_dir} is the input folder: the outputs "
+                         "(dataset_description.json first) would overwrite the input dataset. "
+                         "Choose another output folder, e.g. "
+                         f"{Path(input_dir) / 'derivatives' / 'ahba-app'}.")
+    for name, folder in (("input", input_dir), ("output", output_dir)):
+        if os.path.realpath(work_dir) == os.path.realpath(folder):
+            raise UsageError(f"The work folder {work_dir} is the {name} folder: give the work "
+                             "folder its own place with -w.")
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask; the machine's count elsewhere)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _ceiling(nprocs: int) -> int:
+    """--nprocs, at most the CPUs available: more processes than CPUs only add memory."""
+    cpus = available_cpus()
+    if nprocs > cpus:
+        LGR.warning("--nprocs %d is more than the %d CPU(s) this run may use: using %d.",
+                    nprocs, cpus, cpus)
+        return cpus
+    return nprocs
 
 
 def _choose_desc(opts, params: dict, preset, settings_cls) -> str:
@@ -126,6 +158,16 @@ def _locate_ahba(data_dir, settings, nprocs, verbose) -> None:
         LGR.info("AHBA files are missing from %s: downloading them before processing.", where)
     pipeline.locate_data(data_dir, settings.donors, need_rnaseq=need_rnaseq, n_proc=nprocs,
                          verbose=verbose)
+
+
+def _data_identity(data_dir, settings) -> str:
+    """:func:`ahba_app.pipeline.data_identity` of the files the run reads."""
+    from .. import fetch, pipeline
+    from ..datasets import RNASEQ_DONORS
+
+    rnaseq = (fetch.find_rnaseq(data_dir, list(RNASEQ_DONORS))
+              if settings.probe_selection == "rnaseq" else None)
+    return pipeline.data_identity(fetch.find_microarray(data_dir, settings.donors), rnaseq)
 
 
 def _check_atlases(atlases, settings, data_dir) -> None:
@@ -188,6 +230,8 @@ def prepare_run(opts) -> RunPlan:
         raise UsageError(f"The input folder {input_dir} does not exist.",
                          exit_code=EXIT_NO_INPUT)
     work_dir = opts.work_dir or Path.cwd() / "work"
+    _check_separate(input_dir, output_dir, work_dir)
+    nprocs = _ceiling(opts.nprocs)
     _check_writable(output_dir, "output folder")
     _check_writable(work_dir, "work folder")
     try:
@@ -220,13 +264,14 @@ def prepare_run(opts) -> RunPlan:
         atlases = [bids.default_atlas()]
         notes[atlases[0].key] = ["The input folder held no atlas, so the Desikan-Killiany "
                                   "atlas bundled with ahba-app was used."]
-    _locate_ahba(data_dir, settings, opts.nprocs, opts.verbose)
+    _locate_ahba(data_dir, settings, nprocs, opts.verbose)
+    identity = _data_identity(data_dir, settings)
     _check_atlases(atlases, settings, data_dir)
     return RunPlan(analysis_level=opts.analysis_level, input_dir=input_dir,
                    output_dir=output_dir, work_dir=work_dir, data_dir=data_dir,
                    settings=settings, atlases=atlases, desc=desc, save_donors=opts.save_donors,
-                   nprocs=opts.nprocs, clean_workdir=opts.clean_workdir, preset=preset,
-                   verbose=opts.verbose, notes=notes, mem_mb=opts.mem_mb)
+                   nprocs=nprocs, clean_workdir=opts.clean_workdir, preset=preset,
+                   verbose=opts.verbose, notes=notes, mem_mb=opts.mem_mb, data_identity=identity)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,7 +316,8 @@ def build_workflow(plan: RunPlan, staging: Path, crash_dir: Path, argv=None):
         analysis_level=plan.analysis_level, atlases=plan.atlases, settings=plan.settings,
         out_dir=str(staging), crash_dir=str(crash_dir), base_dir=str(plan.work_dir),
         desc=plan.desc, metadata=metadata, parameters=parameters, data_dir=plan.data_dir,
-        save_donors=plan.save_donors, warnings=plan.notes, provenance=provenance)
+        save_donors=plan.save_donors, warnings=plan.notes, provenance=provenance,
+        data_identity=plan.data_identity)
 
 
 def _citation_text(staging: Path) -> str | None:
@@ -288,29 +334,26 @@ def _citation_text(staging: Path) -> str | None:
     return "\n".join(parts)
 
 
-def publish(staging: Path, output_dir: Path, input_dir: Path) -> list[Path]:
-    """Move the staged outputs into place, then write the dataset-level files."""
+def publish(staging: "publishing.Staging", output_dir: Path, input_dir: Path) -> list[Path]:
+    """Complete the staging folder with the dataset-level files, commit it, and move it into
+    place: all outputs or none (see :mod:`ahba_app.cli.publish`). Call under the output
+    folder's lock."""
     from .. import bids
 
-    moved = []
-    citation = _citation_text(staging)
-    for path in sorted(p for p in staging.rglob("*") if p.is_file()):
-        rel = path.relative_to(staging)
-        if rel.parts[0] == "citations":
-            continue
-        dest = output_dir / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(path, dest)
-        moved.append(dest)
+    folder = staging.path
+    citation = _citation_text(folder)
     if citation:
-        bids.write_text(citation, output_dir / "CITATION.md")
+        bids.write_text(citation, folder / "CITATION.md")
+    shutil.rmtree(folder / "citations", ignore_errors=True)
     ignore = output_dir / ".bidsignore"
     lines = ignore.read_text().splitlines() if ignore.is_file() else []
     lines += [p for p in bids.BIDSIGNORE if p not in lines]
-    bids.write_text("\n".join(lines) + "\n", ignore)
-    bids.write_json(bids.dataset_description(input_dir), output_dir / "dataset_description.json")
-    shutil.rmtree(staging, ignore_errors=True)
-    return moved
+    bids.write_text("\n".join(lines) + "\n", folder / ".bidsignore")
+    bids.write_json(bids.dataset_description(input_dir), folder / "dataset_description.json")
+    files = staging.files()
+    staging.commit(files, publishing.marker_content(files, folder.name[len(
+        publishing.STAGING_PREFIX):]))
+    return publishing.move_committed(folder, output_dir)
 
 
 def _failure_message(err: BaseException, crash_dir: Path, since: float) -> str:
@@ -336,36 +379,125 @@ def _last_exception_line(text: str) -> str | None:
     return None
 
 
-def run_plan(plan: RunPlan, argv=None) -> int:
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM reached ahba-app (``signum`` says which)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _Signals:
+    """SIGINT and SIGTERM raise :class:`Interrupted` in the main thread, and are remembered:
+    Nipype turns an exception inside a node into a node failure, so the run asks
+    :attr:`received` whether a "failure" was in fact an interruption."""
+
+    def __init__(self):
+        self.received = None
+
+    def install(self) -> "_Signals":
+        import signal
+        import threading
+
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def restore(self) -> None:
+        import signal
+
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum, frame):
+        self.received = signum
+        raise Interrupted(signum)
+
+    def check(self) -> None:
+        if self.received is not None:
+            raise Interrupted(self.received)
+
+
+def _lock_work_dir(work_dir: Path):
+    """One run at a time per work folder (Nipype's cache is not safe to share)."""
+    from .. import _locks
+
+    path = work_dir / ".ahba-app.lock"
+    lock = _locks.try_acquire(path, f"the work folder {work_dir}")
+    if lock is None:
+        raise UsageError(
+            f"The work folder {work_dir} is in use by another ahba-app run: "
+            f"{_locks.describe_holder(_locks.holder(path))}. Wait for it to finish, or give "
+            "this run its own work folder with -w.")
+    return lock
+
+
+def _run_workflow(workflow, plan: RunPlan, signals: _Signals) -> None:
+    if plan.nprocs <= 1:
+        workflow.run(plugin="Linear")
+        return
+    from .multiproc import MultiProcPlugin
+
+    plugin_args = {"n_procs": plan.nprocs, "raise_insufficient": False}
+    if plan.mem_mb:
+        plugin_args["memory_gb"] = plan.mem_mb / 1024
+    plugin = MultiProcPlugin(plugin_args=plugin_args)
+    try:
+        workflow.run(plugin=plugin)
+    except BaseException:
+        plugin.terminate()
+        raise
+
+
+def run_plan(plan: RunPlan, argv=None, signals: _Signals | None = None) -> int:
     """Build and run the workflow, then publish (or clean up)."""
+    signals = signals or _Signals()
     crash_dir = plan.output_dir / "logs"
-    staging = plan.output_dir / f".ahba-app-staging-{secrets.token_hex(6)}"
     _quiet_nipype(plan.verbose)
-    workflow = build_workflow(plan, staging, crash_dir, argv)
-    plan.output_dir.mkdir(parents=True, exist_ok=True)
     plan.work_dir.mkdir(parents=True, exist_ok=True)
-    crash_dir.mkdir(exist_ok=True)
-    staging.mkdir()
+    work_lock = _lock_work_dir(plan.work_dir)
+    try:
+        plan.output_dir.mkdir(parents=True, exist_ok=True)
+        crash_dir.mkdir(exist_ok=True)
+        with publishing.publish_lock(plan.output_dir):
+            publishing.clean_stale(plan.output_dir)
+            staging = publishing.Staging(plan.output_dir)
+        try:
+            return _run_and_publish(plan, staging, crash_dir, argv, signals)
+        finally:
+            staging.discard()
+    finally:
+        work_lock.release()
+
+
+def _run_and_publish(plan, staging, crash_dir, argv, signals) -> int:
+    workflow = build_workflow(plan, staging.path, crash_dir, argv)
     started = time.time()
     LGR.info("Running the %s level for %d atlas(es) and donor(s) %s (work folder %s, %d "
              "process(es)).", plan.analysis_level, len(plan.atlases),
              ", ".join(plan.settings.donors), plan.work_dir, plan.nprocs)
     try:
-        if plan.nprocs > 1:
-            plugin_args = {"n_procs": plan.nprocs, "raise_insufficient": False}
-            if plan.mem_mb:
-                plugin_args["memory_gb"] = plan.mem_mb / 1024
-            workflow.run(plugin="MultiProc", plugin_args=plugin_args)
-        else:
-            workflow.run(plugin="Linear")
-        publish(staging, plan.output_dir, plan.input_dir)
-    except BaseException as err:
-        shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(err, KeyboardInterrupt):
-            raise
+        _run_workflow(workflow, plan, signals)
+    except Exception as err:
+        signals.check()  # a node "failed" because the run was interrupted
         if plan.verbose:
             LGR.exception("The workflow failed.")
         print(f"ahba-app: error: {_failure_message(err, crash_dir, started)}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        with publishing.publish_lock(plan.output_dir):
+            publish(staging, plan.output_dir, plan.input_dir)
+    except OSError as err:
+        signals.check()
+        if plan.verbose:
+            LGR.exception("Publishing failed.")
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        print(f"ahba-app: error: cannot write the outputs into {plan.output_dir}: "
+              f"{err.strerror or err}{where}. Nothing was published; make room (or fix the "
+              "folder) and run the same command again: the work folder keeps the finished "
+              "steps.", file=sys.stderr)
         return EXIT_FAILED
     LGR.info("Done: outputs in %s.", plan.output_dir)
     if plan.clean_workdir:
@@ -377,6 +509,7 @@ def _clean(work_dir: Path) -> None:
     """Remove what ahba-app put in the work folder, and the folder itself when left empty."""
     for name in ("ahba_wf", ".nipype", ".matplotlib"):
         shutil.rmtree(work_dir / name, ignore_errors=True)
+    (work_dir / ".ahba-app.lock").unlink(missing_ok=True)
     try:
         work_dir.rmdir()
     except OSError:
@@ -414,7 +547,30 @@ def _setup_logging(verbose: int) -> None:
 
 
 def main(argv=None) -> int:
-    """``ahba-app INPUT_DIR OUTPUT_DIR {participant,group} [options]``; returns the exit code."""
+    """``ahba-app INPUT_DIR OUTPUT_DIR {participant,group} [options]``; returns the exit code.
+
+    Exit status: 0 success; 1 a problem with the inputs or a failed step (one message says
+    which); 2 bad command-line options; 128 + N when stopped by signal N (130 Ctrl-C, 143
+    SIGTERM, what job schedulers send at their time limit).
+    """
+    signals = _Signals().install()
+    try:
+        return _main(argv, signals)
+    except Interrupted as stop:
+        import signal
+
+        name = signal.Signals(stop.signum).name
+        print(f"ahba-app: interrupted ({name}): nothing was published. Run the same command "
+              "again to resume: the work folder keeps the finished steps.", file=sys.stderr)
+        return 128 + stop.signum
+    except KeyboardInterrupt:
+        print("ahba-app: interrupted: nothing was published.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        signals.restore()
+
+
+def _main(argv, signals: _Signals) -> int:
     opts = parse_args(argv)
     _setup_logging(opts.verbose)
     _setup_environment(opts.work_dir or Path.cwd() / "work")
@@ -422,8 +578,9 @@ def main(argv=None) -> int:
         plan = prepare_run(opts)
         multiverse = _prepare_multiverse(opts, plan)
     except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+        raise
     except Exception as err:  # any problem found while checking inputs: one clear message
+        signals.check()
         if opts.verbose:
             LGR.exception("Checking the inputs failed.")
         message = str(err) if isinstance(err, (UsageError,)) else _plain(err)
@@ -434,11 +591,14 @@ def main(argv=None) -> int:
             from ..multiverse.command import run_cli
             run_cli(plan, multiverse)
             return EXIT_OK
-        return run_plan(plan, argv)
+        return run_plan(plan, argv, signals)
     except KeyboardInterrupt:
-        print("ahba-app: interrupted.", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Exception as err:  # e.g. the output folder vanished or filled up while publishing
+        raise
+    except UsageError as err:  # e.g. the work folder is used by another run
+        print(f"ahba-app: error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as err:  # e.g. the output folder vanished or filled up
+        signals.check()
         if opts.verbose:
             LGR.exception("The run failed.")
         print(f"ahba-app: error: {_plain(err)}", file=sys.stderr)

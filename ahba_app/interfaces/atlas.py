@@ -62,6 +62,7 @@ class MatchSamples(SimpleInterface):
         atlases, _ = load_atlas_input(AtlasInput.from_dict(self.inputs.atlas), donors,
                                       data_dir=self.inputs.data_dir)
         self._results["labels"], self._results["n_matched"] = [], []
+        n_samples = {}
         for donor, path in zip(donors, self.inputs.annotations):
             annotation = pipeline.renumbered(read_frame(path))
             labels = pipeline.match_donor_samples(atlases[donor], annotation,
@@ -71,6 +72,9 @@ class MatchSamples(SimpleInterface):
             self._results["labels"].append(
                 write_labels(labels, os.path.join(runtime.cwd, f"labels_{donor}")))
             self._results["n_matched"].append(int((labels != 0).sum()))
+            n_samples[donor] = len(labels)
+        pipeline.check_matched(dict(zip(donors, self._results["n_matched"])), n_samples,
+                               tolerance=self.inputs.tolerance)
         return runtime
 
 
@@ -166,6 +170,7 @@ class AggregateExpression(SimpleInterface):
                                agg_metric=inputs.agg_metric,
                                stability_threshold=inputs.stability_threshold,
                                return_donors=inputs.return_donors)
+        pipeline.check_expression(result["expression"], result["summary"])
         cwd = runtime.cwd
         self._results["expression"] = write_frame(result["expression"],
                                                   os.path.join(cwd, "expression"))

@@ -33,6 +33,10 @@ class _LocateDataInputSpec(BaseInterfaceInputSpec):
     need_rnaseq = traits.Bool(False, usedefault=True,
                               desc="also locate the RNA-seq files (probe_selection='rnaseq')")
     n_proc = traits.Int(1, usedefault=True, desc="parallel downloads when files are missing")
+    identity = traits.Str("", usedefault=True,
+                          desc="SHA-256 of the AHBA files' content (pipeline.data_identity): "
+                               "data replaced in place change this node's hash, hence every "
+                               "later one")
 
 
 class _LocateDataOutputSpec(TraitedSpec):
@@ -210,4 +214,6 @@ class SelectProbes(SimpleInterface):
         self._results["selection"] = write_frame(selection, os.path.join(
             runtime.cwd, "selection"))
         self._results["n_genes"] = expressions.n_genes(self.inputs.donors[0])
+        pipeline.check_genes(self._results["n_genes"], n_probes=len(read_frame(
+            self.inputs.probes)))
         return runtime

@@ -34,7 +34,7 @@ def workflow_config(*, crash_dir, hash_method="timestamp", stop_on_first_crash=T
 def init_ahba_wf(*, analysis_level, atlases, out_dir, crash_dir, settings, base_dir=None,
                  desc="custom", metadata=None, parameters=None, data_dir=None,
                  save_donors=False, warnings=None, provenance=None, hash_method="timestamp",
-                 name="ahba_wf"):
+                 data_identity="", name="ahba_wf"):
     """Build the whole ahba-app workflow for a set of atlases.
 
     Workflow graph::
@@ -77,6 +77,9 @@ def init_ahba_wf(*, analysis_level, atlases, out_dir, crash_dir, settings, base_
         user file, reaches the nodes with the SHA-256 of its files (``AtlasInput.checksums``), so
         its content is part of every hash either way. 'content' would re-read (MD5) some
         900 MB of intermediates per run on the full data, for nothing.
+    data_identity : str
+        :func:`ahba_app.pipeline.data_identity` of the AHBA files, an input of the first node:
+        data replaced in the same folder are processed again.
     name : str
         Name of the workflow.
     """
@@ -84,7 +87,8 @@ def init_ahba_wf(*, analysis_level, atlases, out_dir, crash_dir, settings, base_
     workflow.config = workflow_config(crash_dir=crash_dir, hash_method=hash_method)
     data_dir = None if data_dir is None else os.fspath(data_dir)
 
-    ahba_data_wf = init_ahba_data_wf(settings=settings, data_dir=data_dir)
+    ahba_data_wf = init_ahba_data_wf(settings=settings, data_dir=data_dir,
+                                     data_identity=data_identity)
 
     connections = []
     for atlas in atlases:

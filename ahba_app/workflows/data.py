@@ -13,7 +13,7 @@ from ..interfaces.data import FilterProbes, LoadProbes, LocateData, PrepareSampl
 __all__ = ["init_ahba_data_wf"]
 
 
-def init_ahba_data_wf(*, settings, data_dir=None, name="ahba_data_wf"):
+def init_ahba_data_wf(*, settings, data_dir=None, data_identity="", name="ahba_data_wf"):
     """Build the workflow turning AHBA files into one samples x genes table per donor.
 
     Workflow graph::
@@ -29,6 +29,9 @@ def init_ahba_data_wf(*, settings, data_dir=None, name="ahba_data_wf"):
         files).
     data_dir : str or None
         The AHBA data folder (None: ``$AHBA_DATA``, ``$ABAGEN_DATA`` or the per-user folder).
+    data_identity : str
+        :func:`ahba_app.pipeline.data_identity` of the files: the first node's hash depends on
+        the data, not only on the folder's path.
     name : str
         Name of the workflow.
 
@@ -67,8 +70,8 @@ def init_ahba_data_wf(*, settings, data_dir=None, name="ahba_data_wf"):
     # the command line has checked (and, when needed, downloaded) the files before the run, so
     # this node only finds them; its inputs leave out how many processes run, to stay cached
     s = settings
-    fetch = pe.Node(LocateData(data_dir=data_dir, need_rnaseq=s.probe_selection == "rnaseq"),
-                    name="fetch")
+    fetch = pe.Node(LocateData(data_dir=data_dir, need_rnaseq=s.probe_selection == "rnaseq",
+                               identity=data_identity), name="fetch")
     reannotate = pe.Node(LoadProbes(reannotated=s.reannotated), name="reannotate")
     annotate = pe.MapNode(PrepareSamples(corrected_mni=s.corrected_mni, lr_mirror=s.lr_mirror,
                                          sim_threshold=s.sim_threshold),
