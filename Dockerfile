@@ -45,14 +45,20 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends python3-venv \
  && rm -rf /var/lib/apt/lists/*
 # The wheel of ahba-app is built with these (pyproject.toml asks setuptools>=68; Debian has 66).
-RUN python3 -m venv /opt/build-tools \
+# Behind a TLS-inspecting proxy, give pip the site's CA bundle as a build secret (never stored in
+# a layer): docker build --secret id=ca,src=/etc/ssl/certs/ca-certificates.crt (BuildKit).
+RUN --mount=type=secret,id=ca \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
+ && python3 -m venv /opt/build-tools \
  && /opt/build-tools/bin/pip install --no-cache-dir setuptools==80.9.0 wheel==0.45.1 \
  && python3 -m venv /opt/ahba-app
 COPY --from=requirements /requirements.txt /tmp/requirements.txt
 # Binary wheels exist for every compiled dependency on CPython 3.11 (x86_64: checked), so no
 # compiler is needed; pip byte-compiles everything it installs (the root is read-only at run time).
 # The test suites of the large dependencies (~150 MB, never imported at run time) are dropped.
-RUN /opt/ahba-app/bin/pip install --no-cache-dir -r /tmp/requirements.txt \
+RUN --mount=type=secret,id=ca \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
+ && /opt/ahba-app/bin/pip install --no-cache-dir -r /tmp/requirements.txt \
  && sp=/opt/ahba-app/lib/python3.11/site-packages \
  && find "$sp/numpy" "$sp/scipy" "$sp/pandas" "$sp/pyarrow" "$sp/matplotlib" "$sp/mpl_toolkits" \
          "$sp/networkx" "$sp/nibabel" "$sp/nipype" "$sp/prov" "$sp/traits" \

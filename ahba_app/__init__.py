@@ -8,11 +8,15 @@ the heavy modules load only when one of their names is first used.
 from importlib import import_module
 
 from ._version import __version__
-from .datasets import (DONORS, fetch_desikan_killiany, fetch_donor_info, fetch_fsaverage5,
-                       fetch_gene_group)
 
-# public name -> module that defines it (loaded on first use)
+# public name -> module that defines it (loaded on first use; nothing heavy is imported with the
+# package, so that the command line can install its signal handlers first)
 _LAZY = {
+    "DONORS": "datasets",
+    "fetch_desikan_killiany": "datasets",
+    "fetch_donor_info": "datasets",
+    "fetch_fsaverage5": "datasets",
+    "fetch_gene_group": "datasets",
     "get_expression_data": "api",
     "get_samples_in_mask": "api",
     "get_interpolated_map": "api",
@@ -31,8 +35,7 @@ _LAZY = {
 # sub-modules that ``import ahba_app`` makes reachable as attributes (loaded on first use)
 _SUBMODULES = ("mouse",)
 
-__all__ = ["__version__", "DONORS", "fetch_desikan_killiany", "fetch_donor_info",
-           "fetch_fsaverage5", "fetch_gene_group", *_LAZY]
+__all__ = ["__version__", *_LAZY]
 
 
 def __getattr__(name):
@@ -43,3 +46,7 @@ def __getattr__(name):
         globals()[name] = value
         return value
     raise AttributeError(f"module 'ahba_app' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))

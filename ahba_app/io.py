@@ -565,11 +565,10 @@ def read_probes(fname, copy: bool = False) -> pd.DataFrame:
     """
     if isinstance(fname, pd.DataFrame):
         return fname.copy() if copy else fname
+    _as_path(fname, "a Probes.csv file")
     try:
         data = _read_table(fname, "Probes.csv", index_col=0, dtype={"entrez_id": "Int64"})
-    except (TypeError, ValueError) as err:  # e.g. text in entrez_id
-        if isinstance(err, AHBAFileError):
-            raise
+    except TypeError as err:  # e.g. text in entrez_id
         raise AHBAFileError(f"{fname} is not a valid AHBA Probes.csv file: {_clip(err)}. "
                             "Restore it from the Allen download.") from err
     _check_numeric(data.reset_index(), fname, "Probes.csv", ("probe_id",))

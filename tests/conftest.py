@@ -56,3 +56,28 @@ def ahba_small() -> Path:
 def ahba_small_zips() -> Path:
     """Like ``ahba_small`` but with the per-donor zip archives the Allen Institute serves."""
     return _synthetic("small", SYNTHETIC_SEED, zips=True)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fault-injection suite's summary: cases, passed, by class (tests/faults/)."""
+    by_class: dict = {}
+    for outcome in ("passed", "failed", "error", "skipped"):
+        for report in terminalreporter.stats.get(outcome, []):
+            nodeid = getattr(report, "nodeid", "")
+            if "test_faults.py::" not in nodeid or getattr(report, "when", "call") not in (
+                    "call", "setup") or (report.when == "setup" and outcome == "passed"):
+                continue
+            name = nodeid.split("::", 1)[1].split("[", 1)[0].removeprefix("test_")
+            counts = by_class.setdefault(name, {"passed": 0, "failed": 0, "skipped": 0})
+            counts["failed" if outcome == "error" else outcome] += 1
+    if not by_class:
+        return
+    total = {k: sum(c[k] for c in by_class.values()) for k in ("passed", "failed", "skipped")}
+    write = terminalreporter.write_line
+    terminalreporter.section("fault-injection suite")
+    write(f"{sum(total.values())} cases: {total['passed']} passed, {total['failed']} failed, "
+          f"{total['skipped']} skipped")
+    for name, counts in sorted(by_class.items()):
+        write(f"  {name:<36} {sum(counts.values()):>3} cases, {counts['passed']:>3} passed"
+              + (f", {counts['failed']} failed" if counts["failed"] else "")
+              + (f", {counts['skipped']} skipped" if counts["skipped"] else ""))

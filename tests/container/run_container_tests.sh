@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# Container tests: build the image with podman, check what it holds, then run the full `group`
+# Container tests: build the image with an engine, check what it holds, then run the full `group`
 # workflow on small synthetic AHBA data under Docker-like and Singularity-like conditions and
 # compare every output table, byte for byte, with what the host install writes from the same input.
 #
-#   bash tests/container/run_container_tests.sh
+#   bash tests/container/run_container_tests.sh [--engine podman|docker]
 #
-# Runs as root (rootful podman; loop, squashfs and overlay mounts for the SIF). Prints one
+# --engine podman (default): rootful podman; also packs a SIF and runs it Apptainer-style.
+# --engine docker: a real Docker engine through /usr/bin/docker (start one with
+#   ../shared/tools/engines/start-docker.sh); BuildKit, the CA bundle passed as a build secret;
+#   the image is tagged localhost/ahba-app:ci and run with --read-only --network=none
+#   --user 1000:1000 --cap-drop=ALL.
+#
+# Runs as root (rootful engines; loop, squashfs and overlay mounts for the SIF). Prints one
 # PASS / FAIL / SKIP line per check and a summary. Exit status: 0 all passed, 1 something failed,
-# 77 the tests cannot run here (not root, no podman and no way to install it).
+# 77 the tests cannot run here (not root, no engine and no way to install it).
 #
 # Environment:
 #   AHBA_CONTAINER_TOOLS  folder holding podman-setup.sh, oci2sif.sh and sif-run.sh (default:
@@ -16,17 +22,37 @@
 #                         provides the base image; without it an installed podman is used as is.
 #   AHBA_HOST_PYTHON      Python that has ahba-app installed, for the synthetic data and the host
 #                         reference run (default: <repo>/.venv/bin/python, else python3)
-#   AHBA_TEST_IMAGE       image tag to build and test (default: localhost/ahba-app:test)
+#   AHBA_TEST_IMAGE       image tag to build and test (default: localhost/ahba-app:test with
+#                         podman, localhost/ahba-app:ci with docker)
+#   AHBA_DOCKER           the Docker client (default: /usr/bin/docker)
 #   AHBA_SKIP_BUILD=1     test AHBA_TEST_IMAGE as it is, without building it
 #   AHBA_SKIP_SIF=1       leave out the SIF (Apptainer-style) part
 #   AHBA_KEEP=1           keep the scratch folder (printed at the start)
 set -uo pipefail
 
+ENGINE=podman
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --engine) ENGINE=${2:-}; shift 2 ;;
+        --engine=*) ENGINE=${1#--engine=}; shift ;;
+        *) echo "usage: $0 [--engine podman|docker]" >&2; exit 2 ;;
+    esac
+done
+case "$ENGINE" in podman|docker) ;; *) echo "unknown engine '$ENGINE' (podman or docker)" >&2; exit 2 ;; esac
+
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 if [ -n "${AHBA_CONTAINER_TOOLS:-}" ]; then TOOLS=$AHBA_CONTAINER_TOOLS
 elif [ -d "$REPO/../shared/tools/containers" ]; then TOOLS=$(cd "$REPO/../shared/tools/containers" && pwd)
 else TOOLS=/work/shared/tools/containers; fi
-IMAGE=${AHBA_TEST_IMAGE:-localhost/ahba-app:test}
+if [ "$ENGINE" = docker ]; then
+    IMAGE=${AHBA_TEST_IMAGE:-localhost/ahba-app:ci}
+    DOCKER=${AHBA_DOCKER:-/usr/bin/docker}   # Debian's client (another one on PATH lacks BuildKit)
+else
+    IMAGE=${AHBA_TEST_IMAGE:-localhost/ahba-app:test}
+fi
+# eng ARGS: the engine's command line (docker and podman share these commands)
+eng() { if [ "$ENGINE" = docker ]; then "$DOCKER" "$@"; else podman "$@"; fi; }
+image_exists() { eng image inspect "$1" >/dev/null 2>&1; }
 if [ -n "${AHBA_HOST_PYTHON:-}" ]; then HOST_PY=$AHBA_HOST_PYTHON
 elif [ -x "$REPO/.venv/bin/python" ]; then HOST_PY=$REPO/.venv/bin/python
 else HOST_PY=python3; fi
@@ -42,16 +68,20 @@ step() { printf '\n== %s\n' "$*"; }
 show_tail() { echo "---- last lines of $1:"; tail -n "${2:-25}" "$1" | sed 's/^/    /'; echo "----"; }
 not_here() { echo "SKIP: $*"; exit 77; }
 summary() {
-    printf '\ncontainer tests: %d passed, %d failed, %d skipped\n' "$n_pass" "$n_fail" "$n_skip"
+    printf '\ncontainer tests (%s): %d passed, %d failed, %d skipped\n' "$ENGINE" "$n_pass" "$n_fail" "$n_skip"
     [ "$n_fail" -eq 0 ]
 }
 
 # ------------------------------------------------------------------------------------------------
-step "Preconditions"
-[ "$(id -u)" -eq 0 ] || not_here "the container tests need root (rootful podman; loop and squashfs mounts)"
+step "Preconditions ($ENGINE)"
+[ "$(id -u)" -eq 0 ] || not_here "the container tests need root (rootful engines; loop and squashfs mounts)"
 pipcfg=""
 pull=--pull=missing
-if [ -f "$TOOLS/podman-setup.sh" ]; then
+if [ "$ENGINE" = docker ]; then
+    [ -x "$DOCKER" ] || not_here "$DOCKER is not installed (../shared/tools/engines/start-docker.sh installs and starts Docker)"
+    "$DOCKER" info >/dev/null 2>&1 || not_here "no Docker engine answers $DOCKER (start one with ../shared/tools/engines/start-docker.sh)"
+    image_exists debian:bookworm-slim || not_here "the local base image debian:bookworm-slim is missing (start-docker.sh makes it)"
+elif [ -f "$TOOLS/podman-setup.sh" ]; then
     setup_log=$(mktemp /tmp/ahba-podman-setup.XXXXXX.log)
     if ! pipcfg=$(bash "$TOOLS/podman-setup.sh" "${AHBA_PODMAN_DIR:-/tmp/ahba-podman}" 2>"$setup_log" | tail -n1) \
             || [ ! -d "$pipcfg" ]; then
@@ -63,10 +93,14 @@ if [ -f "$TOOLS/podman-setup.sh" ]; then
 elif ! command -v podman >/dev/null; then
     not_here "podman is not installed and $TOOLS/podman-setup.sh is absent"
 fi
-command -v podman >/dev/null || not_here "podman is not available after the setup"
+[ "$ENGINE" = docker ] || command -v podman >/dev/null || not_here "podman is not available after the setup"
 "$HOST_PY" -c "import ahba_app" 2>/dev/null \
     || not_here "$HOST_PY cannot import ahba_app (set AHBA_HOST_PYTHON to a Python with ahba-app installed)"
-echo "podman $(podman --version | awk '{print $NF}'), host Python $HOST_PY, image $IMAGE"
+if [ "$ENGINE" = docker ]; then
+    echo "docker $("$DOCKER" version --format '{{.Server.Version}}'), host Python $HOST_PY, image $IMAGE"
+else
+    echo "podman $(podman --version | awk '{print $NF}'), host Python $HOST_PY, image $IMAGE"
+fi
 
 T=$(mktemp -d /tmp/ahba-container-tests.XXXXXX)
 chmod 755 "$T"          # uid 1000 (the containers' user) must reach the data below
@@ -90,35 +124,42 @@ step "Build"
 if [ "${AHBA_SKIP_BUILD:-0}" = 1 ]; then
     skip "build (AHBA_SKIP_BUILD=1: testing $IMAGE as it is)"
 else
-    build=(podman build "$pull" --network=host --build-arg "VERSION=$VERSION"
-           --build-arg "VCS_REF=$VCS_REF" -t "$IMAGE")
-    [ -n "$pipcfg" ] && build+=(-v "$pipcfg:/etc/xdg/pip:ro")
+    if [ "$ENGINE" = docker ]; then
+        # BuildKit (RUN --mount); pip trusts this machine's CA bundle through a build secret
+        build=(env DOCKER_BUILDKIT=1 "$DOCKER" build --progress=plain
+               --secret "id=ca,src=${AHBA_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
+               --build-arg "VERSION=$VERSION" --build-arg "VCS_REF=$VCS_REF" -t "$IMAGE")
+    else
+        build=(podman build "$pull" --network=host --build-arg "VERSION=$VERSION"
+               --build-arg "VCS_REF=$VCS_REF" -t "$IMAGE")
+        [ -n "$pipcfg" ] && build+=(-v "$pipcfg:/etc/xdg/pip:ro")
+    fi
     start=$SECONDS
     if "${build[@]}" "$REPO" >"$T/build.log" 2>&1; then
-        pass "podman build ($((SECONDS - start)) s)"
+        pass "$ENGINE build ($((SECONDS - start)) s)"
     else
-        fail "podman build (log: $T/build.log)"; show_tail "$T/build.log" 40
+        fail "$ENGINE build (log: $T/build.log)"; show_tail "$T/build.log" 40
         AHBA_KEEP=1; trap - EXIT; summary; exit 1
     fi
 fi
-podman image exists "$IMAGE" || { fail "image $IMAGE does not exist"; summary; exit 1; }
-size=$(podman image inspect "$IMAGE" --format '{{.Size}}')
+image_exists "$IMAGE" || { fail "image $IMAGE does not exist"; summary; exit 1; }
+size=$(eng image inspect "$IMAGE" --format '{{.Size}}')
 echo "image size: $((size / 1000000)) MB"
 
 # ------------------------------------------------------------------------------------------------
 step "Image contents"
-out=$(podman run --rm --network=none --read-only --user 1000:1000 -e HOME=/nonexistent "$IMAGE" --version 2>&1)
+out=$(eng run --rm --network=none --read-only --user 1000:1000 -e HOME=/nonexistent "$IMAGE" --version 2>&1)
 if [ "$out" = "ahba-app $VERSION" ]; then pass "--version prints 'ahba-app $VERSION' (read-only, uid 1000, no network)"
 else fail "--version printed '$out', expected 'ahba-app $VERSION'"; fi
 
-labels=$(podman image inspect "$IMAGE" --format \
+labels=$(eng image inspect "$IMAGE" --format \
     '{{index .Labels "org.opencontainers.image.title"}}|{{index .Labels "org.opencontainers.image.version"}}|{{index .Labels "org.opencontainers.image.licenses"}}|{{index .Labels "org.opencontainers.image.source"}}')
 case "$labels" in
     "ahba-app|$VERSION|"?*"|"?*) pass "OCI labels: $labels" ;;
     *) fail "OCI labels incomplete: '$labels'" ;;
 esac
 
-if podman run --rm --network=none --entrypoint /bin/sh "$IMAGE" -c '
+if eng run --rm --network=none --entrypoint /bin/sh "$IMAGE" -c '
         for tool in gcc cc c++ g++ make ld; do
             command -v "$tool" >/dev/null && { echo "found $tool"; exit 1; }; done
         for path in /root/.cache/pip /opt/build-tools /src /pkgroot /tmp/wheel /tmp/requirements.txt; do
@@ -128,7 +169,7 @@ if podman run --rm --network=none --entrypoint /bin/sh "$IMAGE" -c '
 else fail "build leftovers in the image: $(cat "$T/tools.log")"; fi
 
 expected=$(find "$REPO/workflows/" -maxdepth 1 -name '*.toml' -printf '%f\n' | sort | tr '\n' ' ')
-found=$(podman run --rm --network=none --read-only --user 1000:1000 --entrypoint python "$IMAGE" -c '
+found=$(eng run --rm --network=none --read-only --user 1000:1000 --entrypoint python "$IMAGE" -c '
 from importlib.resources import files
 pkg = files("ahba_app")
 print(" ".join(sorted(f.name for f in pkg.joinpath("presets").iterdir() if f.name.endswith(".toml"))), end=" ")
@@ -136,18 +177,18 @@ print(" ".join(sorted(f.name for f in pkg.joinpath("presets").iterdir() if f.nam
 if [ -n "$expected" ] && [ "$found" = "$expected" ]; then pass "presets installed in the package: $found"
 else fail "presets in the image '$found', in workflows/ '$expected'"; fi
 missing=$(cd "$REPO/ahba_app/data" && find . -type f ! -name '*.pyc' | sort > "$T/data.host" && \
-    podman run --rm --network=none --entrypoint /bin/sh "$IMAGE" -c \
+    eng run --rm --network=none --entrypoint /bin/sh "$IMAGE" -c \
         'cd "$(python -c "import ahba_app, os; print(os.path.dirname(ahba_app.__file__))")/data" && find . -type f | sort' \
         > "$T/data.image" && comm -23 "$T/data.host" "$T/data.image")
 if [ -s "$T/data.host" ] && [ -z "$missing" ]; then pass "bundled data installed ($(wc -l < "$T/data.host") files)"
 else fail "bundled data files missing from the image: ${missing:-none listed}"; fi
 
 # Nothing may be written outside /tmp at run time (e.g. .pyc files): the root is read-only.
-cid=$(podman create --network=none --user 1000:1000 -e HOME=/nonexistent -e MPLCONFIGDIR=/tmp/mpl \
+cid=$(eng create --network=none --user 1000:1000 -e HOME=/nonexistent -e MPLCONFIGDIR=/tmp/mpl \
       --entrypoint python "$IMAGE" -c 'import ahba_app.cli.run, ahba_app.api, nipype, pandas, scipy, matplotlib.figure, pyarrow.csv, bids')
-podman start -a "$cid" >"$T/import.log" 2>&1; rc=$(podman wait "$cid")
-writes=$(podman diff "$cid" | awk '$2 !~ "^/(tmp|etc)(/|$)"' | tr '\n' ' ')
-podman rm -f "$cid" >/dev/null
+eng start -a "$cid" >"$T/import.log" 2>&1; rc=$(eng wait "$cid")
+writes=$(eng diff "$cid" | awk '$2 !~ "^/(tmp|etc)(/|$)"' | tr '\n' ' ')
+eng rm -f "$cid" >/dev/null
 if [ "$rc" = 0 ] && [ -z "$writes" ]; then pass "imports need nothing writable outside /tmp (byte code precompiled)"
 else fail "imports: exit $rc, writes outside /tmp: '$writes'"; show_tail "$T/import.log"; fi
 
@@ -191,6 +232,7 @@ container_type() {
 # fresh DIR...: empty folders owned by uid 1000 (the user inside the containers)
 fresh() { local d; for d in "$@"; do rm -rf "$d"; mkdir -p "$d"; chown 1000:1000 "$d"; done; }
 
+if [ "$ENGINE" = podman ]; then
 # ------------------------------------------------------------------------------------------------
 step "Podman: read-only root, uid 1000, no network, HOME=/nonexistent"
 fresh "$T/out-podman"
@@ -217,9 +259,57 @@ if podman run --rm --network=none --read-only --read-only-tmpfs=false --user 424
     else fail "podman strict: no cache file under \$AHBA_CACHE_DIR"; fi
 else fail "podman strict run (log: $T/strict.log)"; show_tail "$T/strict.log"; fi
 
+fi
+
+if [ "$ENGINE" = docker ]; then
+# ------------------------------------------------------------------------------------------------
+step "Docker: --read-only --tmpfs /tmp --network=none --user 1000:1000 --cap-drop=ALL (the README's command)"
+fresh "$T/out-docker"
+start=$SECONDS
+if "$DOCKER" run --rm --network=none --read-only --tmpfs /tmp --user 1000:1000 --cap-drop=ALL \
+        --security-opt=no-new-privileges -e HOME=/nonexistent \
+        -v "$T/ahba:/data/ahba:ro" -v "$T/in:/in:ro" -v "$T/out-docker:/out" \
+        "$IMAGE" /in /out group >"$T/docker.log" 2>&1; then
+    pass "docker run ... /in /out group ($((SECONDS - start)) s)"
+    compare "docker" "$T/out-docker"
+    container_type "docker" "$T/out-docker" docker
+else fail "docker run (log: $T/docker.log)"; show_tail "$T/docker.log"; fi
+
+step "Docker, strict: --read-only without any tmpfs, --cap-drop=ALL, uid 1000; only /out and /work writable"
+fresh "$T/out-docker-strict" "$T/work-docker-strict"
+start=$SECONDS
+if "$DOCKER" run --rm --network=none --read-only --user 1000:1000 --cap-drop=ALL \
+        --security-opt=no-new-privileges -e HOME=/nonexistent -e AHBA_CACHE_DIR=/work/cache \
+        -v "$T/ahba:/data/ahba:ro" -v "$T/in:/in:ro" -v "$T/out-docker-strict:/out" \
+        -v "$T/work-docker-strict:/work" "$IMAGE" /in /out group -w /work \
+        >"$T/docker-strict.log" 2>&1; then
+    pass "docker run --read-only --cap-drop=ALL ... -w /work ($((SECONDS - start)) s)"
+    compare "docker strict" "$T/out-docker-strict"
+    if [ -n "$(find "$T/work-docker-strict/cache" -name '*.cache' 2>/dev/null)" ]; then
+        pass "docker strict: the CSV cache went to \$AHBA_CACHE_DIR (/work/cache)"
+    else fail "docker strict: no cache file under \$AHBA_CACHE_DIR"; fi
+else fail "docker strict run (log: $T/docker-strict.log)"; show_tail "$T/docker-strict.log"; fi
+
+step "Docker: a bad input fails with one message and exit 1, nothing published"
+fresh "$T/out-docker-bad"
+mkdir -p "$T/in-bad" && printf 'not an image\n' > "$T/in-bad/tpl-MNI152NLin6Asym_atlas-Bad_dseg.nii.gz"
+chmod -R a+rX "$T/in-bad"
+"$DOCKER" run --rm --network=none --read-only --tmpfs /tmp --user 1000:1000 --cap-drop=ALL \
+    -e HOME=/nonexistent -v "$T/ahba:/data/ahba:ro" -v "$T/in-bad:/in:ro" \
+    -v "$T/out-docker-bad:/out" "$IMAGE" /in /out group >"$T/docker-bad.log" 2>&1
+rc=$?
+if [ "$rc" = 1 ] && [ "$(grep -c '^ahba-app: error:' "$T/docker-bad.log")" = 1 ] \
+        && ! grep -q Traceback "$T/docker-bad.log" && [ -z "$(ls "$T/out-docker-bad" | grep atlas-)" ]; then
+    pass "docker: bad atlas -> exit 1, one message, no traceback, nothing published"
+else fail "docker: bad atlas gave exit $rc"; show_tail "$T/docker-bad.log"; fi
+
+fi
+
 # ------------------------------------------------------------------------------------------------
 step "SIF (Apptainer-style: read-only root, host HOME and /tmp, uid 1000, no network)"
-if [ "${AHBA_SKIP_SIF:-0}" = 1 ]; then
+if [ "$ENGINE" != podman ]; then
+    skip "SIF tests run with --engine podman (the SIF is packed from podman's image store)"
+elif [ "${AHBA_SKIP_SIF:-0}" = 1 ]; then
     skip "SIF tests (AHBA_SKIP_SIF=1)"
 elif [ ! -f "$TOOLS/oci2sif.sh" ] || [ ! -f "$TOOLS/sif-run.sh" ]; then
     skip "SIF tests: $TOOLS/oci2sif.sh and sif-run.sh not found"
