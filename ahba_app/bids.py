@@ -368,7 +368,9 @@ def _read_table(path: Path, **kwargs) -> pd.DataFrame:
         return pd.read_csv(path, sep=sep, **kwargs)
     except (OSError, UnicodeDecodeError, pd.errors.EmptyDataError,
             pd.errors.ParserError) as err:
-        raise BIDSInputError(f"Cannot read the region table {path}: {err}") from None
+        raise BIDSInputError(f"Cannot read the region table {path}: {err}. It must be a "
+                             "tab-separated text file with 'index' and 'name' columns: fix or "
+                             "replace it.") from None
 
 
 def _region_table_columns(path: Path) -> list[str]:

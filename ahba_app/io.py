@@ -154,7 +154,19 @@ _ROW_SCALED, _PACKED_BITS = "row-scaled", "packed-bits"
 
 
 class AHBAFileError(ValueError):
-    """An AHBA data file (or a pair of them) is malformed or inconsistent."""
+    """An AHBA data file (or a pair of them) is malformed or inconsistent.
+
+    The message names the file and the problem; unless it says what to do, the fix for a
+    damaged download is added."""
+
+    FIX = ("Restore the file from the Allen download (or delete the donor's folder and fetch "
+           "it again).")
+
+    def __init__(self, message: str = "", *args):
+        text = str(message).rstrip()
+        if text and not re.search(r"\b(restore|download|must come from|fetch)\b", text, re.I):
+            text = f"{text}{'' if text.endswith(('.', '!')) else '.'} {self.FIX}"
+        super().__init__(text, *args)
 
 
 # --------------------------------------------------------------------------------------------
@@ -607,7 +619,9 @@ def read_ontology(fname, copy: bool = False) -> pd.DataFrame:
     """Read ``Ontology.csv``: one row per brain structure, with a default integer index."""
     if isinstance(fname, pd.DataFrame):
         return fname.copy() if copy else fname
-    return _read_table(fname, "Ontology.csv")
+    data = _read_table(fname, "Ontology.csv")
+    _check_numeric(data, fname, "Ontology.csv", ("id", "parent_structure_id", "graph_order"))
+    return data
 
 
 def read_genes(fname, copy: bool = False) -> pd.DataFrame:
@@ -661,9 +675,29 @@ def _read_table(fname, what: str, **kwargs) -> pd.DataFrame:
     """A small CSV with a header row, read by pandas (whose type inference abagen relies on)."""
     path = _as_path(fname, f"a {what} file")
     try:
-        return pd.read_csv(path, **kwargs)
+        data = pd.read_csv(path, **kwargs)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as err:
         raise AHBAFileError(f"{path} is not a valid AHBA {what} file: {_clip(err)}") from err
+    _check_last_row(path, what, len(data.columns) + (1 if kwargs.get("index_col") == 0 else 0))
+    return data
+
+
+def _check_last_row(path: Path, what: str, n_fields: int) -> None:
+    """AHBAFileError when the last row has fewer fields than the header: the file was cut
+    (pandas would fill the missing cells with NaN)."""
+    import csv
+
+    with open(path, "rb") as handle:
+        handle.seek(max(0, os.fstat(handle.fileno()).st_size - 65536))
+        tail = handle.read().decode("utf-8", errors="replace")
+    lines = [line for line in tail.splitlines() if line.strip()]
+    if not lines:
+        return
+    fields = next(csv.reader([lines[-1]]), [])
+    if len(fields) < n_fields:
+        raise AHBAFileError(f"{path} is not a valid AHBA {what} file: its last row has "
+                            f"{len(fields)} of {n_fields} fields, so the file is cut short "
+                            "(an interrupted download or copy?).")
 
 
 #: SampleAnnot.csv columns that must hold numbers (empty cells are allowed: missing values)

@@ -113,9 +113,15 @@ def locate_data(data_dir, donors, *, need_rnaseq: bool = False, n_proc: int = 1,
     return files, rnaseq
 
 
+_TABLE_READERS = {"probes": _io.read_probes, "annotation": _io.read_annotation,
+                  "ontology": _io.read_ontology}
+
+
 def data_identity(files: Mapping, rnaseq_files: Mapping | None = None) -> str:
     """A SHA-256 of what the AHBA files hold: each matrix's cache content id (see
-    :func:`ahba_app.io.content_id`) and the SHA-256 of every other file.
+    :func:`ahba_app.io.content_id`) and the SHA-256 of every other file. Every file is read
+    on the way (the small tables by their readers), so a damaged one raises
+    :class:`ahba_app.io.AHBAFileError` here.
 
     The workflow's first node takes it as an input, so data replaced in the same folder
     change every hash after it (Nipype alone sees only the folder's path).
@@ -123,6 +129,7 @@ def data_identity(files: Mapping, rnaseq_files: Mapping | None = None) -> str:
     from .bids import sha256
 
     digest = hashlib.sha256()
+    first = next(iter(files), None)
     for group, paths_by_donor in (("microarray", files), ("rnaseq", rnaseq_files or {})):
         for donor in sorted(paths_by_donor, key=str):
             for kind, path in sorted(paths_by_donor[donor].items()):
@@ -130,6 +137,10 @@ def data_identity(files: Mapping, rnaseq_files: Mapping | None = None) -> str:
                     token = _io.content_id(path, kind)
                 else:
                     token = sha256(path)
+                    # small tables: read now, so that errors come before any work (the probe
+                    # table is read from the first donor only, as the stages do)
+                    if group == "microarray" and (kind != "probes" or donor == first):
+                        _TABLE_READERS[kind](path)
                 digest.update(f"{group}/{donor}/{kind}={token}\n".encode())
     return digest.hexdigest()
 

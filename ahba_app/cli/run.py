@@ -200,7 +200,9 @@ def _check_atlases(atlases, settings, data_dir) -> None:
                     from err
             except Exception as err:  # nibabel and friends raise their own classes
                 raise UsageError(f"Cannot read atlas-{atlas.name} ({source}): "
-                                 f"{type(err).__name__}: {err}") from err
+                                 f"{type(err).__name__}: {err}. Check that the file is a whole "
+                                 "NIfTI, GIFTI or CIFTI image (copy or export it again).") \
+                    from err
         for warning in caught:
             LGR.warning("atlas-%s: %s", atlas.name, warning.message)
         tree = next(iter(trees.values()))
@@ -265,7 +267,7 @@ def prepare_run(opts) -> RunPlan:
         notes[atlases[0].key] = ["The input folder held no atlas, so the Desikan-Killiany "
                                   "atlas bundled with ahba-app was used."]
     _locate_ahba(data_dir, settings, nprocs, opts.verbose)
-    identity = _data_identity(data_dir, settings)
+    identity = _data_identity(data_dir, settings)  # reads (and checks) every file of the run
     _check_atlases(atlases, settings, data_dir)
     return RunPlan(analysis_level=opts.analysis_level, input_dir=input_dir,
                    output_dir=output_dir, work_dir=work_dir, data_dir=data_dir,
@@ -356,7 +358,8 @@ def publish(staging: "publishing.Staging", output_dir: Path, input_dir: Path) ->
     return publishing.move_committed(folder, output_dir)
 
 
-def _failure_message(err: BaseException, crash_dir: Path, since: float) -> str:
+def _failure_message(err: BaseException, crash_dir: Path, since: float,
+                     folders: tuple = ()) -> str:
     crashes = sorted((p for p in crash_dir.glob("crash-*") if p.stat().st_mtime >= since - 1),
                      key=lambda p: p.stat().st_mtime)
     text = str(err)
@@ -366,6 +369,9 @@ def _failure_message(err: BaseException, crash_dir: Path, since: float) -> str:
     node = re.search(r"Node: ([\w.]+)", text)
     where = f"step {node.group(1).split('.')[-1]!r}" if node else "the workflow"
     message = f"{where} failed: {reason}"
+    if re.search(r"Errno (28|122)\b|No space left|Disk quota", reason) and folders:
+        message += (f". The disk is full: make room in {' or '.join(map(str, folders))}, then "
+                    "run the same command again (the finished steps are kept)")
     if crashes:
         message += f" (details: {crashes[0]})"
     return message
@@ -484,7 +490,8 @@ def _run_and_publish(plan, staging, crash_dir, argv, signals) -> int:
         signals.check()  # a node "failed" because the run was interrupted
         if plan.verbose:
             LGR.exception("The workflow failed.")
-        print(f"ahba-app: error: {_failure_message(err, crash_dir, started)}", file=sys.stderr)
+        message = _failure_message(err, crash_dir, started, (plan.work_dir, plan.output_dir))
+        print(f"ahba-app: error: {message}", file=sys.stderr)
         return EXIT_FAILED
     try:
         with publishing.publish_lock(plan.output_dir):

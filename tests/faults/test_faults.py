@@ -92,25 +92,35 @@ def _environment(home: Path) -> dict:
     return env
 
 
-def _command(data: Path, inp: Path, out: Path, work: Path, *extra) -> list[str]:
-    return [sys.executable, "-m", "ahba_app.cli.run", str(inp), str(out), "group",
-            "--ahba-dir", str(data), "-w", str(work), "--donors", *DONORS, *map(str, extra)]
+CLI = [sys.executable, "-m", "ahba_app.cli.run"]
+
+
+def _command(data: Path, inp: Path, out: Path, work: Path, *extra, cli=CLI) -> list[str]:
+    return [*cli, str(inp), str(out), "group", "--ahba-dir", str(data), "-w", str(work),
+            "--donors", *DONORS, *map(str, extra)]
 
 
 def _run(case: Path, inp: Path, out: Path, work: Path, *extra, data: Path | None = None,
-         prefix=()) -> subprocess.CompletedProcess:
+         cli=CLI) -> subprocess.CompletedProcess:
     case.mkdir(parents=True, exist_ok=True)
-    return subprocess.run([*prefix, *_command(data or case / "data", inp, out, work, *extra)],
-                          cwd=case, env=_environment(case / "home"), capture_output=True,
-                          text=True, timeout=TIMEOUT)
+    result = subprocess.run(_command(data or case / "data", inp, out, work, *extra, cli=cli),
+                            cwd=case, env=_environment(case / "home"), capture_output=True,
+                            text=True, timeout=TIMEOUT)
+    with open(case / "runs.log", "a") as log:  # for whoever debugs a failing case
+        log.write(f"$ {' '.join(result.args)}\nexit {result.returncode}\n{result.stderr}\n")
+    return result
 
 
-def _start(case: Path, inp: Path, out: Path, work: Path, *extra, data=None,
-           prefix=()) -> subprocess.Popen:
+def _start(case: Path, inp: Path, out: Path, work: Path, *extra, data=None) -> subprocess.Popen:
+    """The command line in the background; stderr goes to a file (a pipe would stay open
+    while any worker lives), read back by :func:`_finish`."""
     case.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen([*prefix, *_command(data or case / "data", inp, out, work, *extra)],
-                            cwd=case, env=_environment(case / "home"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    with open(case / f"stderr-{time.monotonic_ns()}.txt", "w+") as err:
+        proc = subprocess.Popen(_command(data or case / "data", inp, out, work, *extra),
+                                cwd=case, env=_environment(case / "home"),
+                                stdout=subprocess.DEVNULL, stderr=err, text=True)
+    proc.stderr_path = err.name
+    return proc
 
 
 class Case:
@@ -198,12 +208,13 @@ def _wait_for(condition, timeout: float = TIMEOUT, step: float = 0.05):
 
 def _finish(proc: subprocess.Popen) -> tuple[int, str]:
     try:
-        _, err = proc.communicate(timeout=TIMEOUT)
+        proc.wait(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
         proc.kill()
-        _, err = proc.communicate()
-        pytest.fail(f"the run did not end within {TIMEOUT} s:\n{err}")
-    return proc.returncode, err
+        proc.wait()
+        pytest.fail(f"the run did not end within {TIMEOUT} s:\n"
+                    f"{Path(proc.stderr_path).read_text()}")
+    return proc.returncode, Path(proc.stderr_path).read_text()
 
 
 def _descendants(pid: int) -> list[int]:
@@ -252,7 +263,9 @@ def _corrupt(content: bytes, how: str, rng: random.Random, kind: str) -> bytes:
     raise ValueError(how)
 
 
-CORRUPTIONS = [(kind, how) for kind in KINDS for how in ("truncated", "empty", "garbage", "text")]
+# every kind: cut short and empty; then binary noise or a word in a number's place, in turn
+CORRUPTIONS = [(kind, how) for i, kind in enumerate(KINDS)
+               for how in ("truncated", "empty", ("garbage", "text")[i % 2])]
 
 
 @pytest.mark.parametrize(("kind", "how"), CORRUPTIONS,
@@ -413,7 +426,7 @@ def test_kill_publish(tmp_path, base, n):
     rng = random.Random(SEED + 400 + n)
     case = Case(tmp_path, base)
     k = rng.randrange(1, 12)
-    result = case.run(prefix=[sys.executable, "-c", _KILL_AT_MOVE, str(k)])
+    result = case.run(cli=[sys.executable, "-c", _KILL_AT_MOVE, str(k)])
     assert result.returncode == -signal.SIGKILL, result.stderr
     assert not (case.out / MARKER).exists()
     assert (case.out / "dataset_description.json").is_file()  # always moved first
@@ -508,7 +521,8 @@ def test_full_data_disk_while_caching(tmp_path, base):
     shutil.rmtree(case.data)
     _mount_tmpfs(case.data, "12m")
     try:
-        shutil.copytree(base / "data", case.data, ignore=shutil.ignore_patterns(".ahba-cache"))
+        shutil.copytree(base / "data", case.data, ignore=shutil.ignore_patterns(".ahba-cache"),
+                        dirs_exist_ok=True)
         _fill(case.data, 100_000)
         result = case.run()
         assert result.returncode == 0, result.stderr
