@@ -501,10 +501,15 @@ def _run_and_publish(plan, staging, crash_dir, argv, signals) -> int:
         if plan.verbose:
             LGR.exception("Publishing failed.")
         where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        if (staging.path / publishing.COMMIT).is_file():
+            outcome = ("The outputs were complete but could not all be moved into place; the "
+                       "next run using this output folder finishes that")
+        else:
+            outcome = "Nothing was published"
         print(f"ahba-app: error: cannot write the outputs into {plan.output_dir}: "
-              f"{err.strerror or err}{where}. Nothing was published; make room (or fix the "
-              "folder) and run the same command again: the work folder keeps the finished "
-              "steps.", file=sys.stderr)
+              f"{err.strerror or err}{where}. {outcome}; make room (or fix the folder) and run "
+              "the same command again: the work folder keeps the finished steps.",
+              file=sys.stderr)
         return EXIT_FAILED
     LGR.info("Done: outputs in %s.", plan.output_dir)
     if plan.clean_workdir:
