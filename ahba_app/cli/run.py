@@ -8,14 +8,17 @@ Order of work:
    that the output and work folders can be written, the AHBA files (downloading missing donors
    here, never inside a node), and every atlas (loaded, its region table checked against the
    image, its files hashed);
-3. build :func:`ahba_app.workflows.base.init_ahba_wf` from explicit arguments and run it; the
-   derivative sinks write into a hidden staging folder of the output folder;
-4. on success move the staged files into place, then write ``dataset_description.json``,
-   ``.bidsignore`` and ``CITATION.md``; on failure remove the staging folder, keep the crash files
-   in ``OUTPUT_DIR/logs/`` and exit with status 1.
+3. lock the work folder (one run at a time), finish or remove what interrupted runs left in the
+   output folder, build :func:`ahba_app.workflows.base.init_ahba_wf` from explicit arguments and
+   run it; the derivative sinks write into this run's staging folder inside the output folder;
+4. on success publish all outputs at once (:mod:`ahba_app.cli.publish`: dataset-level files
+   staged too, then moved by renames, ``dataset_description.json`` first and the completion
+   marker last); on failure remove the staging folder, keep the crash files in
+   ``OUTPUT_DIR/logs/`` and exit with status 1.
 
 Any problem with the inputs ends with one message on stderr (a traceback only with ``-v``) and
-a non-zero exit status, before any output is written.
+a non-zero exit status, before any output is written. SIGINT and SIGTERM end the run with
+status 130 / 143 and one message; Nipype's workers end with it.
 """
 
 from __future__ import annotations

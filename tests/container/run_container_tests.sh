@@ -153,7 +153,7 @@ if [ "$out" = "ahba-app $VERSION" ]; then pass "--version prints 'ahba-app $VERS
 else fail "--version printed '$out', expected 'ahba-app $VERSION'"; fi
 
 labels=$(eng image inspect "$IMAGE" --format \
-    '{{index .Labels "org.opencontainers.image.title"}}|{{index .Labels "org.opencontainers.image.version"}}|{{index .Labels "org.opencontainers.image.licenses"}}|{{index .Labels "org.opencontainers.image.source"}}')
+    '{{index .Config.Labels "org.opencontainers.image.title"}}|{{index .Config.Labels "org.opencontainers.image.version"}}|{{index .Config.Labels "org.opencontainers.image.licenses"}}|{{index .Config.Labels "org.opencontainers.image.source"}}')
 case "$labels" in
     "ahba-app|$VERSION|"?*"|"?*) pass "OCI labels: $labels" ;;
     *) fail "OCI labels incomplete: '$labels'" ;;
