@@ -500,8 +500,8 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
             kept[donor] = annotation.iloc[keep[donor]]
             labels[donor] = donor_labels[keep[donor]]
 
-        check_matched({d: f["n_matched"] for d, f in sample_facts.items()},
-                      {d: len(a) for d, a in annotations.items()}, tolerance=settings.tolerance)
+        check_matched({d: int((m != 0).sum()) for d, m in match_labels.items()},
+                      {d: len(m) for d, m in match_labels.items()}, tolerance=settings.tolerance)
         files = {donor: dict(paths, **{kind: future.result()
                                        for kind, future in opening[donor].items()})
                  for donor, paths in files.items()}
