@@ -496,6 +496,8 @@ def _run_and_publish(plan, staging, crash_dir, argv, signals) -> int:
         message = _failure_message(err, crash_dir, started, (plan.work_dir, plan.output_dir))
         print(f"ahba-app: error: {message}", file=sys.stderr)
         return EXIT_FAILED
+    # a signal whose exception was swallowed on the way (a node's clean-up, a finaliser)
+    signals.check()
     try:
         with publishing.publish_lock(plan.output_dir):
             publish(staging, plan.output_dir, plan.input_dir)
