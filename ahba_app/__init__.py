@@ -30,17 +30,21 @@ _LAZY = {
     "leftify_atlas": "atlas",
     "annot_to_gifti": "atlas",
     "relabel_gifti": "atlas",
+    "fetch_raw_mri": "fetch",
+    "fetch_freesurfer": "fetch",
+    "Report": "reporting",
 }
 
-# sub-modules that ``import ahba_app`` makes reachable as attributes (loaded on first use)
-_SUBMODULES = ("mouse",)
+# abagen's submodules, reachable as attributes after ``import ahba_app as abagen``
+_SUBMODULES = ("allen", "correct", "datasets", "images", "io", "matching", "mouse",
+               "reporting", "transforms", "utils")
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["__version__", *_LAZY, "io", "mouse"]
 
 
 def __getattr__(name):
     if name in _SUBMODULES:
-        return import_module(f".{name}", __name__)
+        return import_module(f".{name}", __name__)   # binds itself as an attribute
     if name in _LAZY:
         value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
         globals()[name] = value

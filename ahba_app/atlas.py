@@ -410,10 +410,15 @@ def _is_pathlike(obj) -> bool:
     return isinstance(obj, (str, os.PathLike))
 
 
+class AtlasFileNotFoundError(FileNotFoundError, TypeError):
+    """An atlas path that is not a file. Also a TypeError: abagen raises that for a string
+    that names no file (it is then not an image), and scripts may catch it."""
+
+
 def _require_file(path) -> Path:
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"Atlas file {path} does not exist.")
+        raise AtlasFileNotFoundError(f"Atlas file {path} does not exist.")
     return path
 
 
@@ -590,9 +595,10 @@ def load_geometry(geometry, source="geometry"):
 def _freesurfer_folder(donor, data_dir):
     """The donor's FreeSurfer folder (with ``mri/orig.mgz``) under ``data_dir``."""
     from .datasets import check_donors
+    from .fetch import get_data_dir
 
     donor = check_donors(donor)[0]
-    roots = [] if data_dir is None else [Path(data_dir)]
+    roots = [get_data_dir(data_dir)]   # data_dir, else $AHBA_DATA, else $ABAGEN_DATA, ...
     candidates = []
     for root in roots:
         candidates += [root, root / f"donor{donor}", root / "freesurfer" / f"donor{donor}",
@@ -603,9 +609,10 @@ def _freesurfer_folder(donor, data_dir):
     raise FileNotFoundError(
         f"Donor-native (fsnative) surfaces of donor {donor} need that donor's FreeSurfer "
         f"reconstruction (mri/orig.mgz, surf/?h.pial); none found in "
-        f"{[str(c) for c in candidates] or 'data_dir (not given)'}. ahba-app does not download "
-        f"it: fetch donor{donor}.zip from the University of Cambridge repository (handle "
-        f"1810/265272), unpack it and pass data_dir= (the folder holding donor{donor}/).")
+        f"{[str(c) for c in candidates]}. It is not downloaded at run time: fetch it (the "
+        f"University of Cambridge repository, handle 1810/265272) beforehand with ahba_app.datasets.fetch_freesurfer(data_dir=..., donors='{donor}') "
+        f"or `python -m ahba_app.fetch --freesurfer --donors {donor}`, and pass that data "
+        f"folder (data_dir= or $AHBA_DATA).")
 
 
 def _to_mni(vertices, space, donor, data_dir, source):
@@ -792,7 +799,10 @@ def check_atlas_info(atlas_info, labels=None, source=None) -> pd.DataFrame:
     if bad:
         raise ValueError(f"{name} has invalid hemisphere value(s) {bad}: use one of "
                          f"{list(HEMISPHERES)} (left, right, bilateral).")
-    info["hemisphere"] = hemi.astype(object)
+    # the values as the caller's column holds them (object, or pandas' string dtype)
+    keep = info["hemisphere"].dtype if pd.api.types.is_string_dtype(info["hemisphere"]) \
+        else object
+    info["hemisphere"] = hemi.astype(keep)
 
     def _struct(v):
         key = " ".join(str(v).strip().lower().replace("_", " ").split())
@@ -802,7 +812,9 @@ def check_atlas_info(atlas_info, labels=None, source=None) -> pd.DataFrame:
     if bad:
         raise ValueError(f"{name} has invalid structure value(s) {bad}: use one of "
                          f"{list(STRUCTURES)}.")
-    info["structure"] = struct.astype(object)
+    keep = info["structure"].dtype if pd.api.types.is_string_dtype(info["structure"]) \
+        else object
+    info["structure"] = struct.astype(keep)
 
     if labels is not None:
         labels = np.asarray(labels)
@@ -979,7 +991,9 @@ def coerce_atlas_to_dict(atlas, donors, atlas_info=None, data_dir=None, geometry
         raise ValueError(f"The donor-native atlas has no entry for donor(s) {missing}: give "
                          f"one atlas per requested donor (keys {sorted(by_donor)}).")
     first = by_donor[donors[0]]
-    if all(by_donor[d] is first for d in donors):
+    # as in abagen: one AtlasTree shared by every donor is a group atlas; a dict of files
+    # (even the same file for every donor) holds donor-native atlases
+    if isinstance(first, AtlasTree) and all(by_donor[d] is first for d in donors):
         tree = check_atlas(first, atlas_info, geometry=geometry, space=space)
         tree.group_atlas = True
         return {donor: tree for donor in donors}, True

@@ -209,6 +209,11 @@ def _residualize(y: np.ndarray, x: np.ndarray) -> np.ndarray:
     return y - design @ betas
 
 
+def _resid_dist(dv, iv) -> np.ndarray:
+    """abagen's name for :func:`_residualize` of one vector on another."""
+    return _residualize(np.asarray(dv, dtype=float), np.asarray(iv, dtype=float))
+
+
 def remove_distance(coexpression, atlas=None, atlas_info=None, labels=None, *,
                     centroids: Mapping | pd.DataFrame | None = None) -> np.ndarray:
     """Regress inter-regional Euclidean distance out of a region x region coexpression matrix.

@@ -16,25 +16,27 @@ import pandas as pd
 
 @dataclass(frozen=True)
 class Donor:
-    """One AHBA donor: its number, its Allen uid and the Allen ids of its zip archives."""
+    """One AHBA donor: its number, its Allen uid and the Allen ids of its downloads."""
 
     id: str
     uid: str
     microarray_zip_id: int
     rnaseq_zip_id: int | None
     n_samples: int
+    t1w_id: int   # the raw T1-weighted MRI (a gzipped NIfTI, Allen "well known file")
+    t2w_id: int   # the raw T2-weighted MRI
 
 
 #: The six AHBA donors in the order the Allen Institute lists them.
 DONORS: dict[str, Donor] = {
     d.id: d
     for d in (
-        Donor("9861", "H0351.2001", 178238387, 278447594, 946),
-        Donor("10021", "H0351.2002", 178238373, 278448166, 893),
-        Donor("12876", "H0351.1009", 178238359, None, 363),
-        Donor("14380", "H0351.1012", 178238316, None, 529),
-        Donor("15496", "H0351.1015", 178238266, None, 470),
-        Donor("15697", "H0351.1016", 178236545, None, 501),
+        Donor("9861", "H0351.2001", 178238387, 278447594, 946, 157722636, 157722638),
+        Donor("10021", "H0351.2002", 178238373, 278448166, 893, 157723301, 157723303),
+        Donor("12876", "H0351.1009", 178238359, None, 363, 157722290, 157722292),
+        Donor("14380", "H0351.1012", 178238316, None, 529, 157721937, 157721939),
+        Donor("15496", "H0351.1015", 178238266, None, 470, 162021642, 162021644),
+        Donor("15697", "H0351.1016", 178236545, None, 501, 157682966, 157682968),
     )
 }
 
@@ -42,6 +44,31 @@ DONORS: dict[str, Donor] = {
 RNASEQ_DONORS = tuple(d.id for d in DONORS.values() if d.rnaseq_zip_id is not None)
 
 _UID_TO_ID = {d.uid: d.id for d in DONORS.values()}
+
+
+def _well_known_ids():
+    """abagen's ``WELL_KNOWN_IDS``: a nibabel Recoder from donor number or uid to
+    ``subj`` (number), ``uid``, ``url`` (microarray archive id), ``t1w`` and ``t2w`` (raw MRI
+    ids), all as str; e.g. ``WELL_KNOWN_IDS.t1w['H0351.2001'] == '157722636'``."""
+    from nibabel.volumeutils import Recoder
+
+    return Recoder([(d.id, d.uid, str(d.microarray_zip_id), str(d.t1w_id), str(d.t2w_id))
+                    for d in DONORS.values()], fields=("subj", "uid", "url", "t1w", "t2w"))
+
+
+# downloads live in ahba_app.fetch (which imports this module): reachable here, as in abagen
+_FROM_FETCH = ("fetch_microarray", "fetch_rnaseq", "fetch_raw_mri", "fetch_freesurfer",
+               "fetch_fsnative")
+
+
+def __getattr__(name):
+    if name in _FROM_FETCH:
+        from . import fetch
+        return getattr(fetch, name)
+    if name == "WELL_KNOWN_IDS":
+        value = globals()["WELL_KNOWN_IDS"] = _well_known_ids()
+        return value
+    raise AttributeError(f"module 'ahba_app.datasets' has no attribute {name!r}")
 
 
 def check_donors(donors: str | int | Iterable[str | int] | None = "all",
@@ -76,27 +103,28 @@ def data_path(*parts: str) -> Path:
     return Path(str(resources.files("ahba_app").joinpath("data", *parts)))
 
 
-def fetch_desikan_killiany(native: bool = False, surface: bool = False) -> dict:
+def fetch_desikan_killiany(native: bool = False, surface: bool = False, *args, **kwargs) -> dict:
     """The bundled Desikan-Killiany atlas: ``{'image': ..., 'info': ...}``.
 
     ``image`` is a NIfTI path; with ``surface=True`` a (left, right) pair of GIFTI label paths;
     with ``native=True`` a dict of donor id to the donor-native image (or GIFTI pair).
-    ``info`` is the CSV with ``id, label, hemisphere, structure``.
+    ``info`` is the CSV with ``id, label, hemisphere, structure``. Paths are str, as abagen's;
+    further arguments are accepted and ignored, as abagen does.
     """
-    info = data_path("atlas-desikankilliany.csv")
+    info = str(data_path("atlas-desikankilliany.csv"))
     if native:
         def one(donor):
             folder = data_path("native_dk", donor)
             if surface:
-                return (folder / "atlas-desikankilliany-lh.label.gii.gz",
-                        folder / "atlas-desikankilliany-rh.label.gii.gz")
-            return folder / "atlas-desikankilliany.nii.gz"
+                return (str(folder / "atlas-desikankilliany-lh.label.gii.gz"),
+                        str(folder / "atlas-desikankilliany-rh.label.gii.gz"))
+            return str(folder / "atlas-desikankilliany.nii.gz")
         image = {donor: one(donor) for donor in DONORS}
     elif surface:
-        image = (data_path("atlas-desikankilliany-lh.label.gii.gz"),
-                 data_path("atlas-desikankilliany-rh.label.gii.gz"))
+        image = (str(data_path("atlas-desikankilliany-lh.label.gii.gz")),
+                 str(data_path("atlas-desikankilliany-rh.label.gii.gz")))
     else:
-        image = data_path("atlas-desikankilliany.nii.gz")
+        image = str(data_path("atlas-desikankilliany.nii.gz"))
     return {"image": image, "info": info}
 
 
@@ -106,13 +134,13 @@ def fetch_donor_info() -> pd.DataFrame:
 
 
 def fetch_gene_group(group: str) -> list[str]:
-    """Gene symbols of one of the Burt et al. (2018) groups."""
+    """Gene symbols of one of the Burt et al. (2018) groups, in alphabetical order."""
     with gzip.open(data_path("burt2018_natneuro.csv.gz"), "rt") as handle:
         table = pd.read_csv(handle)
     groups = sorted(table["group"].unique())
     if group.lower() not in groups:
         raise ValueError(f"Unknown gene group {group!r}: choose one of {groups}.")
-    return table.loc[table["group"] == group.lower(), "acronym"].tolist()
+    return sorted(table.loc[table["group"] == group.lower(), "acronym"])
 
 
 class Surface(NamedTuple):
@@ -127,8 +155,8 @@ class Hemispheres(NamedTuple):
 
 def fetch_fsaverage5(load: bool = True) -> Hemispheres:
     """The bundled fsaverage5 pial surfaces, as paths or (vertices, faces) per hemisphere."""
-    paths = Hemispheres(data_path("fsaverage5-pial-lh.surf.gii.gz"),
-                        data_path("fsaverage5-pial-rh.surf.gii.gz"))
+    paths = Hemispheres(str(data_path("fsaverage5-pial-lh.surf.gii.gz")),
+                        str(data_path("fsaverage5-pial-rh.surf.gii.gz")))
     if not load:
         return paths
     import nibabel as nib

@@ -64,9 +64,13 @@ __all__ = [
     "MICROARRAY_FILES",
     "RNASEQ_FILES",
     "download_url",
+    "fetch_freesurfer",
+    "fetch_fsnative",
     "fetch_microarray",
+    "fetch_raw_mri",
     "fetch_rnaseq",
     "find_microarray",
+    "find_raw_mri",
     "find_rnaseq",
     "get_data_dir",
 ]
@@ -92,6 +96,17 @@ RNASEQ_FILES = {
     "genes": "Genes.csv",
     "annotation": "SampleAnnot.csv",
 }
+
+#: The raw MRIs of one donor (Allen "well known files", gzipped NIfTI), under abagen's keys.
+MRI_FILES = {"t1w": "T1.nii.gz", "t2w": "T2.nii.gz"}
+
+#: The files of a donor's FreeSurfer folder that ahba-app reads (the folder holds many more).
+FREESURFER_FILES = {"orig": "mri/orig.mgz", "lh_pial": "surf/lh.pial", "rh_pial": "surf/rh.pial"}
+
+#: The donors' FreeSurfer reconstructions (Romero-Garcia et al. 2017, doi:10.17863/CAM.11392),
+#: one archive per donor in the University of Cambridge repository (handle 1810/265272).
+CAMBRIDGE_URL = "https://www.repository.cam.ac.uk"
+_FREESURFER_PATH = "bitstream/handle/1810/265272/donor{donor}.zip"
 
 # Network settings. Module attributes so that tests (and patient users) can change them.
 CONNECT_TIMEOUT = 5.0    #: seconds to open a connection
@@ -133,6 +148,7 @@ class _Kind:
     files: dict                 # abagen key -> CSV file name
     valid: tuple                # donors that have this dataset
     fetcher: str                # the function that downloads it
+    flag: str = ""              # the `python -m ahba_app.fetch` option that downloads it
 
     def zip_id(self, donor: str) -> int:
         info = DONORS[donor]
@@ -141,8 +157,12 @@ class _Kind:
 
 _MICROARRAY = _Kind("microarray", "microarray", "normalized_microarray_donor", MICROARRAY_FILES,
                     tuple(DONORS), "fetch_microarray")
-_RNASEQ = _Kind("rnaseq", "RNA-seq", "rnaseq_donor", RNASEQ_FILES, RNASEQ_DONORS, "fetch_rnaseq")
-_KIND_NAMES = (_MICROARRAY.name, _RNASEQ.name)
+_RNASEQ = _Kind("rnaseq", "RNA-seq", "rnaseq_donor", RNASEQ_FILES, RNASEQ_DONORS, "fetch_rnaseq",
+                " --rnaseq")
+_MRI = _Kind("mri", "raw MRI", "mri_donor", MRI_FILES, tuple(DONORS), "fetch_raw_mri", " --mri")
+_FREESURFER = _Kind("freesurfer", "FreeSurfer", "donor", FREESURFER_FILES, tuple(DONORS),
+                    "fetch_freesurfer", " --freesurfer")
+_KIND_NAMES = (_MICROARRAY.name, _RNASEQ.name, _MRI.name, _FREESURFER.name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -250,7 +270,7 @@ def _missing_message(base: Path, kind: _Kind, scan: _Scan) -> str:
     lines.append(
         f"To fix this, download them with ahba_app.fetch.{kind.fetcher}(data_dir='{base}'), "
         f"`python -m ahba_app.fetch --data-dir {base}`"
-        f"{' --rnaseq' if kind is _RNASEQ else ''} or the ahba-app command line with "
+        f"{kind.flag} or the ahba-app command line with "
         f"--ahba-dir {base}; or point --ahba-dir (or $AHBA_DATA) at the folder that holds "
         f"{kind.prefix}<N>/ (or {kind.name}/{kind.prefix}<N>/).")
     if scan.incomplete:
@@ -286,6 +306,13 @@ def find_rnaseq(data_dir: str | os.PathLike | None = None, donors="all") -> dict
     :func:`fetch_rnaseq`, or raises :class:`AHBADataNotFoundError`.
     """
     return _find(_RNASEQ, data_dir, donors)
+
+
+def find_raw_mri(data_dir: str | os.PathLike | None = None, donors="all") -> dict:
+    """Paths of the raw MRIs of ``donors`` already on disk (``mri/mri_donor<N>/T1.nii.gz``,
+    ``T2.nii.gz``); never downloads. Returns ``{donor: {'t1w', 't2w'}}`` or raises
+    :class:`AHBADataNotFoundError` saying how to get them (:func:`fetch_raw_mri`)."""
+    return _find(_MRI, data_dir, donors)
 
 
 # --------------------------------------------------------------------------------------------
@@ -502,8 +529,29 @@ def _donor_error(cls, kind: _Kind, donor: str, root: Path, reason: str) -> AHBAD
     return error
 
 
-def _unpack(archive: Path, root: Path, kind: _Kind, donor: str, url: str) -> None:
-    """Unzip ``archive`` into ``root/<prefix><donor>``, all or nothing."""
+def _zip_extract(archive: Path, target: Path) -> None:
+    with zipfile.ZipFile(archive) as handle:
+        handle.extractall(target)
+
+
+def _csv_folder(scratch: Path, kind: _Kind) -> Path:
+    """The folder of the unpacked archive holding the kind's files (at the top, or the one
+    sub-folder that holds them)."""
+    first = next(iter(kind.files.values()))
+    if (scratch / first).is_file():
+        return scratch
+    hits = [p.parent for p in scratch.rglob(first)]
+    return hits[0] if len(hits) == 1 else scratch
+
+
+def _unpack(archive: Path, root: Path, kind: _Kind, donor: str, url: str, *,
+            extract=_zip_extract, locate=_csv_folder, what: str = "a valid zip file") -> None:
+    """Unpack ``archive`` into ``root/<prefix><donor>``, all or nothing.
+
+    ``extract(archive, folder)`` unpacks; ``locate(folder, kind)`` finds the unpacked folder
+    that holds ``kind.files``. An archive that cannot be unpacked, or lacks a file, is deleted
+    (so that the next run downloads it afresh) and an AHBAArchiveError raised.
+    """
     folder = root / f"{kind.prefix}{donor}"
     for stale in root.glob(f".{folder.name}.unpack-*"):
         shutil.rmtree(stale, ignore_errors=True)
@@ -512,20 +560,14 @@ def _unpack(archive: Path, root: Path, kind: _Kind, donor: str, url: str) -> Non
     scratch.mkdir()
     try:
         try:
-            with zipfile.ZipFile(archive) as handle:
-                handle.extractall(scratch)
+            extract(archive, scratch)
         except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
             archive.unlink(missing_ok=True)
             raise _donor_error(
                 AHBAArchiveError, kind, donor, root,
-                f"the archive downloaded from {url} ({archive}) is not a valid zip file ({exc}); "
+                f"the archive downloaded from {url} ({archive}) is not {what} ({exc}); "
                 f"it has been deleted, so that the next run downloads it afresh") from None
-        first = next(iter(kind.files.values()))
-        source = scratch
-        if not (scratch / first).is_file():
-            hits = [p.parent for p in scratch.rglob(first)]
-            if len(hits) == 1:
-                source = hits[0]
+        source = locate(scratch, kind)
         missing = [name for name in kind.files.values() if not (source / name).is_file()]
         if missing:
             archive.unlink(missing_ok=True)
@@ -543,18 +585,7 @@ def _fetch_donor(kind: _Kind, donor: str, root: Path, resume: bool, verbose: int
                  cancel: threading.Event) -> None:
     url = download_url(kind.zip_id(donor))
     archive = root / f"{kind.prefix}{donor}.zip"
-    if not resume:
-        archive.unlink(missing_ok=True)
-        archive.with_name(archive.name + ".part").unlink(missing_ok=True)
-    if not archive.exists():
-        _say(verbose, f"Downloading AHBA {kind.label} donor {donor} from {url}")
-        try:
-            _download(url, archive, desc=f"donor {donor}", verbose=verbose, cancel=cancel)
-        except AHBADownloadError as exc:
-            raise _donor_error(AHBADownloadError, kind, donor, root,
-                               f"the download from {url} failed: {exc}") from None
-    if cancel.is_set():
-        raise _Cancelled
+    _fetched(kind, donor, root, url, archive, resume, verbose, cancel)
     _unpack(archive, root, kind, donor, url)
     _say(verbose, f"AHBA {kind.label} donor {donor} is in {root / (kind.prefix + donor)}")
 
@@ -564,9 +595,15 @@ def _fix_download(kind: _Kind) -> str:
     where = f" (now {mirror})" if mirror else ""
     return (f"To fix this, check the network and run again (an interrupted download resumes), "
             f"or download the data on a machine with internet access (`python -m "
-            f"ahba_app.fetch --data-dir DIR{' --rnaseq' if kind is _RNASEQ else ''}`) and point "
+            f"ahba_app.fetch --data-dir DIR{kind.flag}`) and point "
             f"--ahba-dir (or $AHBA_DATA) at DIR, or set $AHBA_APP_MIRROR{where} to a server "
-            f"that mirrors {ALLEN_URL}/{_DOWNLOAD_PATH.format(id='<id>')}.")
+            f"that mirrors {_source(kind)}.")
+
+
+def _source(kind: _Kind) -> str:
+    if kind is _FREESURFER:
+        return f"{CAMBRIDGE_URL}/{_FREESURFER_PATH.format(donor='<N>')}"
+    return f"{ALLEN_URL}/{_DOWNLOAD_PATH.format(id='<id>')}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -656,8 +693,9 @@ def _fetch(kind: _Kind, data_dir, donors, resume: bool, verbose: int, n_proc: in
             raise AHBADataNotFoundError(_missing_message(base, kind, scan))
         if scan.absent:
             workers = n_proc if n_proc > 0 else (os.cpu_count() or 1) + n_proc + 1
+            fetch_one = _FETCH_ONE.get(kind.name, _fetch_donor)
             failures = _in_threads(
-                lambda donor, cancel: _fetch_donor(kind, donor, root, resume, verbose, cancel),
+                lambda donor, cancel: fetch_one(kind, donor, root, resume, verbose, cancel),
                 scan.absent, workers)
             errors = [failures[d] for d in scan.absent if d in failures]
             if len(errors) == 1:
@@ -729,6 +767,194 @@ def fetch_rnaseq(data_dir: str | os.PathLike | None = None, donors="all", resume
 
 
 # --------------------------------------------------------------------------------------------
+# The donors' raw MRIs and FreeSurfer reconstructions
+
+def _mirrored(url: str, home: str) -> str:
+    """``url`` (below ``home``) moved below ``$AHBA_APP_MIRROR`` when that is set."""
+    server = os.environ.get("AHBA_APP_MIRROR")
+    return url if not server else server.rstrip("/") + url[len(home):]
+
+
+def freesurfer_url(donor: str) -> str:
+    """Address of a donor's FreeSurfer archive, on ``$AHBA_APP_MIRROR`` when that is set."""
+    return _mirrored(f"{CAMBRIDGE_URL}/{_FREESURFER_PATH.format(donor=donor)}", CAMBRIDGE_URL)
+
+
+def _fetched(kind: _Kind, donor: str, root: Path, url: str, archive: Path, resume: bool,
+             verbose: int, cancel: threading.Event, what: str | None = None) -> None:
+    """Download ``url`` to ``archive`` (resumable, size-checked) unless it is already there;
+    ``what`` names the file in messages (default: the donor's archive of ``kind``)."""
+    if not resume:
+        archive.unlink(missing_ok=True)
+        archive.with_name(archive.name + ".part").unlink(missing_ok=True)
+    if not archive.exists():
+        _say(verbose, f"Downloading AHBA {kind.label} donor {donor} from {url}" if what is None
+             else f"Downloading the {what} of AHBA donor {donor} from {url}")
+        desc = f"donor {donor}" if what is None else f"donor {donor} {what}"
+        try:
+            _download(url, archive, desc=desc, verbose=verbose, cancel=cancel)
+        except AHBADownloadError as exc:
+            raise _donor_error(AHBADownloadError, kind, donor, root,
+                               f"the download from {url} failed: {exc}") from None
+    if cancel.is_set():
+        raise _Cancelled
+
+
+def _check_nifti(path: Path, kind: _Kind, donor: str, root: Path, url: str) -> None:
+    """A gzipped NIfTI whose header nibabel reads, else the file is deleted and an error raised."""
+    import nibabel as nib
+
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(2) != b"\x1f\x8b":
+                raise ValueError("not gzip-compressed")
+        nib.Nifti1Image.from_filename(str(path)).header.get_data_shape()
+    except Exception as exc:  # nibabel raises many kinds for a bad file
+        path.unlink(missing_ok=True)
+        raise _donor_error(AHBAArchiveError, kind, donor, root,
+                           f"the file downloaded from {url} is not a gzipped NIfTI image "
+                           f"({type(exc).__name__}: {exc}); it has been deleted, so that the "
+                           f"next run downloads it afresh") from None
+
+
+def _fetch_mri(kind: _Kind, donor: str, root: Path, resume: bool, verbose: int,
+               cancel: threading.Event) -> None:
+    """Both raw MRIs of ``donor`` into ``root/mri_donor<N>/``, all or nothing."""
+    info = DONORS[donor]
+    folder = root / f"{kind.prefix}{donor}"
+    downloads = {}
+    for key, ident in (("t1w", info.t1w_id), ("t2w", info.t2w_id)):
+        url = download_url(ident)
+        target = root / f"{folder.name}.{MRI_FILES[key]}"
+        _fetched(kind, donor, root, url, target, resume, verbose, cancel, key.upper())
+        _check_nifti(target, kind, donor, root, url)
+        downloads[key] = target
+    _into_place(folder, {MRI_FILES[key]: path for key, path in downloads.items()})
+    _say(verbose, f"Raw MRIs of AHBA donor {donor} are in {folder}")
+
+
+def _into_place(folder: Path, files: dict) -> None:
+    """Move ``files`` ({name in folder: path}) into a new ``folder`` at once."""
+    scratch = folder.parent / f".{folder.name}.unpack-{uuid.uuid4().hex[:12]}"
+    scratch.mkdir()
+    try:
+        for name, path in files.items():
+            os.replace(path, scratch / name)
+        os.replace(scratch, folder)
+    except BaseException:
+        for name, path in files.items():   # keep the downloads for the next run
+            if (scratch / name).exists():
+                os.replace(scratch / name, path)
+        raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _extract(archive: Path, target: Path) -> None:
+    """Unpack a zip or a (gzipped) tar archive into ``target``, refusing paths that leave it."""
+    import tarfile
+
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as handle:
+            handle.extractall(target)
+        return
+    try:
+        with tarfile.open(archive, "r:*") as handle:
+            handle.extractall(target, filter="data")
+    except (tarfile.TarError, OSError, EOFError, zlib.error):
+        raise zipfile.BadZipFile("its format is not recognised") from None
+
+
+def _reconstruction(scratch: Path, kind: _Kind) -> Path:
+    """The unpacked FreeSurfer folder: the one holding ``mri/orig.mgz``, else the archive's
+    only top-level folder."""
+    hits = [p.parent.parent for p in scratch.rglob("orig.mgz") if p.parent.name == "mri"]
+    tops = [p for p in scratch.iterdir() if p.is_dir()]
+    return hits[0] if len(hits) == 1 else (tops[0] if len(tops) == 1 else scratch)
+
+
+def _fetch_freesurfer_donor(kind: _Kind, donor: str, root: Path, resume: bool, verbose: int,
+                            cancel: threading.Event) -> None:
+    """The FreeSurfer folder of ``donor`` into ``root/donor<N>/``, all or nothing."""
+    folder = root / f"{kind.prefix}{donor}"
+    url = freesurfer_url(donor)
+    archive = root / f"{folder.name}.freesurfer-archive"
+    _fetched(kind, donor, root, url, archive, resume, verbose, cancel, "FreeSurfer archive")
+    _unpack(archive, root, kind, donor, url, extract=_extract, locate=_reconstruction,
+            what="a zip or tar archive")
+    _say(verbose, f"FreeSurfer reconstruction of AHBA donor {donor} is in {folder}")
+
+
+_FETCH_ONE = {_MRI.name: _fetch_mri, _FREESURFER.name: _fetch_freesurfer_donor}
+
+
+def fetch_raw_mri(data_dir: str | os.PathLike | None = None, donors=None, resume: bool = True,
+                  verbose: int = 1, n_proc: int = 1) -> dict:
+    """The raw T1w and T2w MRIs of ``donors``, downloaded first when they are not on disk.
+
+    They lie in ``<data folder>/mri/mri_donor<N>/T1.nii.gz`` and ``T2.nii.gz`` (abagen's
+    layout), downloaded from the Allen Institute (or ``$AHBA_APP_MIRROR``) with the guarantees
+    of :func:`fetch_microarray`. ``donors`` defaults to donor 12876, as in abagen.
+
+    Returns ``{donor: {'t1w': path, 't2w': path}}`` (str), donors in increasing number.
+    """
+    return _fetch(_MRI, data_dir, "12876" if donors is None else donors, resume, verbose,
+                  n_proc)
+
+
+def fetch_freesurfer(data_dir: str | os.PathLike | None = None, donors=None, resume: bool = True,
+                     verbose: int = 1, n_proc: int = 1) -> dict:
+    """The FreeSurfer reconstructions of ``donors``, downloaded first when not on disk.
+
+    Each is the folder ``<data folder>/freesurfer/donor<N>/`` (``mri/``, ``surf/``, ...: abagen's
+    layout), unpacked from the University of Cambridge repository's archive (handle 1810/265272,
+    or ``$AHBA_APP_MIRROR`` with the same path) with the guarantees of
+    :func:`fetch_microarray`. ``donors`` defaults to donor 12876, as in abagen.
+
+    Returns ``{donor: folder}`` (str), donors in increasing number.
+    """
+    found = _fetch(_FREESURFER, data_dir, "12876" if donors is None else donors, resume,
+                   verbose, n_proc)
+    return {donor: os.path.dirname(os.path.dirname(files["orig"]))
+            for donor, files in found.items()}
+
+
+_SURFACES = ("orig", "white", "pial", "inflated", "sphere")
+
+
+def fetch_fsnative(donors, surf: str = "pial", load: bool = True,
+                   data_dir: str | os.PathLike | None = None, resume: bool = True,
+                   verbose: int = 1):
+    """One FreeSurfer surface (``surf``) of each donor's two hemispheres.
+
+    Returns ``Hemispheres(lh, rh)`` for one donor, ``{donor: Hemispheres}`` for several; each
+    hemisphere is a ``Surface(vertices, faces)`` with ``load=True``, else the file's path.
+    The FreeSurfer folders are fetched with :func:`fetch_freesurfer` when missing.
+    """
+    import nibabel as nib
+
+    from .datasets import Hemispheres, Surface
+
+    if surf not in _SURFACES:
+        raise ValueError(f"Unknown FreeSurfer surface {surf!r}: choose one of {_SURFACES}.")
+    wanted = check_donors(donors)
+    folders = fetch_freesurfer(data_dir=data_dir, donors=wanted, resume=resume, verbose=verbose)
+    out = {}
+    for donor, folder in folders.items():
+        paths = [os.path.join(folder, "surf", f"{hemi}.{surf}") for hemi in ("lh", "rh")]
+        for path in paths:
+            if not os.path.isfile(path):
+                raise AHBADataNotFoundError(
+                    f"{path} is missing: the FreeSurfer folder of donor {donor} has no {surf} "
+                    f"surface. To fix this, delete {folder} so that fetch_freesurfer downloads "
+                    f"it again, or choose another surf= of {_SURFACES}.")
+        if load:
+            paths = [Surface(*nib.freesurfer.read_geometry(path)) for path in paths]
+        out[donor] = Hemispheres(*paths)
+    return out[wanted[0]] if len(wanted) == 1 else out
+
+
+# --------------------------------------------------------------------------------------------
 # python -m ahba_app.fetch
 
 def main(argv: list[str] | None = None) -> int:
@@ -741,7 +967,13 @@ def main(argv: list[str] | None = None) -> int:
                                            f"else {get_data_dir(None)})")
     parser.add_argument("--donors", nargs="+", default=["all"],
                         help="donor numbers or uids (default: all)")
-    parser.add_argument("--rnaseq", action="store_true", help="the RNA-seq data instead")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--rnaseq", action="store_true", help="the RNA-seq data instead")
+    what.add_argument("--mri", action="store_true",
+                      help="the donors' raw T1w/T2w MRIs instead (for donor-native volumes)")
+    what.add_argument("--freesurfer", action="store_true",
+                      help="the donors' FreeSurfer reconstructions instead (for donor-native "
+                           "surfaces)")
     parser.add_argument("--n-proc", type=int, default=1, help="donors downloaded at once")
     parser.add_argument("--no-resume", action="store_true",
                         help="discard partial downloads instead of resuming them")
@@ -751,6 +983,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.rnaseq:
             files = fetch_rnaseq(args.data_dir, args.donors, not args.no_resume, verbose)
+        elif args.mri or args.freesurfer:
+            fetcher = fetch_raw_mri if args.mri else fetch_freesurfer
+            files = fetcher(args.data_dir, args.donors, not args.no_resume, verbose,
+                            n_proc=args.n_proc)
         else:
             files = fetch_microarray(args.data_dir, args.donors, not args.no_resume, verbose,
                                      n_proc=args.n_proc)
@@ -761,8 +997,9 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: partial downloads are kept as .part files and resume next time",
               file=sys.stderr)
         return 130
-    for donor, paths in files.items():
-        print(donor, os.path.dirname(next(iter(paths.values()))))
+    for donor, paths in files.items():   # a FreeSurfer donor's value is its folder
+        print(donor, paths if isinstance(paths, str) else
+              os.path.dirname(next(iter(paths.values()))))
     return 0
 
 

@@ -7,7 +7,7 @@ reader                 file                  returns
 =====================  ====================  ==========================================
 ``read_microarray``    MicroarrayExpression  (P, S) float64, index ``probe_id``,
                                              columns ``sample_id`` 1..S
-``read_pacall``        PACall                (P, S) bool, same labels
+``read_pacall``        PACall                (P, S) int64 0/1, same labels
 ``read_probes``        Probes                index ``probe_id``, ``entrez_id`` as Int64
 ``read_annotation``    SampleAnnot           index ``sample_id`` 1..S
 ``read_ontology``      Ontology              default RangeIndex
@@ -126,6 +126,10 @@ __all__ = [
 ]
 
 LOGGER = logging.getLogger(__name__)
+
+#: abagen's flag saying whether it keeps parquet copies of the matrices: ahba-app never does
+#: (its cache is described above), so scripts that test it take the CSV path.
+use_parq = False
 
 PathLike = Union[str, os.PathLike]
 
@@ -560,13 +564,13 @@ def read_microarray(fname, copy: bool = False, parquet: bool = True) -> pd.DataF
 def read_pacall(fname, copy: bool = False, parquet: bool = True) -> pd.DataFrame:
     """Read a donor's ``PACall.csv``: whether each probe is above background in each sample.
 
-    Arguments as for :func:`read_microarray`. Returns a (P, S) bool DataFrame with index
-    ``probe_id`` and columns ``sample_id`` 1..S.
+    Arguments as for :func:`read_microarray`. Returns a (P, S) DataFrame of 0/1 (int64, as
+    abagen's) with index ``probe_id`` and columns ``sample_id`` 1..S.
     """
     if isinstance(fname, pd.DataFrame):
         return fname.copy() if copy else fname
-    return load_matrix(_as_path(fname, "a PACall.csv file"), "pacall",
-                       cache=parquet).to_frame()
+    calls = load_matrix(_as_path(fname, "a PACall.csv file"), "pacall", cache=parquet).to_frame()
+    return calls.astype(np.int64)
 
 
 def read_probes(fname, copy: bool = False) -> pd.DataFrame:

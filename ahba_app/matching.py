@@ -108,6 +108,24 @@ def allowed(label_hemi, label_struct, sample_hemi, sample_struct) -> np.ndarray:
     return np.asarray(same_struct & same_hemi, dtype=bool)
 
 
+def _check_label(label, sample_info, atlas_info) -> np.ndarray:
+    """``label`` (one per row of ``sample_info``) with 0 where the region may not take the
+    sample (see :func:`allowed`). Without hemisphere and structure in both tables, or for
+    labels ``atlas_info`` does not list (such as 0), nothing changes."""
+    label = np.array(np.atleast_1d(label))
+    if not (_has_info(sample_info) and _has_info(atlas_info)):
+        return label
+    if len(sample_info) != len(label):  # one sample for several candidate labels
+        sample_info = pd.concat([sample_info] * len(label))
+    known = np.isin(label, atlas_info.index)
+    regions = atlas_info.reindex(label[known])
+    ok = allowed(regions["hemisphere"], regions["structure"],
+                 np.asarray(sample_info["hemisphere"])[known],
+                 np.asarray(sample_info["structure"])[known])
+    label[np.flatnonzero(known)[~ok]] = 0
+    return label
+
+
 def inverse_distance_weights(dist) -> np.ndarray:
     """``1 / dist``; in a row holding a zero distance, those entries weigh 1 and others 0.
 

@@ -155,12 +155,16 @@ def load_probe_table(files: Mapping, *, reannotated: bool = True) -> pd.DataFram
 
 
 def prepare_donor_samples(donor_files: Mapping, probes: pd.DataFrame, *,
-                          corrected_mni: bool = True, lr_mirror=None, sim_threshold=None
-                          ) -> tuple[pd.DataFrame, dict]:
-    """One donor's sample table and the counts of what happened to its samples."""
+                          corrected_mni: bool = True, lr_mirror=None, sim_threshold=None,
+                          native_affine=None) -> tuple[pd.DataFrame, dict]:
+    """One donor's sample table and the counts of what happened to its samples.
+
+    With ``native_affine`` (a donor-native atlas) the samples' coordinates are their MRI voxels
+    through it before the hemisphere check, as abagen does.
+    """
     annotation, info = _samples.prepare_samples(
         donor_files["annotation"], donor_files["ontology"], corrected_mni=corrected_mni,
-        lr_mirror=lr_mirror, return_info=True)
+        lr_mirror=lr_mirror, native_affine=native_affine, return_info=True)
     info["n_dissimilar"] = 0
     if sim_threshold is not None:
         kept = _samples.similarity_threshold(donor_files["microarray"], annotation, probes,
@@ -318,6 +322,34 @@ def atlas_coordinates(atlas_tree, annotation: pd.DataFrame) -> pd.DataFrame:
     return _matching.native_coordinates(annotation, atlas_tree.native_affine)
 
 
+def native_affines(atlases: Mapping, group_atlas: bool, data_dir=None) -> dict:
+    """Donor -> affine taking the donor's MRI voxels to its donor-native atlas's space.
+
+    As in abagen, the donor's raw T1w scan (``mri/mri_donor<N>/T1.nii.gz`` in the data folder,
+    fetched beforehand by :func:`ahba_app.fetch.fetch_raw_mri`; never downloaded here) gives
+    it; without that file, the atlas's own ``native_affine`` (the bundled donor-native volumes
+    lie on their donor's T1w grid). Empty for a group atlas.
+    """
+    if group_atlas:
+        return {}
+    import nibabel as nib
+
+    from .fetch import AHBADataNotFoundError, find_raw_mri
+
+    out = {}
+    for donor, tree in atlases.items():
+        try:
+            t1w = find_raw_mri(data_dir, donor)[donor]["t1w"]
+        except AHBADataNotFoundError:
+            LGR.info("No raw T1w of donor %s in the data folder: its donor-native atlas's own "
+                     "affine maps the samples' MRI voxels.", donor)
+            out[donor] = tree.native_affine
+            continue
+        out[donor] = nib.load(t1w).affine
+        tree.native_affine = out[donor]
+    return out
+
+
 def check_atlas_settings(group_atlas: bool, settings: Settings) -> None:
     """Refuse option combinations that make no sense for this kind of atlas."""
     if not group_atlas and settings.lr_mirror is not None:
@@ -469,6 +501,7 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
         atlases, group_atlas = load_atlas(atlas, atlas_info, settings.donors,
                                           data_dir=data_dir)
         check_atlas_settings(group_atlas, settings)
+        affines = native_affines(atlases, group_atlas, data_dir)
         all_labels = next(iter(atlases.values())).labels
         sample_facts = {}
 
@@ -484,7 +517,8 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
                                    microarray=opening[donor]["microarray"].result())
             annotations[donor], sample_facts[donor] = prepare_donor_samples(
                 donor_files, probes, corrected_mni=settings.corrected_mni,
-                lr_mirror=settings.lr_mirror, sim_threshold=settings.sim_threshold)
+                lr_mirror=settings.lr_mirror, sim_threshold=settings.sim_threshold,
+                native_affine=affines.get(donor))
 
         warn_unreachable_regions(atlases, group_atlas, annotations.values(),
                                  tolerance=settings.tolerance)

