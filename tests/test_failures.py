@@ -501,3 +501,28 @@ def test_11_samples_without_coordinates_are_reported(tmp_path, ahba_small):
     with pytest.warns(UserWarning, match="2 of .* samples .* have no MNI coordinates"):
         prepare_samples(str(folder / "SampleAnnot.csv"), str(folder / "Ontology.csv"),
                         corrected_mni=False)
+
+
+def test_8_a_signal_inside_a_finaliser_prints_no_traceback(monkeypatch):
+    """A signal landing in a finaliser or fork callback cannot be raised there: Python hands it
+    to sys.unraisablehook, which printed a traceback; the run reports it after the workflow."""
+    from ahba_app.cli import run
+
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    signals = run._Signals().install()
+    try:
+        class Interrupting:
+            def __del__(self):
+                raise run.Interrupted(2)
+
+        class Failing:
+            def __del__(self):
+                raise ValueError("another error is still shown")
+
+        Interrupting()
+        Failing()
+    finally:
+        signals.restore()
+    assert [type(unraisable.exc_value) for unraisable in seen] == [ValueError]
+    assert sys.unraisablehook == seen.append

@@ -412,6 +412,8 @@ class _Signals:
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
                 self.previous[signum] = signal.signal(signum, self._handle)
+            self.previous_unraisable = sys.unraisablehook
+            sys.unraisablehook = self._unraisable
         return self
 
     def restore(self) -> None:
@@ -419,6 +421,14 @@ class _Signals:
 
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
+        if self.previous:
+            sys.unraisablehook = self.previous_unraisable
+
+    def _unraisable(self, unraisable) -> None:
+        # A signal that lands in a finaliser or a fork callback cannot be raised there and
+        # Python would print a traceback; it is in self.received and reported after the run.
+        if not isinstance(unraisable.exc_value, Interrupted):
+            self.previous_unraisable(unraisable)
 
     def _handle(self, signum, frame):
         self.received = signum
