@@ -60,8 +60,8 @@ RUN --mount=type=secret,id=ca \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
  && /opt/ahba-app/bin/pip install --no-cache-dir -r /tmp/requirements.txt \
  && sp=/opt/ahba-app/lib/python3.11/site-packages \
- && find "$sp/numpy" "$sp/scipy" "$sp/pandas" "$sp/pyarrow" "$sp/matplotlib" "$sp/mpl_toolkits" \
-         "$sp/networkx" "$sp/nibabel" "$sp/nipype" "$sp/prov" "$sp/traits" \
+ && find "$sp/numpy" "$sp/scipy" "$sp/pandas" "$sp/pyarrow" "$sp/networkx" \
+         "$sp/nibabel" "$sp/nipype" "$sp/prov" "$sp/traits" \
          -type d -name tests -prune -exec rm -rf {} +
 
 

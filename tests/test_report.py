@@ -428,7 +428,41 @@ def test_citation_markdown():
 # ------------------------------------------------------------------------------------------------
 # Figures
 # ------------------------------------------------------------------------------------------------
-def test_figures_return_svg_and_png():
+def _svg_tree(svg: str):
+    import xml.etree.ElementTree as ET
+
+    return ET.fromstring(svg)  # well-formed XML, or this raises
+
+
+def _embedded_pngs(svg: str) -> list[np.ndarray]:
+    """The PNG images inlined in a figure, decoded (8-bit RGB or RGBA, no filter: what
+    figures.png_bytes writes) to arrays."""
+    import base64
+    import struct
+    import zlib
+
+    images = []
+    for data in re.findall(r'href="data:image/png;base64,([^"]+)"', svg):
+        raw = base64.b64decode(data)
+        assert raw[:8] == b"\x89PNG\r\n\x1a\n"
+        width, height, depth, kind = struct.unpack(">IIBB", raw[16:26])
+        assert depth == 8 and kind in (2, 6)
+        pos, idat = 8, b""
+        while pos < len(raw):
+            (length,) = struct.unpack(">I", raw[pos:pos + 4])
+            tag, body = raw[pos + 4:pos + 8], raw[pos + 8:pos + 8 + length]
+            crc = struct.unpack(">I", raw[pos + 8 + length:pos + 12 + length])[0]
+            assert zlib.crc32(tag + body) & 0xFFFFFFFF == crc
+            idat += body if tag == b"IDAT" else b""
+            pos += 12 + length
+        channels = 3 if kind == 2 else 4
+        rows = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(height, -1)
+        assert (rows[:, 0] == 0).all()
+        images.append(rows[:, 1:].reshape(height, width, channels))
+    return images
+
+
+def test_figures_are_svg_documents_with_unique_ids():
     s = tiny_summary()
     svgs = [figures.samples_per_region(s["counts"]),
             figures.sample_positions(s["sample_coords"], background=np.random.default_rng(0)
@@ -436,13 +470,91 @@ def test_figures_return_svg_and_png():
                                      empty_centroids=np.array([[10.0, 60, 0]])),
             figures.stability_histogram(s["probes"]["diff_stability"], threshold=0.2),
             figures.expression_heatmap(s["expression"], n_genes=10)]
+    ids = []
     for svg in svgs:
-        assert svg.startswith("<svg") and svg.rstrip().endswith("</svg>")
+        assert svg.startswith('<svg class="figure"') and svg.rstrip().endswith("</svg>")
         assert "<?xml" not in svg and "DOCTYPE" not in svg
-    png = figures.stability_histogram([0.1, 0.2, 0.5], fmt="png")
-    assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    with pytest.raises(ValueError, match="'pdf'"):
-        figures.stability_histogram([0.1], fmt="pdf")
+        root = _svg_tree(svg)
+        ids += [el.get("id") for el in root.iter() if el.get("id")]
+    assert len(ids) == len(set(ids))  # four figures inlined in one page
+    labels = [re.search(r'aria-label="([^"]+)"', svg).group(1) for svg in svgs]
+    assert labels == ["samples-per-region", "sample-positions", "differential-stability",
+                      "expression-heatmap"]
+
+
+def test_samples_per_region_draws_bars_labels_and_empty_regions():
+    counts = pd.DataFrame({"9861": [3, 0, 1], "10021": [2, 0, 0]}, index=[10, 20, 30])
+    svg = figures.samples_per_region(counts, region_names={10: "a<b", 20: "insula L"})
+    _svg_tree(svg)
+    paths = re.findall(r'<path d="([^"]+)" fill="(#[0-9a-f]{6})"', svg)
+    # one path of bars per donor, in the donor's colour: 2 bars of donor 9861, 1 of 10021
+    assert [(fill, d.count("M")) for d, fill in paths] == [
+        (figures.DONOR_COLORS["9861"], 2), (figures.DONOR_COLORS["10021"], 1)]
+    assert "a&lt;b" in svg and "a<b" not in svg
+    # the empty region: its name in bold red, a shaded column, and a legend entry
+    assert re.search(r'fill="#d62728" text-anchor="end" font-weight="bold">insula L<', svg)
+    assert svg.count('fill="#d62728" fill-opacity="0.12"') == 1
+    assert ">no sample<" in svg and ">30<" in svg and ">donor 10021<" in svg
+
+
+def test_sample_positions_paints_each_sample():
+    coords = pd.DataFrame({"mni_x": [-30.0, 30.0, 0.0], "mni_y": [0.0, 0.0, 40.0],
+                           "mni_z": [0.0, 10.0, 20.0], "label": [1, 2, 0]})
+    svg = figures.sample_positions(coords, empty_centroids=np.array([[0.0, -20, 0]]))
+    _svg_tree(svg)
+    images = _embedded_pngs(svg)
+    assert len(images) == 3 and all(im.shape[2] == 3 for im in images)
+    palette = figures._region_palette([1, 2])
+    for image in images:
+        colors = {tuple(int(c) for c in px) for px in image.reshape(-1, 3)}
+        for region in (1, 2):
+            assert tuple(int(palette[region][i:i + 2], 16) for i in (1, 3, 5)) in colors
+        assert len(colors) == 4  # white, two regions, the grey of the unassigned sample
+    assert svg.count('stroke="#d62728"') == 3 + 1  # a ring per view, and the legend's
+    assert ">unassigned sample<" in svg and ">Coronal<" in svg
+
+
+def test_stability_histogram_counts_genes_below_the_threshold():
+    svg = figures.stability_histogram([0.1, 0.2, 0.5, np.nan, "x"], threshold=0.3)
+    _svg_tree(svg)
+    assert ">threshold 0.3<" in svg and ">2 genes below<" in svg
+    assert ">median 0.20<" in svg
+    assert svg.count('stroke-dasharray') == 1
+
+
+def test_expression_heatmap_colours_values_and_marks_missing_regions():
+    table = pd.DataFrame({"g1": [0.0, 1.0, np.nan], "g2": [2.0, 0.5, np.nan]}, index=[1, 2, 3])
+    svg = figures.expression_heatmap(table, n_genes=2, value_label="z <score>")
+    _svg_tree(svg)
+    heat, bar = _embedded_pngs(svg)
+    # the heat map, cells scaled up: genes (rows) by regions (columns)
+    ky, kx = heat.shape[0] // 2, heat.shape[1] // 3
+    cells = heat[::ky, ::kx][:2, :3]
+    assert (cells[:, 2] == [0xd5, 0xd8, 0xdc]).all()  # region 3: no data
+    # g2 peaks in region 1: shown first; its 2.0 is the largest value shown, g1's 0.0 the least
+    assert tuple(cells[0, 0]) == (0xfd, 0xe7, 0x25) and tuple(cells[1, 0]) == (0x44, 0x01, 0x54)
+    assert ">g2<" in svg.split(">g1<")[0]
+    assert tuple(bar[0, 0]) == (0xfd, 0xe7, 0x25) and tuple(bar[-1, 0]) == (0x44, 0x01, 0x54)
+    assert "z &lt;score&gt;" in svg
+
+
+def test_tick_labels_are_round_numbers():
+    values, labels = figures._ticks(0, 630, 8)
+    assert labels == ["0", "100", "200", "300", "400", "500", "600"]
+    values, labels = figures._ticks(-0.13, 1.02)
+    assert labels == ["0.0", "0.2", "0.4", "0.6", "0.8", "1.0"]
+    assert figures._ticks(-82, 83, 7)[1] == ["\u221275", "\u221250", "\u221225", "0", "25",
+                                             "50", "75"]
+    assert figures._ticks(0, 1.25, 5)[1] == ["0.00", "0.25", "0.50", "0.75", "1.00", "1.25"]
+
+
+def test_png_bytes_round_trip():
+    image = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    svg = f'<image xlink:href="data:image/png;base64,' \
+          f'{__import__("base64").b64encode(figures.png_bytes(image)).decode()}"/>'
+    assert (_embedded_pngs(svg)[0] == image).all()
+    with pytest.raises(ValueError, match="3 or 4 channels"):
+        figures.png_bytes(np.zeros((2, 2, 2), np.uint8))
 
 
 def test_top_variable_genes():
@@ -452,26 +564,18 @@ def test_top_variable_genes():
     assert list(top.columns) == ["peak1", "peak3"]
 
 
-def test_importing_the_report_does_not_import_matplotlib():
-    code = "import sys, ahba_app.report; print('matplotlib' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
-    assert out.stdout.strip() == "False"
+def test_the_report_imports_no_plotting_library():
+    s = tiny_summary()
+    code = ("import sys, pickle\n"
+            "from ahba_app.report import render_report\n"
+            "params, summary = pickle.loads(sys.stdin.buffer.read())\n"
+            "html = render_report(params, summary, brain_outline=False)\n"
+            "print(html.count('<svg class=\"figure\"'), 'matplotlib' in sys.modules)")
+    import pickle
 
-
-def test_mplconfigdir_is_used_for_a_first_import_and_restored(tmp_path):
-    code = ("import os, sys\n"
-            "from ahba_app.report import figures\n"
-            f"figures.stability_histogram([0.1, 0.3], mplconfigdir={str(tmp_path / 'mpl')!r})\n"
-            "print(os.environ.get('MPLCONFIGDIR'))\n")
-    env = {k: v for k, v in os.environ.items() if k != "MPLCONFIGDIR"}
-    env.update(HOME=str(tmp_path / "home"), XDG_CACHE_HOME=str(tmp_path / "home" / ".cache"),
-               XDG_CONFIG_HOME=str(tmp_path / "home" / ".config"))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=env, check=True)
-    assert out.stdout.strip() == "None"
-    assert any((tmp_path / "mpl").glob("fontlist*.json"))
-    assert not (tmp_path / "home").exists()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True,
+                         input=pickle.dumps((TINY_PARAMS, s)))
+    assert out.stdout.decode().split() == ["4", "False"]
 
 
 # ------------------------------------------------------------------------------------------------

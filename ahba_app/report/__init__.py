@@ -2,8 +2,8 @@
 
 ``methods_text`` and ``citation_markdown`` write Markdown from the parameters actually used (and,
 when given, the summary of what happened); ``render_report`` builds one self-contained HTML page.
-Everything here is a pure function of its inputs: no network, no files written unless asked, and
-matplotlib is imported only when a figure is drawn.
+Everything here is a pure function of its inputs: no network, no files written unless asked; the
+figures are SVG written by :mod:`ahba_app.report.figures` (no plotting library).
 """
 
 from .methods import (CC0_NOTICE, AtlasDescription, MethodsDocument, ReportParameters, RunSummary,
