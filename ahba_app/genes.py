@@ -101,21 +101,30 @@ def gene_fates(raw_probes: pd.DataFrame, annotated: pd.DataFrame, filtered: pd.D
     dropped = set(map(str, dropped_incomplete))
     stability = None if stability is None else stability.rename(index=str)
 
+    # plain dicts and sets: a Series lookup per gene and stage cost 1.4 s for 20,000 genes
+    raw_count, annotated_count, filtered_count = (n_raw.to_dict(), n_annotated.to_dict(),
+                                                  n_filtered.to_dict())
+    best_share = dict(zip(best.index.tolist(), best.tolist()))
+    stabilities = None if stability is None else dict(zip(stability.index.tolist(),
+                                                          stability.tolist()))
+    in_table = set(expression_genes.tolist())
     rows = []
-    for gene in symbols:
+    for gene in symbols.tolist():
         missing_in = [key for key, genes in by_donor.items() if gene not in genes]
-        ds = float(stability[gene]) if stability is not None and gene in stability.index \
+        ds = float(stabilities[gene]) if stabilities is not None and gene in stabilities \
             else np.nan
-        if gene not in n_annotated.index:
+        if gene not in annotated_count:
             fate = "no_annotated_probe"
-            reason = (f"none of its {int(n_raw.get(gene, 0))} probe(s) on the array is assigned "
-                      "to it after reannotation (Arnatkeviciute et al. 2019)" if reannotated
-                      else f"none of its {int(n_raw.get(gene, 0))} probe(s) has an Entrez id")
-        elif gene not in n_filtered.index:
+            n = int(raw_count.get(gene, 0))
+            reason = (f"none of its {n} probe(s) on the array is assigned to it after "
+                      "reannotation (Arnatkeviciute et al. 2019)" if reannotated
+                      else f"none of its {n} probe(s) has an Entrez id")
+        elif gene not in filtered_count:
             fate = "intensity_filter"
-            reason = (f"its best probe is above background in {best[gene]:.1%} of the samples, "
+            reason = (f"its best probe is above background in {best_share[gene]:.1%} of the "
+                      "samples, "
                       f"below the threshold of {ibf_threshold:.0%}" if ibf_threshold is not None
-                      and np.isfinite(best[gene]) else
+                      and np.isfinite(best_share[gene]) else
                       "every probe failed the intensity-based filter")
         elif missing_in and len(missing_in) == len(by_donor) or not by_donor:
             fate = "probe_selection"
@@ -127,18 +136,18 @@ def gene_fates(raw_probes: pd.DataFrame, annotated: pd.DataFrame, filtered: pd.D
             fate = "incomplete"
             reason = ("it has no value in some region that has samples (its normalization is "
                       "undefined there, e.g. constant across a donor's samples)")
-        elif gene not in expression_genes and stability_threshold is not None:
+        elif gene not in in_table and stability_threshold is not None:
             fate = "stability_threshold"
             reason = (f"its differential stability ({ds:.3f}) is below the threshold of "
                       f"{stability_threshold:g}")
-        elif gene in expression_genes:
+        elif gene in in_table:
             fate = "kept"
             reason = "in the expression table"
         else:
             raise ValueError(f"Gene {gene!r} passed every stage but is not in the expression "
                              "table: the stage outputs given do not belong to one run.")
-        rows.append((gene, fate, int(n_raw.get(gene, 0)), int(n_annotated.get(gene, 0)),
-                     int(n_filtered.get(gene, 0)), best[gene], ibf_threshold,
+        rows.append((gene, fate, int(raw_count.get(gene, 0)), int(annotated_count.get(gene, 0)),
+                     int(filtered_count.get(gene, 0)), best_share[gene], ibf_threshold,
                      ",".join(missing_in) if fate == "probe_selection" else "",
                      ds, stability_threshold, reason))
     table = pd.DataFrame(rows, columns=list(COLUMNS))
@@ -176,8 +185,9 @@ def search_context(table: pd.DataFrame, file: str | None = None) -> dict:
     of a dropped gene."""
     import json
 
-    genes = {str(g): [str(f)] if f == "kept" else [str(f), str(r)]
-             for g, f, r in zip(table["gene_symbol"], table["fate"], table["reason"])}
+    genes = {str(g): [str(f)] if f == "kept" else [str(f), str(r)]  # lists: no Arrow scalars
+             for g, f, r in zip(table["gene_symbol"].tolist(), table["fate"].tolist(),
+                                table["reason"].tolist())}
     dropped = table.loc[table["fate"] != "kept", "gene_symbol"]
     text = json.dumps({"answers": ANSWERS, "genes": genes}, separators=(",", ":"))
     return {"json": text.replace("</", "<\\/"), "counts": summarize(table), "file": file,
