@@ -92,10 +92,14 @@ class MultiverseRun:
     atlases: dict
     region_maps: dict = field(default_factory=dict)
     parquet: bool = False
+    #: output stem -> the atlas as :meth:`ahba_app.bids.AtlasInput.as_dict` (what the Nipype
+    #: engine's nodes load); empty for a run from the Python API's trees
+    inputs: dict = field(default_factory=dict)
 
 
 def prepare(grid_arg, base: Mapping, atlases: Mapping, *, map_path=None,
-            group_atlas: bool = True, parquet: bool | None = None) -> MultiverseRun:
+            group_atlas: bool = True, parquet: bool | None = None,
+            inputs: Mapping | None = None) -> MultiverseRun:
     """Check everything a multiverse run needs. ``base``: the other options' values (command
     line / preset); ``atlases``: output stem -> checked atlas (AtlasTree with ``labels``).
     ``parquet`` None: Parquet for grids of more than 100,000 pipelines, TSV below."""
@@ -112,7 +116,7 @@ def prepare(grid_arg, base: Mapping, atlases: Mapping, *, map_path=None,
     result = make_plan(grid)
     if parquet is None:
         parquet = result.n_pipelines > 100_000
-    return MultiverseRun(grid, result, dict(atlases), maps, parquet)
+    return MultiverseRun(grid, result, dict(atlases), maps, parquet, dict(inputs or {}))
 
 
 def summary(job: MultiverseRun, *, cells: int | None = None) -> str:
@@ -141,6 +145,55 @@ def run(job: MultiverseRun, output_dir, *, data_dir=None, stream: TextIO | None 
                              region_map=job.region_maps.get(stem), parquet=job.parquet,
                              progress=progress, n_proc=n_proc))
         progress.offset += job.plan.n_pipelines
+    return written
+
+
+def run_engine(job: MultiverseRun, output_dir, *, work_dir, engine=None, data_dir=None,
+               data_identity: str = "", stream: TextIO | None = None,
+               interval: float = 30.0) -> list[Path]:
+    """Run ``job`` as a Nipype workflow (:mod:`ahba_app.workflows.multiverse`) with ``engine``
+    (:class:`ahba_app.cli.engines.Engine`; Linear by default) in ``work_dir``, then merge each
+    atlas's rows, unit by unit in plan order, into its table. The same ``work_dir`` resumes a
+    killed sweep: finished units are not run again. Returns the tables written."""
+    from ..cli.engines import Engine, run_workflow
+    from ..workflows.multiverse import init_multiverse_wf
+    from .sweep import RowWriter, read_unit_rows
+
+    if not job.inputs:
+        raise ValueError("run_engine needs the atlases as AtlasInput dicts (job.inputs).")
+    engine = engine or Engine()
+    stream = stream or sys.stderr
+    workflow, units = init_multiverse_wf(job.plan, job.inputs, data_dir=data_dir,
+                                         data_identity=data_identity,
+                                         region_maps=job.region_maps, base_dir=work_dir)
+    crash_dir = Path(work_dir) / "multiverse-crashes"
+    workflow.config["execution"].update({"crashdump_dir": str(crash_dir),
+                                         "crashfile_format": "txt",
+                                         "remove_unnecessary_outputs": False})
+    progress = ProgressLine(sum(unit.n_pipelines for unit in units), stream, interval)
+    sizes = {unit.name: unit.n_pipelines for unit in units}
+
+    def finished(node, status):
+        if status == "end" and node.name in sizes:
+            progress.update(min(progress.total, progress.done + sizes.pop(node.name)))
+
+    run_workflow(workflow, engine, status_callback=finished)
+    missing = [unit.name for unit in units if not unit.rows.is_file()]
+    if missing:
+        raise RuntimeError(f"{len(missing)} unit(s) of the multiverse did not finish "
+                           f"({', '.join(missing[:5])}); see the crash files in {crash_dir}. "
+                           "Run the same command again to resume.")
+    if progress.done < progress.total:
+        progress.update(progress.total)
+    written = []
+    for stem in job.inputs:
+        out = output_path(output_dir, stem, job.parquet)
+        with RowWriter(out, parquet=job.parquet) as writer:
+            for unit in units:
+                if unit.stem == stem:
+                    for row in read_unit_rows(unit.rows):
+                        writer.write(row)
+        written.append(out)
     return written
 
 
@@ -173,15 +226,16 @@ def prepare_cli(run_plan, grid_arg, map_path=None, fmt: str = "auto") -> Multive
     if fmt not in FORMATS:
         raise MultiverseInputError(f"Unknown --multiverse-format {fmt!r}: choose one of "
                                    f"{list(FORMATS)}.")
-    atlases, group_atlas = {}, True
+    atlases, inputs, group_atlas = {}, {}, True
     for atlas in run_plan.atlases:
         trees, group = bids.load_atlas_input(atlas, run_plan.settings.donors,
                                              data_dir=run_plan.data_dir)
         group_atlas = group_atlas and group
         atlases[atlas.key] = next(iter(trees.values())) if group else trees
+        inputs[atlas.key] = atlas.as_dict()
     parquet = None if fmt == "auto" else fmt == "parquet"
     return prepare(grid_arg, run_plan.settings.as_dict(), atlases, map_path=map_path,
-                   group_atlas=group_atlas, parquet=parquet)
+                   group_atlas=group_atlas, parquet=parquet, inputs=inputs)
 
 
 def run_cli(run_plan, job: MultiverseRun, stream: TextIO | None = None) -> list[Path]:

@@ -42,8 +42,8 @@ try:  # Python >= 3.11
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-__all__ = ["Grid", "GridError", "Pipeline", "RULES", "Rule", "available_grids", "grid_path",
-           "load_grid", "parse_grid", "pipeline_id"]
+__all__ = ["Grid", "GridError", "Pipeline", "RULES", "Rule", "available_grids",
+           "grid_from_dict", "grid_path", "load_grid", "parse_grid", "pipeline_id"]
 
 #: Bundled grids are the ``workflows/multiverse-*.toml`` files (shipped as ``ahba_app/presets``).
 GRID_PREFIX = "multiverse-"
@@ -199,6 +199,15 @@ class Grid:
     def __post_init__(self):
         self._defaults = _options.defaults()
 
+    def as_dict(self) -> dict:
+        """The grid as JSON-able data (what the Nipype engine's nodes receive):
+        :func:`grid_from_dict` gives it back. Only what decides the pipelines and their
+        results is kept (not the name, description or citations)."""
+        return {"axes": {name: [_json_value(v) for v in values]
+                         for name, values in self.axes.items()},
+                "base": {name: _json_value(value) for name, value in self.base.items()},
+                "context": dict(self.context)}
+
     def summary(self) -> str:
         """What the grid holds, in a few lines (for the log before a run)."""
         lines = [f"Multiverse grid {self.name!r}: {self.n_combinations:,} combinations of "
@@ -264,6 +273,14 @@ def parse_grid(data: Mapping, *, base: Mapping | None = None, source: str | None
         raise GridError(f"{where} leaves no pipeline to run: every combination is dropped "
                         f"({reasons}).")
     return grid
+
+
+def grid_from_dict(data: Mapping) -> Grid:
+    """The :class:`Grid` of :meth:`Grid.as_dict`'s data (values made canonical again)."""
+    axes = {name: tuple(_options.canonical(name, v) for v in values)
+            for name, values in data["axes"].items()}
+    base = {name: _options.canonical(name, value) for name, value in data["base"].items()}
+    return Grid(axes=axes, base=base, context=dict(data.get("context", {})))
 
 
 def _bundled_folder() -> Path:

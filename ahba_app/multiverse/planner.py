@@ -31,7 +31,7 @@ from typing import Iterator, Mapping
 
 from .grid import RULES, Grid, Pipeline
 
-__all__ = ["STAGES", "CostModel", "Estimate", "Plan", "plan", "stage_key"]
+__all__ = ["STAGES", "CostModel", "Estimate", "Plan", "plan", "plan_of", "stage_key"]
 
 #: Stage names, upstream first.
 STAGES = ("samples", "probes", "matching", "normalization", "aggregation")
@@ -44,6 +44,8 @@ _OWN = {
     "normalization": ("sample_norm", "gene_norm", "norm_matched", "norm_structures"),
     "aggregation": ("missing", "region_agg", "agg_metric", "stability_threshold"),
 }
+#: Options of the aggregation stage: the variants computed together from one upstream result.
+DOWNSTREAM: tuple = _OWN["aggregation"]
 _UPSTREAM = {"samples": (), "probes": (), "matching": ("samples",),
              "normalization": ("probes", "matching"), "aggregation": ("normalization",)}
 
@@ -136,6 +138,25 @@ class Plan:
     n_pipelines: int
     counts: dict
     groups: dict = field(repr=False)
+    #: normalization key -> how many pipelines the group holds
+    sizes: dict = field(default_factory=dict, repr=False)
+
+    def units(self) -> dict:
+        """The groups by the probe choice and the matching they read: (probes key, matching
+        key) -> normalization keys, in plan order. A unit is one node of the Nipype engine
+        (:mod:`ahba_app.workflows.multiverse`); the units of one probe choice wait for it."""
+        out: dict = defaultdict(list)
+        for key, combos in self.groups.items():
+            values = dict(self.grid.base, **dict(zip(self.upstream, combos[0])))
+            out[(stage_key("probes", values), stage_key("matching", values))].append(key)
+        return dict(out)
+
+    def group_options(self, key) -> dict:
+        """The options (every one) of the first upstream combination of group ``key``: what
+        its upstream result is computed with (the downstream options at the grid's first
+        values)."""
+        values = dict(self.grid.base, **dict(zip(self.upstream, self.groups[key][0])))
+        return dict(values, **{n: self.grid.axes[n][0] for n in self.downstream})
 
     @property
     def n_shared_stages(self) -> int:
@@ -181,15 +202,26 @@ def plan(grid: Grid) -> Plan:
     Works on the upstream combinations (the grid's axes that are not aggregation options):
     the downstream options are crossed with each of them only when pipelines are listed.
     """
-    downstream = tuple(n for n in grid.axes if n in _OWN["aggregation"])
+    return plan_of(grid, None)
+
+
+def plan_of(grid: Grid, combos=None) -> Plan:
+    """:func:`plan` of only some upstream combinations of ``grid`` (``combos``: values of the
+    upstream axes, as in :attr:`Plan.groups`; None: all of them, in grid order). A unit of the
+    Nipype engine plans its own groups this way."""
+    downstream = tuple(n for n in grid.axes if n in DOWNSTREAM)
     upstream = tuple(n for n in grid.axes if n not in downstream)
     down_axes = [grid.axes[name] for name in downstream]
     watched_downstream = any(name in rule.options for rule in RULES for name in downstream)
     seen: dict = {stage: set() for stage in STAGES[:-1]}
     groups: dict = defaultdict(list)
     tables: dict = defaultdict(set)  # normalization key -> downstream values kept
+    sizes: dict = defaultdict(int)
     n_pipelines = 0
-    for combo in itertools.product(*(grid.axes[name] for name in upstream)):
+    if combos is None:
+        combos = itertools.product(*(grid.axes[name] for name in upstream))
+    for combo in combos:
+        combo = tuple(combo)
         values = dict(grid.base, **dict(zip(upstream, combo)))
         if watched_downstream:
             kept = [down for down in itertools.product(*down_axes)
@@ -205,6 +237,7 @@ def plan(grid: Grid) -> Plan:
         norm_key = stage_key("normalization", values)
         groups[norm_key].append(combo)
         tables[norm_key].update(kept)
+        sizes[norm_key] += len(kept)
     counts = {stage: len(keys) for stage, keys in seen.items()}
     counts["aggregation"] = sum(len(kept) for kept in tables.values())
-    return Plan(grid, upstream, downstream, n_pipelines, counts, dict(groups))
+    return Plan(grid, upstream, downstream, n_pipelines, counts, dict(groups), dict(sizes))

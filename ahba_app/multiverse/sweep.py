@@ -254,3 +254,78 @@ def sweep(plan: Plan, atlas, atlas_info=None, out=None, *, data_dir=None,
             if progress is not None:
                 progress.update(done)
     return Path(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# the stages of the Nipype engine (ahba_app.workflows.multiverse): pure functions of files
+# ---------------------------------------------------------------------------------------------
+def choose_probes(options: Mapping, data_dir=None) -> int:
+    """The probe choice of pipelines with ``options`` (every option, canonical), made and
+    stored beside the matrix caches (:mod:`ahba_app.selection_cache`) for the units that read
+    it: the stages of :func:`ahba_app.pipeline.run` up to the choice, which needs no atlas (it
+    reads the samples' structures, not their coordinates). Returns the number of genes.
+
+    The store only saves time: a unit that finds no stored choice (a choice that is never
+    stored, or samples that a donor-native atlas changes) makes it itself, with the same
+    result."""
+    settings = _pipeline.Settings(**{name: list(value) if name == "donors" else value
+                                     for name, value in options.items()})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        files, rnaseq = _pipeline.locate_data(
+            data_dir, settings.donors, need_rnaseq=settings.probe_selection == "rnaseq")
+        probes = _pipeline.load_probe_table(files, reannotated=settings.reannotated)
+        annotations = {donor: _pipeline.prepare_donor_samples(
+            paths, probes, corrected_mni=settings.corrected_mni, lr_mirror=settings.lr_mirror,
+            sim_threshold=settings.sim_threshold)[0] for donor, paths in files.items()}
+        probes = _pipeline.filter_probe_table(files, annotations, probes,
+                                              ibf_threshold=settings.ibf_threshold)
+        expressions, _ = _pipeline.select_donor_probes(
+            files, annotations, probes, probe_selection=settings.probe_selection,
+            donor_probes=settings.donor_probes, rnaseq_files=rnaseq)
+    return int(expressions.n_genes(next(iter(expressions))))
+
+
+def _json_row(row: Mapping) -> dict:
+    return {name: list(value) if isinstance(value, tuple) else value
+            for name, value in row.items()}
+
+
+def write_unit_rows(rows: Iterable[Mapping], path) -> int:
+    """Rows of one unit to ``path`` (gzip JSON lines: every float exactly, NaN included),
+    written under a temporary name and renamed into place. Returns how many."""
+    import gzip
+    import json
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    n = 0
+    with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=3) as handle:
+        for row in rows:
+            handle.write(json.dumps(_json_row(row)) + "\n")
+            n += 1
+    os.replace(tmp, path)
+    return n
+
+
+def read_unit_rows(path) -> Iterable[dict]:
+    """The rows :func:`write_unit_rows` wrote (donors as tuples again)."""
+    import gzip
+    import json
+
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        for line in handle:
+            row = json.loads(line)
+            if isinstance(row.get("donors"), list):
+                row["donors"] = tuple(row["donors"])
+            yield row
+
+
+def unit_rows(plan: Plan, atlas, atlas_info=None, *, data_dir=None,
+              centroids: Mapping | None = None, region_map: pd.Series | None = None,
+              n_proc: int = 1) -> Iterable[dict]:
+    """The rows of every group of ``plan`` (a unit's plan: :func:`~.planner.plan_of`), group
+    by group in plan order."""
+    for key in plan.groups:
+        yield from group_rows(plan, key, atlas, atlas_info, data_dir=data_dir,
+                              centroids=centroids, region_map=region_map, n_proc=n_proc)

@@ -1,0 +1,92 @@
+"""The multiverse sweep as a Nipype workflow whose nodes are the shared stages.
+
+- one ``probes_<n>`` node per probe choice the grid needs (:class:`ChooseProbes`): made once and
+  stored beside the matrix caches, read by every unit below it;
+- one ``<atlas>_unit<n>`` node per unit and atlas (:class:`SweepUnit`): the pipelines sharing
+  one probe choice and one matching; each of its normalization groups is computed once and
+  every downstream variant is aggregated from it in memory.
+
+Any Nipype plugin runs it (:mod:`ahba_app.cli.engines`); a killed sweep started again with
+the same work folder reruns only the units that had not finished (Nipype's cache). The rows
+are then merged unit by unit, in plan order, so every engine and number of processes writes
+the same file (:func:`ahba_app.multiverse.command.run_engine`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+from nipype.pipeline import engine as pe
+
+from ..interfaces.multiverse import ChooseProbes, SweepUnit
+
+__all__ = ["ROWS_FILE", "UnitNode", "init_multiverse_wf", "probe_node_needed"]
+
+#: The file each unit node writes in its folder.
+ROWS_FILE = "rows.jsonl.gz"
+
+
+class UnitNode:
+    """One unit node: its atlas (output stem), node name, pipelines, and rows file."""
+
+    def __init__(self, stem: str, name: str, n_pipelines: int, folder: Path):
+        self.stem, self.name, self.n_pipelines, self.folder = stem, name, n_pipelines, folder
+
+    @property
+    def rows(self) -> Path:
+        return self.folder / ROWS_FILE
+
+
+def probe_node_needed(options: Mapping, group_atlas: bool) -> bool:
+    """Whether a shared probe-choice node saves work: the choice is stored (not 'rnaseq') and
+    the samples do not depend on the atlas (a group atlas)."""
+    from ..probes import UNSTORED_METHODS
+
+    return group_atlas and options["probe_selection"] not in UNSTORED_METHODS
+
+
+def _json(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def init_multiverse_wf(plan, atlases: Mapping[str, dict], *, data_dir=None,
+                       data_identity: str = "", region_maps: Mapping | None = None,
+                       base_dir, name: str = "multiverse_wf"):
+    """The workflow of ``plan`` over ``atlases`` (output stem -> AtlasInput.as_dict()), and
+    its unit nodes in output order (atlas by atlas, units in plan order)."""
+    workflow = pe.Workflow(name=name, base_dir=str(base_dir))
+    grid = plan.grid.as_dict()
+    group_atlas = bool(plan.grid.context.get("group_atlas", True))
+    data_dir = None if data_dir is None else str(data_dir)
+    probe_nodes: dict = {}
+    units = []
+    unit_list = list(plan.units().items())
+    for number, (stem, atlas) in enumerate(atlases.items()):
+        values = None if region_maps is None else region_maps.get(stem)
+        region_map = {} if values is None else {str(int(k)): float(v)
+                                                 for k, v in values.items()}
+        for index, ((probe_key, _), keys) in enumerate(unit_list):
+            node = pe.Node(SweepUnit(), name=f"a{number}_unit{index:05d}")
+            node.inputs.grid = grid
+            node.inputs.combos = [[_json(v) for v in combo] for key in keys
+                                  for combo in plan.groups[key]]
+            node.inputs.atlas = dict(atlas)
+            node.inputs.region_map = region_map
+            node.inputs.data_dir = data_dir
+            node.inputs.data_identity = data_identity
+            options = plan.group_options(keys[0])
+            if probe_node_needed(options, group_atlas):
+                probes = probe_nodes.get(probe_key)
+                if probes is None:
+                    probes = pe.Node(ChooseProbes(), name=f"probes{len(probe_nodes):04d}")
+                    probes.inputs.options = {n: _json(v) for n, v in options.items()}
+                    probes.inputs.data_dir = data_dir
+                    probes.inputs.data_identity = data_identity
+                    probe_nodes[probe_key] = probes
+                workflow.connect(probes, "n_genes", node, "n_genes")
+            else:
+                workflow.add_nodes([node])
+            units.append(UnitNode(stem, node.name, sum(plan.sizes[k] for k in keys),
+                                  Path(base_dir) / name / node.name))
+    return workflow, units

@@ -1,0 +1,206 @@
+"""The multiverse as a Nipype workflow: the same rows whatever the engine and the number of
+processes, a killed sweep resumed from Nipype's cache, engines checked before anything runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ahba_app.bids import default_atlas
+from ahba_app.cli.engines import Engine, EngineError, parse_plugin_args
+from ahba_app.images import check_atlas
+from ahba_app.multiverse.command import prepare, run_engine
+from ahba_app.multiverse.grid import grid_from_dict, parse_grid
+from ahba_app.multiverse.planner import plan, plan_of
+from ahba_app.multiverse.sweep import STATISTICS, sweep
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: 32 pipelines in 4 units (2 mirrorings x 2 tolerances), each unit 2 normalization groups
+GRID_TOML = """\
+[grid]
+lr_mirror = ["none", "leftright"]
+tolerance = [0, 2]
+sample_norm = ["srs", "zscore"]
+missing = ["none", "centroids"]
+agg_metric = ["mean", "median"]
+"""
+
+
+def _read(path) -> pd.DataFrame:
+    return pd.read_csv(path, sep="\t", dtype={"pipeline_id": str}, keep_default_na=False,
+                       na_values=["n/a"])
+
+
+def make_job(tmp_path):
+    atlas = default_atlas()
+    grid_file = tmp_path / "grid.toml"
+    grid_file.write_text(GRID_TOML)
+    tree = check_atlas(atlas.image, atlas.info)
+    return prepare(str(grid_file), {}, {"atlas-dk": tree},
+                   inputs={"atlas-dk": atlas.as_dict()})
+
+
+def run_with(job, tmp_path, data_dir, plugin, name, **kwargs):
+    out = tmp_path / name
+    out.mkdir()
+    import io
+
+    log = io.StringIO()
+    engine = Engine(plugin, nprocs=kwargs.pop("nprocs", 1), plugin_args=kwargs.pop("args", None))
+    [table] = run_engine(job, out, work_dir=tmp_path / f"work-{name}", engine=engine,
+                         data_dir=data_dir, stream=log, interval=0, **kwargs)
+    return table, log.getvalue()
+
+
+@pytest.fixture(scope="module")
+def linear(ahba_small, tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("engines")
+    job = make_job(tmp_path)
+    table, log = run_with(job, tmp_path, ahba_small, "Linear", "linear")
+    return job, table, log, tmp_path
+
+
+def test_grid_round_trips_through_json():
+    grid = parse_grid({"grid": {"donors": [["9861", "10021"], "all"], "lr_mirror": ["none",
+                                                                                 "leftright"],
+                                "ibf_threshold": [0, 0.5]}}, base={"tolerance": 1})
+    again = grid_from_dict(json.loads(json.dumps(grid.as_dict())))
+    assert again.axes == grid.axes and again.base == grid.base
+    assert [p.id for p in again.pipelines()] == [p.id for p in grid.pipelines()]
+
+
+def test_units_cover_every_group_once(tmp_path):
+    job = make_job(tmp_path)
+    units = job.plan.units()
+    keys = [key for group_keys in units.values() for key in group_keys]
+    assert sorted(map(repr, keys)) == sorted(map(repr, job.plan.groups))
+    assert len(units) == 4 and all(len(v) == 2 for v in units.values())
+    assert sum(job.plan.sizes.values()) == job.plan.n_pipelines == 32
+    # a unit's own plan (as its node rebuilds it) has the unit's groups and pipelines
+    first = next(iter(units.values()))
+    sub = plan_of(job.plan.grid, [c for key in first for c in job.plan.groups[key]])
+    assert list(sub.groups) == first
+    assert {p.id for p in sub.pipelines()} == {p.id for key in first
+                                               for p in job.plan.pipelines(key)}
+
+
+def test_linear_rows_equal_the_in_process_sweep(linear, ahba_small, tmp_path):
+    job, table, log, _ = linear
+    rows = _read(table)
+    assert len(rows) == 32 and rows["pipeline_id"].is_unique
+    assert log.strip().splitlines()[-1].startswith("multiverse: 32/32 pipelines (100.0%)")
+    atlas = default_atlas()
+    reference = tmp_path / "reference.tsv"
+    sweep(plan(job.grid), atlas.image, atlas.info, reference, data_dir=ahba_small)
+    expected = _read(reference).set_index("pipeline_id").loc[rows["pipeline_id"]]
+    pd.testing.assert_frame_equal(rows.set_index("pipeline_id"), expected)
+    assert rows["n_regions"].nunique() > 1  # the options change the tables
+
+
+def test_multiproc_rows_equal_linear_rows(linear, ahba_small):
+    job, table, _, tmp_path = linear
+    other, _ = run_with(job, tmp_path, ahba_small, "MultiProc", "multiproc", nprocs=2)
+    assert other.read_bytes() == table.read_bytes()
+    # the probe choices are shared nodes that ran before the units
+    work = tmp_path / "work-multiproc" / "multiverse_wf"
+    assert sorted(p.name for p in work.glob("probes*")) == ["probes0000", "probes0001"]
+    assert len(list(work.glob("a0_unit*"))) == 4
+
+
+_KILLER = """
+import os, signal, sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from ahba_app.multiverse import sweep
+from ahba_app.cli.engines import Engine
+from ahba_app.multiverse.command import run_engine
+import test_multiverse_engines as t
+
+written = []
+original = sweep.write_unit_rows
+def write_then_die(rows, path):
+    if len(written) == 2:  # two units finished: killed while the third writes its rows
+        os.kill(os.getpid(), signal.SIGKILL)
+    written.append(path)
+    return original(rows, path)
+sweep.write_unit_rows = write_then_die
+job = t.make_job(Path({tmp!r}))
+out = Path({tmp!r}) / "killed"
+out.mkdir()
+run_engine(job, out, work_dir=Path({tmp!r}) / "work-resume", engine=Engine("Linear"),
+           data_dir={data!r})
+"""
+
+
+def test_a_killed_sweep_resumes_from_the_cache(linear, ahba_small, tmp_path):
+    _, table, _, _ = linear
+    script = _KILLER.format(tests=str(REPO / "tests"), tmp=str(tmp_path), data=str(ahba_small))
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    assert list((tmp_path / "killed").iterdir()) == []  # nothing published
+    work = tmp_path / "work-resume" / "multiverse_wf"
+    finished = sorted(work.glob("a0_unit*/rows.jsonl.gz"))
+    assert len(finished) == 2
+    stamps = {p: p.stat().st_mtime_ns for p in finished}
+    job = make_job(tmp_path)
+    out = tmp_path / "resumed"
+    out.mkdir()
+    [resumed] = run_engine(job, out, work_dir=tmp_path / "work-resume",
+                           engine=Engine("Linear"), data_dir=ahba_small)
+    assert {p: p.stat().st_mtime_ns for p in finished} == stamps  # not run again
+    assert len(list(work.glob("a0_unit*/rows.jsonl.gz"))) == 4
+    assert resumed.read_bytes() == table.read_bytes()
+
+
+def test_statistics_columns_are_filled(linear):
+    rows = _read(linear[1])
+    assert rows["cge_distance_rho"].notna().all() and rows["pc1_variance"].between(0, 1).all()
+    assert set(STATISTICS) <= set(rows.columns)
+
+
+# ---------------------------------------------------------------------------------------------
+# engines checked before anything runs
+# ---------------------------------------------------------------------------------------------
+def test_plugin_args_json_text_and_files(tmp_path):
+    assert parse_plugin_args('{"sbatch_args": "-p short"}') == {"sbatch_args": "-p short"}
+    (tmp_path / "args.toml").write_text('sbatch_args = "-p long"\n')
+    assert parse_plugin_args(str(tmp_path / "args.toml")) == {"sbatch_args": "-p long"}
+    (tmp_path / "args.json").write_text('{"n_procs": 3}')
+    assert parse_plugin_args(str(tmp_path / "args.json")) == {"n_procs": 3}
+    assert parse_plugin_args(None) == {}
+
+
+@pytest.mark.parametrize("text, words", [
+    ("{sbatch_args: 1}", ["neither a JSON object nor an existing file", "sbatch_args"]),
+    ('["-p", "short"]', ["must be an object", "list"]),
+])
+def test_bad_plugin_args_are_one_message(text, words):
+    with pytest.raises(EngineError) as caught:
+        parse_plugin_args(text)
+    assert all(word in str(caught.value) for word in words)
+
+
+def test_bad_plugin_args_file_names_the_file(tmp_path):
+    bad = tmp_path / "args.toml"
+    bad.write_text("sbatch_args = \n")
+    with pytest.raises(EngineError, match=f"file {bad} is not valid TOML"):
+        parse_plugin_args(str(bad))
+
+
+def test_engine_choice(monkeypatch):
+    assert Engine().plugin == "Linear" and Engine(nprocs=3).plugin == "MultiProc"
+    with pytest.raises(EngineError, match="Unknown --nipype-plugin 'PBS'"):
+        Engine("PBS")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(EngineError, match="sbatch and squeue cannot be found on PATH"):
+        Engine("SLURM")
