@@ -204,3 +204,28 @@ def test_engine_choice(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(EngineError, match="sbatch and squeue cannot be found on PATH"):
         Engine("SLURM")
+
+
+def test_the_probe_choice_node_stores_the_choice_units_read(ahba_small, tmp_path):
+    import shutil
+
+    from ahba_app.multiverse import _options
+    from ahba_app.multiverse.sweep import choose_probes
+
+    data = tmp_path / "ahba"
+    shutil.copytree(ahba_small, data)
+    for stored in data.rglob("selection-*.npz"):
+        stored.unlink()
+    options = dict(_options.defaults(), ibf_threshold=0.25)
+    n_genes = choose_probes(options, data)
+    stored = list(data.rglob("selection-*.npz"))
+    assert len(stored) == 1 and n_genes > 0
+    stamp = stored[0].stat().st_mtime_ns
+    # a pipeline with that choice reads it (nothing written again) and keeps n_genes genes
+    from ahba_app import api
+
+    atlas = default_atlas()
+    expression = api.get_expression_data(atlas.image, atlas.info, data_dir=data,
+                                         ibf_threshold=0.25)
+    assert expression.shape[1] == n_genes
+    assert [p.stat().st_mtime_ns for p in data.rglob("selection-*.npz")] == [stamp]
