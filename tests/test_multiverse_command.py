@@ -123,7 +123,11 @@ def test_command_line_multiverse_run(tmp_path, capsys, ahba_small, dk_tree):
                                "--multiverse", grid, "--multiverse-map", map_path])
     assert code == 0, err
     table = out / "atlas-desikankilliany_desc-multiverse_pipelines.tsv"
-    assert sorted(p.name for p in out.iterdir()) == [table.name, "dataset_description.json"]
+    report = out / "atlas-desikankilliany_desc-multiverse_report.html"
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [table.name, report.name, "dataset_description.json"])
+    assert "a multiverse of 2 pipelines" in report.read_text()
+    assert "multiverse_wf" in {p.name for p in (tmp_path / "work").iterdir()}
     rows = pd.read_csv(table, sep="\t")
     assert len(rows) == 2 and list(rows["agg_metric"]) == ["mean", "median"]
     assert (rows["gene_norm"] == "zscore").all() and rows["map_rho"].notna().all()

@@ -18,6 +18,7 @@ from pathlib import Path
 from .. import options
 from .._version import __version__
 from . import exits
+from .engines import PLUGINS
 from .presets import PARAMETERS, Preset, available_presets, load_preset
 
 __all__ = ["DEFAULTS", "get_parser", "parse_args", "resolve_parameters", "choices"]
@@ -167,6 +168,13 @@ def get_parser() -> argparse.ArgumentParser:
                    choices=["auto", "tsv", "parquet"], default="auto",
                    help="Format of the pipelines table. Default: auto (Parquet above 100,000 "
                         "pipelines, TSV below).")
+    g.add_argument("--multiverse-save-tables", "--multiverse_save_tables",
+                   dest="multiverse_save_tables", metavar="IDS",
+                   help="Also save the region x gene table (gzip TSV) of some pipelines, in "
+                        "<atlas>_desc-multiverse_tables/: 'reference' (the command line's or "
+                        "preset's own pipeline), 'all' (grids of at most 1,000 pipelines), "
+                        "pipeline ids separated by commas, or a file listing them (one per "
+                        "line, or a TSV with a pipeline_id column).")
 
     g = parser.add_argument_group("Execution")
     g.add_argument("-w", "--work-dir", "--work_dir", dest="work_dir", type=_path,
@@ -179,6 +187,17 @@ def get_parser() -> argparse.ArgumentParser:
                    "--n-cpus", "--n_cpus",
                    dest="nprocs", type=int, default=1, metavar="N",
                    help="Processes to run donors and atlases in parallel. Default: 1.")
+    g.add_argument("--nipype-plugin", "--nipype_plugin", dest="nipype_plugin",
+                   choices=list(PLUGINS), metavar="{" + ",".join(PLUGINS) + "}",
+                   help="Nipype plugin that runs the workflow: Linear (one node at a time), "
+                        "MultiProc (--nprocs processes), SLURM (one sbatch job per node, "
+                        "submitted as their inputs are ready) or SLURMGraph (the whole graph "
+                        "submitted at once with job dependencies). Default: MultiProc with "
+                        "--nprocs above 1, Linear otherwise.")
+    g.add_argument("--plugin-args", "--plugin_args", dest="plugin_args", metavar="JSON",
+                   help="Arguments of the Nipype plugin, as a JSON object or the path of a "
+                        "JSON/TOML file holding one, e.g. '{\"sbatch_args\": "
+                        "\"--partition=short --time=2:00:00\"}'.")
     g.add_argument("--mem", "--mem-mb", "--mem_mb", dest="mem_mb", type=_megabytes,
                    metavar="MB",
                    help="Upper bound of the memory the parallel nodes may use together, in MB "

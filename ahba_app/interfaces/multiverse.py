@@ -53,11 +53,14 @@ class _SweepUnitInputSpec(BaseInterfaceInputSpec):
     data_identity = traits.Str("", usedefault=True,
                                desc="SHA-256 of the AHBA files (enters the node's hash)")
     n_genes = traits.Int(desc="from the probe-choice node: run after it")
+    save_tables = traits.List(traits.Str, value=[], usedefault=True,
+                              desc="ids of the unit's pipelines whose table is saved")
 
 
 class _SweepUnitOutputSpec(TraitedSpec):
     rows = File(exists=True, desc="the unit's rows (gzip JSON lines)")
     n_rows = traits.Int(desc="how many rows")
+    tables = traits.Directory(desc="the saved tables (pipeline-<id>_expression.tsv.gz)")
 
 
 class SweepUnit(SimpleInterface):
@@ -74,7 +77,7 @@ class SweepUnit(SimpleInterface):
         from ..multiverse import _options
         from ..multiverse.grid import grid_from_dict
         from ..multiverse.planner import DOWNSTREAM, plan_of
-        from ..multiverse.sweep import unit_rows, write_unit_rows
+        from ..multiverse.sweep import table_name, unit_rows, write_unit_rows
 
         grid = grid_from_dict(self.inputs.grid)
         upstream = [name for name in grid.axes if name not in DOWNSTREAM]
@@ -89,10 +92,14 @@ class SweepUnit(SimpleInterface):
         if self.inputs.region_map:
             region_map = pd.Series({int(k): float(v) for k, v in self.inputs.region_map.items()})
         path = os.path.join(runtime.cwd, "rows.jsonl.gz")
+        folder = os.path.join(runtime.cwd, "tables")
+        os.makedirs(folder, exist_ok=True)
+        tables = {pid: os.path.join(folder, table_name(pid)) for pid in self.inputs.save_tables}
         self._results["n_rows"] = write_unit_rows(
             unit_rows(unit, tree, data_dir=self.inputs.data_dir,
                       centroids=tree.centroids if group_atlas else None,
-                      region_map=region_map), path)
+                      region_map=region_map, tables=tables), path)
         self._results["rows"] = path
+        self._results["tables"] = folder
         return runtime
 

@@ -12,6 +12,7 @@ inputs: every input is checked before anything runs, and a bad one ends with one
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Mapping, TextIO
 import numpy as np
 import pandas as pd
 
+from . import _options
 from .grid import Grid, GridError, load_grid
 from .planner import Plan, plan as make_plan
 from .sweep import ProgressLine, sweep
@@ -95,11 +97,69 @@ class MultiverseRun:
     #: output stem -> the atlas as :meth:`ahba_app.bids.AtlasInput.as_dict` (what the Nipype
     #: engine's nodes load); empty for a run from the Python API's trees
     inputs: dict = field(default_factory=dict)
+    #: ids of the pipelines whose tables are saved (``--multiverse-save-tables``)
+    save_tables: tuple = ()
+    #: every option of the run's own pipeline (command line or preset), canonical: the
+    #: report's reference
+    reference: dict = field(default_factory=dict)
+
+
+#: At most this many tables are saved (each is regions x genes: ~10 MB on full data).
+MAX_SAVED_TABLES = 1000
+
+
+def select_tables(spec, grid: Grid, reference: Mapping) -> tuple:
+    """The pipeline ids of ``--multiverse-save-tables``: ``all`` (grids of at most
+    :data:`MAX_SAVED_TABLES` pipelines), ``reference`` (the run's own options), ids separated
+    by commas, or a file (one id per line, or a TSV with a ``pipeline_id`` column, e.g. rows
+    of a sweep picked out). Every id must be a pipeline of the grid."""
+    from .grid import pipeline_id
+
+    if spec is None or spec == "" or spec == ():
+        return ()
+    if not isinstance(spec, str):
+        wanted, where = [str(s) for s in spec], "--multiverse-save-tables"
+    elif spec == "all":
+        if grid.n_pipelines > MAX_SAVED_TABLES:
+            raise MultiverseInputError(
+                f"--multiverse-save-tables all would write {grid.n_pipelines:,} tables: save "
+                f"at most {MAX_SAVED_TABLES:,}. Give the ids of the pipelines you want (a "
+                "file with a pipeline_id column, e.g. rows picked from a first sweep).")
+        return tuple(p.id for p in grid.pipelines())
+    elif spec == "reference":
+        wanted, where = [pipeline_id(reference)], "--multiverse-save-tables reference"
+    elif Path(spec).expanduser().is_file():
+        path = Path(spec).expanduser()
+        where = f"--multiverse-save-tables file {path}"
+        try:
+            lines = path.read_text(encoding="utf-8").split("\n")
+        except (OSError, UnicodeDecodeError) as err:
+            raise MultiverseInputError(f"Cannot read the {where}: {err}.") from None
+        header = lines[0].split("\t") if lines else []
+        if "pipeline_id" in header:
+            column = header.index("pipeline_id")
+            wanted = [line.split("\t")[column].strip() for line in lines[1:] if line.strip()]
+        else:
+            wanted = [line.strip() for line in lines if line.strip()]
+    else:
+        wanted, where = [s.strip() for s in spec.split(",") if s.strip()], \
+            "--multiverse-save-tables"
+    if not wanted:
+        raise MultiverseInputError(f"The {where} lists no pipeline id.")
+    known = {p.id for p in grid.pipelines()}
+    unknown = [pid for pid in wanted if pid not in known]
+    if unknown:
+        hint = (" The run's own options are not a pipeline of the grid: add their values to "
+                "the grid, or list ids." if spec == "reference" else
+                " Ids are the pipeline_id column of a sweep's rows (16 hex digits).")
+        raise MultiverseInputError(f"The {where} names {len(unknown)} id(s) that are not "
+                                   f"pipelines of the grid: {unknown[:5]}.{hint}")
+    return tuple(dict.fromkeys(wanted))
 
 
 def prepare(grid_arg, base: Mapping, atlases: Mapping, *, map_path=None,
             group_atlas: bool = True, parquet: bool | None = None,
-            inputs: Mapping | None = None) -> MultiverseRun:
+            inputs: Mapping | None = None, save_tables=None) -> MultiverseRun:
     """Check everything a multiverse run needs. ``base``: the other options' values (command
     line / preset); ``atlases``: output stem -> checked atlas (AtlasTree with ``labels``).
     ``parquet`` None: Parquet for grids of more than 100,000 pipelines, TSV below."""
@@ -113,10 +173,15 @@ def prepare(grid_arg, base: Mapping, atlases: Mapping, *, map_path=None,
             labels = next(iter(tree.values())).labels if isinstance(tree, Mapping) \
                 else tree.labels
             maps[stem] = read_region_map(map_path, labels, where=stem)
+    reference = _options.defaults()
+    for name, value in base.items():
+        reference[name] = _options.canonical(name, value)
+    selected = select_tables(save_tables, grid, reference)
     result = make_plan(grid)
     if parquet is None:
         parquet = result.n_pipelines > 100_000
-    return MultiverseRun(grid, result, dict(atlases), maps, parquet, dict(inputs or {}))
+    return MultiverseRun(grid, result, dict(atlases), maps, parquet, dict(inputs or {}),
+                         selected, reference)
 
 
 def summary(job: MultiverseRun, *, cells: int | None = None) -> str:
@@ -132,6 +197,47 @@ def output_path(output_dir, stem: str, parquet: bool) -> Path:
     return Path(output_dir) / f"{stem}_desc-multiverse_pipelines.{'parquet' if parquet else 'tsv'}"
 
 
+def tables_path(output_dir, stem: str) -> Path:
+    """The folder of an atlas's saved tables (``--multiverse-save-tables``)."""
+    return Path(output_dir) / f"{stem}_desc-multiverse_tables"
+
+
+def _staging(final: Path) -> Path:
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+
+
+def _publish_folder(staging: Path, final: Path) -> Path:
+    """Move a complete staging folder into place (replacing an older one)."""
+    import shutil
+
+    if final.exists():
+        old = _staging(final)
+        os.replace(final, old / final.name)
+        os.replace(staging, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, final)
+    return final
+
+
+def write_reports(job: MultiverseRun, output_dir, rows: Mapping) -> list[Path]:
+    """The multiverse report of each atlas (``<stem>_desc-multiverse_report.html``) and, for
+    Parquet rows, the summary TSV beside them (``<stem>_desc-multiverse_summary.tsv``)."""
+    from .report import write_report
+
+    written = []
+    for stem, path in rows.items():
+        summary_file = (Path(output_dir) / f"{stem}_desc-multiverse_summary.tsv"
+                        if job.parquet else None)
+        written += write_report(path, Path(output_dir) / f"{stem}_desc-multiverse_report.html",
+                                reference=job.reference, summary_path=summary_file,
+                                title=stem, grid_name=job.grid.name,
+                                reference_label="the command line's / preset's options")
+    return written
+
+
 def run(job: MultiverseRun, output_dir, *, data_dir=None, stream: TextIO | None = None,
         interval: float = 30.0, n_proc: int = 1) -> list[Path]:
     """One sweep per atlas; returns the tables written."""
@@ -141,9 +247,13 @@ def run(job: MultiverseRun, output_dir, *, data_dir=None, stream: TextIO | None 
     progress = _Offset(ProgressLine(total, stream, interval))
     for stem, tree in job.atlases.items():
         out = output_path(output_dir, stem, job.parquet)
+        staging = _staging(tables_path(output_dir, stem)) if job.save_tables else None
         written.append(sweep(job.plan, tree, None, out, data_dir=data_dir,
                              region_map=job.region_maps.get(stem), parquet=job.parquet,
-                             progress=progress, n_proc=n_proc))
+                             progress=progress, n_proc=n_proc, save_tables=job.save_tables,
+                             tables_dir=staging))
+        if staging is not None:
+            written.append(_publish_folder(staging, tables_path(output_dir, stem)))
         progress.offset += job.plan.n_pipelines
     return written
 
@@ -157,6 +267,8 @@ def run_engine(job: MultiverseRun, output_dir, *, work_dir, engine=None, data_di
     killed sweep: finished units are not run again. Returns the tables written."""
     from ..cli.engines import Engine, run_workflow
     from ..workflows.multiverse import init_multiverse_wf
+    import shutil
+
     from .sweep import RowWriter, read_unit_rows
 
     if not job.inputs:
@@ -165,7 +277,8 @@ def run_engine(job: MultiverseRun, output_dir, *, work_dir, engine=None, data_di
     stream = stream or sys.stderr
     workflow, units = init_multiverse_wf(job.plan, job.inputs, data_dir=data_dir,
                                          data_identity=data_identity,
-                                         region_maps=job.region_maps, base_dir=work_dir)
+                                         region_maps=job.region_maps,
+                                         save_tables=job.save_tables, base_dir=work_dir)
     crash_dir = Path(work_dir) / "multiverse-crashes"
     workflow.config["execution"].update({"crashdump_dir": str(crash_dir),
                                          "crashfile_format": "txt",
@@ -194,6 +307,13 @@ def run_engine(job: MultiverseRun, output_dir, *, work_dir, engine=None, data_di
                     for row in read_unit_rows(unit.rows):
                         writer.write(row)
         written.append(out)
+        if job.save_tables:
+            staging = _staging(tables_path(output_dir, stem))
+            for unit in units:
+                if unit.stem == stem:
+                    for table in sorted(unit.tables.glob("pipeline-*")):
+                        shutil.copyfile(table, staging / table.name)
+            written.append(_publish_folder(staging, tables_path(output_dir, stem)))
     return written
 
 
@@ -214,9 +334,11 @@ class _Offset:
 FORMATS = ("auto", "tsv", "parquet")
 
 
-def prepare_cli(run_plan, grid_arg, map_path=None, fmt: str = "auto") -> MultiverseRun:
+def prepare_cli(run_plan, grid_arg, map_path=None, fmt: str = "auto",
+                save_tables=None) -> MultiverseRun:
     """Check a ``--multiverse`` run on top of the checked :class:`ahba_app.cli.run.RunPlan`:
-    the group level, the grid (the run's options as its base), the region map per atlas."""
+    the group level, the grid (the run's options as its base), the region map per atlas, the
+    tables to save."""
     from .. import bids
 
     if run_plan.analysis_level != "group":
@@ -235,19 +357,41 @@ def prepare_cli(run_plan, grid_arg, map_path=None, fmt: str = "auto") -> Multive
         inputs[atlas.key] = atlas.as_dict()
     parquet = None if fmt == "auto" else fmt == "parquet"
     return prepare(grid_arg, run_plan.settings.as_dict(), atlases, map_path=map_path,
-                   group_atlas=group_atlas, parquet=parquet, inputs=inputs)
+                   group_atlas=group_atlas, parquet=parquet, inputs=inputs,
+                   save_tables=save_tables)
 
 
-def run_cli(run_plan, job: MultiverseRun, stream: TextIO | None = None) -> list[Path]:
-    """Print what is about to run, sweep every atlas into the output folder, then write the
-    folder's dataset_description.json."""
-    from .. import bids
+def run_cli(run_plan, job: MultiverseRun, stream: TextIO | None = None,
+            engine=None) -> list[Path]:
+    """Print what is about to run, run the sweep's workflow (``engine``: the checked
+    ``--nipype-plugin``; by default Linear, or MultiProc with ``--nprocs`` above 1) in the
+    run's work folder (locked: one run at a time), write every atlas's rows, saved tables and
+    report into the output folder, then the folder's dataset_description.json."""
+    from .. import _locks, bids
+    from ..cli.engines import Engine
 
     stream = stream or sys.stderr
+    engine = engine or Engine(nprocs=run_plan.nprocs, mem_mb=run_plan.mem_mb)
     print(summary(job), file=stream, flush=True)
-    run_plan.output_dir.mkdir(parents=True, exist_ok=True)
-    written = run(job, run_plan.output_dir, data_dir=run_plan.data_dir, stream=stream,
-                  n_proc=run_plan.nprocs)
+    work_dir = Path(run_plan.work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    lock_file = work_dir / ".ahba-app.lock"
+    lock = _locks.try_acquire(lock_file, f"the work folder {work_dir}")
+    if lock is None:
+        raise MultiverseInputError(
+            f"The work folder {work_dir} is in use by another ahba-app run: "
+            f"{_locks.describe_holder(_locks.holder(lock_file))}. Wait for it to finish, or "
+            "give this run its own work folder with -w.")
+    try:
+        run_plan.output_dir.mkdir(parents=True, exist_ok=True)
+        written = run_engine(job, run_plan.output_dir, work_dir=work_dir, engine=engine,
+                             data_dir=run_plan.data_dir,
+                             data_identity=getattr(run_plan, "data_identity", "") or "",
+                             stream=stream)
+    finally:
+        lock.release()
+    rows = {stem: output_path(run_plan.output_dir, stem, job.parquet) for stem in job.inputs}
+    written += write_reports(job, run_plan.output_dir, rows)
     bids.write_json(bids.dataset_description(run_plan.input_dir),
                     run_plan.output_dir / "dataset_description.json")
     return written

@@ -193,11 +193,34 @@ def _downstream(options: Mapping) -> tuple:
     return stage_key("aggregation", options)
 
 
+def table_name(pipeline_id: str) -> str:
+    """The file name of a saved table (``--multiverse-save-tables``)."""
+    return f"pipeline-{pipeline_id}_expression.tsv.gz"
+
+
+def write_table(expression: pd.DataFrame, path) -> Path:
+    """One pipeline's region x gene table, gzip TSV as the group level writes its table
+    (column ``index``: the region; ``n/a`` for no value; every float to 17 significant digits,
+    so it reads back exactly), under a temporary name renamed into place."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        expression.rename_axis("index", axis=0).rename_axis(None, axis=1).to_csv(
+            tmp, sep="\t", na_rep="n/a", float_format="%.17g", lineterminator="\n",
+            compression={"method": "gzip", "compresslevel": 6, "mtime": 0})
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def group_rows(plan: Plan, key, atlas, atlas_info=None, *, data_dir=None,
                centroids: Mapping | None = None, region_map: pd.Series | None = None,
-               n_proc: int = 1) -> Iterable[dict]:
+               n_proc: int = 1, tables: Mapping | None = None) -> Iterable[dict]:
     """The rows of one group of ``plan`` (``key``: a key of ``plan.groups``): its upstream
-    result computed once, each distinct downstream variant aggregated from it."""
+    result computed once, each distinct downstream variant aggregated from it. ``tables``:
+    pipeline id -> file, for the pipelines whose table is saved (:func:`write_table`)."""
     members = list(plan.pipelines(key))
     first = members[0].kwargs()
     settings = _pipeline.Settings(**first)
@@ -210,6 +233,8 @@ def group_rows(plan: Plan, key, atlas, atlas_info=None, *, data_dir=None,
                                           data_dir=data_dir)
     all_labels = next(iter(atlases.values())).labels
     computed: dict = {}
+    wanted = {_downstream(m.options) for m in members if tables and m.id in tables}
+    saved: dict = {}  # variant -> table, for the variants of the tables saved
     for member in members:
         variant = _downstream(member.options)
         if variant not in computed:
@@ -221,18 +246,24 @@ def group_rows(plan: Plan, key, atlas, atlas_info=None, *, data_dir=None,
                 stability_threshold=options["stability_threshold"])
             computed[variant] = TableStatistics(group["expression"], centroids,
                                                 region_map).as_dict()
+            if variant in wanted:
+                saved[variant] = group["expression"]
+        if tables and member.id in tables:
+            write_table(saved[variant], tables[member.id])
         yield dict({"pipeline_id": member.id}, **member.options, **computed[variant])
 
 
 def sweep(plan: Plan, atlas, atlas_info=None, out=None, *, data_dir=None,
           region_map: pd.Series | None = None, parquet: bool = False, keys=None,
           progress: ProgressLine | None = None, flush_rows: int = 10_000,
-          n_proc: int = 1) -> Path:
+          n_proc: int = 1, save_tables=(), tables_dir=None) -> Path:
     """Run the groups of ``plan`` (all, or those of ``keys``) on ``atlas`` and write one row per
     pipeline to ``out`` (TSV, or Parquet with ``parquet``). Returns ``out``.
 
     ``atlas`` is checked once (:func:`ahba_app.check_atlas`); its centroids (mm) feed
     ``cge_distance_rho``. ``region_map`` (a value per region label) feeds ``map_rho``.
+    ``save_tables``: ids of pipelines whose table is also written to ``tables_dir``
+    (:func:`table_name`, :func:`write_table`).
     """
     from ..atlas import check_atlas
 
@@ -244,11 +275,13 @@ def sweep(plan: Plan, atlas, atlas_info=None, out=None, *, data_dir=None,
     else:
         centroids = None  # donor-native atlases: no common centroid per region
     keys = list(plan.groups) if keys is None else list(keys)
+    tables = {pid: Path(tables_dir) / table_name(pid) for pid in save_tables}
     done = 0
     with RowWriter(out, parquet=parquet, flush_rows=flush_rows) as writer:
         for key in keys:
             for row in group_rows(plan, key, tree, atlas_info, data_dir=data_dir,
-                                  centroids=centroids, region_map=region_map, n_proc=n_proc):
+                                  centroids=centroids, region_map=region_map, n_proc=n_proc,
+                                  tables=tables):
                 writer.write(row)
                 done += 1
             if progress is not None:
@@ -323,9 +356,10 @@ def read_unit_rows(path) -> Iterable[dict]:
 
 def unit_rows(plan: Plan, atlas, atlas_info=None, *, data_dir=None,
               centroids: Mapping | None = None, region_map: pd.Series | None = None,
-              n_proc: int = 1) -> Iterable[dict]:
+              n_proc: int = 1, tables: Mapping | None = None) -> Iterable[dict]:
     """The rows of every group of ``plan`` (a unit's plan: :func:`~.planner.plan_of`), group
-    by group in plan order."""
+    by group in plan order (``tables``: as :func:`group_rows`)."""
     for key in plan.groups:
         yield from group_rows(plan, key, atlas, atlas_info, data_dir=data_dir,
-                              centroids=centroids, region_map=region_map, n_proc=n_proc)
+                              centroids=centroids, region_map=region_map, n_proc=n_proc,
+                              tables=tables)

@@ -37,6 +37,11 @@ class UnitNode:
     def rows(self) -> Path:
         return self.folder / ROWS_FILE
 
+    @property
+    def tables(self) -> Path:
+        """The folder of the unit's saved tables."""
+        return self.folder / "tables"
+
 
 def probe_node_needed(options: Mapping, group_atlas: bool) -> bool:
     """Whether a shared probe-choice node saves work: the choice is stored (not 'rnaseq') and
@@ -52,9 +57,10 @@ def _json(value):
 
 def init_multiverse_wf(plan, atlases: Mapping[str, dict], *, data_dir=None,
                        data_identity: str = "", region_maps: Mapping | None = None,
-                       base_dir, name: str = "multiverse_wf"):
+                       save_tables=(), base_dir, name: str = "multiverse_wf"):
     """The workflow of ``plan`` over ``atlases`` (output stem -> AtlasInput.as_dict()), and
-    its unit nodes in output order (atlas by atlas, units in plan order)."""
+    its unit nodes in output order (atlas by atlas, units in plan order). ``save_tables``:
+    ids of the pipelines whose tables are saved (each unit is given its own)."""
     workflow = pe.Workflow(name=name, base_dir=str(base_dir))
     grid = plan.grid.as_dict()
     group_atlas = bool(plan.grid.context.get("group_atlas", True))
@@ -62,6 +68,9 @@ def init_multiverse_wf(plan, atlases: Mapping[str, dict], *, data_dir=None,
     probe_nodes: dict = {}
     units = []
     unit_list = list(plan.units().items())
+    wanted = set(save_tables)
+    saved_by_unit = [sorted(p.id for key in keys for p in plan.pipelines(key) if p.id in wanted)
+                     if wanted else [] for _, keys in unit_list]
     for number, (stem, atlas) in enumerate(atlases.items()):
         values = None if region_maps is None else region_maps.get(stem)
         region_map = {} if values is None else {str(int(k)): float(v)
@@ -75,6 +84,7 @@ def init_multiverse_wf(plan, atlases: Mapping[str, dict], *, data_dir=None,
             node.inputs.region_map = region_map
             node.inputs.data_dir = data_dir
             node.inputs.data_identity = data_identity
+            node.inputs.save_tables = saved_by_unit[index]
             options = plan.group_options(keys[0])
             if probe_node_needed(options, group_atlas):
                 probes = probe_nodes.get(probe_key)
