@@ -15,6 +15,15 @@
 # (--atlas), keeps its Nipype work folder on the node's local scratch and writes its tables into
 # the shared derivatives folder OUT_DIR.
 #
+# A multiverse sweep per atlas: MULTIVERSE=markello2021 (a bundled grid's name, or a grid file
+# under ATLAS_DIR, given as /atlases/<file>) makes each task write
+# OUT_DIR/<atlas>_desc-multiverse_pipelines.* and the multiverse report instead of the tables;
+# the task's --nprocs processes share the sweep's work. (A single sweep larger than one task's
+# time limit runs better from a login node with --nipype-plugin SLURM, one job per unit.)
+#
+# The settings below can also come from the environment: ATLAS_LABELS (space-separated, for
+# ATLASES) and AHBA_EXTRA_ARGS (space-separated, for EXTRA_ARGS).
+#
 #SBATCH --job-name=ahba-app
 #SBATCH --cpus-per-task=2
 #SBATCH --mem=8G
@@ -30,8 +39,9 @@ OUT_DIR=${OUT_DIR:-/project/$USER/derivatives/ahba-app}
 CACHE_DIR=${CACHE_DIR:-/project/$USER/ahba-cache}   # persistent; shared by every task (read-write)
 # One entry per array task: an atlas- label (every atlas with that label, e.g. all Schaefer2018
 # resolutions) or an output name such as Schaefer2018400Parcels7Networks (one atlas).
-ATLASES=(Schaefer2018400Parcels7Networks Schaefer2018100Parcels7Networks HCPMMP1)
-EXTRA_ARGS=(--preset abagen-defaults)               # any other ahba-app options
+read -r -a ATLASES <<<"${ATLAS_LABELS:-Schaefer2018400Parcels7Networks Schaefer2018100Parcels7Networks HCPMMP1}"
+read -r -a EXTRA_ARGS <<<"${AHBA_EXTRA_ARGS:---preset abagen-defaults}"   # any other options
+MULTIVERSE=${MULTIVERSE:-}                          # a grid: one sweep per atlas (see above)
 # --------------------------------------------------------------------------------------------------
 
 APPTAINER=${APPTAINER:-$(command -v apptainer || command -v singularity || true)}
@@ -73,6 +83,7 @@ scratch=${SLURM_TMPDIR:-${TMPDIR:-/tmp}}
 work=$(mktemp -d "$scratch/ahba-app.${SLURM_ARRAY_JOB_ID:-$$}_$task.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
+[ -n "$MULTIVERSE" ] && EXTRA_ARGS+=(--multiverse "$MULTIVERSE")
 echo "$(date '+%F %T') task $task: atlas $label, work folder $work on $(hostname)"
 "$APPTAINER" run "${common[@]}" \
     -B "$ATLAS_DIR:/atlases:ro" \

@@ -351,4 +351,66 @@ else
     fi
 fi
 
+# ------------------------------------------------------------------------------------------------
+step "SLURM array job (singularity/slurm_array.sh), a multiverse per atlas; sif-run.sh as Apptainer"
+if [ ! -f "$T/ahba-app.sif" ]; then
+    skip "SLURM array: no SIF was packed (--engine podman packs one)"
+elif ! command -v sbatch >/dev/null || ! sinfo -h -o %t 2>/dev/null | grep -Eq 'idle|mix|alloc'; then
+    if [ "${CI:-}" = true ]; then fail "SLURM array: no SLURM cluster answers (.ci/run starts one)"
+    else skip "SLURM array: no SLURM cluster (start one with ../shared/tools/engines/start-slurm.sh)"; fi
+else
+    # two atlases (copies of the bundled Desikan-Killiany atlas), one array task each
+    S=$T/slurm; tpl=tpl-MNI152NLin2009cAsym
+    mkdir -p "$S/in/$tpl" "$S/out" "$S/cache" "$S/bin" "$S/host"
+    for a in dka dkb; do
+        cp "$REPO/ahba_app/data/atlas-desikankilliany.nii.gz" "$S/in/$tpl/${tpl}_atlas-${a}_dseg.nii.gz"
+        "$HOST_PY" -c 'import sys, pandas as pd
+pd.read_csv(sys.argv[1]).rename(columns={"id": "index", "label": "name"}).to_csv(
+    sys.argv[2], sep="\t", index=False)' "$REPO/ahba_app/data/atlas-desikankilliany.csv" \
+            "$S/in/$tpl/${tpl}_atlas-${a}_dseg.tsv"
+    done
+    chmod -R a+rwX "$S"
+    ln -sf "$REPO/tests/container/apptainer-shim.sh" "$S/bin/apptainer"
+    start=$SECONDS
+    # the array as the script's header says: `prepare` once, then one task per atlas
+    if (cd "$S" && export PATH="$S/bin:$PATH" AHBA_CONTAINER_TOOLS="$TOOLS" SIF="$T/ahba-app.sif" \
+            AHBA_DIR="$T/ahba" ATLAS_DIR="$S/in" OUT_DIR="$S/out" CACHE_DIR="$S/cache" \
+            ATLAS_LABELS="dka dkb" AHBA_EXTRA_ARGS="--sample-norm zscore" MULTIVERSE=aggregation \
+            SIF_UID="$(id -u)" \
+            LOGNAME="$(id -un)" && \
+        sbatch --wait --mem=1G --output="$S/prepare.log" "$REPO/singularity/slurm_array.sh" prepare \
+            >"$S/sbatch.log" 2>&1 && \
+        sbatch --wait --mem=1G --array=0-1 "$REPO/singularity/slurm_array.sh" >>"$S/sbatch.log" 2>&1); then
+        pass "sbatch slurm_array.sh prepare, then --array=0-1 ($((SECONDS - start)) s)"
+    else
+        fail "SLURM array job (logs: $S/*.log)"; show_tail "$S/sbatch.log"
+        for log in "$S"/*.log; do show_tail "$log" 15; done
+    fi
+    # the same sweeps on the host
+    if "$HOST_PY" -m ahba_app.cli.run "$S/in" "$S/host" group --ahba-dir "$T/ahba" -w "$S/host-work" \
+            --sample-norm zscore --multiverse aggregation >"$S/host.log" 2>&1; then
+        if "$HOST_PY" - "$S/out" "$S/host" >"$S/compare.log" 2>&1 <<'PY'
+import sys
+from pathlib import Path
+import numpy as np
+import pandas as pd
+from ahba_app.multiverse.stats import STATISTICS
+ours, host = Path(sys.argv[1]), Path(sys.argv[2])
+for label in ("dka", "dkb"):
+    name = f"atlas-{label}_space-MNI152NLin2009cAsym_desc-multiverse_pipelines.tsv"
+    a, b = (pd.read_csv(p / name, sep="\t", keep_default_na=False, na_values=["n/a"])
+            for p in (ours, host))
+    assert len(a) == 8 and list(a.columns) == list(b.columns), name
+    options = [c for c in a.columns if c not in STATISTICS]
+    assert a[options].equals(b[options]), name
+    assert np.allclose(a[list(STATISTICS)], b[list(STATISTICS)], rtol=0, atol=1e-9,
+                       equal_nan=True), name
+    assert (ours / name.replace("pipelines.tsv", "report.html")).is_file()
+print("rows equal")
+PY
+        then pass "array tasks' multiverse rows (2 atlases x 8 pipelines) equal the host's"
+        else fail "array tasks' rows differ from the host's"; show_tail "$S/compare.log"; fi
+    else fail "host multiverse run (log: $S/host.log)"; show_tail "$S/host.log"; fi
+fi
+
 summary
