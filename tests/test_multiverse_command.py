@@ -165,3 +165,52 @@ def test_command_line_multiverse_needs_the_group_level(tmp_path, capsys, ahba_sm
                                "--ahba-dir", ahba_small, "--multiverse", grid])
     assert code == 1 and "group level" in err and not (tmp_path / "out").exists()
 
+
+
+def test_command_line_engine_and_saved_tables(tmp_path, capsys, ahba_small):
+    grid = _cli_grid(tmp_path)
+    out = tmp_path / "out"
+    code, err = _main(capsys, [tmp_path / "in", out, "group", "--ahba-dir", ahba_small,
+                               "-w", tmp_path / "work", "--multiverse", grid,
+                               "--nipype-plugin", "MultiProc", "--nprocs", "2",
+                               "--plugin-args", '{"raise_insufficient": false}',
+                               "--multiverse-save-tables", "reference",
+                               "--multiverse-format", "parquet"])
+    assert code == 0, err
+    stem = "atlas-desikankilliany"
+    rows = pd.read_parquet(out / f"{stem}_desc-multiverse_pipelines.parquet")
+    from ahba_app.multiverse import _options
+    from ahba_app.multiverse.grid import pipeline_id
+    from ahba_app.multiverse.sweep import table_name
+
+    reference = pipeline_id(_options.defaults())
+    assert reference in set(rows["pipeline_id"])
+    saved = out / f"{stem}_desc-multiverse_tables" / table_name(reference)
+    table = pd.read_csv(saved, sep="\t", index_col=0)
+    assert table.index.name == "index" and table.shape[0] > 10
+    summary = pd.read_csv(out / f"{stem}_desc-multiverse_summary.tsv", sep="\t")
+    assert "impact_agg_metric" in summary.columns
+    assert (out / f"{stem}_desc-multiverse_report.html").is_file()
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--plugin-args", "{oops"], ["--plugin-args is neither a JSON object"]),
+    (["--nipype-plugin", "SLURM"], ["sbatch", "cannot be found on PATH"]),
+    (["--multiverse-save-tables", "reference"], ["--multiverse-save-tables needs --multiverse"]),
+    (["--multiverse", "GRID", "--multiverse-save-tables", "0000000000000000"],
+     ["not pipelines of the grid"]),
+])
+def test_command_line_bad_engine_or_selection(tmp_path, capsys, ahba_small, monkeypatch, extra,
+                                              words):
+    grid = _cli_grid(tmp_path)
+    if "SLURM" in extra:
+        monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
+    out = tmp_path / "out"
+    code, err = _main(capsys, [tmp_path / "in", out, "group", "--ahba-dir", ahba_small,
+                               "-w", tmp_path / "work",
+                               *[str(grid) if a == "GRID" else a for a in extra]])
+    assert code == 1
+    lines = [line for line in err.splitlines() if "error" in line]
+    assert len(lines) == 1 and lines[0].startswith("ahba-app: error:"), err
+    assert all(word in lines[0] for word in words), lines[0]
+    assert not out.exists() and not (tmp_path / "work").exists()

@@ -75,3 +75,21 @@ def test_no_cluster_is_explained(monkeypatch):
 
     monkeypatch.setenv("PATH", "/nonexistent")
     assert _cluster_problem() == "no SLURM client (sinfo is not on PATH)"
+
+
+def test_command_line_multiverse_on_slurm(cluster, multiproc, ahba_small, tmp_path):
+    """ahba-app IN OUT group --multiverse GRID --nipype-plugin SLURMGraph: the rows of the
+    MultiProc run."""
+    from ahba_app.cli import run as cli_run
+
+    job, table, module_tmp = multiproc
+    (tmp_path / "in").mkdir()
+    out = tmp_path / "out"
+    code = cli_run.main([str(tmp_path / "in"), str(out), "group", "--ahba-dir", str(ahba_small),
+                         "-w", str(tmp_path / "work"), "--multiverse",
+                         str(module_tmp / "grid.toml"), "--nipype-plugin", "SLURMGraph",
+                         "--plugin-args", '{"sbatch_args": "--time=30"}'])
+    assert code == 0
+    rows = out / "atlas-desikankilliany_desc-multiverse_pipelines.tsv"
+    # the CLI's atlas input is the bundled atlas under its own name: same rows
+    assert rows.read_bytes() == table.read_bytes()

@@ -453,25 +453,17 @@ def _lock_work_dir(work_dir: Path):
     return lock
 
 
-def _run_workflow(workflow, plan: RunPlan, signals: _Signals) -> None:
-    if plan.nprocs <= 1:
-        workflow.run(plugin="Linear")
-        return
-    from .multiproc import MultiProcPlugin
+def _run_workflow(workflow, plan: RunPlan, signals: _Signals, engine=None) -> None:
+    """Run with ``engine`` (:class:`ahba_app.cli.engines.Engine`: ``--nipype-plugin``); by
+    default Linear, or MultiProc with ``--nprocs`` above 1."""
+    from .engines import Engine, run_workflow
 
-    plugin_args = {"n_procs": plan.nprocs, "raise_insufficient": False}
-    if plan.mem_mb:
-        plugin_args["memory_gb"] = plan.mem_mb / 1024
-    plugin = MultiProcPlugin(plugin_args=plugin_args)
-    try:
-        workflow.run(plugin=plugin)
-    except BaseException:
-        plugin.terminate()
-        raise
+    run_workflow(workflow, engine or Engine(nprocs=plan.nprocs, mem_mb=plan.mem_mb))
 
 
-def run_plan(plan: RunPlan, argv=None, signals: _Signals | None = None) -> int:
-    """Build and run the workflow, then publish (or clean up)."""
+def run_plan(plan: RunPlan, argv=None, signals: _Signals | None = None, engine=None) -> int:
+    """Build and run the workflow (with ``engine``: :func:`_run_workflow`), then publish (or
+    clean up)."""
     signals = signals or _Signals()
     crash_dir = plan.output_dir / "logs"
     _quiet_nipype(plan.verbose)
@@ -484,21 +476,21 @@ def run_plan(plan: RunPlan, argv=None, signals: _Signals | None = None) -> int:
             publishing.clean_stale(plan.output_dir)
             staging = publishing.Staging(plan.output_dir)
         try:
-            return _run_and_publish(plan, staging, crash_dir, argv, signals)
+            return _run_and_publish(plan, staging, crash_dir, argv, signals, engine)
         finally:
             staging.discard()
     finally:
         work_lock.release()
 
 
-def _run_and_publish(plan, staging, crash_dir, argv, signals) -> int:
+def _run_and_publish(plan, staging, crash_dir, argv, signals, engine=None) -> int:
     workflow = build_workflow(plan, staging.path, crash_dir, argv)
     started = time.time()
     LGR.info("Running the %s level for %d atlas(es) and donor(s) %s (work folder %s, %d "
              "process(es)).", plan.analysis_level, len(plan.atlases),
              ", ".join(plan.settings.donors), plan.work_dir, plan.nprocs)
     try:
-        _run_workflow(workflow, plan, signals)
+        _run_workflow(workflow, plan, signals, engine)
     except Exception as err:
         signals.check()  # a node "failed" because the run was interrupted
         if plan.verbose:
@@ -603,6 +595,7 @@ def _main(argv, signals: _Signals) -> int:
     _setup_environment(opts.work_dir or Path.cwd() / "work")
     try:
         plan = prepare_run(opts)
+        engine = _engine(opts, plan)
         multiverse = _prepare_multiverse(opts, plan)
     except KeyboardInterrupt:
         raise
@@ -616,9 +609,9 @@ def _main(argv, signals: _Signals) -> int:
     try:
         if multiverse is not None:
             from ..multiverse.command import run_cli
-            run_cli(plan, multiverse)
+            run_cli(plan, multiverse, engine=engine)
             return EXIT_OK
-        return run_plan(plan, argv, signals)
+        return run_plan(plan, argv, signals, engine)
     except KeyboardInterrupt:
         raise
     except UsageError as err:  # e.g. the work folder is used by another run
@@ -632,15 +625,28 @@ def _main(argv, signals: _Signals) -> int:
         return EXIT_FAILED
 
 
+def _engine(opts, plan: RunPlan):
+    """The checked ``--nipype-plugin`` / ``--plugin-args`` (:mod:`ahba_app.cli.engines`)."""
+    from .engines import Engine, EngineError
+
+    try:
+        return Engine(getattr(opts, "nipype_plugin", None), getattr(opts, "plugin_args", None),
+                      nprocs=plan.nprocs, mem_mb=plan.mem_mb)
+    except EngineError as err:
+        raise UsageError(str(err)) from None
+
+
 def _prepare_multiverse(opts, plan: RunPlan):
     """The checked ``--multiverse`` run (:mod:`ahba_app.multiverse.command`), or None."""
     if getattr(opts, "multiverse", None) is None:
-        if getattr(opts, "multiverse_map", None) is not None:
-            raise UsageError("--multiverse-map needs --multiverse GRID.")
+        for option in ("multiverse_map", "multiverse_save_tables"):
+            if getattr(opts, option, None) is not None:
+                raise UsageError(f"--{option.replace('_', '-')} needs --multiverse GRID.")
         return None
     from ..multiverse.command import prepare_cli
 
-    return prepare_cli(plan, opts.multiverse, opts.multiverse_map, opts.multiverse_format)
+    return prepare_cli(plan, opts.multiverse, opts.multiverse_map, opts.multiverse_format,
+                       save_tables=opts.multiverse_save_tables)
 
 
 def _plain(err: BaseException) -> str:

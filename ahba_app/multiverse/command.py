@@ -367,21 +367,16 @@ def run_cli(run_plan, job: MultiverseRun, stream: TextIO | None = None,
     ``--nipype-plugin``; by default Linear, or MultiProc with ``--nprocs`` above 1) in the
     run's work folder (locked: one run at a time), write every atlas's rows, saved tables and
     report into the output folder, then the folder's dataset_description.json."""
-    from .. import _locks, bids
+    from .. import bids
     from ..cli.engines import Engine
+    from ..cli.run import _lock_work_dir
 
     stream = stream or sys.stderr
     engine = engine or Engine(nprocs=run_plan.nprocs, mem_mb=run_plan.mem_mb)
     print(summary(job), file=stream, flush=True)
     work_dir = Path(run_plan.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    lock_file = work_dir / ".ahba-app.lock"
-    lock = _locks.try_acquire(lock_file, f"the work folder {work_dir}")
-    if lock is None:
-        raise MultiverseInputError(
-            f"The work folder {work_dir} is in use by another ahba-app run: "
-            f"{_locks.describe_holder(_locks.holder(lock_file))}. Wait for it to finish, or "
-            "give this run its own work folder with -w.")
+    lock = _lock_work_dir(work_dir)  # one run at a time per work folder (Nipype's cache)
     try:
         run_plan.output_dir.mkdir(parents=True, exist_ok=True)
         written = run_engine(job, run_plan.output_dir, work_dir=work_dir, engine=engine,

@@ -1,17 +1,18 @@
-"""The in-process sweep engine: run a :class:`~ahba_app.multiverse.planner.Plan` group by group
+"""The in-process sweep engine: run a :class:`~ahba_app.multiverse.planner.Plan` unit by unit
 and stream one row of statistics per pipeline to disk.
 
-A group is the pipelines sharing one normalization (:mod:`.planner`): its upstream result (the
-samples, the probe choice, the matching and each donor's normalized table) is computed once by
-:func:`ahba_app.pipeline.run`, then every distinct downstream variant (``missing``,
-``region_agg``, ``agg_metric``, ``stability_threshold``) is aggregated from it in memory by
+A unit is the groups sharing one probe choice and one matching (:meth:`Plan.units`); a group
+is the pipelines sharing one normalization. A unit's upstream result (data, atlas, samples,
+matching, probe choice: :class:`~ahba_app.multiverse.upstream.UnitUpstream`) is computed once;
+each group's normalization once from it; then every distinct downstream variant (``missing``,
+``region_agg``, ``agg_metric``, ``stability_threshold``) is aggregated from that in memory by
 :func:`ahba_app.pipeline.aggregate_group`, the function ``get_expression_data`` uses, and the
 statistics (:mod:`.stats`) are taken from that table. Pipelines of a group whose options differ
 only where they cannot change the result (see :func:`~ahba_app.multiverse.planner.stage_key`)
 share their row's numbers. At most one group's tables are in memory at a time; rows go to disk
 every ``flush_rows`` rows (TSV, or Parquet), into a temporary file renamed into place only when
-the sweep has finished: an interrupted sweep leaves nothing half-written.
-"""
+the sweep has finished: an interrupted sweep leaves nothing half-written. Rows come unit by
+unit, as the Nipype engine (:mod:`ahba_app.workflows.multiverse`) writes them."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from .. import pipeline as _pipeline
 from . import _options
 from .planner import Plan, stage_key
 from .stats import STATISTICS, TableStatistics
+from .upstream import UnitUpstream
 
 __all__ = ["COLUMNS", "ProgressLine", "RowWriter", "format_value", "group_rows", "sweep"]
 
@@ -217,21 +219,21 @@ def write_table(expression: pd.DataFrame, path) -> Path:
 
 def group_rows(plan: Plan, key, atlas, atlas_info=None, *, data_dir=None,
                centroids: Mapping | None = None, region_map: pd.Series | None = None,
-               n_proc: int = 1, tables: Mapping | None = None) -> Iterable[dict]:
-    """The rows of one group of ``plan`` (``key``: a key of ``plan.groups``): its upstream
-    result computed once, each distinct downstream variant aggregated from it. ``tables``:
+               n_proc: int = 1, tables: Mapping | None = None,
+               upstream: UnitUpstream | None = None) -> Iterable[dict]:
+    """The rows of one group of ``plan`` (``key``: a key of ``plan.groups``): its normalization
+    computed once from the unit's shared ``upstream`` (:class:`~.upstream.UnitUpstream`; made
+    here when not given), each distinct downstream variant aggregated from it. ``tables``:
     pipeline id -> file, for the pipelines whose table is saved (:func:`write_table`)."""
     members = list(plan.pipelines(key))
-    first = members[0].kwargs()
-    settings = _pipeline.Settings(**first)
+    settings = _pipeline.Settings(**members[0].kwargs())
     with warnings.catch_warnings():
         # the same warnings (e.g. regions no sample can reach) would repeat for every group
         warnings.simplefilter("ignore")
-        upstream = _pipeline.run(atlas, atlas_info, settings=settings, data_dir=data_dir,
-                                 n_proc=n_proc, aggregate=False)
-        atlases, _ = _pipeline.load_atlas(atlas, atlas_info, settings.donors,
-                                          data_dir=data_dir)
-    all_labels = next(iter(atlases.values())).labels
+        if upstream is None:
+            upstream = UnitUpstream(atlas, atlas_info, settings=settings, data_dir=data_dir,
+                                    n_proc=n_proc)
+        normalized, kept, labels = upstream.normalized(settings)
     computed: dict = {}
     wanted = {_downstream(m.options) for m in members if tables and m.id in tables}
     saved: dict = {}  # variant -> table, for the variants of the tables saved
@@ -240,8 +242,8 @@ def group_rows(plan: Plan, key, atlas, atlas_info=None, *, data_dir=None,
         if variant not in computed:
             options = member.options
             group = _pipeline.aggregate_group(
-                atlases, all_labels, upstream.expression, upstream.annotations,
-                upstream.labels, missing=options["missing"], region_agg=options["region_agg"],
+                upstream.atlases, upstream.all_labels, normalized, kept, labels,
+                missing=options["missing"], region_agg=options["region_agg"],
                 agg_metric=options["agg_metric"],
                 stability_threshold=options["stability_threshold"])
             computed[variant] = TableStatistics(group["expression"], centroids,
@@ -251,6 +253,16 @@ def group_rows(plan: Plan, key, atlas, atlas_info=None, *, data_dir=None,
         if tables and member.id in tables:
             write_table(saved[variant], tables[member.id])
         yield dict({"pipeline_id": member.id}, **member.options, **computed[variant])
+
+
+def by_unit(plan: Plan, keys=None) -> list[list]:
+    """``keys`` (default: every group) gathered by unit (:meth:`Plan.units`), units in order
+    of first appearance: the groups of a unit share one :class:`~.upstream.UnitUpstream`."""
+    unit_of = {key: unit for unit, group_keys in plan.units().items() for key in group_keys}
+    out: dict = {}
+    for key in (plan.groups if keys is None else keys):
+        out.setdefault(unit_of[key], []).append(key)
+    return list(out.values())
 
 
 def sweep(plan: Plan, atlas, atlas_info=None, out=None, *, data_dir=None,
@@ -274,14 +286,13 @@ def sweep(plan: Plan, atlas, atlas_info=None, out=None, *, data_dir=None,
         centroids = tree.centroids
     else:
         centroids = None  # donor-native atlases: no common centroid per region
-    keys = list(plan.groups) if keys is None else list(keys)
     tables = {pid: Path(tables_dir) / table_name(pid) for pid in save_tables}
     done = 0
     with RowWriter(out, parquet=parquet, flush_rows=flush_rows) as writer:
-        for key in keys:
-            for row in group_rows(plan, key, tree, atlas_info, data_dir=data_dir,
-                                  centroids=centroids, region_map=region_map, n_proc=n_proc,
-                                  tables=tables):
+        for unit_keys in by_unit(plan, keys):
+            for row in unit_rows(plan, tree, atlas_info, data_dir=data_dir,
+                                 centroids=centroids, region_map=region_map, n_proc=n_proc,
+                                 tables=tables, keys=unit_keys):
                 writer.write(row)
                 done += 1
             if progress is not None:
@@ -356,10 +367,18 @@ def read_unit_rows(path) -> Iterable[dict]:
 
 def unit_rows(plan: Plan, atlas, atlas_info=None, *, data_dir=None,
               centroids: Mapping | None = None, region_map: pd.Series | None = None,
-              n_proc: int = 1, tables: Mapping | None = None) -> Iterable[dict]:
-    """The rows of every group of ``plan`` (a unit's plan: :func:`~.planner.plan_of`), group
-    by group in plan order (``tables``: as :func:`group_rows`)."""
-    for key in plan.groups:
+              n_proc: int = 1, tables: Mapping | None = None, keys=None) -> Iterable[dict]:
+    """The rows of the groups ``keys`` of one unit (default: every group of ``plan``, a
+    unit's plan: :func:`~.planner.plan_of`), in order, their upstream computed once
+    (``tables``: as :func:`group_rows`)."""
+    upstream = None
+    for key in (plan.groups if keys is None else keys):
+        if upstream is None:
+            settings = _pipeline.Settings(**next(plan.pipelines(key)).kwargs())
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                upstream = UnitUpstream(atlas, atlas_info, settings=settings,
+                                        data_dir=data_dir, n_proc=n_proc)
         yield from group_rows(plan, key, atlas, atlas_info, data_dir=data_dir,
                               centroids=centroids, region_map=region_map, n_proc=n_proc,
-                              tables=tables)
+                              tables=tables, upstream=upstream)
