@@ -73,8 +73,8 @@ def main(argv=None) -> None:
     from ahba_app.cli.engines import Engine
     from ahba_app.fetch import find_microarray
     from ahba_app.images import check_atlas
-    from ahba_app.multiverse import load_grid, plan
-    from ahba_app.multiverse.command import MultiverseRun, run_engine
+    from ahba_app.multiverse import _options, load_grid, plan
+    from ahba_app.multiverse.command import MultiverseRun, run_engine, write_reports
     from ahba_app.multiverse.planner import plan_of
 
     work = args.work or Path(tempfile.mkdtemp(prefix="multiverse-bench-"))
@@ -103,13 +103,15 @@ def main(argv=None) -> None:
     engine = Engine("MultiProc" if args.nprocs > 1 else "Linear", nprocs=args.nprocs)
     if args.sweep_only:
         job = MultiverseRun(grid, sample, {"atlas-dk": check_atlas(atlas.image, atlas.info)},
-                            inputs={"atlas-dk": atlas.as_dict()})
+                            inputs={"atlas-dk": atlas.as_dict()},
+                            reference=_options.defaults())  # abagen's defaults
         out = work / "out"
         out.mkdir(exist_ok=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            run_engine(job, out, work_dir=work / f"work-{time.time_ns()}", engine=engine,
-                       data_dir=str(data), stream=_stdio.StringIO())
+            rows = run_engine(job, out, work_dir=work / f"work-{time.time_ns()}",
+                              engine=engine, data_dir=str(data), stream=_stdio.StringIO())
+        write_reports(job, out, {"atlas-dk": rows[0]})  # the report of the sample
         return
     print(f"sample: {sample.n_pipelines} pipelines, {len(sample.units())} units, "
           f"{len(sample.groups)} normalization groups", flush=True)

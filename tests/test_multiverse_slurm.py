@@ -93,3 +93,26 @@ def test_command_line_multiverse_on_slurm(cluster, multiproc, ahba_small, tmp_pa
     rows = out / "atlas-desikankilliany_desc-multiverse_pipelines.tsv"
     # the CLI's atlas input is the bundled atlas under its own name: same rows
     assert rows.read_bytes() == table.read_bytes()
+
+
+def test_ordinary_group_run_on_slurm(cluster, ahba_small, tmp_path):
+    """--nipype-plugin SLURM is an engine of every run: the group tables equal Linear's."""
+    from ahba_app.cli import run as cli_run
+
+    (tmp_path / "in").mkdir()
+    outputs = {}
+    for plugin in ("Linear", "SLURM"):
+        out = tmp_path / f"out-{plugin}"
+        code = cli_run.main([str(tmp_path / "in"), str(out), "group", "--ahba-dir",
+                             str(ahba_small), "-w", str(tmp_path / f"work-{plugin}"),
+                             "--nipype-plugin", plugin,
+                             "--plugin-args", '{"poll_sleep_duration": 1}'
+                             if plugin == "SLURM" else "{}"])
+        assert code == 0, plugin
+        outputs[plugin] = out
+    tables = sorted(p.name for p in outputs["Linear"].glob("*.tsv"))
+    assert any(name.endswith("_expression.tsv") for name in tables)
+    for name in tables:
+        assert (outputs["SLURM"] / name).read_bytes() == (outputs["Linear"] / name).read_bytes()
+    batch = tmp_path / "work-SLURM"
+    assert list(batch.rglob("batchscript_*.sh"))  # the nodes ran as sbatch jobs

@@ -13,6 +13,7 @@ inputs: every input is checked before anything runs, and a bad one ends with one
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,8 +211,6 @@ def _staging(final: Path) -> Path:
 
 def _publish_folder(staging: Path, final: Path) -> Path:
     """Move a complete staging folder into place (replacing an older one)."""
-    import shutil
-
     if final.exists():
         old = _staging(final)
         os.replace(final, old / final.name)
@@ -248,10 +247,15 @@ def run(job: MultiverseRun, output_dir, *, data_dir=None, stream: TextIO | None 
     for stem, tree in job.atlases.items():
         out = output_path(output_dir, stem, job.parquet)
         staging = _staging(tables_path(output_dir, stem)) if job.save_tables else None
-        written.append(sweep(job.plan, tree, None, out, data_dir=data_dir,
-                             region_map=job.region_maps.get(stem), parquet=job.parquet,
-                             progress=progress, n_proc=n_proc, save_tables=job.save_tables,
-                             tables_dir=staging))
+        try:
+            written.append(sweep(job.plan, tree, None, out, data_dir=data_dir,
+                                 region_map=job.region_maps.get(stem), parquet=job.parquet,
+                                 progress=progress, n_proc=n_proc,
+                                 save_tables=job.save_tables, tables_dir=staging))
+        except BaseException:
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+            raise
         if staging is not None:
             written.append(_publish_folder(staging, tables_path(output_dir, stem)))
         progress.offset += job.plan.n_pipelines
@@ -267,8 +271,6 @@ def run_engine(job: MultiverseRun, output_dir, *, work_dir, engine=None, data_di
     killed sweep: finished units are not run again. Returns the tables written."""
     from ..cli.engines import Engine, run_workflow
     from ..workflows.multiverse import init_multiverse_wf
-    import shutil
-
     from .sweep import RowWriter, read_unit_rows
 
     if not job.inputs:
