@@ -149,7 +149,9 @@ def main(argv=None) -> None:
     script = work / "abagen_api.py"
     script.write_text(KEEP_KNOWN_PROBES + bench._API_SCRIPT["abagen"])
     patch = "patch" if bench.needs_probe_patch(data) else "-"
-    picks = random.Random(args.seed).sample(list(sample.pipelines()), args.abagen)
+    # abagen reads RNA-seq data from its own download layout: its rnaseq pipelines are left out
+    usable = [p for p in sample.pipelines() if p.options["probe_selection"] != "rnaseq"]
+    picks = random.Random(args.seed).sample(usable, min(args.abagen, len(usable)))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     logs = work / "abagen-logs"
     logs.mkdir(exist_ok=True)
