@@ -52,10 +52,12 @@ def test_markello_plan_counts_shared_stages():
     assert result.n_shared_stages == 6 + 216 + 18 + 38_880
     text = result.summary()
     assert "373,248 pipelines" in text and "estimated" in text
+    assert result.n_units == 1_296 == len(result.units())
     estimate = result.estimate(parquet=True)
-    # one upstream run per normalization, one choice per probe set, one aggregation per table
-    assert estimate.seconds == pytest.approx(2.7 * 38_880 + 1.0 * 216 + 0.8 * 311_040
-                                             + 0.02 * 373_248)
+    # one upstream per unit, one choice per probe set, one normalization per group, one
+    # aggregation per table
+    assert estimate.seconds == pytest.approx(3.0 * 1_296 + 3.0 * 216 + 5.0 * 38_880
+                                             + 1.4 * 311_040 + 0.02 * 373_248)
     assert estimate.disk_bytes == 40 * 373_248
     small = result.estimate(cells=58_692 * 3_702 // 10)
     assert small.seconds == pytest.approx(estimate.seconds / 10, rel=1e-6)

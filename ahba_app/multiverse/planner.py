@@ -84,27 +84,28 @@ _FULL_CELLS = 58_692 * 3_702
 
 @dataclass(frozen=True)
 class CostModel:
-    """What the in-process engine (:mod:`.sweep`) spends, in seconds on full-size data and one
-    core, and bytes per output row; scaled by the data's probes x samples for other sizes. An
-    estimate, not a measurement of the run to come.
+    """What the engines spend, in CPU seconds on full-size data, and bytes per output row;
+    scaled by the data's probes x samples for other sizes. An estimate, not a measurement of
+    the run to come.
 
-    The engine runs the upstream stages once per normalization (``upstream``: the README's warm
-    Python API run, 2.7 s, which reads a stored probe choice), chooses each distinct probe set
-    once (``probes``: 1.0 s more, README), then aggregates each distinct table (``aggregation``)
-    and takes its statistics. ``aggregation`` is this engine's figure on full data, 31 s for the
-    8 variants of one group at a load average of 15 on this 2-core machine (3.9 s a table),
-    divided by the 5 that the load costs the upstream run there (17 s against 2.7 + 1.0 s).
+    Each unit prepares its shared upstream once (``upstream``: data, atlas, samples, matching,
+    reading the stored probe choice), each probe choice is made once (``probes``), each
+    normalization group is normalized once (``normalization``), each distinct table is
+    aggregated (``aggregation``) and every pipeline's statistics taken (``statistics``).
+    Calibrated on ``benchmarks/multiverse_throughput.py`` on the full-size data (4 units of the
+    Markello grid, 4 groups each: 128 pipelines in 288 CPU seconds; a profile gave the shares:
+    aggregation 64 %, normalization 29 %, the rest upstream and statistics). ``peak_bytes``:
+    one worker process's peak there (the run's 5.0 GB for two workers and the main process).
     """
 
-    upstream: float = 2.7
-    probes: float = 1.0
-    aggregation: float = 0.8
+    upstream: float = 3.0
+    probes: float = 3.0
+    normalization: float = 5.0
+    aggregation: float = 1.4
     statistics: float = 0.02
     row_bytes_tsv: int = 260
     row_bytes_parquet: int = 40
-    #: float64 samples x genes of one upstream result (normalized donors) on full data,
-    #: mirrored (twice the samples): 7,404 x 15,000 x 8 B, plus the aggregation's tables
-    peak_bytes: int = 7_404 * 15_000 * 8 + 300 * 2**20
+    peak_bytes: int = int(2.4 * 2**30)
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,13 @@ class Plan:
         return dict(values, **{n: self.grid.axes[n][0] for n in self.downstream})
 
     @property
+    def n_units(self) -> int:
+        """Units: distinct (probe choice, matching) pairs (:meth:`units`)."""
+        return len({(stage_key("probes", values), stage_key("matching", values))
+                    for values in (dict(self.grid.base, **dict(zip(self.upstream, combos[0])))
+                                   for combos in self.groups.values())})
+
+    @property
     def n_shared_stages(self) -> int:
         """Distinct stage results computed once and shared (every stage above aggregation)."""
         return sum(n for stage, n in self.counts.items() if stage != "aggregation")
@@ -180,8 +188,9 @@ class Plan:
         """Time (one core), peak memory and disk of the run, from ``costs`` scaled to data of
         ``cells`` probes x samples."""
         scale = cells / _FULL_CELLS
-        seconds = (costs.upstream * self.counts["normalization"]
+        seconds = (costs.upstream * self.n_units
                    + costs.probes * self.counts["probes"]
+                   + costs.normalization * self.counts["normalization"]
                    + costs.aggregation * self.counts["aggregation"]
                    + costs.statistics * self.n_pipelines)
         per_row = costs.row_bytes_parquet if parquet else costs.row_bytes_tsv
@@ -192,7 +201,8 @@ class Plan:
                 parquet: bool = False) -> str:
         stages = ", ".join(f"{self.counts[s]:,} {s}" for s in STAGES if s != "aggregation")
         return (f"{self.n_pipelines:,} pipelines, {self.n_shared_stages:,} shared stage "
-                f"results ({stages}), {self.counts['aggregation']:,} distinct tables; "
+                f"results ({stages}) in {self.n_units:,} units, "
+                f"{self.counts['aggregation']:,} distinct tables; "
                 + self.estimate(costs, cells=cells, parquet=parquet).text())
 
 
