@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 
 from ._blocks import thread_map
+from .exact import kahan_add, kahan_mean
+from .options import DEFAULTS
 
 LGR = logging.getLogger(__name__)
 
@@ -82,40 +84,6 @@ def _callable_reducer(metric: Callable) -> GroupReducer:
     return reduce
 
 
-def _kahan_add(total, carry, seen, x) -> int:
-    """Add ``x`` to running sums as pandas' groupby mean does, in place: Kahan compensation,
-    NaN values skipped and counted in ``seen`` only when added.
-
-    Returns 1 when every value was added without being counted in ``seen`` (the caller adds
-    it to its count of such steps, which holds for every cell), else 0. That quick path is
-    taken when the new sums are all finite: no NaN was added and no infinity is involved.
-    ``seen`` may be None when ``x`` holds no NaN.
-    """
-    y = np.subtract(x, carry)
-    t = np.add(total, y)
-    if np.isfinite(t.sum()):  # any NaN or infinity in t makes the sum NaN or infinite
-        np.subtract(t, total, out=carry)
-        carry -= y
-        total[...] = t
-        return 1
-    valid = x == x
-    fix = np.subtract(t, total)
-    fix -= y
-    fix[fix != fix] = 0.0  # an infinite value: keep it rather than NaN (pandas)
-    np.copyto(carry, fix, where=valid)
-    np.copyto(total, t, where=valid)
-    if seen is None:  # the caller knows ``x`` holds no NaN: every value was added
-        return 1
-    seen += valid
-    return 0
-
-
-def _kahan_mean(total, seen) -> np.ndarray:
-    means = total / seen
-    means[seen == 0] = np.nan
-    return means
-
-
 def _group_mean(values, rows, codes, n_groups, out=None, where=None) -> np.ndarray:
     """NaN-skipping mean of each group's rows, per column, exactly as pandas' groupby mean.
 
@@ -157,12 +125,12 @@ def _group_mean(values, rows, codes, n_groups, out=None, where=None) -> np.ndarr
             for k, n in enumerate(active):
                 if by_gene:
                     x = np.asarray(block[:, steps[k]], dtype=np.float64)
-                    quick[:n] += _kahan_add(total[:, :n], carry[:, :n], seen[:, :n], x)
+                    quick[:n] += kahan_add(total[:, :n], carry[:, :n], seen[:, :n], x)
                 else:
                     x = np.asarray(values[steps[k], cols], dtype=np.float64)
-                    quick[:n] += _kahan_add(total[:n], carry[:n], seen[:n], x)
+                    quick[:n] += kahan_add(total[:n], carry[:n], seen[:n], x)
             seen += quick if by_gene else quick[:, None]
-            means = _kahan_mean(total, seen)
+            means = kahan_mean(total, seen)
         out[targets, cols] = means.T if by_gene else means
 
     thread_map(run, range(0, values.shape[1], width))
@@ -212,7 +180,7 @@ class _RunningMean:
             src, dst = piece
             seen = self.seen[dst] if self.seen is not None else None
             with np.errstate(invalid="ignore"):
-                self.quick[dst] += _kahan_add(self.total[dst], self.carry[dst], seen,
+                self.quick[dst] += kahan_add(self.total[dst], self.carry[dst], seen,
                                               values[src])
 
         thread_map(add, pieces)
@@ -220,7 +188,7 @@ class _RunningMean:
     def mean(self) -> np.ndarray:
         seen = self.quick[:, None] if self.seen is None else self.seen + self.quick[:, None]
         with np.errstate(invalid="ignore", divide="ignore"):
-            return _kahan_mean(self.total, np.broadcast_to(seen, self.total.shape))
+            return kahan_mean(self.total, np.broadcast_to(seen, self.total.shape))
 
 
 #: Name -> grouped reduction (both skip NaN values).
@@ -290,7 +258,7 @@ def _label_index(values: np.ndarray) -> pd.Index:
 
 
 def group_by_label(frame: pd.DataFrame, labels: Sequence | None = None,
-                   agg_metric="mean") -> pd.DataFrame:
+                   agg_metric=DEFAULTS["agg_metric"]) -> pd.DataFrame:
     """Reduce the samples (rows) of ``frame`` that share a region label to one row.
 
     Rows are the sorted union of the labels present and ``labels`` (regions without samples
@@ -355,8 +323,8 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
                       for f in frames])
 
 
-def aggregate_regions(microarray, labels: Sequence | None = None, region_agg: str = "donors",
-                      agg_metric="mean"):
+def aggregate_regions(microarray, labels: Sequence | None = None,
+                      region_agg: str = DEFAULTS["region_agg"], agg_metric=DEFAULTS["agg_metric"]):
     """First stage of :func:`aggregate_samples`: region x gene tables before donors are merged.
 
     ``region_agg='donors'`` gives one table per donor (a dict if ``microarray`` is a dict, else
@@ -495,7 +463,7 @@ def _group_with_extra(frame: pd.DataFrame, rows, labels) -> pd.DataFrame:
     return group_by_label(pd.concat([frame, rows]), labels=labels, agg_metric="mean")
 
 
-def aggregate_donors(tables, agg_metric="mean") -> tuple[pd.DataFrame, pd.Index]:
+def aggregate_donors(tables, agg_metric=DEFAULTS["agg_metric"]) -> tuple[pd.DataFrame, pd.Index]:
     """Merge per-donor region x gene tables into one and drop the genes left incomplete.
 
     Each region's value is ``agg_metric`` over the donors that have one (NaN skipped). Genes
@@ -515,8 +483,9 @@ def aggregate_donors(tables, agg_metric="mean") -> tuple[pd.DataFrame, pd.Index]
     return _drop_incomplete(merged)
 
 
-def aggregate_samples(microarray, labels: Sequence | None = None, region_agg: str = "donors",
-                      agg_metric="mean", return_donors: bool = False):
+def aggregate_samples(microarray, labels: Sequence | None = None,
+                      region_agg: str = DEFAULTS["region_agg"], agg_metric=DEFAULTS["agg_metric"],
+                      return_donors: bool = False):
     """Aggregate samples assigned to the same region (abagen's ``aggregate_samples``).
 
     Parameters

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from . import options, pipeline
+from .selection_cache import ChoiceStore
 
 #: the options' defaults (declared once, in ahba_app.options)
 _D = options.DEFAULTS
@@ -68,7 +69,7 @@ def get_expression_data(atlas, atlas_info=None, *, ibf_threshold=_D["ibf_thresho
         donors=donors, stability_threshold=stability_threshold)
     result = pipeline.run(atlas, atlas_info, settings=settings, data_dir=data_dir, n_proc=n_proc,
                           verbose=verbose, return_donors=return_donors,
-                          return_genes=return_genes)
+                          return_genes=return_genes, store=ChoiceStore())
     out = (result.expression,)
     if return_counts:
         out += (result.counts,)
@@ -126,7 +127,7 @@ def get_samples_in_mask(mask=None, **kwargs):
     if mask is None:
         mask = _all_sample_mask(data_dir, settings.donors, settings.corrected_mni)
     result = pipeline.run(mask, None, settings=settings, data_dir=data_dir, n_proc=n_proc,
-                          verbose=verbose, aggregate=False)
+                          verbose=verbose, aggregate=False, store=ChoiceStore())
     frames, coords = {}, {}
     for donor, frame in result.expression.items():
         annotation = result.annotations[donor]

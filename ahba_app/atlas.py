@@ -28,8 +28,9 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
-from . import matching
-from .matching import COORDS, INFO
+from . import geometry as _geometry
+from .geometry import COORDS, INFO
+from .options import DEFAULTS
 
 __all__ = [
     "AtlasTree",
@@ -137,7 +138,7 @@ class AtlasTree:
             self._coords = np.asarray(coords[nz], dtype=float)
         self._labels = np.unique(self._atlas)
         self._centroid_cache = None
-        self._centroids = matching.get_centroids(self._atlas, self._coords, self._labels)
+        self._centroids = _geometry.get_centroids(self._atlas, self._coords, self._labels)
         if not self.volumetric and len(self._labels):
             # a surface centroid is moved onto the surface: its nearest labelled vertex
             _, idx = self.tree.query(self._centroid_array(), k=1)
@@ -199,7 +200,7 @@ class AtlasTree:
                 self._full_coords[self._nz] = pts
             self._tree = None
             self._graph = None
-            self._centroids = matching.get_centroids(self._atlas, pts, self._labels)
+            self._centroids = _geometry.get_centroids(self._atlas, pts, self._labels)
             self._centroid_cache = None
 
     @property
@@ -269,7 +270,7 @@ class AtlasTree:
         """Sparse geodesic graph between labelled vertices (surfaces with triangles)."""
         if self._graph is None and self._triangles is not None:
             unlabelled = self._full_labels() == 0
-            graph = matching.surface_graph(self._full_coords, self._triangles, unlabelled)
+            graph = _geometry.surface_graph(self._full_coords, self._triangles, unlabelled)
             self._graph = graph[self._nz][:, self._nz].tocsr()
         return self._graph
 
@@ -332,23 +333,23 @@ class AtlasTree:
         return out
 
     # matching ---------------------------------------------------------------------------------
-    def label_samples(self, annotation, tolerance: float = 2) -> pd.DataFrame:
+    def label_samples(self, annotation, tolerance: float = DEFAULTS["tolerance"]) -> pd.DataFrame:
         """Region of every sample in ``annotation`` (see :func:`ahba_app.matching.label_samples`).
 
         Returns a frame with one integer column ``label`` (0 = unmatched), indexed like the
         annotation.
         """
         array_input = not isinstance(annotation, (pd.DataFrame, str, os.PathLike))
-        frame = matching.sample_frame(annotation, copy=False)
+        frame = _geometry.sample_frame(annotation, copy=False)
         xyz = np.asarray(frame[COORDS], dtype=float)
-        have = matching._has_info(frame)
+        have = _geometry._has_info(frame)
         hemi = np.asarray(frame["hemisphere"], object) if have else None
         struct = np.asarray(frame["structure"], object) if have else None
         if self.volumetric:
             if self.group_atlas:
                 xyz = self._floor_to_grid(xyz)
             xyz = self._snap_to_voxels(xyz)
-            labels = matching._match_volume(self, xyz, hemi, struct, abs(tolerance))
+            labels = _geometry._match_volume(self, xyz, hemi, struct, abs(tolerance))
         else:
             if array_input or "structure" not in frame.columns:
                 cortex = np.ones(len(frame), dtype=bool)
@@ -356,7 +357,7 @@ class AtlasTree:
                 cortex = np.asarray(frame["structure"] == "cortex")
             labels = np.zeros(len(frame), dtype=np.int64)
             if cortex.any():
-                labels[cortex] = matching._match_surface(
+                labels[cortex] = _geometry._match_surface(
                     self, xyz[cortex], None if hemi is None else hemi[cortex],
                     None if struct is None else struct[cortex], tolerance)
         return pd.DataFrame({"label": labels.astype(int)}, index=frame.index)
@@ -367,11 +368,11 @@ class AtlasTree:
         With atlas info and sample hemisphere/structure, only regions with exactly the
         sample's hemisphere and structure count.
         """
-        frame = matching.sample_frame(annotation, copy=False)
+        frame = _geometry.sample_frame(annotation, copy=False)
         xyz = np.asarray(frame[COORDS], dtype=float)
         cents = self._centroid_array()
-        if self._info is None or not matching._has_info(frame):
-            best, dist = matching.closest_centroid(xyz, cents, return_dist=True)
+        if self._info is None or not _geometry._has_info(frame):
+            best, dist = _geometry.closest_centroid(xyz, cents, return_dist=True)
             labels = self.labels[best]
         else:
             labels = np.full(len(frame), -1, dtype=int)
@@ -381,7 +382,7 @@ class AtlasTree:
             for (struct, hemi), rows in groups.items():
                 same = np.flatnonzero((lab_hemi == hemi) & (lab_struct == struct))
                 if len(same):
-                    best, d = matching.closest_centroid(xyz[rows], cents[same], return_dist=True)
+                    best, d = _geometry.closest_centroid(xyz[rows], cents[same], return_dist=True)
                     labels[rows], dist[rows] = self.labels[same[best]], d
         return (labels, dist) if return_dist else labels
 
@@ -391,7 +392,7 @@ class AtlasTree:
         Distances are Euclidean in volumes and geodesic on surfaces with triangles; with atlas
         info only samples compatible with ``label`` (and with their own nearest region) count.
         """
-        return matching.fill_label_nodes(self, annotation, label, return_dist=return_dist)
+        return _geometry.fill_label_nodes(self, annotation, label, return_dist=return_dist)
 
 
 # --------------------------------------------------------------------------------------------
@@ -616,11 +617,11 @@ def _freesurfer_folder(donor, data_dir):
 
 
 def _to_mni(vertices, space, donor, data_dir, source):
-    space_key = _space_key(space, source)
+    key = space_key(space, source)
     vertices = np.asarray(vertices)
-    if space_key.startswith("fsaverage"):
+    if key.startswith("fsaverage"):
         return nib.affines.apply_affine(_MNI305_TO_152, vertices)
-    if space_key == "fsnative":
+    if key == "fsnative":
         if donor is None:
             raise ValueError(f"{source}: space='fsnative' needs donor= (whose FreeSurfer "
                              f"reconstruction the surfaces come from).")
@@ -631,16 +632,33 @@ def _to_mni(vertices, space, donor, data_dir, source):
     return vertices
 
 
-def _space_key(space, source):
+#: TemplateFlow's fsaverage densities -> the FreeSurfer mesh name.
+FSAVERAGE_DENSITIES = {"1k": "fsaverage3", "3k": "fsaverage4", "10k": "fsaverage5",
+                       "41k": "fsaverage6", "164k": "fsaverage"}
+
+
+def space_key(space, source=None, *, density=None, strict: bool = True):
+    """The canonical name of a space (``fsaverage5``, ``fslr``, ``mni152``, ``fsnative``), from
+    a ``space=`` argument or a TemplateFlow template name (with its ``den-`` density).
+
+    None for no space; an unknown space is a ValueError naming ``source`` when ``strict``, else
+    None (a BIDS file name may carry templates this module does not place).
+    """
+    if space is None or str(space) == "":
+        return None
     key = str(space).lower().replace("_", "").replace("-", "")
+    if key == "fsaverage" and density:
+        return FSAVERAGE_DENSITIES.get(str(density).lower(), "fsaverage")
     if key.startswith("fsaverage"):
         return key
     if key.startswith("fslr"):
         return "fslr"
-    if key.startswith("mni"):
-        return "mni152"
-    if key == "fsnative":
-        return key
+    if key.startswith("mni152") or (strict and key.startswith("mni")):
+        return "mni152"  # a template name must say MNI152; a space= argument may say MNI
+    if key in ("fsnative", "native", "t1w"):
+        return "fsnative"
+    if not strict:
+        return None
     raise ValueError(f"{source}: unknown space {space!r}; choose one of {_SURFACE_SPACES} "
                      f"(fsaverage* surfaces are moved to MNI152, fslr and mni152 surfaces are "
                      f"taken as MNI152 coordinates, fsnative ones need donor=).")
@@ -664,7 +682,7 @@ def _surface_tree(lh, rh, tables, geometry, space, donor, data_dir, source, hemi
             folder = _freesurfer_folder(donor, data_dir)
             geometry = (folder / "surf" / "lh.pial", folder / "surf" / "rh.pial")
             space = "fsnative"
-        elif space is None or _space_key(space, source) == "fsaverage5":
+        elif space is None or space_key(space, source) == "fsaverage5":
             from .datasets import fetch_fsaverage5
             if len(lh) != _FSAVERAGE5_VERTICES or len(rh) != _FSAVERAGE5_VERTICES:
                 raise ValueError(
@@ -689,7 +707,7 @@ def _surface_tree(lh, rh, tables, geometry, space, donor, data_dir, source, hemi
                              f"must be the same mesh (space {space!r}).")
     coords = np.vstack([_to_mni(lv, space, donor, data_dir, source),
                         _to_mni(rv, space, donor, data_dir, source)])
-    if _space_key(space, source) != "fsnative":
+    if space_key(space, source) != "fsnative":
         _check_surface_space(coords, space, source)
     faces = np.vstack([lf, rf + len(lv)])
     labels = np.concatenate([lh, rh])
@@ -697,7 +715,7 @@ def _surface_tree(lh, rh, tables, geometry, space, donor, data_dir, source, hemi
     tree = AtlasTree(labels, coords=coords, triangles=faces, source=source, space=space,
                      group_atlas=donor is None)
     tree.atlas_info = info if len(info) else None
-    if _space_key(space, source) == "fsnative":
+    if space_key(space, source) == "fsnative":
         # FreeSurfer keeps the input T1w's grid in mri/rawavg.mgz: samples' mri_voxel
         # coordinates go through its affine
         rawavg = _freesurfer_folder(donor, data_dir) / "mri" / "rawavg.mgz"
@@ -950,7 +968,7 @@ def _nested_fsaverage(labels, vertices, space, source):
     (and the vertex-count check reports it).
     """
     icosahedral = {10 * 4 ** level + 2 for level in range(10)}.__contains__  # 12, 42, ...
-    if space is None or not _space_key(space, source).startswith("fsaverage"):
+    if space is None or not space_key(space, source).startswith("fsaverage"):
         return labels
     n_labels, n_vertices = len(labels), len(vertices)
     if n_labels > n_vertices and icosahedral(n_labels) and icosahedral(n_vertices):

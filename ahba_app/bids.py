@@ -1,7 +1,5 @@
-"""BIDS: finding the atlases of an input dataset, and writing derivatives.
+"""BIDS input: finding the atlases of an input dataset.
 
-Input discovery
----------------
 The input folder is a BIDS atlas dataset (a derivative-style folder, indexed with pybids and
 ``validate=False``): ``dseg`` images named after BIDS / TemplateFlow conventions, e.g.
 ``tpl-MNI152NLin6Asym_res-01_atlas-Schaefer2018_desc-400Parcels7Networks_dseg.nii.gz``, GIFTI
@@ -13,12 +11,8 @@ these names but not ``tpl`` or ``scale``; :func:`parse_entities` reads every ``k
 of a file name and fills in what pybids left out. When pybids cannot index the folder at all the
 same parser lists the files.
 
-Derivatives
------------
-Output names are ``[sub-<donor>_]atlas-<label>[_space-<tpl>][_res-][_den-][_seg-][_scale-]
-_desc-<desc>_<suffix>.<ext>`` (an atlas ``desc`` is folded into the label, as XCP-D does, because
-``desc`` names the processing). Every write is atomic (temporary name in the same folder, then
-``os.replace``).
+Writing the outputs (BIDS derivatives) is :mod:`ahba_app.derivatives`; its names are
+re-exported here for the callers that know them as ``bids.*``.
 """
 
 from __future__ import annotations
@@ -27,17 +21,15 @@ import hashlib
 import json
 import logging
 import os
-import re
-import secrets
-import sys
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
 
-from ._version import __version__
 
 LGR = logging.getLogger("ahba_app")
 
@@ -48,8 +40,6 @@ __all__ = [
     "read_region_table", "select_atlases", "sha256", "write_json", "write_text", "write_tsv",
 ]
 
-CODE_URL = "https://github.com/ahba-app/ahba-app"
-BIDS_VERSION = "1.10.0"
 
 #: Extensions of atlas images, longest first (so that ``.label.gii.gz`` wins over ``.gz``).
 IMAGE_EXTENSIONS = (".label.gii.gz", ".dlabel.nii.gz", ".label.gii", ".dlabel.nii", ".nii.gz",
@@ -67,9 +57,6 @@ _OUTPUT_ORDER = ("space", "res", "den", "seg", "scale")
 _NOT_ATLAS = ("sub", "ses", "hemi")
 
 #: Suffixes of ahba-app's outputs, which BIDS does not define.
-BIDSIGNORE = ("*_expression.tsv", "*_expression.json", "*_counts.tsv", "*_probes.tsv",
-              "*_genes.tsv", "*_genes.json",
-              "*_samples.tsv", "*_samples.json", "*_report.html", "CITATION.md", "logs/")
 
 
 class BIDSInputError(ValueError):
@@ -279,27 +266,12 @@ def default_atlas() -> AtlasInput:
                       has_info=True, space=None, bundled=True)
 
 
-#: TemplateFlow's fsaverage densities -> the FreeSurfer mesh name.
-_FSAVERAGE_DENSITIES = {"1k": "fsaverage3", "3k": "fsaverage4", "10k": "fsaverage5",
-                        "41k": "fsaverage6", "164k": "fsaverage"}
-
-
 def _space_key(template: str | None, density: str | None = None) -> str | None:
-    """check_atlas's ``space`` for a TemplateFlow template name (and density)."""
-    if not template:
-        return None
-    low = template.lower()
-    if low.startswith("fslr"):
-        return "fslr"
-    if low == "fsaverage" and density:
-        return _FSAVERAGE_DENSITIES.get(density.lower(), "fsaverage")
-    if low.startswith("fsaverage"):
-        return low
-    if low.startswith("mni152"):
-        return "mni152"
-    if low in ("fsnative", "native", "t1w"):
-        return "fsnative"
-    return None
+    """check_atlas's ``space`` for a TemplateFlow template name (and density), None when it
+    names no space that check_atlas knows (:func:`ahba_app.atlas.space_key`)."""
+    from .atlas import space_key
+
+    return space_key(template, density=density, strict=False)
 
 
 def _subset(small: Mapping, big: Mapping) -> bool:
@@ -505,12 +477,13 @@ def select_atlases(atlases: list[AtlasInput], wanted: Iterable[str] | None) -> l
 
 
 class _RecentAtlases:
-    """The last few group atlases loaded in this process, by the SHA-256 of their files.
+    """The last few group atlases loaded in one run, by the SHA-256 of their files.
 
     With Nipype's Linear plugin every node runs in one process, and the run's check, the
     matching, the aggregation and the report would each load (and index) the same atlas again.
     The key holds every file's checksum (:attr:`AtlasInput.checksums`, taken before loading),
-    so a file changed in place is loaded anew; atlases without checksums are never kept.
+    so a file changed in place is loaded anew; atlases without checksums are never kept. The
+    memo belongs to the run (:func:`remembering_atlases`), not to the module.
     """
 
     def __init__(self, size: int = 2):
@@ -540,26 +513,41 @@ class _RecentAtlases:
             self.entries.pop(next(iter(self.entries)))
 
 
-_RECENT_ATLASES = _RecentAtlases()
+#: The memo of the run in progress (None outside :func:`remembering_atlases`).
+_RUN_ATLASES: ContextVar[_RecentAtlases | None] = ContextVar("ahba_app_run_atlases",
+                                                             default=None)
+
+
+@contextmanager
+def remembering_atlases(size: int = 2) -> Iterator[_RecentAtlases]:
+    """Within the block (one run of the command line), a group atlas with checksums is loaded
+    once: the run's memo, dropped when the block ends."""
+    memo = _RecentAtlases(size)
+    token = _RUN_ATLASES.set(memo)
+    try:
+        yield memo
+    finally:
+        _RUN_ATLASES.reset(token)
 
 
 def load_atlas_input(atlas: AtlasInput, donors, data_dir=None) -> tuple[dict, bool]:
     """``{donor: AtlasTree}`` for ``atlas`` and whether it is one group atlas.
 
     Runs :func:`ahba_app.pipeline.load_atlas` (what the Python API runs), passing the surfaces
-    and space that GIFTI / CIFTI atlases found in the input folder need. A group atlas with
-    checksums is loaded once per process (see :class:`_RecentAtlases`): callers read the
-    trees, they do not change them.
+    and space that GIFTI / CIFTI atlases found in the input folder need. Within
+    :func:`remembering_atlases` a group atlas with checksums is loaded once (see
+    :class:`_RecentAtlases`): callers read the trees, they do not change them.
     """
     from .datasets import check_donors
 
-    key = _RECENT_ATLASES.key(atlas)
-    tree = _RECENT_ATLASES.get(key)
+    memo = _RUN_ATLASES.get()
+    key = _RecentAtlases.key(atlas) if memo is not None else None
+    tree = memo.get(key) if key is not None else None
     if tree is not None:  # one group atlas serves every donor
         return {donor: tree for donor in check_donors(donors)}, True
     trees, group_atlas = _load_atlas_input(atlas, donors, data_dir)
-    if group_atlas and trees:
-        _RECENT_ATLASES.put(key, next(iter(trees.values())))
+    if memo is not None and group_atlas and trees:
+        memo.put(key, next(iter(trees.values())))
     return trees, group_atlas
 
 
@@ -649,151 +637,7 @@ def sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-# ---------------------------------------------------------------------------------------------
-# writing
-# ---------------------------------------------------------------------------------------------
-def _atomic(path: Path, write) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_tsv(frame: pd.DataFrame, path: str | os.PathLike, index_label: str | None = None,
-              index: bool = True) -> Path:
-    """Write a TSV atomically: tabs, ``n/a`` for missing values, floats at full precision
-    (shortest representation that reads back to the same float64)."""
-    def write(tmp):
-        if _plain_float_table(frame, index) and not _SPECIAL.search(index_label or ""):
-            _write_float_tsv(frame, tmp, index_label)
-        else:
-            frame.to_csv(tmp, sep="\t", na_rep="n/a", index=index, index_label=index_label,
-                         lineterminator="\n")
-    return _atomic(Path(path), write)
-
-
-_SPECIAL = re.compile(r'[\t\n\r"]')
-
-
-def _plain_float_table(frame: pd.DataFrame, index: bool) -> bool:
-    """A region x gene table: float64 values, one level of int or plain str labels each way."""
-    if not index or frame.shape[1] == 0:
-        return False
-    if isinstance(frame.index, pd.MultiIndex) or isinstance(frame.columns, pd.MultiIndex):
-        return False
-    if not all(dtype == np.float64 for dtype in frame.dtypes):
-        return False
-    for labels in (frame.index, frame.columns):
-        if labels.dtype.kind in "iu":
-            continue
-        if labels.dtype.kind != "O" or not all(type(v) is str and not _SPECIAL.search(v)
-                                               for v in labels):
-            return False
-    return frame.index.name is None or (type(frame.index.name) is str
-                                        and not _SPECIAL.search(frame.index.name))
-
-
-def _write_float_tsv(frame: pd.DataFrame, path: Path, index_label: str | None) -> None:
-    """What ``to_csv`` writes for such a table, twice as fast: Python's ``repr`` of a float64
-    is the same shortest round-trip text that pandas writes."""
-    name = index_label if index_label is not None else (frame.index.name or "")
-    with open(path, "w", encoding="utf-8", newline="\n") as handle:
-        handle.write("\t".join([name, *map(str, frame.columns)]) + "\n")
-        for label, row in zip(frame.index.tolist(), frame.to_numpy().tolist()):
-            values = "\t".join(map(repr, row))
-            if "nan" in values:  # the cells hold only numbers: 'nan' is a missing value
-                values = values.replace("nan", "n/a")
-            handle.write(f"{label}\t{values}\n")
-
-
-def write_json(obj, path: str | os.PathLike) -> Path:
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(obj, handle, indent=2, sort_keys=False, default=_json_default)
-            handle.write("\n")
-    return _atomic(Path(path), write)
-
-
-def write_text(text: str, path: str | os.PathLike) -> Path:
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-    return _atomic(Path(path), write)
-
-
-def _json_default(obj):
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, (np.ndarray,)):
-        return obj.tolist()
-    if isinstance(obj, (Path, os.PathLike)):
-        return os.fspath(obj)
-    if isinstance(obj, (set, tuple)):
-        return list(obj)
-    return str(obj)
-
-
-def derivative_path(root: str | os.PathLike, atlas: AtlasInput, desc: str, suffix: str,
-                    extension: str = ".tsv", donor: str | None = None) -> Path:
-    """Where an output goes: ``root/[sub-<donor>/]<stem>_<suffix><extension>``."""
-    folder = Path(root) / f"sub-{donor}" if donor else Path(root)
-    return folder / f"{atlas.stem(desc, donor)}_{suffix}{extension}"
-
-
-def container_info(environ: Mapping | None = None) -> dict | None:
-    """``GeneratedBy.Container`` ({Type, Tag}) when running in ahba-app's image, else None.
-
-    The image sets ``AHBA_APP_CONTAINER="<type>:<tag>"`` (e.g. ``docker:ahba-app/ahba-app:0.1.0``);
-    under Apptainer/Singularity (``APPTAINER_CONTAINER`` / ``SINGULARITY_CONTAINER``) the type is
-    theirs and the tag the image's (or the container file's name).
-    """
-    env = os.environ if environ is None else environ
-    declared = env.get("AHBA_APP_CONTAINER", "")
-    kind, _, tag = declared.partition(":")
-    for var, runtime in (("APPTAINER_CONTAINER", "apptainer"),
-                         ("SINGULARITY_CONTAINER", "singularity")):
-        if env.get(var):
-            return {"Type": runtime, "Tag": tag or Path(env[var]).name}
-    if declared:
-        return {"Type": kind or "docker", "Tag": tag or "unknown"}
-    return None
-
-
-def software_versions() -> dict:
-    """Versions of ahba-app and the libraries whose behaviour shapes the numbers."""
-    from importlib import metadata
-
-    out = {"ahba-app": __version__,
-           "python": ".".join(map(str, sys.version_info[:3]))}
-    for dist in ("numpy", "pandas", "scipy", "nibabel", "nipype", "pybids", "pyarrow"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:  # pragma: no cover
-            continue
-    return out
-
-
-def dataset_description(input_dir: str | os.PathLike | None = None,
-                        environ: Mapping | None = None) -> dict:
-    """The ``dataset_description.json`` of the derivatives."""
-    generated = {"Name": "ahba-app", "Version": __version__, "CodeURL": CODE_URL,
-                 "Description": "Allen Human Brain Atlas microarray expression aggregated "
-                                "over the regions of each atlas."}
-    container = container_info(environ)
-    if container:
-        generated["Container"] = container
-    desc = {"Name": "ahba-app: Allen Human Brain Atlas expression per atlas region",
-            "BIDSVersion": BIDS_VERSION, "DatasetType": "derivative",
-            "GeneratedBy": [generated],
-            "HowToAcknowledge": "See CITATION.md."}
-    if input_dir is not None:
-        desc["SourceDatasets"] = [{"URL": Path(input_dir).resolve().as_uri()}]
-    return desc
+# the derivatives' writers, at their old address
+from .derivatives import (BIDS_VERSION, BIDSIGNORE, CODE_URL, container_info,  # noqa: E402,F401
+                          dataset_description, derivative_path, software_versions, write_json,
+                          write_text, write_tsv)

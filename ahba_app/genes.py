@@ -34,6 +34,8 @@ from typing import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from .options import DEFAULTS
+
 __all__ = ["ANSWERS", "FATES", "COLUMNS", "explain", "gene_fates", "search_context", "summarize"]
 
 FATES = ("no_annotated_probe", "intensity_filter", "probe_selection", "incomplete",
@@ -55,7 +57,7 @@ def gene_fates(raw_probes: pd.DataFrame, annotated: pd.DataFrame, filtered: pd.D
                share: pd.Series | None = None, ibf_threshold: float | None = None,
                dropped_incomplete: Iterable = (), stability: pd.Series | None = None,
                stability_threshold: float | None = None, donors: Iterable | None = None,
-               reannotated: bool = True) -> pd.DataFrame:
+               reannotated: bool = DEFAULTS["reannotated"]) -> pd.DataFrame:
     """One row per gene symbol (of Probes.csv and of the annotated probe table): its fate.
 
     Parameters

@@ -19,6 +19,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from .options import DEFAULTS
+
 __all__ = ["CiftiVolume", "GrayordinateAtlas", "volume_tree", "structure_of"]
 
 
@@ -156,7 +158,8 @@ class GrayordinateAtlas:
             return None
         return np.asarray(frame["structure"] == "cortex")
 
-    def label_samples(self, annotation, tolerance: float = 2) -> pd.DataFrame:
+    def label_samples(self, annotation, tolerance: float = DEFAULTS["tolerance"]
+                      ) -> pd.DataFrame:
         """Region of every sample: cortical ones on the surface, the others in the volume."""
         from . import matching
 

@@ -100,6 +100,7 @@ import re
 import secrets
 import struct
 import sys
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -387,16 +388,16 @@ def decode_rows(matrix: CachedMatrix, rows, samples=None, transposed: bool = Fal
 def release_rows(matrix: CachedMatrix, rows=None) -> None:
     """Drop the pages of a cache mapped for ``rows`` (positions; None: all) from this process:
     they stay in the page cache, and a later read maps them again."""
-    from .samples import _release_pages  # (the madvise helper shared with PACall and frames)
+    from .matrix import release_pages  # (the madvise helper shared with PACall and frames)
 
     codes = matrix.codes
     if codes is None or rows is None:
-        _release_pages(matrix.values, rows)
+        release_pages(matrix.values, rows)
         return
     rows = np.asarray(rows)
     segments = codes.segment[rows]
     for width in np.unique(segments):
-        _release_pages(codes.views[int(width)], codes.slot[rows[segments == width]])
+        release_pages(codes.views[int(width)], codes.slot[rows[segments == width]])
 
 
 def _decode_block(codes: RowCodes, rows: np.ndarray, cols, out=None) -> np.ndarray:
@@ -1380,7 +1381,7 @@ def _map_checked(handle, location: Path, source: Path, stat: os.stat_result, kin
         raise _Invalid("probe ids fail their checksum")
     if verify or kind == "pacall":
         identity = _file_identity(handle, location)
-        if identity not in _CHECKED_CACHES:
+        if not _was_checked(identity):
             if _file_crc32(handle, _DATA_OFFSET,
                            values_end - _DATA_OFFSET) != values_info.get("crc32"):
                 raise _Invalid("values fail their checksum")
@@ -1453,8 +1454,10 @@ def _row_codes(handle, stored: np.ndarray, header: dict, n_probes: int,
 
 #: Cache files whose values passed their checksum in this process, oldest first (see
 #: :func:`_file_identity`): the nodes of one process (Nipype's Linear plugin) open the same
-#: caches one after another, and each is read whole for its checksum once.
+#: caches one after another, and each is read whole for its checksum once. Caches are opened
+#: from worker threads too (ahba_app._blocks.background): every access holds the lock.
 _CHECKED_CACHES: dict = {}
+_CHECKED_LOCK = threading.Lock()
 _MAX_CHECKED = 64
 
 
@@ -1466,10 +1469,16 @@ def _file_identity(handle, location: Path) -> tuple:
             st.st_ctime_ns)
 
 
+def _was_checked(identity: tuple) -> bool:
+    with _CHECKED_LOCK:
+        return identity in _CHECKED_CACHES
+
+
 def _remember_checked(identity: tuple) -> None:
-    _CHECKED_CACHES[identity] = True
-    while len(_CHECKED_CACHES) > _MAX_CHECKED:
-        del _CHECKED_CACHES[next(iter(_CHECKED_CACHES))]
+    with _CHECKED_LOCK:
+        _CHECKED_CACHES[identity] = True
+        while len(_CHECKED_CACHES) > _MAX_CHECKED:
+            del _CHECKED_CACHES[next(iter(_CHECKED_CACHES))]
 
 
 def _file_crc32(handle, offset: int, length: int) -> int:

@@ -46,6 +46,7 @@ import pandas as pd
 from scipy.special import erfinv
 
 from ._blocks import thread_map, transpose_into
+from .options import DEFAULTS
 
 LGR = logging.getLogger(__name__)
 
@@ -538,8 +539,8 @@ def _buffer(buffers, values: np.ndarray, transposed: bool = False) -> np.ndarray
     return None
 
 
-def normalize_donor(expression: pd.DataFrame, sample_norm: str | None = "srs",
-                    gene_norm: str | None = "srs", matched=None, structures=None,
+def normalize_donor(expression: pd.DataFrame, sample_norm: str | None = DEFAULTS["sample_norm"],
+                    gene_norm: str | None = DEFAULTS["gene_norm"], matched=None, structures=None,
                     ignore_warn: bool = True, buffers=None) -> pd.DataFrame:
     """One donor's normalization as ``get_expression_data`` runs it.
 

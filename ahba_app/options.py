@@ -21,6 +21,7 @@ import argparse
 import math
 import warnings
 from dataclasses import dataclass, field, fields, make_dataclass, replace
+from importlib import import_module
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
@@ -65,38 +66,31 @@ def _tolerance(value) -> float:
     return number
 
 
-def _probe_selection(value):
-    from .probes import check_probe_selection
-    return check_probe_selection(value)
+def _stage(module: str):
+    return import_module(f"{__package__}.{module}")
 
 
-def _donor_probes(value):
-    from .probes import DONOR_PROBES
-    if value not in DONOR_PROBES:
-        raise ValueError(f"Unknown donor_probes {value!r}: choose one of {list(DONOR_PROBES)}.")
-    return value
+def _call(module: str, function: str) -> Callable:
+    """The stage's own check (imported when first used: options.py imports no stage)."""
+    def convert(value):
+        return getattr(_stage(module), function)(value)
+    return convert
 
 
-def _sim_threshold(value):
-    from .samples import check_sim_threshold
-    return check_sim_threshold(value)
-
-
-def _lr_mirror(value):
-    from .samples import check_lr_mirror
-    return check_lr_mirror(value)
-
-
-def _missing(value):
-    from .matching import MISSING_METHODS
-    if value not in MISSING_METHODS:
-        raise ValueError(f"Invalid missing={value!r}: choose one of {list(MISSING_METHODS)}.")
-    return value
+def _member(name: str, module: str, registry: str, word: str = "Invalid") -> Callable:
+    """A value that must be a key of the stage's registry."""
+    def convert(value):
+        names = getattr(_stage(module), registry)
+        if value not in names:
+            sep = " " if word == "Unknown" else "="
+            raise ValueError(f"{word} {name}{sep}{value!r}: choose one of {list(names)}.")
+        return value
+    return convert
 
 
 def _norm(name: str) -> Callable:
     def convert(value):
-        from . import normalize
+        normalize = _stage("normalize")
         resolved = normalize.resolve_norm(value)
         if resolved in normalize.ACROSS_DONORS:
             raise ValueError(f"Invalid {name}={resolved!r}: it corrects donors against one "
@@ -106,65 +100,16 @@ def _norm(name: str) -> Callable:
     return convert
 
 
-def _any_norm(value):
-    from .normalize import resolve_norm
-    return resolve_norm(value)
-
-
-def _region_agg(value):
-    from .aggregate import REGION_AGGS
-    if value not in REGION_AGGS:
-        raise ValueError(f"Invalid region_agg={value!r}: choose one of {list(REGION_AGGS)}.")
-    return value
-
-
-def _agg_metric(value):
-    from .aggregate import check_metric
-    return check_metric(value)
-
-
-def _donors(value):
-    from .datasets import check_donors
-    return check_donors(value)
-
-
-# ---------------------------------------------------------------------------------------------
-# registries: the values each option family accepts, read from the stage modules
-# ---------------------------------------------------------------------------------------------
-def _probe_selection_choices():
-    from .probes import SELECTION_ALIASES, SELECTION_METHODS
-    return tuple(SELECTION_METHODS), dict(SELECTION_ALIASES)
-
-
-def _donor_probes_choices():
-    from .probes import DONOR_PROBES
-    return tuple(DONOR_PROBES), {}
-
-
-def _lr_mirror_choices():
-    from .samples import MIRROR_METHODS
-    return (None, *MIRROR_METHODS), {}
-
-
-def _missing_choices():
-    from .matching import MISSING_METHODS
-    return tuple(MISSING_METHODS), {}
-
-
-def _norm_choices():
-    from . import normalize
-    methods = [m for m in normalize.METHODS if m not in normalize.ACROSS_DONORS]
-    return (None, *methods), dict(normalize.ALIASES)
-
-
-def _region_agg_choices():
-    from .aggregate import REGION_AGGS
-    return tuple(REGION_AGGS), {}
-
-
-def _agg_metric_choices():
-    from .aggregate import AGG_METRICS
-    return tuple(AGG_METRICS), {}
+def _registry(module: str, names: str, *, aliases: str | None = None, none: bool = False,
+              exclude: str | None = None) -> Callable[[], tuple[tuple, dict]]:
+    """The values an option family accepts, read from the stage's registry: (canonical names,
+    None first when allowed; {alias: canonical})."""
+    def read():
+        stage = _stage(module)
+        dropped = getattr(stage, exclude) if exclude else ()
+        values = tuple(v for v in getattr(stage, names) if v not in dropped)
+        return ((None,) if none else ()) + values, dict(getattr(stage, aliases) if aliases else {})
+    return read
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,6 +142,9 @@ class Option:
     metavar: the command line's placeholder.
     describe: the converter of reports when it is more lenient than ``convert`` (a report may
         describe what ``normalize_expression`` did across donors).
+    deprecated: (old value, value) pairs abagen still accepts, with a FutureWarning
+        (``lr_mirror=True`` is ``'bidirectional'``); booleans match only booleans.
+    old_names: (old keyword, value -> value of this option) pairs (``exact=``).
     """
 
     name: str
@@ -211,6 +159,8 @@ class Option:
     nullable: bool = False
     metavar: str | None = None
     describe: Callable[[Any], Any] | None = None
+    deprecated: tuple[tuple[Any, Any], ...] = ()
+    old_names: tuple[tuple[str, Callable[[Any], Any]], ...] = ()
 
     def choices(self) -> tuple:
         """Canonical values (None first when allowed), from the registry."""
@@ -229,43 +179,52 @@ def _dash(name: str) -> tuple[str, str]:
     return "--" + name.replace("_", "-"), "--" + name
 
 
+_NORMS = _registry("normalize", "METHODS", aliases="ALIASES", none=True, exclude="ACROSS_DONORS")
+
 OPTIONS: Mapping[str, Option] = MappingProxyType({o.name: o for o in (
     Option("ibf_threshold", 0.5, "probes",
            "Share of all samples (0-1) in which a probe must exceed background to be kept.",
            _unit_interval("ibf_threshold"), flags=_dash("ibf_threshold"), metavar="THRESHOLD"),
     Option("probe_selection", "diff_stability", "probes",
            "How one expression profile per gene is obtained from its probes.",
-           _probe_selection, kind="choice", registry=_probe_selection_choices,
+           _call("probes", "check_probe_selection"), kind="choice",
+           registry=_registry("probes", "SELECTION_METHODS", aliases="SELECTION_ALIASES"),
            flags=_dash("probe_selection"), metavar="METHOD"),
     Option("donor_probes", "aggregate", "probes",
            "Whether probes are chosen on pooled donors, per donor, or by majority.",
-           _donor_probes, kind="choice", registry=_donor_probes_choices,
+           _member("donor_probes", "probes", "DONOR_PROBES", "Unknown"), kind="choice",
+           registry=_registry("probes", "DONOR_PROBES"),
            flags=_dash("donor_probes"), metavar="METHOD"),
     Option("sim_threshold", None, "samples",
            "Drop samples whose summed correlation with the others is this many standard "
            "deviations below the mean (none: keep all).",
-           _sim_threshold, nullable=True, flags=_dash("sim_threshold"), metavar="THRESHOLD"),
+           _call("samples", "check_sim_threshold"), nullable=True, flags=_dash("sim_threshold"),
+           metavar="THRESHOLD"),
     Option("lr_mirror", None, "samples",
            "Copy samples into the other hemisphere to increase coverage.",
-           _lr_mirror, kind="choice", registry=_lr_mirror_choices, nullable=True,
-           flags=_dash("lr_mirror"), metavar="METHOD"),
+           _call("samples", "check_lr_mirror"), kind="choice",
+           registry=_registry("samples", "MIRROR_METHODS", none=True), nullable=True,
+           flags=_dash("lr_mirror"), metavar="METHOD",
+           deprecated=((True, "bidirectional"), (False, None))),
     Option("missing", None, "matching",
            "How regions without samples are filled (none: left empty, rows of n/a).",
-           _missing, kind="choice", registry=_missing_choices, nullable=True,
-           flags=("--missing",), metavar="METHOD"),
+           _member("missing", "matching", "MISSING_METHODS"), kind="choice",
+           registry=_registry("matching", "MISSING_METHODS"), nullable=True,
+           flags=("--missing",), metavar="METHOD",
+           old_names=(("exact", lambda exact: None if exact else "centroids"),)),
     Option("tolerance", 2, "matching",
            "Volumetric atlas: how far (mm) a sample may lie from a region. Surface atlas: "
            "standard deviations above the mean distance (a negative value is a distance in mm).",
            _tolerance, flags=("--tolerance", "--tol"), metavar="DIST"),
     Option("sample_norm", "srs", "normalize",
            "Normalisation of each sample across genes, within donors.",
-           _norm("sample_norm"), kind="choice", registry=_norm_choices, nullable=True,
-           describe=_any_norm,
+           _norm("sample_norm"), kind="choice", registry=_NORMS, nullable=True,
+           describe=_call("normalize", "resolve_norm"),
            flags=_dash("sample_norm"), metavar="METHOD"),
     Option("gene_norm", "srs", "normalize",
            "Normalisation of each gene across samples, within donors.",
-           _norm("gene_norm"), kind="choice", registry=_norm_choices, nullable=True,
-           describe=_any_norm,
+           _norm("gene_norm"), kind="choice", registry=_NORMS, nullable=True,
+           describe=_call("normalize", "resolve_norm"),
            flags=_dash("gene_norm"), metavar="METHOD"),
     Option("norm_matched", True, "normalize",
            "Normalise genes over matched samples only (else over all samples).",
@@ -285,11 +244,13 @@ OPTIONS: Mapping[str, Option] = MappingProxyType({o.name: o for o in (
                       "Normalize genes across structures (the default; overrides a preset)."))),
     Option("region_agg", "donors", "aggregate",
            "Combine samples within donors first, or pool all samples.",
-           _region_agg, kind="choice", registry=_region_agg_choices,
+           _member("region_agg", "aggregate", "REGION_AGGS"), kind="choice",
+           registry=_registry("aggregate", "REGION_AGGS"),
            flags=_dash("region_agg"), metavar="METHOD"),
     Option("agg_metric", "mean", "aggregate",
            "Statistic used to combine samples and donors.",
-           _agg_metric, kind="choice", registry=_agg_metric_choices,
+           _call("aggregate", "check_metric"), kind="choice",
+           registry=_registry("aggregate", "AGG_METRICS"),
            flags=_dash("agg_metric"), metavar="METHOD"),
     Option("corrected_mni", True, "samples",
            "Use the alleninf non-linear MNI coordinates of the samples.",
@@ -305,7 +266,7 @@ OPTIONS: Mapping[str, Option] = MappingProxyType({o.name: o for o in (
                       "al. (2019) reannotation."),
                Switch(("--reannotated",), True, None))),
     Option("donors", "all", "data",
-           "Donors whose samples are used.", _donors, kind="donors"),
+           "Donors whose samples are used.", _call("datasets", "check_donors"), kind="donors"),
     Option("stability_threshold", None, "aggregate",
            "ahba-app extension: drop genes whose differential stability across donors is "
            "below this value (none: keep all).",
@@ -321,18 +282,24 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType({o.name: o.default for o in OPTIO
 
 
 def deprecated_spellings(kwargs: dict, stacklevel: int = 3) -> dict:
-    """``kwargs`` with abagen's deprecated spellings replaced, with a FutureWarning:
-    ``exact=True/False`` (abagen < 0.1's ``missing``) and ``lr_mirror=True/False``."""
+    """``kwargs`` with abagen's deprecated spellings (:attr:`Option.deprecated`,
+    :attr:`Option.old_names`) replaced, each with a FutureWarning naming the new spelling."""
     kwargs = dict(kwargs)
-    exact = kwargs.pop("exact", None)
-    if exact is not None:
-        warnings.warn("exact= is deprecated: use missing=None (exact=True) or "
-                      "missing='centroids' (exact=False).", FutureWarning, stacklevel=stacklevel)
-        kwargs["missing"] = None if exact else "centroids"
-    if isinstance(kwargs.get("lr_mirror"), bool):  # abagen < 0.1 took a boolean
-        warnings.warn("lr_mirror=True/False is deprecated: use 'bidirectional' or None.",
-                      FutureWarning, stacklevel=stacklevel)
-        kwargs["lr_mirror"] = "bidirectional" if kwargs["lr_mirror"] else None
+    for option in OPTIONS.values():
+        for old_name, translate in option.old_names:
+            old = kwargs.pop(old_name, None)
+            if old is not None:
+                new = translate(old)
+                warnings.warn(f"{old_name}={old!r} is deprecated: use {option.name}={new!r}.",
+                              FutureWarning, stacklevel=stacklevel)
+                kwargs[option.name] = new
+        value = kwargs.get(option.name)
+        for old, new in option.deprecated:
+            if type(value) is type(old) and value == old:
+                warnings.warn(f"{option.name}={old!r} is deprecated: use {option.name}={new!r}.",
+                              FutureWarning, stacklevel=stacklevel)
+                kwargs[option.name] = new
+                break
     return kwargs
 
 

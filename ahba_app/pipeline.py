@@ -30,7 +30,7 @@ import collections.abc
 import hashlib
 import logging
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -43,7 +43,8 @@ from . import probes as _probes
 from . import samples as _samples
 from ._blocks import background, transpose_into
 from .datasets import RNASEQ_DONORS
-from .options import Settings
+from .exact import read_order
+from .options import DEFAULTS, Settings
 from .summary import GroupFacts, ProbeCounts, run_summary
 
 LGR = logging.getLogger("ahba_app")
@@ -148,15 +149,17 @@ def data_identity(files: Mapping, rnaseq_files: Mapping | None = None) -> str:
 # --------------------------------------------------------------------------------------------
 # probes and samples
 # --------------------------------------------------------------------------------------------
-def load_probe_table(files: Mapping, *, reannotated: bool = True) -> pd.DataFrame:
+def load_probe_table(files: Mapping, *, reannotated: bool = DEFAULTS["reannotated"]
+                    ) -> pd.DataFrame:
     """The probe table (Probes.csv is the same for every donor, so the first one is read)."""
     first = next(iter(files.values()))
     return _probes.prepare_probes(first["probes"], reannotated=reannotated)
 
 
 def prepare_donor_samples(donor_files: Mapping, probes: pd.DataFrame, *,
-                          corrected_mni: bool = True, lr_mirror=None, sim_threshold=None,
-                          native_affine=None) -> tuple[pd.DataFrame, dict]:
+                          corrected_mni: bool = DEFAULTS["corrected_mni"], lr_mirror=None,
+                          sim_threshold=None, native_affine=None
+                          ) -> tuple[pd.DataFrame, dict]:
     """One donor's sample table and the counts of what happened to its samples.
 
     With ``native_affine`` (a donor-native atlas) the samples' coordinates are their MRI voxels
@@ -176,7 +179,8 @@ def prepare_donor_samples(donor_files: Mapping, probes: pd.DataFrame, *,
 
 
 def filter_probe_table(files: Mapping, annotations: Mapping, probes: pd.DataFrame, *,
-                       ibf_threshold: float = 0.5, return_share: bool = False):
+                       ibf_threshold: float = DEFAULTS["ibf_threshold"],
+                       return_share: bool = False):
     """Probes above background in at least ``ibf_threshold`` of all donors' samples (and, with
     ``return_share``, every probe's share of samples above background)."""
     pacall = {donor: files[donor]["pacall"] for donor in annotations}
@@ -249,26 +253,22 @@ def read_donor_samples(microarray, content_id: str | None, annotation: pd.DataFr
     return _probes.read_chosen_probes(matrix, annotation, chosen, samples, order=order)
 
 
-def normalized_rows(labels: np.ndarray, *, norm_matched: bool = True) -> np.ndarray:
+def normalized_rows(labels: np.ndarray, *, norm_matched: bool = DEFAULTS["norm_matched"]
+                   ) -> np.ndarray:
     """Positions of the samples normalization keeps: with ``norm_matched`` the matched ones
     (label not 0), otherwise all."""
     labels = np.asarray(labels)
     return np.flatnonzero(labels != 0) if norm_matched else np.arange(len(labels))
 
 
-def read_order(sample_norm) -> str:
-    """The memory layout to read a donor's table in before normalization: genes contiguous
-    ('C', quicker) when the sample normalization's numbers cannot depend on the layout,
-    otherwise the layout it always had ('F')."""
-    return ("C" if sample_norm is not None and _normalize.layout_independent(sample_norm)
-            else "F")
-
-
 def select_donor_probes(files: Mapping, annotations: Mapping, probes: pd.DataFrame, *,
-                        probe_selection: str = "diff_stability", donor_probes: str = "aggregate",
-                        rnaseq_files: Mapping | None = None) -> tuple[DonorTables, pd.DataFrame]:
+                        probe_selection: str = DEFAULTS["probe_selection"],
+                        donor_probes: str = DEFAULTS["donor_probes"],
+                        rnaseq_files: Mapping | None = None, store=None
+                       ) -> tuple[DonorTables, pd.DataFrame]:
     """Samples x genes expression of every donor (a :class:`DonorTables`, read on demand) and
-    the table of chosen probes."""
+    the table of chosen probes. ``store``: where choices are kept for later runs
+    (:class:`ahba_app.selection_cache.ChoiceStore`; None: nowhere)."""
     microarray = {donor: files[donor]["microarray"] for donor in annotations}
     rnaseq = None
     if rnaseq_files is not None:
@@ -276,7 +276,7 @@ def select_donor_probes(files: Mapping, annotations: Mapping, probes: pd.DataFra
                   for donor, paths in rnaseq_files.items()}
     chosen, selection = _probes.select_probes(microarray, annotations, probes,
                                               method=probe_selection, donor_probes=donor_probes,
-                                              rnaseq=rnaseq)
+                                              rnaseq=rnaseq, store=store)
     return DonorTables(chosen), selection
 
 
@@ -359,7 +359,8 @@ def check_atlas_settings(group_atlas: bool, settings: Settings) -> None:
                          "lr_mirror=None.")
 
 
-def donor_samples(files: Mapping, *, corrected_mni: bool = True, lr_mirror=None) -> list:
+def donor_samples(files: Mapping, *, corrected_mni: bool = DEFAULTS["corrected_mni"], lr_mirror=None
+                 ) -> list:
     """Every donor's sample table (coordinates, hemisphere, structure), from the annotation files
     alone: what the atlas checks need before any expression data is read."""
     return [_samples.prepare_samples(paths["annotation"], paths["ontology"],
@@ -368,7 +369,7 @@ def donor_samples(files: Mapping, *, corrected_mni: bool = True, lr_mirror=None)
 
 
 def warn_unreachable_regions(atlases: Mapping, group_atlas: bool, annotations, *,
-                             tolerance: float = 2) -> np.ndarray:
+                             tolerance: float = DEFAULTS["tolerance"]) -> np.ndarray:
     """Warn (UserWarning) about regions of a group atlas that no sample can be matched to.
 
     ``annotations`` are the donors' sample tables; donor-native atlases are not checked (each
@@ -381,8 +382,8 @@ def warn_unreachable_regions(atlases: Mapping, group_atlas: bool, annotations, *
                                         tolerance=tolerance)
 
 
-def match_donor_samples(atlas_tree, annotation: pd.DataFrame, *, tolerance: float = 2
-                        ) -> np.ndarray:
+def match_donor_samples(atlas_tree, annotation: pd.DataFrame, *,
+                        tolerance: float = DEFAULTS["tolerance"]) -> np.ndarray:
     """The region label of every sample row (0 = matched to no region)."""
     labels = atlas_tree.label_samples(atlas_coordinates(atlas_tree, annotation),
                                       tolerance=tolerance)
@@ -390,8 +391,10 @@ def match_donor_samples(atlas_tree, annotation: pd.DataFrame, *, tolerance: floa
 
 
 def normalize_donor_expression(expression: pd.DataFrame, labels: np.ndarray,
-                               annotation: pd.DataFrame, *, sample_norm="srs", gene_norm="srs",
-                               norm_matched: bool = True, norm_structures: bool = False):
+                               annotation: pd.DataFrame, *, sample_norm=DEFAULTS["sample_norm"],
+                               gene_norm=DEFAULTS["gene_norm"],
+                               norm_matched: bool = DEFAULTS["norm_matched"],
+                               norm_structures: bool = DEFAULTS["norm_structures"]):
     """Normalize one donor; returns the normalized table and the labels and annotation kept.
 
     With ``norm_matched`` only samples matched to a region are normalized (and kept); otherwise
@@ -425,8 +428,8 @@ def fill_missing_regions(missing, atlases: Mapping, labels: Mapping, expressions
 
 
 def aggregate_expression(expressions: Mapping, labels: Mapping, all_labels, *,
-                         fills: Mapping | None = None, region_agg: str = "donors",
-                         agg_metric="mean", return_donors: bool = False):
+                         fills: Mapping | None = None, region_agg: str = DEFAULTS["region_agg"],
+                         agg_metric=DEFAULTS["agg_metric"], return_donors: bool = False):
     """Region x gene table (or per-donor tables) and the genes dropped as incomplete.
 
     ``expressions`` and ``labels`` are per donor, aligned by row; ``fills`` are extra rows per
@@ -461,7 +464,7 @@ def aggregate_expression(expressions: Mapping, labels: Mapping, all_labels, *,
 class PipelineResult:
     """What one run produced: the tables, and the facts the report and outputs need.
 
-    ``summary`` is the :class:`ahba_app.report.RunSummary` (built by
+    ``summary`` is the :class:`ahba_app.report.RunSummary` (built on first access by
     :func:`ahba_app.summary.run_summary`, as the workflow's report node builds it); ``labels``
     and ``annotations`` are the per-donor sample labels and tables after normalization;
     ``atlas`` is the atlas tree (the first donor's).
@@ -471,18 +474,28 @@ class PipelineResult:
     counts: pd.DataFrame
     selection: pd.DataFrame
     settings: Settings
-    summary: object
+    summarize: Callable = field(repr=False)
     group_atlas: bool = True
     labels: dict = field(default_factory=dict)
     annotations: dict = field(default_factory=dict)
     atlas: object = None
     genes: pd.DataFrame | None = None
+    group: GroupFacts | None = None
+
+    @property
+    def summary(self):
+        """The run summary of the report (made when asked for: most runs never need it)."""
+        if getattr(self, "_summary", None) is None:
+            self._summary = self.summarize(self.group, self.expression)
+        return self._summary
 
 
 def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: int = 1,
         verbose: int = 0, return_donors: bool = False, aggregate: bool = True,
-        return_genes: bool = False) -> PipelineResult:
+        return_genes: bool = False, store=None) -> PipelineResult:
     """Run every stage in order for one atlas (the Python API's engine).
+
+    ``store`` keeps the probe choice for later runs (see :func:`select_donor_probes`).
 
     The same stages as the workflow, arranged to hold little at a time: each donor's
     microarray and PACall caches are mapped once and shared by the stages; each donor's table
@@ -546,7 +559,7 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
     probe_counts.n_filtered = len(probes)
     expressions, selection = select_donor_probes(
         files, annotations, probes, probe_selection=settings.probe_selection,
-        donor_probes=settings.donor_probes, rnaseq_files=rnaseq_files)
+        donor_probes=settings.donor_probes, rnaseq_files=rnaseq_files, store=store)
     probe_counts.n_genes = expressions.n_genes(next(iter(expressions)))
     check_genes(probe_counts.n_genes, n_probes=len(probes), ibf_threshold=settings.ibf_threshold)
 
@@ -577,16 +590,17 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
     counts = _matching.sample_counts(labels, all_labels)
     tree = next(iter(atlases.values()))
 
+    donors = list(files)  # (the closure below must not hold the mapped caches of ``files``)
+
     def summarize(group=None, expression=None):
-        return run_summary(tree=tree, donors=list(files), sample_info=sample_facts,
+        return run_summary(tree=tree, donors=donors, sample_info=sample_facts,
                            annotations=annotations, match_labels=match_labels,
                            selection=selection, probes=probe_counts, group=group,
                            expression=expression, counts=counts)
 
-    result = PipelineResult(normalized, counts, selection, settings, None, group_atlas,
+    result = PipelineResult(normalized, counts, selection, settings, summarize, group_atlas,
                             labels, kept, tree)
     if not aggregate:
-        result.summary = summarize()
         return result
     if stream is not None:
         group = stream.result(labels)
@@ -598,7 +612,7 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
                                 return_donors=return_donors)
     check_expression(group["expression"], group["summary"])
     result.expression = group["donor_expressions"] if return_donors else group["expression"]
-    result.summary = summarize(group["summary"], result.expression)
+    result.group = group["summary"]
     if return_genes:
         from .genes import gene_fates
 
@@ -662,8 +676,9 @@ class _DonorStream:
 
 
 def aggregate_group(atlases: Mapping, all_labels, normalized: Mapping, kept: Mapping,
-                    labels: Mapping, *, missing=None, region_agg="donors", agg_metric="mean",
-                    stability_threshold=None, return_donors=False) -> dict:
+                    labels: Mapping, *, missing=None, region_agg=DEFAULTS["region_agg"],
+                    agg_metric=DEFAULTS["agg_metric"], stability_threshold=None, return_donors=False
+                   ) -> dict:
     """Fill empty regions, aggregate, apply the stability threshold: the group level.
 
     Returns ``expression`` (regions x genes), ``counts``, ``donor_expressions`` (per-donor
@@ -700,7 +715,7 @@ def aggregate_group(atlases: Mapping, all_labels, normalized: Mapping, kept: Map
 
 
 def stable_genes(normalized: Mapping, labels: Mapping, all_labels, *, threshold: float,
-                 agg_metric="mean") -> pd.Series:
+                 agg_metric=DEFAULTS["agg_metric"]) -> pd.Series:
     """Whether each gene's differential stability across donors reaches ``threshold``.
 
     Differential stability is the mean over donor pairs of the Spearman correlation of the

@@ -37,8 +37,10 @@ import numpy as np
 import pandas as pd
 
 from ._blocks import thread_map
-from .samples import (_annotation, _DonorMatrix, _matrix, _probes_by_samples, _read,
-                      _row_chunks)
+from .exact import kahan_step
+from .matrix import DonorMatrix, as_array, row_chunks
+from .options import DEFAULTS
+from .samples import annotation_table, as_table
 
 __all__ = [
     "AGGREGATE_ONLY",
@@ -87,7 +89,7 @@ def check_probe_selection(method) -> str:
     return name
 
 
-def check_donor_probes(donor_probes, method: str = "diff_stability") -> str:
+def check_donor_probes(donor_probes, method: str = DEFAULTS["probe_selection"]) -> str:
     """Validate ``donor_probes``; methods of :data:`AGGREGATE_ONLY` force 'aggregate' (warning)."""
     if donor_probes not in DONOR_PROBES:
         raise ValueError(f"Unknown donor_probes {donor_probes!r}: choose one of "
@@ -132,7 +134,7 @@ def reannotate_probes(probes, table: pd.DataFrame | None = None) -> pd.DataFrame
         Table rows without an Entrez id, or whose probe is not in ``probes``, are left out
         (abagen crashes on the latter).
     """
-    probes = _read(probes, "read_probes")
+    probes = as_table(probes, "read_probes")
     if table is None:
         from .datasets import load_reannotated
 
@@ -150,9 +152,9 @@ def reannotate_probes(probes, table: pd.DataFrame | None = None) -> pd.DataFrame
     return out.sort_index(kind="stable")
 
 
-def prepare_probes(probes, reannotated: bool = True) -> pd.DataFrame:
+def prepare_probes(probes, reannotated: bool = DEFAULTS["reannotated"]) -> pd.DataFrame:
     """The probe table the pipeline uses: reannotated (default) or Probes.csv, with Entrez ids."""
-    probes = _read(probes, "read_probes")
+    probes = as_table(probes, "read_probes")
     if reannotated:
         return reannotate_probes(probes)
     return probes.loc[probes["entrez_id"].notna().to_numpy()]
@@ -180,7 +182,7 @@ def probe_summary(steps: Mapping[str, pd.DataFrame | Mapping]) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------
 # intensity-based filter
 # ---------------------------------------------------------------------------------------------
-def _indexers(matrix: _DonorMatrix, probe_ids, sample_ids, what: str):
+def _indexers(matrix: DonorMatrix, probe_ids, sample_ids, what: str):
     rows = matrix.probe_index.get_indexer(probe_ids)
     if (rows < 0).any():
         raise ValueError(f"{int((rows < 0).sum())} probe(s) are not rows of the {what} (e.g. "
@@ -213,14 +215,14 @@ def filter_probes(pacall: Mapping, annotation: Mapping, probes,
         Also return the share of samples above background of every probe (Series).
     """
     threshold = check_ibf_threshold(threshold)
-    probes = _read(probes, "read_probes")
+    probes = as_table(probes, "read_probes")
     signal = np.zeros(len(probes), dtype=np.int64)
     n_samples = 0
     for donor, frame in pacall.items():
         if donor not in annotation:
             raise ValueError(f"No sample table for donor {donor!r} of the PACall data.")
-        matrix = _DonorMatrix(frame, "pacall")
-        annot = _annotation(annotation[donor])
+        matrix = DonorMatrix(frame, "pacall")
+        annot = annotation_table(annotation[donor])
         rows, cols = _indexers(matrix, probes.index, annot.index, f"PACall of donor {donor}")
         signal += matrix.count_true(rows, cols)
         matrix.release()
@@ -317,7 +319,7 @@ class _Genes:
 class _Data:
     """The per-donor data, read as probes x samples blocks (C order, input dtype).
 
-    Each donor's matrix is a :class:`ahba_app.samples._DonorMatrix`: from the cache, only the
+    Each donor's matrix is a :class:`ahba_app.matrix.DonorMatrix`: from the cache, only the
     blocks asked for are read and decoded; :meth:`release` gives a finished donor's pages back.
     """
 
@@ -330,8 +332,8 @@ class _Data:
         self.donors = list(microarray)
         self.matrices, self.rows, self.cols, self.annotation = {}, {}, {}, {}
         for donor in self.donors:
-            matrix = _DonorMatrix(microarray[donor], "microarray")
-            annot = _annotation(annotation[donor])
+            matrix = DonorMatrix(microarray[donor], "microarray")
+            annot = annotation_table(annotation[donor])
             self.rows[donor], self.cols[donor] = _indexers(
                 matrix, genes.probe_ids, annot.index, f"microarray of donor {donor}")
             self.matrices[donor], self.annotation[donor] = matrix, annot
@@ -599,7 +601,7 @@ def _region_means(read, n_rows: int, positions: np.ndarray, starts, counts) -> n
     samples = np.concatenate([np.asarray(positions)[firsts[:n] + k]
                               for k, n in enumerate(active)])
     offsets = np.concatenate([[0], np.cumsum(active)])
-    for rows in _row_chunks(n_rows, len(samples), _KAHAN_CHUNK):
+    for rows in row_chunks(n_rows, len(samples), _KAHAN_CHUNK):
         values = read(rows, samples)            # samples (step by step) x rows
         total = values[:active[0]] + 0.0        # 0 + x: the first step of the sum
         carry = total - values[:active[0]]      # (t - 0) - x, i.e. 0 unless x is -0.0 or inf
@@ -607,11 +609,7 @@ def _region_means(read, n_rows: int, positions: np.ndarray, starts, counts) -> n
         t = np.empty_like(total)
         for k in range(1, len(active)):
             n = active[k]
-            np.subtract(values[offsets[k]:offsets[k] + n], carry[:n], out=y[:n])
-            np.add(total[:n], y[:n], out=t[:n])
-            np.subtract(t[:n], total[:n], out=carry[:n])
-            carry[:n] -= y[:n]
-            total[:n] = t[:n]
+            kahan_step(total[:n], carry[:n], values[offsets[k]:offsets[k] + n], y[:n], t[:n])
         total /= sizes[:, None]
         out[rows, by_size] = total.T
     return out
@@ -679,7 +677,7 @@ def _dense_codes(values: np.ndarray) -> np.ndarray:
     codes = np.zeros((n_rows, n_cols), dtype=index)
     if n_cols == 0 or n_rows == 0:
         return codes
-    for rows in _row_chunks(n_rows, n_cols, _RANK_CHUNK):  # small temporaries, in cache
+    for rows in row_chunks(n_rows, n_cols, _RANK_CHUNK):  # small temporaries, in cache
         part = values[rows]
         order = np.argsort(part, axis=1)  # equal values end up side by side in any order
         if part.dtype.kind == "f":
@@ -781,7 +779,7 @@ def _diff_stability(data: _Data, donors, **_) -> _Choice:
         for n, ((a, b), (ia, ib)) in enumerate(zip(pairs, shared)):
             corr[rows, n] = _rank_corr(ranks(a, ia), ranks(b, ib))
 
-    thread_map(correlate, _row_chunks(data.genes.n_probes, widest, _RANK_CHUNK))
+    thread_map(correlate, row_chunks(data.genes.n_probes, widest, _RANK_CHUNK))
     return _choice(data.genes, corr.mean(axis=1), "diff_stability")
 
 
@@ -824,14 +822,14 @@ def _rnaseq(data: _Data, donors, rnaseq: Mapping | None = None, **_) -> _Choice:
     genes = data.genes
     corr = np.full((genes.n_probes, len(pairs)), np.nan)
     for n, (rkey, donor) in enumerate(pairs):
-        tpm = _read(rnaseq[rkey]["tpm"], "read_tpm")
-        annot = _annotation(rnaseq[rkey]["annotation"])
+        tpm = as_table(rnaseq[rkey]["tpm"], "read_tpm")
+        annot = annotation_table(rnaseq[rkey]["annotation"])
         if tpm.shape[1] != len(annot):
             raise ValueError(f"RNA-seq of donor {rkey}: the TPM table has {tpm.shape[1]} "
                              f"samples but its sample table {len(annot)}.")
         unique_rows = np.flatnonzero(~pd.Index(tpm.index).duplicated())
         order, rna_regions, starts, counts = _region_order(annot["structure_id"])
-        values = _matrix(tpm)
+        values = as_array(tpm)
         rna = _region_means(
             lambda rows, samples: np.array(values[unique_rows[rows]][:, samples].T,
                                            dtype=np.float64, order="C"),
@@ -949,8 +947,9 @@ def _gene_columns(genes: _Genes, which: np.ndarray) -> pd.Index:
 
 
 def collapse_probes(microarray: Mapping, annotation: Mapping, probes,
-                    method: str = "diff_stability", donor_probes: str = "aggregate",
-                    rnaseq: Mapping | None = None, return_info: bool = False):
+                    method: str = DEFAULTS["probe_selection"],
+                    donor_probes: str = DEFAULTS["donor_probes"], rnaseq: Mapping | None = None,
+                    return_info: bool = False):
     """Reduce every donor's probes x samples data to samples x genes.
 
     Parameters
@@ -1088,8 +1087,9 @@ def read_chosen_probes(microarray, annotation, chosen: pd.DataFrame, samples=Non
 UNSTORED_METHODS = ("rnaseq",)
 
 
-def _choice_store(data: _Data, method: str, donor_probes: str) -> tuple[Path, str] | None:
-    """(file, key) of this choice in the store, or None when it cannot be stored: a donor's
+def _choice_store(data: _Data, method: str, donor_probes: str, store
+                  ) -> tuple[Path, str] | None:
+    """(file, key) of this choice in ``store``, or None when it cannot be stored: a donor's
     microarray is not from a cache, or probe ids repeat."""
     from . import selection_cache
 
@@ -1108,16 +1108,14 @@ def _choice_store(data: _Data, method: str, donor_probes: str) -> tuple[Path, st
     key = selection_cache.choice_key(method, donor_probes, genes.probe_ids, genes.gene_of,
                                      genes.symbols, donors)
     folder = Path(data.matrices[data.donors[0]].cached.cache).parent
-    return selection_cache.path_for(folder, key), key
+    return store.path(folder, key), key
 
 
-def _load_choices(data: _Data, path: Path, key: str) -> dict | None:
+def _load_choices(data: _Data, store, path: Path, key: str) -> dict | None:
     """The stored choices as :data:`DONOR_PROBES` returns them, or None (none stored, or they do
     not fit this probe table: every probe must exist and belong to its gene)."""
-    from . import selection_cache
-
     genes = data.genes
-    stored = selection_cache.load(path, key, len(genes.symbols))
+    stored = store.load(path, key, len(genes.symbols))
     if stored is None:
         return None
     keys = {"all": "all", **{str(donor): donor for donor in data.donors}}
@@ -1138,11 +1136,11 @@ def _load_choices(data: _Data, path: Path, key: str) -> dict | None:
     return choices
 
 
-def _save_choices(data: _Data, choices: dict, path: Path, key: str) -> None:
+def _save_choices(data: _Data, choices: dict, store, path: Path, key: str) -> None:
     from . import selection_cache
 
     ids = data.genes.probe_ids
-    selection_cache.save(path, key, {
+    store.save(path, key, {
         str(name): selection_cache.StoredChoice(
             np.where(choice.position >= 0, ids[np.maximum(choice.position, 0)], -1),
             np.asarray(choice.score, dtype=np.float64), choice.criterion)
@@ -1150,16 +1148,19 @@ def _save_choices(data: _Data, choices: dict, path: Path, key: str) -> None:
 
 
 def select_probes(microarray: Mapping, annotation: Mapping, probes,
-                  method: str = "diff_stability", donor_probes: str = "aggregate",
-                  rnaseq: Mapping | None = None) -> tuple[ChosenProbes, pd.DataFrame]:
+                  method: str = DEFAULTS["probe_selection"],
+                  donor_probes: str = DEFAULTS["donor_probes"], rnaseq: Mapping | None = None,
+                  store=None) -> tuple[ChosenProbes, pd.DataFrame]:
     """Choose the probes as :func:`collapse_probes` does, without reading the tables yet.
 
     Returns a :class:`ChosenProbes` (whose ``frame(donor)`` is ``collapse_probes``' table of
-    that donor) and the selection table of ``return_info=True``.
+    that donor) and the selection table of ``return_info=True``. ``store`` (an
+    :class:`ahba_app.selection_cache.ChoiceStore`) keeps the choice for later runs with the
+    same inputs and reads it back; without one nothing is read or written.
     """
     method = check_probe_selection(method)
     donor_probes = check_donor_probes(donor_probes, method)
-    probes = _read(probes, "read_probes")
+    probes = as_table(probes, "read_probes")
     genes = _Genes.from_probes(probes)
     data = _Data(microarray, annotation, genes)
 
@@ -1171,12 +1172,13 @@ def select_probes(microarray: Mapping, annotation: Mapping, probes,
                              "criterion": method, "score": np.nan})
         return ChosenProbes(data, frames=frames), info
 
-    store = _choice_store(data, method, donor_probes) if method not in UNSTORED_METHODS else None
-    choices = _load_choices(data, *store) if store is not None else None
+    where = (_choice_store(data, method, donor_probes, store)
+             if store is not None and method not in UNSTORED_METHODS else None)
+    choices = _load_choices(data, store, *where) if where is not None else None
     if choices is None:
         choices = DONOR_PROBES[donor_probes](data, SELECTION_METHODS[method], rnaseq=rnaseq)
-        if store is not None:
-            _save_choices(data, choices, *store)
+        if where is not None:
+            _save_choices(data, choices, store, *where)
     rows = []
     for key, choice in choices.items():
         which = np.flatnonzero(choice.position >= 0)

@@ -6,8 +6,9 @@ run again, makes the same choice every time. Each choice is stored in a small ``
 (``selection-<key>.npz``, next to the first donor's matrix cache) under a key that digests
 everything the choice depends on:
 
-- the method and how donors are combined (``donor_probes``), this format's version and
-  ahba-app's;
+- the method and how donors are combined (``donor_probes``), this format's version, ahba-app's,
+  and a digest of the code that makes the choice (:func:`code_version`), so that a change of
+  that code never reads a choice the old code made;
 - the probe table (probe ids, in gene order, and their genes);
 - for every donor: what its microarray cache holds (:attr:`ahba_app.io.CachedMatrix.content_id`),
   the samples used (their columns, in order) and their structures.
@@ -25,9 +26,12 @@ import logging
 import os
 import zipfile
 from dataclasses import dataclass
+from importlib import import_module
 from pathlib import Path
 
 import numpy as np
+
+from .atomic import replacing
 
 LOGGER = logging.getLogger(__name__)
 
@@ -36,6 +40,41 @@ FORMAT_VERSION = 1
 #: File names: the prefix, then the key's first hex digits.
 PREFIX = "selection-"
 _KEY_DIGITS = 32
+#: The modules whose code decides a probe choice (their source enters every key).
+SELECTION_CODE = ("ahba_app.probes", "ahba_app.matrix", "ahba_app.exact", "ahba_app.io",
+                  "ahba_app.selection_cache", "ahba_app._blocks")
+
+
+def code_version() -> str:
+    """A SHA-256 of the source of :data:`SELECTION_CODE`: any edit of the code that chooses
+    probes changes every key (read each time: a few hundred KB, no module-level state)."""
+    hasher = hashlib.sha256()
+    for name in SELECTION_CODE:
+        try:
+            module = import_module(name)
+        except ImportError:  # a module of the list that this version does not have
+            hasher.update(f"no {name}".encode())
+            continue
+        hasher.update(name.encode() + b"\0" + Path(module.__file__).read_bytes())
+    return hasher.hexdigest()
+
+
+class ChoiceStore:
+    """Where probe choices are stored: ``folder``, or (None) the folder of the first donor's
+    microarray cache. Made by the front ends (the Python API, the command line) and passed to
+    :func:`ahba_app.probes.select_probes`; without one, nothing is read or written."""
+
+    def __init__(self, folder: str | os.PathLike | None = None):
+        self.folder = None if folder is None else Path(folder)
+
+    def path(self, cache_folder: Path, key: str) -> Path:
+        return path_for(self.folder if self.folder is not None else cache_folder, key)
+
+    def load(self, path: Path, key: str, n_genes: int) -> dict[str, "StoredChoice"] | None:
+        return load(path, key, n_genes)
+
+    def save(self, path: Path, key: str, choices: dict[str, "StoredChoice"]) -> bool:
+        return save(path, key, choices)
 
 
 @dataclass(frozen=True)
@@ -64,7 +103,7 @@ def choice_key(method: str, donor_probes: str, probe_ids, gene_of, symbols, dono
     from ._version import __version__
 
     hasher = hashlib.sha256(f"ahba-app {__version__} probe choice v{FORMAT_VERSION}\0"
-                            f"{method}\0{donor_probes}\0".encode())
+                            f"{code_version()}\0{method}\0{donor_probes}\0".encode())
     _digest_array(hasher, np.asarray(probe_ids, dtype=np.int64))
     _digest_array(hasher, np.asarray(gene_of, dtype=np.int64))
     hasher.update("\0".join(str(s) for s in symbols).encode("utf-8", "surrogatepass"))
@@ -123,20 +162,10 @@ def save(path: Path, key: str, choices: dict[str, StoredChoice]) -> bool:
         "probe_ids": np.array([choices[n].probe_ids for n in names], dtype=np.int64),
         "scores": np.array([choices[n].scores for n in names], dtype=np.float64),
     }
-    from .io import _create_temporary  # readable as the umask allows, as the matrix caches
-
-    temporary = None
     try:
-        handle, temporary = _create_temporary(path)
-        with os.fdopen(handle, "wb") as out:
+        with replacing(path, mkdir=False) as temporary, open(temporary, "wb") as out:
             np.savez(out, **arrays)
-        os.replace(temporary, path)
         return True
     except OSError as err:
         LOGGER.debug("Cannot store the probe choice at %s (%s)", path, err)
-        if temporary is not None:
-            try:
-                os.unlink(temporary)
-            except OSError:
-                pass
         return False

@@ -22,7 +22,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .report.methods import RunSummary
+from .report.parameters import RunSummary
 
 __all__ = ["GroupFacts", "ProbeCounts", "atlas_entities", "describe_atlas", "probe_table",
            "report_parameters", "run_summary", "sample_table"]
@@ -85,9 +85,9 @@ def report_parameters(settings, *, atlas: Mapping | None = None, return_donors: 
 
     ``preset`` is the :class:`ahba_app.cli.presets.Preset` used, if any; a run whose options
     are all abagen's defaults (donors aside) is said to use the "abagen-defaults" preset.
-    ``versions`` default to :func:`ahba_app.bids.software_versions`.
+    ``versions`` default to :func:`ahba_app.derivatives.software_versions`.
     """
-    from .bids import software_versions
+    from .derivatives import software_versions
     from .options import DEFAULTS, Settings
 
     params = dict(settings.as_dict(), return_donors=bool(return_donors),

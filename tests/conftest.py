@@ -39,10 +39,6 @@ def _synthetic(size: str, seed: int, zips: bool = False) -> Path:
         if not stamp.exists() or stamp.read_text() != synthetic.GENERATOR_VERSION:
             synthetic.generate(target, size=size, seed=seed, zips=zips)
             stamp.write_text(synthetic.GENERATOR_VERSION)
-        # probe choices stored by earlier sessions (ahba_app.selection_cache) would hide a
-        # change of the selection code: every session chooses afresh
-        for stored in target.rglob("selection-*.npz"):
-            stored.unlink()
     return target
 
 

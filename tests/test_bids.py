@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ahba_app import bids
+from ahba_app import bids, derivatives
 from ahba_app.datasets import data_path, fetch_desikan_killiany
 
 VOLUME = "tpl-MNI152NLin6Asym_res-01_atlas-DK_dseg.nii.gz"
@@ -190,14 +190,27 @@ def test_load_atlas_input_matches_pipeline_load_atlas(bids_input):
     assert len(trees["9861"].labels) == 68 and trees["9861"].atlas_info is not None
 
 
-def test_a_hashed_group_atlas_is_loaded_once_per_process(bids_input, monkeypatch):
+def test_a_hashed_group_atlas_is_loaded_once_per_run(bids_input, monkeypatch):
     from ahba_app import pipeline
 
     loads = []
     real = pipeline.load_atlas
     monkeypatch.setattr(pipeline, "load_atlas", lambda *a, **k: loads.append(a) or real(*a, **k))
-    monkeypatch.setattr(bids, "_RECENT_ATLASES", bids._RecentAtlases(size=1))
     volume, surface = bids.discover_atlases(bids_input)
+    for atlas in (volume, surface):
+        hashed = bids.AtlasInput.from_dict(atlas.as_dict())
+        hashed.checksums = {path: bids.sha256(path) for path in atlas.files()}
+        bids.load_atlas_input(hashed, ["9861"])  # outside a run: nothing is kept
+        bids.load_atlas_input(hashed, ["9861"])
+    assert len(loads) == 4
+    loads.clear()
+    with bids.remembering_atlases(size=1):
+        _loaded_once_within_a_run(volume, surface, loads)
+    bids.load_atlas_input(volume, ["9861"])  # the run's memo went with it
+    assert len(loads) == 7
+
+
+def _loaded_once_within_a_run(volume, surface, loads):
     bids.load_atlas_input(volume, ["9861"])  # no checksums: never kept
     bids.load_atlas_input(volume, ["9861"])
     assert len(loads) == 2
@@ -237,7 +250,7 @@ def test_write_tsv_is_exact_and_atomic(tmp_path):
     values[1, 2] = np.nan
     frame = pd.DataFrame(values, index=pd.Index([1, 2, 5, 7], name="label"),
                          columns=["A", "B", "C"])
-    path = bids.write_tsv(frame.rename_axis("index"), tmp_path / "x" / "t.tsv")
+    path = derivatives.write_tsv(frame.rename_axis("index"), tmp_path / "x" / "t.tsv")
     text = path.read_text()
     assert text.startswith("index\tA\tB\tC\n") and "n/a" in text
     back = pd.read_csv(path, sep="\t", index_col=0, na_values="n/a")
@@ -246,37 +259,37 @@ def test_write_tsv_is_exact_and_atomic(tmp_path):
 
 
 def test_write_json_and_text(tmp_path):
-    out = bids.write_json({"a": np.int64(3), "b": np.float32(0.5), "c": (1, 2)},
+    out = derivatives.write_json({"a": np.int64(3), "b": np.float32(0.5), "c": (1, 2)},
                           tmp_path / "a.json")
     assert json.loads(out.read_text()) == {"a": 3, "b": 0.5, "c": [1, 2]}
-    assert bids.write_text("hi", tmp_path / "b.txt").read_text() == "hi"
+    assert derivatives.write_text("hi", tmp_path / "b.txt").read_text() == "hi"
 
 
 def test_container_info():
-    assert bids.container_info({}) is None
+    assert derivatives.container_info({}) is None
     env = {"AHBA_APP_CONTAINER": "docker:ahba-app/ahba-app:0.1.0"}
-    assert bids.container_info(env) == {"Type": "docker", "Tag": "ahba-app/ahba-app:0.1.0"}
+    assert derivatives.container_info(env) == {"Type": "docker", "Tag": "ahba-app/ahba-app:0.1.0"}
     env["APPTAINER_CONTAINER"] = "/images/ahba.sif"
-    assert bids.container_info(env) == {"Type": "apptainer", "Tag": "ahba-app/ahba-app:0.1.0"}
-    assert bids.container_info({"SINGULARITY_CONTAINER": "/images/ahba.sif"}) == \
+    assert derivatives.container_info(env) == {"Type": "apptainer", "Tag": "ahba-app/ahba-app:0.1.0"}
+    assert derivatives.container_info({"SINGULARITY_CONTAINER": "/images/ahba.sif"}) == \
         {"Type": "singularity", "Tag": "ahba.sif"}
 
 
 def test_dataset_description(tmp_path):
-    desc = bids.dataset_description(tmp_path, environ={})
+    desc = derivatives.dataset_description(tmp_path, environ={})
     assert desc["DatasetType"] == "derivative"
     generated = desc["GeneratedBy"][0]
-    assert generated["Name"] == "ahba-app" and generated["CodeURL"] == bids.CODE_URL
+    assert generated["Name"] == "ahba-app" and generated["CodeURL"] == derivatives.CODE_URL
     assert "Version" in generated and "Container" not in generated
-    desc = bids.dataset_description(environ={"AHBA_APP_CONTAINER": "docker:img:1"})
+    desc = derivatives.dataset_description(environ={"AHBA_APP_CONTAINER": "docker:img:1"})
     assert desc["GeneratedBy"][0]["Container"] == {"Type": "docker", "Tag": "img:1"}
 
 
 def test_derivative_path(tmp_path):
     atlas = bids.default_atlas()
-    assert bids.derivative_path(tmp_path, atlas, "dense", "expression") == \
+    assert derivatives.derivative_path(tmp_path, atlas, "dense", "expression") == \
         tmp_path / "atlas-desikankilliany_desc-dense_expression.tsv"
-    assert bids.derivative_path(tmp_path, atlas, "dense", "samples", donor="9861") == \
+    assert derivatives.derivative_path(tmp_path, atlas, "dense", "samples", donor="9861") == \
         tmp_path / "sub-9861" / "sub-9861_atlas-desikankilliany_desc-dense_samples.tsv"
 
 
@@ -307,7 +320,7 @@ def test_cifti_and_surface_atlases_find_their_surfaces(tmp_path):
 
 def test_float_tables_are_written_as_pandas_writes_them(tmp_path):
     """The quick writer of region x gene tables gives pandas' bytes, edge values included."""
-    from ahba_app.bids import _plain_float_table, write_tsv
+    from ahba_app.derivatives import _plain_float_table, write_tsv
 
     values = np.array([[0.1 + 0.2, 1e-5, 1e16, -0.0, np.nan],
                        [np.inf, -np.inf, 5e-324, 123456789012345680.0, 1.0],

@@ -13,8 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ahba_app import io, samples, synthetic
+from ahba_app import io, synthetic
 from ahba_app.datasets import DONORS
+from ahba_app.matrix import DonorMatrix
 
 PRECISIONS = synthetic.PRECISIONS
 
@@ -94,7 +95,7 @@ def test_every_cell_decodes_to_float_of_its_text(tmp_path, precision):
     picked = np.array([5, 0, 0, 22, 9])
     order = np.random.default_rng(1).permutation(len(rows))
     expected = _expected(_cells(path))[order][:, picked]
-    donor = samples._DonorMatrix(matrix, "microarray")
+    donor = DonorMatrix(matrix, "microarray")
     taken = donor.take(order, picked, transposed=True)
     same = (taken.T.view(np.int64) == expected.view(np.int64)) | np.isnan(expected)
     assert same.all()

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 import parity_helpers
+from ahba_app.matrix import DonorMatrix
 from ahba_app import samples
 
 SAMPLE_CASES = [c["name"] for c in parity_helpers.CASES]
@@ -281,7 +282,7 @@ def test_donor_matrix_reads_what_select_rows_gives(cached_donor, monkeypatch, th
     monkeypatch.setenv("AHBA_APP_THREADS", threads)
     monkeypatch.setattr(io, "_DECODE_VALUES", 50)  # many blocks
     microarray, _ = cached_donor
-    matrix = samples._DonorMatrix(microarray, "microarray")
+    matrix = DonorMatrix(microarray, "microarray")
     rng = np.random.default_rng(0)
     rows = rng.choice(microarray.shape[0], 300, replace=False)
     cols = np.concatenate([rng.choice(microarray.n_samples, 20), [0, 0]])  # repeats too
@@ -295,7 +296,7 @@ def test_donor_matrix_reads_what_select_rows_gives(cached_donor, monkeypatch, th
     matrix.release()
     assert np.array_equal(matrix.take(rows, cols), expected)  # pages come back when read
     frame = pd.DataFrame(expected, columns=pd.RangeIndex(1, expected.shape[1] + 1))
-    from_frame = samples._DonorMatrix(frame, "microarray")
+    from_frame = DonorMatrix(frame, "microarray")
     assert np.array_equal(from_frame.take([2, 1], [0, 3], transposed=True),
                           expected[[2, 1]][:, [0, 3]].T)
 
@@ -304,10 +305,10 @@ def test_present_calls_are_counted_from_packed_bits(cached_donor):
     from ahba_app import io
 
     _, pacall = cached_donor
-    matrix = samples._DonorMatrix(pacall, "pacall")
+    matrix = DonorMatrix(pacall, "pacall")
     rows = np.arange(0, pacall.shape[0], 3)
     cols = np.array([0, 5, 5, 7, pacall.n_samples - 1, 2, 2, 2])  # mirrored copies repeat
     expected = io.select_rows(pacall, rows)[:, cols].sum(axis=1)
     assert np.array_equal(matrix.count_true(rows, cols), expected)
     frame = pd.DataFrame(io.select_rows(pacall))
-    assert np.array_equal(samples._DonorMatrix(frame, "pacall").count_true(rows, cols), expected)
+    assert np.array_equal(DonorMatrix(frame, "pacall").count_true(rows, cols), expected)

@@ -52,6 +52,7 @@ def calls(monkeypatch):
 
 
 def select(microarray, annotations, table, **kwargs):
+    kwargs.setdefault("store", selection_cache.ChoiceStore())
     chosen, info = probes.select_probes(microarray, annotations, table, **kwargs)
     return info, {d: chosen.frame(d) for d in chosen.donors}
 
@@ -91,13 +92,14 @@ def test_any_changed_input_chooses_again(data, calls):
 def test_the_key_digests_the_matrix_content(data):
     microarray, annotations, table = data
     genes = probes._Genes.from_probes(table)
+    store = selection_cache.ChoiceStore()
     base = probes._choice_store(probes._Data(microarray, annotations, genes), "diff_stability",
-                                "aggregate")
+                                "aggregate", store)
     first = next(iter(microarray))
     other = dict(microarray, **{first: io.CachedMatrix(
         **{**microarray[first].__dict__, "content_id": microarray[first].content_id + "x"})})
     changed = probes._choice_store(probes._Data(other, annotations, genes), "diff_stability",
-                                   "aggregate")
+                                   "aggregate", store)
     assert changed[0].parent == base[0].parent and changed[1] != base[1]
 
 
@@ -131,7 +133,9 @@ def test_an_unwritable_folder_stores_nothing(data, calls, monkeypatch):
     def refuse(location):
         raise PermissionError(13, "Permission denied", str(location))
 
-    monkeypatch.setattr(io, "_create_temporary", refuse)
+    from ahba_app import atomic
+
+    monkeypatch.setattr(atomic, "create_temporary", refuse)
     expected = select(*data)
     assert stored_files(data[0]) == []
     assert_same(select(*data), expected)
@@ -156,3 +160,27 @@ def test_the_api_gives_the_same_table_when_the_choice_is_read(data, tmp_path, ca
     again = ahba_app.get_expression_data(atlas["image"], atlas["info"], **kwargs)
     assert calls == {"diff_stability": 1}
     pd.testing.assert_frame_equal(again, first, check_exact=True)
+
+
+def test_without_a_store_nothing_is_read_or_written(data, calls):
+    select(*data, store=None)
+    select(*data, store=None)
+    assert calls == {"diff_stability": 2} and not stored_files(data[0])
+
+
+def test_a_store_may_be_another_folder(data, tmp_path, calls):
+    folder = tmp_path / "choices"
+    folder.mkdir()
+    first = select(*data, store=selection_cache.ChoiceStore(folder))
+    assert len(list(folder.glob("selection-*.npz"))) == 1 and not stored_files(data[0])
+    assert_same(select(*data, store=selection_cache.ChoiceStore(folder)), first)
+    assert calls == {"diff_stability": 1}
+
+
+def test_the_key_digests_the_selection_code(data, calls, monkeypatch):
+    """A change of the code that chooses probes never reads a choice the old code made (so the
+    test session need not delete stored choices)."""
+    select(*data)
+    monkeypatch.setattr(selection_cache, "code_version", lambda: "edited")
+    select(*data)
+    assert calls == {"diff_stability": 2} and len(stored_files(data[0])) == 2

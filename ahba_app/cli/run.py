@@ -572,9 +572,12 @@ def main(argv=None) -> int:
     which); 2 bad command-line options; 128 + N when stopped by signal N (130 Ctrl-C, 143
     SIGTERM, what job schedulers send at their time limit).
     """
+    from ..bids import remembering_atlases
+
     signals = _Signals().install()
     try:
-        return _main(argv, signals)
+        with remembering_atlases():  # the run's memo: each atlas is loaded once (Linear plugin)
+            return _main(argv, signals)
     except Interrupted as stop:
         import signal
 

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..atomic import replacing
+
 __all__ = ["check_lengths", "read_frame", "read_json", "read_labels", "read_samples",
            "write_chosen_probes", "write_frame", "write_json", "write_labels"]
 
@@ -98,10 +100,9 @@ def _write_matrix(frame: pd.DataFrame, path: Path) -> None:
     metadata[_MATRIX_KEY] = json.dumps(described).encode()
     table = table.replace_schema_metadata(metadata)
     # written aside, then renamed: a reader still mapping an earlier version keeps it intact
-    partial = path.with_name(f".{path.name}.partial")
-    with pa.OSFile(str(partial), "wb") as sink, ipc.new_file(sink, table.schema) as writer:
+    with replacing(path) as partial, pa.OSFile(str(partial), "wb") as sink, \
+            ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
-    os.replace(partial, path)
 
 
 def _read_matrix(path) -> pd.DataFrame:

@@ -15,7 +15,8 @@ import pandas as pd
 from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObject,
                                     SimpleInterface, TraitedSpec, isdefined, traits)
 
-from ..bids import AtlasInput, derivative_path, write_json, write_text, write_tsv
+from ..bids import AtlasInput
+from ..derivatives import derivative_path, write_json, write_text, write_tsv
 from ._files import read_frame, read_labels
 
 __all__ = ["GroupDerivatives", "ParticipantDerivatives", "atlas_metadata", "group_outputs",

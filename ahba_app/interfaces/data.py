@@ -14,6 +14,7 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObje
 
 from .. import pipeline
 from ..options import trait
+from ..selection_cache import ChoiceStore
 from ._files import (check_lengths, read_frame, read_json, write_chosen_probes, write_frame,
                      write_json)
 
@@ -208,7 +209,7 @@ class SelectProbes(SimpleInterface):
         expressions, selection = pipeline.select_donor_probes(
             read_json(self.inputs.files), _by_donor(self.inputs.donors, self.inputs.annotations),
             read_frame(self.inputs.probes), probe_selection=self.inputs.probe_selection,
-            donor_probes=self.inputs.donor_probes, rnaseq_files=rnaseq)
+            donor_probes=self.inputs.donor_probes, rnaseq_files=rnaseq, store=ChoiceStore())
         self._results["expressions"] = [_write_donor_samples(expressions, d, runtime.cwd)
                                         for d in self.inputs.donors]
         self._results["selection"] = write_frame(selection, os.path.join(

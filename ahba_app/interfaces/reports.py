@@ -14,6 +14,7 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObje
                                     SimpleInterface, TraitedSpec, isdefined, traits)
 
 from .. import summary as _summary
+from ..atomic import write_text
 from ..bids import AtlasInput, load_atlas_input, read_region_table
 from ._files import read_frame, read_json, read_labels
 
@@ -129,6 +130,4 @@ class RunReport(SimpleInterface):
 
 
 def _write(path: str, text: str) -> str:
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    return path
+    return str(write_text(path, text))

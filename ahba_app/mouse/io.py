@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import fetch
-from ..bids import _atomic
+from ..atomic import replacing
 from ..datasets import data_path
 from . import rma
 from .gene import MOUSE_BRAIN_PRODUCT
@@ -71,7 +71,8 @@ def _cached(kind: str, file_name: str, query: rma.Query, entry_type, cache, data
     table = pd.DataFrame(found, columns=list(ENTRIES))
     table = table.sort_values("id", kind="stable").reset_index(drop=True)
     try:
-        _atomic(path, lambda tmp: table.to_csv(tmp, index=False))
+        with replacing(path) as tmp:
+            table.to_csv(tmp, index=False)
     except OSError as exc:
         warnings.warn(f"Could not keep the Allen {kind} list in {path} ({exc}); it will be "
                       f"queried again next time. Give a writable data_dir to keep it.",

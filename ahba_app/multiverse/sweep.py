@@ -28,6 +28,7 @@ from typing import Callable, Iterable, Mapping, TextIO
 import pandas as pd
 
 from .. import pipeline as _pipeline
+from ..selection_cache import ChoiceStore
 from . import _options
 from .planner import Plan, stage_key
 from .stats import STATISTICS, TableStatistics
@@ -326,7 +327,7 @@ def choose_probes(options: Mapping, data_dir=None) -> int:
                                               ibf_threshold=settings.ibf_threshold)
         expressions, _ = _pipeline.select_donor_probes(
             files, annotations, probes, probe_selection=settings.probe_selection,
-            donor_probes=settings.donor_probes, rnaseq_files=rnaseq)
+            donor_probes=settings.donor_probes, rnaseq_files=rnaseq, store=ChoiceStore())
     return int(expressions.n_genes(next(iter(expressions))))
 
 

@@ -18,6 +18,7 @@ from .. import io as _io
 from .. import normalize as _normalize
 from .. import pipeline as _pipeline
 from .. import probes as _probes
+from ..selection_cache import ChoiceStore
 
 __all__ = ["UnitUpstream"]
 
@@ -57,7 +58,7 @@ class UnitUpstream:
                                         ibf_threshold=settings.ibf_threshold)
         expressions, _ = p.select_donor_probes(
             files, annotations, filtered, probe_selection=settings.probe_selection,
-            donor_probes=settings.donor_probes, rnaseq_files=rnaseq)
+            donor_probes=settings.donor_probes, rnaseq_files=rnaseq, store=ChoiceStore())
         p.check_genes(expressions.n_genes(next(iter(expressions))), n_probes=len(filtered),
                       ibf_threshold=settings.ibf_threshold)
         self.atlases = atlases

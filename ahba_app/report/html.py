@@ -8,9 +8,7 @@ from the network, so the page opens offline and can be archived or e-mailed as o
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import re
-import secrets
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..atomic import write_text
 from ..genes import search_context
 from ..options import OPTIONS, report_value
 from . import figures as _figures
@@ -428,15 +427,5 @@ def render_report(params, summary=None, *, title: str = "ahba-app report",
 
 def write_report(path, params, summary=None, **kwargs) -> Path:
     """Render the report and write it to ``path`` atomically (temporary file + ``os.replace``)."""
-    path = Path(path)
     html = render_report(params, summary, **kwargs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as handle:  # honours the umask, unlike mkstemp
-            handle.write(html)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return write_text(path, html)

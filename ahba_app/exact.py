@@ -1,0 +1,75 @@
+"""The arithmetic that must follow pandas' order to give abagen's numbers bit for bit.
+
+abagen averages with pandas (``groupby(...).mean()``), which adds a group's values in row order
+with Kahan compensation and skips NaN. Floating-point sums depend on the order of the additions,
+and region means decide ties of Spearman ranks (so which probe is chosen): to give the same
+numbers, ahba-app adds in the same order with the same compensation. This module is the one
+home of those sums; the stage modules call it, the orchestrators never see it.
+
+- :func:`kahan_add` / :func:`kahan_mean`: one step of a NaN-skipping compensated sum over
+  arrays of running sums (pandas' groupby mean), and its mean;
+- :func:`kahan_step`: the same step for values known to be finite, into given buffers (probe
+  selection's region means, where the AHBA values are always finite);
+- :func:`read_order`: the memory layout a donor's table is read in before normalization (sums
+  round by layout; see :func:`ahba_app.normalize.layout_independent`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["kahan_add", "kahan_mean", "kahan_step", "read_order"]
+
+
+def kahan_add(total, carry, seen, x) -> int:
+    """Add ``x`` to running sums as pandas' groupby mean does, in place: Kahan compensation,
+    NaN values skipped and counted in ``seen`` only when added.
+
+    Returns 1 when every value was added without being counted in ``seen`` (the caller adds
+    it to its count of such steps, which holds for every cell), else 0. That quick path is
+    taken when the new sums are all finite: no NaN was added and no infinity is involved.
+    ``seen`` may be None when ``x`` holds no NaN.
+    """
+    y = np.subtract(x, carry)
+    t = np.add(total, y)
+    if np.isfinite(t.sum()):  # any NaN or infinity in t makes the sum NaN or infinite
+        np.subtract(t, total, out=carry)
+        carry -= y
+        total[...] = t
+        return 1
+    valid = x == x
+    fix = np.subtract(t, total)
+    fix -= y
+    fix[fix != fix] = 0.0  # an infinite value: keep it rather than NaN (pandas)
+    np.copyto(carry, fix, where=valid)
+    np.copyto(total, t, where=valid)
+    if seen is None:  # the caller knows ``x`` holds no NaN: every value was added
+        return 1
+    seen += valid
+    return 0
+
+
+def kahan_mean(total, seen) -> np.ndarray:
+    means = total / seen
+    means[seen == 0] = np.nan
+    return means
+
+
+def kahan_step(total: np.ndarray, carry: np.ndarray, x: np.ndarray, y: np.ndarray,
+               t: np.ndarray) -> None:
+    """``total += x`` with Kahan compensation in ``carry``, as :func:`kahan_add` does for
+    finite values, in place; ``y`` and ``t`` are scratch arrays of ``total``'s shape."""
+    np.subtract(x, carry, out=y)
+    np.add(total, y, out=t)
+    np.subtract(t, total, out=carry)
+    carry -= y
+    total[...] = t
+
+
+def read_order(sample_norm) -> str:
+    """The memory layout to read a donor's table in before normalization: genes contiguous
+    ('C', quicker) when the sample normalization's numbers cannot depend on the layout,
+    otherwise the layout it always had ('F')."""
+    from .normalize import layout_independent
+
+    return "C" if sample_norm is not None and layout_independent(sample_norm) else "F"
