@@ -572,10 +572,10 @@ def main(argv=None) -> int:
     which); 2 bad command-line options; 128 + N when stopped by signal N (130 Ctrl-C, 143
     SIGTERM, what job schedulers send at their time limit).
     """
-    from ..bids import remembering_atlases
-
-    signals = _Signals().install()
+    signals = _Signals().install()  # first: a signal during the imports below is handled
     try:
+        from ..bids import remembering_atlases
+
         with remembering_atlases():  # the run's memo: each atlas is loaded once (Linear plugin)
             return _main(argv, signals)
     except Interrupted as stop:
