@@ -30,6 +30,7 @@ from scipy.spatial import cKDTree
 
 from . import geometry as _geometry
 from .geometry import COORDS, INFO
+from .grayordinates import CiftiVolume, GrayordinateAtlas, structure_of
 from .options import DEFAULTS
 
 __all__ = [
@@ -284,6 +285,12 @@ class AtlasTree:
         self._info_cache = None
         self._info = None if info is None else check_atlas_info(info, self.labels,
                                                                 source=self.source)
+
+    @staticmethod
+    def check_info(info, labels, source=None) -> pd.DataFrame:
+        """:func:`check_atlas_info` (for atlases made of trees, which do not import this
+        module)."""
+        return check_atlas_info(info, labels, source=source)
 
     # internals used by ahba_app.matching ----------------------------------------------------
     def _info_arrays(self):
@@ -759,10 +766,25 @@ def _load_cifti(img, source):
     table = {int(k): v[0] for k, v in labels_axis.label[0].items()}
     volume = None
     if voxels:
-        from .grayordinates import CiftiVolume
-
         volume = CiftiVolume.from_models(voxels, models.volume_shape, models.affine)
     return hemis["L"], hemis["R"], table, volume
+
+
+def _volume_tree(volume: CiftiVolume, table: dict, source: str, donor=None):
+    """An :class:`~ahba_app.atlas.AtlasTree` of the CIFTI's voxels, with the hemisphere and
+    structure of each label from its CIFTI structure(s) (several: bilateral 'B' when their
+    hemispheres differ)."""
+    img = nib.Nifti1Image(volume.labels.astype(np.int32), volume.affine)
+    tree = AtlasTree(img, source=f"{source} (subcortical voxels)", group_atlas=donor is None)
+    rows = []
+    for label in tree.labels.tolist():
+        found = [structure_of(n) for n in sorted(volume.structures.get(label, ()))]
+        hemis = {h for h, _ in found}
+        hemi = hemis.pop() if len(hemis) == 1 else "B"
+        structure = found[0][1] if found else "subcortex/brainstem"
+        rows.append((label, (table or {}).get(label), hemi, structure))
+    tree.atlas_info = pd.DataFrame(rows, columns=["id", "label", "hemisphere", "structure"])
+    return tree
 
 
 def check_atlas_info(atlas_info, labels=None, source=None) -> pd.DataFrame:
@@ -879,8 +901,6 @@ def check_atlas(atlas, atlas_info=None, geometry=None, space=None, donor=None,
         Folder holding donors' FreeSurfer reconstructions (``donor<N>/mri/orig.mgz``), for
         fsnative surfaces.
     """
-    from .grayordinates import GrayordinateAtlas
-
     if isinstance(atlas, (AtlasTree, GrayordinateAtlas)):
         if atlas_info is not None:
             atlas.atlas_info = atlas_info
@@ -900,9 +920,7 @@ def check_atlas(atlas, atlas_info=None, geometry=None, space=None, donor=None,
         tree, _ = _surface_tree(lh, rh, (table, table), geometry, space or "fslr", donor,
                                 data_dir, source)
         if volume is not None:  # grayordinates: subcortical voxels too
-            from .grayordinates import volume_tree
-
-            tree = GrayordinateAtlas(tree, volume_tree(volume, table, source, donor),
+            tree = GrayordinateAtlas(tree, _volume_tree(volume, table, source, donor),
                                      source=source)
     elif _is_pathlike(atlas) or isinstance(atlas, nib.spatialimages.SpatialImage):
         if _is_pathlike(atlas) and str(atlas).endswith((".gii", ".gii.gz", ".annot")):

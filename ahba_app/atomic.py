@@ -14,18 +14,34 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["create_temporary", "replacing", "write_bytes", "write_text"]
+__all__ = ["create_temporary", "fsync_folder", "replacing", "write_bytes", "write_text"]
 
 
-def create_temporary(location: str | os.PathLike) -> tuple[int, str]:
-    """A new, empty file beside ``location`` (``<name>.<random>.tmp``), opened for writing:
-    its descriptor and name."""
+def create_temporary(location: str | os.PathLike, access: int = os.O_WRONLY
+                     ) -> tuple[int, str]:
+    """A new, empty file beside ``location`` (``<name>.<random>.tmp``), opened with ``access``
+    (write only by default): its descriptor and name."""
     while True:
         name = os.fspath(location) + "." + secrets.token_hex(6) + ".tmp"
         try:
-            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), name
+            return os.open(name, access | os.O_CREAT | os.O_EXCL, 0o666), name
         except FileExistsError:
             continue
+
+
+def fsync_folder(folder: str | os.PathLike) -> None:
+    """Make the renames done in ``folder`` durable (``fsync`` of the folder itself); a folder
+    that cannot be opened or synced (some file systems) is left as it is."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 @contextmanager

@@ -533,8 +533,8 @@ def remembering_atlases(size: int = 2) -> Iterator[_RecentAtlases]:
 def load_atlas_input(atlas: AtlasInput, donors, data_dir=None) -> tuple[dict, bool]:
     """``{donor: AtlasTree}`` for ``atlas`` and whether it is one group atlas.
 
-    Runs :func:`ahba_app.pipeline.load_atlas` (what the Python API runs), passing the surfaces
-    and space that GIFTI / CIFTI atlases found in the input folder need. Within
+    Runs :func:`ahba_app.atlas.coerce_atlas_to_dict` (what the Python API runs), passing the
+    surfaces and space that GIFTI / CIFTI atlases found in the input folder need. Within
     :func:`remembering_atlases` a group atlas with checksums is loaded once (see
     :class:`_RecentAtlases`): callers read the trees, they do not change them.
     """
@@ -552,7 +552,7 @@ def load_atlas_input(atlas: AtlasInput, donors, data_dir=None) -> tuple[dict, bo
 
 
 def _load_atlas_input(atlas: AtlasInput, donors, data_dir=None) -> tuple[dict, bool]:
-    from . import pipeline
+    from .atlas import coerce_atlas_to_dict
 
     info = atlas.info if atlas.has_info else None
     if isinstance(info, (list, tuple)):
@@ -567,8 +567,8 @@ def _load_atlas_input(atlas: AtlasInput, donors, data_dir=None) -> tuple[dict, b
         geometry = tuple(geometry)
     elif isinstance(geometry, Mapping):
         geometry = {d: tuple(v) for d, v in geometry.items()}
-    return pipeline.load_atlas(image, info, donors, data_dir=data_dir, geometry=geometry,
-                               space=atlas.space)
+    return coerce_atlas_to_dict(image, donors, atlas_info=info, data_dir=data_dir,
+                                geometry=geometry, space=atlas.space)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,15 +10,15 @@ home of those sums; the stage modules call it, the orchestrators never see it.
   arrays of running sums (pandas' groupby mean), and its mean;
 - :func:`kahan_step`: the same step for values known to be finite, into given buffers (probe
   selection's region means, where the AHBA values are always finite);
-- :func:`read_order`: the memory layout a donor's table is read in before normalization (sums
-  round by layout; see :func:`ahba_app.normalize.layout_independent`).
+- :data:`LAYOUT_FREE_NORMS` / :func:`read_order`: the normalizations whose numbers do not
+  depend on the memory layout, and the layout a donor's table is read in before normalization.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["kahan_add", "kahan_mean", "kahan_step", "read_order"]
+__all__ = ["LAYOUT_FREE_NORMS", "kahan_add", "kahan_mean", "kahan_step", "read_order"]
 
 
 def kahan_add(total, carry, seen, x) -> int:
@@ -66,10 +66,14 @@ def kahan_step(total: np.ndarray, carry: np.ndarray, x: np.ndarray, y: np.ndarra
     total[...] = t
 
 
-def read_order(sample_norm) -> str:
-    """The memory layout to read a donor's table in before normalization: genes contiguous
-    ('C', quicker) when the sample normalization's numbers cannot depend on the layout,
-    otherwise the layout it always had ('F')."""
-    from .normalize import layout_independent
+#: Normalizations (canonical names) whose numbers do not depend on the memory layout of their
+#: input: they only sort, compare and compute element by element. The others sum, and sums
+#: round differently along contiguous and strided axes.
+LAYOUT_FREE_NORMS = ("minmax", "robust_sigmoid", "scaled_robust_sigmoid")
 
-    return "C" if sample_norm is not None and layout_independent(sample_norm) else "F"
+
+def read_order(sample_norm: str | None) -> str:
+    """The memory layout to read a donor's table in before normalization by ``sample_norm``
+    (a canonical name, or None): genes contiguous ('C', quicker) when the normalization's
+    numbers cannot depend on the layout, otherwise the layout it always had ('F')."""
+    return "C" if sample_norm in LAYOUT_FREE_NORMS else "F"

@@ -52,7 +52,8 @@ import urllib3
 from filelock import FileLock, Timeout
 
 from ._version import __version__
-from .datasets import DONORS, RNASEQ_DONORS, check_donors
+from .donors import DONORS, RNASEQ_DONORS, check_donors
+from .options import DEFAULTS
 
 __all__ = [
     "ALLEN_URL",
@@ -288,7 +289,7 @@ def _find(kind: _Kind, data_dir, donors) -> dict:
     return {donor: scan.found[donor] for donor in donors}
 
 
-def find_microarray(data_dir: str | os.PathLike | None = None, donors="all") -> dict:
+def find_microarray(data_dir: str | os.PathLike | None = None, donors=DEFAULTS["donors"]) -> dict:
     """Paths of the microarray files of ``donors`` already on disk; never downloads.
 
     Returns ``{donor: {'microarray', 'ontology', 'pacall', 'probes', 'annotation'}}`` (paths as
@@ -299,7 +300,7 @@ def find_microarray(data_dir: str | os.PathLike | None = None, donors="all") -> 
     return _find(_MICROARRAY, data_dir, donors)
 
 
-def find_rnaseq(data_dir: str | os.PathLike | None = None, donors="all") -> dict:
+def find_rnaseq(data_dir: str | os.PathLike | None = None, donors=DEFAULTS["donors"]) -> dict:
     """Paths of the RNA-seq files of ``donors`` already on disk; never downloads.
 
     Returns ``{donor: {'counts', 'tpm', 'ontology', 'genes', 'annotation'}}`` like
@@ -308,7 +309,7 @@ def find_rnaseq(data_dir: str | os.PathLike | None = None, donors="all") -> dict
     return _find(_RNASEQ, data_dir, donors)
 
 
-def find_raw_mri(data_dir: str | os.PathLike | None = None, donors="all") -> dict:
+def find_raw_mri(data_dir: str | os.PathLike | None = None, donors=DEFAULTS["donors"]) -> dict:
     """Paths of the raw MRIs of ``donors`` already on disk (``mri/mri_donor<N>/T1.nii.gz``,
     ``T2.nii.gz``); never downloads. Returns ``{donor: {'t1w', 't2w'}}`` or raises
     :class:`AHBADataNotFoundError` saying how to get them (:func:`fetch_raw_mri`)."""
@@ -714,8 +715,8 @@ def _fetch(kind: _Kind, data_dir, donors, resume: bool, verbose: int, n_proc: in
     return {donor: scan.found[donor] for donor in donors}
 
 
-def fetch_microarray(data_dir: str | os.PathLike | None = None, donors="all", resume: bool = True,
-                     verbose: int = 1, convert: bool = True, n_proc: int = 1) -> dict:
+def fetch_microarray(data_dir: str | os.PathLike | None = None, donors=DEFAULTS["donors"],
+                     resume: bool = True, verbose: int = 1, convert: bool = True, n_proc: int = 1) -> dict:
     """The AHBA microarray files of ``donors``, downloaded first when they are not on disk.
 
     Parameters
@@ -754,8 +755,8 @@ def fetch_microarray(data_dir: str | os.PathLike | None = None, donors="all", re
     return _fetch(_MICROARRAY, data_dir, donors, resume, verbose, n_proc)
 
 
-def fetch_rnaseq(data_dir: str | os.PathLike | None = None, donors="all", resume: bool = True,
-                 verbose: int = 1) -> dict:
+def fetch_rnaseq(data_dir: str | os.PathLike | None = None, donors=DEFAULTS["donors"],
+                 resume: bool = True, verbose: int = 1) -> dict:
     """The AHBA RNA-seq files of ``donors`` (9861 and 10021 only), downloaded when missing.
 
     Returns ``{donor: {'counts', 'tpm', 'ontology', 'genes', 'annotation'}}`` mapping to
@@ -933,7 +934,7 @@ def fetch_fsnative(donors, surf: str = "pial", load: bool = True,
     """
     import nibabel as nib
 
-    from .datasets import Hemispheres, Surface
+    from .geometry import Hemispheres, Surface
 
     if surf not in _SURFACES:
         raise ValueError(f"Unknown FreeSurfer surface {surf!r}: choose one of {_SURFACES}.")

@@ -10,6 +10,7 @@ and match samples, and :mod:`ahba_app.matching` (which re-exports the public nam
 from __future__ import annotations
 
 import itertools
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -21,8 +22,22 @@ from scipy.spatial import cKDTree
 COORDS = ["mni_x", "mni_y", "mni_z"]
 INFO = ["hemisphere", "structure"]
 
-__all__ = ["COORDS", "INFO", "allowed", "closest_centroid", "fill_label_nodes", "get_centroids",
+__all__ = ["COORDS", "INFO", "Hemispheres", "Surface", "allowed", "closest_centroid", "fill_label_nodes", "get_centroids",
            "inverse_distance_weights", "sample_frame", "surface_graph"]
+
+
+class Surface(NamedTuple):
+    """A triangle mesh: (V, 3) vertex coordinates and (F, 3) vertex indices (or paths)."""
+
+    vertices: object
+    faces: object
+
+
+class Hemispheres(NamedTuple):
+    """Something per hemisphere (a :class:`Surface`, a path, ...)."""
+
+    lh: object
+    rh: object
 
 
 def sample_frame(annotation, copy: bool = True) -> pd.DataFrame:

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from .geometry import sample_frame
 from .options import DEFAULTS
 
-__all__ = ["CiftiVolume", "GrayordinateAtlas", "volume_tree", "structure_of"]
+__all__ = ["CiftiVolume", "GrayordinateAtlas", "structure_of"]
 
 
 def structure_of(cifti_name: str) -> tuple[str, str]:
@@ -55,25 +55,6 @@ class CiftiVolume:
             for label in np.unique(values[values != 0]).tolist():
                 structures.setdefault(int(label), set()).add(str(name))
         return cls(volume, np.asarray(affine, dtype=float), structures)
-
-
-def volume_tree(volume: CiftiVolume, table: dict, source: str, donor=None):
-    """An :class:`~ahba_app.atlas.AtlasTree` of the CIFTI's voxels, with the hemisphere and
-    structure of each label from its CIFTI structure(s) (several: bilateral 'B' when their
-    hemispheres differ)."""
-    from .atlas import AtlasTree
-
-    img = nib.Nifti1Image(volume.labels.astype(np.int32), volume.affine)
-    tree = AtlasTree(img, source=f"{source} (subcortical voxels)", group_atlas=donor is None)
-    rows = []
-    for label in tree.labels.tolist():
-        found = [structure_of(n) for n in sorted(volume.structures.get(label, ()))]
-        hemis = {h for h, _ in found}
-        hemi = hemis.pop() if len(hemis) == 1 else "B"
-        structure = found[0][1] if found else "subcortex/brainstem"
-        rows.append((label, (table or {}).get(label), hemi, structure))
-    tree.atlas_info = pd.DataFrame(rows, columns=["id", "label", "hemisphere", "structure"])
-    return tree
 
 
 class GrayordinateAtlas:
@@ -142,13 +123,13 @@ class GrayordinateAtlas:
 
     @atlas_info.setter
     def atlas_info(self, info) -> None:
-        from .atlas import check_atlas_info
-
         if info is None:
             for part in self.parts:
                 part.atlas_info = None
             return
-        checked = check_atlas_info(info, self.labels, source=self.source)
+        # checked once against every label (the parts' own check, given all labels), then
+        # each part takes its rows
+        checked = self.parts[0].check_info(info, self.labels, source=self.source)
         for part in self.parts:
             part.atlas_info = checked.loc[part.labels]
 
@@ -161,9 +142,7 @@ class GrayordinateAtlas:
     def label_samples(self, annotation, tolerance: float = DEFAULTS["tolerance"]
                       ) -> pd.DataFrame:
         """Region of every sample: cortical ones on the surface, the others in the volume."""
-        from . import matching
-
-        frame = matching.sample_frame(annotation, copy=False)
+        frame = sample_frame(annotation, copy=False)
         surface, volume = self.parts
         cortex = self._split(frame)
         labels = np.zeros(len(frame), dtype=np.int64)
@@ -178,29 +157,3 @@ class GrayordinateAtlas:
                     labels[rows] = np.asarray(part.label_samples(frame.iloc[rows],
                                                                  tolerance)["label"])
         return pd.DataFrame({"label": labels.astype(int)}, index=frame.index)
-
-
-# ---------------------------------------------------------------------------------------------
-# part by part (called by ahba_app.matching for a GrayordinateAtlas)
-# ---------------------------------------------------------------------------------------------
-def unreachable_labels(atlas: GrayordinateAtlas, annotation, tolerance) -> np.ndarray:
-    from .matching import unreachable_labels as one
-
-    return np.concatenate([one(part, annotation, tolerance, warn=False)
-                           for part in atlas.parts]).astype(np.int64)
-
-
-def interpolate_missing(atlas: GrayordinateAtlas, labels, expression, annotation):
-    from .matching import interpolate_missing as one
-
-    frames = [one(part, labels, expression, annotation) for part in atlas.parts]
-    return pd.concat(frames).sort_index()
-
-
-def match_centroids(atlas: GrayordinateAtlas, labels, expression, annotation):
-    from .matching import match_centroids as one
-
-    found = [one(part, labels, expression, annotation) for part in atlas.parts]
-    rows = pd.concat([r for r, _ in found]).sort_index()
-    dist = pd.concat([d for _, d in found]).sort_index()
-    return rows, dist

@@ -97,7 +97,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import struct
 import sys
 import threading
@@ -110,7 +109,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
-from . import _locks
+from . import _locks, atomic
 from ._version import __version__
 
 try:  # the same CRC-32 as zlib's, several times faster (checking a cache reads it whole)
@@ -388,8 +387,6 @@ def decode_rows(matrix: CachedMatrix, rows, samples=None, transposed: bool = Fal
 def release_rows(matrix: CachedMatrix, rows=None) -> None:
     """Drop the pages of a cache mapped for ``rows`` (positions; None: all) from this process:
     they stay in the page cache, and a later read maps them again."""
-    from .matrix import release_pages  # (the madvise helper shared with PACall and frames)
-
     codes = matrix.codes
     if codes is None or rows is None:
         release_pages(matrix.values, rows)
@@ -398,6 +395,47 @@ def release_rows(matrix: CachedMatrix, rows=None) -> None:
     segments = codes.segment[rows]
     for width in np.unique(segments):
         release_pages(codes.views[int(width)], codes.slot[rows[segments == width]])
+
+
+def release_pages(values: np.ndarray, rows=None) -> None:
+    """``madvise(MADV_DONTNEED)`` on the read-only shared memory map behind ``values``: all of
+    it, or the pages holding ``rows`` (positions: from the first to the last).
+
+    Pages of a read-only file mapping count in the resident memory of every process that has
+    touched them; dropping them costs nothing (the data stay in the page cache, and a later read
+    maps them again). Copy-on-write or writable maps, and arrays not backed by a map, are left
+    alone.
+    """
+    import mmap
+
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    base = values
+    while base is not None and not isinstance(base, np.memmap):
+        base = getattr(base, "base", None)
+    if advice is None or base is None or getattr(base, "mode", None) != "r":
+        return
+    mapping = getattr(base, "_mmap", None)
+    if not isinstance(mapping, mmap.mmap):
+        return
+    try:
+        if rows is None:
+            mapping.madvise(advice)
+            return
+        rows = np.asarray(rows)
+        if rows.size == 0 or values.ndim != 2 or values.strides[0] <= 0:
+            return
+        # np.memmap maps the file from the granularity boundary below its offset
+        offset = int(base.offset)
+        first = offset - offset % mmap.ALLOCATIONGRANULARITY
+        start = offset - first + (values.ctypes.data - base.ctypes.data)
+        row_bytes = values.strides[0]
+        lo = start + int(rows.min()) * row_bytes
+        hi = min(len(mapping), start + (int(rows.max()) + 1) * row_bytes)
+        lo -= lo % mmap.PAGESIZE
+        if hi > lo:
+            mapping.madvise(advice, lo, hi - lo)
+    except (OSError, ValueError):  # closed, or not supported here: nothing to give back
+        pass
 
 
 def _decode_block(codes: RowCodes, rows: np.ndarray, cols, out=None) -> np.ndarray:
@@ -1145,7 +1183,7 @@ class _SegmentFiles:
     def append(self, payload: dict) -> None:
         for w, block in payload.items():
             if w not in self.files:
-                fd, name = _create_temporary(self.location, os.O_RDWR)
+                fd, name = atomic.create_temporary(self.location, os.O_RDWR)
                 self.files[w] = (os.fdopen(fd, "w+b"), name)
                 self.rows[w] = 0
             self.files[w][0].write(block.astype("<f8", copy=False) if w == 0 else
@@ -1191,7 +1229,7 @@ class _SegmentFiles:
 def _write_cache(source: Path, location: Path, kind: str, stat: os.stat_result) -> None:
     """Write the cache of ``source`` at ``location`` (a temporary file renamed into place)."""
     LOGGER.info("Converting %s to a binary cache at %s (once)", source, location)
-    fd, tmp_name = _create_temporary(location)
+    fd, tmp_name = atomic.create_temporary(location)
     segments = _SegmentFiles(location) if kind == "microarray" else None
     try:
         with os.fdopen(fd, "wb") as out:
@@ -1267,7 +1305,7 @@ def _write_cache(source: Path, location: Path, kind: str, stat: os.stat_result) 
     finally:
         if segments is not None:
             segments.close()
-    _fsync_folder(location.parent)
+    atomic.fsync_folder(location.parent)
 
 
 #: The per-row arrays of a row-scaled cache, in file order.
@@ -1279,34 +1317,11 @@ def _describe_widths(records: list) -> str:
                                                 f"{r['width']}-byte integers") for r in records)
 
 
-def _create_temporary(location: Path, access: int = os.O_WRONLY) -> tuple[int, str]:
-    """A new file beside ``location``, readable by whoever the umask allows (unlike mkstemp)."""
-    while True:
-        name = str(location) + "." + secrets.token_hex(6) + ".tmp"
-        try:
-            return os.open(name, access | os.O_CREAT | os.O_EXCL, 0o666), name
-        except FileExistsError:
-            continue
-
-
 def _pad(out) -> int:
     position = out.tell()
     padding = -position % _ALIGN
     out.write(bytes(padding))
     return position + padding
-
-
-def _fsync_folder(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class _Invalid(Exception):

@@ -58,6 +58,12 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 # coordinates
 # --------------------------------------------------------------------------------------------
+def _parts(atlas) -> bool:
+    """Whether ``atlas`` is made of atlases matched one by one (``atlas.parts``, e.g. a
+    :class:`ahba_app.grayordinates.GrayordinateAtlas`): its regions are filled part by part."""
+    return bool(getattr(atlas, "parts", None))
+
+
 def _check_label(label, sample_info, atlas_info) -> np.ndarray:
     """``label`` (one per row of ``sample_info``) with 0 where the region may not take the
     sample (see :func:`allowed`). Without hemisphere and structure in both tables, or for
@@ -129,10 +135,10 @@ def unreachable_labels(atlas, annotation, tolerance: float = DEFAULTS["tolerance
     atlas = check_atlas(atlas)
     frame = sample_frame(annotation, copy=False)
     xyz = np.asarray(frame[COORDS], dtype=float)
-    from . import grayordinates
-    if isinstance(atlas, grayordinates.GrayordinateAtlas):  # CIFTI: part by part
-        reached = np.setdiff1d(atlas.labels, grayordinates.unreachable_labels(
-            atlas, frame, tolerance))
+    if _parts(atlas):  # e.g. CIFTI grayordinates: part by part
+        reached = np.setdiff1d(atlas.labels, np.concatenate([
+            unreachable_labels(part, frame, tolerance, warn=False)
+            for part in atlas.parts]).astype(np.int64))
     elif atlas.volumetric:
         margin = float(np.sqrt(np.sum(np.asarray(atlas.voxel_size) ** 2)))
         reached = _reached_volume_labels(atlas, xyz, abs(tolerance) + margin)
@@ -233,9 +239,9 @@ def interpolate_missing(atlas, labels, expression: pd.DataFrame,
     """
 
     atlas = check_atlas(atlas)
-    from . import grayordinates
-    if isinstance(atlas, grayordinates.GrayordinateAtlas):  # CIFTI: part by part
-        return grayordinates.interpolate_missing(atlas, labels, expression, annotation)
+    if _parts(atlas):  # e.g. CIFTI grayordinates: part by part
+        return pd.concat([interpolate_missing(part, labels, expression, annotation)
+                          for part in atlas.parts]).sort_index()
     frame = sample_frame(annotation)
     values = _aligned(expression, frame)
     empty = np.setdiff1d(atlas.labels, _label_values(labels))
@@ -272,9 +278,10 @@ def match_centroids(atlas, labels, expression: pd.DataFrame, annotation: pd.Data
     """
 
     atlas = check_atlas(atlas)
-    from . import grayordinates
-    if isinstance(atlas, grayordinates.GrayordinateAtlas):  # CIFTI: part by part
-        return grayordinates.match_centroids(atlas, labels, expression, annotation)
+    if _parts(atlas):  # e.g. CIFTI grayordinates: part by part
+        found = [match_centroids(part, labels, expression, annotation) for part in atlas.parts]
+        return (pd.concat([r for r, _ in found]).sort_index(),
+                pd.concat([d for _, d in found]).sort_index())
     frame = sample_frame(annotation)
     values = _aligned(expression, frame)
     empty = np.setdiff1d(atlas.labels, _label_values(labels))

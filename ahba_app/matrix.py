@@ -14,7 +14,7 @@ import os
 import numpy as np
 import pandas as pd
 
-__all__ = ["DonorMatrix", "as_array", "probes_by_samples", "release_pages", "row_chunks"]
+__all__ = ["DonorMatrix", "as_array", "probes_by_samples", "row_chunks"]
 
 
 def as_array(frame) -> np.ndarray:
@@ -126,47 +126,6 @@ def _popcount(values: np.ndarray) -> np.ndarray:
     if hasattr(np, "bitwise_count"):  # numpy >= 2.0
         return np.bitwise_count(values)
     return _BIT_COUNTS[values]
-
-
-def release_pages(values: np.ndarray, rows=None) -> None:
-    """``madvise(MADV_DONTNEED)`` on the read-only shared memory map behind ``values``: all of
-    it, or the pages holding ``rows`` (positions: from the first to the last).
-
-    Pages of a read-only file mapping count in the resident memory of every process that has
-    touched them; dropping them costs nothing (the data stay in the page cache, and a later read
-    maps them again). Copy-on-write or writable maps, and arrays not backed by a map, are left
-    alone.
-    """
-    import mmap
-
-    advice = getattr(mmap, "MADV_DONTNEED", None)
-    base = values
-    while base is not None and not isinstance(base, np.memmap):
-        base = getattr(base, "base", None)
-    if advice is None or base is None or getattr(base, "mode", None) != "r":
-        return
-    mapping = getattr(base, "_mmap", None)
-    if not isinstance(mapping, mmap.mmap):
-        return
-    try:
-        if rows is None:
-            mapping.madvise(advice)
-            return
-        rows = np.asarray(rows)
-        if rows.size == 0 or values.ndim != 2 or values.strides[0] <= 0:
-            return
-        # np.memmap maps the file from the granularity boundary below its offset
-        offset = int(base.offset)
-        first = offset - offset % mmap.ALLOCATIONGRANULARITY
-        start = offset - first + (values.ctypes.data - base.ctypes.data)
-        row_bytes = values.strides[0]
-        lo = start + int(rows.min()) * row_bytes
-        hi = min(len(mapping), start + (int(rows.max()) + 1) * row_bytes)
-        lo -= lo % mmap.PAGESIZE
-        if hi > lo:
-            mapping.madvise(advice, lo, hi - lo)
-    except (OSError, ValueError):  # closed, or not supported here: nothing to give back
-        pass
 
 
 def probes_by_samples(values: np.ndarray, rows=None, cols=None) -> np.ndarray:

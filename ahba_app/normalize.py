@@ -46,6 +46,7 @@ import pandas as pd
 from scipy.special import erfinv
 
 from ._blocks import thread_map, transpose_into
+from .exact import LAYOUT_FREE_NORMS
 from .options import DEFAULTS
 
 LGR = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ _BLOCK_ELEMENTS = 1 << 22
 #: element. Sums (means, standard deviations) over a block of one column can be rounded
 #: differently from sums over wider blocks, so the other methods keep the blocks they had.
 _SMALL_BLOCK_ELEMENTS = 1 << 20
-_ORDER_FREE = ("minmax", "robust_sigmoid", "scaled_robust_sigmoid")
+_ORDER_FREE = LAYOUT_FREE_NORMS
 
 NormFunc = Callable[[np.ndarray], np.ndarray]
 
@@ -296,7 +297,7 @@ def _group_rows(groups: Sequence | None, n: int, usable: np.ndarray) -> list[np.
     return selections
 
 
-def normalize_array(values: np.ndarray, norm: str | None = "srs", axis: int = 0,
+def normalize_array(values: np.ndarray, norm: str | None = DEFAULTS["gene_norm"], axis: int = 0,
                     groups: Sequence | None = None, out: np.ndarray | None = None
                     ) -> np.ndarray:
     """Normalize every 1-D slice of 2-D ``values`` along ``axis`` with method ``norm``.
@@ -440,7 +441,7 @@ def _batch_correct(frames: list[pd.DataFrame], classes: list[np.ndarray]) -> lis
     return outs
 
 
-def normalize_expression(expression, norm: str | None = "srs", structures=None,
+def normalize_expression(expression, norm: str | None = DEFAULTS["gene_norm"], structures=None,
                          ignore_warn: bool = False):
     """Normalize each gene (column) of each donor's samples x genes expression data.
 

@@ -72,8 +72,8 @@ def _stage(module: str):
 
 def _call(module: str, function: str) -> Callable:
     """The stage's own check (imported when first used: options.py imports no stage)."""
-    def convert(value):
-        return getattr(_stage(module), function)(value)
+    def convert(*values):
+        return getattr(_stage(module), function)(*values)
     return convert
 
 
@@ -309,10 +309,9 @@ def deprecated_spellings(kwargs: dict, stacklevel: int = 3) -> dict:
 def _post_init(self) -> None:
     for option in OPTIONS.values():
         object.__setattr__(self, option.name, option.convert(getattr(self, option.name)))
-    if self.probe_selection is not None:
-        from .probes import check_donor_probes
-        object.__setattr__(self, "donor_probes",
-                           check_donor_probes(self.donor_probes, self.probe_selection))
+    if self.probe_selection is not None:  # (the stage's check, read like its registries)
+        object.__setattr__(self, "donor_probes", _call("probes", "check_donor_probes")(
+            self.donor_probes, self.probe_selection))
     if self.probe_selection == "diff_stability" and len(self.donors) < 2:
         raise ValueError("probe_selection='diff_stability' compares donors, so it needs at "
                          f"least two; got donors={self.donors}. Use more donors or another "

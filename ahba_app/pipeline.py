@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from . import aggregate as _aggregate
+from . import exact as _exact
 from . import io as _io
 from . import matching as _matching
 from . import normalize as _normalize
@@ -43,7 +44,6 @@ from . import probes as _probes
 from . import samples as _samples
 from ._blocks import background, transpose_into
 from .datasets import RNASEQ_DONORS
-from .exact import read_order
 from .options import DEFAULTS, Settings
 from .summary import GroupFacts, ProbeCounts, run_summary
 
@@ -236,6 +236,12 @@ class DonorTables(collections.abc.Mapping):
         return table, matrix
 
 
+def read_order(sample_norm) -> str:
+    """The memory layout a donor's table is read in before normalization by ``sample_norm``
+    (any spelling): see :func:`ahba_app.exact.read_order`."""
+    return _exact.read_order(_normalize.resolve_norm(sample_norm))
+
+
 def read_donor_samples(microarray, content_id: str | None, annotation: pd.DataFrame,
                        chosen: pd.DataFrame, samples=None, order: str = "F") -> pd.DataFrame:
     """A donor's samples x genes table of the probes ``chosen`` (one per gene), read from its
@@ -283,7 +289,7 @@ def select_donor_probes(files: Mapping, annotations: Mapping, probes: pd.DataFra
 # --------------------------------------------------------------------------------------------
 # atlas and matching
 # --------------------------------------------------------------------------------------------
-def load_atlas(atlas, atlas_info=None, donors="all", *, data_dir=None, geometry=None,
+def load_atlas(atlas, atlas_info=None, donors=DEFAULTS["donors"], *, data_dir=None, geometry=None,
                space=None) -> tuple[dict, bool]:
     """``{donor: AtlasTree}`` and whether it is one group (MNI) atlas for every donor."""
     from .atlas import coerce_atlas_to_dict
@@ -725,7 +731,7 @@ def stable_genes(normalized: Mapping, labels: Mapping, all_labels, *, threshold:
 
 
 def gene_stability(normalized: Mapping, labels: Mapping, all_labels, *,
-                   agg_metric="mean") -> pd.Series:
+                   agg_metric=DEFAULTS["agg_metric"]) -> pd.Series:
     """Each gene's differential stability across donors (see :func:`stable_genes`)."""
     from .correct import differential_stability
 

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .datasets import check_donors, fetch_donor_info
+from .options import DEFAULTS as _D
 
 __all__ = ["Report"]
 
@@ -34,13 +35,16 @@ class Report:
     (also returned by :meth:`gen_report`).
     """
 
-    def __init__(self, atlas, atlas_info=None, *, ibf_threshold=0.5,
-                 probe_selection="diff_stability", donor_probes="aggregate", lr_mirror=None,
-                 missing=None, tolerance=2, sample_norm="srs", gene_norm="srs",
-                 norm_matched=True, norm_structures=False, region_agg="donors",
-                 agg_metric="mean", corrected_mni=True, reannotated=True, donors="all",
-                 return_donors=False, data_dir=None, counts=None, n_probes=None, n_genes=None,
-                 sim_threshold=None, stability_threshold=None):
+    def __init__(self, atlas, atlas_info=None, *, ibf_threshold=_D["ibf_threshold"],
+                 probe_selection=_D["probe_selection"], donor_probes=_D["donor_probes"],
+                 lr_mirror=_D["lr_mirror"], missing=_D["missing"], tolerance=_D["tolerance"],
+                 sample_norm=_D["sample_norm"], gene_norm=_D["gene_norm"],
+                 norm_matched=_D["norm_matched"], norm_structures=_D["norm_structures"],
+                 region_agg=_D["region_agg"], agg_metric=_D["agg_metric"],
+                 corrected_mni=_D["corrected_mni"], reannotated=_D["reannotated"],
+                 donors=_D["donors"], return_donors=False, data_dir=None, counts=None,
+                 n_probes=None, n_genes=None, sim_threshold=_D["sim_threshold"],
+                 stability_threshold=_D["stability_threshold"]):
         from .atlas import coerce_atlas_to_dict
 
         self.donors = check_donors(donors)
@@ -100,7 +104,7 @@ def _sanitize_text(text: str) -> str:
     return text.replace("<br> ", "\n\n").replace("<p>", "\n")
 
 
-def _get_donor_demographics(donors="all") -> dict:
+def _get_donor_demographics(donors=_D["donors"]) -> dict:
     """Number of donors and of women, and the min, max, mean and SD of their ages."""
     info = fetch_donor_info().set_index("donor").loc[check_donors(donors)]
     ages = info["age"].astype(float)

@@ -191,11 +191,12 @@ def test_load_atlas_input_matches_pipeline_load_atlas(bids_input):
 
 
 def test_a_hashed_group_atlas_is_loaded_once_per_run(bids_input, monkeypatch):
-    from ahba_app import pipeline
+    from ahba_app import atlas as atlases
 
     loads = []
-    real = pipeline.load_atlas
-    monkeypatch.setattr(pipeline, "load_atlas", lambda *a, **k: loads.append(a) or real(*a, **k))
+    real = atlases.coerce_atlas_to_dict
+    monkeypatch.setattr(atlases, "coerce_atlas_to_dict",
+                        lambda *a, **k: loads.append(a) or real(*a, **k))
     volume, surface = bids.discover_atlases(bids_input)
     for atlas in (volume, surface):
         hashed = bids.AtlasInput.from_dict(atlas.as_dict())

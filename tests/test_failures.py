@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ahba_app import _locks, bids, io, pipeline
+from ahba_app import _locks, atomic, bids, io, pipeline
 from ahba_app.cli import publish as publishing
 from ahba_app.cli import run as cli_run
 from ahba_app.datasets import fetch_desikan_killiany
@@ -478,10 +478,10 @@ def test_11_full_cache_disk_falls_back_to_parsing_and_names_it(tmp_path, ahba_sm
     data = _copy_data(ahba_small, tmp_path / "ahba", donors=["9861"])
     csv = data / "microarray" / "normalized_microarray_donor9861" / "MicroarrayExpression.csv"
 
-    def full(location):
+    def full(location, access=None):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(io, "_create_temporary", full)
+    monkeypatch.setattr(atomic, "create_temporary", full)
     with pytest.warns(UserWarning, match="No space left on device") as caught:
         frame = io.read_microarray(csv)
     message = str(caught[0].message)

@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
-from pathlib import Path
 
 PROG = "ahba-app-abagen"
 
@@ -57,6 +55,7 @@ class _Existing(argparse.Action):
 def get_parser() -> argparse.ArgumentParser:
     from .. import __version__
     from ..normalize import ALIASES, NORMALIZATIONS
+    from ..options import DEFAULTS as D, OPTIONS
     from ..probes import SELECTION_ALIASES, SELECTION_METHODS
 
     norms = sorted({*NORMALIZATIONS, *ALIASES} - {"batch"}) + ["None", None]
@@ -77,50 +76,58 @@ def get_parser() -> argparse.ArgumentParser:
                         metavar="PATH",
                         help="CSV with columns id, hemisphere (L/R/B) and structure")
     g_data = parser.add_argument_group("which AHBA data")
-    g_data.add_argument("--donors", nargs="+", default="all", metavar="DONOR_ID",
+    g_data.add_argument("--donors", nargs="+", default=D["donors"], metavar="DONOR_ID",
                         help="donor numbers or uids, or 'all' (default)")
     g_data.add_argument("--data_dir", "--data-dir", action=_Existing, metavar="PATH",
                         help="AHBA data folder (default: $AHBA_DATA, $ABAGEN_DATA, ...)")
     g_data.add_argument("--n_proc", "--n-proc", type=int, default=1,
                         help="donors downloaded at once (default 1)")
     w_data = parser.add_argument_group("processing")
-    w_data.add_argument("--ibf_threshold", "--ibf-threshold", type=float, default=0.5,
-                        metavar="THRESHOLD", help="intensity-based filter threshold (0.5)")
-    w_data.add_argument("--probe_selection", "--probe-selection", default="diff_stability",
+    w_data.add_argument("--ibf_threshold", "--ibf-threshold", type=float,
+                        default=D["ibf_threshold"],
+                        metavar="THRESHOLD",
+                        help=f"intensity-based filter threshold ({D['ibf_threshold']})")
+    w_data.add_argument("--probe_selection", "--probe-selection", default=D["probe_selection"],
                         metavar="METHOD",
                         choices=sorted({*SELECTION_METHODS, *SELECTION_ALIASES}),
-                        help="probe selection method (diff_stability)")
+                        help=f"probe selection method ({D['probe_selection']})")
     w_data.add_argument("--lr_mirror", "--lr-mirror", metavar="METHOD", type=_none,
-                        default=None,
-                        choices=(None, "bidirectional", "leftright", "rightleft"),
-                        help="mirror samples across hemispheres (None)")
-    w_data.add_argument("--sim_threshold", "--sim-threshold", type=_none, default=None,
-                        metavar="THRESHOLD", help="sample similarity threshold, in SD (None)")
-    w_data.add_argument("--missing", metavar="METHOD", type=_none, default=None,
-                        choices=(None, "centroids", "interpolate"),
-                        help="fill regions without samples (None)")
-    w_data.add_argument("--tol", "--tolerance", dest="tolerance", type=float, default=2,
-                        help="matching distance: mm (volumes) or SD (surfaces); default 2")
-    w_data.add_argument("--sample_norm", "--sample-norm", default="srs", metavar="METHOD",
-                        type=_none, choices=norms, help="normalization across genes (srs)")
-    w_data.add_argument("--gene_norm", "--gene-norm", default="srs", metavar="METHOD",
-                        type=_none, choices=norms, help="normalization across samples (srs)")
+                        default=D["lr_mirror"], choices=OPTIONS["lr_mirror"].choices(),
+                        help=f"mirror samples across hemispheres ({D['lr_mirror']})")
+    w_data.add_argument("--sim_threshold", "--sim-threshold", type=_none,
+                        default=D["sim_threshold"],
+                        metavar="THRESHOLD",
+                        help=f"sample similarity threshold, in SD ({D['sim_threshold']})")
+    w_data.add_argument("--missing", metavar="METHOD", type=_none, default=D["missing"],
+                        choices=OPTIONS["missing"].choices(),
+                        help=f"fill regions without samples ({D['missing']})")
+    w_data.add_argument("--tol", "--tolerance", dest="tolerance", type=float,
+                        default=D["tolerance"],
+                        help="matching distance: mm (volumes) or SD (surfaces); default "
+                             f"{D['tolerance']}")
+    w_data.add_argument("--sample_norm", "--sample-norm", default=D["sample_norm"],
+                        metavar="METHOD", type=_none, choices=norms,
+                        help=f"normalization across genes ({D['sample_norm']})")
+    w_data.add_argument("--gene_norm", "--gene-norm", default=D["gene_norm"],
+                        metavar="METHOD", type=_none, choices=norms,
+                        help=f"normalization across samples ({D['gene_norm']})")
     w_data.add_argument("--norm_all", "--norm-all", dest="norm_matched",
-                        action="store_false", default=True,
+                        action="store_false", default=D["norm_matched"],
                         help="normalize genes over all samples, not only matched ones")
     w_data.add_argument("--norm_structures", "--norm-structures", action="store_true",
-                        default=False, help="normalize within structural classes")
-    w_data.add_argument("--region_agg", "--region-agg", default="donors", metavar="METHOD",
-                        choices=["donors", "samples"],
-                        help="aggregate within donors first, or pool samples (donors)")
-    w_data.add_argument("--agg_metric", "--agg-metric", default="mean", metavar="METHOD",
-                        choices=["mean", "median"], help="aggregation metric (mean)")
+                        default=D["norm_structures"], help="normalize within structural classes")
+    w_data.add_argument("--region_agg", "--region-agg", default=D["region_agg"],
+                        metavar="METHOD", choices=OPTIONS["region_agg"].choices(),
+                        help=f"aggregate within donors first, or pool samples ({D['region_agg']})")
+    w_data.add_argument("--agg_metric", "--agg-metric", default=D["agg_metric"],
+                        metavar="METHOD", choices=OPTIONS["agg_metric"].choices(),
+                        help=f"aggregation metric ({D['agg_metric']})")
     p_data = parser.add_argument_group("AHBA data used")
     p_data.add_argument("--no-reannotated", "--no_reannotated", dest="reannotated",
-                        action="store_false", default=True,
+                        action="store_false", default=D["reannotated"],
                         help="use Allen's probe annotation instead of the reannotation")
     p_data.add_argument("--no-corrected-mni", "--no_corrected_mni", dest="corrected_mni",
-                        action="store_false", default=True,
+                        action="store_false", default=D["corrected_mni"],
                         help="use Allen's MNI coordinates instead of the corrected ones")
     o_data = parser.add_argument_group("output")
     o_data.add_argument("--stdout", action="store_true",
@@ -138,15 +145,11 @@ def get_parser() -> argparse.ArgumentParser:
 
 def _write_csv(frame, path: str) -> None:
     """``frame.to_csv(path)`` written whole or not at all."""
-    folder = os.path.dirname(path) or "."
-    handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
-    try:
-        with os.fdopen(handle, "w", newline="") as out:
+    from ..atomic import replacing
+
+    with replacing(path, mkdir=False) as temporary:
+        with open(temporary, "w", newline="") as out:
             frame.to_csv(out)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def run(opts) -> None:

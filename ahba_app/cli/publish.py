@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from .. import _locks
+from ..atomic import fsync_folder
 
 __all__ = ["COMMIT", "MARKER", "STAGING_PREFIX", "Staging", "clean_stale", "publish_lock"]
 
@@ -54,19 +55,6 @@ def publish_lock(output_dir: Path) -> _locks.Lock:
     logs.mkdir(parents=True, exist_ok=True)
     return _locks.acquire(logs / ".ahba-app-publish.lock",
                           f"the output folder {output_dir}", poll=0.1)
-
-
-def _fsync(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class Staging:
@@ -92,7 +80,7 @@ class Staging:
         from now on, these outputs will be published even if this process dies."""
         write_file(self.path / MARKER, json.dumps(marker, indent=2) + "\n")
         write_file(self.path / COMMIT, json.dumps(files + [MARKER]) + "\n")
-        _fsync(self.path)
+        fsync_folder(self.path)
 
     def discard(self) -> None:
         """Remove the staging folder, unless it is committed (then the next run publishes
@@ -128,7 +116,7 @@ def move_committed(staging: Path, output_dir: Path) -> list[Path]:
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(source, dest)
         moved.append(dest)
-    _fsync(output_dir)
+    fsync_folder(output_dir)
     shutil.rmtree(staging, ignore_errors=True)
     return moved
 

@@ -19,6 +19,7 @@ from types import MappingProxyType
 from typing import Callable, Mapping, Sequence
 
 from ..normalize import ALIASES as _NORMALIZE_ALIASES
+from ..probes import AGGREGATE_ONLY
 from .citations import (Block, MethodsDocument, Paragraph, Reference,  # noqa: F401
                         _resolve, load_references)
 from .parameters import AtlasDescription, ReportParameters, RunSummary  # noqa: F401
@@ -60,21 +61,17 @@ class OptionText:
     text: the sentence(s) for the methods text (may hold ``{placeholders}`` and ``[@key]``).
     formulas: display formulas, in plain text.
     where: sentence explaining the symbols of the formulas.
-    joint: for probe selection, whether the method needs all donors at once (then
-        ``donor_probes`` cannot apply).
     """
 
     label: str
     text: str = ""
     formulas: tuple[str, ...] = ()
     where: str = ""
-    joint: bool = False
 
 
 PROBE_SELECTION: dict[str, OptionText] = {
     "diff_stability": OptionText(
         label="differential stability",
-        joint=True,
         text=("When several probes measured the same gene, the probe kept was the one whose "
               "regional pattern of expression was most reproducible across donors, that is, the "
               "probe with the highest differential stability [@hawrylycz2015], the criterion that "
@@ -90,7 +87,6 @@ PROBE_SELECTION: dict[str, OptionText] = {
     ),
     "rnaseq": OptionText(
         label="agreement with RNA-seq",
-        joint=True,
         text=("When several probes measured the same gene, the probe kept was the one whose "
               "regional pattern best matched RNA-sequencing data of that gene, which the AHBA "
               "provides for two donors (9861 and 10021), following the comparison of selection "
@@ -102,7 +98,6 @@ PROBE_SELECTION: dict[str, OptionText] = {
     ),
     "average": OptionText(
         label="average of all probes",
-        joint=True,
         text=("When several probes measured the same gene, their expression values were averaged, "
               "sample by sample, into a single profile for the gene, so that no probe was "
               "discarded."),
@@ -490,7 +485,7 @@ def _probes(f: _Facts) -> Paragraph:
     if method.formulas:
         par.formula(*method.formulas)
         par.say(method.where.format(n_donors=f.n_donors))
-    if not method.joint:
+    if p.probe_selection not in AGGREGATE_ONLY:
         par.say(DONOR_PROBES[p.donor_probes].text)
     elif p.donor_probes != "aggregate":
         par.say(f"(The requested donor_probes = \"{p.donor_probes}\" does not apply to this "
@@ -777,7 +772,7 @@ def advisories(params, summary=None) -> list[str]:
     if not p.atlas.volumetric:
         notes.append("With a surface atlas only cortical samples are used; subcortical and "
                      "cerebellar samples are ignored.")
-    if PROBE_SELECTION[p.probe_selection].joint and p.donor_probes != "aggregate":
+    if p.probe_selection in AGGREGATE_ONLY and p.donor_probes != "aggregate":
         notes.append(f"donor_probes=\"{p.donor_probes}\" has no effect with probe_selection="
                      f"\"{p.probe_selection}\", which uses all donors jointly.")
     if p.probe_selection == "rnaseq":

@@ -67,7 +67,7 @@ def _dataclass_from_mapping(cls, value, what: str):
     names = {f.name for f in fields(cls)}
     unknown = set(value) - names
     if unknown:
-        raise ValueError(f"Unknown {what} field(s) {sorted(unknown)}: known are {sorted(names)}.")
+        raise ValueError(f"Unknown {what}(s) {sorted(unknown)}: known are {sorted(names)}.")
     return cls(**dict(value))
 
 
@@ -113,7 +113,7 @@ class AtlasDescription:
 
     @classmethod
     def from_mapping(cls, value: "AtlasDescription | Mapping | None") -> "AtlasDescription":
-        return _dataclass_from_mapping(cls, value, "atlas")
+        return _dataclass_from_mapping(cls, value, "atlas field")
 
     @property
     def native(self) -> bool:
@@ -194,10 +194,8 @@ class ReportParameters(_ReportOptions):
         abagen's ``atlas_info`` (any non-None value) sets ``atlas.has_info``; arguments that do
         not change the methods (``data_dir``, ``verbose``, ...) are ignored.
         """
-        if value is None:
-            return cls()
-        if isinstance(value, cls):
-            return value
+        if value is None or isinstance(value, cls):
+            return _dataclass_from_mapping(cls, value, "parameter")
         value = {k: v for k, v in dict(value).items() if k not in cls.IGNORED}
         if "atlas_info" in value:
             info = value.pop("atlas_info")
@@ -205,11 +203,7 @@ class ReportParameters(_ReportOptions):
             if info is not None:
                 atlas.has_info = True
             value["atlas"] = atlas
-        names = {f.name for f in fields(cls)}
-        unknown = set(value) - names
-        if unknown:
-            raise ValueError(f"Unknown parameter(s) {sorted(unknown)}: known are {sorted(names)}.")
-        return cls(**dict(value))
+        return _dataclass_from_mapping(cls, value, "parameter")
 
     @property
     def donor_ids(self) -> list[str]:
@@ -219,9 +213,9 @@ class ReportParameters(_ReportOptions):
     @property
     def effective_donor_probes(self) -> str:
         """``donor_probes`` as it acts: methods that need all donors jointly force 'aggregate'."""
-        from .methods import PROBE_SELECTION
+        from ..probes import AGGREGATE_ONLY
 
-        if PROBE_SELECTION[self.probe_selection].joint:
+        if self.probe_selection in AGGREGATE_ONLY:
             return "aggregate"
         return self.donor_probes
 
@@ -287,7 +281,7 @@ class RunSummary:
 
     @classmethod
     def from_mapping(cls, value: "RunSummary | Mapping | None") -> "RunSummary":
-        return _dataclass_from_mapping(cls, value, "summary")
+        return _dataclass_from_mapping(cls, value, "summary field")
 
     # derived facts ------------------------------------------------------------------------------
     def sample_total(self, column: str) -> int | None:
