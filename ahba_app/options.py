@@ -12,20 +12,26 @@ of help, its command-line flags and the stage that uses it. Everything else is d
 - the Nipype interface traits (:func:`trait`: ``traits.Enum`` of the registry);
 - the report's parameter table and help (:func:`table`).
 
-A new option is one entry here (and the stage function that uses it).
+The command line's other options (inputs, presets, outputs, multiverse, execution) are the
+:data:`RUN_OPTIONS` table below it; :mod:`ahba_app.cli.parser` builds argparse from both and the
+Boutiques descriptor is built from that parser. A new option is one entry here (and the code
+that uses it).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import warnings
 from dataclasses import dataclass, field, fields, make_dataclass, replace
 from importlib import import_module
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
-__all__ = ["OPTIONS", "DEFAULTS", "NAMES", "Option", "Settings", "add_arguments", "choices",
+__all__ = ["OPTIONS", "DEFAULTS", "NAMES", "Option", "RUN_GROUPS", "RUN_OPTIONS", "RunOption",
+           "Settings", "add_arguments", "add_run_arguments", "choices",
            "settings", "table", "trait", "parse_text", "report_value", "deprecated_spellings"]
 
 #: How "no value" may be written in text (command line, preset files, reports).
@@ -175,6 +181,13 @@ class Option:
         return (*self.choices(), *self.aliases())
 
 
+def _boolean(name: str, default: bool, stage: str, text: str,
+             *switches: tuple[tuple[str, ...], bool, str | None]) -> Option:
+    """A true/false option set on the command line by its switches: (flags, value, help)."""
+    return Option(name, default, stage, text, bool, kind="bool",
+                  switches=tuple(Switch(*switch) for switch in switches))
+
+
 def _dash(name: str) -> tuple[str, str]:
     return "--" + name.replace("_", "-"), "--" + name
 
@@ -226,22 +239,18 @@ OPTIONS: Mapping[str, Option] = MappingProxyType({o.name: o for o in (
            _norm("gene_norm"), kind="choice", registry=_NORMS, nullable=True,
            describe=_call("normalize", "resolve_norm"),
            flags=_dash("gene_norm"), metavar="METHOD"),
-    Option("norm_matched", True, "normalize",
-           "Normalise genes over matched samples only (else over all samples).",
-           bool, kind="bool", switches=(
-               Switch(("--norm-all", "--norm_all"), False,
-                      "Normalize genes over all samples, not only the matched ones."),
-               Switch(("--norm-matched", "--norm_matched"), True,
-                      "Normalize genes over matched samples only (the default; overrides a "
-                      "preset)."))),
-    Option("norm_structures", False, "normalize",
-           "Normalise genes separately within cortex, subcortex/brainstem and cerebellum.",
-           bool, kind="bool", switches=(
-               Switch(("--norm-structures", "--norm_structures"), True,
-                      "Normalize genes separately within cortex, subcortex/brainstem and "
-                      "cerebellum."),
-               Switch(("--no-norm-structures", "--no_norm_structures"), False,
-                      "Normalize genes across structures (the default; overrides a preset)."))),
+    _boolean("norm_matched", True, "normalize",
+             "Normalise genes over matched samples only (else over all samples).",
+             (("--norm-all", "--norm_all"), False,
+              "Normalize genes over all samples, not only the matched ones."),
+             (("--norm-matched", "--norm_matched"), True,
+              "Normalize genes over matched samples only (the default; overrides a preset).")),
+    _boolean("norm_structures", False, "normalize",
+             "Normalise genes separately within cortex, subcortex/brainstem and cerebellum.",
+             (("--norm-structures", "--norm_structures"), True,
+              "Normalize genes separately within cortex, subcortex/brainstem and cerebellum."),
+             (("--no-norm-structures", "--no_norm_structures"), False,
+              "Normalize genes across structures (the default; overrides a preset).")),
     Option("region_agg", "donors", "aggregate",
            "Combine samples within donors first, or pool all samples.",
            _member("region_agg", "aggregate", "REGION_AGGS"), kind="choice",
@@ -252,21 +261,19 @@ OPTIONS: Mapping[str, Option] = MappingProxyType({o.name: o for o in (
            _call("aggregate", "check_metric"), kind="choice",
            registry=_registry("aggregate", "AGG_METRICS"),
            flags=_dash("agg_metric"), metavar="METHOD"),
-    Option("corrected_mni", True, "samples",
-           "Use the alleninf non-linear MNI coordinates of the samples.",
-           bool, kind="bool", switches=(
-               Switch(("--no-corrected-mni", "--no_corrected_mni"), False,
-                      "Use the AHBA's MNI coordinates instead of the alleninf corrected ones."),
-               Switch(("--corrected-mni",), True, None))),
-    Option("reannotated", True, "probes",
-           "Use the Arnatkeviciute et al. (2019) probe-to-gene reannotation.",
-           bool, kind="bool", switches=(
-               Switch(("--no-reannotated", "--no_reannotated"), False,
-                      "Use the AHBA's own probe annotations instead of the Arnatkeviciute et "
-                      "al. (2019) reannotation."),
-               Switch(("--reannotated",), True, None))),
+    _boolean("corrected_mni", True, "samples",
+             "Use the alleninf non-linear MNI coordinates of the samples.",
+             (("--no-corrected-mni", "--no_corrected_mni"), False,
+              "Use the AHBA's MNI coordinates instead of the alleninf corrected ones."),
+             (("--corrected-mni",), True, None)),
+    _boolean("reannotated", True, "probes",
+             "Use the Arnatkeviciute et al. (2019) probe-to-gene reannotation.",
+             (("--no-reannotated", "--no_reannotated"), False,
+              "Use the AHBA's own probe annotations instead of the Arnatkeviciute et al. "
+              "(2019) reannotation."),
+             (("--reannotated",), True, None)),
     Option("donors", "all", "data",
-           "Donors whose samples are used.", _call("datasets", "check_donors"), kind="donors"),
+           "Donors whose samples are used.", _call("donors", "check_donors"), kind="donors"),
     Option("stability_threshold", None, "aggregate",
            "ahba-app extension: drop genes whose differential stability across donors is "
            "below this value (none: keep all).",
@@ -503,3 +510,172 @@ def trait(name: str, **kwargs):
 def table(values: Mapping) -> list[tuple[str, Any, Any, str]]:
     """(name, value, default, help) of every option, for the report's parameter table."""
     return [(o.name, values.get(o.name, o.default), o.default, o.help) for o in OPTIONS.values()]
+
+
+# ---------------------------------------------------------------------------------------------
+# the command line's other options: what to run on, where, how (not processing options)
+# ---------------------------------------------------------------------------------------------
+def absolute_path(value: str) -> Path:
+    """A command-line path, absolute (``~`` expanded)."""
+    return Path(os.path.abspath(os.path.expanduser(value)))
+
+
+def donor_label(value: str) -> str:
+    """A donor given as ``9861``, ``sub-9861`` or a uid (``H0351.2001``)."""
+    return value[4:] if value.startswith("sub-") else value
+
+
+def megabytes(value: str) -> int:
+    """``16000``, ``16000M``, ``16G``, ``16GB`` -> megabytes."""
+    text = value.strip().upper().removesuffix("B")
+    units = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 ** 2}
+    factor = units.get(text[-1:], None)
+    try:
+        number = float(text[:-1] if factor else text) * (factor or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected megabytes (e.g. 16000 or 16G), got "
+                                         f"{value!r}") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"memory must be positive, got {value!r}")
+    return int(number)
+
+
+@dataclass(frozen=True)
+class RunOption:
+    """One option of the command line that is not a processing option.
+
+    name: the parsed attribute; group: the --help section; flags: every spelling; help: one
+    line (``{presets}`` is replaced by the presets' names); the rest as argparse takes them
+    (``action``: ``store`` with ``type``, or ``store_true`` / ``store_false``).
+    """
+
+    name: str
+    group: str
+    flags: tuple[str, ...]
+    help: str
+    type: Callable[[str], Any] | None = None
+    action: str = "store"
+    default: Any = None
+    nargs: str | None = None
+    metavar: str | None = None
+    choices: tuple | Callable[[], tuple] | None = None
+
+    def add_to(self, group, **text) -> None:
+        kwargs = dict(dest=self.name, help=self.help.format(**text))
+        if self.action == "store":
+            choices = self.choices() if callable(self.choices) else self.choices
+            kwargs.update(type=self.type, default=self.default, nargs=self.nargs,
+                          metavar=self.metavar, choices=list(choices) if choices else None)
+            kwargs = {k: v for k, v in kwargs.items() if v is not None or k == "default"}
+        else:
+            kwargs.update(action=self.action)
+            if self.action == "store_false":
+                kwargs["default"] = True
+        group.add_argument(*self.flags, **kwargs)
+
+
+INPUTS, PRESETS, PROCESSING = ("Selecting inputs", "Presets",
+                               "Processing options (abagen's names and defaults)")
+OUTPUTS, MULTIVERSE, EXECUTION = ("Outputs", "Multiverse (group level; ahba_app.multiverse)",
+                                  "Execution")
+#: The --help sections, in order; the processing options (:data:`OPTIONS`) are the third.
+RUN_GROUPS = (INPUTS, PRESETS, PROCESSING, OUTPUTS, MULTIVERSE, EXECUTION)
+
+RUN_OPTIONS: tuple[RunOption, ...] = (
+    RunOption("participant_label", INPUTS, ("--participant-label", "--participant_label",
+                                            "--donors"),
+              "AHBA donors to use (numbers such as 9861, with or without 'sub-', or uids such "
+              "as H0351.2001; 'all' for every donor). Default: all.",
+              type=donor_label, nargs="+", metavar="DONOR"),
+    RunOption("atlas", INPUTS, ("--atlas",),
+              "Process only the atlases with these atlas- labels (e.g. Schaefer2018) or output "
+              "names (e.g. Schaefer2018400Parcels7Networks); a label INPUT_DIR lacks is looked "
+              "up in $TEMPLATEFLOW_HOME (offline).", nargs="+", metavar="LABEL"),
+    RunOption("atlas_desc", INPUTS, ("--atlas-desc", "--atlas_desc"),
+              "The desc- of a TemplateFlow atlas (e.g. 400Parcels7Networks; for Schaefer2018 on "
+              "fsaverage it also finds seg-7n_scale-400).", metavar="DESC"),
+    RunOption("space", INPUTS, ("--space",),
+              "TemplateFlow template of the atlas: MNI152NLin6Asym (default), fsLR, fsaverage, "
+              "...", metavar="TEMPLATE"),
+    RunOption("res", INPUTS, ("--res", "--resolution"),
+              "TemplateFlow resolution index of a volumetric atlas (1 = 1 mm in "
+              "MNI152NLin6Asym). Default: the finest there is.", metavar="N"),
+    RunOption("den", INPUTS, ("--den", "--density"),
+              "Density of a surface atlas: 32k (fsLR); 3k, 10k, 41k or 164k (fsaverage4, 5, 6, "
+              "fsaverage). A coarser fsaverage density than TemplateFlow holds is cut from the "
+              "nested finer mesh.", metavar="DEN"),
+    RunOption("skip_bids_validation", INPUTS,
+              ("--skip-bids-validation", "--skip_bids_validation", "--skip-bids-validator",
+               "--skip_bids_validator"),
+              "Accepted for BIDS Apps compatibility: ahba-app checks the atlas files it uses "
+              "itself and never runs the BIDS validator.", action="store_true"),
+    RunOption("default_atlas", INPUTS, ("--no-default-atlas", "--no_default_atlas"),
+              "Fail when INPUT_DIR holds no atlas instead of using the bundled "
+              "Desikan-Killiany atlas.", action="store_false"),
+    RunOption("ahba_dir", INPUTS, ("--ahba-dir", "--ahba_dir", "--data-dir", "--data_dir"),
+              "The AHBA data folder (holding microarray/normalized_microarray_donor*/). "
+              "Default: $AHBA_DATA, else $ABAGEN_DATA, else ~/.local/share/ahba-app. Missing "
+              "donors are downloaded before processing starts.", type=absolute_path,
+              metavar="PATH"),
+    RunOption("preset", PRESETS, ("--preset",),
+              "Start from a parameter set: {presets}, or the path of a TOML file. Explicit "
+              "options override it.", metavar="NAME|PATH"),
+    RunOption("desc", PRESETS, ("--desc",),
+              "The desc- label of the output files. Default: the preset's name (letters and "
+              "digits only; 'abagendefaults' without a preset) when its parameters are used "
+              "unchanged, else 'custom'.", metavar="LABEL"),
+    RunOption("save_donors", OUTPUTS, ("--save-donors", "--save_donors"),
+              "group: also write one region x gene table per donor (sub-<donor>/...).",
+              action="store_true"),
+    RunOption("save_counts", OUTPUTS, ("--save-counts", "--save_counts"),
+              "Accepted for abagen compatibility: sample counts are always written.",
+              action="store_true"),
+    RunOption("multiverse", MULTIVERSE, ("--multiverse",),
+              "Run every pipeline of a grid (a TOML file whose [grid] table maps options to "
+              "lists of values, or a bundled grid such as markello2021) and write one row of "
+              "statistics per pipeline and atlas instead of the tables. Options the grid does "
+              "not name keep their value from the command line or preset.", metavar="GRID"),
+    RunOption("multiverse_map", MULTIVERSE, ("--multiverse-map", "--multiverse_map"),
+              "A value per atlas region (columns 'index' and one value, n/a for none) whose "
+              "Spearman correlation with each table's first principal component is reported "
+              "(map_rho).", type=absolute_path, metavar="TSV"),
+    RunOption("multiverse_format", MULTIVERSE, ("--multiverse-format", "--multiverse_format"),
+              "Format of the pipelines table. Default: auto (Parquet above 100,000 pipelines, "
+              "TSV below).", default="auto", choices=("auto", "tsv", "parquet")),
+    RunOption("multiverse_save_tables", MULTIVERSE,
+              ("--multiverse-save-tables", "--multiverse_save_tables"),
+              "Also save the region x gene table (gzip TSV) of some pipelines, in "
+              "<atlas>_desc-multiverse_tables/: 'reference' (the command line's or preset's own "
+              "pipeline), 'all' (grids of at most 1,000 pipelines), pipeline ids separated by "
+              "commas, or a file listing them (one per line, or a TSV with a pipeline_id "
+              "column).", metavar="IDS"),
+    RunOption("work_dir", EXECUTION, ("-w", "--work-dir", "--work_dir"),
+              "Nipype's working folder; keep it to reuse unchanged steps in a later run. "
+              "Default: ./work.", type=absolute_path, metavar="PATH"),
+    RunOption("clean_workdir", EXECUTION, ("--clean-workdir", "--clean_workdir"),
+              "Remove the work folder after a successful run.", action="store_true"),
+    RunOption("nprocs", EXECUTION, ("--nprocs", "--n-procs", "--n_procs", "--nthreads",
+                                    "--n-proc", "--n_proc", "--n-cpus", "--n_cpus"),
+              "Processes to run donors and atlases in parallel. Default: 1.", type=int,
+              default=1, metavar="N"),
+    RunOption("nipype_plugin", EXECUTION, ("--nipype-plugin", "--nipype_plugin"),
+              "Nipype plugin that runs the workflow: Linear (one node at a time), MultiProc "
+              "(--nprocs processes), SLURM (one sbatch job per node, submitted as their inputs "
+              "are ready) or SLURMGraph (the whole graph submitted at once with job "
+              "dependencies). Default: MultiProc with --nprocs above 1, Linear otherwise.",
+              choices=lambda: _stage("cli.engines").PLUGINS),
+    RunOption("plugin_args", EXECUTION, ("--plugin-args", "--plugin_args"),
+              "Arguments of the Nipype plugin, as a JSON object or the path of a JSON/TOML file "
+              "holding one, e.g. '{{\"sbatch_args\": \"--partition=short --time=2:00:00\"}}'.",
+              metavar="JSON"),
+    RunOption("mem_mb", EXECUTION, ("--mem", "--mem-mb", "--mem_mb"),
+              "Upper bound of the memory the parallel nodes may use together, in MB (or with a "
+              "unit: 16G, 16000M). Default: no bound.", type=megabytes, metavar="MB"),
+)
+
+
+def add_run_arguments(group, title: str, **text) -> None:
+    """Add the :data:`RUN_OPTIONS` of section ``title`` to an argparse group."""
+    for option in RUN_OPTIONS:
+        if option.group == title:
+            option.add_to(group, **text)

@@ -34,6 +34,32 @@ def test_the_api_signature_and_the_parser_read_the_table():
             assert flag in text or flag.replace("-", "_") != flag, flag
 
 
+def test_every_command_line_option_is_declared_in_the_tables():
+    """The parser (and so the Boutiques descriptor) is made from options.OPTIONS and
+    options.RUN_OPTIONS: each of its options is an entry of one of them, with the same flags."""
+    declared = {}
+    for option in options.OPTIONS.values():
+        for flags in (option.flags, *(s.flags for s in option.switches)):
+            if flags:
+                declared[flags] = option.name
+    for option in options.RUN_OPTIONS:
+        declared[option.flags] = option.name
+    seen = set()
+    for action in get_parser()._actions:
+        if not action.option_strings or action.dest in ("help", "version", "verbose"):
+            continue
+        flags = tuple(action.option_strings)
+        assert declared.get(flags) == action.dest, flags
+        seen.add(flags)
+    assert seen == set(declared)
+    groups = [g.title for g in get_parser()._action_groups][2:]
+    assert groups == list(options.RUN_GROUPS)
+    opts = get_parser().parse_args(["in", "out", "group", "--mem", "2G", "--n_cpus", "3",
+                                    "--donors", "sub-9861", "--no-default-atlas"])
+    assert (opts.mem_mb, opts.nprocs, opts.participant_label, opts.default_atlas) == \
+        (2048, 3, ["9861"], False)
+
+
 def test_the_abagen_defaults_preset_is_the_table():
     preset = load_preset("abagen-defaults").parameters
     assert options.Settings(**preset) == options.Settings()
