@@ -45,6 +45,7 @@ from . import samples as _samples
 from ._blocks import background, transpose_into
 from .datasets import RNASEQ_DONORS
 from .options import DEFAULTS, Settings
+from .stages import stage_options
 from .summary import GroupFacts, ProbeCounts, run_summary
 
 LGR = logging.getLogger("ahba_app")
@@ -154,6 +155,14 @@ def load_probe_table(files: Mapping, *, reannotated: bool = DEFAULTS["reannotate
     """The probe table (Probes.csv is the same for every donor, so the first one is read)."""
     first = next(iter(files.values()))
     return _probes.prepare_probes(first["probes"], reannotated=reannotated)
+
+
+def read_probe_tables(files: Mapping, *, reannotated: bool = DEFAULTS["reannotated"]
+                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The probe table as read (Probes.csv is the same for every donor, so the first one is
+    read) and as the stages use it (probes with a gene, reannotated or not)."""
+    raw = _io.read_probes(next(iter(files.values()))["probes"])
+    return raw, _probes.prepare_probes(raw, reannotated=reannotated)
 
 
 def prepare_donor_samples(donor_files: Mapping, probes: pd.DataFrame, *,
@@ -508,9 +517,9 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
     of chosen probes is read only when the donor is normalized, and only for the samples kept
     (with ``norm_matched``, those matched to a region).
     """
-    files, rnaseq_files = locate_data(data_dir, settings.donors,
-                                      need_rnaseq=settings.probe_selection == "rnaseq",
-                                      n_proc=n_proc, verbose=verbose)
+    files, rnaseq_files = locate_data(data_dir, need_rnaseq=settings.probe_selection == "rnaseq",
+                                      n_proc=n_proc, verbose=verbose,
+                                      **stage_options(settings, "fetch"))
     with background() as pool:
         # each cache is checked (its checksum: read whole) and mapped once, on other threads
         # while the atlas, the probes and the samples are prepared and matched
@@ -524,8 +533,7 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
         all_labels = next(iter(atlases.values())).labels
         sample_facts = {}
 
-        raw_probes = _io.read_probes(next(iter(files.values()))["probes"])
-        probes = _probes.prepare_probes(raw_probes, reannotated=settings.reannotated)
+        raw_probes, probes = read_probe_tables(files, **stage_options(settings, "reannotate"))
         probe_counts = ProbeCounts(n_probes=len(raw_probes), n_annotated=len(probes))
         array_probes = raw_probes[["gene_symbol"]] if return_genes else None
         del raw_probes
@@ -535,9 +543,8 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
                 donor_files = dict(donor_files,
                                    microarray=opening[donor]["microarray"].result())
             annotations[donor], sample_facts[donor] = prepare_donor_samples(
-                donor_files, probes, corrected_mni=settings.corrected_mni,
-                lr_mirror=settings.lr_mirror, sim_threshold=settings.sim_threshold,
-                native_affine=affines.get(donor))
+                donor_files, probes, native_affine=affines.get(donor),
+                **stage_options(settings, "annotate"))
 
         warn_unreachable_regions(atlases, group_atlas, annotations.values(),
                                  tolerance=settings.tolerance)
@@ -545,7 +552,7 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
         for donor in files:
             annotation = renumbered(annotations[donor])
             donor_labels = match_donor_samples(atlases[donor], annotation,
-                                               tolerance=settings.tolerance)
+                                               **stage_options(settings, "match"))
             if not (donor_labels != 0).any():
                 LGR.warning("No sample of donor %s matched a region of the atlas.", donor)
             match_labels[donor] = donor_labels
@@ -560,39 +567,27 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
                  for donor, paths in files.items()}
     del opening
     annotated = probes
-    probes, share = filter_probe_table(files, annotations, probes,
-                                       ibf_threshold=settings.ibf_threshold, return_share=True)
+    probes, share = filter_probe_table(files, annotations, probes, return_share=True,
+                                       **stage_options(settings, "filter_probes"))
     probe_counts.n_filtered = len(probes)
     expressions, selection = select_donor_probes(
-        files, annotations, probes, probe_selection=settings.probe_selection,
-        donor_probes=settings.donor_probes, rnaseq_files=rnaseq_files, store=store)
+        files, annotations, probes, rnaseq_files=rnaseq_files, store=store,
+        **stage_options(settings, "select_probes"))
     probe_counts.n_genes = expressions.n_genes(next(iter(expressions)))
     check_genes(probe_counts.n_genes, n_probes=len(probes), ibf_threshold=settings.ibf_threshold)
 
     normalized = {}
-    order = read_order(settings.sample_norm)
     # when the group level only needs each donor's region means, they are taken as soon as
     # the donor is normalized, and its sample-level table is dropped (see _DonorStream)
     stream = _DonorStream(atlases, all_labels, settings.missing) if (
         aggregate and _can_stream(settings, expressions, return_donors)) else None
-    # then each donor's tables live in the same two buffers, reused (no new memory to map)
-    buffers = None
-    if stream is not None:
-        size = max(len(rows) * expressions.n_genes(donor) for donor, rows in keep.items())
-        buffers = (np.empty(size), np.empty(size))
-    for donor in files:
-        structures = kept[donor][["structure"]] if settings.norm_structures else None
-        # normalize_donor_expression, reading only the samples kept; no name holds the table
-        # read, so normalize_donor lets go of it once normalized
-        normalized[donor] = _normalize.normalize_donor(
-            expressions.frame(donor, keep[donor], order=order,
-                              buffer=None if buffers is None else buffers[1])
-            .set_axis(kept[donor].index, axis=0),
-            sample_norm=settings.sample_norm, gene_norm=settings.gene_norm,
-            structures=structures, buffers=buffers)
+    for donor, table in normalized_donors(expressions, keep, kept, reuse=stream is not None,
+                                          **stage_options(settings, "normalize")):
         if stream is not None:
-            stream.add(donor, normalized.pop(donor), labels[donor], kept[donor])
-    del buffers
+            stream.add(donor, table, labels[donor], kept[donor])
+        else:
+            normalized[donor] = table
+        del table
     counts = _matching.sample_counts(labels, all_labels)
     tree = next(iter(atlases.values()))
 
@@ -612,10 +607,8 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
         group = stream.result(labels)
     else:
         group = aggregate_group(atlases, all_labels, normalized, kept, labels,
-                                missing=settings.missing, region_agg=settings.region_agg,
-                                agg_metric=settings.agg_metric,
-                                stability_threshold=settings.stability_threshold,
-                                return_donors=return_donors)
+                                return_donors=return_donors,
+                                **stage_options(settings, "aggregate"))
     check_expression(group["expression"], group["summary"])
     result.expression = group["donor_expressions"] if return_donors else group["expression"]
     result.group = group["summary"]
@@ -624,11 +617,39 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
 
         result.genes = gene_fates(
             array_probes, annotated, probes, selection, group["expression"].columns,
-            share=share, ibf_threshold=settings.ibf_threshold,
-            dropped_incomplete=group["summary"].genes_dropped,
-            stability=group.get("stability"), stability_threshold=settings.stability_threshold,
-            donors=list(files), reannotated=settings.reannotated)
+            share=share, dropped_incomplete=group["summary"].genes_dropped,
+            stability=group.get("stability"), donors=list(files),
+            **stage_options(settings, "genes"))
     return result
+
+
+def normalized_donors(expressions: DonorTables, keep: Mapping, kept: Mapping, *,
+                      sample_norm=DEFAULTS["sample_norm"], gene_norm=DEFAULTS["gene_norm"],
+                      norm_matched: bool = DEFAULTS["norm_matched"],
+                      norm_structures: bool = DEFAULTS["norm_structures"],
+                      reuse: bool = False):
+    """Yield ``(donor, normalized samples x genes table)`` for each donor, in order.
+
+    Donors in the order of ``keep``; only the samples kept (positions ``keep[donor]``;
+    ``kept[donor]`` their table, whose index the rows take) are read, in the memory layout the
+    sample normalization needs to give abagen's numbers (:func:`read_order`). With ``reuse`` every donor's tables live in the same
+    two buffers: the caller is done with one donor's table before asking for the next.
+    ``norm_matched`` decided ``keep``; it is accepted here as the stage's option.
+    """
+    order = read_order(sample_norm)
+    buffers = None
+    if reuse:
+        size = max(len(rows) * expressions.n_genes(donor) for donor, rows in keep.items())
+        buffers = (np.empty(size), np.empty(size))
+    for donor in keep:
+        structures = kept[donor][["structure"]] if norm_structures else None
+        # no name holds the table read, so normalize_donor lets go of it once normalized
+        yield donor, _normalize.normalize_donor(
+            expressions.frame(donor, keep[donor], order=order,
+                              buffer=None if buffers is None else buffers[1])
+            .set_axis(kept[donor].index, axis=0),
+            sample_norm=sample_norm, gene_norm=gene_norm, structures=structures,
+            buffers=buffers)
 
 
 def _can_stream(settings: Settings, expressions: DonorTables, return_donors: bool) -> bool:

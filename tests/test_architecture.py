@@ -24,7 +24,7 @@ PACKAGE = Path(ahba_app.__file__).parent
 #: The pure core: functions over pandas / numpy objects, their registries and the engine.
 STAGE_MODULES = ("options", "donors", "geometry", "grayordinates", "atlas", "matching", "matrix",
                  "samples", "probes", "exact", "normalize", "aggregate", "correct", "genes",
-                 "summary", "pipeline")
+                 "summary", "stages", "pipeline")
 
 
 def _modules() -> dict[str, Path]:

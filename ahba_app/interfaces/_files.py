@@ -147,11 +147,16 @@ def write_chosen_probes(chosen: pd.DataFrame, matrix, path: str | os.PathLike) -
 
 
 def read_samples(path: str | os.PathLike, annotation: pd.DataFrame, rows=None,
-                 order: str = "F") -> pd.DataFrame:
+                 order: str = "F", *, sample_norm=None) -> pd.DataFrame:
     """A donor's samples x genes table from probe selection: from its microarray cache for a
     file of :func:`write_chosen_probes` (only the rows at positions ``rows``, laid out in
-    ``order``), else the table written (``order`` is then the table's own)."""
+    ``order``), else the table written (``order`` is then the table's own). A table read to be
+    normalized gives its ``sample_norm`` instead: the layout is then the one that normalization
+    needs to give abagen's numbers (:func:`ahba_app.pipeline.read_order`)."""
     from .. import pipeline
+
+    if sample_norm is not None:
+        order = pipeline.read_order(sample_norm)
 
     if Path(path).suffix != ".json":
         frame = read_frame(path)

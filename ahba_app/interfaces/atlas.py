@@ -16,6 +16,7 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObje
 from .. import pipeline
 from ..options import trait
 from ..bids import AtlasInput, load_atlas_input
+from ..stages import stage_options
 from ._files import (check_lengths, read_frame, read_labels, read_samples, write_frame,
                      write_json, write_labels)
 
@@ -66,7 +67,7 @@ class MatchSamples(SimpleInterface):
         for donor, path in zip(donors, self.inputs.annotations):
             annotation = pipeline.renumbered(read_frame(path))
             labels = pipeline.match_donor_samples(atlases[donor], annotation,
-                                                  tolerance=self.inputs.tolerance)
+                                                  **stage_options(self.inputs, "match"))
             if not (labels != 0).any():
                 LGR.warning("No sample of donor %s matched a region of the atlas.", donor)
             self._results["labels"].append(
@@ -109,12 +110,11 @@ class NormalizeExpression(SimpleInterface):
         # only the samples normalization keeps are read (as the Python API does)
         rows = pipeline.normalized_rows(labels, norm_matched=self.inputs.norm_matched)
         expression = read_samples(self.inputs.expression, annotation, rows,
-                                  order=pipeline.read_order(self.inputs.sample_norm))
+                                  sample_norm=self.inputs.sample_norm)
         annotation = pipeline.renumbered(annotation).iloc[rows]
         normalized, labels, kept = pipeline.normalize_donor_expression(
             expression.set_axis(annotation.index, axis=0), labels[rows], annotation,
-            sample_norm=self.inputs.sample_norm, gene_norm=self.inputs.gene_norm,
-            norm_matched=self.inputs.norm_matched, norm_structures=self.inputs.norm_structures)
+            **stage_options(self.inputs, "normalize"))
         cwd = runtime.cwd
         self._results["expression"] = write_frame(normalized, os.path.join(cwd,
                                                                            "normalized"))
@@ -166,10 +166,8 @@ class AggregateExpression(SimpleInterface):
         kept = {d: read_frame(p) for d, p in zip(donors, inputs.annotations)}
         labels = {d: read_labels(p) for d, p in zip(donors, inputs.labels)}
         result = pipeline.aggregate_group(atlases, all_labels, normalized, kept, labels,
-                               missing=inputs.missing, region_agg=inputs.region_agg,
-                               agg_metric=inputs.agg_metric,
-                               stability_threshold=inputs.stability_threshold,
-                               return_donors=inputs.return_donors)
+                                          return_donors=inputs.return_donors,
+                                          **stage_options(inputs, "aggregate"))
         pipeline.check_expression(result["expression"], result["summary"])
         cwd = runtime.cwd
         self._results["expression"] = write_frame(result["expression"],

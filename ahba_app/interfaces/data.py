@@ -15,6 +15,7 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObje
 from .. import pipeline
 from ..options import trait
 from ..selection_cache import ChoiceStore
+from ..stages import stage_options
 from ._files import (check_lengths, read_frame, read_json, write_chosen_probes, write_frame,
                      write_json)
 
@@ -54,9 +55,10 @@ class LocateData(SimpleInterface):
     output_spec = _LocateDataOutputSpec
 
     def _run_interface(self, runtime):
-        files, rnaseq = pipeline.locate_data(self.inputs.data_dir, list(self.inputs.donors),
+        files, rnaseq = pipeline.locate_data(self.inputs.data_dir,
                                              need_rnaseq=self.inputs.need_rnaseq,
-                                             n_proc=self.inputs.n_proc)
+                                             n_proc=self.inputs.n_proc,
+                                             **stage_options(self.inputs, "fetch"))
         self._results["files"] = write_json(files, os.path.join(runtime.cwd, "files.json"))
         self._results["rnaseq_files"] = write_json(
             rnaseq, os.path.join(runtime.cwd, "rnaseq_files.json"))
@@ -83,13 +85,12 @@ class LoadProbes(SimpleInterface):
     output_spec = _LoadProbesOutputSpec
 
     def _run_interface(self, runtime):
-        from ..io import read_probes
-
         files = read_json(self.inputs.files)
-        probes = pipeline.load_probe_table(files, reannotated=self.inputs.reannotated)
+        raw, probes = pipeline.read_probe_tables(files, **stage_options(self.inputs,
+                                                                        "reannotate"))
         self._results["probes"] = write_frame(probes, os.path.join(runtime.cwd,
                                                                    "probes"))
-        self._results["n_probes"] = len(read_probes(next(iter(files.values()))["probes"]))
+        self._results["n_probes"] = len(raw)
         self._results["n_annotated"] = len(probes)
         return runtime
 
@@ -120,8 +121,7 @@ class PrepareSamples(SimpleInterface):
         files = read_json(self.inputs.files)
         annotation, info = pipeline.prepare_donor_samples(
             files[self.inputs.donor], read_frame(self.inputs.probes),
-            corrected_mni=self.inputs.corrected_mni, lr_mirror=self.inputs.lr_mirror,
-            sim_threshold=self.inputs.sim_threshold)
+            **stage_options(self.inputs, "annotate"))
         self._results["annotation"] = write_frame(
             annotation, os.path.join(runtime.cwd, "annotation"))
         self._results["info"] = write_json(dict(info, donor=self.inputs.donor),
@@ -156,8 +156,8 @@ class FilterProbes(SimpleInterface):
         probes, share = pipeline.filter_probe_table(
             read_json(self.inputs.files),
             _by_donor(self.inputs.donors, self.inputs.annotations),
-            read_frame(self.inputs.probes), ibf_threshold=self.inputs.ibf_threshold,
-            return_share=True)
+            read_frame(self.inputs.probes), return_share=True,
+            **stage_options(self.inputs, "filter_probes"))
         self._results["share"] = write_frame(share.to_frame(), os.path.join(runtime.cwd,
                                                                             "probe_share"))
         self._results["probes"] = write_frame(probes, os.path.join(runtime.cwd,
@@ -208,8 +208,8 @@ class SelectProbes(SimpleInterface):
                   else None)
         expressions, selection = pipeline.select_donor_probes(
             read_json(self.inputs.files), _by_donor(self.inputs.donors, self.inputs.annotations),
-            read_frame(self.inputs.probes), probe_selection=self.inputs.probe_selection,
-            donor_probes=self.inputs.donor_probes, rnaseq_files=rnaseq, store=ChoiceStore())
+            read_frame(self.inputs.probes), rnaseq_files=rnaseq, store=ChoiceStore(),
+            **stage_options(self.inputs, "select_probes"))
         self._results["expressions"] = [_write_donor_samples(expressions, d, runtime.cwd)
                                         for d in self.inputs.donors]
         self._results["selection"] = write_frame(selection, os.path.join(

@@ -9,6 +9,7 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, SimpleInterfac
                                     isdefined, traits)
 
 from ..options import trait
+from ..stages import stage_options
 from ._files import read_frame, read_json, write_frame
 
 __all__ = ["AccountGenes"]
@@ -56,10 +57,8 @@ class AccountGenes(SimpleInterface):
             raw, read_frame(inputs.annotated_probes), read_frame(inputs.filtered_probes),
             read_frame(inputs.selection), read_frame(inputs.expression).columns,
             share=read_frame(inputs.probe_share).iloc[:, 0],
-            ibf_threshold=inputs.ibf_threshold,
             dropped_incomplete=read_json(inputs.aggregate).get("genes_dropped", []),
-            stability=stability, stability_threshold=inputs.stability_threshold,
-            donors=list(inputs.donors), reannotated=inputs.reannotated)
+            stability=stability, donors=list(inputs.donors), **stage_options(inputs, "genes"))
         table["fate"] = table["fate"].astype(str)
         self._results["genes"] = write_frame(table, os.path.join(runtime.cwd, "genes"))
         return runtime

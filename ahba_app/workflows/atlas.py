@@ -11,6 +11,7 @@ from ..interfaces.atlas import AggregateExpression, MatchSamples, NormalizeExpre
 from ..interfaces.bids import GroupDerivatives, ParticipantDerivatives
 from ..interfaces.genes import AccountGenes
 from ..interfaces.reports import RunReport
+from ..stages import stage_options
 
 __all__ = ["ANALYSIS_LEVELS", "atlas_workflow_name", "init_atlas_wf"]
 
@@ -92,11 +93,10 @@ def init_atlas_wf(*, atlas, analysis_level, out_dir, desc, metadata, parameters,
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
 
     s = settings
-    match = pe.Node(MatchSamples(atlas=atlas_dict, data_dir=data_dir, tolerance=s.tolerance),
-                    name="match")
-    normalize = pe.MapNode(NormalizeExpression(sample_norm=s.sample_norm, gene_norm=s.gene_norm,
-                                               norm_matched=s.norm_matched,
-                                               norm_structures=s.norm_structures),
+    # each node takes the options its stage reads (ahba_app.stages)
+    match = pe.Node(MatchSamples(atlas=atlas_dict, data_dir=data_dir,
+                                 **stage_options(s, "match")), name="match")
+    normalize = pe.MapNode(NormalizeExpression(**stage_options(s, "normalize")),
                            iterfield=["expression", "annotation", "labels"], name="normalize")
     report_parameters = dict(summary.report_parameters(s, return_donors=save_donors,
                                                        versions={}), **(parameters or {}))
@@ -112,12 +112,9 @@ def init_atlas_wf(*, atlas, analysis_level, out_dir, desc, metadata, parameters,
 
     if analysis_level == "group":
         aggregate = pe.Node(AggregateExpression(
-            atlas=atlas_dict, data_dir=data_dir, missing=s.missing, region_agg=s.region_agg,
-            agg_metric=s.agg_metric, stability_threshold=s.stability_threshold,
-            return_donors=save_donors), name="aggregate", mem_gb=1.0)
-        genes = pe.Node(AccountGenes(ibf_threshold=s.ibf_threshold,
-                                     stability_threshold=s.stability_threshold,
-                                     reannotated=s.reannotated), name="genes")
+            atlas=atlas_dict, data_dir=data_dir, return_donors=save_donors,
+            **stage_options(s, "aggregate")), name="aggregate", mem_gb=1.0)
+        genes = pe.Node(AccountGenes(**stage_options(s, "genes")), name="genes")
         report = pe.Node(RunReport(**report_inputs, genes_name=f"{atlas.stem(desc)}_genes.tsv"),
                          name="report")
         ds_group = pe.Node(GroupDerivatives(**sink_inputs), name="ds_group")

@@ -9,6 +9,7 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from ..interfaces.data import FilterProbes, LoadProbes, LocateData, PrepareSamples, SelectProbes
+from ..stages import stage_options
 
 __all__ = ["init_ahba_data_wf"]
 
@@ -72,14 +73,13 @@ def init_ahba_data_wf(*, settings, data_dir=None, data_identity="", name="ahba_d
     s = settings
     fetch = pe.Node(LocateData(data_dir=data_dir, need_rnaseq=s.probe_selection == "rnaseq",
                                identity=data_identity), name="fetch")
-    reannotate = pe.Node(LoadProbes(reannotated=s.reannotated), name="reannotate")
-    annotate = pe.MapNode(PrepareSamples(corrected_mni=s.corrected_mni, lr_mirror=s.lr_mirror,
-                                         sim_threshold=s.sim_threshold),
+    # each node takes the options its stage reads (ahba_app.stages)
+    reannotate = pe.Node(LoadProbes(**stage_options(s, "reannotate")), name="reannotate")
+    annotate = pe.MapNode(PrepareSamples(**stage_options(s, "annotate")),
                           iterfield=["donor"], name="annotate")
-    filter_probes = pe.Node(FilterProbes(ibf_threshold=s.ibf_threshold), name="filter_probes",
-                            mem_gb=1.0)
-    select_probes = pe.Node(SelectProbes(probe_selection=s.probe_selection,
-                                         donor_probes=s.donor_probes),
+    filter_probes = pe.Node(FilterProbes(**stage_options(s, "filter_probes")),
+                            name="filter_probes", mem_gb=1.0)
+    select_probes = pe.Node(SelectProbes(**stage_options(s, "select_probes")),
                             name="select_probes", mem_gb=2.0)
 
     workflow.connect([
