@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -254,6 +255,12 @@ def test_the_engine_writes_nothing_without_a_store(ahba_small, tmp_path, monkeyp
     from ahba_app.datasets import fetch_desikan_killiany
     from ahba_app.selection_cache import ChoiceStore
 
+    from ahba_app.io import CACHE_DIRNAME
+
+    # a folder of its own (other tests store probe choices beside the shared data meanwhile)
+    data = tmp_path / "ahba"
+    shutil.copytree(ahba_small, data, copy_function=os.link,
+                    ignore=shutil.ignore_patterns(CACHE_DIRNAME))
     atlas = fetch_desikan_killiany()
     home, work = Path(os.environ["HOME"]), tmp_path / "cwd"
     work.mkdir()
@@ -262,15 +269,15 @@ def test_the_engine_writes_nothing_without_a_store(ahba_small, tmp_path, monkeyp
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         first = pipeline.run(atlas["image"], atlas["info"], settings=settings,
-                             data_dir=ahba_small)  # matrix caches: built if absent
-        before = _snapshot(ahba_small, home, work)
+                             data_dir=data)  # matrix caches: built if absent
+        before = _snapshot(data, home, work)
         again = pipeline.run(atlas["image"], atlas["info"], settings=settings,
-                             data_dir=ahba_small, store=None)
-        assert _snapshot(ahba_small, home, work) == before
+                             data_dir=data, store=None)
+        assert _snapshot(data, home, work) == before
         folder = tmp_path / "choices"
         folder.mkdir()
-        pipeline.run(atlas["image"], atlas["info"], settings=settings, data_dir=ahba_small,
+        pipeline.run(atlas["image"], atlas["info"], settings=settings, data_dir=data,
                      store=ChoiceStore(folder))
-    assert _snapshot(ahba_small, home, work) == before
+    assert _snapshot(data, home, work) == before
     assert [p.name.startswith("selection-") for p in folder.iterdir()] == [True]
     assert again.expression.equals(first.expression)
