@@ -7,7 +7,7 @@ raised while checking the inputs carry their code (``exit_code``), anything else
 from __future__ import annotations
 
 __all__ = ["EXIT_CODES", "EXIT_OK", "EXIT_FAILED", "EXIT_UNKNOWN_LEVEL", "EXIT_NOTHING_SELECTED",
-           "EXIT_USAGE", "EXIT_NO_INPUT", "EXIT_INTERRUPTED", "help_text"]
+           "EXIT_USAGE", "EXIT_NO_INPUT", "EXIT_INTERRUPTED", "UsageError", "help_text"]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -36,3 +36,12 @@ def help_text() -> str:
     """The exit codes as lines for ``--help``."""
     return "Exit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in
                                        EXIT_CODES.items())
+
+
+class UsageError(Exception):
+    """A problem with the inputs, reported as one message; ``exit_code`` is the status the
+    command exits with (one of the codes above)."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code

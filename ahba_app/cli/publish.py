@@ -34,9 +34,11 @@ import time
 from pathlib import Path
 
 from .. import _locks
+from .exits import UsageError
 from ..atomic import fsync_folder
 
-__all__ = ["COMMIT", "MARKER", "STAGING_PREFIX", "Staging", "clean_stale", "publish_lock"]
+__all__ = ["COMMIT", "MARKER", "STAGING_PREFIX", "Staging", "clean_stale", "lock_work_dir",
+           "publish_lock"]
 
 LGR = logging.getLogger("ahba_app")
 
@@ -47,6 +49,18 @@ MARKER = ".ahba-app-complete.json"
 COMMIT = ".ahba-app-commit"
 _LOCK = ".lock"
 _FIRST = "dataset_description.json"
+
+
+def lock_work_dir(work_dir: Path) -> _locks.Lock:
+    """One run at a time per work folder (Nipype's cache is not safe to share)."""
+    path = work_dir / ".ahba-app.lock"
+    lock = _locks.try_acquire(path, f"the work folder {work_dir}")
+    if lock is None:
+        raise UsageError(
+            f"The work folder {work_dir} is in use by another ahba-app run: "
+            f"{_locks.describe_holder(_locks.holder(path))}. Wait for it to finish, or give "
+            "this run its own work folder with -w.")
+    return lock
 
 
 def publish_lock(output_dir: Path) -> _locks.Lock:

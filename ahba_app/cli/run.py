@@ -35,19 +35,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import publish as publishing
-from .exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NO_INPUT, EXIT_OK
+from .exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NO_INPUT, EXIT_OK, UsageError
 from .parser import DEFAULTS, parse_args, resolve_parameters
 
 LGR = logging.getLogger("ahba_app")
 
 
-class UsageError(Exception):
-    """A problem with the inputs, reported as one message; ``exit_code`` is the status the
-    command exits with (:mod:`ahba_app.cli.exits`)."""
-
-    def __init__(self, message: str, exit_code: int = 1):
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 @dataclass
@@ -439,20 +432,6 @@ class _Signals:
             raise Interrupted(self.received)
 
 
-def _lock_work_dir(work_dir: Path):
-    """One run at a time per work folder (Nipype's cache is not safe to share)."""
-    from .. import _locks
-
-    path = work_dir / ".ahba-app.lock"
-    lock = _locks.try_acquire(path, f"the work folder {work_dir}")
-    if lock is None:
-        raise UsageError(
-            f"The work folder {work_dir} is in use by another ahba-app run: "
-            f"{_locks.describe_holder(_locks.holder(path))}. Wait for it to finish, or give "
-            "this run its own work folder with -w.")
-    return lock
-
-
 def _run_workflow(workflow, plan: RunPlan, signals: _Signals, engine=None) -> None:
     """Run with ``engine`` (:class:`ahba_app.cli.engines.Engine`: ``--nipype-plugin``); by
     default Linear, or MultiProc with ``--nprocs`` above 1."""
@@ -468,7 +447,7 @@ def run_plan(plan: RunPlan, argv=None, signals: _Signals | None = None, engine=N
     crash_dir = plan.output_dir / "logs"
     _quiet_nipype(plan.verbose)
     plan.work_dir.mkdir(parents=True, exist_ok=True)
-    work_lock = _lock_work_dir(plan.work_dir)
+    work_lock = publishing.lock_work_dir(plan.work_dir)
     try:
         plan.output_dir.mkdir(parents=True, exist_ok=True)
         crash_dir.mkdir(exist_ok=True)

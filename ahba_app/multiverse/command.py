@@ -371,14 +371,14 @@ def run_cli(run_plan, job: MultiverseRun, stream: TextIO | None = None,
     report into the output folder, then the folder's dataset_description.json."""
     from .. import bids
     from ..cli.engines import Engine
-    from ..cli.run import _lock_work_dir
+    from ..cli.publish import lock_work_dir
 
     stream = stream or sys.stderr
     engine = engine or Engine(nprocs=run_plan.nprocs, mem_mb=run_plan.mem_mb)
     print(summary(job), file=stream, flush=True)
     work_dir = Path(run_plan.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    lock = _lock_work_dir(work_dir)  # one run at a time per work folder (Nipype's cache)
+    lock = lock_work_dir(work_dir)  # one run at a time per work folder (Nipype's cache)
     try:
         run_plan.output_dir.mkdir(parents=True, exist_ok=True)
         written = run_engine(job, run_plan.output_dir, work_dir=work_dir, engine=engine,
