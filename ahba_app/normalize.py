@@ -132,8 +132,7 @@ def _quantile(ordered: np.ndarray, q: float) -> np.ndarray:
     numpy's arithmetic (``numpy.percentile(..., method='linear')``); NaN if the row has NaN."""
     n = ordered.shape[1]
     position = (n - 1) * q
-    below = min(max(math.floor(position), 0), n - 1)
-    above = min(below + 1, n - 1)
+    below, above = _quantile_positions(n, q)
     weight = position - below
     a, b = ordered[:, below], ordered[:, above]
     step = b - a
@@ -161,9 +160,33 @@ def _scaled_sigmoid_quantiles(x: np.ndarray) -> np.ndarray:
     return _minmax(_logistic(x, mean, sd), inplace=True)
 
 
+def _quantile_positions(n: int, q: float) -> tuple[int, int]:
+    """The two positions of a sorted column of ``n`` that :func:`_quantile` reads for ``q``."""
+    below = min(max(math.floor((n - 1) * q), 0), n - 1)
+    return below, min(below + 1, n - 1)
+
+
+#: Columns at least this long are partitioned rather than sorted for their quartiles and
+#: median (numpy's partition at the seven positions read is quicker than a sort only there).
+_PARTITION_MIN = 4096
+
+
 def _robust_centre_scale(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Median and normal-scaled interquartile range of each column (NaN if the column has NaN)."""
-    ordered = _sorted_columns(x)
+    n = x.shape[0]
+    if n < _PARTITION_MIN:
+        ordered = _sorted_columns(x)
+    else:
+        # only the positions read below hold their sorted values (and the last one: the
+        # largest, NaN if any): the same numbers as a full sort
+        if x.flags.f_contiguous:
+            ordered = np.array(x.T, order="C", copy=True)
+        else:
+            ordered = np.empty(x.shape[::-1], dtype=x.dtype)
+            transpose_into(ordered, x)
+        kth = {n // 2 - 1, n // 2, n - 1, *_quantile_positions(n, 0.25),
+               *_quantile_positions(n, 0.75)}
+        ordered.partition(sorted(k for k in kth if k >= 0), axis=1)
     iqr = (_quantile(ordered, 75 / 100) - _quantile(ordered, 25 / 100)) / IQR_NORMAL
     return _median(ordered)[None], iqr[None]
 
