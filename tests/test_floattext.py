@@ -1,0 +1,61 @@
+"""ahba_app.floattext: Python's repr of float64 values in bulk, byte for byte, and the TSV
+writer built on it (the same bytes as pandas' to_csv)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ahba_app import floattext
+
+AWKWARD = [0.1, 1e-05, 1.5e-07, 1e16, 1e15, 999999999999999.9, 123456789012345.6,
+           1234567890123456.7, 123.0, 1.0, 0.0, -0.0, -1.0, 18.400000000000002, 5e-324,
+           2.2250738585072014e-308, 1.7976931348623157e308, 1e-4, 9.999999999999999e-05,
+           0.00012345, 0.30000000000000004, 1 / 3, 2 / 3, -3.75e-10, 1e22, 1e21, 1e14 + 0.5,
+           99999999999999.99, np.inf, -np.inf, 0.5, 2.5, 1e-300, 4.35e-05, 0.9999999999999999]
+
+
+def _reprs(values, nan="nan"):
+    return [nan if x != x else repr(x) for x in np.asarray(values, float).tolist()]
+
+
+def test_awkward_values_are_written_as_repr_writes_them():
+    values = np.array(AWKWARD + [np.nan])
+    assert floattext.float_texts(values).to_pylist() == _reprs(values)
+    assert floattext.float_texts(values, nan="n/a").to_pylist()[-1] == "n/a"
+
+
+@pytest.mark.parametrize("kind", ["uniform", "normal", "log-uniform", "bits", "rounded"])
+def test_many_values_are_written_as_repr_writes_them(kind):
+    rng = np.random.default_rng(16)
+    n = 200_000
+    values = {
+        "uniform": lambda: rng.random(n),  # what normalized region means look like
+        "normal": lambda: rng.normal(8, 3, n),
+        "log-uniform": lambda: np.exp(rng.uniform(np.log(1e-6), np.log(1e17), n)),
+        "bits": lambda: rng.integers(-2 ** 63, 2 ** 63 - 1, n, dtype=np.int64).view(np.float64),
+        "rounded": lambda: (rng.random(n) * 10.0 ** rng.integers(-5, 16, n)).round(6),
+    }[kind]()
+    assert floattext.float_texts(values).to_pylist() == _reprs(values)
+
+
+@pytest.mark.parametrize("labels", [[3, 1, 20], ["insula L", "x", "caudate"]])
+def test_tsv_bytes_equal_to_csv(tmp_path, monkeypatch, labels):
+    rng = np.random.default_rng(3)
+    values = rng.random((3, 40))
+    values[0, :len(AWKWARD)] = AWKWARD
+    values[1, 5] = np.nan
+    values[2] = np.nan
+    frame = pd.DataFrame(values, index=pd.Index(labels, name="label"),
+                         columns=[f"G{i}" for i in range(40)])
+    expected = tmp_path / "pandas.tsv"
+    frame.to_csv(expected, sep="\t", na_rep="n/a", lineterminator="\n")
+    monkeypatch.setattr(floattext, "_BLOCK_VALUES", 50)  # one row a block, on two threads
+    written = tmp_path / "ours.tsv"
+    floattext.write_float_tsv(frame, written)
+    assert written.read_bytes() == expected.read_bytes()
+    floattext.write_float_tsv(frame, written, index_label="region")
+    assert written.read_bytes().split(b"\n", 1)[0].startswith(b"region\tG0\tG1")
+    floattext.write_float_tsv(frame.iloc[:0], written)
+    assert written.read_bytes() == ("\t".join(["label", *frame.columns]) + "\n").encode()
