@@ -121,8 +121,7 @@ class RunReport(SimpleInterface):
             summary.genes = read_frame(inputs.genes)
             summary.genes_file = inputs.genes_name if isdefined(inputs.genes_name) else None
         params = dict(inputs.parameters, atlas=atlas_description(atlas, donors, inputs.data_dir))
-        html = render_report(params, summary, mplconfigdir=os.environ.get(
-            "MPLCONFIGDIR", os.path.join(runtime.cwd, ".matplotlib")))
+        html = render_report(params, summary)
         self._results["report"] = _write(os.path.join(runtime.cwd, "report.html"), html)
         self._results["citation"] = _write(os.path.join(runtime.cwd, "CITATION.md"),
                                            citation_markdown(params, summary))

@@ -299,13 +299,11 @@ def _category_margin(index, region_names, n: int, size: float) -> float:
 # ---------------------------------------------------------------------------------------------
 # The four figures
 # ---------------------------------------------------------------------------------------------
-def samples_per_region(counts: pd.DataFrame, *, region_names: dict | None = None,
-                       mplconfigdir=None) -> str:
+def samples_per_region(counts: pd.DataFrame, *, region_names: dict | None = None) -> str:
     """Stacked bars of the samples of each donor in each region; empty regions marked in red.
 
     ``counts``: regions (index, atlas ids) x donors (columns). ``region_names`` maps atlas ids to
-    names for the axis (used when there are at most 100 regions). ``mplconfigdir`` is accepted
-    for callers of earlier versions and not used (no matplotlib).
+    names for the axis (used when there are at most 100 regions).
     """
     counts = counts.fillna(0)
     n = len(counts)
@@ -370,7 +368,7 @@ def _stamp(image: np.ndarray, px: np.ndarray, py: np.ndarray, offsets, colors) -
 
 
 def sample_positions(coords: pd.DataFrame, *, background: np.ndarray | None = None,
-                     empty_centroids: np.ndarray | None = None, mplconfigdir=None) -> str:
+                     empty_centroids: np.ndarray | None = None) -> str:
     """Samples on sagittal, coronal and axial projections of their MNI coordinates.
 
     ``coords``: columns ``mni_x``, ``mni_y``, ``mni_z`` and ``label`` (0 or NaN: unassigned);
@@ -457,8 +455,7 @@ def sample_positions(coords: pd.DataFrame, *, background: np.ndarray | None = No
     return svg.render()
 
 
-def stability_histogram(values: Iterable[float], *, threshold: float | None = None,
-                        mplconfigdir=None) -> str:
+def stability_histogram(values: Iterable[float], *, threshold: float | None = None) -> str:
     """Distribution of differential stability (one value per gene), with its median.
 
     ``threshold``: the stability filter, drawn as a red line with the number of genes below it.
@@ -515,8 +512,7 @@ def top_variable_genes(expression: pd.DataFrame, n: int = 50) -> pd.DataFrame:
 
 
 def expression_heatmap(expression: pd.DataFrame, *, n_genes: int = 50,
-                       region_names: dict | None = None, value_label: str = "expression",
-                       mplconfigdir=None) -> str:
+                       region_names: dict | None = None, value_label: str = "expression") -> str:
     """Heat map of the ``n_genes`` most variable genes (rows) across regions (columns).
 
     Genes are ordered by the region where they peak, which shows regional gradients; regions

@@ -102,7 +102,7 @@ def _linkify(text: str):
 
 @dataclass
 class _Figure:
-    """A figure slot: inline SVG (trusted, produced by matplotlib), or why there is none."""
+    """A figure slot: inline SVG (trusted, written by :mod:`.figures`), or why there is none."""
 
     id: str
     title: str
@@ -165,7 +165,7 @@ def _centroids(summary: RunSummary, regions) -> np.ndarray | None:
 
 
 def _figures_context(params: ReportParameters, s: RunSummary, errors: list[str],
-                     mplconfigdir, outline: bool) -> dict[str, _Figure]:
+                     outline: bool) -> dict[str, _Figure]:
     names = _region_names(s)
     figs: dict[str, _Figure] = {}
 
@@ -173,8 +173,7 @@ def _figures_context(params: ReportParameters, s: RunSummary, errors: list[str],
                    "Number of tissue samples assigned to each region, stacked by donor. Regions "
                    "without any sample are shaded and marked in red.")
     if s.counts is not None and len(s.counts):
-        _draw(slot, errors, _figures.samples_per_region, s.counts, region_names=names,
-              mplconfigdir=mplconfigdir)
+        _draw(slot, errors, _figures.samples_per_region, s.counts, region_names=names)
     else:
         slot.missing = "No sample counts were given."
     figs["counts"] = slot
@@ -189,7 +188,7 @@ def _figures_context(params: ReportParameters, s: RunSummary, errors: list[str],
         empty = s.empty_regions or []
         _draw(slot, errors, _figures.sample_positions, s.sample_coords,
               background=_brain_outline() if outline and not params.atlas.native else None,
-              empty_centroids=_centroids(s, empty), mplconfigdir=mplconfigdir)
+              empty_centroids=_centroids(s, empty))
         if params.atlas.native:
             slot.caption = slot.caption.replace(
                 " The light silhouette is the fsaverage5 pial surface, for orientation only.",
@@ -210,7 +209,7 @@ def _figures_context(params: ReportParameters, s: RunSummary, errors: list[str],
                 break
     if ds is not None and ds.notna().any():
         _draw(slot, errors, _figures.stability_histogram, ds,
-              threshold=params.stability_threshold, mplconfigdir=mplconfigdir)
+              threshold=params.stability_threshold)
     else:
         slot.missing = "No differential stability values were given for the chosen probes."
     figs["stability"] = slot
@@ -229,7 +228,7 @@ def _figures_context(params: ReportParameters, s: RunSummary, errors: list[str],
         n_top = min(n_top, table.shape[1])
         slot.caption = slot.caption.replace("The 50 genes", f"The {n_top} genes")
         _draw(slot, errors, _figures.expression_heatmap, table, n_genes=n_top,
-              region_names=names, value_label=label, mplconfigdir=mplconfigdir)
+              region_names=names, value_label=label)
     else:
         slot.missing = "No expression table was given."
     figs["expression"] = slot
@@ -374,21 +373,20 @@ def _canonical(name: str, default):
 
 
 def render_report(params, summary=None, *, title: str = "ahba-app report",
-                  mplconfigdir=None, brain_outline: bool = True,
+                  brain_outline: bool = True,
                   generated: str | None = None) -> str:
     """The report as one self-contained HTML page (a string).
 
     ``params``: :class:`~ahba_app.report.methods.ReportParameters` or a dict of its fields;
     ``summary``: :class:`~ahba_app.report.methods.RunSummary`, a dict, or None (then only the
-    methods, parameters and notes are shown). ``mplconfigdir``: where matplotlib may keep its
-    font cache if it is imported here for the first time. ``brain_outline``: draw the fsaverage5
-    silhouette behind sample positions. ``generated``: the time stamp to print (default: now).
+    methods, parameters and notes are shown). ``brain_outline``: draw the fsaverage5 silhouette
+    behind sample positions. ``generated``: the time stamp to print (default: now).
     """
     params = ReportParameters.from_mapping(params)
     s = RunSummary.from_mapping(summary)
     doc = methods_document(params, summary if summary is not None else None)
     errors = list(s.errors)
-    figs = _figures_context(params, s, errors, mplconfigdir, brain_outline)
+    figs = _figures_context(params, s, errors, brain_outline)
     donors = [str(d) for d in (s.donors or params.donor_ids)]
     header, rows = _donor_rows(params, s)
     stamp = generated or _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
