@@ -114,15 +114,21 @@ def _scaled_sigmoid(x: np.ndarray) -> np.ndarray:
     return _minmax(_sigmoid(x), inplace=True)
 
 
+def _columns_as_rows(x: np.ndarray) -> np.ndarray:
+    """The columns of ``x`` as the rows of a new C-contiguous array (never a view: callers sort
+    or partition it in place)."""
+    if x.flags.f_contiguous:
+        return np.array(x.T, order="C", copy=True)
+    rows = np.empty(x.shape[::-1], dtype=x.dtype)
+    transpose_into(rows, x)
+    return rows
+
+
 def _sorted_columns(x: np.ndarray) -> np.ndarray:
     """Each column of ``x`` sorted ascending (NaN last), as the rows of a contiguous array:
     one sort along the fast axis is several times quicker than numpy's median / percentile
     along axis 0, and serves every order statistic at once."""
-    if x.flags.f_contiguous:
-        ordered = np.array(x.T, order="C", copy=True)  # never a view: sorted in place below
-    else:
-        ordered = np.empty(x.shape[::-1], dtype=x.dtype)
-        transpose_into(ordered, x)
+    ordered = _columns_as_rows(x)
     ordered.sort(axis=1)
     return ordered
 
@@ -179,11 +185,7 @@ def _robust_centre_scale(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     else:
         # only the positions read below hold their sorted values (and the last one: the
         # largest, NaN if any): the same numbers as a full sort
-        if x.flags.f_contiguous:
-            ordered = np.array(x.T, order="C", copy=True)
-        else:
-            ordered = np.empty(x.shape[::-1], dtype=x.dtype)
-            transpose_into(ordered, x)
+        ordered = _columns_as_rows(x)
         kth = {n // 2 - 1, n // 2, n - 1, *_quantile_positions(n, 0.25),
                *_quantile_positions(n, 0.75)}
         ordered.partition(sorted(k for k in kth if k >= 0), axis=1)
