@@ -10,7 +10,10 @@
     out_dir/synthetic.json                               (what was generated)
 
 The samples sit at the real well ids and corrected MNI coordinates (shipped with ahba-app), with
-structures taken from the Desikan-Killiany atlas at those coordinates; the probes carry the real
+structures taken from the Desikan-Killiany atlas at those coordinates, and MRI voxels
+(``mri_voxel_*``) on each donor's raw T1w grid (that of the bundled donor-native atlas, which
+:func:`generate_anatomy`'s ``T1.nii.gz`` shares), each sample in its own region there
+(:func:`native_voxels`), as abagen reads them for donor-native atlases; the probes carry the real
 Agilent probe names of the reannotation table plus made-up ones. Expression is a smooth function
 of position and structure per gene, seen by each probe with its own weight, offset and noise, so
 every probe-selection method has real choices to make. Nothing is real expression data.
@@ -50,7 +53,7 @@ from ahba_app.datasets import DONORS, RNASEQ_DONORS, fetch_desikan_killiany, loa
     load_reannotated
 
 #: Bump whenever the generated files change for a given size and seed.
-GENERATOR_VERSION = "4"
+GENERATOR_VERSION = "5"
 
 
 @dataclass(frozen=True)
@@ -297,7 +300,7 @@ def _assign_structures(wells: pd.DataFrame, rng: np.random.Generator) -> pd.Data
     structure[stem & (z < -14) & (z >= -32)] = "PN"
     structure[stem & (z < -32)] = "IO"
 
-    wells = wells.assign(structure=structure)
+    wells = wells.assign(structure=structure, dk_label=label)
     # part: above or below the structure's median height, a finer grain than the atlas
     median_z = wells.groupby("structure")["mni_z"].transform("median")
     wells["part"] = np.where(wells["mni_z"] >= median_z, "s", "i")
@@ -389,13 +392,80 @@ def make_samples(spec: SizeSpec, rng: np.random.Generator) -> pd.DataFrame:
     samples["slab_type"] = samples["class"].map({"cortex": "CX", "white matter": "CX",
                                                  "cerebellum": "CB"}).fillna("BS")
     samples["polygon_id"] = 1_000_000 + rng.permutation(len(samples) * 3)[:len(samples)]
-    # voxels of a 1 mm native scan: centred, axes flipped as in radiological storage
-    offset = {d: rng.integers(-6, 7, 3) for d in DONORS}
-    base = np.stack([offset[d] for d in samples["donor"]]) + np.array([128, 128, 90])
-    voxels = base + np.rint(samples[["true_x", "true_y", "true_z"]].to_numpy()
-                            * np.array([-1, -1, 1]) + rng.normal(0, 1.5, (len(samples), 3)))
-    samples[["mri_voxel_x", "mri_voxel_y", "mri_voxel_z"]] = voxels.astype(int)
+    samples[["mri_voxel_x", "mri_voxel_y", "mri_voxel_z"]] = 0
+    for donor in DONORS:
+        mine = (samples["donor"] == donor).to_numpy()
+        samples.loc[mine, ["mri_voxel_x", "mri_voxel_y", "mri_voxel_z"]] = native_voxels(
+            donor, samples.loc[mine, ["true_x", "true_y", "true_z"]].to_numpy(),
+            samples.loc[mine, "dk_label"].to_numpy())
     return samples.reset_index(drop=True)
+
+
+def _centroids(labels: np.ndarray, affine: np.ndarray) -> dict[int, np.ndarray]:
+    """World coordinates of the centre of each non-zero label of a volume."""
+    ijk = np.argwhere(labels > 0)
+    lab = labels[tuple(ijk.T)]
+    sums = np.stack([np.bincount(lab, weights=ijk[:, a]) for a in range(3)], axis=1)
+    n = np.bincount(lab)
+    present = np.flatnonzero(n)
+    return dict(zip(present.tolist(),
+                    nib.affines.apply_affine(affine, sums[present] / n[present, None])))
+
+
+def mni_to_native(donor: str, native_volume=None) -> np.ndarray:
+    """A 4 x 4 affine taking MNI coordinates to ``donor``'s scanner coordinates (those of its
+    raw T1w and donor-native atlas): the least-squares fit between the centres of the
+    Desikan-Killiany regions in the MNI volume and in the donor-native volume
+    (``native_volume``: its (labels, affine) if already loaded)."""
+    group = nib.load(fetch_desikan_killiany()["image"])
+    mni = _centroids(np.asarray(group.dataobj).astype(np.int64), group.affine)
+    volume, affine = native_volume if native_volume is not None else _native_volume(donor)
+    native = _centroids(volume.astype(np.int64), affine)
+    common = sorted(set(mni) & set(native))
+    source = np.column_stack([np.stack([mni[k] for k in common]), np.ones(len(common))])
+    target = np.stack([native[k] for k in common])
+    fit = np.linalg.lstsq(source, target, rcond=None)[0]
+    return np.vstack([fit.T, [0, 0, 0, 1]])
+
+
+def native_voxels(donor: str, mni: np.ndarray, dk_label: np.ndarray) -> np.ndarray:
+    """Voxels of ``donor``'s raw T1w (the grid of its donor-native atlas) for samples at MNI
+    coordinates ``mni`` whose Desikan-Killiany label is ``dk_label`` (0: none).
+
+    Each sample is carried into the donor's scanner space by :func:`mni_to_native`, then moved
+    to the nearest voxel of its own region in the donor-native volume; a sample of no region
+    (white matter, cerebellum; the native volumes have no brainstem label either) goes to the
+    nearest unlabelled voxel. So the ``mri_voxel_*`` columns index the donor's T1w the way the
+    real ones do, and samples land in their regions there as they do in MNI space.
+    """
+    from scipy import ndimage
+    from scipy.spatial import cKDTree
+
+    volume, affine = _native_volume(donor)
+    shape = np.array(volume.shape)
+    to_voxel = np.linalg.inv(affine) @ mni_to_native(donor, (volume, affine))
+    mapped = np.clip(np.rint(nib.affines.apply_affine(to_voxel, mni)).astype(int), 0, shape - 1)
+    out = mapped.copy()
+    labelled = np.argwhere(volume > 0)
+    labels = volume[tuple(labelled.T)]
+    order = np.argsort(labels, kind="stable")
+    labelled, labels = labelled[order], labels[order]
+    dk_label = np.asarray(dk_label, dtype=int)
+    dk_label = np.where(np.isin(dk_label, labels), dk_label, 0)
+    for lab in np.unique(dk_label):
+        rows = np.flatnonzero(dk_label == lab)
+        if lab == 0:
+            # the nearest unlabelled voxel is one touching a labelled one (or the voxel itself)
+            rows = rows[volume[tuple(mapped[rows].T)] > 0]
+            if len(rows) == 0:
+                continue
+            mask = volume > 0
+            pool = np.argwhere(ndimage.binary_dilation(mask) & ~mask)
+        else:
+            pool = labelled[np.searchsorted(labels, lab):np.searchsorted(labels, lab, "right")]
+        _, hit = cKDTree(pool).query(mapped[rows])
+        out[rows] = pool[hit]
+    return out.astype(np.int64)
 
 
 # --------------------------------------------------------------------------------------------
@@ -846,7 +916,7 @@ def write_zip(files: list[Path], target: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 #: Bump whenever the generated MRI / FreeSurfer files change.
-ANATOMY_VERSION = "1"
+ANATOMY_VERSION = "2"
 FREESURFER_SURFACES = ("white", "pial")   # the real folders hold more; these two are read
 
 
@@ -916,7 +986,8 @@ def _vertex_positions(labels: np.ndarray, volume: np.ndarray, hemi_ids: np.ndarr
 
 def write_donor_freesurfer(folder: Path, donor: str, rng: np.random.Generator) -> Path:
     """A FreeSurfer folder for ``donor`` (``mri/orig.mgz``, ``mri/rawavg.mgz``,
-    ``surf/{lh,rh}.{white,pial}``), laid out as in the Cambridge archives.
+    ``surf/{lh,rh}.{white,pial}``, ``label/{lh,rh}.aparc.annot``, ``stats/{lh,rh}.aparc.stats``),
+    laid out as in the Cambridge archives.
 
     The surfaces have the vertex counts of the bundled donor-native Desikan-Killiany label
     files; every labelled vertex lies (in scanner coordinates, through ``orig.mgz``) on a voxel
@@ -940,7 +1011,28 @@ def write_donor_freesurfer(folder: Path, donor: str, rng: np.random.Generator) -
         faces = np.stack([order[:-2], order[1:-1], order[2:]], axis=1).astype(np.int32)
         for surf in FREESURFER_SURFACES:
             nib.freesurfer.write_geometry(str(folder / "surf" / f"{hemi}.{surf}"), tkr, faces)
+        _write_parcellation(folder, hemi, labels, info)
     return folder
+
+
+def _write_parcellation(folder: Path, hemi: str, labels: np.ndarray, info: pd.DataFrame) -> None:
+    """``label/<hemi>.aparc.annot`` (the vertices' Desikan-Killiany regions, FreeSurfer's annot
+    format) and ``stats/<hemi>.aparc.stats`` (vertices per region), as a real reconstruction
+    has ``label/`` and ``stats/`` folders."""
+    names = ["unknown"] + info.set_index("id").loc[np.unique(labels[labels > 0]), "label"].tolist()
+    ids = np.concatenate([[0], np.unique(labels[labels > 0])])
+    index = np.searchsorted(ids, labels)
+    ctab = np.zeros((len(ids), 5), dtype=np.int32)
+    ctab[:, :3] = np.column_stack([(ids * 37) % 256, (ids * 91) % 256, (ids * 53) % 256])
+    (folder / "label").mkdir(exist_ok=True)
+    nib.freesurfer.write_annot(str(folder / "label" / f"{hemi}.aparc.annot"), index, ctab,
+                               names, fill_ctab=True)
+    (folder / "stats").mkdir(exist_ok=True)
+    counts = np.bincount(index, minlength=len(ids))
+    rows = "".join(f"{name} {n}\n" for name, n in zip(names[1:], counts[1:]))
+    _write_text(folder / "stats" / f"{hemi}.aparc.stats",
+                "# Synthetic: vertices per Desikan-Killiany region (not FreeSurfer output)\n"
+                "# ColHeaders StructName NumVert\n" + rows)
 
 
 def generate_anatomy(data_dir, donors=("12876", "15496"), seed: int = 0,

@@ -86,10 +86,15 @@ def _with_anatomy(source: Path, donors=("12876", "15496")) -> Path:
 
     from ahba_app import synthetic
 
-    target = source.parent / f"{source.name}-anatomy"
+    default = tuple(donors) == ("12876", "15496")
+    target = source.parent / (f"{source.name}-anatomy" if default
+                              else f"{source.name}-anatomy-{'-'.join(donors)}")
     with FileLock(str(target) + ".lock"):
         stamp = target / ".anatomy-complete"
-        wanted = f"{synthetic.ANATOMY_VERSION} {' '.join(donors)}"
+        # the copy's files are links to the source's: a regenerated source needs a new copy
+        source_stamp = (source / ".complete").read_text() if (source / ".complete").exists() \
+            else "?"
+        wanted = f"{synthetic.ANATOMY_VERSION} {' '.join(donors)} source {source_stamp}"
         if not stamp.exists() or stamp.read_text() != wanted:
             shutil.rmtree(target, ignore_errors=True)
             shutil.copytree(source, target, copy_function=os.link,

@@ -1,26 +1,36 @@
 """Donor-native atlases matched as abagen 0.1.3 matches them: each donor's samples placed on its
 raw T1w (read from the data folder, never downloaded here) and their hemispheres checked in those
-native coordinates.
+native coordinates; and the tables equal abagen's on the same data.
 
-(A parity test against abagen on the bundled donor-native volumes is still to come: the
-synthetic samples' MRI voxels do not land in those volumes, so both tools match no sample.)"""
+The synthetic samples' ``mri_voxel_*`` columns index each donor's raw T1w (which shares the grid
+of the bundled donor-native Desikan-Killiany volume), so samples land in their regions there
+(ahba_app.synthetic.native_voxels)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from ahba_app import pipeline
-from ahba_app.datasets import fetch_desikan_killiany
+from ahba_app import api, io, pipeline
+from ahba_app.datasets import DONORS as ALL_DONORS, fetch_desikan_killiany
 from conftest import _synthetic, _with_anatomy
+from oracle import run_abagen
 
 
 DONORS = ["12876", "15496"]
+TOLERANCE = 1e-12
 
 
 @pytest.fixture(scope="module")
 def data():
     return _with_anatomy(_synthetic("suite", 1234))
+
+
+@pytest.fixture(scope="module")
+def six():
+    """The small synthetic data with raw MRIs and FreeSurfer folders of all six donors."""
+    return _with_anatomy(_synthetic("small", 1234), donors=tuple(ALL_DONORS))
 
 
 def test_raw_t1w_gives_the_native_coordinates(data):
@@ -54,3 +64,77 @@ def test_raw_t1w_gives_the_native_coordinates(data):
     # without a T1w (donor 15496 there) the atlas's own affine serves
     np.testing.assert_array_equal(affines["15496"], nib.load(native["15496"]).affine)
     shutil.rmtree(elsewhere)
+
+
+def _sides(root, donor):
+    """Per sample of ``donor``: its ontology hemisphere, the side of its MNI x and the side of
+    its native x (its MRI voxel through the donor's raw T1w)."""
+    import nibabel as nib
+
+    folder = root / "microarray" / f"normalized_microarray_donor{donor}"
+    annot = io.read_annotation(folder / "SampleAnnot.csv")
+    onto = io.read_ontology(folder / "Ontology.csv").set_index("id")
+    t1w = nib.load(root / "mri" / f"mri_donor{donor}" / "T1.nii.gz")
+    voxels = annot[["mri_voxel_x", "mri_voxel_y", "mri_voxel_z"]].to_numpy()
+    native_x = nib.affines.apply_affine(t1w.affine, voxels)[:, 0]
+    return pd.DataFrame({"ontology": onto.loc[annot["structure_id"], "hemisphere"].to_numpy(),
+                         "mni": np.where(annot["mni_x"] < 0, "L", "R"),
+                         "native": np.where(native_x < 0, "L", "R")})
+
+
+def test_the_data_exercise_the_native_hemisphere_rule(six):
+    """Some samples agree with their ontology hemisphere in MNI coordinates but not in native
+    ones (and the other way round): checking hemispheres in MNI space would give other tables."""
+    sided = pd.concat([_sides(six, d) for d in ALL_DONORS])
+    sided = sided[sided["ontology"].isin(["L", "R"])]
+    native_only = (sided["native"] != sided["ontology"]) & (sided["mni"] == sided["ontology"])
+    mni_only = (sided["mni"] != sided["ontology"]) & (sided["native"] == sided["ontology"])
+    assert native_only.sum() >= 5
+    assert mni_only.sum() >= 1
+    assert (sided["native"] == sided["ontology"]).mean() > 0.9
+
+
+# name -> (surface atlas?, keyword arguments of get_expression_data)
+CASES = {
+    "defaults": (False, {}),
+    "centroids-max-intensity": (False, dict(tolerance=0, missing="centroids",
+                                            probe_selection="max_intensity", gene_norm="zscore")),
+    "samples-median-independent": (False, dict(region_agg="samples", agg_metric="median",
+                                               norm_matched=False, probe_selection="corr_intensity",
+                                               donor_probes="independent")),
+    "surface": (True, dict(tolerance=3, missing="centroids")),
+}
+
+SNIPPET = """
+for name, (surface, kwargs) in PARAMS["cases"].items():
+    native = abagen.fetch_desikan_killiany(native=True, surface=surface)
+    save(name, abagen.get_expression_data(native["image"], native["info"],
+                                          data_dir=PARAMS["data"], return_counts=True, **kwargs))
+"""
+
+
+@pytest.fixture(scope="module")
+def abagen_tables(six, tmp_path_factory):
+    return run_abagen(SNIPPET, tmp_path_factory.mktemp("native-oracle"), data=str(six),
+                      cases=CASES)
+
+
+@pytest.mark.oracle
+@pytest.mark.filterwarnings("ignore:.*absent from.*:UserWarning")
+@pytest.mark.parametrize("name", list(CASES))
+def test_native_atlas_tables_equal_abagen(six, abagen_tables, name):
+    surface, kwargs = CASES[name]
+    native = fetch_desikan_killiany(native=True, surface=surface)
+    expression, counts = api.get_expression_data(native["image"], native["info"], data_dir=six,
+                                                 return_counts=True, **kwargs)
+    theirs, their_counts = abagen_tables[name]
+    assert expression.index.tolist() == theirs.index.tolist()
+    assert expression.columns.tolist() == theirs.columns.tolist()
+    assert len(expression.columns) > 500
+    assert expression.isna().to_numpy().tolist() == theirs.isna().to_numpy().tolist()
+    np.testing.assert_allclose(expression.to_numpy(), theirs.to_numpy(), rtol=0, atol=TOLERANCE)
+    assert counts.index.tolist() == their_counts.index.tolist()
+    assert [str(c) for c in counts.columns] == [str(c) for c in their_counts.columns]
+    np.testing.assert_array_equal(counts.to_numpy(), their_counts.to_numpy())
+    # every donor has samples in its own native atlas (the table is not made of filled regions)
+    assert (counts.sum() > 0).all() and counts.to_numpy().sum() > 250

@@ -227,6 +227,41 @@ def test_structures_match_coordinates(ahba_small):
     assert mismatched >= 2
 
 
+def test_mri_voxels_lie_in_the_donor_native_regions(ahba_small):
+    """Each sample's ``mri_voxel_*`` is a voxel of its donor's raw T1w grid (the donor-native
+    Desikan-Killiany volume's): on a voxel of its own region when that region is in the native
+    volume (the DK label at its corrected MNI position), else on an unlabelled voxel; and the
+    native position follows the MNI one (a near-rigid fit, not a shuffle)."""
+    import nibabel as nib
+
+    from ahba_app.datasets import fetch_desikan_killiany
+
+    group = nib.load(fetch_desikan_killiany()["image"])
+    group_labels = np.asarray(group.dataobj)
+    corrected = load_corrected_mni()
+    for donor in DONORS:
+        annot = pd.read_csv(donor_dir(ahba_small, donor) / "SampleAnnot.csv")
+        img = nib.load(fetch_desikan_killiany(native=True)["image"][donor])
+        labels = np.asarray(img.dataobj)
+        voxels = annot[["mri_voxel_x", "mri_voxel_y", "mri_voxel_z"]].to_numpy()
+        assert ((voxels >= 0) & (voxels < labels.shape)).all()
+        native = labels[tuple(voxels.T)]
+        mni = corrected.loc[annot["well_id"]].to_numpy()
+        ijk = np.rint(nib.affines.apply_affine(np.linalg.inv(group.affine), mni)).astype(int)
+        at_mni = group_labels[tuple(ijk.T)]
+        # samples directly on a DK region that the native volume has sit on that region there
+        direct = np.isin(at_mni, np.unique(labels[labels > 0])) & (at_mni > 0)
+        assert direct.sum() > 10
+        np.testing.assert_array_equal(native[direct], at_mni[direct])
+        assert (native > 0).mean() > 0.5
+        # the native position is the MNI one carried by the donor's MNI -> scanner fit, moved a
+        # few mm at most onto its region
+        scanner = nib.affines.apply_affine(img.affine, voxels)
+        fitted = nib.affines.apply_affine(synthetic.mni_to_native(donor), mni)
+        assert np.median(np.linalg.norm(scanner - fitted, axis=1)) < 2
+        assert np.corrcoef(scanner[:, 0], mni[:, 0])[0, 1] > 0.9
+
+
 def test_ontology_tree(ahba_small):
     onto = pd.read_csv(donor_dir(ahba_small, "9861") / "Ontology.csv",
                        dtype={"hemisphere": str})
