@@ -32,10 +32,28 @@ _FROM_FETCH = ("fetch_microarray", "fetch_rnaseq", "fetch_raw_mri", "fetch_frees
                "fetch_fsnative")
 
 
+def _get_dataset_dir(dataset_name: str, data_dir=None, verbose: int = 1) -> str:
+    """The folder ``dataset_name`` (e.g. ``"microarray"``) of the data folder, created if needed
+    (abagen's ``datasets.utils._get_dataset_dir``). The data folder is ``data_dir``, else
+    ``$AHBA_DATA``, ``$ABAGEN_DATA`` or ahba-app's per-user folder
+    (:func:`ahba_app.fetch.get_data_dir`); a ``data_dir`` that already ends in ``dataset_name``
+    is that folder."""
+    from .fetch import get_data_dir
+
+    base = get_data_dir(data_dir)
+    folder = base if data_dir is not None and base.name == dataset_name else base / dataset_name
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(folder)
+
+
 def __getattr__(name):
     if name in _FROM_FETCH:
         from . import fetch
         return getattr(fetch, name)
+    if name in ("fetchers", "utils"):
+        # abagen's datasets package has these two modules; here one module holds both
+        import sys
+        return sys.modules[__name__]
     if name == "WELL_KNOWN_IDS":
         value = globals()["WELL_KNOWN_IDS"] = _well_known_ids()
         return value

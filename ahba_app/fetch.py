@@ -931,6 +931,7 @@ def fetch_fsnative(donors, surf: str = "pial", load: bool = True,
     Returns ``Hemispheres(lh, rh)`` for one donor, ``{donor: Hemispheres}`` for several; each
     hemisphere is a ``Surface(vertices, faces)`` with ``load=True``, else the file's path.
     The FreeSurfer folders are fetched with :func:`fetch_freesurfer` when missing.
+    ``donors=None`` is donor 12876, as in abagen (and as :func:`fetch_freesurfer`).
     """
     import nibabel as nib
 
@@ -938,7 +939,7 @@ def fetch_fsnative(donors, surf: str = "pial", load: bool = True,
 
     if surf not in _SURFACES:
         raise ValueError(f"Unknown FreeSurfer surface {surf!r}: choose one of {_SURFACES}.")
-    wanted = check_donors(donors)
+    wanted = check_donors("12876" if donors is None else donors)
     folders = fetch_freesurfer(data_dir=data_dir, donors=wanted, resume=resume, verbose=verbose)
     out = {}
     for donor, folder in folders.items():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import _synthetic, _test_cache
+from conftest import _synthetic, _test_cache, _with_anatomy
 from oracle import oracle_python
 
 sys.path.insert(0, str(Path(__file__).with_name("abagen_suite")))
@@ -57,9 +57,19 @@ def test_every_deviation_has_a_reason():
 
 
 def test_abagen_own_suite_passes_on_ahba_app(tmp_path):
-    data = _synthetic("suite", 1234)   # every probe of the real files, few samples
+    # every probe of the real files, few samples; raw MRIs and FreeSurfer folders of the two
+    # donors abagen's tests use (12876, 15496)
+    data = _with_anatomy(_synthetic("suite", 1234))
     result = runner.run(data, oracle_python=oracle_python(), work=tmp_path,
                         cache=_test_cache() / "abagen-suite")
     print(result["summary"])
     assert result["outcomes"]["abagen"], "abagen's own suite did not run"
+    # every documented module's tests ran on both sides (abagen.mouse's need the Allen API:
+    # tests/test_mouse_abagen_suite.py runs them against a local server)
+    documented = set(runner.DOCUMENTED) - {"mouse"}
+    assert documented <= set(result["modules"])
+    for module in documented:
+        for side in ("abagen", "ahba_app"):
+            assert sum(result["modules"][module][side].values()) > 0, (module, side)
+    assert result["modules"]["datasets"]["abagen"]["passed"] >= 14
     assert not result["problems"], result["summary"]

@@ -28,6 +28,24 @@ def test_abagen_module_names_are_attributes():
         abagen.datasets.nonsense
 
 
+def test_datasets_sub_module_names(tmp_path, monkeypatch):
+    """abagen.datasets.fetchers and abagen.datasets.utils (what abagen's own tests import)."""
+    from ahba_app.datasets import fetchers, utils
+
+    assert fetchers.fetch_raw_mri is ahba_app.fetch.fetch_raw_mri
+    assert fetchers.fetch_gene_group is ahba_app.datasets.fetch_gene_group
+    monkeypatch.setenv("ABAGEN_DATA", str(tmp_path / "abagen"))
+    folder = utils._get_dataset_dir("microarray", verbose=0)
+    assert folder == str(tmp_path / "abagen" / "microarray") and (tmp_path / "abagen").is_dir()
+    assert utils._get_dataset_dir("microarray", data_dir=folder) == folder
+    monkeypatch.setenv("AHBA_DATA", str(tmp_path / "ahba"))   # ahba-app's variable first
+    assert utils._get_dataset_dir("mri") == str(tmp_path / "ahba" / "mri")
+    monkeypatch.delenv("AHBA_DATA")
+    monkeypatch.delenv("ABAGEN_DATA")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert utils._get_dataset_dir("mri") == str(tmp_path / "xdg" / "ahba-app" / "mri")
+
+
 def test_bundled_paths_are_str_and_extra_arguments_accepted():
     dk = abagen.fetch_desikan_killiany(False, False, "ignored", also="ignored")
     assert isinstance(dk["image"], str) and isinstance(dk["info"], str)

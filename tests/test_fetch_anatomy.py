@@ -66,6 +66,10 @@ def test_freesurfer_download_and_fsnative(published, tmp_path):
         assert hemi.vertices.shape == (len(labels), 3) and hemi.faces.shape[1] == 3
     paths = datasets.fetch_fsnative(["12876"], surf="white", load=False, data_dir=tmp_path)
     assert paths.lh == str(folder / "surf" / "lh.white")
+    # donors=None is donor 12876, as in abagen: nothing else is fetched
+    assert datasets.fetch_fsnative(None, load=False, data_dir=tmp_path).rh == \
+        str(folder / "surf" / "rh.pial")
+    assert entries(tmp_path / "freesurfer") == ["donor12876"]
     with pytest.raises(ValueError, match="surface 'midthickness'"):
         datasets.fetch_fsnative("12876", surf="midthickness", data_dir=tmp_path)
 

@@ -70,13 +70,28 @@ def abagen_tests_dir(oracle_python: Path) -> Path:
     return Path(out.stdout.strip())
 
 
+#: Sub-packages of abagen's tests that this runner runs (``abagen/tests/<name>/``): the tests of
+#: ``abagen.datasets`` and of ``abagen.cli``. ``abagen/tests/mouse/`` needs the Allen web API:
+#: tests/test_mouse_abagen_suite.py runs it against a local server on both tools.
+SUBPACKAGES = ("datasets", "cli")
+
+
+def test_files(source: Path) -> list[Path]:
+    """abagen's test files this runner copies (relative to ``source``)."""
+    files = sorted(p.relative_to(source) for p in source.glob("*.py"))
+    for sub in SUBPACKAGES:
+        files += sorted(p.relative_to(source) for p in (source / sub).glob("*.py"))
+    return files
+
+
 def copy_tests(source: Path, target: Path, *, rewrite: bool) -> Path:
     """Copy abagen's test modules into ``target/abagen_tests`` (rewritten if asked)."""
     folder = target / "abagen_tests"
     folder.mkdir(parents=True)
-    for path in sorted(source.glob("*.py")):
-        text = path.read_text()
-        (folder / path.name).write_text(rewrite_imports(text) if rewrite else text)
+    for name in test_files(source):
+        text = (source / name).read_text()
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(rewrite_imports(text) if rewrite else text)
     # an empty configuration so that neither project's pytest settings apply
     (target / "pytest.ini").write_text("[pytest]\n")
     return folder
@@ -87,9 +102,13 @@ COLLECTION = "<collection>"
 
 
 def module_of(nodeid: str) -> str:
-    """abagen module a test id belongs to: ``abagen_tests/test_io.py::x`` -> ``io``."""
-    name = nodeid.split("::")[0].rsplit("/", 1)[-1]
-    return name.removeprefix("test_").removesuffix(".py")
+    """abagen module a test id belongs to: ``abagen_tests/test_io.py::x`` -> ``io``;
+    ``abagen_tests/datasets/test_fetchers.py::x`` -> ``datasets`` (a sub-package's tests
+    belong to the sub-package)."""
+    parts = nodeid.split("::")[0].split("/")
+    if len(parts) > 2 and parts[-2] in SUBPACKAGES:
+        return parts[-2]
+    return parts[-1].removeprefix("test_").removesuffix(".py")
 
 
 def test_name(nodeid: str) -> str:
@@ -124,7 +143,13 @@ def read_junit(path: Path) -> dict[str, dict]:
 
 
 def run_side(python: Path, tests: Path, data: Path, work: Path, timeout: float) -> dict:
-    """Run the copied tests with ``python``; return the outcome of every test."""
+    """Run the copied tests with ``python``; return the outcome of every test.
+
+    The top-level test modules and each sub-package (:data:`SUBPACKAGES`) run in a pytest
+    process of their own: abagen's ``datasets/test_utils.py::test_get_dataset_dir`` removes
+    ``$ABAGEN_DATA`` from the environment and puts it back only if it passes, which would leave
+    every later test of a shared process without its data folder.
+    """
     home = work / "home"
     home.mkdir()
     closed = "http://127.0.0.1:9"  # the discard port: nothing listens, a request fails at once
@@ -134,18 +159,24 @@ def run_side(python: Path, tests: Path, data: Path, work: Path, timeout: float) 
     env.update(ABAGEN_DATA=str(data), HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"),
                MPLBACKEND="Agg", PYTHONDONTWRITEBYTECODE="1", PYTHONHASHSEED="0",
                http_proxy=closed, https_proxy=closed, HTTP_PROXY=closed, HTTPS_PROXY=closed)
-    junit = work / "junit.xml"
-    command = [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
-               "-W", "ignore", "--continue-on-collection-errors", "-c", str(work / "pytest.ini"),
-               "--rootdir", str(work), f"--junitxml={junit}", "-o", "junit_family=xunit1",
-               str(tests)]
-    proc = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-    if not junit.exists():
-        # a conftest that cannot even be imported: every test counts as missing
-        print(f"abagen's test suite could not be collected under {python}:\n"
-              f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}", file=sys.stderr)
-    return read_junit(junit) if junit.exists() else {}
+    groups = {"top": sorted(str(p) for p in tests.glob("test_*.py"))}
+    groups.update({sub: [str(tests / sub)] for sub in SUBPACKAGES if (tests / sub).is_dir()})
+    results = {}
+    for name, paths in groups.items():
+        junit = work / f"junit-{name}.xml"
+        command = [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p",
+                   "no:xdist", "-W", "ignore", "--continue-on-collection-errors", "-c",
+                   str(work / "pytest.ini"), "--rootdir", str(work), f"--junitxml={junit}",
+                   "-o", "junit_family=xunit1", *paths]
+        proc = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+        if not junit.exists():
+            # a conftest that cannot even be imported: every test counts as missing
+            print(f"abagen's tests ({name}) could not be collected under {python}:\n"
+                  f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}", file=sys.stderr)
+            continue
+        results.update(read_junit(junit))
+    return results
 
 
 def load_deviations(path: Path = DEVIATIONS) -> dict[str, dict]:
@@ -226,15 +257,17 @@ def prepare_data(source: Path, target: Path) -> Path:
 
 
 #: Bump when the way abagen's side is run changes (its command line or environment).
-ABAGEN_RUN_VERSION = "1"
+ABAGEN_RUN_VERSION = "2"
 
 
 def abagen_key(source: Path, data: Path) -> str:
     """What abagen's outcomes depend on: its tests, the oracle venv's pins, how it is run and
     the data."""
     digest = hashlib.sha256(ABAGEN_RUN_VERSION.encode())
-    for path in sorted(source.glob("*.py")) + [REPO / "tests" / "oracle-requirements.txt"]:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    for path in [source / name for name in test_files(source)] + [
+            REPO / "tests" / "oracle-requirements.txt"]:
+        digest.update(str(path.relative_to(path.parents[1])).encode() + b"\0"
+                      + path.read_bytes())
     for path in sorted(p for p in data.rglob("*") if p.is_file() and ".ahba-cache" not in
                        p.parts and not p.name.endswith((".parq", ".lock", ".npz"))):
         # the synthetic data are generated deterministically: names, sizes and the
@@ -302,6 +335,8 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, help="also write the outcomes and summary here")
     parser.add_argument("--cache", type=Path,
                         help="keep (and reuse) abagen's outcomes in this folder")
+    parser.add_argument("--timeout", type=float, default=3600,
+                        help="seconds each side may take (default 3600)")
     parser.add_argument("--record", action="store_true",
                         help=f"run abagen's side afresh and record its outcomes in "
                              f"{RECORDED.relative_to(REPO)}")
@@ -312,7 +347,7 @@ def main(argv=None) -> int:
     if args.record and RECORDED.exists():
         RECORDED.unlink()
     result = run(args.data, oracle_python=oracle.oracle_python(), work=args.work,
-                 cache=None if args.record else args.cache)
+                 cache=None if args.record else args.cache, timeout=args.timeout)
     if args.record:
         RECORDED.write_text(json.dumps({"key": result["key"],
                                         "outcomes": result["outcomes"]["abagen"]},
