@@ -289,6 +289,39 @@ def test_search_box_answers_in_a_headless_browser(tmp_path, stages):
     assert _chromium_answer(tmp_path, page, "ESR2") == explain(table, "ESR2")
 
 
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed")
+def test_typing_into_the_search_box(tmp_path, stages):
+    """Keystrokes sent to the page (DevTools ``Input.dispatchKeyEvent``, tests/browser.py) go
+    into the focused search box; the answer follows every key, Backspace included."""
+    from browser import Browser
+
+    report = tmp_path / "report.html"
+    report.write_text(_report_with_genes(stages), encoding="utf-8")
+    table = gene_fates(**stages)
+    with Browser(tmp_path / "profile") as browser:
+        page = browser.open(report)
+        idle = page.text("#gene-answer")
+        assert idle == "Type a gene symbol to see what became of it."
+        page.focus("#gene-query")
+        page.type("di")
+        assert page.value("#gene-query") == "di"
+        assert page.text("#gene-answer") == explain(table, "di")   # no gene DI: unknown
+        page.press("m")
+        assert page.text("#gene-answer") == explain(table, "DIM")  # case does not matter
+        assert "intensity" in page.text("#gene-answer")
+        for _ in "dim":
+            page.press("Backspace")
+        assert page.value("#gene-query") == ""
+        assert page.text("#gene-answer") == idle
+        page.type("KEPTX")
+        page.press("Backspace")
+        assert page.text("#gene-answer") == explain(table, "KEPT")
+        page.evaluate("document.getElementById('gene-query').select()")
+        page.type("ESR2")                                            # replaces the selection
+        assert page.value("#gene-query") == "ESR2"
+        assert page.text("#gene-answer") == explain(table, "ESR2")
+
+
 def test_command_line_writes_the_genes_table(tmp_path, ahba_small, monkeypatch):
     """A group run writes ..._genes.tsv (kept genes = the expression table's columns) and
     the report's search box answers from it."""
