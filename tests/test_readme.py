@@ -81,6 +81,9 @@ def _bash_commands() -> list[str]:
 def test_bash_examples_run_or_say_why_not(command, ahba_small, tmp_path, monkeypatch):
     if any(command.startswith(prefix) for prefix in NOT_RUN):
         return
+    if command.startswith("ahba-app-abagen "):
+        _run_abagen_command(command, ahba_small, tmp_path, monkeypatch)
+        return
     assert command.startswith("ahba-app "), \
         f"README command {command!r} is neither run by this test nor listed in NOT_RUN"
     from ahba_app.cli.run import main
@@ -93,3 +96,26 @@ def test_bash_examples_run_or_say_why_not(command, ahba_small, tmp_path, monkeyp
     monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
     assert main(words + ["-w", str(tmp_path / "work")]) == 0
     assert (tmp_path / "out" / "dataset_description.json").is_file()
+
+
+def _run_abagen_command(command, ahba_small, tmp_path, monkeypatch):
+    """An ``ahba-app-abagen`` example (abagen's command line): ``atlas.nii.gz`` and
+    ``atlas.csv`` are the bundled Desikan-Killiany volume and table; every file the options
+    ask for is written."""
+    import pandas as pd
+
+    from ahba_app.cli.abagen_compat import main
+    from ahba_app.datasets import fetch_desikan_killiany
+
+    dk = fetch_desikan_killiany()
+    words = [{"atlas.nii.gz": dk["image"], "atlas.csv": dk["info"],
+              "/data/ahba": str(ahba_small)}.get(w, w) for w in shlex.split(command)[1:]]
+    monkeypatch.chdir(tmp_path)
+    assert main(words) == 0
+    output = words[words.index("--output-file") + 1] if "--output-file" in words \
+        else "abagen_expression.csv"
+    table = pd.read_csv(tmp_path / output, index_col=0)
+    assert table.shape[0] == 83 and table.shape[1] > 100
+    if "--save-counts" in words:
+        stem = output.rsplit(".", 1)[0]
+        assert (tmp_path / f"{stem}_counts.csv").is_file()
