@@ -1133,3 +1133,33 @@ def relabel_gifti(atlas, background=BACKGROUND, offset=None):
                                          datatype="NIFTI_TYPE_INT32")
         out.append(nib.GiftiImage(darrays=[array], labeltable=new_table))
     return tuple(out)
+
+
+def native_affines(atlases: Mapping, group_atlas: bool, data_dir=None) -> dict:
+    """Donor -> affine taking the donor's MRI voxels to its donor-native atlas's space.
+
+    As in abagen, the donor's raw T1w scan (``mri/mri_donor<N>/T1.nii.gz`` in the data folder,
+    fetched beforehand by :func:`ahba_app.fetch.fetch_raw_mri`; never downloaded here) gives
+    it; without that file, the atlas's own ``native_affine`` (the bundled donor-native volumes
+    lie on their donor's T1w grid). Empty for a group atlas. Each tree's ``native_affine``
+    becomes the one found, so that matching uses it too.
+    """
+    if group_atlas:
+        return {}
+    import logging
+
+    from .fetch import AHBADataNotFoundError, find_raw_mri
+
+    out = {}
+    for donor, tree in atlases.items():
+        try:
+            t1w = find_raw_mri(data_dir, donor)[donor]["t1w"]
+        except AHBADataNotFoundError:
+            logging.getLogger("ahba_app").info(
+                "No raw T1w of donor %s in the data folder: its donor-native atlas's own "
+                "affine maps the samples' MRI voxels.", donor)
+            out[donor] = tree.native_affine
+            continue
+        out[donor] = nib.load(t1w).affine
+        tree.native_affine = out[donor]
+    return out

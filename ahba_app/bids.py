@@ -536,8 +536,11 @@ def load_atlas_input(atlas: AtlasInput, donors, data_dir=None) -> tuple[dict, bo
     Runs :func:`ahba_app.atlas.coerce_atlas_to_dict` (what the Python API runs), passing the
     surfaces and space that GIFTI / CIFTI atlases found in the input folder need. Within
     :func:`remembering_atlases` a group atlas with checksums is loaded once (see
-    :class:`_RecentAtlases`): callers read the trees, they do not change them.
+    :class:`_RecentAtlases`): callers read the trees, they do not change them. A donor-native
+    atlas maps each donor's MRI voxels through the donor's raw T1w in ``data_dir`` when there
+    is one, as in the Python API (:func:`ahba_app.atlas.native_affines`).
     """
+    from .atlas import native_affines
     from .datasets import check_donors
 
     memo = _RUN_ATLASES.get()
@@ -548,6 +551,7 @@ def load_atlas_input(atlas: AtlasInput, donors, data_dir=None) -> tuple[dict, bo
     trees, group_atlas = _load_atlas_input(atlas, donors, data_dir)
     if memo is not None and group_atlas and trees:
         memo.put(key, next(iter(trees.values())))
+    native_affines(trees, group_atlas, data_dir)
     return trees, group_atlas
 
 

@@ -338,31 +338,11 @@ def atlas_coordinates(atlas_tree, annotation: pd.DataFrame) -> pd.DataFrame:
 
 
 def native_affines(atlases: Mapping, group_atlas: bool, data_dir=None) -> dict:
-    """Donor -> affine taking the donor's MRI voxels to its donor-native atlas's space.
+    """Donor -> affine taking the donor's MRI voxels to its donor-native atlas's space
+    (:func:`ahba_app.atlas.native_affines`: the donor's raw T1w, else the atlas's own)."""
+    from .atlas import native_affines as _native_affines
 
-    As in abagen, the donor's raw T1w scan (``mri/mri_donor<N>/T1.nii.gz`` in the data folder,
-    fetched beforehand by :func:`ahba_app.fetch.fetch_raw_mri`; never downloaded here) gives
-    it; without that file, the atlas's own ``native_affine`` (the bundled donor-native volumes
-    lie on their donor's T1w grid). Empty for a group atlas.
-    """
-    if group_atlas:
-        return {}
-    import nibabel as nib
-
-    from .fetch import AHBADataNotFoundError, find_raw_mri
-
-    out = {}
-    for donor, tree in atlases.items():
-        try:
-            t1w = find_raw_mri(data_dir, donor)[donor]["t1w"]
-        except AHBADataNotFoundError:
-            LGR.info("No raw T1w of donor %s in the data folder: its donor-native atlas's own "
-                     "affine maps the samples' MRI voxels.", donor)
-            out[donor] = tree.native_affine
-            continue
-        out[donor] = nib.load(t1w).affine
-        tree.native_affine = out[donor]
-    return out
+    return _native_affines(atlases, group_atlas, data_dir)
 
 
 def check_atlas_settings(group_atlas: bool, settings: Settings) -> None:

@@ -138,3 +138,38 @@ def test_native_atlas_tables_equal_abagen(six, abagen_tables, name):
     np.testing.assert_array_equal(counts.to_numpy(), their_counts.to_numpy())
     # every donor has samples in its own native atlas (the table is not made of filled regions)
     assert (counts.sum() > 0).all() and counts.to_numpy().sum() > 250
+
+
+@pytest.mark.filterwarnings("ignore:.*absent from.*:UserWarning")
+def test_command_line_table_equals_the_api_on_a_native_atlas(six, tmp_path, monkeypatch):
+    """The BIDS App with the donor-native DK volumes (``sub-<donor>/anat/``) places each donor's
+    samples on its raw T1w and checks hemispheres there, as the API does: the same table, the
+    same counts (with the hemisphere check on MNI coordinates, the former workflow kept other
+    samples, hence other probes: other gene columns)."""
+    import shutil
+
+    from ahba_app.cli import run as cli_run
+    from test_bids import dk_table
+
+    for var in ("NIPYPE_CONFIG_DIR", "MPLCONFIGDIR", "AHBA_APP_MIRROR"):
+        monkeypatch.delenv(var, raising=False)
+    native = fetch_desikan_killiany(native=True)
+    inp = tmp_path / "in"
+    for donor in ALL_DONORS:
+        (inp / f"sub-{donor}" / "anat").mkdir(parents=True)
+        shutil.copyfile(native["image"][donor],
+                        inp / f"sub-{donor}" / "anat" / f"sub-{donor}_atlas-DK_dseg.nii.gz")
+    dk_table().to_csv(inp / "atlas-DK_dseg.tsv", sep="\t", index=False)
+    out = tmp_path / "out"
+    assert cli_run.main([str(inp), str(out), "group", "--ahba-dir", str(six),
+                         "-w", str(tmp_path / "work")]) == 0
+    stem = out / "atlas-DK_space-native_desc-abagendefaults"
+    table = pd.read_csv(f"{stem}_expression.tsv", sep="\t", index_col=0, na_values="n/a")
+    counts = pd.read_csv(f"{stem}_counts.tsv", sep="\t", index_col=0)
+    expected, expected_counts = api.get_expression_data(native["image"], native["info"],
+                                                        data_dir=six, return_counts=True)
+    assert table.index.tolist() == expected.index.tolist()
+    assert table.columns.tolist() == expected.columns.tolist()
+    np.testing.assert_allclose(table.to_numpy(), expected.to_numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(counts.loc[expected_counts.index].to_numpy(),
+                                  expected_counts.to_numpy())

@@ -61,8 +61,12 @@ def test_ahba_wf_builds(tmp_path, analysis_level, atlases, probe_selection, lr_m
                 sample_norm=sample_norm, gene_norm=gene_norm, save_donors=save_donors,
                 stability_threshold=0.2 if save_donors else None, desc="custom")
     names = _names(wf)
-    data = {f"ahba_data_wf.{n}" for n in ("fetch", "reannotate", "annotate", "filter_probes",
-                                            "select_probes")}
+    native = atlases[0].kind == "donor-native"
+    # a donor-native atlas has its own data workflow (samples on each donor's T1w)
+    data_name = (f"ahba_data_{atlas_workflow_name(atlases[0].key)}" if native
+                 else "ahba_data_wf")
+    data = {f"{data_name}.{n}" for n in ("fetch", "reannotate", "annotate", "filter_probes",
+                                         "select_probes")}
     assert data <= names
     for atlas in atlases:
         prefix = atlas_workflow_name(atlas.key)
@@ -74,12 +78,17 @@ def test_ahba_wf_builds(tmp_path, analysis_level, atlases, probe_selection, lr_m
             assert f"{prefix}.ds_participant" in names
             assert f"{prefix}.aggregate" not in names
 
-    data_wf = wf.get_node("ahba_data_wf")
+    data_wf = wf.get_node(data_name)
     fetch = data_wf.get_node("fetch")
     assert fetch.inputs.need_rnaseq is (probe_selection == "rnaseq")
     annotate = data_wf.get_node("annotate")
     assert isinstance(annotate, pe.MapNode) and annotate.iterfield == ["donor"]
     assert annotate.inputs.lr_mirror == lr_mirror
+    if native:
+        assert annotate.inputs.native_atlas == atlases[0].as_dict()
+        assert sorted(annotate.inputs.raw_mri) == sorted(DONORS)
+    else:
+        assert not annotate.inputs.native_atlas
     assert data_wf.get_node("select_probes").inputs.probe_selection == probe_selection
 
     atlas_wf = wf.get_node(atlas_workflow_name(atlases[0].key))
@@ -95,6 +104,23 @@ def test_ahba_wf_builds(tmp_path, analysis_level, atlases, probe_selection, lr_m
         assert aggregate.inputs.missing == missing
         assert aggregate.inputs.return_donors is save_donors
         assert atlas_wf.get_node("ds_group").inputs.desc == "custom"
+
+
+def test_native_and_template_atlases_get_their_own_samples(tmp_path):
+    """Template-space atlases share one data workflow; a donor-native atlas gets its own, whose
+    samples are placed on each donor's raw T1w (the files' checksums enter its hash)."""
+    wf = _build(tmp_path, atlases=[VOLUME, SURFACE, NATIVE])
+    native_data = f"ahba_data_{atlas_workflow_name(NATIVE.key)}"
+    sources = {}
+    for u, v in wf._graph.edges():
+        sources.setdefault(v.name, set()).add(u.name)
+    assert sources[atlas_workflow_name(VOLUME.key)] == {"ahba_data_wf"}
+    assert sources[atlas_workflow_name(SURFACE.key)] == {"ahba_data_wf"}
+    assert sources[atlas_workflow_name(NATIVE.key)] == {native_data}
+    shared = wf.get_node("ahba_data_wf").get_node("annotate")
+    own = wf.get_node(native_data).get_node("annotate")
+    assert not shared.inputs.native_atlas and own.inputs.native_atlas == NATIVE.as_dict()
+    assert own.inputs.raw_mri == {"9861": "", "10021": ""}   # no T1w in the default folder
 
 
 def test_workflow_config_is_per_workflow(tmp_path):

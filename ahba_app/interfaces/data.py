@@ -103,6 +103,13 @@ class _PrepareSamplesInputSpec(BaseInterfaceInputSpec):
     corrected_mni = trait("corrected_mni")
     lr_mirror = trait("lr_mirror")
     sim_threshold = trait("sim_threshold")
+    native_atlas = traits.Dict(desc="a donor-native atlas (ahba_app.bids.AtlasInput.as_dict()): "
+                                    "the samples are placed on the donor's raw T1w and their "
+                                    "hemispheres checked there, as the Python API does")
+    data_dir = traits.Either(None, traits.Str, usedefault=True,
+                             desc="AHBA data folder (the donors' raw T1w, FreeSurfer files)")
+    raw_mri = traits.Dict(desc="donor -> SHA-256 of its raw T1w ('' without one): the files "
+                               "read with native_atlas enter the node's hash")
 
 
 class _PrepareSamplesOutputSpec(TraitedSpec):
@@ -119,9 +126,16 @@ class PrepareSamples(SimpleInterface):
 
     def _run_interface(self, runtime):
         files = read_json(self.inputs.files)
+        native_affine = None
+        if isdefined(self.inputs.native_atlas) and self.inputs.native_atlas:
+            from ..bids import AtlasInput, load_atlas_input
+
+            trees, _ = load_atlas_input(AtlasInput.from_dict(self.inputs.native_atlas),
+                                        [self.inputs.donor], data_dir=self.inputs.data_dir)
+            native_affine = trees[self.inputs.donor].native_affine
         annotation, info = pipeline.prepare_donor_samples(
             files[self.inputs.donor], read_frame(self.inputs.probes),
-            **stage_options(self.inputs, "annotate"))
+            native_affine=native_affine, **stage_options(self.inputs, "annotate"))
         self._results["annotation"] = write_frame(
             annotation, os.path.join(runtime.cwd, "annotation"))
         self._results["info"] = write_json(dict(info, donor=self.inputs.donor),

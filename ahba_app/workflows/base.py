@@ -42,6 +42,10 @@ def init_ahba_wf(*, analysis_level, atlases, out_dir, crash_dir, settings, base_
         ahba_data_wf (fetch, reannotate, annotate, filter_probes, select_probes)
             -> atlas_<name>_wf (match, normalize, aggregate | report, ds_*)   one per atlas
 
+    Template-space atlases share one ``ahba_data_wf``; a donor-native atlas gets its own
+    (``ahba_data_<atlas>_wf``: samples placed on each donor's raw T1w, hemispheres checked
+    there).
+
     Parameters
     ----------
     analysis_level : {'participant', 'group'}
@@ -87,11 +91,21 @@ def init_ahba_wf(*, analysis_level, atlases, out_dir, crash_dir, settings, base_
     workflow.config = workflow_config(crash_dir=crash_dir, hash_method=hash_method)
     data_dir = None if data_dir is None else os.fspath(data_dir)
 
-    ahba_data_wf = init_ahba_data_wf(settings=settings, data_dir=data_dir,
-                                     data_identity=data_identity)
-
+    shared_data_wf = None
     connections = []
     for atlas in atlases:
+        if atlas.kind == "donor-native":
+            # samples on each donor's raw T1w, hemispheres checked there (as the Python API):
+            # the samples, and so the probes, are this atlas's own
+            ahba_data_wf = init_ahba_data_wf(
+                settings=settings, data_dir=data_dir, data_identity=data_identity,
+                native_atlas=atlas, raw_mri=raw_mri_identity(settings.donors, data_dir),
+                name=f"ahba_data_{atlas_workflow_name(atlas.key)}")
+        else:
+            if shared_data_wf is None:
+                shared_data_wf = init_ahba_data_wf(settings=settings, data_dir=data_dir,
+                                                   data_identity=data_identity)
+            ahba_data_wf = shared_data_wf
         atlas_wf = init_atlas_wf(
             atlas=atlas, analysis_level=analysis_level, out_dir=out_dir, desc=desc,
             metadata=dict(metadata or {}), parameters=dict(parameters or {}), settings=settings,
@@ -116,3 +130,21 @@ def init_ahba_wf(*, analysis_level, atlases, out_dir, crash_dir, settings, base_
         ]
     workflow.connect(connections)
     return workflow
+
+
+def raw_mri_identity(donors, data_dir) -> dict:
+    """Donor -> SHA-256 of its raw T1w in the data folder ('' when it has none)."""
+    import hashlib
+
+    from ..fetch import AHBADataNotFoundError, find_raw_mri
+
+    out = {}
+    for donor in donors:
+        try:
+            path = find_raw_mri(data_dir, donor)[str(donor)]["t1w"]
+        except AHBADataNotFoundError:
+            out[str(donor)] = ""
+            continue
+        with open(path, "rb") as handle:
+            out[str(donor)] = hashlib.file_digest(handle, "sha256").hexdigest()
+    return out

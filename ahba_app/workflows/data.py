@@ -14,7 +14,8 @@ from ..stages import stage_options
 __all__ = ["init_ahba_data_wf"]
 
 
-def init_ahba_data_wf(*, settings, data_dir=None, data_identity="", name="ahba_data_wf"):
+def init_ahba_data_wf(*, settings, data_dir=None, data_identity="", native_atlas=None,
+                      raw_mri=None, name="ahba_data_wf"):
     """Build the workflow turning AHBA files into one samples x genes table per donor.
 
     Workflow graph::
@@ -33,6 +34,14 @@ def init_ahba_data_wf(*, settings, data_dir=None, data_identity="", name="ahba_d
     data_identity : str
         :func:`ahba_app.pipeline.data_identity` of the files: the first node's hash depends on
         the data, not only on the folder's path.
+    native_atlas : :class:`ahba_app.bids.AtlasInput`, optional
+        A donor-native atlas: each donor's samples are placed on its raw T1w (from
+        ``data_dir``, else the atlas's own affine) and their hemispheres checked in those
+        native coordinates, as :func:`ahba_app.get_expression_data` does; the samples kept,
+        the probes filtered and chosen are then this atlas's own.
+    raw_mri : dict, optional
+        With ``native_atlas``: donor -> SHA-256 of its raw T1w ('' without one), so that a
+        replaced T1w makes the samples be prepared again.
     name : str
         Name of the workflow.
 
@@ -77,6 +86,10 @@ def init_ahba_data_wf(*, settings, data_dir=None, data_identity="", name="ahba_d
     reannotate = pe.Node(LoadProbes(**stage_options(s, "reannotate")), name="reannotate")
     annotate = pe.MapNode(PrepareSamples(**stage_options(s, "annotate")),
                           iterfield=["donor"], name="annotate")
+    if native_atlas is not None:
+        annotate.inputs.native_atlas = native_atlas.as_dict()
+        annotate.inputs.data_dir = data_dir
+        annotate.inputs.raw_mri = dict(raw_mri or {})
     filter_probes = pe.Node(FilterProbes(**stage_options(s, "filter_probes")),
                             name="filter_probes", mem_gb=1.0)
     select_probes = pe.Node(SelectProbes(**stage_options(s, "select_probes")),
