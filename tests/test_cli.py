@@ -554,8 +554,34 @@ def test_participant_outputs_equal_the_pipeline(runs, ahba_small):
         expected = ref.expression[donor].to_numpy()
         np.testing.assert_array_equal(table[genes].to_numpy(dtype=expected.dtype), expected)
         np.testing.assert_array_equal(table["label"], ref.labels[donor])
-        for suffix in ("samples.json", "probes.tsv", "report.html"):
+        for suffix in ("samples.json", "probes.tsv", "report.html", "genes.json"):
             assert (path.parent / path.name.replace("samples.tsv", suffix)).is_file()
+
+
+def test_participant_level_writes_each_donors_genes_table(runs, ahba_small):
+    """sub-<donor>/..._genes.tsv: every gene symbol of the probe table once, its kept genes the
+    gene columns of the donor's sample table, the others with the stage that dropped them;
+    the donor's report answers from it."""
+    from ahba_app.genes import FATES
+
+    out = runs["out"]
+    probes = pd.read_csv(ahba_small / "microarray" / "normalized_microarray_donor9861" /
+                         "Probes.csv", keep_default_na=False)
+    symbols = set(probes["gene_symbol"].astype(str)) - {""}
+    for donor in DONORS:
+        stem = out / f"sub-{donor}" / f"sub-{donor}_{STEM_VOL}_desc-abagendefaults"
+        genes = pd.read_csv(f"{stem}_genes.tsv", sep="\t", na_values="n/a",
+                            keep_default_na=False)
+        samples = pd.read_csv(f"{stem}_samples.tsv", sep="\t", na_values="n/a", nrows=1)
+        assert genes["gene_symbol"].is_unique and symbols <= set(genes["gene_symbol"])
+        assert set(genes["fate"]) <= set(FATES) and {"kept", "intensity_filter"} <= \
+            set(genes["fate"])
+        kept = genes.loc[genes["fate"] == "kept", "gene_symbol"].tolist()
+        columns = samples.columns.tolist()
+        assert columns[-len(kept):] == kept          # the gene columns, in order
+        assert "stability_threshold" not in set(genes["fate"])
+        report = Path(f"{stem}_report.html").read_text(encoding="utf-8")
+        assert 'id="gene-query"' in report and f"{stem.name}_genes.tsv" in report
 
 
 def test_clean_workdir_and_home_untouched(runs):

@@ -159,8 +159,12 @@ def test_atlas_wf_wiring_group_and_participant(tmp_path):
             ("ds_group", "outputnode")} <= edges
     participant = init_atlas_wf(analysis_level="participant", **common)
     edges = {(u.name, v.name) for u, v in participant._graph.edges()}
-    assert {("normalize", "ds_participant"), ("report", "ds_participant")} <= edges
-    assert participant.get_node("report").iterfield == ["donor"]
+    assert {("normalize", "ds_participant"), ("report", "ds_participant"),
+            ("normalize", "genes"), ("genes", "report"), ("genes", "ds_participant")} <= edges
+    # one genes table per donor, read by the donor's report and written beside its samples
+    assert participant.get_node("genes").iterfield == ["expression", "donor"]
+    assert participant.get_node("report").iterfield == ["donor", "genes"]
+    assert "genes" in participant.get_node("ds_participant").iterfield
     with pytest.raises(ValueError, match="analysis level"):
         init_atlas_wf(analysis_level="session", **common)
 

@@ -142,7 +142,8 @@ def sample_table(expression: pd.DataFrame, annotation: pd.DataFrame, labels) -> 
 def participant_outputs(out_dir, atlas: AtlasInput, desc: str, donor: str, *,
                         expression: pd.DataFrame, annotation: pd.DataFrame, labels,
                         selection: pd.DataFrame, metadata: dict, report: str | None = None,
-                        citation: str | None = None) -> list[str]:
+                        citation: str | None = None,
+                        genes: pd.DataFrame | None = None) -> list[str]:
     """Write one donor's sample-level outputs of one atlas; returns the paths written."""
     out = []
 
@@ -165,6 +166,10 @@ def participant_outputs(out_dir, atlas: AtlasInput, desc: str, donor: str, *,
     out.append(write_tsv(probes, path("probes"), index=False))
     out.append(write_json({c: {"Description": _PROBE_COLUMNS.get(c, c)} for c in probes.columns},
                           path("probes", ".json")))
+    if genes is not None:
+        out.append(write_tsv(genes, path("genes"), index=False))
+        out.append(write_json({c: {"Description": _GENE_COLUMNS.get(c, c)} for c in genes.columns},
+                              path("genes", ".json")))
     if report:
         out.append(_copy(report, path("report", ".html")))
     if citation:
@@ -234,6 +239,7 @@ class _ParticipantInputSpec(_SinkInputSpec):
     expression = File(exists=True, mandatory=True, desc="table: normalized samples x genes")
     annotation = File(exists=True, mandatory=True, desc="sample table (kept samples)")
     labels = File(exists=True, mandatory=True, desc="table: region labels (kept samples)")
+    genes = File(exists=True, desc="table: every gene symbol and its fate for this donor")
 
 
 class ParticipantDerivatives(SimpleInterface):
@@ -250,5 +256,6 @@ class ParticipantDerivatives(SimpleInterface):
             labels=read_labels(inputs.labels), selection=read_frame(inputs.selection),
             metadata=dict(inputs.metadata),
             report=inputs.report if isdefined(inputs.report) else None,
-            citation=inputs.citation if isdefined(inputs.citation) else None)
+            citation=inputs.citation if isdefined(inputs.citation) else None,
+            genes=read_frame(inputs.genes) if isdefined(inputs.genes) else None)
         return runtime

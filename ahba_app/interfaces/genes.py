@@ -25,8 +25,11 @@ class _AccountGenesInputSpec(BaseInterfaceInputSpec):
     probe_share = File(exists=True, mandatory=True,
                        desc="table: every probe's share of samples above background")
     selection = File(exists=True, mandatory=True, desc="table of the chosen probes")
-    expression = File(exists=True, mandatory=True, desc="table: regions x genes")
-    aggregate = File(exists=True, mandatory=True, desc="JSON facts of the aggregation")
+    expression = File(exists=True, mandatory=True,
+                      desc="table: regions x genes (group level) or one donor's normalized "
+                           "samples x genes (participant level)")
+    aggregate = File(exists=True, desc="JSON facts of the aggregation (group level)")
+    donor = traits.Str(desc="participant level: the donor whose table 'expression' is")
     stability = File(exists=True, desc="table: differential stability of every gene")
     ibf_threshold = trait("ibf_threshold")
     stability_threshold = trait("stability_threshold")
@@ -38,7 +41,8 @@ class _AccountGenesOutputSpec(TraitedSpec):
 
 
 class AccountGenes(SimpleInterface):
-    """Every gene symbol of the AHBA probe table: kept, or the stage that dropped it."""
+    """Every gene symbol of the AHBA probe table: kept, or the stage that dropped it (for the
+    group table, or for one donor's sample table at the participant level)."""
 
     input_spec = _AccountGenesInputSpec
     output_spec = _AccountGenesOutputSpec
@@ -57,8 +61,11 @@ class AccountGenes(SimpleInterface):
             raw, read_frame(inputs.annotated_probes), read_frame(inputs.filtered_probes),
             read_frame(inputs.selection), read_frame(inputs.expression).columns,
             share=read_frame(inputs.probe_share).iloc[:, 0],
-            dropped_incomplete=read_json(inputs.aggregate).get("genes_dropped", []),
-            stability=stability, donors=list(inputs.donors), **stage_options(inputs, "genes"))
+            dropped_incomplete=(read_json(inputs.aggregate).get("genes_dropped", [])
+                                if isdefined(inputs.aggregate) else []),
+            stability=stability,
+            donors=[inputs.donor] if isdefined(inputs.donor) and inputs.donor
+            else list(inputs.donors), **stage_options(inputs, "genes"))
         table["fate"] = table["fate"].astype(str)
         self._results["genes"] = write_frame(table, os.path.join(runtime.cwd, "genes"))
         return runtime

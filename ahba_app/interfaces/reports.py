@@ -16,6 +16,7 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObje
 from .. import summary as _summary
 from ..atomic import write_text
 from ..bids import AtlasInput, load_atlas_input, read_region_table
+from ..derivatives import derivative_path
 from ._files import read_frame, read_json, read_labels
 
 __all__ = ["RunReport", "atlas_description", "run_summary"]
@@ -74,8 +75,8 @@ class _RunReportInputSpec(BaseInterfaceInputSpec):
     expression = File(exists=True, desc="table: regions x genes (group report)")
     counts = File(exists=True, desc="table: samples per region and donor")
     aggregate = File(exists=True, desc="JSON facts of the aggregation")
-    genes = File(exists=True, desc="table: every gene symbol and its fate (group report)")
-    genes_name = traits.Str(desc="file name of the genes table in the outputs")
+    genes = File(exists=True, desc="table: every gene symbol and its fate (of the group table, or of the donor's)")
+    desc = traits.Str(desc="desc- label of the outputs (names the genes table in the report)")
     warnings = traits.List(traits.Str, desc="notes to show in the report")
     provenance = traits.Dict(desc="free key/value pairs shown in the report")
 
@@ -119,7 +120,10 @@ class RunReport(SimpleInterface):
         atlas = AtlasInput.from_dict(inputs.atlas)
         if isdefined(inputs.genes):
             summary.genes = read_frame(inputs.genes)
-            summary.genes_file = inputs.genes_name if isdefined(inputs.genes_name) else None
+            summary.genes_file = (derivative_path(
+                "", AtlasInput.from_dict(inputs.atlas), inputs.desc, "genes",
+                donor=inputs.donor if isdefined(inputs.donor) else None).name
+                if isdefined(inputs.desc) else None)
         params = dict(inputs.parameters, atlas=atlas_description(atlas, donors, inputs.data_dir))
         html = render_report(params, summary)
         self._results["report"] = _write(os.path.join(runtime.cwd, "report.html"), html)

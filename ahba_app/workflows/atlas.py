@@ -115,7 +115,7 @@ def init_atlas_wf(*, atlas, analysis_level, out_dir, desc, metadata, parameters,
             atlas=atlas_dict, data_dir=data_dir, return_donors=save_donors,
             **stage_options(s, "aggregate")), name="aggregate", mem_gb=1.0)
         genes = pe.Node(AccountGenes(**stage_options(s, "genes")), name="genes")
-        report = pe.Node(RunReport(**report_inputs, genes_name=f"{atlas.stem(desc)}_genes.tsv"),
+        report = pe.Node(RunReport(**report_inputs, desc=desc),
                          name="report")
         ds_group = pe.Node(GroupDerivatives(**sink_inputs), name="ds_group")
         connections += [
@@ -145,12 +145,24 @@ def init_atlas_wf(*, atlas, analysis_level, out_dir, desc, metadata, parameters,
             (ds_group, outputnode, [("out_files", "out_files")]),
         ]
     else:
-        report = pe.MapNode(RunReport(**report_inputs), iterfield=["donor"], name="report")
+        # every gene's fate for each donor's table (no aggregation, no stability filter here)
+        genes = pe.MapNode(AccountGenes(**dict(stage_options(s, "genes"),
+                                               stability_threshold=None)),
+                           iterfield=["expression", "donor"], name="genes")
+        report = pe.MapNode(RunReport(**report_inputs, desc=desc),
+                            iterfield=["donor", "genes"], name="report")
         ds_participant = pe.MapNode(ParticipantDerivatives(**sink_inputs),
                                     iterfield=["donor", "expression", "annotation", "labels",
-                                               "report", "citation"],
+                                               "report", "citation", "genes"],
                                     name="ds_participant")
         connections += [
+            (inputnode, genes, [("files", "files"), ("donors", "donors"), ("donors", "donor"),
+                                ("annotated_probes", "annotated_probes"),
+                                ("filtered_probes", "filtered_probes"),
+                                ("probe_share", "probe_share"), ("selection", "selection")]),
+            (normalize, genes, [("expression", "expression")]),
+            (genes, report, [("genes", "genes")]),
+            (genes, ds_participant, [("genes", "genes")]),
             (inputnode, report, [("donors", "donors"), ("donors", "donor"),
                                  ("sample_info", "sample_info"),
                                  ("annotations", "annotations"), ("selection", "selection"),
