@@ -75,7 +75,8 @@ class _RunReportInputSpec(BaseInterfaceInputSpec):
     expression = File(exists=True, desc="table: regions x genes (group report)")
     counts = File(exists=True, desc="table: samples per region and donor")
     aggregate = File(exists=True, desc="JSON facts of the aggregation")
-    genes = File(exists=True, desc="table: every gene symbol and its fate (of the group table, or of the donor's)")
+    genes = File(exists=True, desc="table: every gene symbol and its fate (for the group "
+                                   "table, or for the donor's)")
     desc = traits.Str(desc="desc- label of the outputs (names the genes table in the report)")
     warnings = traits.List(traits.Str, desc="notes to show in the report")
     provenance = traits.Dict(desc="free key/value pairs shown in the report")
