@@ -70,10 +70,12 @@ def describe_atlas(tree, *, entities: Mapping | None = None) -> dict:
     space = entities.get("tpl") or entities.get("space")
     if space is None and not native:
         space = "MNI152" if tree.volumetric else (tree.space or "fsaverage5")
+    parts = getattr(tree, "parts", None)   # a CIFTI with voxels: (surface, volume) trees
     return {"label": entities.get("atlas") or "custom", "space": None if native else space,
             "kind": kind, "native_kind": "volumetric" if tree.volumetric else "surface",
             "n_regions": int(len(tree.labels)), "has_info": tree.atlas_info is not None,
-            "description": entities.get("desc")}
+            "description": entities.get("desc"),
+            "volume_regions": int(len(parts[1].labels)) if parts else 0}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -289,6 +289,29 @@ def test_tolerance_volumetric_and_surface(kind, tolerance, phrase):
     assert ("only cortical samples" in body) == (kind == "surface")
 
 
+@pytest.mark.parametrize("tolerance, surface_phrase, volume_phrase", [
+    (2, "plus 2 standard deviations", "up to 2 mm"),
+    (0, "than the mean distance over the donor's cortical samples were",
+     "only if it fell inside a labelled voxel"),
+])
+def test_cifti_with_subcortical_voxels(tolerance, surface_phrase, volume_phrase):
+    """A CIFTI with voxel brain models (HCP grayordinates): the methods describe both parts,
+    the surface rule for cortical samples and the volume rule for the others."""
+    atlas = dict(label="HCPMMP1", kind="surface", space="fsLR", n_regions=379,
+                 volume_regions=19, has_info=True)
+    body = text(atlas=atlas, tolerance=tolerance)
+    assert "CIFTI grayordinate parcellation: 360 regions drawn on the fsLR cortical surface" \
+        in body
+    assert "19 subcortical regions drawn as voxels" in body
+    assert f"On the surface, each cortical sample was assigned" in body and surface_phrase in body
+    assert "In the volume, a sample" in body and volume_phrase in body
+    assert "only cortical samples were considered" not in body
+    assert not any("only cortical samples are used" in n
+                   for n in advisories(dict(atlas=atlas, tolerance=tolerance)))
+    plain = text(atlas=dict(atlas, volume_regions=0), tolerance=tolerance)
+    assert "only cortical samples were considered" in plain and "voxel" not in plain
+
+
 def test_spaces_and_atlases_are_cited():
     assert {"desikan2006", "evans2012"} <= set(cited())
     surface = cited(atlas=dict(label="Schaefer2018", kind="surface", space="fsaverage5"))

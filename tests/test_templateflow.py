@@ -316,3 +316,6 @@ def test_readme_templateflow_commands_run(offline, tmp_path, ahba_small, capsys,
         counts = np.loadtxt(out / f"{stem}_desc-abagendefaults_counts.tsv", skiprows=1,
                             delimiter="\t")[:, 1:]
         assert table.is_file() and counts.sum() > 0
+        citation = (out / "CITATION.md").read_text()
+        # the CIFTI's methods text describes its subcortical voxels too
+        assert ("drawn as voxels" in citation) == (stem == expected[1])

@@ -517,36 +517,29 @@ def _matching(f: _Facts) -> Paragraph:
     elif atlas.volumetric:
         par.say(f"Samples were assigned to the regions of {name}{cites}{regions}{extra}, a "
                 f"volumetric parcellation in {atlas.space or 'MNI'} space{space_cite}.")
+    elif atlas.grayordinates:
+        n_surface = (n_regions - atlas.volume_regions) if n_regions else None
+        on_surface = f"{_count(n_surface, 'region')} " if n_surface else "regions "
+        par.say(f"Samples were assigned to the regions of {name}{cites}{regions}{extra}, a "
+                f"CIFTI grayordinate parcellation: {on_surface}drawn on the "
+                f"{atlas.space or 'template'} cortical surface{space_cite} and "
+                f"{_count(atlas.volume_regions, 'subcortical region')} drawn as voxels of a "
+                "volume in MNI space. Cortical samples were matched on the surface and all "
+                "other samples (subcortical, brainstem, cerebellar) in the volume, each part "
+                "by its own rule, as follows.")
     else:
         par.say(f"Samples were assigned to the regions of {name}{cites}{regions}{extra}, a "
                 f"parcellation of the {atlas.space or 'template'} cortical surface{space_cite}.")
 
     tol = p.tolerance
-    if atlas.volumetric:
-        if abs(tol) == 0:
-            par.say("A sample was assigned only if it fell inside a labelled voxel; all other "
-                    "samples were left unassigned.")
-        else:
-            tie = ("the permitted region with the nearest centroid" if atlas.has_info else
-                   "the region with most voxels within that radius (ties going to the region "
-                   "with the nearest centroid)")
-            par.say(f"A sample inside a labelled voxel took that voxel's region; otherwise the "
-                    f"search radius was widened in 1 mm steps up to {_fmt(abs(tol))} mm, and a "
-                    f"sample reaching several regions at the same radius went to {tie}. "
-                    f"Samples farther than {_fmt(abs(tol))} mm from every region were left "
-                    "unassigned.")
+    if atlas.grayordinates:
+        par.say(_surface_rule(tol, "On the surface, each cortical sample was"))
+        par.say(_volume_rule(tol, atlas.has_info, "In the volume, a sample"))
+    elif atlas.volumetric:
+        par.say(_volume_rule(tol, atlas.has_info, "A sample"))
     else:
-        if tol < 0:
-            limit = f"lay more than {_fmt(-tol)} mm from that vertex"
-        elif tol == 0:
-            limit = ("lay farther from that vertex than the mean distance over the donor's "
-                     "cortical samples")
-        else:
-            limit = (f"lay farther from that vertex than the mean distance over the donor's "
-                     f"cortical samples plus {_fmt(tol)} standard deviations")
         par.say("A surface parcellation covers only the cerebral cortex, so only cortical samples "
-                "were considered. Each was assigned to the region of the nearest surface vertex "
-                f"(Euclidean distance), and samples that {limit} were left unassigned.")
+                "were considered. " + _surface_rule(tol, "Each was"))
     if atlas.has_info:
         par.say("Assignment respected hemisphere and tissue class [@arnatkeviciute2019]: the "
                 "atlas table gives each region a hemisphere (left, right or bilateral) and a "
@@ -554,7 +547,8 @@ def _matching(f: _Facts) -> Paragraph:
                 "same for each sample, and a sample could only be assigned to a region of its own "
                 "class and, unless the region is bilateral, of its own hemisphere.")
     else:
-        other = ("even one in the other hemisphere" if not atlas.volumetric
+        other = ("even one in the other hemisphere"
+                 if not (atlas.volumetric or atlas.grayordinates)
                  else "even one in the other hemisphere or of another tissue class")
         par.say("No hemisphere or tissue-class information accompanied the atlas, so matching "
                 f"ran unconstrained: a sample could be assigned to any region within reach, "
@@ -595,7 +589,9 @@ def _matching(f: _Facts) -> Paragraph:
         pass
     else:
         constraint = " (of its own hemisphere and class)" if atlas.has_info else ""
-        node, nodes = ("voxel", "voxels") if atlas.volumetric else ("vertex", "vertices")
+        node, nodes = (("voxel", "voxels") if atlas.volumetric else
+                       ("vertex or voxel", "vertices and voxels") if atlas.grayordinates else
+                       ("vertex", "vertices"))
         par.say(missing.text.format(constraint=constraint, node=node, nodes=nodes))
         if p.norm_matched:
             par.say("Because unassigned samples had already been discarded, only samples "
@@ -606,6 +602,36 @@ def _matching(f: _Facts) -> Paragraph:
                     f"{_count(len(filled), 'region').capitalize()} "
                     f"{'was' if len(filled) == 1 else 'were'} filled this way.")
     return par
+
+
+def _surface_rule(tol, start: str) -> str:
+    """How a cortical sample is assigned to a vertex's region; ``start`` opens the sentence
+    ("Each was")."""
+    if tol < 0:
+        limit = f"lay more than {_fmt(-tol)} mm from that vertex"
+    elif tol == 0:
+        limit = ("lay farther from that vertex than the mean distance over the donor's "
+                 "cortical samples")
+    else:
+        limit = (f"lay farther from that vertex than the mean distance over the donor's "
+                 f"cortical samples plus {_fmt(tol)} standard deviations")
+    return (f"{start} assigned to the region of the nearest surface vertex (Euclidean "
+            f"distance), and samples that {limit} were left unassigned.")
+
+
+def _volume_rule(tol, has_info: bool, start: str) -> str:
+    """How a sample is assigned to a voxel's region; ``start`` opens the sentence
+    ("A sample")."""
+    if abs(tol) == 0:
+        return (f"{start} was assigned only if it fell inside a labelled voxel; all other "
+                "samples were left unassigned.")
+    tie = ("the permitted region with the nearest centroid" if has_info else
+           "the region with most voxels within that radius (ties going to the region with the "
+           "nearest centroid)")
+    return (f"{start} inside a labelled voxel took that voxel's region; otherwise the search "
+            f"radius was widened in 1 mm steps up to {_fmt(abs(tol))} mm, and a sample reaching "
+            f"several regions at the same radius went to {tie}. Samples farther than "
+            f"{_fmt(abs(tol))} mm from every region were left unassigned.")
 
 
 def _normalization(f: _Facts) -> Paragraph:
@@ -769,7 +795,7 @@ def advisories(params, summary=None) -> list[str]:
     if p.lr_mirror is not None:
         notes.append("Mirrored samples are copies of real ones: they change the values of every "
                      "region they reach, not only of empty ones, and they inflate sample counts.")
-    if not p.atlas.volumetric:
+    if not p.atlas.volumetric and not p.atlas.grayordinates:
         notes.append("With a surface atlas only cortical samples are used; subcortical and "
                      "cerebellar samples are ignored.")
     if p.probe_selection in AGGREGATE_ONLY and p.donor_probes != "aggregate":

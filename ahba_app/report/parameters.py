@@ -88,6 +88,8 @@ class AtlasDescription:
     citation_keys: extra keys of ``references.json`` to cite for this atlas.
     references: free-text references for atlases not in ``references.json`` (e.g. a BIDS
         sidecar's ``ReferencesAndLinks``); each is cited as given.
+    volume_regions: for a surface atlas that is a CIFTI with subcortical voxels (HCP
+        grayordinates), the number of its regions drawn as voxels (0: a surface atlas only).
     """
 
     label: str = "custom"
@@ -99,6 +101,7 @@ class AtlasDescription:
     native_kind: str = "volumetric"
     citation_keys: tuple[str, ...] = ()
     references: tuple[str, ...] = ()
+    volume_regions: int = 0
 
     KINDS = ("volumetric", "surface", "donor-native")
 
@@ -122,6 +125,11 @@ class AtlasDescription:
     @property
     def volumetric(self) -> bool:
         return self.kind == "volumetric" or (self.native and self.native_kind == "volumetric")
+
+    @property
+    def grayordinates(self) -> bool:
+        """A surface atlas with subcortical regions as voxels (a CIFTI in the HCP layout)."""
+        return self.kind == "surface" and bool(self.volume_regions)
 
     @property
     def known(self) -> tuple[str, tuple[str, ...]] | None:
