@@ -90,8 +90,8 @@ COPY --from=package /pkgroot/ /
 # PYTHONNOUSERSITE: never import packages from a bind-mounted host ~/.local (Apptainer).
 # NIPYPE_NO_ET: no version check over the network by nipype (offline compute nodes).
 # HOME: a home any uid can write (when the root is writable). Nothing needs it: ahba-app puts
-#   nipype's and matplotlib's folders (NIPYPE_CONFIG_DIR, MPLCONFIGDIR) in its work folder
-#   (-w, default ./work) unless they are set, so they are deliberately not set here.
+#   nipype's folder (NIPYPE_CONFIG_DIR) in its work folder (-w, default ./work) unless it is
+#   set, so it is deliberately not set here.
 # XDG_CACHE_HOME: caches under /tmp, writable under Docker (--read-only with --tmpfs /tmp),
 #   Podman (--read-only) and Apptainer (the host's /tmp). The binary cache of the AHBA CSVs
 #   goes beside the data when that folder is writable, else to $AHBA_CACHE_DIR, else to

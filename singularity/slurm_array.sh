@@ -52,7 +52,7 @@ threads=${SLURM_CPUS_PER_TASK:-1}
 
 # Why --cleanenv: Apptainer otherwise passes the whole host environment into the container, where
 # a PYTHONPATH or PYTHONHOME from `module load python`, a conda environment's variables or a
-# personal AHBA_DATA / MPLCONFIGDIR would override the image's settings. With --cleanenv only
+# personal AHBA_DATA / NIPYPE_CONFIG_DIR would override the image's settings. With --cleanenv only
 # what is given with --env reaches the app (SingularityCE < 3.6: export SINGULARITYENV_NAME=...).
 # Why --no-home: nothing needs the home folder (the app writes only to /out, /work and /cache), so
 # it is not mounted: no dot-files of yours are read, none are written, quotas do not matter.

@@ -505,7 +505,7 @@ def _run_and_publish(plan, staging, crash_dir, argv, signals, engine=None) -> in
 
 def _clean(work_dir: Path) -> None:
     """Remove what ahba-app put in the work folder, and the folder itself when left empty."""
-    for name in ("ahba_wf", ".nipype", ".matplotlib"):
+    for name in ("ahba_wf", ".nipype"):
         shutil.rmtree(work_dir / name, ignore_errors=True)
     (work_dir / ".ahba-app.lock").unlink(missing_ok=True)
     try:
@@ -527,10 +527,9 @@ def _quiet_nipype(verbose: int) -> None:
 
 
 def _setup_environment(work_dir: Path) -> None:
-    """Keep Nipype and matplotlib out of $HOME and off the network (before importing Nipype)."""
+    """Keep Nipype out of $HOME and off the network (before importing Nipype)."""
     os.environ.setdefault("NIPYPE_NO_ET", "1")
     os.environ.setdefault("NIPYPE_CONFIG_DIR", str(work_dir / ".nipype"))
-    os.environ.setdefault("MPLCONFIGDIR", str(work_dir / ".matplotlib"))
 
 
 def _setup_logging(verbose: int) -> None:

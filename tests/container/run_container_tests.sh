@@ -184,8 +184,8 @@ if [ -s "$T/data.host" ] && [ -z "$missing" ]; then pass "bundled data installed
 else fail "bundled data files missing from the image: ${missing:-none listed}"; fi
 
 # Nothing may be written outside /tmp at run time (e.g. .pyc files): the root is read-only.
-cid=$(eng create --network=none --user 1000:1000 -e HOME=/nonexistent -e MPLCONFIGDIR=/tmp/mpl \
-      --entrypoint python "$IMAGE" -c 'import ahba_app.cli.run, ahba_app.api, nipype, pandas, scipy, matplotlib.figure, pyarrow.csv, bids')
+cid=$(eng create --network=none --user 1000:1000 -e HOME=/nonexistent \
+      --entrypoint python "$IMAGE" -c 'import ahba_app.cli.run, ahba_app.api, ahba_app.report.figures, nipype, pandas, scipy, pyarrow.csv, bids')
 eng start -a "$cid" >"$T/import.log" 2>&1; rc=$(eng wait "$cid")
 writes=$(eng diff "$cid" | awk '$2 !~ "^/(tmp|etc)(/|$)"' | tr '\n' ' ')
 eng rm -f "$cid" >/dev/null
