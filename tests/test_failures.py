@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 import types
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from ahba_app import _locks, atomic, bids, io, pipeline
 from ahba_app.cli import publish as publishing
 from ahba_app.cli import run as cli_run
 from ahba_app.datasets import fetch_desikan_killiany
+from polling import wait_for as _wait_for
 
 DONORS = ["9861", "10021"]
 REPO = Path(__file__).resolve().parents[1]
@@ -195,16 +195,6 @@ def _start_cli(tmp_path, args, **kwargs) -> subprocess.Popen:
 def _stderr(tmp_path, proc, timeout=120) -> str:
     proc.wait(timeout=timeout)
     return (tmp_path / "stderr.txt").read_text()
-
-
-def _wait_for(condition, timeout=120.0, step=0.1):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = condition()
-        if value:
-            return value
-        time.sleep(step)
-    return None
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux")

@@ -16,6 +16,7 @@ Cases needing a small tmpfs skip when mounting is not allowed (not root, no CAP_
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import re
@@ -32,6 +33,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from filelock import FileLock
+from polling import wait_for
 
 SEED = int(os.environ.get("AHBA_FAULT_SEED", "18"))
 DONORS = ["9861", "10021"]
@@ -196,14 +198,7 @@ def assert_reference(base: Path, out: Path) -> None:
     assert not list(out.glob(STAGING + "*"))
 
 
-def _wait_for(condition, timeout: float = TIMEOUT, step: float = 0.05):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = condition()
-        if value:
-            return value
-        time.sleep(step)
-    return None
+_wait_for = functools.partial(wait_for, timeout=TIMEOUT, step=0.05)
 
 
 def _finish(proc: subprocess.Popen) -> tuple[int, str]:
