@@ -22,6 +22,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from .. import atomic
 from .grid import pipeline_id
 from .stats import STATISTICS
 from .sweep import COLUMNS, format_value
@@ -252,9 +253,6 @@ def write_report(rows_path, html_path, *, reference: Mapping | None = None,
     """Read the rows at ``rows_path``; write the page to ``html_path`` (and the summary TSV
     to ``summary_path`` when given), each under a temporary name renamed into place.
     Returns the files written."""
-    import os
-    import tempfile
-
     rows = read_rows(rows_path)
     data = report_data(rows, reference=reference, grid_name=grid_name,
                        title=title or Path(rows_path).name.split("_desc-")[0],
@@ -264,11 +262,4 @@ def write_report(rows_path, html_path, *, reference: Mapping | None = None,
         table = summary_table(rows, reference)
         outputs.append((Path(summary_path),
                         table.to_csv(sep="\t", index=False, na_rep="n/a", float_format=None)))
-    written = []
-    for path, text in outputs:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-        written.append(path)
-    return written
+    return [atomic.write_text(path, text) for path, text in outputs]

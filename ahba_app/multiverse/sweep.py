@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Callable, Iterable, Mapping, TextIO
 
 import pandas as pd
 
+from .. import atomic
 from .. import pipeline as _pipeline
 from ..selection_cache import ChoiceStore
 from . import _options
@@ -72,8 +72,7 @@ class RowWriter:
         self.flush_rows = max(1, int(flush_rows))
         self.n_rows = 0
         self._rows: list = []
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
-                                   dir=self.path.parent)
+        fd, tmp = atomic.create_temporary(self.path)
         self._tmp = Path(tmp)
         if parquet:
             import pyarrow.parquet as pq
@@ -206,6 +205,8 @@ def write_table(expression: pd.DataFrame, path) -> Path:
     (column ``index``: the region; ``n/a`` for no value; every float to 17 significant digits,
     so it reads back exactly), under a temporary name renamed into place."""
     path = Path(path)
+    # A fixed temporary name, not atomic.replacing's random one: gzip records the file's name
+    # in its header, and saved tables must be byte-identical from run to run.
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         expression.rename_axis("index", axis=0).rename_axis(None, axis=1).to_csv(
@@ -342,14 +343,12 @@ def write_unit_rows(rows: Iterable[Mapping], path) -> int:
     import gzip
     import json
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
     n = 0
-    with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=3) as handle:
+    with atomic.replacing(path, mkdir=False) as tmp, \
+            gzip.open(tmp, "wt", encoding="utf-8", compresslevel=3) as handle:
         for row in rows:
             handle.write(json.dumps(_json_row(row)) + "\n")
             n += 1
-    os.replace(tmp, path)
     return n
 
 
