@@ -20,8 +20,12 @@ they were written (row- or column-major: nothing is transposed on the way).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+import tempfile
+from importlib import import_module
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +33,8 @@ import pandas as pd
 
 from ..atomic import replacing
 
-__all__ = ["check_lengths", "read_frame", "read_json", "read_labels", "read_samples",
-           "write_chosen_probes", "write_frame", "write_json", "write_labels"]
+__all__ = ["SharedTables", "check_lengths", "read_frame", "read_json", "read_labels",
+           "read_samples", "write_chosen_probes", "write_frame", "write_json", "write_labels"]
 
 
 #: Matrices with at least this many columns are stored as one column of lists.
@@ -203,3 +207,68 @@ def _plain(obj):
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
     raise TypeError(f"Cannot store {type(obj).__name__} in JSON.")
+
+
+# ---------------------------------------------------------------------------------------------
+# tables shared by the atlases of a run
+# ---------------------------------------------------------------------------------------------
+#: Modules whose source decides a normalized table's values (any edit changes every key).
+NORMALIZE_CODE = ("ahba_app.normalize", "ahba_app.pipeline", "ahba_app.exact",
+                  "ahba_app.probes", "ahba_app.io", "ahba_app.matrix")
+
+
+def _code_digest(modules) -> bytes:
+    hasher = hashlib.sha256()
+    for name in modules:
+        hasher.update(name.encode() + b"\0" + Path(import_module(name).__file__).read_bytes())
+    return hasher.digest()
+
+
+class SharedTables:
+    """A folder of tables that several nodes of one run would otherwise compute alike (the
+    atlases of a run normalizing the same samples of a donor with the same options): each
+    entry is a sub-folder named by the SHA-256 of everything its tables depend on (the
+    content of the input files, the arrays, the options and the source of the code), made
+    complete in a temporary folder and renamed into place, so that an entry that exists is
+    whole. The command line keeps it in its work folder (``--clean-workdir`` removes it)."""
+
+    def __init__(self, folder: str | os.PathLike, code=NORMALIZE_CODE):
+        self.folder = Path(folder)
+        self.code = tuple(code)
+
+    def key(self, *, files=(), arrays=(), options: dict | None = None) -> str:
+        """The SHA-256 naming the entry of these inputs."""
+        hasher = hashlib.sha256(_code_digest(self.code))
+        for path in files:
+            with open(path, "rb") as handle:
+                hasher.update(hashlib.file_digest(handle, "sha256").digest())
+        for array in arrays:
+            array = np.ascontiguousarray(array)
+            hasher.update(f"{array.dtype.str}{array.shape}".encode() + array.tobytes())
+        hasher.update(json.dumps(options or {}, sort_keys=True, default=str).encode())
+        return hasher.hexdigest()
+
+    def find(self, key: str) -> dict[str, str] | None:
+        """Name -> path of each table of the entry ``key`` (None when there is none)."""
+        entry = self.folder / key
+        if not entry.is_dir():
+            return None
+        return {p.stem: str(p.absolute()) for p in sorted(entry.iterdir())}
+
+    def add(self, key: str, tables: dict[str, pd.DataFrame]) -> dict[str, str]:
+        """Write ``tables`` (name -> frame, :func:`write_frame`) as the entry ``key`` and return
+        :meth:`find`; an entry that another process completed meanwhile is kept (same
+        content), and nothing is left behind on an error."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=self.folder))
+        try:
+            for name, frame in tables.items():
+                write_frame(frame, partial / name)
+            try:
+                os.rename(partial, self.folder / key)
+            except OSError:
+                if not (self.folder / key).is_dir():
+                    raise
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+        return self.find(key)

@@ -11,14 +11,15 @@ import logging
 import os
 
 from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObject,
-                                    OutputMultiObject, SimpleInterface, TraitedSpec, traits)
+                                    OutputMultiObject, SimpleInterface, TraitedSpec, isdefined,
+                                    traits)
 
 from .. import pipeline
 from ..options import trait
 from ..bids import AtlasInput, load_atlas_input
 from ..stages import stage_options
-from ._files import (check_lengths, read_frame, read_labels, read_samples, write_frame,
-                     write_json, write_labels)
+from ._files import (SharedTables, check_lengths, read_frame, read_labels, read_samples,
+                     write_frame, write_json, write_labels)
 
 LGR = logging.getLogger("ahba_app")
 
@@ -86,6 +87,10 @@ class _NormalizeInputSpec(BaseInterfaceInputSpec):
                            "chosen probes to read from the microarray cache)")
     annotation = File(exists=True, mandatory=True, desc="sample table of the donor")
     labels = File(exists=True, mandatory=True, desc="table: region label of every sample")
+    shared = traits.Either(None, traits.Str, usedefault=True,
+                           desc="folder of the run's shared normalized tables "
+                                "(interfaces._files.SharedTables): the atlases of a run that "
+                                "keep the same samples of a donor normalize them once")
     sample_norm = trait("sample_norm")
     gene_norm = trait("gene_norm")
     norm_matched = trait("norm_matched")
@@ -99,27 +104,52 @@ class _NormalizeOutputSpec(TraitedSpec):
 
 
 class NormalizeExpression(SimpleInterface):
-    """Sample and gene normalization of one donor (stage ``normalize``)."""
+    """Sample and gene normalization of one donor (stage ``normalize``).
+
+    The normalized table depends on the atlas only through the samples kept (those matched to
+    a region with ``norm_matched``, else all): with ``shared``, a table normalized for the same
+    samples, inputs and options by another atlas of the run is read instead of computed again
+    (the same bytes: the same function on the same inputs).
+    """
 
     input_spec = _NormalizeInputSpec
     output_spec = _NormalizeOutputSpec
 
     def _run_interface(self, runtime):
-        annotation = read_frame(self.inputs.annotation)
-        labels = read_labels(self.inputs.labels)
+        inputs = self.inputs
+        annotation = read_frame(inputs.annotation)
+        labels = read_labels(inputs.labels)
         # only the samples normalization keeps are read (as the Python API does)
-        rows = pipeline.normalized_rows(labels, norm_matched=self.inputs.norm_matched)
-        expression = read_samples(self.inputs.expression, annotation, rows,
-                                  sample_norm=self.inputs.sample_norm)
-        annotation = pipeline.renumbered(annotation).iloc[rows]
-        normalized, labels, kept = pipeline.normalize_donor_expression(
-            expression.set_axis(annotation.index, axis=0), labels[rows], annotation,
-            **stage_options(self.inputs, "normalize"))
-        cwd = runtime.cwd
-        self._results["expression"] = write_frame(normalized, os.path.join(cwd,
-                                                                           "normalized"))
-        self._results["annotation"] = write_frame(kept, os.path.join(cwd, "annotation"))
-        self._results["labels"] = write_labels(labels, os.path.join(cwd, "labels"))
+        rows = pipeline.normalized_rows(labels, norm_matched=inputs.norm_matched)
+        options = stage_options(inputs, "normalize")
+        store = SharedTables(inputs.shared) if isdefined(inputs.shared) and inputs.shared \
+            else None
+        key = found = None
+        if store is not None:
+            key = store.key(files=(inputs.expression, inputs.annotation), arrays=(rows,),
+                            options=options)
+            found = store.find(key)
+        if found is None:
+            expression = read_samples(inputs.expression, annotation, rows,
+                                      sample_norm=inputs.sample_norm)
+            annotation = pipeline.renumbered(annotation).iloc[rows]
+            normalized, kept_labels, kept = pipeline.normalize_donor_expression(
+                expression.set_axis(annotation.index, axis=0), labels[rows], annotation,
+                **options)
+            del expression
+            tables = {"normalized": normalized, "annotation": kept}
+            if store is not None:
+                found = store.add(key, tables)
+            else:
+                found = {name: write_frame(frame, os.path.join(runtime.cwd, name))
+                         for name, frame in tables.items()}
+        else:
+            # every row kept for normalization stays (pipeline.normalize_donor_expression)
+            kept_labels = labels[rows]
+        self._results["expression"] = found["normalized"]
+        self._results["annotation"] = found["annotation"]
+        self._results["labels"] = write_labels(kept_labels, os.path.join(runtime.cwd,
+                                                                         "labels"))
         return runtime
 
 

@@ -31,7 +31,7 @@ def atlas_workflow_name(atlas_key: str) -> str:
 
 def init_atlas_wf(*, atlas, analysis_level, out_dir, desc, metadata, parameters, settings,
                   data_dir=None, save_donors=False, warnings=(), provenance=None,
-                  name="atlas_wf"):
+                  shared_dir=None, name="atlas_wf"):
     """Build the workflow of one atlas, from matched samples to its derivatives.
 
     Workflow graph (group)::
@@ -70,6 +70,10 @@ def init_atlas_wf(*, atlas, analysis_level, out_dir, desc, metadata, parameters,
         Notes for the report.
     provenance : dict
         Key/value pairs shown in the report.
+    shared_dir : str, optional
+        Folder of the run's shared normalized tables
+        (:class:`ahba_app.interfaces._files.SharedTables`): the atlases that keep the same
+        samples of a donor normalize them once. None: each normalizes its own.
     name : str
         Name of the workflow.
 
@@ -96,7 +100,8 @@ def init_atlas_wf(*, atlas, analysis_level, out_dir, desc, metadata, parameters,
     # each node takes the options its stage reads (ahba_app.stages)
     match = pe.Node(MatchSamples(atlas=atlas_dict, data_dir=data_dir,
                                  **stage_options(s, "match")), name="match")
-    normalize = pe.MapNode(NormalizeExpression(**stage_options(s, "normalize")),
+    normalize = pe.MapNode(NormalizeExpression(shared=shared_dir,
+                                               **stage_options(s, "normalize")),
                            iterfield=["expression", "annotation", "labels"], name="normalize")
     report_parameters = dict(summary.report_parameters(s, return_donors=save_donors,
                                                        versions={}), **(parameters or {}))

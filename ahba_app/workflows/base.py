@@ -84,12 +84,18 @@ def init_ahba_wf(*, analysis_level, atlases, out_dir, crash_dir, settings, base_
     data_identity : str
         :func:`ahba_app.pipeline.data_identity` of the AHBA files, an input of the first node:
         data replaced in the same folder are processed again.
+        With ``base_dir``, the atlases that keep the same samples of a donor normalize them
+        once: the table is kept in ``<base_dir>/<name>/shared_normalized``
+        (:class:`ahba_app.interfaces._files.SharedTables`) and read by the others.
     name : str
         Name of the workflow.
     """
     workflow = pe.Workflow(name=name, base_dir=None if base_dir is None else str(base_dir))
     workflow.config = workflow_config(crash_dir=crash_dir, hash_method=hash_method)
     data_dir = None if data_dir is None else os.fspath(data_dir)
+    # the atlases that keep the same samples of a donor share its normalized table
+    shared_dir = None if base_dir is None else os.path.join(os.fspath(base_dir), name,
+                                                            "shared_normalized")
 
     shared_data_wf = None
     connections = []
@@ -111,7 +117,7 @@ def init_ahba_wf(*, analysis_level, atlases, out_dir, crash_dir, settings, base_
             metadata=dict(metadata or {}), parameters=dict(parameters or {}), settings=settings,
             data_dir=data_dir, save_donors=save_donors,
             warnings=(warnings or {}).get(atlas.key, ()), provenance=provenance,
-            name=atlas_workflow_name(atlas.key))
+            shared_dir=shared_dir, name=atlas_workflow_name(atlas.key))
         connections += [
             (ahba_data_wf, atlas_wf, [
                 ("outputnode.donors", "inputnode.donors"),
