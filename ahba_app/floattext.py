@@ -59,11 +59,10 @@ def write_float_tsv(frame, path: str | os.PathLike, index_label: str | None = No
 
     Labels and column names must hold no tab, newline or quote (they are written as they are).
     Blocks of rows are formatted on the threads of :func:`ahba_app._blocks.thread_map` (Arrow
-    runs without the interpreter lock) and written in order.
+    runs without the interpreter lock) and written in order: each block's values are formatted
+    row by row into one string array, joined into lines by Arrow (one list per row), and the
+    lines' bytes written as they lie in memory.
     """
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-
     from ._blocks import n_threads, thread_map
 
     name = index_label if index_label is not None else (frame.index.name or "")
@@ -72,20 +71,31 @@ def write_float_tsv(frame, path: str | os.PathLike, index_label: str | None = No
     labels = [str(label) for label in frame.index.tolist()]
     step = max(1, _BLOCK_VALUES // max(n_cols, 1))
     starts = list(range(0, n_rows, step))
-    names = [str(i) for i in range(n_cols + 1)]
-    options = pacsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
 
-    def block(start):  # the rows' values column by column: one Arrow slice per column
-        rows = values[start:start + step]
-        texts = float_texts(rows.ravel(order="F"), nan=na_rep)
-        k = len(rows)
-        return pa.Table.from_arrays(
-            [pa.array(labels[start:start + k], pa.string())]
-            + [texts.slice(j * k, k) for j in range(n_cols)], names=names)
+    def block(start):
+        return _lines(values[start:start + step], labels[start:start + step], na_rep)
 
     with open(path, "wb") as handle:
         handle.write(("\t".join([name, *map(str, frame.columns)]) + "\n").encode("utf-8"))
         group = max(1, n_threads())
         for first in range(0, len(starts), group):  # a few blocks in memory at a time
-            for table in thread_map(block, starts[first:first + group]):
-                pacsv.write_csv(table, handle, options)
+            for text in thread_map(block, starts[first:first + group]):
+                handle.write(text)
+
+
+def _lines(rows: np.ndarray, labels: list, na_rep: str):
+    """The TSV lines of ``rows`` (label, tab, the values' text separated by tabs, newline) as
+    one buffer."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    k, n_cols = rows.shape
+    texts = float_texts(rows.ravel(order="C"), nan=na_rep)
+    cells = pa.ListArray.from_arrays(
+        pa.array(np.arange(0, k * n_cols + 1, n_cols, dtype=np.int32)), texts)
+    lines = pc.binary_join_element_wise(pa.array(labels, pa.string()),
+                                        pc.binary_join(cells, "\t"), "\t")
+    lines = pc.binary_join_element_wise(lines, pa.scalar(""), "\n")  # line + "\n" + ""
+    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)[lines.offset:
+                                                                 lines.offset + k + 1]
+    return lines.buffers()[2].slice(int(offsets[0]), int(offsets[-1] - offsets[0]))

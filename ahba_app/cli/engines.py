@@ -1,7 +1,8 @@
 """Nipype execution engines: ``--nipype-plugin`` and ``--plugin-args`` (as fMRIPrep's
 ``--use-plugin``), checked before anything runs.
 
-- ``Linear``: one node after the other, in this process;
+- ``Linear``: one node after the other, in this process, one sub-workflow (an atlas) after
+  the other (:class:`ahba_app.cli.linear.SubWorkflowOrder`);
 - ``MultiProc``: ``--nprocs`` worker processes (:mod:`ahba_app.cli.multiproc`: workers that
   end with the run);
 - ``SLURM``: one ``sbatch`` job per node, this process submitting them as their inputs become
@@ -117,7 +118,9 @@ def run_workflow(workflow, engine: Engine,
     if status_callback is not None and engine.plugin != "SLURMGraph":
         args["status_callback"] = status_callback
     if engine.plugin == "Linear":
-        workflow.run(plugin="Linear", plugin_args=args or None)
+        from .linear import SubWorkflowOrder
+
+        workflow.run(plugin=SubWorkflowOrder(plugin_args=args or None))
         return
     if engine.plugin == "MultiProc":
         from .multiproc import MultiProcPlugin
