@@ -26,7 +26,6 @@ from typing import Mapping
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from scipy.spatial import cKDTree
 
 from . import geometry as _geometry
 from .geometry import COORDS, INFO
@@ -106,6 +105,8 @@ class AtlasTree:
         self._full_coords = None
         self._triangles = None
         self._native_affine = None
+        self._volume = None       # volumes: the label of every voxel of the grid
+        self._on_grid = False     # whether ``_coords`` are still the voxels' own coordinates
         if isinstance(atlas, (str, os.PathLike, nib.spatialimages.SpatialImage)):
             if coords is not None:
                 warnings.warn("A volumetric atlas was given with coords: the coordinates come "
@@ -115,10 +116,16 @@ class AtlasTree:
             self._shape = data.shape
             self._affine = affine
             self._grid = _world_grid(affine, data.shape)
-            nz = np.nonzero(data)
+            self._volume = _compact_labels(data)
+            del data
+            # the labelled voxels in the order np.nonzero gives them (C order), which the
+            # centroids' sums follow
+            flat = np.flatnonzero(self._volume)
+            nz = np.unravel_index(flat, self._shape)
             self._nz = nz
-            self._atlas = data[nz].astype(np.int64)
-            self._coords = _voxel_to_world(affine, np.column_stack(nz))
+            self._atlas = self._volume.ravel()[flat].astype(np.int64)
+            self._coords = _grid_to_world(affine, nz)
+            self._on_grid = True
         else:
             labels = np.asarray(atlas)
             if coords is None:
@@ -137,7 +144,7 @@ class AtlasTree:
             self._nz = nz
             self._atlas = labels[nz].astype(np.int64)
             self._coords = np.asarray(coords[nz], dtype=float)
-        self._labels = np.unique(self._atlas)
+        self._labels = _geometry.unique_labels(self._atlas)
         self._centroid_cache = None
         self._centroids = _geometry.get_centroids(self._atlas, self._coords, self._labels)
         if not self.volumetric and len(self._labels):
@@ -157,9 +164,13 @@ class AtlasTree:
 
     # properties with abagen's names ---------------------------------------------------------
     @property
-    def tree(self) -> cKDTree:
+    def tree(self) -> "scipy.spatial.cKDTree":
         """KD-tree of the labelled voxels / vertices."""
         if self._tree is None:
+            # scipy.spatial is imported here, not with the module: volumes are matched on the
+            # image grid (:meth:`_ball_nodes`) and never need it
+            from scipy.spatial import cKDTree
+
             self._tree = cKDTree(self._coords)
         return self._tree
 
@@ -196,6 +207,7 @@ class AtlasTree:
                              f"{pts.shape}.")
         if not np.allclose(pts, self._coords):
             self._coords = pts
+            self._on_grid = False
             if self._full_coords is not None:
                 self._full_coords = np.array(self._full_coords, dtype=float)
                 self._full_coords[self._nz] = pts
@@ -234,6 +246,56 @@ class AtlasTree:
         full = np.zeros(self._shape, dtype=np.int64)
         full[self._nz] = self._atlas
         return full
+
+    def _grid_labels(self) -> np.ndarray:
+        """The label of every voxel of a volume's grid (read-only: the atlas's own array)."""
+        if self._volume is None:
+            self._volume = _compact_labels(self._full_labels())
+        return self._volume
+
+    def _ball_labels(self, xyz: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
+        """Each labelled voxel / vertex within ``radius`` of a point of ``xyz``, as the row of
+        that point and the node's label: what ``tree.query_ball_point(xyz, r=radius)`` finds.
+
+        A volume whose points are still its voxels' coordinates is searched on the image grid
+        (building the KD-tree took longer than matching every sample): the voxels of a box of
+        indices around each point that surely holds the ball, at their coordinates as
+        :attr:`coords` has them (computed element by element, the same numbers), kept when
+        their squared distance, summed axis by axis as the tree sums it, is at most
+        ``radius ** 2`` (the tree's own test). Other atlases ask the tree.
+        """
+        xyz = np.asarray(xyz, dtype=float)
+        if not (self._on_grid and self.volumetric) or not len(xyz) or not len(self._atlas):
+            rows, nodes = _geometry._flatten_hits(self.tree.query_ball_point(xyz, r=radius))
+            return rows, self._atlas[nodes]
+        if not np.isfinite(xyz).all():  # as the tree refuses them
+            raise ValueError(f"Sample coordinates must be finite to be matched to {self.source}; "
+                             "got NaN or infinite values: check the samples' MNI coordinates.")
+        volume = self._grid_labels()
+        inverse = np.linalg.inv(self._affine)
+        centre = np.rint(xyz @ inverse[:3, :3].T + inverse[:3, 3])
+        # one voxel more than the radius in the smallest voxel step: rounding the centre moves
+        # it by at most half a voxel along each axis
+        step = float(np.linalg.svd(self._affine[:3, :3], compute_uv=False).min())
+        half = int(np.ceil(radius / step)) + 1
+        span = np.arange(-half, half + 1)
+        offsets = np.stack(np.meshgrid(span, span, span, indexing="ij"), axis=-1).reshape(-1, 3)
+        rows = np.flatnonzero(np.all(np.abs(centre) < np.iinfo(np.int32).max, axis=1))  # far out
+        ijk = (centre[rows].astype(np.int64)[:, None, :] + offsets[None]).reshape(-1, 3)
+        rows = np.repeat(rows, len(offsets))
+        inside = np.all((ijk >= 0) & (ijk < volume.shape), axis=1)
+        rows, ijk = rows[inside], ijk[inside]
+        labels = volume.ravel()[np.ravel_multi_index(tuple(ijk.T), volume.shape)]
+        labelled = labels != 0
+        rows, ijk, labels = rows[labelled], ijk[labelled], labels[labelled]
+        node_xyz = _voxel_to_world(self._affine, ijk)
+        point = xyz[rows]
+        squared = np.zeros(len(rows))
+        for axis in range(3):  # summed in the tree's order
+            diff = point[:, axis] - node_xyz[:, axis]
+            squared += diff * diff
+        near = squared <= radius * radius
+        return rows[near], labels[near].astype(np.int64)
 
     def label_volume(self) -> np.ndarray | None:
         """The label of every voxel of a volumetric atlas's grid, 0 outside regions (a new
@@ -481,6 +543,35 @@ def _load_volume(img, source: str):
                          "was made on.")
     data = np.asarray(img.dataobj).reshape(shape)
     return _integer_labels(data, source), affine
+
+
+def _compact_labels(data: np.ndarray) -> np.ndarray:
+    """A read-only copy of int64 labels in the smallest signed integer type holding them (the
+    atlas keeps its grid for look-ups: a quarter or an eighth of the memory)."""
+    top = int(data.max()) if data.size else 0
+    dtype = next(t for t in (np.int8, np.int16, np.int32, np.int64) if top <= np.iinfo(t).max)
+    out = np.ascontiguousarray(data, dtype=dtype)  # C order: flat indices are views
+    out.flags.writeable = False
+    return out
+
+
+def _grid_to_world(affine, nz: tuple) -> np.ndarray:
+    """:func:`_voxel_to_world` of the voxels ``nz`` (a tuple of index arrays, as np.nonzero
+    gives), the same numbers. On a grid aligned with the world axes each world coordinate
+    depends on one index only (the other terms are products of a zero coefficient and an index
+    >= 0: a zero of the coefficient's sign, whatever the index), so it is looked up in that
+    axis's line of coordinates instead of computed for every voxel."""
+    rzs = np.asarray(affine)[:3, :3]
+    columns = [np.flatnonzero(rzs[row]) for row in range(3)]
+    if any(len(c) != 1 for c in columns) or len({int(c[0]) for c in columns}) != 3:
+        return _voxel_to_world(affine, np.column_stack(nz))
+    out = np.empty((len(nz[0]), 3), dtype=float)
+    for row, (col,) in enumerate(columns):
+        top = int(nz[col].max()) + 1 if len(nz[col]) else 0
+        line = np.zeros((top, 3))
+        line[:, col] = np.arange(top)
+        out[:, row] = _voxel_to_world(affine, line)[:, row][nz[col]]
+    return out
 
 
 def _voxel_to_world(affine, ijk) -> np.ndarray:

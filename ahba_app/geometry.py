@@ -14,10 +14,10 @@ from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
-from scipy.spatial import cKDTree
 
-# scipy.sparse (surface graphs) is imported where it is used: volumes never need it, and it
-# is a tenth of a second of every start-up
+# scipy.spatial (KD-trees) and scipy.sparse (surface graphs) are imported where they are used:
+# a volume atlas is matched on its grid, and their imports are a fifth of a second of every
+# start-up
 
 COORDS = ["mni_x", "mni_y", "mni_z"]
 INFO = ["hemisphere", "structure"]
@@ -113,7 +113,11 @@ def get_centroids(data, coordinates, labels=None) -> dict:
         labels = np.unique(data)
         labels = labels[labels != 0]
     labels = np.asarray(labels)
-    uniq, inverse = np.unique(data, return_inverse=True)
+    if _small_labels(data):
+        # labels as their own bins (no sort); each bin adds its points in the same order
+        uniq, inverse = np.arange(int(data.max()) + 1 if data.size else 0), data
+    else:
+        uniq, inverse = np.unique(data, return_inverse=True)
     counts = np.bincount(inverse, minlength=len(uniq)).astype(float)
     sums = np.stack([np.bincount(inverse, weights=coordinates[:, d], minlength=len(uniq))
                      for d in range(coordinates.shape[1])], axis=1)
@@ -124,6 +128,22 @@ def get_centroids(data, coordinates, labels=None) -> dict:
     present = (uniq[pos] == labels) if len(uniq) else np.zeros(len(labels), bool)
     means[~present] = np.nan
     return dict(zip(labels.tolist(), means))
+
+
+def _small_labels(data: np.ndarray) -> bool:
+    """Whether integer ``data`` can serve as bincount bins: no negative value and no value
+    much larger than the data (atlas labels usually are 1..N)."""
+    return (data.dtype.kind in "iu" and (not data.size or (
+        int(data.min()) >= 0 and int(data.max()) <= 4 * data.size + 65536)))
+
+
+def unique_labels(data) -> np.ndarray:
+    """``np.unique(data)`` (sorted distinct values); small non-negative integer labels are
+    counted rather than sorted."""
+    data = np.asarray(data).ravel()
+    if _small_labels(data):
+        return np.flatnonzero(np.bincount(data)).astype(data.dtype)
+    return np.unique(data)
 
 
 def _distances(points, targets) -> np.ndarray:
@@ -170,9 +190,9 @@ def _match_volume(tree, xyz, hemi, struct, tolerance) -> np.ndarray:
     todo = np.arange(len(xyz))
     radius = 0
     while radius <= tolerance and len(todo):
-        rows, nodes = _flatten_hits(tree.tree.query_ball_point(xyz[todo], r=radius))
-        if len(nodes):
-            lab_pos = np.searchsorted(tree.labels, tree.atlas[nodes])
+        rows, hit = tree._ball_labels(xyz[todo], radius)
+        if len(hit):
+            lab_pos = np.searchsorted(tree.labels, hit)
             key = rows * len(tree.labels) + lab_pos
             key, count = np.unique(key, return_counts=True)
             rows, lab_pos = np.divmod(key, len(tree.labels))
@@ -279,6 +299,8 @@ def surface_graph(vertices, faces, mask=None) -> "scipy.sparse.csr_matrix":
 def _nearest_samples_euclidean(node_xyz, source_xyz, source_rank):
     """For each node: the source (among unique source points) at the smallest Euclidean distance,
     ties going to the smallest rank. Returns (source position, distance)."""
+    from scipy.spatial import cKDTree
+
     tree = cKDTree(source_xyz)
     k = min(8, len(source_xyz))
     dist, idx = tree.query(node_xyz, k=k)

@@ -169,7 +169,7 @@ def _reached_volume_labels(atlas, xyz, radius: float) -> np.ndarray:
     if not len(xyz):
         return np.zeros(0, dtype=np.int64)
     affine = np.asarray(atlas.affine, dtype=float)
-    volume = atlas.label_volume()
+    volume = atlas._grid_labels() if hasattr(atlas, "_grid_labels") else atlas.label_volume()
     shape = np.asarray(volume.shape)
     step = float(np.linalg.svd(affine[:3, :3], compute_uv=False).min())
     reach = radius / step + 1.0
@@ -183,7 +183,7 @@ def _reached_volume_labels(atlas, xyz, radius: float) -> np.ndarray:
         near = (ijk[start:start + 512, None, :] + offsets[None]).reshape(-1, 3)
         near = near[((near >= 0) & (near < shape)).all(axis=1)]
         reached.append(np.unique(volume[near[:, 0], near[:, 1], near[:, 2]]))
-    return np.unique(np.concatenate(reached))
+    return np.unique(np.concatenate(reached)).astype(np.int64)
 
 
 # --------------------------------------------------------------------------------------------

@@ -262,6 +262,15 @@ def test_registry_names():
     assert normalize.IQR_NORMAL == pytest.approx(1.3489795003921634, rel=1e-15)
 
 
+def test_iqr_normal_is_the_computed_float():
+    # written out in normalize.py (no scipy import); must be the very float the formula gives
+    import math
+
+    from scipy.special import erfinv
+
+    assert normalize.IQR_NORMAL == 2.0 * math.sqrt(2.0) * float(erfinv(0.5))
+
+
 @pytest.mark.parametrize("bad", ["robust", "SRS", 3, ""])
 def test_unknown_method_names_value(bad):
     with pytest.raises(ValueError, match="Unknown normalization") as err:
