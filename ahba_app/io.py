@@ -361,6 +361,14 @@ def decode_rows(matrix: CachedMatrix, rows, samples=None, transposed: bool = Fal
     # three times slower)
     order = None if rows.size < 2 or (np.diff(rows) >= 0).all() else \
         np.argsort(rows, kind="stable")
+    if transposed and order is not None:
+        # samples x probes: decode in file order into columns in that order (each block a
+        # contiguous band of columns, copied tile by tile), then put the columns in place a
+        # few rows at a time; scattering each block's columns across the whole output
+        # dragged every cache line of it in for every block (twice as slow)
+        decode_rows(matrix, rows[order], samples, transposed=True, out=out, release=release)
+        _permute_columns(out, np.argsort(order, kind="stable"))
+        return out
 
     def run(start):  # one block of rows
         if order is None:
@@ -382,6 +390,21 @@ def decode_rows(matrix: CachedMatrix, rows, samples=None, transposed: bool = Fal
 
     thread_map(run, range(0, len(rows), step))
     return out
+
+
+def _permute_columns(out: np.ndarray, source: np.ndarray) -> None:
+    """``out[:, :] = out[:, source]`` in place (C-contiguous ``out``), a band of rows at a
+    time (each band and its copy stay in the CPU's cache), on the threads of
+    :func:`ahba_app._blocks.thread_map`."""
+    from ._blocks import thread_map
+
+    band = max(1, _DECODE_VALUES // max(out.shape[1], 1))
+
+    def run(start):
+        rows = out[start:start + band]
+        rows[...] = np.take(rows, source, axis=1)
+
+    thread_map(run, range(0, out.shape[0], band))
 
 
 def release_rows(matrix: CachedMatrix, rows=None) -> None:
