@@ -501,19 +501,21 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
                                       n_proc=n_proc, verbose=verbose,
                                       **stage_options(settings, "fetch"))
     with background() as pool:
-        # each cache is checked (its checksum: read whole) and mapped once, on other threads
-        # while the atlas, the probes and the samples are prepared and matched
+        # the atlas is loaded, and each cache checked (its checksum: read whole) and mapped
+        # once, on other threads while the probes and the samples are prepared (the atlas
+        # first: matching waits for it)
+        loading = pool.submit(load_atlas, atlas, atlas_info, settings.donors,
+                              data_dir=data_dir)
         opening = {donor: {kind: pool.submit(_io.load_matrix, paths[kind], kind)
                            for kind in ("pacall", "microarray")}
                    for donor, paths in files.items()}
-        atlases, group_atlas = load_atlas(atlas, atlas_info, settings.donors,
-                                          data_dir=data_dir)
+        raw_probes, probes = read_probe_tables(files, **stage_options(settings, "reannotate"))
+        atlases, group_atlas = loading.result()
         check_atlas_settings(group_atlas, settings)
         affines = native_affines(atlases, group_atlas, data_dir)
         all_labels = next(iter(atlases.values())).labels
         sample_facts = {}
 
-        raw_probes, probes = read_probe_tables(files, **stage_options(settings, "reannotate"))
         probe_counts = ProbeCounts(n_probes=len(raw_probes), n_annotated=len(probes))
         array_probes = raw_probes[["gene_symbol"]] if return_genes else None
         del raw_probes
