@@ -443,3 +443,40 @@ def test_long_columns_partitioned_give_the_sorted_numbers(monkeypatch, n):
     assert np.array_equal(centre.view(np.int64), sorted_centre.view(np.int64))
     assert np.array_equal(scale.view(np.int64), sorted_scale.view(np.int64))
     assert np.array_equal(fast.view(np.int64), nm._scaled_robust_sigmoid(x.copy()).view(np.int64))
+
+
+@pytest.mark.parametrize("kind", ["plain", "nan", "ties", "constant", "infinite", "descending",
+                                  "wide", "subnormal", "few"])
+def test_order_statistics_equal_a_sort(kind):
+    # the bucket counting that finds a robust sigmoid's positions in long columns gives the
+    # values a full sort puts there, bit for bit, whatever the data
+    from ahba_app.normalize import _OrderStatistics, _quantile_positions
+
+    rng = np.random.default_rng(["plain", "nan", "ties", "constant", "infinite", "descending",
+                                 "wide", "subnormal", "few"].index(kind))
+    n = {"few": 5}.get(kind, 15_001 if kind == "ties" else 4_096 + 17)
+    rows = np.round(rng.normal(8, 2, size=(23, n)), 6)
+    if kind == "nan":
+        rows[rng.random(rows.shape) < 0.001] = np.nan
+    elif kind == "ties":
+        rows = np.round(rows)
+    elif kind == "constant":
+        rows[::3] = 7.25
+    elif kind == "infinite":
+        rows[rng.random(rows.shape) < 0.01] = np.inf
+        rows[rng.random(rows.shape) < 0.01] = -np.inf
+        rows[0, 0] = np.inf            # a row whose range is infinite but holds no NaN
+    elif kind == "descending":
+        rows = -np.sort(-rows, axis=1)
+    elif kind == "wide":
+        rows = rng.standard_cauchy(rows.shape) * 1e300
+    elif kind == "subnormal":
+        rows = rng.random(rows.shape) * 1e-310
+    positions = {n // 2 - 1, n // 2, *_quantile_positions(n, 0.25),
+                 *_quantile_positions(n, 0.75)}
+    expected = np.sort(rows, axis=1)
+    found = _OrderStatistics(rows.copy(), positions)
+    holds_nan = np.isnan(expected[:, -1])
+    assert np.isnan(found[:, -1][holds_nan]).all()
+    for pos in [*positions, n - 1, -1]:
+        assert found[:, pos][~holds_nan].tobytes() == expected[:, pos][~holds_nan].tobytes()
