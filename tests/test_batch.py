@@ -12,7 +12,7 @@ import pytest
 
 from ahba_app.cli import run as cli_run
 from ahba_app.datasets import fetch_desikan_killiany
-from ahba_app.interfaces._files import SharedTables
+from ahba_app.interfaces._files import SharedTables, read_frame
 
 from test_bids import dk_table
 
@@ -118,7 +118,7 @@ def test_shared_tables_key_on_content_options_and_arrays(tmp_path):
     frame = pd.DataFrame({"x": [1.0, 2.0]})
     found = store.add(key, {"normalized": frame})
     assert list(found) == ["normalized"]
-    pd.testing.assert_frame_equal(pd.read_parquet(found["normalized"]), frame)
+    pd.testing.assert_frame_equal(read_frame(found["normalized"]), frame)
     # a second writer of the same entry keeps the first one, and leaves nothing behind
     assert store.add(key, {"normalized": frame}) == found
     assert sorted(p.name for p in (tmp_path / "store").iterdir()) == [key]

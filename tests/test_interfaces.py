@@ -128,7 +128,7 @@ def test_files_round_trip(tmp_path):
                          index=pd.Index([1, 1, 2], name="sample_id"),
                          columns=pd.Index(["A", "B"], name="gene_symbol"))
     path = write_frame(frame, tmp_path / "f")
-    assert path.endswith("f.parquet")  # a small table: compressed parquet
+    assert path.endswith("f.arrow")  # a small table: Arrow IPC, as pandas gives it
     back = read_frame(path)
     pd.testing.assert_frame_equal(back, frame)
     assert back.dtypes.iloc[0] == np.float32 and back.columns.name == "gene_symbol"

@@ -1,6 +1,6 @@
 """Nipype interfaces: one thin ``SimpleInterface`` per stage of :mod:`ahba_app.pipeline`.
 
-Intermediate results travel between nodes as parquet / Arrow / JSON files
+Intermediate results travel between nodes as Arrow IPC / JSON files
 (:mod:`ahba_app.interfaces._files`), never as pickled frames.
 """
 

@@ -8,8 +8,11 @@ writes which probe was chosen for each gene (``.json``, with the microarray cach
 ``content_id``), and the next node reads only the samples it needs from the cache, as the Python
 API does (:func:`write_chosen_probes`, :func:`read_samples`).
 
-Small tables are zstd-compressed parquet files (``.parquet``). Matrices (samples or regions x
-thousands of genes, one float dtype) are Arrow IPC files (``.arrow``): the matrix's buffer
+Every table is an Arrow IPC file (``.arrow``), written aside and renamed into place. Small
+tables (sample tables, labels, the probes chosen...) are stored as pandas gives them to Arrow,
+index included, uncompressed: a node reads one in well under a millisecond, where a compressed
+parquet file took a few (a run over ten atlases reads some 500 of them). Matrices (samples or
+regions x thousands of genes, one float dtype) are stored differently: the matrix's buffer
 (little-endian) as one column of fixed-size binary values, one per row (row-major: each value is
 a row; column-major: the same bytes in as many pieces), beside the index columns, with the gene
 labels and the layout in the file's metadata. They are written at the speed of a memory copy
@@ -46,15 +49,13 @@ _CHOSEN_KIND = "ahba_app.chosen_probes"
 
 
 def write_frame(frame: pd.DataFrame, path: str | os.PathLike) -> str:
-    """Write ``frame`` (index included) at ``path`` with the suffix of its layout (``.arrow``
-    for a matrix, else ``.parquet``; see the module's notes); returns the path written."""
-    path = Path(path)
+    """Write ``frame`` (index included) at ``path`` with the suffix ``.arrow`` (a matrix or a
+    small table: see the module's notes); returns the path written."""
+    path = Path(path).with_suffix(".arrow")
     if _is_matrix(frame):
-        path = path.with_suffix(".arrow")
         _write_matrix(frame, path)
     else:
-        path = path.with_suffix(".parquet")
-        frame.to_parquet(path, engine="pyarrow", index=True, compression="zstd")
+        _write_table(frame, path)
     return str(path.absolute())
 
 
@@ -62,9 +63,26 @@ def read_frame(path: str | os.PathLike) -> pd.DataFrame:
     """Read a table written by :func:`write_frame` (or any parquet file)."""
     with open(path, "rb") as handle:
         magic = handle.read(len(_ARROW_MAGIC))
-    if magic == _ARROW_MAGIC:
-        return _read_matrix(path)
-    return pd.read_parquet(path, engine="pyarrow")
+    if magic != _ARROW_MAGIC:
+        return pd.read_parquet(path, engine="pyarrow")
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    with pa.memory_map(str(path)) as source:  # the arrays keep the mapping alive
+        table = ipc.open_file(source).read_all()
+    if _MATRIX_KEY in (table.schema.metadata or {}):
+        return _read_matrix(table)
+    return table.to_pandas()
+
+
+def _write_table(frame: pd.DataFrame, path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    table = pa.Table.from_pandas(frame, preserve_index=True)
+    with replacing(path) as partial, pa.OSFile(str(partial), "wb") as sink, \
+            ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
 
 
 def _is_matrix(frame: pd.DataFrame) -> bool:
@@ -109,12 +127,7 @@ def _write_matrix(frame: pd.DataFrame, path: Path) -> None:
         writer.write_table(table)
 
 
-def _read_matrix(path) -> pd.DataFrame:
-    import pyarrow as pa
-    import pyarrow.ipc as ipc
-
-    with pa.memory_map(str(path)) as source:  # the arrays keep the mapping alive
-        table = ipc.open_file(source).read_all()
+def _read_matrix(table) -> pd.DataFrame:
     described = json.loads(table.schema.metadata[_MATRIX_KEY])
     labels = described["labels"]
     dtype = np.dtype(described["dtype"])
@@ -134,7 +147,7 @@ def _read_matrix(path) -> pd.DataFrame:
 
 
 def write_labels(labels, path: str | os.PathLike) -> str:
-    """Region label of every sample row (int64) as a one-column parquet file."""
+    """Region label of every sample row (int64) as a one-column table (:func:`write_frame`)."""
     return write_frame(pd.DataFrame({"label": np.asarray(labels, dtype=np.int64)}), path)
 
 

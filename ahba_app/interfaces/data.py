@@ -1,7 +1,7 @@
 """Interfaces of the AHBA data stages: fetch, reannotate, annotate/mirror, filter, select probes.
 
 Each ``_run_interface`` calls one function of :mod:`ahba_app.pipeline` and writes its results
-into the node's folder as parquet / Arrow / JSON (see :mod:`ahba_app.interfaces._files`).
+into the node's folder as Arrow IPC / JSON (see :mod:`ahba_app.interfaces._files`).
 """
 
 from __future__ import annotations
