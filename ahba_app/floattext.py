@@ -34,7 +34,12 @@ def float_texts(values, nan: str = "nan"):
     magnitude = np.abs(v)
     with np.errstate(invalid="ignore"):
         positional = (magnitude >= 1e-4) & (magnitude < 1e15)
-    exponent = pc.match_substring(text, "e").to_numpy(zero_copy_only=False)
+    # (in a whole block of text without an 'e', no value has one: one pass over the bytes)
+    data = text.buffers()[2]
+    if data is not None and np.any(np.frombuffer(data, dtype=np.uint8) == ord("e")):
+        exponent = pc.match_substring(text, "e").to_numpy(zero_copy_only=False)
+    else:
+        exponent = np.zeros(len(v), dtype=bool)
     point = pc.match_substring(text, ".").to_numpy(zero_copy_only=False)
     fraction = positional & ~exponent & point          # already repr's text
     integral = positional & ~exponent & ~point         # '123' -> '123.0'

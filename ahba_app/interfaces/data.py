@@ -73,6 +73,8 @@ class _LoadProbesInputSpec(BaseInterfaceInputSpec):
 
 
 class _LoadProbesOutputSpec(TraitedSpec):
+    raw_probes = File(exists=True, desc="table: the gene symbol of every probe of Probes.csv "
+                                        "(the genes table's first column)")
     probes = File(exists=True, desc="table: the probe table (probes with a gene)")
     n_probes = traits.Int(desc="probes in Probes.csv")
     n_annotated = traits.Int(desc="probes left with a gene after (re)annotation")
@@ -90,6 +92,8 @@ class LoadProbes(SimpleInterface):
                                                                         "reannotate"))
         self._results["probes"] = write_frame(probes, os.path.join(runtime.cwd,
                                                                    "probes"))
+        self._results["raw_probes"] = write_frame(raw[["gene_symbol"]], os.path.join(
+            runtime.cwd, "raw_probes"))
         self._results["n_probes"] = len(raw)
         self._results["n_annotated"] = len(probes)
         return runtime

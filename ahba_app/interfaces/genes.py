@@ -16,8 +16,9 @@ __all__ = ["AccountGenes"]
 
 
 class _AccountGenesInputSpec(BaseInterfaceInputSpec):
-    files = File(exists=True, mandatory=True, desc="JSON of the donors' microarray files")
     donors = traits.List(traits.Str, mandatory=True, desc="the run's donors")
+    raw_probes = File(exists=True, mandatory=True,
+                      desc="table: the gene symbol of every probe of Probes.csv")
     annotated_probes = File(exists=True, mandatory=True,
                             desc="table: the probes after (re)annotation")
     filtered_probes = File(exists=True, mandatory=True,
@@ -48,12 +49,10 @@ class AccountGenes(SimpleInterface):
     output_spec = _AccountGenesOutputSpec
 
     def _run_interface(self, runtime):
-        from .. import io
         from ..genes import gene_fates
 
         inputs = self.inputs
-        files = read_json(inputs.files)
-        raw = io.read_probes(next(iter(files.values()))["probes"])[["gene_symbol"]]
+        raw = read_frame(inputs.raw_probes)
         stability = None
         if isdefined(inputs.stability):
             stability = read_frame(inputs.stability)["differential_stability"]

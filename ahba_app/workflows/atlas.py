@@ -18,7 +18,7 @@ __all__ = ["ANALYSIS_LEVELS", "atlas_workflow_name", "init_atlas_wf"]
 ANALYSIS_LEVELS = ("participant", "group")
 
 _INPUTS = ["donors", "annotations", "sample_info", "expressions", "selection", "n_probes",
-           "n_annotated", "n_filtered", "n_genes", "files", "annotated_probes",
+           "n_annotated", "n_filtered", "n_genes", "files", "raw_probes", "annotated_probes",
            "filtered_probes", "probe_share"]
 
 
@@ -124,7 +124,7 @@ def init_atlas_wf(*, atlas, analysis_level, out_dir, desc, metadata, parameters,
                          name="report")
         ds_group = pe.Node(GroupDerivatives(**sink_inputs), name="ds_group")
         connections += [
-            (inputnode, genes, [("files", "files"), ("donors", "donors"),
+            (inputnode, genes, [("raw_probes", "raw_probes"), ("donors", "donors"),
                                 ("annotated_probes", "annotated_probes"),
                                 ("filtered_probes", "filtered_probes"),
                                 ("probe_share", "probe_share"), ("selection", "selection")]),
@@ -161,7 +161,7 @@ def init_atlas_wf(*, atlas, analysis_level, out_dir, desc, metadata, parameters,
                                                "report", "citation", "genes"],
                                     name="ds_participant")
         connections += [
-            (inputnode, genes, [("files", "files"), ("donors", "donors"), ("donors", "donor"),
+            (inputnode, genes, [("raw_probes", "raw_probes"), ("donors", "donors"), ("donors", "donor"),
                                 ("annotated_probes", "annotated_probes"),
                                 ("filtered_probes", "filtered_probes"),
                                 ("probe_share", "probe_share"), ("selection", "selection")]),

@@ -130,6 +130,7 @@ def init_ahba_wf(*, analysis_level, atlases, out_dir, crash_dir, settings, base_
                 ("outputnode.n_filtered", "inputnode.n_filtered"),
                 ("outputnode.n_genes", "inputnode.n_genes"),
                 ("outputnode.files", "inputnode.files"),
+                ("outputnode.raw_probes", "inputnode.raw_probes"),
                 ("outputnode.annotated_probes", "inputnode.annotated_probes"),
                 ("outputnode.filtered_probes", "inputnode.filtered_probes"),
                 ("outputnode.probe_share", "inputnode.probe_share")]),

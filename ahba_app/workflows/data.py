@@ -55,26 +55,28 @@ def init_ahba_data_wf(*, settings, data_dir=None, data_identity="", native_atlas
     donors
         The donors, in the order of every list below.
     annotations
-        Parquet sample table of every donor.
+        Sample table of every donor.
     sample_info
         JSON counts of what happened to every donor's samples.
     expressions
-        Parquet samples x genes table of every donor.
+        Samples x genes table of every donor.
     selection
-        Parquet table of the chosen probes.
+        Table of the chosen probes.
     n_probes, n_annotated, n_filtered, n_genes
         Probes in Probes.csv, with a gene, above background; genes.
-    files, annotated_probes, filtered_probes, probe_share
-        JSON of the donors' AHBA files; the probe table after (re)annotation and after the
-        intensity filter; every probe's share of samples above background (what the genes
-        table, :func:`ahba_app.genes.gene_fates`, is made from).
+    files, raw_probes, annotated_probes, filtered_probes, probe_share
+        JSON of the donors' AHBA files; the gene symbol of every probe of Probes.csv; the
+        probe table after (re)annotation and after the intensity filter; every probe's share
+        of samples above background (what the genes table,
+        :func:`ahba_app.genes.gene_fates`, is made from).
     """
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=["donors"]), name="inputnode")
     inputnode.inputs.donors = list(settings.donors)
     outputnode = pe.Node(niu.IdentityInterface(fields=[
         "donors", "annotations", "sample_info", "expressions", "selection", "n_probes",
-        "n_annotated", "n_filtered", "n_genes", "files", "annotated_probes", "filtered_probes",
+        "n_annotated", "n_filtered", "n_genes", "files", "raw_probes", "annotated_probes",
+        "filtered_probes",
         "probe_share"]), name="outputnode")
 
     # the command line has checked (and, when needed, downloaded) the files before the run, so
@@ -108,7 +110,8 @@ def init_ahba_data_wf(*, settings, data_dir=None, data_identity="", native_atlas
         (annotate, select_probes, [("annotation", "annotations")]),
         (filter_probes, select_probes, [("probes", "probes")]),
         (fetch, outputnode, [("donors", "donors"), ("files", "files")]),
-        (reannotate, outputnode, [("probes", "annotated_probes")]),
+        (reannotate, outputnode, [("probes", "annotated_probes"),
+                                  ("raw_probes", "raw_probes")]),
         (filter_probes, outputnode, [("probes", "filtered_probes"), ("share", "probe_share")]),
         (annotate, outputnode, [("annotation", "annotations"), ("info", "sample_info")]),
         (select_probes, outputnode, [("expressions", "expressions"),
