@@ -13,7 +13,11 @@ the same run: pipelines per second, and what that makes of the whole grid (an ex
    ``--abagen`` pipelines of that sample, one process each, after one untimed run that builds
    abagen's parquet files (as its users' second run finds them);
 4. prints wall and CPU time, the load average (``uptime``) before and after, pipelines per
-   second for both tools, the ratio, and the extrapolation to the whole grid.
+   second for both tools, the ratio, and the extrapolation to the whole grid; with
+   ``--record FILE``, writes them as JSON too.
+
+With several processes each worker runs its numeric loops on one thread (``AHBA_APP_THREADS``
+and the BLAS variables set to 1), so that the workers do not oversubscribe the cores.
 
 The data folder is used through hard links in ``--work`` (both tools write caches beside the
 data). A script, not a test: it prints figures, asserts nothing.
@@ -64,6 +68,8 @@ def main(argv=None) -> None:
                         default=REPO / "benchmarks" / "results" / ".venv-abagen")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (kept)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the unit sample")
+    parser.add_argument("--record", type=Path, default=None,
+                        help="write the figures to this JSON file")
     parser.add_argument("--sweep-only", action="store_true",
                         help="(internal) run the sample's sweep in this process and return")
     args = parser.parse_args(argv)
@@ -128,8 +134,11 @@ def main(argv=None) -> None:
 
     # the sweep in a process of its own: its CPU time includes its workers'
     before = _uptime()
+    env = dict(os.environ)
+    if args.nprocs > 1:  # one thread per worker process: the processes share the cores
+        env.setdefault("AHBA_APP_THREADS", "1")
     figures = bench.measure([sys.executable, __file__, *(argv or sys.argv[1:]), "--work",
-                             str(work), "--sweep-only"], env=dict(os.environ), cwd=work,
+                             str(work), "--sweep-only"], env=env, cwd=work,
                             log=work / "sweep.log")
     seconds, cpu = figures["wall_s"], figures["cpu_s"]
     rate = sample.n_pipelines / seconds
@@ -140,7 +149,23 @@ def main(argv=None) -> None:
     print(f"  before: {before}\n  after:  {_uptime()}")
     print(f"  extrapolated (not measured): the whole grid ({whole.n_pipelines:,} pipelines) "
           f"in {whole.n_pipelines / rate / 3600:.1f} h at this rate", flush=True)
+    record = {"command": " ".join(["python", "benchmarks/multiverse_throughput.py",
+                                   *(argv or sys.argv[1:])]),
+              "data": str(args.data), "grid": grid.name, "nprocs": args.nprocs,
+              "machine_cpus": os.cpu_count(),
+              "sweep": {"pipelines": sample.n_pipelines, "units": len(sample.units()),
+                        "groups": len(sample.groups), "wall_s": round(seconds, 2),
+                        "cpu_s": round(cpu, 2), "peak_mb": round(figures["peak_mb"], 1),
+                        "pipelines_per_s": round(rate, 3),
+                        "uptime_before": before, "uptime_after": _uptime()},
+              "extrapolated_whole_grid_h": round(whole.n_pipelines / rate / 3600, 2)}
 
+    def save():
+        if args.record is not None:
+            args.record.parent.mkdir(parents=True, exist_ok=True)
+            args.record.write_text(json.dumps(record, indent=1) + "\n")
+
+    save()
     if args.abagen <= 0:
         return
     python = bench.ensure_abagen_venv(args.abagen_venv)
@@ -179,6 +204,13 @@ def main(argv=None) -> None:
           f"{(sample.n_pipelines / cpu) * (sum(cpus) / len(cpus)):.0f} x per CPU-second)")
     print(f"abagen's whole grid, extrapolated: {whole.n_pipelines * per / 3600 / 24:.0f} days "
           "on one process")
+    record["abagen"] = {"pipelines": [p.id for p in picks], "wall_s": times, "cpu_s": cpus,
+                        "wall_s_per_pipeline": round(per, 2),
+                        "pipelines_per_s": round(1 / per, 5), "uptime_before": before,
+                        "uptime_after": _uptime()}
+    record["ratio_wall"] = round(rate * per, 1)
+    record["ratio_cpu"] = round((sample.n_pipelines / cpu) * (sum(cpus) / len(cpus)), 1)
+    save()
 
 
 if __name__ == "__main__":

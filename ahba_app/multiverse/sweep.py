@@ -4,10 +4,13 @@ and stream one row of statistics per pipeline to disk.
 A unit is the groups sharing one probe choice and one matching (:meth:`Plan.units`); a group
 is the pipelines sharing one normalization. A unit's upstream result (data, atlas, samples,
 matching, probe choice: :class:`~ahba_app.multiverse.upstream.UnitUpstream`) is computed once;
-each group's normalization once from it; then every distinct downstream variant (``missing``,
-``region_agg``, ``agg_metric``, ``stability_threshold``) is aggregated from that in memory by
-:func:`ahba_app.pipeline.aggregate_group`, the function ``get_expression_data`` uses, and the
-statistics (:mod:`.stats`) are taken from that table. Pipelines of a group whose options differ
+its samples are normalized once per ``sample_norm`` (each sample over its genes alone), and
+each group's gene normalization starts from them; then the group's downstream variants
+(``missing``, ``region_agg``, ``agg_metric``) are aggregated together in memory by
+:func:`~ahba_app.multiverse.variants.variant_tables` (the same numbers as
+:func:`ahba_app.pipeline.aggregate_group`, the function ``get_expression_data`` uses, which
+still computes the variants it does not cover, e.g. a ``stability_threshold``), and the
+statistics (:mod:`.stats`) are taken from each table. Pipelines of a group whose options differ
 only where they cannot change the result (see :func:`~ahba_app.multiverse.planner.stage_key`)
 share their row's numbers. At most one group's tables are in memory at a time; rows go to disk
 every ``flush_rows`` rows (TSV, or Parquet), into a temporary file renamed into place only when
@@ -33,6 +36,7 @@ from . import _options
 from .planner import Plan, stage_key
 from .stats import STATISTICS, TableStatistics
 from .upstream import UnitUpstream
+from .variants import Scratch, gather_group
 
 __all__ = ["COLUMNS", "ProgressLine", "RowWriter", "format_value", "group_rows", "sweep"]
 
@@ -219,14 +223,33 @@ def write_table(expression: pd.DataFrame, path) -> Path:
     return path
 
 
+def _fast_variant(options: Mapping):
+    """The ``(missing, region_agg, agg_metric)`` of a pipeline whose table
+    :func:`~.variants.variant_tables` may compute, or None (the API's aggregation then; it
+    also declines metrics it does not know)."""
+    from ..aggregate import AGG_METRICS
+
+    if (options.get("stability_threshold") is None
+            and options["missing"] in (None, "centroids")
+            and isinstance(options["agg_metric"], str) and options["agg_metric"] in AGG_METRICS):
+        return (options["missing"], options["region_agg"], options["agg_metric"])
+    return None
+
+
 def group_rows(plan: Plan, key, atlas, atlas_info=None, *, data_dir=None,
                centroids: Mapping | None = None, region_map: pd.Series | None = None,
                n_proc: int = 1, tables: Mapping | None = None,
-               upstream: UnitUpstream | None = None) -> Iterable[dict]:
+               upstream: UnitUpstream | None = None, sampled: Mapping | None = None,
+               scratch: Scratch | None = None) -> Iterable[dict]:
     """The rows of one group of ``plan`` (``key``: a key of ``plan.groups``): its normalization
     computed once from the unit's shared ``upstream`` (:class:`~.upstream.UnitUpstream`; made
-    here when not given), each distinct downstream variant aggregated from it. ``tables``:
-    pipeline id -> file, for the pipelines whose table is saved (:func:`write_table`)."""
+    here when not given; from its samples normalized once, ``sampled``
+    (:meth:`~.upstream.UnitUpstream.sample_normalized`), when given), its downstream variants
+    aggregated together (:func:`~.variants.variant_tables`; the others, and every variant when
+    a value is NaN, one by one by :func:`ahba_app.pipeline.aggregate_group`, the function
+    ``get_expression_data`` uses). ``tables``: pipeline id -> file, for the pipelines whose
+    table is saved (:func:`write_table`); ``scratch``: working memory shared by the groups of
+    a unit (:class:`~.variants.Scratch`)."""
     members = list(plan.pipelines(key))
     settings = _pipeline.Settings(**members[0].kwargs())
     with warnings.catch_warnings():
@@ -235,26 +258,53 @@ def group_rows(plan: Plan, key, atlas, atlas_info=None, *, data_dir=None,
         if upstream is None:
             upstream = UnitUpstream(atlas, atlas_info, settings=settings, data_dir=data_dir,
                                     n_proc=n_proc)
-        normalized, kept, labels = upstream.normalized(settings)
-    computed: dict = {}
-    wanted = {_downstream(m.options) for m in members if tables and m.id in tables}
-    saved: dict = {}  # variant -> table, for the variants of the tables saved
-    for member in members:
-        variant = _downstream(member.options)
-        if variant not in computed:
-            options = member.options
-            group = _pipeline.aggregate_group(
-                upstream.atlases, upstream.all_labels, normalized, kept, labels,
-                missing=options["missing"], region_agg=options["region_agg"],
-                agg_metric=options["agg_metric"],
-                stability_threshold=options["stability_threshold"])
-            computed[variant] = TableStatistics(group["expression"], centroids,
-                                                region_map).as_dict()
-            if variant in wanted:
-                saved[variant] = group["expression"]
-        if tables and member.id in tables:
-            write_table(saved[variant], tables[member.id])
-        yield dict({"pipeline_id": member.id}, **member.options, **computed[variant])
+        if sampled is not None:
+            normalized, kept, labels = upstream.normalized_from(sampled, settings)
+        else:
+            normalized, kept, labels = upstream.normalized(settings)
+        fast = sorted({v for v in (_fast_variant(m.options) for m in members) if v is not None},
+                      key=repr)
+        together = None
+        if fast:
+            fills = None
+            if any(missing is not None for missing, _, _ in fast):
+                coords = {donor: _pipeline.atlas_coordinates(upstream.atlases[donor], frame)
+                          for donor, frame in kept.items()}
+                fills = _pipeline.fill_missing_regions("centroids", upstream.atlases, labels,
+                                                       normalized, coords)
+            gathered = gather_group(normalized, labels, upstream.all_labels, scratch)
+            if gathered is not None:
+                if all(_fast_variant(m.options) is not None for m in members):
+                    normalized = kept = None  # let the frames go: the samples are gathered
+                together = gathered.tables(fast, fills)
+                del gathered
+                if together is None and normalized is None:  # a fill row holds NaN
+                    normalized, kept, labels = (
+                        upstream.normalized_from(sampled, settings) if sampled is not None
+                        else upstream.normalized(settings))
+        computed: dict = {}
+        wanted = {_downstream(m.options) for m in members if tables and m.id in tables}
+        saved: dict = {}  # variant -> table, for the variants of the tables saved
+        for member in members:
+            variant = _downstream(member.options)
+            if variant not in computed:
+                options = member.options
+                quick = _fast_variant(options)
+                if together is not None and quick in together:
+                    expression = together[quick]
+                else:
+                    expression = _pipeline.aggregate_group(
+                        upstream.atlases, upstream.all_labels, normalized, kept, labels,
+                        missing=options["missing"], region_agg=options["region_agg"],
+                        agg_metric=options["agg_metric"],
+                        stability_threshold=options["stability_threshold"])["expression"]
+                computed[variant] = TableStatistics(expression, centroids,
+                                                    region_map).as_dict()
+                if variant in wanted:
+                    saved[variant] = expression
+            if tables and member.id in tables:
+                write_table(saved[variant], tables[member.id])
+            yield dict({"pipeline_id": member.id}, **member.options, **computed[variant])
 
 
 def by_unit(plan: Plan, keys=None) -> list[list]:
@@ -370,15 +420,47 @@ def unit_rows(plan: Plan, atlas, atlas_info=None, *, data_dir=None,
               n_proc: int = 1, tables: Mapping | None = None, keys=None) -> Iterable[dict]:
     """The rows of the groups ``keys`` of one unit (default: every group of ``plan``, a
     unit's plan: :func:`~.planner.plan_of`), in order, their upstream computed once
-    (``tables``: as :func:`group_rows`)."""
-    upstream = None
-    for key in (plan.groups if keys is None else keys):
-        if upstream is None:
-            settings = _pipeline.Settings(**next(plan.pipelines(key)).kwargs())
+    (``tables``: as :func:`group_rows`).
+
+    The groups are computed by ``sample_norm``: the unit's samples are normalized once per
+    ``sample_norm`` (:meth:`~.upstream.UnitUpstream.sample_normalized`, one at a time in
+    memory) and each group's gene normalization starts from them; the rows are then given in
+    the order of ``keys``."""
+    keys = list(plan.groups if keys is None else keys)
+    if not keys:
+        return
+    settings = {key: _pipeline.Settings(**next(plan.pipelines(key)).kwargs()) for key in keys}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        upstream = UnitUpstream(atlas, atlas_info, settings=settings[keys[0]],
+                                data_dir=data_dir, n_proc=n_proc)
+    by_norm: dict = {}
+    for key in keys:
+        by_norm.setdefault(_sample_pass(settings[key]), []).append(key)
+    rows: dict = {}
+    scratch = Scratch()
+    for norm, group_keys in by_norm.items():
+        sampled = None
+        if norm is not None and len(group_keys) > 1:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                upstream = UnitUpstream(atlas, atlas_info, settings=settings,
-                                        data_dir=data_dir, n_proc=n_proc)
-        yield from group_rows(plan, key, atlas, atlas_info, data_dir=data_dir,
-                              centroids=centroids, region_map=region_map, n_proc=n_proc,
-                              tables=tables, upstream=upstream)
+                sampled = upstream.sample_normalized(norm[0])
+        for key in group_keys:
+            rows[key] = list(group_rows(plan, key, atlas, atlas_info, data_dir=data_dir,
+                                        centroids=centroids, region_map=region_map,
+                                        n_proc=n_proc, tables=tables, upstream=upstream,
+                                        sampled=sampled, scratch=scratch))
+        del sampled
+    for key in keys:
+        yield from rows.pop(key)
+
+
+def _sample_pass(settings):
+    """The groups whose samples one sample normalization serves: ``(sample_norm,)``, or None
+    for normalizations that need every donor at once (each group normalizes on its own)."""
+    from ..normalize import ACROSS_DONORS, resolve_norm
+
+    sample, gene = resolve_norm(settings.sample_norm), resolve_norm(settings.gene_norm)
+    if sample in ACROSS_DONORS or gene in ACROSS_DONORS:
+        return None
+    return (sample,)

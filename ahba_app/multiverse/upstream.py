@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
+import pandas as pd
+
 from .. import io as _io
 from .. import normalize as _normalize
 from .. import pipeline as _pipeline
@@ -67,6 +70,7 @@ class UnitUpstream:
         self.expressions = expressions
         self.match_labels = match_labels
         self.annotations = renumbered
+        self._columns: dict = {}  # donor -> the genes' names (from sample_normalized)
 
     def normalized(self, settings) -> tuple[dict, dict, dict]:
         """One group's normalized donors, their kept sample tables and region labels (as
@@ -87,4 +91,56 @@ class UnitUpstream:
                     .set_axis(kept[donor].index, axis=0),
                     sample_norm=settings.sample_norm, gene_norm=settings.gene_norm,
                     structures=structures)
+        return normalized, kept, labels
+
+    def sample_normalized(self, sample_norm) -> dict | None:
+        """Every sample of every donor normalized across genes by ``sample_norm`` (donor ->
+        (S, G) array), for :meth:`normalized_from`; None when a donor's table holds a NaN.
+
+        Each sample is normalized over its genes alone, so a group's samples are these rows,
+        whichever samples the group keeps (``norm_matched``): the normalization runs once per
+        ``sample_norm`` for the unit's groups, not once per group. With a NaN in the table the
+        genes that take part could depend on the samples kept: then None, and the groups are
+        normalized one by one (:meth:`normalized`)."""
+        name = _normalize.resolve_norm(sample_norm)
+        order = _pipeline.read_order(sample_norm)
+        out = {}
+        for donor in self.donors:
+            frame = self.expressions.frame(donor, None, order=order)
+            self._columns[donor] = frame.columns
+            values = frame.to_numpy()
+            del frame
+            if values.dtype.kind == "f" and np.isnan(values).any():
+                return None
+            with warnings.catch_warnings(), np.errstate(all="ignore"):
+                warnings.simplefilter("ignore")
+                out[donor] = (values if name is None
+                              else _normalize.normalize_array(values, name, axis=1))
+        return out
+
+    def normalized_from(self, sampled: dict, settings) -> tuple[dict, dict, dict]:
+        """:meth:`normalized` from the unit's :meth:`sample_normalized` arrays of
+        ``settings.sample_norm``: the kept rows of each donor, then each gene normalized across
+        them (``gene_norm``, within structures with ``norm_structures``). The numbers are those
+        of :meth:`normalized` (the gene normalization reads the same values in the same
+        layout: tested)."""
+        gene_name = _normalize.resolve_norm(settings.gene_norm)
+        normalized, kept, labels = {}, {}, {}
+        for donor in self.donors:
+            keep = _pipeline.normalized_rows(self.match_labels[donor],
+                                             norm_matched=settings.norm_matched)
+            kept[donor] = self.annotations[donor].iloc[keep]
+            labels[donor] = self.match_labels[donor][keep]
+            # the kept rows, samples contiguous per gene (F), as the sample normalization
+            # of those rows alone leaves them
+            values = np.take(sampled[donor].T, keep, axis=1).T
+            if gene_name is not None:
+                classes = (kept[donor]["structure"].to_numpy(dtype=object)
+                           if settings.norm_structures else None)
+                with warnings.catch_warnings(), np.errstate(all="ignore"):
+                    warnings.simplefilter("ignore")
+                    values = _normalize.normalize_array(values, gene_name, axis=0,
+                                                        groups=classes)
+            normalized[donor] = pd.DataFrame(values, index=kept[donor].index,
+                                             columns=self._columns[donor], copy=False)
         return normalized, kept, labels

@@ -1,0 +1,95 @@
+"""The vectorized variant aggregation and the shared sample normalization of a unit equal the
+straightforward ones (ahba_app.pipeline.aggregate_group; UnitUpstream.normalized)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ahba_app import pipeline
+from ahba_app.datasets import fetch_desikan_killiany
+from ahba_app.images import check_atlas
+from ahba_app.multiverse.upstream import UnitUpstream
+from ahba_app.multiverse.variants import block_medians, variant_tables
+
+DK = fetch_desikan_killiany()
+VARIANTS = [(missing, agg, metric) for missing in (None, "centroids")
+            for agg in ("donors", "samples") for metric in ("mean", "median")]
+
+
+def test_block_medians_equal_numpy_median_bit_for_bit():
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(1, 9, size=40)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    values = rng.normal(size=(int(sizes.sum()), 7))
+    values[3:5] = values[2]  # ties
+    got = block_medians(values.T, starts, sizes).T  # blocks of columns of genes x samples
+    want = np.stack([np.median(values[s:s + n], axis=0) for s, n in zip(starts, sizes)])
+    assert np.array_equal(got, want)
+    # pandas' grouped median (the API's) too
+    codes = np.repeat(np.arange(len(sizes)), sizes)
+    assert np.array_equal(got, pd.DataFrame(values).groupby(codes).median().to_numpy())
+
+
+@pytest.fixture(scope="module")
+def unit(ahba_small):
+    tree = check_atlas(DK["image"], DK["info"])
+    settings = pipeline.Settings(lr_mirror="leftright", tolerance=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return UnitUpstream(tree, settings=settings, data_dir=ahba_small), settings
+
+
+@pytest.mark.parametrize("sample_norm", ["srs", "zscore", None])
+@pytest.mark.parametrize("gene_norm", ["srs", "zscore", None])
+@pytest.mark.parametrize("norm_matched", [True, False])
+def test_shared_sample_normalization_is_bit_identical(unit, sample_norm, gene_norm,
+                                                      norm_matched):
+    upstream, base = unit
+    settings = pipeline.Settings(**dict(base.__dict__, sample_norm=sample_norm,
+                                        gene_norm=gene_norm, norm_matched=norm_matched,
+                                        norm_structures=True))
+    want = upstream.normalized(settings)
+    got = upstream.normalized_from(upstream.sample_normalized(sample_norm), settings)
+    for donor in upstream.donors:
+        a, b = got[0][donor], want[0][donor]
+        assert a.index.equals(b.index) and a.columns.equals(b.columns)
+        assert np.array_equal(a.to_numpy(), b.to_numpy(), equal_nan=True), donor
+        assert np.array_equal(got[2][donor], want[2][donor])
+
+
+@pytest.mark.parametrize("norm_matched", [True, False])
+def test_variant_tables_equal_aggregate_group(unit, norm_matched):
+    upstream, base = unit
+    settings = pipeline.Settings(**dict(base.__dict__, norm_matched=norm_matched))
+    normalized, kept, labels = upstream.normalized(settings)
+    coords = {d: pipeline.atlas_coordinates(upstream.atlases[d], f) for d, f in kept.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fills = pipeline.fill_missing_regions("centroids", upstream.atlases, labels,
+                                              normalized, coords)
+        tables = variant_tables(normalized, labels, upstream.all_labels, VARIANTS, fills)
+        assert any(len(rows) for rows in fills.values())  # some regions are filled
+        for missing, agg, metric in VARIANTS:
+            want = pipeline.aggregate_group(upstream.atlases, upstream.all_labels, normalized,
+                                            kept, labels, missing=missing, region_agg=agg,
+                                            agg_metric=metric)["expression"]
+            got = tables[(missing, agg, metric)]
+            assert got.index.equals(want.index) and got.columns.equals(want.columns)
+            a, b = got.to_numpy(), want.to_numpy()
+            assert np.array_equal(np.isnan(a), np.isnan(b))
+            assert np.array_equal(a, b, equal_nan=True), (missing, agg, metric)
+
+
+def test_variant_tables_decline_nan(unit):
+    upstream, base = unit
+    normalized, kept, labels = upstream.normalized(base)
+    donor = upstream.donors[0]
+    frame = normalized[donor].copy()
+    row = int(np.flatnonzero(labels[donor] != 0)[0])
+    frame.iloc[row, 0] = np.nan
+    assert variant_tables(dict(normalized, **{donor: frame}), labels, upstream.all_labels,
+                          VARIANTS[:4]) is None
