@@ -13,7 +13,7 @@ from ahba_app import pipeline
 from ahba_app.datasets import fetch_desikan_killiany
 from ahba_app.images import check_atlas
 from ahba_app.multiverse.upstream import UnitUpstream
-from ahba_app.multiverse.variants import block_medians, variant_tables
+from ahba_app.multiverse.variants import block_medians, gather_group, variant_tables
 
 DK = fetch_desikan_killiany()
 VARIANTS = [(missing, agg, metric) for missing in (None, "centroids")
@@ -93,3 +93,14 @@ def test_variant_tables_decline_nan(unit):
     frame.iloc[row, 0] = np.nan
     assert variant_tables(dict(normalized, **{donor: frame}), labels, upstream.all_labels,
                           VARIANTS[:4]) is None
+
+
+def test_gather_group_consuming_the_frames_gives_the_same_tables(unit):
+    upstream, base = unit
+    normalized, kept, labels = upstream.normalized(base)
+    want = variant_tables(normalized, labels, upstream.all_labels, VARIANTS[:4])
+    given = dict(normalized)
+    got = gather_group(given, labels, upstream.all_labels, consume=True).tables(VARIANTS[:4])
+    assert given == {}  # every frame was taken
+    for key in want:
+        assert np.array_equal(got[key].to_numpy(), want[key].to_numpy(), equal_nan=True)

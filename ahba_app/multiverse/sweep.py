@@ -272,16 +272,17 @@ def group_rows(plan: Plan, key, atlas, atlas_info=None, *, data_dir=None,
                           for donor, frame in kept.items()}
                 fills = _pipeline.fill_missing_regions("centroids", upstream.atlases, labels,
                                                        normalized, coords)
-            gathered = gather_group(normalized, labels, upstream.all_labels, scratch)
+            # the frames go as they are gathered when no variant needs them afterwards
+            consume = all(_fast_variant(m.options) is not None for m in members)
+            gathered = gather_group(normalized, labels, upstream.all_labels, scratch,
+                                    consume=consume)
             if gathered is not None:
-                if all(_fast_variant(m.options) is not None for m in members):
-                    normalized = kept = None  # let the frames go: the samples are gathered
                 together = gathered.tables(fast, fills)
                 del gathered
-                if together is None and normalized is None:  # a fill row holds NaN
-                    normalized, kept, labels = (
-                        upstream.normalized_from(sampled, settings) if sampled is not None
-                        else upstream.normalized(settings))
+            if together is None and consume:  # a NaN: the API's aggregation, from the frames
+                normalized, kept, labels = (
+                    upstream.normalized_from(sampled, settings) if sampled is not None
+                    else upstream.normalized(settings))
         computed: dict = {}
         wanted = {_downstream(m.options) for m in members if tables and m.id in tables}
         saved: dict = {}  # variant -> table, for the variants of the tables saved

@@ -120,15 +120,21 @@ class SampleBlocks:
         region_size = np.bincount(code, minlength=int(code.max()) + 1 if code.size else 0)
         order = np.lexsort((row, donor, code, region_size[code]))
         donor, row, code = donor[order], row[order], code[order]
-        n_genes = frames[0].shape[0] if len(frames) else 0
-        # fresh, not scratch memory: the largest array of a group, let go between groups
-        self.values = np.empty((n_genes, len(code)), dtype=np.float64)
-        for d, frame in enumerate(frames):
+        self.values = None
+        for d in range(len(frames)):
+            frame = frames[d]  # (taken out of its table as late as possible: see gather_group)
+            if self.values is None:
+                # fresh, not scratch memory: the largest array of a group, let go after it
+                self.values = np.empty((frame.shape[0], len(code)), dtype=np.float64)
+                n_genes = frame.shape[0]
             at = np.flatnonzero(donor == d)
             for rows in _row_chunks(n_genes, at.size) if at.size else ():
                 part = self.scratch.array("gather", (rows.stop - rows.start, at.size))
                 np.take(frame[rows], row[at], axis=1, out=part, mode="clip")
                 self.values[rows, at] = part
+            del frame
+        if self.values is None:
+            self.values = np.empty((0, len(code)), dtype=np.float64)
         new_block = np.ones(len(code), dtype=bool)
         new_block[1:] = (code[1:] != code[:-1]) | (donor[1:] != donor[:-1])
         self.block_starts = np.flatnonzero(new_block)
@@ -243,18 +249,27 @@ class GroupBlocks:
 
 
 def gather_group(normalized: Mapping, labels: Mapping, all_labels,
-                 scratch: Scratch | None = None) -> GroupBlocks | None:
+                 scratch: Scratch | None = None, consume: bool = False
+                 ) -> GroupBlocks | None:
     """The matched samples of one normalization group gathered by region and donor
     (:class:`GroupBlocks`), or None when one of them holds a NaN (see the module's
-    docstring). ``normalized``, ``labels``, ``all_labels``: as :func:`variant_tables`."""
+    docstring). ``normalized``, ``labels``, ``all_labels``: as :func:`variant_tables`.
+
+    ``consume``: ``normalized`` is a dict the caller gives up: each donor's frame is removed
+    from it once gathered, so that a donor's frame and its gathered copy are the only two
+    copies in memory at a time (``normalized`` is empty afterwards)."""
     scratch = Scratch() if scratch is None else scratch
     donors = list(normalized)
     columns = normalized[donors[0]].columns
     present = np.unique(np.concatenate([np.asarray(labels[d]) for d in donors]))
     every = np.union1d(present[present != 0], np.asarray(all_labels).ravel())
     every = every[every != 0]
-    blocks = SampleBlocks([normalized[d].to_numpy().T for d in donors],  # genes x samples
-                          [_codes(labels[d], every) for d in donors], scratch)
+    codes = [_codes(labels[d], every) for d in donors]
+    if consume:
+        frames = _Frames(normalized, donors)
+    else:  # genes x samples
+        frames = [normalized[d].to_numpy().T for d in donors]
+    blocks = SampleBlocks(frames, codes, scratch)
     if blocks.has_nan():
         return None
     return GroupBlocks(blocks, every, columns, donors, scratch)
@@ -275,6 +290,19 @@ def variant_tables(normalized: Mapping, labels: Mapping, all_labels, variants,
     None when a value the variants would use is NaN (see the module's docstring)."""
     group = gather_group(normalized, labels, all_labels, scratch)
     return None if group is None else group.tables(variants, fills)
+
+
+class _Frames:
+    """The donors' genes x samples arrays, each taken out of ``normalized`` when asked for."""
+
+    def __init__(self, normalized: dict, donors):
+        self.normalized, self.donors = normalized, donors
+
+    def __len__(self):
+        return len(self.donors)
+
+    def __getitem__(self, d):
+        return self.normalized.pop(self.donors[d]).to_numpy().T
 
 
 def _fill_tables(fills: Mapping, donors, every, kinds, columns, scratch):
