@@ -72,6 +72,15 @@ class UnitUpstream:
         self.annotations = renumbered
         self._columns: dict = {}  # donor -> the genes' names (from sample_normalized)
 
+    def _kept(self, donor, settings, kept: dict, labels: dict):
+        """The positions of the donor's samples a group normalizes (``norm_matched``); their
+        sample table and region labels go into ``kept`` and ``labels``."""
+        keep = _pipeline.normalized_rows(self.match_labels[donor],
+                                         norm_matched=settings.norm_matched)
+        kept[donor] = self.annotations[donor].iloc[keep]
+        labels[donor] = self.match_labels[donor][keep]
+        return keep
+
     def normalized(self, settings) -> tuple[dict, dict, dict]:
         """One group's normalized donors, their kept sample tables and region labels (as
         :class:`ahba_app.pipeline.PipelineResult`'s ``expression``, ``annotations`` and
@@ -79,10 +88,7 @@ class UnitUpstream:
         order = _pipeline.read_order(settings.sample_norm)
         normalized, kept, labels = {}, {}, {}
         for donor in self.donors:
-            keep = _pipeline.normalized_rows(self.match_labels[donor],
-                                             norm_matched=settings.norm_matched)
-            kept[donor] = self.annotations[donor].iloc[keep]
-            labels[donor] = self.match_labels[donor][keep]
+            keep = self._kept(donor, settings, kept, labels)
             structures = kept[donor][["structure"]] if settings.norm_structures else None
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -127,10 +133,7 @@ class UnitUpstream:
         gene_name = _normalize.resolve_norm(settings.gene_norm)
         normalized, kept, labels = {}, {}, {}
         for donor in self.donors:
-            keep = _pipeline.normalized_rows(self.match_labels[donor],
-                                             norm_matched=settings.norm_matched)
-            kept[donor] = self.annotations[donor].iloc[keep]
-            labels[donor] = self.match_labels[donor][keep]
+            keep = self._kept(donor, settings, kept, labels)
             # the kept rows, samples contiguous per gene (F), as the sample normalization
             # of those rows alone leaves them
             values = np.take(sampled[donor].T, keep, axis=1).T
