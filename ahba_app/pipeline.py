@@ -528,8 +528,9 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
                 donor_files, probes, native_affine=affines.get(donor),
                 **stage_options(settings, "annotate"))
 
-        warn_unreachable_regions(atlases, group_atlas, annotations.values(),
-                                 tolerance=settings.tolerance)
+        # (on a worker too: it only warns, and matching does not need it)
+        reaching = pool.submit(warn_unreachable_regions, atlases, group_atlas,
+                               list(annotations.values()), tolerance=settings.tolerance)
         labels, kept, match_labels, keep = {}, {}, {}, {}
         for donor in files:
             annotation = renumbered(annotations[donor])
@@ -542,6 +543,7 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
             kept[donor] = annotation.iloc[keep[donor]]
             labels[donor] = donor_labels[keep[donor]]
 
+        reaching.result()
         check_matched({d: int((m != 0).sum()) for d, m in match_labels.items()},
                       {d: len(m) for d, m in match_labels.items()}, tolerance=settings.tolerance)
         files = {donor: dict(paths, **{kind: future.result()
