@@ -168,7 +168,7 @@ class AtlasTree:
         """KD-tree of the labelled voxels / vertices."""
         if self._tree is None:
             # scipy.spatial is imported here, not with the module: volumes are matched on the
-            # image grid (:meth:`_ball_nodes`) and never need it
+            # image grid (:meth:`_ball_labels`) and never need it
             from scipy.spatial import cKDTree
 
             self._tree = cKDTree(self._coords)
@@ -280,22 +280,30 @@ class AtlasTree:
         half = int(np.ceil(radius / step)) + 1
         span = np.arange(-half, half + 1)
         offsets = np.stack(np.meshgrid(span, span, span, indexing="ij"), axis=-1).reshape(-1, 3)
-        rows = np.flatnonzero(np.all(np.abs(centre) < np.iinfo(np.int32).max, axis=1))  # far out
-        ijk = (centre[rows].astype(np.int64)[:, None, :] + offsets[None]).reshape(-1, 3)
-        rows = np.repeat(rows, len(offsets))
-        inside = np.all((ijk >= 0) & (ijk < volume.shape), axis=1)
-        rows, ijk = rows[inside], ijk[inside]
-        labels = volume.ravel()[np.ravel_multi_index(tuple(ijk.T), volume.shape)]
-        labelled = labels != 0
-        rows, ijk, labels = rows[labelled], ijk[labelled], labels[labelled]
-        node_xyz = _voxel_to_world(self._affine, ijk)
-        point = xyz[rows]
-        squared = np.zeros(len(rows))
-        for axis in range(3):  # summed in the tree's order
-            diff = point[:, axis] - node_xyz[:, axis]
-            squared += diff * diff
-        near = squared <= radius * radius
-        return rows[near], labels[near].astype(np.int64)
+        usable = np.flatnonzero(np.all(np.abs(centre) < np.iinfo(np.int32).max, axis=1))
+        found_rows, found_labels = [], []
+        per_block = max(1, 1_000_000 // len(offsets))  # candidates of a few MB at a time
+        for start in range(0, len(usable), per_block):
+            rows = usable[start:start + per_block]
+            ijk = (centre[rows].astype(np.int64)[:, None, :] + offsets[None]).reshape(-1, 3)
+            rows = np.repeat(rows, len(offsets))
+            inside = np.all((ijk >= 0) & (ijk < volume.shape), axis=1)
+            rows, ijk = rows[inside], ijk[inside]
+            labels = volume.ravel()[np.ravel_multi_index(tuple(ijk.T), volume.shape)]
+            labelled = labels != 0
+            rows, ijk, labels = rows[labelled], ijk[labelled], labels[labelled]
+            node_xyz = _voxel_to_world(self._affine, ijk)
+            point = xyz[rows]
+            squared = np.zeros(len(rows))
+            for axis in range(3):  # summed in the tree's order
+                diff = point[:, axis] - node_xyz[:, axis]
+                squared += diff * diff
+            near = squared <= radius * radius
+            found_rows.append(rows[near])
+            found_labels.append(labels[near].astype(np.int64))
+        if not found_rows:
+            return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.int64)
+        return np.concatenate(found_rows), np.concatenate(found_labels)
 
     def label_volume(self) -> np.ndarray | None:
         """The label of every voxel of a volumetric atlas's grid, 0 outside regions (a new

@@ -52,7 +52,7 @@ def test_grid_coordinates_are_the_voxels_own(name):
 
 
 @pytest.mark.parametrize("name", AFFINES)
-@pytest.mark.parametrize("radius", [0, 1, 2, 3])
+@pytest.mark.parametrize("radius", [0, 1, 2, 3, 10])  # 10: several blocks of points
 def test_ball_labels_equal_the_kd_tree(name, radius):
     atlas = _atlas(AFFINES[name])
     rng = np.random.default_rng(2)
