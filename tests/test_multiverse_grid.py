@@ -56,8 +56,8 @@ def test_markello_plan_counts_shared_stages():
     estimate = result.estimate(parquet=True)
     # one upstream per unit, one choice per probe set, one normalization per group, one
     # aggregation per table
-    assert estimate.seconds == pytest.approx(3.0 * 1_296 + 3.0 * 216 + 5.0 * 38_880
-                                             + 1.4 * 311_040 + 0.02 * 373_248)
+    assert estimate.seconds == pytest.approx(12.0 * 1_296 + 15.0 * 216 + 1.3 * 38_880
+                                             + 0.45 * 311_040 + 0.013 * 373_248)
     assert estimate.disk_bytes == 40 * 373_248
     small = result.estimate(cells=58_692 * 3_702 // 10)
     assert small.seconds == pytest.approx(estimate.seconds / 10, rel=1e-6)

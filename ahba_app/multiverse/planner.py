@@ -92,17 +92,20 @@ class CostModel:
     reading the stored probe choice), each probe choice is made once (``probes``), each
     normalization group is normalized once (``normalization``), each distinct table is
     aggregated (``aggregation``) and every pipeline's statistics taken (``statistics``).
-    Calibrated on ``benchmarks/multiverse_throughput.py`` on the full-size data (4 units of the
-    Markello grid, 4 groups each: 128 pipelines in 288 CPU seconds; a profile gave the shares:
-    aggregation 64 %, normalization 29 %, the rest upstream and statistics). ``peak_bytes``:
-    one worker process's peak there (the run's 5.0 GB for two workers and the main process).
+    Calibrated on the full-size data (20,232 genes): one unit of the Markello grid (30 groups,
+    240 distinct tables, 288 pipelines) took 159 CPU seconds on one thread, shared by a profile
+    as: the unit's upstream with its three sample normalizations ~12 s, each group's gene
+    normalization ~1.3 s, each table's aggregation (the 8 variants of a group together) ~0.45 s,
+    each pipeline's statistics ~0.013 s; a probe choice took 10 to 30 s. ``peak_bytes``: one
+    worker process's peak there (units with ``lr_mirror='bidirectional'`` have twice the
+    samples and about 1.4 times that).
     """
 
-    upstream: float = 3.0
-    probes: float = 3.0
-    normalization: float = 5.0
-    aggregation: float = 1.4
-    statistics: float = 0.02
+    upstream: float = 12.0
+    probes: float = 15.0
+    normalization: float = 1.3
+    aggregation: float = 0.45
+    statistics: float = 0.013
     row_bytes_tsv: int = 260
     row_bytes_parquet: int = 40
     peak_bytes: int = int(2.4 * 2**30)
