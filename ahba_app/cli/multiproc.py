@@ -6,6 +6,10 @@ node "failure". Here each worker asks the kernel to end it when its parent dies
 (``PR_SET_PDEATHSIG``, Linux), ignores SIGINT (the main process handles it and ends the
 workers), and takes the default action on SIGTERM; :meth:`MultiProcPlugin.terminate` ends the
 workers of an interrupted run at once.
+
+The workers share the CPUs: each runs its numeric loops on ``usable CPUs // workers`` threads
+(``$AHBA_APP_THREADS``, see :mod:`ahba_app._blocks`), unless the user set that variable, so
+that two workers on two cores do not each start two threads and fight over the caches.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 from nipype.pipeline.plugins import multiproc as _nipype_multiproc
 
-__all__ = ["MultiProcPlugin"]
+__all__ = ["MultiProcPlugin", "worker_threads"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -35,8 +39,18 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _initialize_worker(cwd: str, parent: int) -> None:
+def worker_threads(processors: int) -> int:
+    """Threads for each of ``processors`` workers: the usable CPUs shared out, at least one."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, cpus // max(1, int(processors)))
+
+
+def _initialize_worker(cwd: str, parent: int, threads: int) -> None:
     _die_with_parent(parent)
+    os.environ.setdefault("AHBA_APP_THREADS", str(threads))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _nipype_multiproc.process_initializer(cwd)
@@ -51,7 +65,7 @@ class MultiProcPlugin(_nipype_multiproc.MultiProcPlugin):
         self.pool.shutdown(wait=False)
         self.pool = ProcessPoolExecutor(
             max_workers=self.processors, initializer=_initialize_worker,
-            initargs=(self._cwd, os.getpid()),
+            initargs=(self._cwd, os.getpid(), worker_threads(self.processors)),
             mp_context=mp.get_context(self.plugin_args.get("mp_context")))
 
     def _async_callback(self, args):
