@@ -383,14 +383,24 @@ def test_kill_cache_building(tmp_path, base, n):
 @pytest.mark.parametrize("n", range(3))
 def test_kill_workflow(tmp_path, base, n):
     rng = random.Random(SEED + 300 + n)
-    case = Case(tmp_path, base)
-    proc = case.start("--nprocs", "2")
-    started = _wait_for(lambda: list(case.out.glob(STAGING + "*")) or proc.poll())
-    time.sleep(rng.uniform(0.2, 4.0))
-    family = _descendants(proc.pid)
-    proc.kill()
-    _finish(proc)
-    assert started and isinstance(started, list), "the workflow never started"
+    delay = rng.uniform(0.2, 4.0)
+    # a run quicker than the delay ends before the kill and tests nothing: then a fresh case
+    # is killed after half the delay
+    for attempt in range(6):
+        case = Case(tmp_path / f"attempt-{attempt}", base)
+        proc = case.start("--nprocs", "2")
+        started = _wait_for(lambda: list(case.out.glob(STAGING + "*")) or proc.poll())
+        assert started and isinstance(started, list), "the workflow never started"
+        if _wait_for(lambda: proc.poll() is not None, timeout=delay, step=0.02):
+            _finish(proc)
+            delay /= 2
+            continue
+        family = _descendants(proc.pid)
+        proc.kill()
+        _finish(proc)
+        break
+    else:
+        pytest.fail("every run ended before it could be killed")
     _assert_no_orphans(family)
     assert_not_complete(case.out)
     assert_recovers(case)
