@@ -247,8 +247,10 @@ class AtlasTree:
         full[self._nz] = self._atlas
         return full
 
-    def _grid_labels(self) -> np.ndarray:
-        """The label of every voxel of a volume's grid (read-only: the atlas's own array)."""
+    def grid_labels(self) -> np.ndarray:
+        """The label of every voxel of a volume's grid, 0 outside regions: the atlas's own
+        read-only array, in the smallest integer type holding the labels (for look-ups;
+        :meth:`label_volume` gives a new int64 copy)."""
         if self._volume is None:
             self._volume = _compact_labels(self._full_labels())
         return self._volume
@@ -271,7 +273,7 @@ class AtlasTree:
         if not np.isfinite(xyz).all():  # as the tree refuses them
             raise ValueError(f"Sample coordinates must be finite to be matched to {self.source}; "
                              "got NaN or infinite values: check the samples' MNI coordinates.")
-        volume = self._grid_labels()
+        volume = self.grid_labels()
         inverse = np.linalg.inv(self._affine)
         centre = np.rint(xyz @ inverse[:3, :3].T + inverse[:3, 3])
         # one voxel more than the radius in the smallest voxel step: rounding the centre moves

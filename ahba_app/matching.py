@@ -169,7 +169,7 @@ def _reached_volume_labels(atlas, xyz, radius: float) -> np.ndarray:
     if not len(xyz):
         return np.zeros(0, dtype=np.int64)
     affine = np.asarray(atlas.affine, dtype=float)
-    volume = atlas._grid_labels() if hasattr(atlas, "_grid_labels") else atlas.label_volume()
+    volume = atlas.grid_labels()
     shape = np.asarray(volume.shape)
     step = float(np.linalg.svd(affine[:3, :3], compute_uv=False).min())
     reach = radius / step + 1.0

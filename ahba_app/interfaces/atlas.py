@@ -11,8 +11,7 @@ import logging
 import os
 
 from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObject,
-                                    OutputMultiObject, SimpleInterface, TraitedSpec, isdefined,
-                                    traits)
+                                    OutputMultiObject, SimpleInterface, TraitedSpec, traits)
 
 from .. import pipeline
 from ..options import trait
@@ -122,8 +121,7 @@ class NormalizeExpression(SimpleInterface):
         # only the samples normalization keeps are read (as the Python API does)
         rows = pipeline.normalized_rows(labels, norm_matched=inputs.norm_matched)
         options = stage_options(inputs, "normalize")
-        store = SharedTables(inputs.shared) if isdefined(inputs.shared) and inputs.shared \
-            else None
+        store = SharedTables(inputs.shared) if inputs.shared else None
         key = found = None
         if store is not None:
             key = store.key(files=(inputs.expression, inputs.annotation), arrays=(rows,),

@@ -258,10 +258,13 @@ def group_rows(plan: Plan, key, atlas, atlas_info=None, *, data_dir=None,
         if upstream is None:
             upstream = UnitUpstream(atlas, atlas_info, settings=settings, data_dir=data_dir,
                                     n_proc=n_proc)
-        if sampled is not None:
-            normalized, kept, labels = upstream.normalized_from(sampled, settings)
-        else:
-            normalized, kept, labels = upstream.normalized(settings)
+
+        def normalize_group():
+            if sampled is not None:
+                return upstream.normalized_from(sampled, settings)
+            return upstream.normalized(settings)
+
+        normalized, kept, labels = normalize_group()
         fast = sorted({v for v in (_fast_variant(m.options) for m in members) if v is not None},
                       key=repr)
         together = None
@@ -280,9 +283,7 @@ def group_rows(plan: Plan, key, atlas, atlas_info=None, *, data_dir=None,
                 together = gathered.tables(fast, fills)
                 del gathered
             if together is None and consume:  # a NaN: the API's aggregation, from the frames
-                normalized, kept, labels = (
-                    upstream.normalized_from(sampled, settings) if sampled is not None
-                    else upstream.normalized(settings))
+                normalized, kept, labels = normalize_group()
         computed: dict = {}
         wanted = {_downstream(m.options) for m in members if tables and m.id in tables}
         saved: dict = {}  # variant -> table, for the variants of the tables saved

@@ -161,7 +161,8 @@ def init_atlas_wf(*, atlas, analysis_level, out_dir, desc, metadata, parameters,
                                                "report", "citation", "genes"],
                                     name="ds_participant")
         connections += [
-            (inputnode, genes, [("raw_probes", "raw_probes"), ("donors", "donors"), ("donors", "donor"),
+            (inputnode, genes, [("raw_probes", "raw_probes"), ("donors", "donors"),
+                                ("donors", "donor"),
                                 ("annotated_probes", "annotated_probes"),
                                 ("filtered_probes", "filtered_probes"),
                                 ("probe_share", "probe_share"), ("selection", "selection")]),

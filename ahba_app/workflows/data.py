@@ -76,8 +76,7 @@ def init_ahba_data_wf(*, settings, data_dir=None, data_identity="", native_atlas
     outputnode = pe.Node(niu.IdentityInterface(fields=[
         "donors", "annotations", "sample_info", "expressions", "selection", "n_probes",
         "n_annotated", "n_filtered", "n_genes", "files", "raw_probes", "annotated_probes",
-        "filtered_probes",
-        "probe_share"]), name="outputnode")
+        "filtered_probes", "probe_share"]), name="outputnode")
 
     # the command line has checked (and, when needed, downloaded) the files before the run, so
     # this node only finds them; its inputs leave out how many processes run, to stay cached
