@@ -173,9 +173,10 @@ def _quantile_positions(n: int, q: float) -> tuple[int, int]:
     return below, min(below + 1, n - 1)
 
 
-#: Columns at least this long are partitioned rather than sorted for their quartiles and
-#: median (numpy's partition at the seven positions read is quicker than a sort only there).
-_PARTITION_MIN = 4096
+#: Columns at least this long take their quartiles and median from :class:`_OrderStatistics`
+#: (bucket counts) rather than a sort: numpy's sort of shorter rows (a sorting network in
+#: registers) is quicker there; measured on full data, the crossing is near 520 values.
+_PARTITION_MIN = 560
 
 
 def _robust_centre_scale(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -193,10 +194,10 @@ def _robust_centre_scale(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return _median(ordered)[None], iqr[None]
 
 
-#: Rows of :class:`_OrderStatistics` are bucketed a few at a time (1 MB of values: in cache).
-_SELECT_ELEMENTS = 1 << 17
-#: Buckets per value of a row: a bucket holds about eight values.
-_BUCKETS_PER_VALUE = 0.125
+#: Rows of :class:`_OrderStatistics` are bucketed a few at a time (2 MB of values: in cache).
+_SELECT_ELEMENTS = 1 << 18
+#: Buckets per value of a row: a bucket holds about two values.
+_BUCKETS_PER_VALUE = 0.5
 
 
 class _OrderStatistics:
@@ -233,28 +234,31 @@ class _OrderStatistics:
         low = rows.min(axis=1)
         high = rows.max(axis=1)       # NaN when the row holds one
         out[n - 1][:] = high
+        width = n_buckets + 1         # (the largest value's key is n_buckets, or just below)
         with np.errstate(all="ignore"):
             span = high - low
             scale = n_buckets / span
             redo = ~(np.isfinite(scale) & np.isfinite(span) & (span > 0))
             key = np.subtract(rows, np.where(redo, 0.0, low)[:, None])
             key *= np.where(redo, 0.0, scale)[:, None]
-        key[redo] = 0.0               # (those rows are partitioned below)
-        width = n_buckets + 1         # (the largest value's key is n_buckets, or just below)
-        bucket = key.astype(np.intp)  # floor: the keys are >= 0
+        if redo.any():
+            key[redo] = 0.0           # (those rows are partitioned below)
+        np.minimum(key, n_buckets, out=key)
+        # each row its own buckets: whole numbers added to keys in [0, n_buckets] (a sum
+        # rounded to a whole number stays monotone in x and inside the row's buckets)
+        key += (np.arange(n_rows) * float(width))[:, None]
+        bucket = key.astype(np.intp).ravel()  # floor: the keys are >= 0
         del key
-        np.minimum(bucket, n_buckets, out=bucket)
-        bucket += (np.arange(n_rows) * width)[:, None]   # each row its own buckets
-        bucket = bucket.ravel()
-        counts = np.bincount(bucket, minlength=n_rows * width).reshape(n_rows, width)
-        ends = np.cumsum(counts, axis=1)
-        every = np.arange(n_rows)
+        counts = np.bincount(bucket, minlength=n_rows * width)
+        ends = np.cumsum(counts)      # over all rows: row r's values end at (r + 1) * n
+        first = np.arange(n_rows) * n
         wanted = np.zeros(n_rows * width, dtype=bool)
         found = {}
         for pos in positions:
-            holder = np.count_nonzero(ends <= pos, axis=1)        # the bucket holding pos
-            found[pos] = (every * width + holder, pos - ends[every, holder] + counts[every, holder])
-            wanted[found[pos][0]] = True
+            target = first + pos
+            holder = np.searchsorted(ends, target, side="right")   # the bucket holding pos
+            found[pos] = (holder, target - (ends[holder] - counts[holder]))
+            wanted[holder] = True
         # the values of the buckets wanted, sorted by bucket, then value
         pick = np.flatnonzero(wanted[bucket])
         values, groups = rows.ravel()[pick], bucket[pick]
@@ -687,8 +691,12 @@ def normalize_donor(expression: pd.DataFrame, sample_norm: str | None = DEFAULTS
     index, columns = expression.index, expression.columns
     del expression  # the caller may have let go of it: then each input is freed once used
     if sample_name is not None:
+        # the gene normalization reads what this writes: genes contiguous (the transposed
+        # buffer) for a method that sums, whose numbers depend on the layout; samples
+        # contiguous for one that does not (written as computed, without a transposed copy)
         values = normalize_array(values, sample_name, axis=1,
-                                 out=_buffer(buffers, values, transposed=True))
+                                 out=_buffer(buffers, values,
+                                             transposed=not layout_independent(gene_name)))
     if gene_name is not None:
         values = normalize_array(values, gene_name, axis=0, groups=classes,
                                  out=_buffer(buffers, values))

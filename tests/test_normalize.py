@@ -363,6 +363,26 @@ def test_normalize_donor_into_buffers(inputs):
     assert np.shares_memory(out.to_numpy(), first)
 
 
+@pytest.mark.parametrize("sample_norm, gene_norm", [("srs", "srs"), ("rs", "minmax"),
+                                                    ("zscore", "srs"), ("srs", "zscore"),
+                                                    (None, "srs")])
+def test_normalize_donor_buffers_give_the_same_bits(inputs, sample_norm, gene_norm):
+    # with buffers, a gene normalization that does not sum reads the sample normalization's
+    # result samples-contiguous (no transposed copy); without, genes-contiguous: the numbers
+    # are the same bit for bit, on data with NaN, ties, constant columns and infinities
+    values = inputs["special"][0].copy()
+    values[3, 5] = np.inf
+    values[10, 7] = -np.inf
+    values[:, 2] = np.round(values[:, 2])   # ties
+    frame = _frame(values, 0)
+    expected = normalize_donor(frame, sample_norm, gene_norm).to_numpy()
+    for layout in (np.ascontiguousarray, np.asfortranarray):
+        source = pd.DataFrame(layout(values), index=frame.index, columns=frame.columns)
+        first, second = np.full(values.size, -1.0), np.full(values.size, -1.0)
+        out = normalize_donor(source, sample_norm, gene_norm, buffers=(first, second))
+        assert out.to_numpy().tobytes() == np.ascontiguousarray(expected).tobytes()
+
+
 def test_input_is_not_modified(inputs):
     frame = _frame(inputs["special"][0], 0)
     before = frame.copy()
@@ -420,11 +440,11 @@ def test_normalize_donor_matched_and_structures(inputs):
         normalize_donor(frame, gene_norm="batch")
 
 
-@pytest.mark.parametrize("n", [4096, 5001, 15000])
+@pytest.mark.parametrize("n", [560, 946, 4096, 5001, 15000])
 def test_long_columns_partitioned_give_the_sorted_numbers(monkeypatch, n):
-    """Columns of at least _PARTITION_MIN values (a sample across ~15,000 genes) take their
-    median and quartiles from a partition: numpy's median/percentile and the full sort, bit for
-    bit, with ties, a constant column and a NaN."""
+    """Columns of at least _PARTITION_MIN values (a sample across ~15,000 genes, a gene across
+    a large donor's samples) take their median and quartiles from bucket counts: numpy's
+    median/percentile and the full sort, bit for bit, with ties, a constant column and a NaN."""
     from ahba_app import normalize as nm
 
     rng = np.random.default_rng(n)
@@ -445,17 +465,21 @@ def test_long_columns_partitioned_give_the_sorted_numbers(monkeypatch, n):
     assert np.array_equal(fast.view(np.int64), nm._scaled_robust_sigmoid(x.copy()).view(np.int64))
 
 
+@pytest.mark.parametrize("n_rows", [23, 900])
 @pytest.mark.parametrize("kind", ["plain", "nan", "ties", "constant", "infinite", "descending",
-                                  "wide", "subnormal", "few"])
-def test_order_statistics_equal_a_sort(kind):
+                                  "wide", "subnormal", "few", "short"])
+def test_order_statistics_equal_a_sort(kind, n_rows):
     # the bucket counting that finds a robust sigmoid's positions in long columns gives the
     # values a full sort puts there, bit for bit, whatever the data
     from ahba_app.normalize import _OrderStatistics, _quantile_positions
 
+    # (900 rows: several blocks of rows; "short": a gene's column of a donor's samples)
     rng = np.random.default_rng(["plain", "nan", "ties", "constant", "infinite", "descending",
-                                 "wide", "subnormal", "few"].index(kind))
-    n = {"few": 5}.get(kind, 15_001 if kind == "ties" else 4_096 + 17)
-    rows = np.round(rng.normal(8, 2, size=(23, n)), 6)
+                                 "wide", "subnormal", "few", "short"].index(kind))
+    n = {"few": 5, "short": 946}.get(kind, 15_001 if kind == "ties" else 4_096 + 17)
+    if n_rows > 23:
+        n = min(n, 946)
+    rows = np.round(rng.normal(8, 2, size=(n_rows, n)), 6)
     if kind == "nan":
         rows[rng.random(rows.shape) < 0.001] = np.nan
     elif kind == "ties":
