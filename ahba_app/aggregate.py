@@ -407,11 +407,14 @@ class DonorMeans:
             raise ValueError("The donors' region tables differ in regions or genes.")
         self.running.add(table.to_numpy(), rows=at)
 
-    def result(self) -> tuple[pd.DataFrame, pd.Index]:
-        """The merged table, without the genes left incomplete, and those genes."""
+    def result(self, columns=None) -> tuple[pd.DataFrame, pd.Index]:
+        """The merged table, without the genes left incomplete, and those genes; with
+        ``columns`` (positions), its genes in that order."""
         means, self.running = self.running.mean(), None
         merged = pd.DataFrame(means, index=_label_index(np.asarray(self.index)),
                               columns=self.columns, copy=False)
+        if columns is not None:
+            merged = merged.iloc[:, columns]
         return _drop_incomplete(merged)
 
 

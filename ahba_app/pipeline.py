@@ -225,11 +225,19 @@ class DonorTables(collections.abc.Mapping):
     def __len__(self) -> int:
         return len(self.chosen.donors)
 
-    def frame(self, donor, samples=None, order: str = "F", buffer=None) -> pd.DataFrame:
+    def frame(self, donor, samples=None, order: str = "F", buffer=None, columns=None
+              ) -> pd.DataFrame:
         """The donor's table, restricted to the rows at positions ``samples`` if given, with
         values in ``order`` ('F': samples contiguous per gene, or 'C': what ``self[donor]``
-        gives), in ``buffer``'s memory if given (a large enough 1-D float64 array)."""
-        return self.chosen.frame(donor, samples, order=order, buffer=buffer)
+        gives), in ``buffer``'s memory if given (a large enough 1-D float64 array); its genes
+        are the positions ``columns`` of its genes, in that order, if given (see
+        :meth:`file_order`)."""
+        return self.chosen.frame(donor, samples, order=order, buffer=buffer, columns=columns)
+
+    def file_order(self, donor) -> np.ndarray | None:
+        """The order of the donor's genes in which its table is read quickest
+        (:meth:`ahba_app.probes.ChosenProbes.file_order`), or None."""
+        return self.chosen.file_order(donor)
 
     def n_genes(self, donor) -> int:
         return len(self.chosen.columns(donor))
@@ -565,7 +573,17 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
     # the donor is normalized, and its sample-level table is dropped (see _DonorStream)
     stream = _DonorStream(atlases, all_labels, settings.missing) if (
         aggregate and _can_stream(settings, expressions, return_donors)) else None
+    # streamed, every donor's genes are read in the order of the first donor's microarray
+    # rows when that changes no number: the gene normalization and region means treat each
+    # gene on its own, and a sample normalization that only sorts and compares (no sums
+    # over a sample's genes) does not see their order; the region table takes back the
+    # order of the symbols at the end
+    columns = None
+    if stream is not None and (settings.sample_norm is None
+                               or _normalize.layout_independent(settings.sample_norm)):
+        columns = stream.columns = expressions.file_order(next(iter(expressions)))
     for donor, table in normalized_donors(expressions, keep, kept, reuse=stream is not None,
+                                          columns=columns,
                                           **stage_options(settings, "normalize")):
         if stream is not None:
             stream.add(donor, table, labels[donor], kept[donor])
@@ -611,7 +629,7 @@ def normalized_donors(expressions: DonorTables, keep: Mapping, kept: Mapping, *,
                       sample_norm=DEFAULTS["sample_norm"], gene_norm=DEFAULTS["gene_norm"],
                       norm_matched: bool = DEFAULTS["norm_matched"],
                       norm_structures: bool = DEFAULTS["norm_structures"],
-                      reuse: bool = False):
+                      reuse: bool = False, columns=None):
     """Yield ``(donor, normalized samples x genes table)`` for each donor, in order.
 
     Donors in the order of ``keep``; only the samples kept (positions ``keep[donor]``;
@@ -619,6 +637,7 @@ def normalized_donors(expressions: DonorTables, keep: Mapping, kept: Mapping, *,
     sample normalization needs to give abagen's numbers (:func:`read_order`). With ``reuse`` every donor's tables live in the same
     two buffers: the caller is done with one donor's table before asking for the next.
     ``norm_matched`` decided ``keep``; it is accepted here as the stage's option.
+    ``columns``: positions of the genes to read, in that order (:meth:`DonorTables.frame`).
     """
     order = read_order(sample_norm)
     buffers = None
@@ -630,7 +649,7 @@ def normalized_donors(expressions: DonorTables, keep: Mapping, kept: Mapping, *,
         # no name holds the table read, so normalize_donor lets go of it once normalized
         yield donor, _normalize.normalize_donor(
             expressions.frame(donor, keep[donor], order=order,
-                              buffer=None if buffers is None else buffers[1])
+                              buffer=None if buffers is None else buffers[1], columns=columns)
             .set_axis(kept[donor].index, axis=0),
             sample_norm=sample_norm, gene_norm=gene_norm, structures=structures,
             buffers=buffers)
@@ -662,6 +681,8 @@ class _DonorStream:
         self.atlases, self.all_labels, self.missing = atlases, all_labels, missing
         self.means = _aggregate.DonorMeans(all_labels)
         self.filled: set = set()
+        #: positions of the genes the donors' tables hold, in their order (None: all, sorted)
+        self.columns = None
 
     def add(self, donor, normalized: pd.DataFrame, labels: np.ndarray,
             kept: pd.DataFrame) -> None:
@@ -676,7 +697,8 @@ class _DonorStream:
 
     def result(self, labels: Mapping) -> dict:
         counts = _matching.sample_counts(labels, self.all_labels)
-        expression, dropped = self.means.result()
+        expression, dropped = self.means.result(
+            None if self.columns is None else np.argsort(self.columns))
         summary = GroupFacts(
             regions_without_samples=[int(r) for r in counts.index[counts.sum(axis=1) == 0]],
             filled_regions=None if self.missing is None else sorted(self.filled),

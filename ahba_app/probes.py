@@ -1028,20 +1028,36 @@ class ChosenProbes:
         return pd.DataFrame({"gene_symbol": genes.symbols[which]},
                             index=pd.Index(genes.probe_ids[position[which]], name="probe_id"))
 
-    def frame(self, donor, samples=None, order: str = "F", buffer=None) -> pd.DataFrame:
+    def file_order(self, donor) -> np.ndarray | None:
+        """Positions of the donor's genes (columns) that put their chosen probes in the order
+        of its microarray's rows: read in that order (``frame(columns=...)``), the rows need
+        no reordering after decoding. None when the donor's table was given as a frame."""
+        if self._frames is not None:
+            return None
+        position = self._position(donor)
+        rows = self._data.rows[donor][position[position >= 0]]
+        return np.argsort(rows, kind="stable")
+
+    def frame(self, donor, samples=None, order: str = "F", buffer=None, columns=None
+              ) -> pd.DataFrame:
         """Samples x genes of ``donor``: every row of its sample table, or the positions
         ``samples`` of them; a new frame each call.
 
         ``order`` is the memory layout of its values: 'F' (samples contiguous per gene, what
         :func:`collapse_probes` returns) or 'C'. ``buffer`` (optional): a 1-D float64 array at
-        least as large as the table, whose memory the table then uses.
+        least as large as the table, whose memory the table then uses. ``columns``
+        (optional): positions of the donor's genes to read, in that order (by default all,
+        sorted by symbol).
         """
         data = self._data
         if self._frames is not None:
             frame = self._frames[donor]
+            frame = frame if columns is None else frame.iloc[:, columns]
             return frame if samples is None else frame.iloc[samples]
         position = self._position(donor)
         which = np.flatnonzero(position >= 0)
+        if columns is not None:
+            which = which[columns]
         index = data.annotation[donor].index
         sample_order = None
         if samples is not None:

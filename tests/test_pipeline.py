@@ -113,3 +113,24 @@ def test_transpose_into(shape):
     assert np.array_equal(wide[:, 3:3 + shape[0]], source.T)
     with pytest.raises(ValueError):
         _blocks.transpose_into(np.empty(shape), np.empty((shape[0] + 1, shape[1])))
+
+
+def test_tables_read_in_file_order_hold_the_same_columns(ahba_small):
+    """A donor's table read with its genes in the order of its microarray's rows (as the
+    streamed run reads it: no reordering after decoding) holds each gene's column bit for bit."""
+    settings = pipeline.Settings(donors=DONORS)
+    files, _ = pipeline.locate_data(ahba_small, DONORS)
+    _, probes = pipeline.read_probe_tables(files)
+    annotations = {d: pipeline.prepare_donor_samples(files[d], probes)[0] for d in DONORS}
+    probes = pipeline.filter_probe_table(files, annotations, probes,
+                                         ibf_threshold=settings.ibf_threshold)
+    tables, _ = pipeline.select_donor_probes(files, annotations, probes)
+    for donor in DONORS:
+        order = tables.file_order(donor)
+        whole = tables.frame(donor, order="C")
+        assert not np.array_equal(order, np.arange(len(order)))  # (the test means something)
+        samples = np.arange(0, len(whole), 2)
+        read = tables.frame(donor, samples, order="C", columns=order)
+        assert list(read.columns) == list(whole.columns[order])
+        expected = whole.iloc[samples, order].to_numpy()
+        assert read.to_numpy().tobytes() == np.ascontiguousarray(expected).tobytes()
