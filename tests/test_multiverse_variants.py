@@ -104,3 +104,47 @@ def test_gather_group_consuming_the_frames_gives_the_same_tables(unit):
     assert given == {}  # every frame was taken
     for key in want:
         assert np.array_equal(got[key].to_numpy(), want[key].to_numpy(), equal_nan=True)
+
+
+@pytest.mark.parametrize("gene_norm", ["srs", "zscore", None])
+@pytest.mark.parametrize("norm_matched", [True, False])
+@pytest.mark.parametrize("norm_structures", [True, False])
+@pytest.mark.parametrize("block_genes", [7, 64])
+def test_group_tables_by_blocks_of_genes_equal_variant_tables(unit, gene_norm, norm_matched,
+                                                              norm_structures, block_genes):
+    upstream, base = unit
+    settings = pipeline.Settings(**dict(base.__dict__, sample_norm="srs", gene_norm=gene_norm,
+                                        norm_matched=norm_matched,
+                                        norm_structures=norm_structures))
+    sampled = upstream.sample_normalized("srs")
+    normalized, kept, labels = upstream.normalized_from(sampled, settings)
+    coords = {d: pipeline.atlas_coordinates(upstream.atlases[d], f) for d, f in kept.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fills = pipeline.fill_missing_regions("centroids", upstream.atlases, labels,
+                                              normalized, coords)
+        want = variant_tables(normalized, labels, upstream.all_labels, VARIANTS, fills)
+        got = upstream.group_tables(sampled, settings, VARIANTS, block_genes=block_genes)
+    assert len(normalized[upstream.donors[0]].columns) > 2 * block_genes  # several blocks
+    assert any(len(rows) for rows in fills.values())  # some regions are filled
+    if want is None:  # a NaN (normalized within small structures of the small data)
+        assert got is None
+        assert gene_norm is not None and norm_structures
+        return
+    assert set(got) == set(want)
+    for key in want:
+        assert got[key].index.equals(want[key].index)
+        assert got[key].columns.equals(want[key].columns)
+        assert np.array_equal(got[key].to_numpy(), want[key].to_numpy(), equal_nan=True), key
+
+
+def test_group_tables_decline_nan(unit):
+    upstream, base = unit
+    sampled = upstream.sample_normalized("srs")
+    settings = pipeline.Settings(**dict(base.__dict__, sample_norm="srs", gene_norm=None))
+    donor = upstream.donors[1]
+    row = int(np.flatnonzero(upstream.match_labels[donor] != 0)[0])
+    with_nan = dict(sampled, **{donor: sampled[donor].copy()})
+    with_nan[donor][row, 20] = np.nan  # a gene of the second block
+    assert upstream.group_tables(sampled, settings, VARIANTS, block_genes=16) is not None
+    assert upstream.group_tables(with_nan, settings, VARIANTS, block_genes=16) is None

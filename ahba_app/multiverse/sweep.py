@@ -264,11 +264,15 @@ def group_rows(plan: Plan, key, atlas, atlas_info=None, *, data_dir=None,
                 return upstream.normalized_from(sampled, settings)
             return upstream.normalized(settings)
 
-        normalized, kept, labels = normalize_group()
         fast = sorted({v for v in (_fast_variant(m.options) for m in members) if v is not None},
                       key=repr)
         together = None
-        if fast:
+        normalized = None
+        if fast and sampled is not None:
+            # a block of genes at a time, from the unit's sample-normalized rows
+            together = upstream.group_tables(sampled, settings, fast, scratch)
+        elif fast:
+            normalized, kept, labels = normalize_group()
             fills = None
             if any(missing is not None for missing, _, _ in fast):
                 coords = {donor: _pipeline.atlas_coordinates(upstream.atlases[donor], frame)
@@ -282,8 +286,12 @@ def group_rows(plan: Plan, key, atlas, atlas_info=None, *, data_dir=None,
             if gathered is not None:
                 together = gathered.tables(fast, fills)
                 del gathered
-            if together is None and consume:  # a NaN: the API's aggregation, from the frames
-                normalized, kept, labels = normalize_group()
+            if consume:
+                normalized = None
+        if normalized is None and (together is None or any(
+                _fast_variant(m.options) not in together for m in members)):
+            # a NaN, or variants only the API's aggregation computes: from the whole tables
+            normalized, kept, labels = normalize_group()
         computed: dict = {}
         wanted = {_downstream(m.options) for m in members if tables and m.id in tables}
         saved: dict = {}  # variant -> table, for the variants of the tables saved

@@ -18,10 +18,12 @@ import numpy as np
 import pandas as pd
 
 from .. import io as _io
+from .. import matching as _matching
 from .. import normalize as _normalize
 from .. import pipeline as _pipeline
 from .. import probes as _probes
 from ..selection_cache import ChoiceStore
+from . import variants as _variants
 
 __all__ = ["UnitUpstream"]
 
@@ -147,3 +149,74 @@ class UnitUpstream:
             normalized[donor] = pd.DataFrame(values, index=kept[donor].index,
                                              columns=self._columns[donor], copy=False)
         return normalized, kept, labels
+
+    def group_tables(self, sampled: dict, settings, variants, scratch=None,
+                     block_genes: int | None = None) -> dict | None:
+        """The tables of one group's ``variants`` (``(missing, region_agg, agg_metric)``) from
+        the unit's :meth:`sample_normalized` arrays of ``settings.sample_norm``: each block
+        of genes normalized as :meth:`normalized_from` normalizes it (every gene on its own)
+        and aggregated by :func:`~.variants.blocked_tables`, so that neither the group's
+        normalized table nor its gathered copy is ever whole in memory. None where
+        :func:`~.variants.variant_tables` gives None (then :meth:`normalized_from` and the
+        API's aggregation). ``block_genes``: genes per block (default
+        :data:`~.variants.BLOCK_GENES`)."""
+        gene_name = _normalize.resolve_norm(settings.gene_norm)
+        kept, labels, keeps, classes = {}, {}, {}, {}
+        for donor in self.donors:
+            keeps[donor] = self._kept(donor, settings, kept, labels)
+            classes[donor] = (kept[donor]["structure"].to_numpy(dtype=object)
+                              if settings.norm_structures and gene_name is not None else None)
+
+        def normalized_block(cols):
+            out = []
+            for donor in self.donors:
+                # the kept rows of these genes, samples contiguous per gene (F), as in
+                # normalized_from
+                values = np.take(sampled[donor][:, cols].T, keeps[donor], axis=1).T
+                if gene_name is not None:
+                    with warnings.catch_warnings(), np.errstate(all="ignore"):
+                        warnings.simplefilter("ignore")
+                        values = _normalize.normalize_array(values, gene_name, axis=0,
+                                                            groups=classes[donor])
+                out.append(values)
+            return out
+
+        fill_block = None
+        if any(missing is not None for missing, _, _ in variants):
+            fill_block = self._centroid_fills(kept, labels)
+        columns = self._columns[self.donors[0]]
+        return _variants.blocked_tables(normalized_block, [labels[d] for d in self.donors],
+                                        self.all_labels, columns, variants, fill_block,
+                                        scratch, block_genes or _variants.BLOCK_GENES)
+
+    def _centroid_fills(self, kept: dict, labels: dict):
+        """``fill_block`` for :func:`~.variants.blocked_tables`: the rows
+        ``missing='centroids'`` adds (:func:`ahba_app.pipeline.fill_missing_regions`) for a
+        block of genes. Which sample of each donor is closest to an empty region's centroid
+        depends on the samples' places only: it is found once, by matching a table of row
+        positions; each block then combines those samples' values of its genes as the API
+        combines whole rows (:func:`ahba_app.matching.combine_centroids`, gene by gene)."""
+        columns = self._columns[self.donors[0]]
+        chosen = {}
+        for donor in self.donors:
+            coords = _pipeline.atlas_coordinates(self.atlases[donor], kept[donor])
+            positions = pd.DataFrame(np.arange(len(kept[donor]), dtype=np.float64)[:, None],
+                                     index=kept[donor].index)
+            rows, dist = _matching.match_centroids(self.atlases[donor], labels[donor],
+                                                   positions, coords)
+            chosen[donor] = (rows.index, rows.to_numpy()[:, 0], dist)
+
+        def fill_block(arrays, cols):
+            found = {}
+            for donor, values in zip(self.donors, arrays):
+                index, at, dist = chosen[donor]
+                ok = ~np.isnan(at)
+                data = np.full((len(at), values.shape[1]), np.nan)
+                data[ok] = values[at[ok].astype(np.intp)]
+                found[donor] = (pd.DataFrame(data, index=index, columns=columns[cols],
+                                             copy=False), dist)
+            rows = _matching.combine_centroids(found)
+            return [rows.copy() for _ in self.donors]
+
+        return fill_block
+
