@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Iterable, TypeVar
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 
-__all__ = ["MAX_THREADS", "background", "n_threads", "thread_map", "transpose_into"]
+__all__ = ["MAX_THREADS", "background", "n_threads", "shared_threads", "thread_map",
+           "transpose_into"]
 
 #: More threads than this gain little: the loops are mostly memory-bound.
 MAX_THREADS = 4
@@ -54,6 +57,7 @@ def thread_map(func: Callable[[T], R], items: Iterable[T], threads: int | None =
     An exception in any call is raised here (after the calls already running have finished).
     """
     items = list(items)
+    shared = _SHARED.get() if threads is None else None
     threads = n_threads() if threads is None else threads
     if threads <= 1 or len(items) <= 1 or getattr(_local, "worker", False):
         return [func(item) for item in items]  # (inside a worker: no threads of threads)
@@ -65,11 +69,38 @@ def thread_map(func: Callable[[T], R], items: Iterable[T], threads: int | None =
         finally:
             _local.worker = False
 
+    if shared is not None:  # the pool of the enclosing shared_threads block
+        futures = [shared.submit(work, item) for item in items]
+        wait(futures)       # every call ends before an error is raised, as below
+        return [future.result() for future in futures]
     with ThreadPoolExecutor(max_workers=min(threads, len(items))) as pool:
         return list(pool.map(work, items))
 
 
 _local = threading.local()
+
+#: The pool :func:`thread_map` uses within a :func:`shared_threads` block (of this thread).
+_SHARED: ContextVar[ThreadPoolExecutor | None] = ContextVar("ahba_app_shared_threads",
+                                                            default=None)
+
+
+@contextmanager
+def shared_threads() -> Iterator[None]:
+    """Within the block (one run), :func:`thread_map` calls made by this thread run on one
+    pool of :func:`n_threads` threads, started here and ended with the block, instead of
+    starting threads at every call (a few milliseconds each, more while another thread holds
+    the interpreter). The calls' pieces are leaves: a piece never waits for another, so
+    sharing the threads cannot deadlock; the numbers are the same (see the module's note)."""
+    threads = n_threads()
+    if threads <= 1 or _SHARED.get() is not None:
+        yield
+        return
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        token = _SHARED.set(pool)
+        try:
+            yield
+        finally:
+            _SHARED.reset(token)
 
 
 class _Inline:

@@ -42,7 +42,7 @@ from . import matching as _matching
 from . import normalize as _normalize
 from . import probes as _probes
 from . import samples as _samples
-from ._blocks import background, transpose_into
+from ._blocks import background, shared_threads, transpose_into
 from .datasets import RNASEQ_DONORS
 from .options import DEFAULTS, Settings
 from .stages import stage_options
@@ -493,12 +493,14 @@ class PipelineResult:
         return self._summary
 
 
+@shared_threads()
 def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: int = 1,
         verbose: int = 0, return_donors: bool = False, aggregate: bool = True,
         return_genes: bool = False, store=None) -> PipelineResult:
     """Run every stage in order for one atlas (the Python API's engine).
 
-    ``store`` keeps the probe choice for later runs (see :func:`select_donor_probes`).
+    ``store`` keeps the probe choice for later runs (see :func:`select_donor_probes`). The
+    stages' threads are started once for the run (:func:`ahba_app._blocks.shared_threads`).
 
     The same stages as the workflow, arranged to hold little at a time: each donor's
     microarray and PACall caches are mapped once and shared by the stages; each donor's table

@@ -102,6 +102,45 @@ def test_thread_helpers(monkeypatch):
     assert 1 <= _blocks.n_threads() <= _blocks.MAX_THREADS
 
 
+def test_shared_threads(monkeypatch):
+    """Within shared_threads, thread_map's calls run on the block's threads (started once):
+    the same results in order, pieces that call thread_map run it inline, an error is raised
+    only once every piece has ended, and the threads end with the block."""
+    import threading
+    import time
+
+    monkeypatch.setenv("AHBA_APP_THREADS", "2")
+    before = set(threading.enumerate())
+    names = set()
+
+    def square(x):
+        names.add(threading.current_thread().name)
+        return x * x
+
+    ended = []
+
+    def slow_or_fail(x):
+        if x == 0:
+            raise KeyError(x)
+        time.sleep(0.05)
+        ended.append(x)
+
+    with _blocks.shared_threads():
+        for _ in range(5):
+            assert _blocks.thread_map(square, range(20)) == [x * x for x in range(20)]
+        assert len(names) <= 2 and threading.current_thread().name not in names
+        nested = _blocks.thread_map(lambda x: _blocks.thread_map(lambda y: x + y, range(3)),
+                                    range(4))
+        assert nested == [[x + y for y in range(3)] for x in range(4)]
+        with pytest.raises(KeyError):
+            _blocks.thread_map(slow_or_fail, range(4))
+        assert sorted(ended) == [1, 2, 3]
+        with _blocks.shared_threads():  # nested blocks share the outer one's threads
+            assert _blocks.thread_map(square, range(4)) == [0, 1, 4, 9]
+        assert _blocks.thread_map(square, range(3), threads=1) == [0, 1, 4]
+    assert set(threading.enumerate()) <= before | {threading.current_thread()}
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (700, 3), (5, 900), (513, 129)])
 def test_transpose_into(shape):
     source = np.random.default_rng(0).random(shape)
