@@ -148,3 +148,24 @@ def test_group_tables_decline_nan(unit):
     with_nan[donor][row, 20] = np.nan  # a gene of the second block
     assert upstream.group_tables(sampled, settings, VARIANTS, block_genes=16) is not None
     assert upstream.group_tables(with_nan, settings, VARIANTS, block_genes=16) is None
+
+
+def test_groups_without_gene_norm_share_the_tables_of_regions_with_samples(unit):
+    upstream, base = unit
+    sampled = upstream.sample_normalized("srs")
+    matched, every = (pipeline.Settings(**dict(base.__dict__, sample_norm="srs", gene_norm=None,
+                                               norm_matched=norm_matched))
+                      for norm_matched in (True, False))
+    shared: dict = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first = upstream.group_tables(sampled, matched, VARIANTS, shared=shared, block_genes=64)
+        second = upstream.group_tables(sampled, every, VARIANTS, shared=shared, block_genes=64)
+        alone = upstream.group_tables(sampled, every, VARIANTS, block_genes=64)
+    assert shared  # the first group left its tables
+    assert second[(None, "donors", "mean")] is first[(None, "donors", "mean")]  # reused
+    for key in VARIANTS:
+        assert np.array_equal(second[key].to_numpy(), alone[key].to_numpy(), equal_nan=True)
+    # the filled regions differ: norm_matched=False offers unmatched samples to the centroids
+    assert any(not np.array_equal(first[key].to_numpy(), second[key].to_numpy(),
+                                  equal_nan=True) for key in VARIANTS if key[0] == "centroids")

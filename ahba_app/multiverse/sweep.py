@@ -240,7 +240,8 @@ def group_rows(plan: Plan, key, atlas, atlas_info=None, *, data_dir=None,
                centroids: Mapping | None = None, region_map: pd.Series | None = None,
                n_proc: int = 1, tables: Mapping | None = None,
                upstream: UnitUpstream | None = None, sampled: Mapping | None = None,
-               scratch: Scratch | None = None) -> Iterable[dict]:
+               scratch: Scratch | None = None, shared: dict | None = None
+               ) -> Iterable[dict]:
     """The rows of one group of ``plan`` (``key``: a key of ``plan.groups``): its normalization
     computed once from the unit's shared ``upstream`` (:class:`~.upstream.UnitUpstream`; made
     here when not given; from its samples normalized once, ``sampled``
@@ -249,7 +250,8 @@ def group_rows(plan: Plan, key, atlas, atlas_info=None, *, data_dir=None,
     a value is NaN, one by one by :func:`ahba_app.pipeline.aggregate_group`, the function
     ``get_expression_data`` uses). ``tables``: pipeline id -> file, for the pipelines whose
     table is saved (:func:`write_table`); ``scratch``: working memory shared by the groups of
-    a unit (:class:`~.variants.Scratch`)."""
+    a unit (:class:`~.variants.Scratch`); ``shared``: tables shared by the groups of one
+    ``sample_norm`` (:meth:`~.upstream.UnitUpstream.group_tables`)."""
     members = list(plan.pipelines(key))
     settings = _pipeline.Settings(**members[0].kwargs())
     with warnings.catch_warnings():
@@ -270,7 +272,7 @@ def group_rows(plan: Plan, key, atlas, atlas_info=None, *, data_dir=None,
         normalized = None
         if fast and sampled is not None:
             # a block of genes at a time, from the unit's sample-normalized rows
-            together = upstream.group_tables(sampled, settings, fast, scratch)
+            together = upstream.group_tables(sampled, settings, fast, scratch, shared=shared)
         elif fast:
             normalized, kept, labels = normalize_group()
             fills = None
@@ -455,12 +457,13 @@ def unit_rows(plan: Plan, atlas, atlas_info=None, *, data_dir=None,
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 sampled = upstream.sample_normalized(norm[0])
+        shared: dict = {}  # tables the groups of this sample_norm share
         for key in group_keys:
             rows[key] = list(group_rows(plan, key, atlas, atlas_info, data_dir=data_dir,
                                         centroids=centroids, region_map=region_map,
                                         n_proc=n_proc, tables=tables, upstream=upstream,
-                                        sampled=sampled, scratch=scratch))
-        del sampled
+                                        sampled=sampled, scratch=scratch, shared=shared))
+        del sampled, shared
     for key in keys:
         yield from rows.pop(key)
 

@@ -151,7 +151,8 @@ class UnitUpstream:
         return normalized, kept, labels
 
     def group_tables(self, sampled: dict, settings, variants, scratch=None,
-                     block_genes: int | None = None) -> dict | None:
+                     block_genes: int | None = None, shared: dict | None = None
+                     ) -> dict | None:
         """The tables of one group's ``variants`` (``(missing, region_agg, agg_metric)``) from
         the unit's :meth:`sample_normalized` arrays of ``settings.sample_norm``: each block
         of genes normalized as :meth:`normalized_from` normalizes it (every gene on its own)
@@ -159,7 +160,13 @@ class UnitUpstream:
         normalized table nor its gathered copy is ever whole in memory. None where
         :func:`~.variants.variant_tables` gives None (then :meth:`normalized_from` and the
         API's aggregation). ``block_genes``: genes per block (default
-        :data:`~.variants.BLOCK_GENES`)."""
+        :data:`~.variants.BLOCK_GENES`).
+
+        ``shared``: a dict the groups of one ``sample_norm`` pass along. Without gene
+        normalization a matched sample's values are its sample-normalized row whichever samples
+        the group keeps (``norm_matched``), so the tables of the regions with samples are the
+        same for those groups: the second one computes only what ``missing='centroids'``
+        fills."""
         gene_name = _normalize.resolve_norm(settings.gene_norm)
         kept, labels, keeps, classes = {}, {}, {}, {}
         for donor in self.donors:
@@ -185,9 +192,13 @@ class UnitUpstream:
         if any(missing is not None for missing, _, _ in variants):
             fill_block = self._centroid_fills(kept, labels)
         columns = self._columns[self.donors[0]]
+        known = None
+        if shared is not None and gene_name is None:
+            known = shared.setdefault(("no gene_norm", _normalize.resolve_norm(
+                settings.sample_norm)), {})
         return _variants.blocked_tables(normalized_block, [labels[d] for d in self.donors],
                                         self.all_labels, columns, variants, fill_block,
-                                        scratch, block_genes or _variants.BLOCK_GENES)
+                                        scratch, block_genes or _variants.BLOCK_GENES, known)
 
     def _centroid_fills(self, kept: dict, labels: dict):
         """``fill_block`` for :func:`~.variants.blocked_tables`: the rows

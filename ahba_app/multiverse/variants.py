@@ -304,8 +304,8 @@ BLOCK_GENES = 1024
 
 def blocked_tables(normalized_block: Callable, labels: Sequence, all_labels, columns,
                    variants, fill_block: Callable | None = None,
-                   scratch: Scratch | None = None, block_genes: int = BLOCK_GENES
-                   ) -> dict | None:
+                   scratch: Scratch | None = None, block_genes: int = BLOCK_GENES,
+                   known: dict | None = None) -> dict | None:
     """:func:`variant_tables` a block of genes at a time, from a function giving the
     normalized samples of a block of genes: every step after the gene normalization is per
     gene, so the group's normalized table is never whole in memory (nor its gathered copy).
@@ -317,7 +317,13 @@ def blocked_tables(normalized_block: Callable, labels: Sequence, all_labels, col
     arrays, needed when a variant fills. The tables are
     :func:`variant_tables`' bit for bit (every step computes each gene from that gene's values
     alone, in the same order); None where it gives None (a NaN among the values used, no
-    sample, fills of regions with samples)."""
+    sample, fills of regions with samples).
+
+    ``known``: tables of the regions with samples (frames by ``(region_agg, agg_metric)``)
+    that another group computed from the same values of the same matched samples (one that
+    differs only in ``norm_matched``, without gene normalization). Those it holds are used as
+    they are, so that only the regions ``missing='centroids'`` fills are computed; when it
+    lacks one, every table is computed and put in it."""
     scratch = Scratch() if scratch is None else scratch
     labels = [np.asarray(lab) for lab in labels]
     present = np.unique(np.concatenate(labels))
@@ -328,21 +334,25 @@ def blocked_tables(normalized_block: Callable, labels: Sequence, all_labels, col
     if not len(layout.block_starts):
         return None
     n_genes = len(columns)
-    base = {kind: np.full((len(every), n_genes), np.nan) for kind in kinds}
+    reuse = known is not None and kinds <= set(known)
+    base = {kind: np.full((len(every), n_genes), np.nan) for kind in (() if reuse else kinds)}
     filling = any(missing is not None for missing, _, _ in variants)
+    if reuse and not filling:
+        return _variants(known, None, variants)
     filled: dict = {}
     donors = list(range(len(labels)))
     for start in range(0, n_genes, max(1, int(block_genes))):
         cols = slice(start, min(start + max(1, int(block_genes)), n_genes))
         arrays = normalized_block(cols)
-        layout.take(np.concatenate(arrays, axis=0))
-        if layout.has_nan():
-            return None
-        tables = layout.tables(kinds)
-        if not kinds <= set(tables):
-            return None  # a region_agg or agg_metric only the API computes
-        for kind, (regions, table) in tables.items():
-            base[kind][regions, cols] = table
+        if not reuse:
+            layout.take(np.concatenate(arrays, axis=0))
+            if layout.has_nan():
+                return None
+            tables = layout.tables(kinds)
+            if not kinds <= set(tables):
+                return None  # a region_agg or agg_metric only the API computes
+            for kind, (regions, table) in tables.items():
+                base[kind][regions, cols] = table
         if filling:
             part = _fill_tables(dict(enumerate(fill_block(arrays, cols))), donors, every,
                                 kinds, columns[cols], scratch)
@@ -355,6 +365,11 @@ def blocked_tables(normalized_block: Callable, labels: Sequence, all_labels, col
     index = pd.Index(_as_labels(every), name="label")
     base = {kind: pd.DataFrame(table, index=index, columns=columns, copy=False)
             for kind, table in base.items()}
+    if known is not None:
+        if reuse:
+            base = known
+        else:
+            known.update(base)
     return _variants(base, filled if filling else None, variants)
 
 
