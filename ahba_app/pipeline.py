@@ -260,9 +260,11 @@ def read_order(sample_norm) -> str:
 
 
 def read_donor_samples(microarray, content_id: str | None, annotation: pd.DataFrame,
-                       chosen: pd.DataFrame, samples=None, order: str = "F") -> pd.DataFrame:
+                       chosen: pd.DataFrame, samples=None, order: str = "F",
+                       buffer=None) -> pd.DataFrame:
     """A donor's samples x genes table of the probes ``chosen`` (one per gene), read from its
-    microarray cache (``microarray``: the CSV's path), only the rows ``samples`` if given.
+    microarray cache (``microarray``: the CSV's path), only the rows ``samples`` if given
+    (in ``buffer``'s memory if given: see :meth:`ahba_app.probes.ChosenProbes.frame`).
 
     ``content_id`` is what the cache held when the probes were chosen
     (:attr:`ahba_app.io.CachedMatrix.content_id`): a cache rebuilt since then is an error, not
@@ -273,7 +275,8 @@ def read_donor_samples(microarray, content_id: str | None, annotation: pd.DataFr
         raise ValueError(f"The cache of {microarray} changed after the probes were chosen from "
                          "it (the file was replaced or its cache rebuilt). Run probe selection "
                          "again, e.g. with a new work folder.")
-    return _probes.read_chosen_probes(matrix, annotation, chosen, samples, order=order)
+    return _probes.read_chosen_probes(matrix, annotation, chosen, samples, order=order,
+                                      buffer=buffer)
 
 
 def normalized_rows(labels: np.ndarray, *, norm_matched: bool = DEFAULTS["norm_matched"]
@@ -397,11 +400,14 @@ def normalize_donor_expression(expression: pd.DataFrame, labels: np.ndarray,
                                annotation: pd.DataFrame, *, sample_norm=DEFAULTS["sample_norm"],
                                gene_norm=DEFAULTS["gene_norm"],
                                norm_matched: bool = DEFAULTS["norm_matched"],
-                               norm_structures: bool = DEFAULTS["norm_structures"]):
+                               norm_structures: bool = DEFAULTS["norm_structures"],
+                               buffers=None):
     """Normalize one donor; returns the normalized table and the labels and annotation kept.
 
     With ``norm_matched`` only samples matched to a region are normalized (and kept); otherwise
     every sample is, and the unmatched ones (label 0) are dropped at aggregation.
+    ``buffers``: those of :func:`ahba_app.normalize.normalize_donor` (the table returned then
+    lives in their memory).
     """
     keep = labels != 0 if norm_matched else np.ones(len(labels), dtype=bool)
     structures = annotation[["structure"]] if norm_structures else None
@@ -417,8 +423,10 @@ def normalize_donor_expression(expression: pd.DataFrame, labels: np.ndarray,
                                   columns=expression.columns, copy=False)
     normalized = _normalize.normalize_donor(expression, sample_norm=sample_norm,
                                             gene_norm=gene_norm,
-                                            matched=keep if norm_matched else None,
-                                            structures=structures)
+                                            # (every row kept: no copy of the table)
+                                            matched=keep if norm_matched and not keep.all()
+                                            else None,
+                                            structures=structures, buffers=buffers)
     return normalized, labels[keep], annotation.iloc[np.flatnonzero(keep)]
 
 

@@ -71,7 +71,7 @@ STAGES: Mapping[str, Stage] = MappingProxyType({s.name: s for s in (
     Stage("normalize", "normalize_donor_expression", "atlas.NormalizeExpression", "atlas",
           needs=("expressions", "labels", "annotations"), produces=("normalized",),
           options=("sample_norm", "gene_norm", "norm_matched", "norm_structures"),
-          per_donor=True, api="normalized_donors"),
+          api="normalized_donors"),
     Stage("aggregate", "aggregate_group", "atlas.AggregateExpression", "atlas",
           needs=("atlas", "normalized", "labels"),
           produces=("expression", "counts", "donor_expressions", "summary", "stability"),

@@ -58,7 +58,6 @@ def chain(tmp_path_factory, ahba_small):
         out["match"] = _run(MatchSamples(atlas=atlas.as_dict()), "match", base,
                             donors=DONORS, annotations=annotations)
         out["normalize"] = _run(NormalizeExpression(), "normalize", base,
-                                iterfield=["expression", "annotation", "labels"],
                                 expression=out["select"].expressions, annotation=annotations,
                                 labels=out["match"].labels)
         norm = out["normalize"]

@@ -36,7 +36,7 @@ import pandas as pd
 
 from ..atomic import replacing
 
-__all__ = ["SharedTables", "check_lengths", "read_frame", "read_json", "read_labels",
+__all__ = ["SharedTables", "check_lengths", "n_columns", "read_frame", "read_json", "read_labels",
            "read_samples", "write_chosen_probes", "write_frame", "write_json", "write_labels"]
 
 
@@ -164,12 +164,13 @@ def write_chosen_probes(chosen: pd.DataFrame, matrix, path: str | os.PathLike) -
 
 
 def read_samples(path: str | os.PathLike, annotation: pd.DataFrame, rows=None,
-                 order: str = "F", *, sample_norm=None) -> pd.DataFrame:
+                 order: str = "F", *, sample_norm=None, buffer=None) -> pd.DataFrame:
     """A donor's samples x genes table from probe selection: from its microarray cache for a
     file of :func:`write_chosen_probes` (only the rows at positions ``rows``, laid out in
-    ``order``), else the table written (``order`` is then the table's own). A table read to be
-    normalized gives its ``sample_norm`` instead: the layout is then the one that normalization
-    needs to give abagen's numbers (:func:`ahba_app.pipeline.read_order`)."""
+    ``order``, in ``buffer``'s memory if given: a large enough 1-D float64 array), else the
+    table written (``order`` is then the table's own). A table read to be normalized gives its
+    ``sample_norm`` instead: the layout is then the one that normalization needs to give
+    abagen's numbers (:func:`ahba_app.pipeline.read_order`)."""
     from .. import pipeline
 
     if sample_norm is not None:
@@ -184,7 +185,14 @@ def read_samples(path: str | os.PathLike, annotation: pd.DataFrame, rows=None,
     chosen = pd.DataFrame({"gene_symbol": np.array(found["gene_symbol"], dtype=object)},
                           index=pd.Index(found["probe_id"], dtype=np.int64, name="probe_id"))
     return pipeline.read_donor_samples(found["microarray"], found["content_id"], annotation,
-                                       chosen, rows, order=order)
+                                       chosen, rows, order=order, buffer=buffer)
+
+
+def n_columns(path: str | os.PathLike) -> int:
+    """Genes of a donor's samples x genes table from probe selection (:func:`read_samples`)."""
+    if Path(path).suffix != ".json":
+        return read_frame(path).shape[1]
+    return len(read_json(path)["probe_id"])
 
 
 def read_labels(path: str | os.PathLike) -> np.ndarray:
@@ -248,10 +256,13 @@ class SharedTables:
     def __init__(self, folder: str | os.PathLike, code=NORMALIZE_CODE):
         self.folder = Path(folder)
         self.code = tuple(code)
+        self._code_digest = None
 
     def key(self, *, files=(), arrays=(), options: dict | None = None) -> str:
         """The SHA-256 naming the entry of these inputs."""
-        hasher = hashlib.sha256(_code_digest(self.code))
+        if self._code_digest is None:  # (the sources, read once for the donors of a node)
+            self._code_digest = _code_digest(self.code)
+        hasher = hashlib.sha256(self._code_digest)
         for path in files:
             with open(path, "rb") as handle:
                 hasher.update(hashlib.file_digest(handle, "sha256").digest())

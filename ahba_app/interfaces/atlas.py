@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 
+import numpy as np
+
 from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObject,
                                     OutputMultiObject, SimpleInterface, TraitedSpec, traits)
 
@@ -17,8 +19,8 @@ from .. import pipeline
 from ..options import trait
 from ..bids import AtlasInput, load_atlas_input
 from ..stages import stage_options
-from ._files import (SharedTables, check_lengths, read_frame, read_labels, read_samples,
-                     write_frame, write_json, write_labels)
+from ._files import (SharedTables, check_lengths, n_columns, read_frame, read_labels,
+                     read_samples, write_frame, write_json, write_labels)
 
 LGR = logging.getLogger("ahba_app")
 
@@ -81,11 +83,14 @@ class MatchSamples(SimpleInterface):
 
 # ---------------------------------------------------------------------------------------------
 class _NormalizeInputSpec(BaseInterfaceInputSpec):
-    expression = File(exists=True, mandatory=True,
-                      desc="the donor's samples x genes from select probes (table, or the "
-                           "chosen probes to read from the microarray cache)")
-    annotation = File(exists=True, mandatory=True, desc="sample table of the donor")
-    labels = File(exists=True, mandatory=True, desc="table: region label of every sample")
+    expression = InputMultiObject(File(exists=True), mandatory=True,
+                                  desc="per donor: samples x genes from select probes (table, "
+                                       "or the chosen probes to read from the microarray "
+                                       "cache)")
+    annotation = InputMultiObject(File(exists=True), mandatory=True,
+                                  desc="per donor: the sample table")
+    labels = InputMultiObject(File(exists=True), mandatory=True,
+                              desc="per donor: table of the region label of every sample")
     shared = traits.Either(None, traits.Str, usedefault=True,
                            desc="folder of the run's shared normalized tables "
                                 "(interfaces._files.SharedTables): the atlases of a run that "
@@ -97,13 +102,22 @@ class _NormalizeInputSpec(BaseInterfaceInputSpec):
 
 
 class _NormalizeOutputSpec(TraitedSpec):
-    expression = File(exists=True, desc="table: normalized samples x genes (kept samples)")
-    annotation = File(exists=True, desc="sample table of the kept samples")
-    labels = File(exists=True, desc="table: region labels of the kept samples")
+    expression = OutputMultiObject(File(exists=True),
+                                   desc="per donor: table of the normalized samples x genes "
+                                        "(kept samples)")
+    annotation = OutputMultiObject(File(exists=True),
+                                   desc="per donor: sample table of the kept samples")
+    labels = OutputMultiObject(File(exists=True),
+                               desc="per donor: table of the region labels of the kept samples")
 
 
 class NormalizeExpression(SimpleInterface):
-    """Sample and gene normalization of one donor (stage ``normalize``).
+    """Sample and gene normalization of every donor (stage ``normalize``), one donor after the
+    other.
+
+    One node for all donors (as ``match``): the donors' tables are read and normalized in the
+    same two buffers (:func:`ahba_app.pipeline.normalize_donor_expression`), as the Python API
+    does, instead of new memory for each, and written out before the next donor's turn.
 
     The normalized table depends on the atlas only through the samples kept (those matched to
     a region with ``norm_matched``, else all): with ``shared``, a table normalized for the same
@@ -116,39 +130,55 @@ class NormalizeExpression(SimpleInterface):
 
     def _run_interface(self, runtime):
         inputs = self.inputs
-        annotation = read_frame(inputs.annotation)
-        labels = read_labels(inputs.labels)
-        # only the samples normalization keeps are read (as the Python API does)
-        rows = pipeline.normalized_rows(labels, norm_matched=inputs.norm_matched)
+        check_lengths(inputs.labels, expression=inputs.expression,
+                      annotation=inputs.annotation)
         options = stage_options(inputs, "normalize")
         store = SharedTables(inputs.shared) if inputs.shared else None
-        key = found = None
-        if store is not None:
-            key = store.key(files=(inputs.expression, inputs.annotation), arrays=(rows,),
-                            options=options)
-            found = store.find(key)
-        if found is None:
-            expression = read_samples(inputs.expression, annotation, rows,
-                                      sample_norm=inputs.sample_norm)
-            annotation = pipeline.renumbered(annotation).iloc[rows]
-            normalized, kept_labels, kept = pipeline.normalize_donor_expression(
-                expression.set_axis(annotation.index, axis=0), labels[rows], annotation,
-                **options)
-            del expression
-            tables = {"normalized": normalized, "annotation": kept}
+        labels = [read_labels(path) for path in inputs.labels]
+        # only the samples normalization keeps are read (as the Python API does)
+        rows = [pipeline.normalized_rows(each, norm_matched=inputs.norm_matched)
+                for each in labels]
+        results = {"expression": [], "annotation": [], "labels": []}
+        buffers = None
+        for position, (expression, annotation) in enumerate(zip(inputs.expression,
+                                                                 inputs.annotation)):
+            key = found = None
             if store is not None:
-                found = store.add(key, tables)
-            else:
-                found = {name: write_frame(frame, os.path.join(runtime.cwd, name))
-                         for name, frame in tables.items()}
-        else:
+                key = store.key(files=(expression, annotation), arrays=(rows[position],),
+                                options=options)
+                found = store.find(key)
+            if found is None:
+                if buffers is None:  # large enough for every donor's table
+                    size = max(len(r) * n_columns(p) for r, p in zip(rows, inputs.expression))
+                    buffers = (np.empty(size), np.empty(size))
+                tables = self._normalize(expression, annotation, labels[position],
+                                         rows[position], options, buffers)
+                if store is not None:
+                    found = store.add(key, tables)
+                else:
+                    found = {name: write_frame(frame, os.path.join(
+                        runtime.cwd, f"{name}{position}")) for name, frame in tables.items()}
             # every row kept for normalization stays (pipeline.normalize_donor_expression)
-            kept_labels = labels[rows]
-        self._results["expression"] = found["normalized"]
-        self._results["annotation"] = found["annotation"]
-        self._results["labels"] = write_labels(kept_labels, os.path.join(runtime.cwd,
-                                                                         "labels"))
+            results["expression"].append(found["normalized"])
+            results["annotation"].append(found["annotation"])
+            results["labels"].append(write_labels(labels[position][rows[position]],
+                                                  os.path.join(runtime.cwd,
+                                                               f"labels{position}")))
+        self._results.update(results)
         return runtime
+
+    def _normalize(self, expression_path, annotation_path, labels, rows, options,
+                   buffers) -> dict:
+        """One donor's normalized table and kept-sample table (the first in ``buffers``'s
+        memory: written out before the next donor's turn)."""
+        annotation = read_frame(annotation_path)
+        expression = read_samples(expression_path, annotation, rows,
+                                  sample_norm=self.inputs.sample_norm, buffer=buffers[1])
+        annotation = pipeline.renumbered(annotation).iloc[rows]
+        normalized, _, kept = pipeline.normalize_donor_expression(
+            expression.set_axis(annotation.index, axis=0), labels[rows], annotation,
+            buffers=buffers, **options)
+        return {"normalized": normalized, "annotation": kept}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The per-atlas workflow: match (all donors at once), normalize (per donor), then aggregate
+"""The per-atlas workflow: match and normalize (all donors, each one node), then aggregate
 (group) or write the sample-level tables (participant), the report and the derivatives."""
 
 from __future__ import annotations
@@ -36,12 +36,12 @@ def init_atlas_wf(*, atlas, analysis_level, out_dir, desc, metadata, parameters,
 
     Workflow graph (group)::
 
-        inputnode -> match (all donors) -> normalize (per donor) -> aggregate -> report
+        inputnode -> match (all donors) -> normalize (all donors) -> aggregate -> report
                                                                              -> ds_group
 
     Workflow graph (participant)::
 
-        inputnode -> match (all donors) -> normalize (per donor) -> report (per donor)
+        inputnode -> match (all donors) -> normalize (all donors) -> report (per donor)
                                                                 -> ds_participant (per donor)
 
     Parameters
@@ -100,9 +100,8 @@ def init_atlas_wf(*, atlas, analysis_level, out_dir, desc, metadata, parameters,
     # each node takes the options its stage reads (ahba_app.stages)
     match = pe.Node(MatchSamples(atlas=atlas_dict, data_dir=data_dir,
                                  **stage_options(s, "match")), name="match")
-    normalize = pe.MapNode(NormalizeExpression(shared=shared_dir,
-                                               **stage_options(s, "normalize")),
-                           iterfield=["expression", "annotation", "labels"], name="normalize")
+    normalize = pe.Node(NormalizeExpression(shared=shared_dir, **stage_options(s, "normalize")),
+                        name="normalize")
     report_parameters = dict(summary.report_parameters(s, return_donors=save_donors,
                                                        versions={}), **(parameters or {}))
     report_inputs = dict(atlas=atlas_dict, data_dir=data_dir, parameters=report_parameters,
