@@ -47,9 +47,12 @@ def write_tsv(frame: pd.DataFrame, path: str | os.PathLike, index_label: str | N
     """Write a TSV atomically: tabs, ``n/a`` for missing values, floats at full precision
     (shortest representation that reads back to the same float64)."""
     def write(tmp):
+        from .floattext import write_table_tsv
+
         if _plain_float_table(frame, index) and not _SPECIAL.search(index_label or ""):
             _write_float_tsv(frame, tmp, index_label)
-        else:
+        elif not write_table_tsv(frame, tmp, index=index, index_label=index_label,
+                                 na_rep="n/a"):  # (other tables: pandas)
             frame.to_csv(tmp, sep="\t", na_rep="n/a", index=index, index_label=index_label,
                          lineterminator="\n")
     return _atomic(Path(path), write)

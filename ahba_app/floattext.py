@@ -15,10 +15,11 @@ negative zero, infinities: few in practice) is formatted by ``repr`` itself.
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 
-__all__ = ["float_texts", "write_float_tsv"]
+__all__ = ["float_texts", "table_texts", "write_float_tsv", "write_table_tsv"]
 
 #: Values a block of the TSV writer formats at once (~20 MB of text).
 _BLOCK_VALUES = 1 << 20
@@ -104,3 +105,87 @@ def _lines(rows: np.ndarray, labels: list, na_rep: str):
     offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)[lines.offset:
                                                                  lines.offset + k + 1]
     return lines.buffers()[2].slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
+
+
+#: Characters that make ``to_csv`` quote a field (tab-separated, lines ending in ``\n``).
+_QUOTED = r'[\t\n\r"]'
+
+
+def table_texts(frame, *, index: bool = True, index_label: str | None = None,
+                na_rep: str = "n/a"):
+    """The header fields and each column's text as ``DataFrame.to_csv(sep='\\t',
+    na_rep=na_rep)`` writes them (the index first with ``index``), or None for a table this
+    module does not write: columns of float64 (``repr``), integers (nullable too), or text
+    (str, with missing values) only, two fields a line at least, no field that ``to_csv``
+    would quote (a tab, a newline or a double quote in it)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pandas as pd
+
+    if isinstance(frame.columns, pd.MultiIndex) or isinstance(frame.index, pd.MultiIndex):
+        return None
+    columns = [frame.iloc[:, i] for i in range(frame.shape[1])]
+    header = [str(c) for c in frame.columns]
+    if index:
+        columns.insert(0, frame.index.to_series(index=range(len(frame))))
+        name = index_label if index_label is not None else frame.index.name
+        header.insert(0, "" if name is None else str(name))
+    if len(columns) < 2 or any(re.search(_QUOTED, field) for field in header):
+        return None
+    texts = []
+    for column in columns:
+        text = _column_texts(column, na_rep, pa, pc, pd)
+        if text is None:
+            return None
+        texts.append(text)
+    return header, texts
+
+
+def _column_texts(column, na_rep: str, pa, pc, pd):
+    dtype = column.dtype
+    if isinstance(dtype, np.dtype) and dtype == np.float64:
+        return float_texts(column.to_numpy(), nan=na_rep)
+    if isinstance(dtype, np.dtype) and dtype.kind in "iu":
+        return pc.cast(pa.array(column.to_numpy()), pa.string())
+    if isinstance(dtype, pd.api.extensions.ExtensionDtype) and dtype.kind in "iu":
+        missing = column.isna().to_numpy()
+        values = column.to_numpy(dtype=np.int64 if dtype.kind == "i" else np.uint64,
+                                 na_value=0)
+        text = pc.cast(pa.array(values), pa.string())
+        return pc.if_else(pa.array(missing), pa.scalar(na_rep), text) if missing.any() \
+            else text
+    if dtype == object or isinstance(dtype, pd.StringDtype):
+        values = column.to_numpy(dtype=object)
+        missing = pd.isna(values)
+        if not all(type(v) is str for v in values[~missing].tolist()):
+            return None
+        text = pa.array(np.where(missing, None, values), type=pa.string())
+        if pc.any(pc.match_substring_regex(text, _QUOTED)).as_py():
+            return None
+        return pc.fill_null(text, na_rep)
+    return None
+
+
+def write_table_tsv(frame, path: str | os.PathLike, *, index: bool = True,
+                    index_label: str | None = None, na_rep: str = "n/a") -> bool:
+    """Write ``frame`` as ``DataFrame.to_csv(path, sep='\\t', na_rep=na_rep, index=index,
+    index_label=index_label, lineterminator='\\n')`` would, byte for byte, and return True; or
+    return False, writing nothing, for a table :func:`table_texts` does not handle. The lines
+    are joined by Arrow (the probe and genes tables: ~30,000 lines of text and numbers)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    found = table_texts(frame, index=index, index_label=index_label, na_rep=na_rep)
+    if found is None:
+        return False
+    header, texts = found
+    with open(path, "wb") as handle:
+        handle.write(("\t".join(header) + "\n").encode("utf-8"))
+        if len(frame):
+            lines = pc.binary_join_element_wise(*texts, "\t")
+            lines = pc.binary_join_element_wise(lines, pa.scalar(""), "\n")  # line + "\n"
+            offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)[
+                lines.offset:lines.offset + len(lines) + 1]
+            handle.write(lines.buffers()[2].slice(int(offsets[0]),
+                                                  int(offsets[-1] - offsets[0])))
+    return True

@@ -59,3 +59,61 @@ def test_tsv_bytes_equal_to_csv(tmp_path, monkeypatch, labels):
     assert written.read_bytes().split(b"\n", 1)[0].startswith(b"region\tG0\tG1")
     floattext.write_float_tsv(frame.iloc[:0], written)
     assert written.read_bytes() == ("\t".join(["label", *frame.columns]) + "\n").encode()
+
+
+def _mixed_table():
+    """A table shaped like the genes and probes tables: text with missing values and empty
+    strings, integers (nullable too), floats with NaN and awkward values, a column of None."""
+    n = len(AWKWARD)
+    rng = np.random.default_rng(7)
+    return pd.DataFrame({
+        "gene_symbol": pd.array([f"G{i}" if i % 7 else f"G-{i},x y" for i in range(n)],
+                                dtype="str"),
+        "fate": np.array(["kept" if i % 3 else None for i in range(n)], dtype=object),
+        "n_probes": rng.integers(-3, 10, n),
+        "probe_id": pd.array([None if i % 5 == 0 else 1_000_000 + i for i in range(n)],
+                             dtype="Int64"),
+        "share": np.array(AWKWARD, dtype=float) * np.where(np.arange(n) % 4, 1.0, np.nan),
+        "donors": ["" if i % 2 else "9861,10021" for i in range(n)],
+        "threshold": [None] * n,
+        "reason": [f"{x:.1%} of the samples; it's" for x in rng.random(n)],
+    }, index=pd.Index(range(100, 100 + n), name="index"))
+
+
+@pytest.mark.parametrize("index", [False, True])
+def test_mixed_tables_are_written_as_to_csv_writes_them(tmp_path, index):
+    frame = _mixed_table()
+    expected, written = tmp_path / "pandas.tsv", tmp_path / "ours.tsv"
+    for table in (frame, frame.iloc[:0], frame.iloc[[3]]):
+        table.to_csv(expected, sep="\t", na_rep="n/a", index=index, lineterminator="\n")
+        assert floattext.write_table_tsv(table, written, index=index)
+        assert written.read_bytes() == expected.read_bytes()
+    frame.to_csv(expected, sep="\t", na_rep="n/a", index=True, index_label="region",
+                 lineterminator="\n")
+    assert floattext.write_table_tsv(frame, written, index=True, index_label="region")
+    assert written.read_bytes() == expected.read_bytes()
+
+
+@pytest.mark.parametrize("change", ["tab", "quote", "newline", "category", "bool", "mixed",
+                                    "float32", "one column", "header"])
+def test_tables_to_csv_would_write_otherwise_are_left_to_it(tmp_path, change):
+    frame = _mixed_table()
+    if change in ("tab", "quote", "newline"):
+        frame.loc[frame.index[2], "reason"] = {"tab": "a\tb", "quote": 'a "b"',
+                                               "newline": "a\nb"}[change]
+    elif change == "category":
+        frame["fate"] = frame["fate"].astype("category")
+    elif change == "bool":
+        frame["flag"] = True
+    elif change == "mixed":
+        frame["reason"] = frame["reason"].astype(object)
+        frame.loc[frame.index[1], "reason"] = 1.5
+    elif change == "float32":
+        frame["share"] = frame["share"].astype(np.float32)
+    elif change == "one column":
+        frame = frame[["donors"]]
+    else:
+        frame = frame.rename(columns={"reason": 'the "reason"'})
+    written = tmp_path / "ours.tsv"
+    assert not floattext.write_table_tsv(frame, written, index=False)
+    assert not written.exists()
