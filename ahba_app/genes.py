@@ -99,13 +99,15 @@ def gene_fates(raw_probes: pd.DataFrame, annotated: pd.DataFrame, filtered: pd.D
     if donors is not None and keys and "all" not in keys:
         keys = [str(d) for d in donors]
     by_donor = {key: set(chosen.loc[chosen["donor"].astype(str) == key, "gene_symbol"]
-                         .astype(str)) for key in keys}
+                         .astype(str).tolist()) for key in keys}
     dropped = set(map(str, dropped_incomplete))
     stability = None if stability is None else stability.rename(index=str)
 
     # plain dicts and sets: a Series lookup per gene and stage cost 1.4 s for 20,000 genes
-    raw_count, annotated_count, filtered_count = (n_raw.to_dict(), n_annotated.to_dict(),
-                                                  n_filtered.to_dict())
+    # (tolist: iterating text stored by Arrow value by value is slow)
+    raw_count, annotated_count, filtered_count = (
+        dict(zip(counts.index.tolist(), counts.tolist()))
+        for counts in (n_raw, n_annotated, n_filtered))
     best_share = dict(zip(best.index.tolist(), best.tolist()))
     stabilities = None if stability is None else dict(zip(stability.index.tolist(),
                                                           stability.tolist()))
