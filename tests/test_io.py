@@ -774,6 +774,28 @@ def test_a_cache_is_read_whole_once_per_process_until_it_changes(donor, monkeypa
     assert len(checks) == checked  # the new file was checked when it was built
 
 
+@pytest.mark.parametrize("mapped", [True, False])
+def test_file_checksum_of_a_byte_range(tmp_path, monkeypatch, mapped):
+    """The cache check's CRC-32 of a byte range equals zlib's over those bytes, read through a
+    map a chunk at a time or, where the map cannot be made, read into a buffer; a range that
+    runs past the end of the file checks the bytes there are (a damaged cache then fails)."""
+    import mmap
+    import zlib
+
+    monkeypatch.setattr(io, "_CHECK_CHUNK", 3 * 4096 + 5)  # chunks not aligned on pages
+    if not mapped:
+        monkeypatch.delattr(mmap, "MADV_DONTNEED")
+    data = np.random.default_rng(1).integers(0, 256, 50_003, dtype=np.uint8).tobytes()
+    path = tmp_path / "bytes"
+    path.write_bytes(data)
+    with open(path, "rb") as handle:
+        for offset, length in ((0, len(data)), (4096, 100), (123, 40_000), (len(data) - 7, 7),
+                               (10, 0)):
+            assert io._file_crc32(handle, offset, length) == zlib.crc32(
+                data[offset:offset + length]), (offset, length)
+        assert io._file_crc32(handle, 100, len(data)) == zlib.crc32(data[100:])
+
+
 def test_ensure_cache(donor, monkeypatch):
     path = donor / "PACall.csv"
     assert io.ensure_cache(path) == io.cache_locations(path)[0]
