@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -580,6 +581,75 @@ def test_many_samples_pack_and_unpack(tmp_path):
     path.write_text(_matrix_csv(ids, present.astype(int)))
     for _ in range(2):  # built, then cached
         np.testing.assert_array_equal(io.read_pacall(path).to_numpy(), present)
+
+
+def _calls_by_pyarrow(path: Path, monkeypatch) -> tuple[np.ndarray, np.ndarray]:
+    """Probe ids and packed calls as pyarrow's general parser reads ``path``."""
+    with monkeypatch.context() as patched:
+        patched.setattr(io, "_plain_calls", lambda *args: None)
+        blocks = list(io._iter_blocks(path, "pacall"))
+    return np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks])
+
+
+def _plain_calls_file(path: Path, rng, ids, n_samples: int) -> np.ndarray:
+    calls = rng.random((len(ids), n_samples)) < 0.5
+    path.write_text(_matrix_csv(ids, calls.astype(int)))
+    return calls
+
+
+@pytest.mark.parametrize("ids, n_samples", [
+    (np.arange(1058000, 1058300), 13),                          # one length: one 2-D view
+    (np.ravel(np.c_[np.arange(1, 40), np.arange(10**17, 10**17 + 39),  # runs of lengths
+                    np.arange(1058685, 1058724)]), 8),
+    ([1058685], 1),
+    (np.arange(10**6, 10**6 + 3000), 946),                      # several chunks
+])
+def test_plain_pacall_is_read_from_its_bytes_as_pyarrow_reads_it(tmp_path, monkeypatch, ids,
+                                                                 n_samples):
+    monkeypatch.setattr(io, "_CALLS_CHUNK", 64 << 10)  # lines cut across chunks
+    path = tmp_path / "PACall.csv"
+    calls = _plain_calls_file(path, np.random.default_rng(3), ids, n_samples)
+    plain = io._plain_calls(path, n_samples)
+    assert plain is not None
+    found_ids = np.concatenate([b[0] for b in plain])
+    packed = np.concatenate([b[1] for b in plain])
+    expected_ids, expected = _calls_by_pyarrow(path, monkeypatch)
+    np.testing.assert_array_equal(found_ids, expected_ids)
+    np.testing.assert_array_equal(found_ids, np.asarray(ids, dtype=np.int64))
+    np.testing.assert_array_equal(packed, expected)
+    np.testing.assert_array_equal(
+        np.unpackbits(packed, axis=1, count=n_samples).view(bool), calls)
+    np.testing.assert_array_equal(io.read_pacall(path).to_numpy(), calls)  # and the cache
+    np.testing.assert_array_equal(io.read_pacall(path, parquet=False).to_numpy(), calls)
+
+
+@pytest.mark.parametrize("text", [
+    "1,0,1\r\n2,1,1\r\n",          # CRLF
+    '1,"0",1\n2,1,1\n',             # quotes
+    '"1",0,1\n2,1,1\n',
+    "1, 0,1\n2,1,1\n",              # a space
+    "1,0,1\n\n2,1,1\n",            # an empty line (pyarrow skips it)
+    "1,0,1\n2,1,1",                 # no newline at the end: still plain
+    "01,0,1\n+2,1,1\n",             # a sign
+    "1,0,1\n2,1,1,\n",
+])
+def test_other_pacall_forms_read_as_pyarrow_reads_them(tmp_path, monkeypatch, text):
+    path = tmp_path / "PACall.csv"
+    path.write_bytes(text.encode())
+    plain = io._plain_calls(path, 2)
+    if plain is not None:            # only the file without a final newline is plain
+        assert not text.endswith("\n")
+    try:
+        expected = _calls_by_pyarrow(path, monkeypatch)
+    except io.AHBAFileError as err:
+        with pytest.raises(io.AHBAFileError, match=re.escape(str(path))) as info:
+            io.read_pacall(path)
+        assert str(info.value) == str(err)
+        return
+    frame = io.read_pacall(path)
+    np.testing.assert_array_equal(frame.index, expected[0])
+    np.testing.assert_array_equal(np.packbits(frame.to_numpy().astype(bool), axis=1),
+                                  expected[1])
 
 
 # ------------------------------------------------------------------------------------------
