@@ -652,6 +652,18 @@ def test_other_pacall_forms_read_as_pyarrow_reads_them(tmp_path, monkeypatch, te
                                   expected[1])
 
 
+@pytest.mark.parametrize("width", [1, 2, 3, 4, 5, 6, 7, 8])
+def test_stored_integers_keep_their_low_bytes(width):
+    rng = np.random.default_rng(width)
+    top = 2**(8 * width) - 1
+    offsets = rng.integers(0, top, (7, 11), dtype=np.uint64, endpoint=True)
+    offsets[0, :2] = 0, top
+    source = offsets.astype("<u4") if width <= 4 else offsets
+    packed = io._packed(source, width)
+    expected = offsets.astype("<u8").view(np.uint8).reshape(7, 11, 8)[:, :, :width]
+    np.testing.assert_array_equal(packed.view(np.uint8).reshape(7, 11, width), expected)
+
+
 # ------------------------------------------------------------------------------------------
 # The cache
 # ------------------------------------------------------------------------------------------
