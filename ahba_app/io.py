@@ -1179,14 +1179,15 @@ class _RowEncoder:
     def __init__(self):
         self.decimals = None   # the largest k any row needed so far
         self.first = True
+        self.scratch = _Scratch()
 
     def encode(self, values: np.ndarray):
         """(segment, base, divisor, payload) of a block: ``payload[w]`` holds the bytes of the
-        rows of segment ``w``, in order."""
+        rows of segment ``w``, in order, until the next call (its arrays are reused)."""
         values = np.ascontiguousarray(values, dtype="<f8")
         n_rows, n_cols = values.shape
-        # the integers n, held as float64 (each an integer below 2**63 in magnitude: exact)
-        ints = np.zeros((n_rows, n_cols))
+        scratch = self.scratch
+        ints = None   # the integers n, as float64 (each an integer below 2**63: exact)
         low, high = np.zeros(n_rows), np.zeros(n_rows)
         divisor = np.ones(n_rows)
         todo = np.ones(n_rows, dtype=bool)
@@ -1196,6 +1197,8 @@ class _RowEncoder:
             if rows.size == n_rows and ok.all():
                 ints = n            # the usual case: every row at once, nothing copied
             else:
+                if ints is None:
+                    ints = np.zeros((n_rows, n_cols))
                 ints[rows[ok]] = n[ok]
             done = rows[ok]
             low[done], high[done], divisor[done], todo[done] = lo[ok], hi[ok], scale[ok], False
@@ -1214,18 +1217,21 @@ class _RowEncoder:
                 break
             scale = np.full(rows.size, float(10 ** k))
             part = values if rows.size == n_rows else values[rows]
-            if accept(rows, *self._fit(part, scale, _EXACT_INT), scale):
+            if accept(rows, *self._fit(part, scale, _EXACT_INT, scratch=scratch), scale):
                 self.decimals = k if self.decimals is None else max(self.decimals, k)
         rows = np.flatnonzero(todo)
         if rows.size:
             part = values if rows.size == n_rows else values[rows]
-            finite = np.isfinite(part).all(axis=1)
-            nonzero = np.where(part != 0, np.frexp(part)[1], np.iinfo(np.int32).max)
-            lowest = nonzero.min(axis=1).astype(np.int64)
-            q = np.where(lowest == np.iinfo(np.int32).max, 0, 53 - lowest)
-            usable = finite & (q >= -1000) & (q <= 1000)
+            # the exponent of a row's least nonzero magnitude is the least exponent of its
+            # values (NaN and infinities give some q: _fit rejects their rows; zeros: q = 0)
+            magnitude = np.abs(part, out=scratch.get("check", part.shape, np.float64))
+            magnitude[magnitude == 0] = np.inf
+            least = magnitude.min(axis=1)
+            lowest = np.frexp(least)[1].astype(np.int64)
+            q = np.where(np.isinf(least), 0, 53 - lowest)
+            usable = (q >= -1000) & (q <= 1000)
             scale = np.ldexp(1.0, np.where(usable, q, 0))
-            accept(rows, *self._fit(part, scale, 2**63 - 1024, usable), scale)
+            accept(rows, *self._fit(part, scale, 2**63 - 1024, usable, scratch=scratch), scale)
         scaled = ~todo
         base = np.where(scaled, low, 0).astype(np.int64)
         largest = (high.astype(np.int64).view(np.uint64)
@@ -1237,27 +1243,38 @@ class _RowEncoder:
         payload = {}
         for w in np.unique(segment):
             w = int(w)
-            picked = slice(None) if segment[0] == w and (segment == w).all() else segment == w
+            whole = segment[0] == w and (segment == w).all()
+            picked = slice(None) if whole else segment == w
             if w == 0:
                 payload[0] = values[picked]
-            elif w <= 6:
+                continue
+            rows_w = ints[picked]
+            shape = rows_w.shape
+            # the payload of a block of one width lives in the scratch arrays; of several,
+            # each width's in arrays of its own
+            room = scratch if whole else None
+            if w <= 6:
                 # n - base below 2**48: exact in float64 (integers whose difference is below
                 # 2**53 subtract exactly), converted straight to the stored integers
-                offsets = ints[picked] - low[picked][:, None]
-                payload[w] = _packed(offsets.astype("<u4" if w <= 4 else "<u8"), w)
+                offsets = np.subtract(rows_w, low[picked][:, None],
+                                      out=scratch.get("check", shape, np.float64))
+                stored = _array(room, "ints", shape, "<u4" if w <= 4 else "<u8")
+                np.copyto(stored, offsets, casting="unsafe")
             else:
-                offsets = ints[picked].astype(np.int64).view(np.uint64)
-                offsets -= base[picked].view(np.uint64)[:, None]    # modulo 2**64: exact
-                payload[w] = _packed(offsets, w)
+                stored = _array(room, "ints", shape, np.uint64)
+                np.copyto(stored, rows_w, casting="unsafe")         # exact: below 2**63
+                stored -= base[picked].view(np.uint64)[:, None]     # modulo 2**64: exact
+            payload[w] = _packed(stored, w, room)
         return segment, base, divisor, payload
 
     @staticmethod
-    def _fit(values: np.ndarray, scale: np.ndarray, limit: int, usable=None):
+    def _fit(values: np.ndarray, scale: np.ndarray, limit: int, usable=None, *, scratch):
         """Which rows of ``values`` ``rint(values * scale)`` stores exactly (integers within
-        +-limit that decode to the same bits); the integers (as float64), and each row's least
-        and largest (meaningful for those rows only)."""
+        +-limit that decode to the same bits); the integers (as float64, in ``scratch``), and
+        each row's least and largest (meaningful for those rows only)."""
         with np.errstate(invalid="ignore", over="ignore"):
-            scaled = values * scale[:, None]
+            scaled = np.multiply(values, scale[:, None],
+                                 out=scratch.get("scaled", values.shape, np.float64))
             np.rint(scaled, out=scaled)
             # -0.0 becomes 0.0: what the integer 0 decodes to (a row holding -0.0 fails below)
             scaled += 0.0
@@ -1268,28 +1285,59 @@ class _RowEncoder:
         if not fits.all():
             scaled[~fits] = 0
             lo[~fits] = hi[~fits] = 0
-        # float64(n) is ``scaled`` itself (an integer within 2**63): what readers compute
-        back = _scaled_values(scaled, scale)
-        same = (back.view(np.int64) == values.view(np.int64)).all(axis=1)
+        # what readers compute (_scaled_values): float64(n), which is ``scaled`` itself (an
+        # integer within 2**63), divided by the row's divisor
+        back = np.divide(scaled, scale[:, None],
+                         out=scratch.get("check", values.shape, np.float64))
+        same = np.equal(back.view(np.int64), values.view(np.int64),
+                        out=scratch.get("same", values.shape, bool)).all(axis=1)
         return fits & same, scaled, lo, hi
 
 
-def _packed(offsets: np.ndarray, width: int) -> np.ndarray:
+class _Scratch:
+    """Work arrays reused block after block while one cache is built. Fresh arrays of a few MB
+    a block cost page faults (the allocator gives large blocks back to the system and the
+    kernel zeroes them again): that was more than half of the encoder's time."""
+
+    def __init__(self):
+        self.buffers = {}
+
+    def get(self, name: str, shape, dtype) -> np.ndarray:
+        """An uninitialised array ``shape`` of ``dtype``, in the buffer called ``name``."""
+        dtype = np.dtype(dtype)
+        size = int(np.prod(shape)) * dtype.itemsize
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.size < size:
+            buffer = self.buffers[name] = np.empty(max(size, 1), dtype=np.uint8)
+        return buffer[:size].view(dtype).reshape(shape)
+
+
+def _array(scratch: _Scratch | None, name: str, shape, dtype) -> np.ndarray:
+    """``scratch.get(name, shape, dtype)``, or a new array when ``scratch`` is None."""
+    return np.empty(shape, dtype) if scratch is None else scratch.get(name, shape, dtype)
+
+
+def _packed(offsets: np.ndarray, width: int, scratch: _Scratch | None = None) -> np.ndarray:
     """(rows, S) unsigned integers below 2**(8 * width) as their low ``width`` bytes each,
     little-endian, rows one after the other: (rows, S * width) uint8 (or the integers
     themselves for widths 1, 2, 4 and 8). Written by strided stores of 4, 2 and 1 bytes, several
-    times quicker than copying a byte slice of each value."""
+    times quicker than copying a byte slice of each value. ``scratch``: where to put the
+    result and the shifted integers (reused by the next call)."""
     if width in (1, 2, 4, 8):
         return offsets.astype(f"<u{width}", copy=False)
     n_rows, n_cols = offsets.shape
-    out = np.empty((n_rows, n_cols * width), dtype=np.uint8)
+    shape = (n_rows, n_cols * width)
+    out = _array(scratch, "packed", shape, np.uint8)
     flat = offsets.reshape(-1)
+    shifted = _array(scratch, "shifted", flat.shape, flat.dtype)
     done = 0
     for size in (4, 2, 1):
         if width - done >= size:
             part = np.ndarray(flat.shape, dtype=f"<u{size}", buffer=out, offset=done,
                               strides=(width,))
-            part[...] = flat >> flat.dtype.type(8 * done) if done else flat
+            if done:
+                np.right_shift(flat, flat.dtype.type(8 * done), out=shifted)
+            np.copyto(part, shifted if done else flat, casting="unsafe")
             done += size
     return out
 

@@ -301,6 +301,31 @@ def test_later_rows_with_more_decimals_are_exact_in_one_pass(tmp_path, small_blo
     assert len(calls) == 2  # the parquet=False read only
 
 
+@pytest.mark.parametrize("block_size", [1 << 10, 2 << 20])
+def test_rows_of_every_width_in_blocks_of_one_or_several_widths(tmp_path, monkeypatch,
+                                                                block_size):
+    """The encoder reuses its work arrays block after block: blocks of one width, of several,
+    of other shapes, one after the other, each row still exact and in its own width."""
+    monkeypatch.setattr(io, "_BLOCK_SIZE", block_size)
+    rng = np.random.default_rng(8)
+    spans = {w: 2**(8 * w - 1) for w in range(1, 7)}     # integers needing w bytes
+    rows, widths = [], []
+    for i in range(240):
+        w = [3, 3, 3, 4, 8, 1, 5, 0, 2, 6, 7, 3][i % 12] if i >= 120 else 3
+        if w == 0:
+            row = ["2.5", "nan", "1.25"]
+        elif w in (7, 8):       # binary: from 2**52 + 1 to about 2**55.4 or 2**62
+            row = ["1.0000000000000002", "10.5" if w == 7 else "1000.5", "3"]
+        else:
+            low = int(rng.integers(-1000, 1000))
+            row = [str(low), str(low + spans[w]), str(low + int(rng.integers(0, spans[w])))]
+        rows.append(",".join(row))
+        widths.append(w)
+    path = _write_rows(tmp_path / "MicroarrayExpression.csv", rows)
+    codes = _check_exact_both_ways(path).codes
+    assert codes.segment.tolist() == widths
+
+
 @pytest.mark.parametrize("row, stored", [
     ("2.123456789012,3.5", 1e12),                     # 12 decimals: 6 bytes
     ("3.141592653589793,2.718281828459045", 1e15),    # 16 digits, 15 decimals: still decimal
