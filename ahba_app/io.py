@@ -33,7 +33,8 @@ Deliberate differences from abagen
 The binary cache
 ----------------
 The first read of a ``MicroarrayExpression.csv`` or ``PACall.csv`` parses it (pyarrow, streamed
-in blocks of a few MB, so the build needs little memory beyond the blocks) into one cache file;
+in blocks of a few MB, so the build needs little memory beyond the blocks; a PACall file in its
+plain form is read straight from its bytes by :func:`_plain_calls`) into one cache file;
 later reads map that file and never parse CSV again. ``parquet=True`` (abagen's name) means "use
 the cache"; ``parquet=False`` parses the CSV into memory (float64) and writes nothing.
 
