@@ -10,7 +10,7 @@ import pytest
 
 from ahba_app.multiverse import grid as mgrid
 from ahba_app.multiverse.grid import GridError, load_grid, parse_grid, pipeline_id
-from ahba_app.multiverse.planner import STAGES, plan, stage_key
+from ahba_app.multiverse.planner import STAGES, CostModel, plan, stage_key
 
 
 def _grid(**axes):
@@ -56,8 +56,11 @@ def test_markello_plan_counts_shared_stages():
     estimate = result.estimate(parquet=True)
     # one upstream per unit, one choice per probe set, one normalization per group, one
     # aggregation per table
-    assert estimate.seconds == pytest.approx(12.0 * 1_296 + 15.0 * 216 + 1.3 * 38_880
-                                             + 0.45 * 311_040 + 0.013 * 373_248)
+    c = CostModel()
+    assert estimate.seconds == pytest.approx(c.upstream * 1_296 + c.probes * 216
+                                             + c.normalization * 38_880
+                                             + c.aggregation * 311_040
+                                             + c.statistics * 373_248)
     assert estimate.disk_bytes == 40 * 373_248
     small = result.estimate(cells=58_692 * 3_702 // 10)
     assert small.seconds == pytest.approx(estimate.seconds / 10, rel=1e-6)

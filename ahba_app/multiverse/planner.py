@@ -93,22 +93,23 @@ class CostModel:
     normalization group is normalized once (``normalization``), each distinct table is
     aggregated (``aggregation``) and every pipeline's statistics taken (``statistics``).
     Calibrated on the full-size data (20,232 genes): one unit of the Markello grid (30 groups,
-    240 distinct tables, 288 pipelines) took 159 CPU seconds on one thread, shared by a profile
-    as: the unit's upstream with its three sample normalizations ~12 s, each group's gene
-    normalization ~1.3 s, each table's aggregation (the 8 variants of a group together) ~0.45 s,
-    each pipeline's statistics ~0.013 s; a probe choice took 10 to 30 s. ``peak_bytes``: one
-    worker process's peak there (units with ``lr_mirror='bidirectional'`` have twice the
-    samples and about 1.4 times that).
+    240 distinct tables, 288 pipelines) took 106 CPU seconds on one thread under a profiler
+    (on a loaded machine), shared as: the unit's upstream with its three sample
+    normalizations ~11 s, each group's gene normalization ~0.85 s, each table's aggregation
+    (the 8 variants of a group together, a block of genes at a time) ~0.26 s, each pipeline's
+    statistics ~0.013 s; a probe choice took 10 to 30 s. ``peak_bytes``: one worker process's
+    peak there (1.26 GB, the file-backed pages of the matrix caches it reads included; a unit
+    with ``lr_mirror='bidirectional'`` has twice the samples and peaked at 3.3 GB).
     """
 
-    upstream: float = 12.0
+    upstream: float = 11.0
     probes: float = 15.0
-    normalization: float = 1.3
-    aggregation: float = 0.45
+    normalization: float = 0.85
+    aggregation: float = 0.26
     statistics: float = 0.013
     row_bytes_tsv: int = 260
     row_bytes_parquet: int = 40
-    peak_bytes: int = int(2.4 * 2**30)
+    peak_bytes: int = int(1.3 * 2**30)
 
 
 @dataclass(frozen=True)

@@ -74,21 +74,29 @@ def block_medians(values: np.ndarray, starts, sizes, scratch: Scratch | None = N
     columns from ``starts[i]``, every size > 0), per row, as (G, n_blocks) float64.
 
     The median of n values is the middle one (n odd) or the two middle ones added and halved
-    (n even), as pandas' and numpy's medians compute it. Blocks of the same size are gathered
-    into one (G, blocks, n) array and sorted along n together."""
+    (n even), as pandas' and numpy's medians compute it. The blocks are gathered once, by
+    size (one pass over ``values``), so that those of the same size make one (G, blocks, n)
+    array, sorted along n together."""
     starts, sizes = np.asarray(starts, dtype=np.intp), np.asarray(sizes, dtype=np.intp)
     scratch = Scratch() if scratch is None else scratch
     out = np.empty((values.shape[0], len(starts)), dtype=np.float64)
-    for n in np.unique(sizes):
-        which = np.flatnonzero(sizes == n)
-        columns = (starts[which][:, None] + np.arange(n)).ravel()
-        for rows in _row_chunks(values.shape[0], len(columns)):
-            block = scratch.array("medians", (rows.stop - rows.start, len(columns)))
-            np.take(values[rows], columns, axis=1, out=block, mode="clip")
-            block = block.reshape(len(block), len(which), n)
+    by_size = np.argsort(sizes, kind="stable")
+    columns = np.repeat(starts[by_size], sizes[by_size])  # each block's columns, by size
+    columns += np.arange(len(columns)) - np.repeat(np.cumsum(sizes[by_size]) - sizes[by_size],
+                                                    sizes[by_size])
+    size_of = sizes[by_size]
+    kinds, first = np.unique(size_of, return_index=True)
+    offsets = np.concatenate([[0], np.cumsum(size_of)])
+    for rows in _row_chunks(values.shape[0], len(columns)):
+        gathered = scratch.array("medians", (rows.stop - rows.start, len(columns)))
+        np.take(values[rows], columns, axis=1, out=gathered, mode="clip")
+        for n, at in zip(kinds, first):
+            count = int(np.count_nonzero(size_of == n))
+            block = gathered[:, offsets[at]:offsets[at] + n * count].reshape(
+                len(gathered), count, n)
             if n > 2:
                 block.sort(axis=-1)
-            out[rows, which] = _middle(block, n)
+            out[rows, by_size[at:at + count]] = _middle(block, n)
     return out
 
 
