@@ -34,6 +34,13 @@ def test_block_medians_equal_numpy_median_bit_for_bit():
     assert np.array_equal(got, pd.DataFrame(values).groupby(codes).median().to_numpy())
 
 
+def _centroid_fills(upstream, normalized, kept, labels):
+    """The rows missing='centroids' adds to each donor, as the API computes them."""
+    coords = {d: pipeline.atlas_coordinates(upstream.atlases[d], f) for d, f in kept.items()}
+    return pipeline.fill_missing_regions("centroids", upstream.atlases, labels, normalized,
+                                         coords)
+
+
 @pytest.fixture(scope="module")
 def unit(ahba_small):
     tree = check_atlas(DK["image"], DK["info"])
@@ -66,11 +73,9 @@ def test_variant_tables_equal_aggregate_group(unit, norm_matched):
     upstream, base = unit
     settings = pipeline.Settings(**dict(base.__dict__, norm_matched=norm_matched))
     normalized, kept, labels = upstream.normalized(settings)
-    coords = {d: pipeline.atlas_coordinates(upstream.atlases[d], f) for d, f in kept.items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fills = pipeline.fill_missing_regions("centroids", upstream.atlases, labels,
-                                              normalized, coords)
+        fills = _centroid_fills(upstream, normalized, kept, labels)
         tables = variant_tables(normalized, labels, upstream.all_labels, VARIANTS, fills)
         assert any(len(rows) for rows in fills.values())  # some regions are filled
         for missing, agg, metric in VARIANTS:
@@ -118,11 +123,9 @@ def test_group_tables_by_blocks_of_genes_equal_variant_tables(unit, gene_norm, n
                                         norm_structures=norm_structures))
     sampled = upstream.sample_normalized("srs")
     normalized, kept, labels = upstream.normalized_from(sampled, settings)
-    coords = {d: pipeline.atlas_coordinates(upstream.atlases[d], f) for d, f in kept.items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fills = pipeline.fill_missing_regions("centroids", upstream.atlases, labels,
-                                              normalized, coords)
+        fills = _centroid_fills(upstream, normalized, kept, labels)
         want = variant_tables(normalized, labels, upstream.all_labels, VARIANTS, fills)
         got = upstream.group_tables(sampled, settings, VARIANTS, block_genes=block_genes)
     assert len(normalized[upstream.donors[0]].columns) > 2 * block_genes  # several blocks
