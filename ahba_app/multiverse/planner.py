@@ -93,8 +93,8 @@ class CostModel:
     normalization group is normalized once (``normalization``), each distinct table is
     aggregated (``aggregation``) and every pipeline's statistics taken (``statistics``).
     Calibrated on the full-size data (20,232 genes): one unit of the Markello grid (30 groups,
-    240 distinct tables, 288 pipelines) took 106 CPU seconds on one thread under a profiler
-    (on a loaded machine), shared as: the unit's upstream with its three sample
+    240 distinct tables, 288 pipelines) took 95 CPU seconds on one thread (on a loaded
+    machine), shared by a profile as: the unit's upstream with its three sample
     normalizations ~11 s, each group's gene normalization ~0.85 s, each table's aggregation
     (the 8 variants of a group together, a block of genes at a time) ~0.26 s, each pipeline's
     statistics ~0.013 s; a probe choice took 10 to 30 s. ``peak_bytes``: one worker process's
