@@ -136,16 +136,8 @@ class UnitUpstream:
         normalized, kept, labels = {}, {}, {}
         for donor in self.donors:
             keep = self._kept(donor, settings, kept, labels)
-            # the kept rows, samples contiguous per gene (F), as the sample normalization
-            # of those rows alone leaves them
-            values = np.take(sampled[donor].T, keep, axis=1).T
-            if gene_name is not None:
-                classes = (kept[donor]["structure"].to_numpy(dtype=object)
-                           if settings.norm_structures else None)
-                with warnings.catch_warnings(), np.errstate(all="ignore"):
-                    warnings.simplefilter("ignore")
-                    values = _normalize.normalize_array(values, gene_name, axis=0,
-                                                        groups=classes)
+            values = _gene_normalized(sampled[donor], keep, gene_name,
+                                      _classes(kept[donor], settings, gene_name))
             normalized[donor] = pd.DataFrame(values, index=kept[donor].index,
                                              columns=self._columns[donor], copy=False)
         return normalized, kept, labels
@@ -171,22 +163,11 @@ class UnitUpstream:
         kept, labels, keeps, classes = {}, {}, {}, {}
         for donor in self.donors:
             keeps[donor] = self._kept(donor, settings, kept, labels)
-            classes[donor] = (kept[donor]["structure"].to_numpy(dtype=object)
-                              if settings.norm_structures and gene_name is not None else None)
+            classes[donor] = _classes(kept[donor], settings, gene_name)
 
         def normalized_block(cols):
-            out = []
-            for donor in self.donors:
-                # the kept rows of these genes, samples contiguous per gene (F), as in
-                # normalized_from
-                values = np.take(sampled[donor][:, cols].T, keeps[donor], axis=1).T
-                if gene_name is not None:
-                    with warnings.catch_warnings(), np.errstate(all="ignore"):
-                        warnings.simplefilter("ignore")
-                        values = _normalize.normalize_array(values, gene_name, axis=0,
-                                                            groups=classes[donor])
-                out.append(values)
-            return out
+            return [_gene_normalized(sampled[donor][:, cols], keeps[donor], gene_name,
+                                     classes[donor]) for donor in self.donors]
 
         fill_block = None
         if any(missing is not None for missing, _, _ in variants):
@@ -231,3 +212,22 @@ class UnitUpstream:
 
         return fill_block
 
+
+def _classes(kept: pd.DataFrame, settings, gene_name):
+    """The structure of each kept sample when the gene normalization runs within structures
+    (``norm_structures``), else None."""
+    if gene_name is None or not settings.norm_structures:
+        return None
+    return kept["structure"].to_numpy(dtype=object)
+
+
+def _gene_normalized(sampled: np.ndarray, keep, gene_name, classes) -> np.ndarray:
+    """The rows ``keep`` of a donor's sample-normalized (S, G) array, samples contiguous per
+    gene (F) as the sample normalization of those rows alone leaves them, each gene then
+    normalized across them by ``gene_name`` (within ``classes`` if given; None: as they are)."""
+    values = np.take(sampled.T, keep, axis=1).T
+    if gene_name is None:
+        return values
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        return _normalize.normalize_array(values, gene_name, axis=0, groups=classes)
