@@ -29,7 +29,7 @@ from __future__ import annotations
 import collections.abc
 import hashlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
 
 import numpy as np
@@ -261,22 +261,36 @@ def read_order(sample_norm) -> str:
 
 def read_donor_samples(microarray, content_id: str | None, annotation: pd.DataFrame,
                        chosen: pd.DataFrame, samples=None, order: str = "F",
-                       buffer=None) -> pd.DataFrame:
+                       buffer=None, columns=None) -> pd.DataFrame:
     """A donor's samples x genes table of the probes ``chosen`` (one per gene), read from its
     microarray cache (``microarray``: the CSV's path), only the rows ``samples`` if given
-    (in ``buffer``'s memory if given: see :meth:`ahba_app.probes.ChosenProbes.frame`).
+    (in ``buffer``'s memory if given; only the genes at positions ``columns``, in that order,
+    if given: see :meth:`ahba_app.probes.ChosenProbes.frame`).
 
     ``content_id`` is what the cache held when the probes were chosen
     (:attr:`ahba_app.io.CachedMatrix.content_id`): a cache rebuilt since then is an error, not
     a table of other numbers.
     """
+    return _probes.read_chosen_probes(_chosen_matrix(microarray, content_id), annotation,
+                                      chosen, samples, order=order, buffer=buffer,
+                                      columns=columns)
+
+
+def donor_file_order(microarray, content_id: str | None, annotation: pd.DataFrame,
+                     chosen: pd.DataFrame) -> np.ndarray:
+    """Positions of the genes of ``chosen`` that read them in the order of the microarray's
+    rows (:meth:`DonorTables.file_order`), for :func:`read_donor_samples`'s ``columns``."""
+    return _probes.chosen_file_order(_chosen_matrix(microarray, content_id), annotation, chosen)
+
+
+def _chosen_matrix(microarray, content_id: str | None):
+    """The microarray cache the probes were chosen from (an error if it changed since)."""
     matrix = _io.load_matrix(microarray, "microarray")
     if content_id is not None and matrix.content_id != content_id:
         raise ValueError(f"The cache of {microarray} changed after the probes were chosen from "
                          "it (the file was replaced or its cache rebuilt). Run probe selection "
                          "again, e.g. with a new work folder.")
-    return _probes.read_chosen_probes(matrix, annotation, chosen, samples, order=order,
-                                      buffer=buffer)
+    return matrix
 
 
 def normalized_rows(labels: np.ndarray, *, norm_matched: bool = DEFAULTS["norm_matched"]
@@ -669,13 +683,40 @@ def _can_stream(settings: Settings, expressions: DonorTables, return_donors: boo
     """Whether :func:`aggregate_group` would need no more than each donor's region means:
     means over donors (then over regions) of tables that all have the same genes, regions
     filled per donor or not at all, and no per-donor output."""
-    if (return_donors or settings.stability_threshold is not None
-            or settings.region_agg != "donors" or settings.agg_metric != "mean"
-            or settings.missing not in (None, "interpolate")):
+    if not _means_only(settings, return_donors):
         return False
     donors = list(expressions)
     first = expressions.chosen.columns(donors[0])
     return all(expressions.chosen.columns(d).equals(first) for d in donors[1:])
+
+
+def _means_only(settings: Settings, return_donors: bool) -> bool:
+    """Whether the group level's options need no more than each donor's region means (see
+    :func:`_can_stream`)."""
+    return not (return_donors or settings.stability_threshold is not None
+                or settings.region_agg != "donors" or settings.agg_metric != "mean"
+                or settings.missing not in (None, "interpolate"))
+
+
+def genes_in_file_order(settings: Settings, return_donors: bool = False) -> bool:
+    """Whether the group level may read every donor's genes in the order of the first donor's
+    microarray rows (:func:`donor_file_order`) and give the region table's genes their symbol
+    order at the end (:func:`in_symbol_order`), changing no number: as a streamed :func:`run`
+    does, the region means treat each gene on its own and the sample normalization only
+    sorts and compares (no sums over a sample's genes)."""
+    return _means_only(settings, return_donors) and (
+        settings.sample_norm is None or _normalize.layout_independent(settings.sample_norm))
+
+
+def in_symbol_order(group: dict) -> dict:
+    """:func:`aggregate_group`'s result for tables whose genes were read in another order
+    (:func:`genes_in_file_order`) with the region table's genes, and the genes dropped, in
+    symbol order (by code point, as the chosen probes' genes are sorted)."""
+    expression = group["expression"]
+    symbols = expression.columns.to_numpy().astype(str)
+    return dict(group, expression=expression.iloc[:, np.argsort(symbols, kind="stable")],
+                summary=replace(group["summary"],
+                                genes_dropped=sorted(group["summary"].genes_dropped)))
 
 
 class _DonorStream:

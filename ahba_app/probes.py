@@ -53,6 +53,7 @@ __all__ = [
     "check_donor_probes",
     "check_ibf_threshold",
     "check_probe_selection",
+    "chosen_file_order",
     "collapse_probes",
     "count_probes",
     "filter_probes",
@@ -1076,14 +1077,27 @@ class ChosenProbes:
 
 
 def read_chosen_probes(microarray, annotation, chosen: pd.DataFrame, samples=None,
-                       order: str = "F", buffer=None) -> pd.DataFrame:
+                       order: str = "F", buffer=None, columns=None) -> pd.DataFrame:
     """Samples x genes of one donor for the probes of ``chosen`` (a
     :meth:`ChosenProbes.probe_table`): the table :meth:`ChosenProbes.frame` gives, read again
     later from the donor's ``microarray`` (for the cache: only those rows and samples).
 
-    ``annotation`` is the donor's sample table; ``samples``, ``order`` and ``buffer`` are
-    those of :meth:`ChosenProbes.frame`.
+    ``annotation`` is the donor's sample table; ``samples``, ``order``, ``buffer`` and
+    ``columns`` are those of :meth:`ChosenProbes.frame`.
     """
+    return _given(microarray, annotation, chosen).frame("donor", samples, order=order,
+                                                        buffer=buffer, columns=columns)
+
+
+def chosen_file_order(microarray, annotation, chosen: pd.DataFrame) -> np.ndarray:
+    """:meth:`ChosenProbes.file_order` of the probes ``chosen`` in ``microarray`` (as
+    :func:`read_chosen_probes` reads them): the positions of the genes that put their probes
+    in the order of the microarray's rows."""
+    return _given(microarray, annotation, chosen).file_order("donor")
+
+
+def _given(microarray, annotation, chosen: pd.DataFrame) -> ChosenProbes:
+    """The one-donor :class:`ChosenProbes` of the probes ``chosen`` (one per gene)."""
     genes = _Genes.from_probes(chosen)
     if (genes.sizes != 1).any():
         repeated = genes.symbols[np.flatnonzero(genes.sizes != 1)][:3].tolist()
@@ -1092,8 +1106,7 @@ def read_chosen_probes(microarray, annotation, chosen: pd.DataFrame, samples=Non
     data = _Data({"donor": microarray}, {"donor": annotation}, genes)
     n_genes = len(genes.symbols)
     given = _Choice(np.arange(n_genes), np.full(n_genes, np.nan), "given")
-    return ChosenProbes(data, choices={"all": given}).frame("donor", samples, order=order,
-                                                             buffer=buffer)
+    return ChosenProbes(data, choices={"all": given})
 
 
 # ---------------------------------------------------------------------------------------------

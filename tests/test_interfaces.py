@@ -222,6 +222,48 @@ def test_aggregate_equals_the_pipeline(chain):
     assert summary["regions_without_samples"] == [int(r) for r in empty]
 
 
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_normalize_in_file_order_on_threads_gives_the_same_tables(chain, tmp_path,
+                                                                  monkeypatch, threads):
+    """Genes read in the order of the microarray's rows, donors normalized side by side: each
+    normalized table is the symbol-order one with its columns permuted, bit for bit, and the
+    aggregate node gives back the region table of the symbol-order run."""
+    monkeypatch.setenv("AHBA_APP_THREADS", threads)
+    select = chain["select"]
+    norm = _run(NormalizeExpression(file_order=True), "normalize", tmp_path,
+                expression=select.expressions, annotation=chain["annotate"].annotation,
+                labels=chain["match"].labels)
+    for ours, theirs in zip(norm.expression, chain["normalize"].expression):
+        ours, theirs = read_frame(ours), read_frame(theirs)
+        assert not ours.columns.is_monotonic_increasing  # (the genes are in file order)
+        pd.testing.assert_frame_equal(ours[theirs.columns], theirs, check_exact=True)
+    atlas = chain["atlas"]
+    aggregate = _run(AggregateExpression(
+        atlas=atlas.as_dict(), donors=DONORS, expressions=norm.expression,
+        annotations=norm.annotation, labels=norm.labels, missing="interpolate"),
+        "aggregate", tmp_path)
+    reference = _run(AggregateExpression(
+        atlas=atlas.as_dict(), donors=DONORS, expressions=chain["normalize"].expression,
+        annotations=chain["normalize"].annotation, labels=chain["normalize"].labels,
+        missing="interpolate"), "aggregate_reference", tmp_path)
+    pd.testing.assert_frame_equal(read_frame(aggregate.expression),
+                                  read_frame(reference.expression), check_exact=True)
+    assert read_json(aggregate.summary) == read_json(reference.summary)
+
+
+def test_in_symbol_order_sorts_the_genes_and_the_dropped_genes():
+    from ahba_app.summary import GroupFacts
+
+    table = pd.DataFrame([[1.0, 2.0, 3.0]], columns=pd.Index(["b", "C", "a"],
+                                                             name="gene_symbol"))
+    facts = GroupFacts(regions_without_samples=[], genes_dropped=["z", "Y", "x"])
+    group = pipeline.in_symbol_order({"expression": table, "summary": facts})
+    assert group["expression"].columns.tolist() == ["C", "a", "b"]  # (code points)
+    assert group["expression"].to_numpy().tolist() == [[2.0, 3.0, 1.0]]
+    assert group["summary"].genes_dropped == ["Y", "x", "z"]
+    assert facts.genes_dropped == ["z", "Y", "x"]  # (the argument is left as it was)
+
+
 def test_report(chain):
     html = open(chain["report"].report, encoding="utf-8").read()
     assert html.lstrip().lower().startswith("<!doctype html")

@@ -170,6 +170,28 @@ def test_atlas_wf_wiring_group_and_participant(tmp_path):
         init_atlas_wf(analysis_level="session", **common)
 
 
+def test_only_the_group_level_reads_genes_in_file_order(tmp_path):
+    """The genes are read in file order where no number depends on their order: the group
+    level (the aggregate node gives the region table symbol order back), by default; never
+    for sample-level tables, per-donor tables, a summing sample normalization or a stability
+    filter."""
+    common = dict(atlas=VOLUME, out_dir=str(tmp_path), desc="x", metadata={}, parameters={})
+
+    def file_order(level, save_donors=False, **options):
+        wf = init_atlas_wf(analysis_level=level, settings=Settings(donors=DONORS, **options),
+                           save_donors=save_donors, **common)
+        return wf.get_node("normalize").inputs.file_order
+
+    assert file_order("group")
+    assert file_order("group", missing="interpolate")
+    assert not file_order("participant")
+    assert not file_order("group", save_donors=True)
+    assert not file_order("group", sample_norm="zscore")
+    assert not file_order("group", stability_threshold=0.5)
+    assert not file_order("group", missing="centroids")
+    assert not file_order("group", agg_metric="median")
+
+
 def test_atlas_workflow_names_are_unique_and_valid():
     assert atlas_workflow_name(VOLUME.key) == "atlas_DK_space_MNI152NLin6Asym_res_01_wf"
     assert atlas_workflow_name(VOLUME.key) != atlas_workflow_name(SURFACE.key)

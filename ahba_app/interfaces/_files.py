@@ -36,8 +36,9 @@ import pandas as pd
 
 from ..atomic import replacing
 
-__all__ = ["SharedTables", "check_lengths", "n_columns", "read_frame", "read_json", "read_labels",
-           "read_samples", "write_chosen_probes", "write_frame", "write_json", "write_labels"]
+__all__ = ["SharedTables", "check_lengths", "file_order", "n_columns", "read_frame", "read_json",
+           "read_labels", "read_samples", "write_chosen_probes", "write_frame", "write_json",
+           "write_labels"]
 
 
 #: Matrices with at least this many columns are stored as one column of lists.
@@ -164,13 +165,15 @@ def write_chosen_probes(chosen: pd.DataFrame, matrix, path: str | os.PathLike) -
 
 
 def read_samples(path: str | os.PathLike, annotation: pd.DataFrame, rows=None,
-                 order: str = "F", *, sample_norm=None, buffer=None) -> pd.DataFrame:
+                 order: str = "F", *, sample_norm=None, buffer=None, columns=None
+                 ) -> pd.DataFrame:
     """A donor's samples x genes table from probe selection: from its microarray cache for a
     file of :func:`write_chosen_probes` (only the rows at positions ``rows``, laid out in
     ``order``, in ``buffer``'s memory if given: a large enough 1-D float64 array), else the
     table written (``order`` is then the table's own). A table read to be normalized gives its
     ``sample_norm`` instead: the layout is then the one that normalization needs to give
-    abagen's numbers (:func:`ahba_app.pipeline.read_order`)."""
+    abagen's numbers (:func:`ahba_app.pipeline.read_order`). ``columns``: positions of the
+    genes to read, in that order (:func:`file_order`; by default all, in symbol order)."""
     from .. import pipeline
 
     if sample_norm is not None:
@@ -178,14 +181,35 @@ def read_samples(path: str | os.PathLike, annotation: pd.DataFrame, rows=None,
 
     if Path(path).suffix != ".json":
         frame = read_frame(path)
+        frame = frame if columns is None else frame.iloc[:, columns]
         return frame if rows is None else frame.iloc[rows]
+    found, chosen = _chosen(path)
+    return pipeline.read_donor_samples(found["microarray"], found["content_id"], annotation,
+                                       chosen, rows, order=order, buffer=buffer,
+                                       columns=columns)
+
+
+def file_order(path: str | os.PathLike, annotation: pd.DataFrame) -> np.ndarray | None:
+    """Positions of the genes of a donor's table from probe selection that read its chosen
+    probes in the order of its microarray cache's rows
+    (:func:`ahba_app.pipeline.donor_file_order`); None for a table written whole."""
+    from .. import pipeline
+
+    if Path(path).suffix != ".json":
+        return None
+    found, chosen = _chosen(path)
+    return pipeline.donor_file_order(found["microarray"], found["content_id"], annotation,
+                                     chosen)
+
+
+def _chosen(path) -> tuple[dict, pd.DataFrame]:
+    """The document of :func:`write_chosen_probes` and its table of chosen probes."""
     found = read_json(path)
     if not isinstance(found, dict) or found.get("kind") != _CHOSEN_KIND:
         raise ValueError(f"{path} does not list chosen probes (no kind {_CHOSEN_KIND!r}).")
-    chosen = pd.DataFrame({"gene_symbol": np.array(found["gene_symbol"], dtype=object)},
-                          index=pd.Index(found["probe_id"], dtype=np.int64, name="probe_id"))
-    return pipeline.read_donor_samples(found["microarray"], found["content_id"], annotation,
-                                       chosen, rows, order=order, buffer=buffer)
+    return found, pd.DataFrame({"gene_symbol": np.array(found["gene_symbol"], dtype=object)},
+                               index=pd.Index(found["probe_id"], dtype=np.int64,
+                                              name="probe_id"))
 
 
 def n_columns(path: str | os.PathLike) -> int:

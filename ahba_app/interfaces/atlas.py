@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 
 import numpy as np
 
@@ -16,11 +17,12 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObje
                                     OutputMultiObject, SimpleInterface, TraitedSpec, traits)
 
 from .. import pipeline
+from .._blocks import n_threads, thread_map
 from ..options import trait
 from ..bids import AtlasInput, load_atlas_input
 from ..stages import stage_options
-from ._files import (SharedTables, check_lengths, n_columns, read_frame, read_labels,
-                     read_samples, write_frame, write_json, write_labels)
+from ._files import (SharedTables, check_lengths, file_order, n_columns, read_frame,
+                     read_labels, read_samples, write_frame, write_json, write_labels)
 
 LGR = logging.getLogger("ahba_app")
 
@@ -99,6 +101,11 @@ class _NormalizeInputSpec(BaseInterfaceInputSpec):
     gene_norm = trait("gene_norm")
     norm_matched = trait("norm_matched")
     norm_structures = trait("norm_structures")
+    file_order = traits.Bool(False, usedefault=True,
+                             desc="read every donor's genes in the order of the first donor's "
+                                  "microarray rows (pipeline.genes_in_file_order: the group "
+                                  "level with options whose numbers do not see the order; the "
+                                  "aggregate node gives the region table symbol order back)")
 
 
 class _NormalizeOutputSpec(TraitedSpec):
@@ -112,12 +119,13 @@ class _NormalizeOutputSpec(TraitedSpec):
 
 
 class NormalizeExpression(SimpleInterface):
-    """Sample and gene normalization of every donor (stage ``normalize``), one donor after the
-    other.
+    """Sample and gene normalization of every donor (stage ``normalize``), the donors side by
+    side on the run's threads (:func:`ahba_app._blocks.thread_map`).
 
-    One node for all donors (as ``match``): the donors' tables are read and normalized in the
-    same two buffers (:func:`ahba_app.pipeline.normalize_donor_expression`), as the Python API
-    does, instead of new memory for each, and written out before the next donor's turn.
+    One node for all donors (as ``match``): each thread reads and normalizes its donors'
+    tables in the same two buffers (:func:`ahba_app.pipeline.normalize_donor_expression`), as
+    the Python API does, instead of new memory for each, and writes them out before its next
+    donor's turn. Each donor's numbers are those of normalizing it alone.
 
     The normalized table depends on the atlas only through the samples kept (those matched to
     a region with ``norm_matched``, else all): with ``shared``, a table normalized for the same
@@ -138,42 +146,61 @@ class NormalizeExpression(SimpleInterface):
         # only the samples normalization keeps are read (as the Python API does)
         rows = [pipeline.normalized_rows(each, norm_matched=inputs.norm_matched)
                 for each in labels]
-        results = {"expression": [], "annotation": [], "labels": []}
-        buffers = None
-        for position, (expression, annotation) in enumerate(zip(inputs.expression,
-                                                                 inputs.annotation)):
-            key = found = None
-            if store is not None:
-                key = store.key(files=(expression, annotation), arrays=(rows[position],),
-                                options=options)
-                found = store.find(key)
-            if found is None:
-                if buffers is None:  # large enough for every donor's table
-                    size = max(len(r) * n_columns(p) for r, p in zip(rows, inputs.expression))
-                    buffers = (np.empty(size), np.empty(size))
-                tables = self._normalize(expression, annotation, labels[position],
-                                         rows[position], options, buffers)
-                if store is not None:
-                    found = store.add(key, tables)
-                else:
-                    found = {name: write_frame(frame, os.path.join(
+        columns = None
+        if inputs.file_order:  # (as a streamed pipeline.run reads them)
+            columns = file_order(inputs.expression[0], read_frame(inputs.annotation[0]))
+        donors = list(enumerate(zip(inputs.expression, inputs.annotation)))
+        keys, found = [None] * len(donors), [None] * len(donors)
+        if store is not None:
+            for position, (expression, annotation) in donors:
+                keys[position] = store.key(
+                    files=(expression, annotation), arrays=(rows[position],),
+                    options=dict(options, columns=None if columns is None
+                                 else columns.tolist()))
+                found[position] = store.find(keys[position])
+        todo = [position for position, tables in enumerate(found) if tables is None]
+        if todo:
+            # donors normalized side by side on the run's threads, each thread in its own two
+            # buffers (large enough for every donor's table), each donor's tables written out
+            # before the buffers take the next donor
+            size = max(len(rows[p]) * n_columns(inputs.expression[p]) for p in todo)
+            free = queue.SimpleQueue()
+            for _ in range(min(n_threads(), len(todo))):
+                free.put((np.empty(size), np.empty(size)))
+
+            def normalize(position):
+                expression, annotation = donors[position][1]
+                buffers = free.get()
+                try:
+                    tables = self._normalize(expression, annotation, labels[position],
+                                             rows[position], options, buffers, columns)
+                    if store is not None:
+                        return store.add(keys[position], tables)
+                    return {name: write_frame(frame, os.path.join(
                         runtime.cwd, f"{name}{position}")) for name, frame in tables.items()}
-            # every row kept for normalization stays (pipeline.normalize_donor_expression)
-            results["expression"].append(found["normalized"])
-            results["annotation"].append(found["annotation"])
-            results["labels"].append(write_labels(labels[position][rows[position]],
-                                                  os.path.join(runtime.cwd,
-                                                               f"labels{position}")))
-        self._results.update(results)
+                finally:
+                    free.put(buffers)
+
+            for position, tables in zip(todo, thread_map(normalize, todo)):
+                found[position] = tables
+        # every row kept for normalization stays (pipeline.normalize_donor_expression)
+        self._results.update(
+            expression=[tables["normalized"] for tables in found],
+            annotation=[tables["annotation"] for tables in found],
+            labels=[write_labels(labels[position][rows[position]],
+                                 os.path.join(runtime.cwd, f"labels{position}"))
+                    for position in range(len(donors))])
         return runtime
 
     def _normalize(self, expression_path, annotation_path, labels, rows, options,
-                   buffers) -> dict:
+                   buffers, columns=None) -> dict:
         """One donor's normalized table and kept-sample table (the first in ``buffers``'s
-        memory: written out before the next donor's turn)."""
+        memory: written out before the next donor's turn); its genes at positions
+        ``columns``, in that order, if given."""
         annotation = read_frame(annotation_path)
         expression = read_samples(expression_path, annotation, rows,
-                                  sample_norm=self.inputs.sample_norm, buffer=buffers[1])
+                                  sample_norm=self.inputs.sample_norm, buffer=buffers[1],
+                                  columns=columns)
         annotation = pipeline.renumbered(annotation).iloc[rows]
         normalized, _, kept = pipeline.normalize_donor_expression(
             expression.set_axis(annotation.index, axis=0), labels[rows], annotation,
@@ -226,6 +253,9 @@ class AggregateExpression(SimpleInterface):
         result = pipeline.aggregate_group(atlases, all_labels, normalized, kept, labels,
                                           return_donors=inputs.return_donors,
                                           **stage_options(inputs, "aggregate"))
+        if not next(iter(normalized.values())).columns.is_monotonic_increasing:
+            # genes read in file order (NormalizeExpression's file_order): symbol order back
+            result = pipeline.in_symbol_order(result)
         pipeline.check_expression(result["expression"], result["summary"])
         cwd = runtime.cwd
         self._results["expression"] = write_frame(result["expression"],

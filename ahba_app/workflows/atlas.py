@@ -6,7 +6,7 @@ from __future__ import annotations
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from .. import summary
+from .. import pipeline, summary
 from ..interfaces.atlas import AggregateExpression, MatchSamples, NormalizeExpression
 from ..interfaces.bids import GroupDerivatives, ParticipantDerivatives
 from ..interfaces.genes import AccountGenes
@@ -100,8 +100,11 @@ def init_atlas_wf(*, atlas, analysis_level, out_dir, desc, metadata, parameters,
     # each node takes the options its stage reads (ahba_app.stages)
     match = pe.Node(MatchSamples(atlas=atlas_dict, data_dir=data_dir,
                                  **stage_options(s, "match")), name="match")
-    normalize = pe.Node(NormalizeExpression(shared=shared_dir, **stage_options(s, "normalize")),
-                        name="normalize")
+    # the group level reads the genes in file order when no number depends on their order
+    normalize = pe.Node(NormalizeExpression(
+        shared=shared_dir, file_order=(analysis_level == "group"
+                                       and pipeline.genes_in_file_order(s, save_donors)),
+        **stage_options(s, "normalize")), name="normalize")
     report_parameters = dict(summary.report_parameters(s, return_donors=save_donors,
                                                        versions={}), **(parameters or {}))
     report_inputs = dict(atlas=atlas_dict, data_dir=data_dir, parameters=report_parameters,
