@@ -10,6 +10,11 @@ the batch. Arrow's cast of float64 to string computes the same shortest digits i
 text is kept only where it is provably ``repr``'s: positional with a decimal point (for
 magnitudes in [1e-4, 1e15)), or an integer that needs ``.0``; every other value (tiny, huge,
 negative zero, infinities: few in practice) is formatted by ``repr`` itself.
+
+The region x gene tables (:func:`write_float_tsv`) take their digits from orjson instead, which
+writes a float64 array's shortest round-trip digits 4-5 times quicker than Arrow's cast, as
+``repr`` writes them for zeros and magnitudes in [1e-4, 1e16); the few other values are put in
+by ``repr``.
 """
 
 from __future__ import annotations
@@ -64,10 +69,10 @@ def write_float_tsv(frame, path: str | os.PathLike, index_label: str | None = No
     each float, ``na_rep`` for NaN), tab-separated, lines ending in ``\\n``.
 
     Labels and column names must hold no tab, newline or quote (they are written as they are).
-    Blocks of rows are formatted on the threads of :func:`ahba_app._blocks.thread_map` (Arrow
-    runs without the interpreter lock) and written in order: each block's values are formatted
-    row by row into one string array, joined into lines by Arrow (one list per row), and the
-    lines' bytes written as they lie in memory.
+    Blocks of rows are formatted on the threads of :func:`ahba_app._blocks.thread_map` and
+    written in order: each row's values are written by orjson (the shortest round-trip
+    digits), its commas turned into tabs, and the values whose text is not ``repr``'s put in
+    by ``repr`` (:func:`_json_lines`).
     """
     from ._blocks import n_threads, thread_map
 
@@ -96,6 +101,8 @@ def _lines(rows: np.ndarray, labels: list, na_rep: str):
     import pyarrow.compute as pc
 
     k, n_cols = rows.shape
+    if n_cols:
+        return _json_lines(rows, labels, na_rep)
     texts = float_texts(rows.ravel(order="C"), nan=na_rep)
     cells = pa.ListArray.from_arrays(
         pa.array(np.arange(0, k * n_cols + 1, n_cols, dtype=np.int32)), texts)
@@ -105,6 +112,48 @@ def _lines(rows: np.ndarray, labels: list, na_rep: str):
     offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)[lines.offset:
                                                                  lines.offset + k + 1]
     return lines.buffers()[2].slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
+
+
+def _json_lines(rows: np.ndarray, labels: list, na_rep: str) -> bytes:
+    """:func:`_lines` by orjson: each row's numbers as orjson writes a float64 array
+    (``[x,y,...]``: the shortest round-trip digits, 4-5 times quicker than Arrow's cast to
+    text), its commas turned into tabs and ``null`` (NaN) into ``na_rep``. orjson writes
+    ``repr``'s text for zeros and magnitudes in [1e-4, 1e16); every other value (smaller ones,
+    which orjson writes positionally, larger ones, infinities, which it writes as ``null``)
+    is put in as ``repr`` writes it."""
+    import orjson
+
+    rows = np.ascontiguousarray(rows, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        magnitude = np.abs(rows)
+        other = ~(((magnitude >= 1e-4) & (magnitude < 1e16)) | (magnitude == 0)
+                  | np.isnan(rows))
+    others = other.any(axis=1)
+    missing = na_rep.encode("utf-8")
+    lines = []
+    for i, (label, row) in enumerate(zip(labels, rows)):
+        text = orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1]
+        if others[i]:
+            text = _with_repr(text, row, np.flatnonzero(other[i]))
+        text = text.replace(b",", b"\t")
+        if b"null" in text:
+            text = text.replace(b"null", missing)
+        lines += [label.encode("utf-8"), b"\t", text, b"\n"]
+    return b"".join(lines)
+
+
+def _with_repr(text: bytes, row: np.ndarray, which: np.ndarray) -> bytes:
+    """``text`` (the values of ``row`` separated by commas) with the values at positions
+    ``which`` written by ``repr``."""
+    commas = np.flatnonzero(np.frombuffer(text, dtype=np.uint8) == ord(","))
+    starts = np.concatenate(([0], commas + 1))
+    ends = np.concatenate((commas, [len(text)]))
+    pieces, done = [], 0
+    for j in which.tolist():
+        pieces += [text[done:starts[j]], repr(float(row[j])).encode("ascii")]
+        done = int(ends[j])
+    pieces.append(text[done:])
+    return b"".join(pieces)
 
 
 #: Characters that make ``to_csv`` quote a field (tab-separated, lines ending in ``\n``).

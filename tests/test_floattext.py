@@ -40,6 +40,27 @@ def test_many_values_are_written_as_repr_writes_them(kind):
     assert floattext.float_texts(values).to_pylist() == _reprs(values)
 
 
+@pytest.mark.parametrize("kind", ["uniform", "log-uniform", "bits", "rounded", "awkward"])
+def test_region_tables_are_written_as_to_csv_writes_them(tmp_path, kind):
+    """The region table writer (orjson's digits, repr's text where orjson's differs) on
+    many values of each kind, NaN and infinities among them."""
+    rng = np.random.default_rng(8)
+    n = 60_000
+    values = {
+        "uniform": lambda: rng.random(n),
+        "log-uniform": lambda: np.exp(rng.uniform(np.log(1e-7), np.log(1e18), n)),
+        "bits": lambda: rng.integers(-2 ** 63, 2 ** 63 - 1, n, dtype=np.int64).view(np.float64),
+        "rounded": lambda: (rng.random(n) * 10.0 ** rng.integers(-6, 17, n)).round(6),
+        "awkward": lambda: rng.choice(np.array(AWKWARD + [np.nan]), n),
+    }[kind]().reshape(60, -1)
+    values[rng.random(values.shape) < 0.01] = np.nan
+    frame = pd.DataFrame(values, index=pd.Index(range(1, 61), name="label"))
+    expected, written = tmp_path / "pandas.tsv", tmp_path / "ours.tsv"
+    frame.to_csv(expected, sep="\t", na_rep="n/a", lineterminator="\n")
+    floattext.write_float_tsv(frame, written)
+    assert written.read_bytes() == expected.read_bytes()
+
+
 @pytest.mark.parametrize("labels", [[3, 1, 20], ["insula L", "x", "caudate"]])
 def test_tsv_bytes_equal_to_csv(tmp_path, monkeypatch, labels):
     rng = np.random.default_rng(3)
