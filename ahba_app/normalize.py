@@ -44,7 +44,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ._blocks import thread_map, transpose_into
+from ._blocks import n_threads, thread_map, transpose_into
 from .exact import LAYOUT_FREE_NORMS
 from .options import DEFAULTS
 
@@ -98,9 +98,9 @@ def _zscore(x: np.ndarray) -> np.ndarray:
 def _logistic(x: np.ndarray, centre: np.ndarray, scale: np.ndarray,
               out: np.ndarray | None = None) -> np.ndarray:
     """``1 / (1 + exp(-(x - centre) / scale))``, every step in one new array (the last one in
-    ``out`` if given)."""
-    work = np.subtract(x, centre)
-    np.negative(work, out=work)
+    ``out`` if given). ``centre - x`` is ``-(x - centre)`` to the bit (rounding to nearest is
+    symmetric about zero; a zero's sign is lost, and exp gives 1 for both), one pass less."""
+    work = np.subtract(centre, x)
     np.divide(work, scale, out=work)
     np.exp(work, out=work)
     np.add(1.0, work, out=work)
@@ -189,10 +189,12 @@ def _robust_centre_scale(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ordered = _sorted_columns(x)
     else:
         # only the positions read below are found (and the last one: the largest, NaN if
-        # any): the numbers a full sort puts there
+        # any): the numbers a full sort puts there. _OrderStatistics only reads its rows:
+        # columns already contiguous are passed as they are, not copied
         kth = {n // 2 - 1, n // 2, *_quantile_positions(n, 0.25),
                *_quantile_positions(n, 0.75)}
-        ordered = _OrderStatistics(_columns_as_rows(x), kth)
+        ordered = _OrderStatistics(x.T if x.T.flags.c_contiguous else _columns_as_rows(x),
+                                   kth)
     iqr = (_quantile(ordered, 75 / 100) - _quantile(ordered, 25 / 100)) / IQR_NORMAL
     return _median(ordered)[None], iqr[None]
 
@@ -226,31 +228,38 @@ class _OrderStatistics:
         self.values = {pos: np.empty(n_rows) for pos in [*positions, n - 1]}
         step = max(1, _SELECT_ELEMENTS // max(n, 1))
         n_buckets = max(16, int(n * _BUCKETS_PER_VALUE))
+        # the keys and buckets of every chunk in the same memory (no new pages per chunk)
+        size = min(step, n_rows) * n
+        work = (np.empty(size), np.empty(size, dtype=np.intp))
         for start in range(0, n_rows, step):
             at = slice(start, start + step)
             self._select(rows[at], positions, n_buckets,
-                         {pos: values[at] for pos, values in self.values.items()})
+                         {pos: values[at] for pos, values in self.values.items()}, work)
 
     @staticmethod
-    def _select(rows: np.ndarray, positions: list, n_buckets: int, out: dict) -> None:
+    def _select(rows: np.ndarray, positions: list, n_buckets: int, out: dict,
+                work: tuple) -> None:
         n_rows, n = rows.shape
         low = rows.min(axis=1)
         high = rows.max(axis=1)       # NaN when the row holds one
         out[n - 1][:] = high
-        width = n_buckets + 1         # (the largest value's key is n_buckets, or just below)
+        # a key is at most span * (n_buckets / span), both rounded: n_buckets within a few
+        # units in the last place, so its floor is at most n_buckets
+        width = n_buckets + 1
         with np.errstate(all="ignore"):
             span = high - low
             scale = n_buckets / span
             redo = ~(np.isfinite(scale) & np.isfinite(span) & (span > 0))
-            key = np.subtract(rows, np.where(redo, 0.0, low)[:, None])
+            key = np.subtract(rows, np.where(redo, 0.0, low)[:, None],
+                              out=work[0][:rows.size].reshape(rows.shape))
             key *= np.where(redo, 0.0, scale)[:, None]
         if redo.any():
             key[redo] = 0.0           # (those rows are partitioned below)
-        np.minimum(key, n_buckets, out=key)
         # each row its own buckets: whole numbers added to keys in [0, n_buckets] (a sum
         # rounded to a whole number stays monotone in x and inside the row's buckets)
         key += (np.arange(n_rows) * float(width))[:, None]
-        bucket = key.astype(np.intp).ravel()  # floor: the keys are >= 0
+        bucket = work[1][:rows.size]
+        np.copyto(bucket, key.ravel(), casting="unsafe")  # floor: the keys are >= 0
         del key
         counts = np.bincount(bucket, minlength=n_rows * width)
         ends = np.cumsum(counts)      # over all rows: row r's values end at (r + 1) * n
@@ -378,6 +387,19 @@ def _column_blocks(n_rows: int, n_cols: int, elements: int = _BLOCK_ELEMENTS
         yield slice(start, min(start + width, n_cols))
 
 
+def _even_blocks(n_rows: int, n_cols: int, elements: int, parts: int) -> list[slice]:
+    """Blocks of at most ``elements`` (as :func:`_column_blocks`), as many as a multiple of
+    ``parts`` and of equal widths (within one column), so that ``parts`` threads each get the
+    same share: for the methods whose numbers do not depend on the blocks."""
+    width = max(1, elements // max(n_rows, 1))
+    count = -(-n_cols // width)
+    count = min(n_cols, -(-count // parts) * parts)
+    if count <= 1:
+        return [slice(0, n_cols)] if n_cols else []
+    bounds = [n_cols * k // count for k in range(count + 1)]
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def _empty_rows(view: np.ndarray) -> np.ndarray:
     """Rows of ``view`` that are entirely NaN (computed block by block)."""
     empty = np.ones(view.shape[0], dtype=bool)
@@ -478,10 +500,16 @@ def normalize_array(values: np.ndarray, norm: str | None = DEFAULTS["gene_norm"]
                 else:
                     target[...] = result
 
-    # columns are normalized independently: blocks run on several threads
+    # columns are normalized independently: blocks run on several threads (for the methods
+    # whose numbers do not depend on the blocks, as many equal blocks for each thread)
+    def blocks(n_rows):
+        if name in _ORDER_FREE:
+            return _even_blocks(n_rows, view.shape[1], elements, n_threads())
+        return _column_blocks(n_rows, view.shape[1], elements)
+
     thread_map(run, [(rows, cols) for rows in selections
-                     for cols in _column_blocks(view.shape[0] if isinstance(rows, slice)
-                                                else rows.size, view.shape[1], elements)])
+                     for cols in blocks(view.shape[0] if isinstance(rows, slice)
+                                        else rows.size)])
     out_view[~covered] = np.nan  # the rows no block wrote
     return out_view if axis in (0, -2) else out_view.T
 

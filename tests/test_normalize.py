@@ -499,8 +499,57 @@ def test_order_statistics_equal_a_sort(kind, n_rows):
     positions = {n // 2 - 1, n // 2, *_quantile_positions(n, 0.25),
                  *_quantile_positions(n, 0.75)}
     expected = np.sort(rows, axis=1)
-    found = _OrderStatistics(rows.copy(), positions)
+    given = rows.copy()
+    found = _OrderStatistics(given, positions)
+    assert given.tobytes() == rows.tobytes()  # only read: callers pass their own columns
     holds_nan = np.isnan(expected[:, -1])
     assert np.isnan(found[:, -1][holds_nan]).all()
     for pos in [*positions, n - 1, -1]:
         assert found[:, pos][~holds_nan].tobytes() == expected[:, pos][~holds_nan].tobytes()
+
+
+def test_logistic_equals_the_formula_bit_for_bit():
+    # the logistic subtracts x from the centre (one pass less than negating x - centre): the
+    # same bits as 1 / (1 + exp(-(x - centre) / scale)), zeros and infinities included
+    from ahba_app.normalize import _logistic
+
+    rng = np.random.default_rng(5)
+    x = np.round(rng.normal(8, 2, size=(300, 40)), 6)
+    x[0, :3] = [np.inf, -np.inf, 0.0]
+    x[1, :] = 7.5                      # equal to the centre: zeros of both signs
+    centre = np.median(x, axis=0, keepdims=True)
+    centre[0, 3] = 7.5
+    scale = rng.random((1, 40)) + 0.1
+    with np.errstate(all="ignore"):
+        expected = 1 / (1 + np.exp(-(x - centre) / scale))
+        found = _logistic(x, centre, scale)
+    assert np.isnan(found).sum() == np.isnan(expected).sum()
+    assert found.tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize("n_rows, n_cols, parts", [(785, 14_710, 2), (287, 14_710, 2),
+                                                    (14_710, 785, 4), (10, 3, 2), (10, 1, 2),
+                                                    (10, 0, 2), (100, 7, 3)])
+def test_even_blocks_cover_every_column_once(n_rows, n_cols, parts):
+    from ahba_app.normalize import _even_blocks
+
+    elements = 1 << 20 if n_rows > 100 else 200
+    blocks = _even_blocks(n_rows, n_cols, elements, parts)
+    assert [c for b in blocks for c in range(b.start, b.stop)] == list(range(n_cols))
+    widths = [b.stop - b.start for b in blocks]
+    assert all(w * n_rows <= max(elements, n_rows) for w in widths)
+    if n_cols >= parts:
+        assert len(blocks) % parts == 0 and max(widths) - min(widths) <= 1
+
+
+def test_normalize_array_same_bits_whatever_the_threads(monkeypatch):
+    # the methods that neither sum nor depend on their blocks are cut into as many blocks as
+    # threads allow: one thread or four, the same numbers
+    rng = np.random.default_rng(11)
+    x = np.round(rng.normal(8, 2, size=(700, 3_000)), 6)
+    results = []
+    for threads in ("1", "4"):
+        monkeypatch.setenv("AHBA_APP_THREADS", threads)
+        results.append([normalize.normalize_array(x, "scaled_robust_sigmoid", axis=a).tobytes()
+                        for a in (0, 1)])
+    assert results[0] == results[1]
