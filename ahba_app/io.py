@@ -465,28 +465,36 @@ def release_pages(values: np.ndarray, rows=None) -> None:
 def _decode_block(codes: RowCodes, rows: np.ndarray, cols, out=None) -> np.ndarray:
     """Rows (positions) of a row-scaled cache, all samples or ``cols``, as float64."""
     width = codes.views[next(iter(codes.views))].shape[1] if cols is None else len(cols)
-    if out is None:
-        out = np.empty((len(rows), width))
     segment = codes.segment[rows]
     first = segment[0] if len(rows) else 0
-    groups = [(first, slice(None))] if (segment == first).all() else \
-        [(w, np.flatnonzero(segment == w)) for w in np.unique(segment)]
-    for w, pick in groups:
-        picked = rows[pick]
-        view = codes.views[int(w)]
-        slots = codes.slot[picked]
-        stored = view[slots]                 # whole rows (a few kB each), then the samples
-        if cols is not None:
-            stored = np.take(stored, cols, axis=1)
-        if w == 0:
-            out[pick] = stored
-            continue
-        mask = codes.masks.get(int(w))
-        if mask is not None:
-            stored &= mask
-        out[pick] = _scaled_values(_offset_ints(stored, codes.base[picked]),
-                                   codes.divisor[picked])
+    if len(rows) and (segment == first).all():
+        # rows of one segment (nearly always): decoded straight into ``out``, or returned as
+        # decoded (a new array) rather than copied once more into another one: fresh pages
+        # and one more pass doubled the cost of a block
+        return _decode_segment(codes, int(first), rows, cols, out)
+    if out is None:
+        out = np.empty((len(rows), width))
+    for w in np.unique(segment):
+        pick = np.flatnonzero(segment == w)
+        out[pick] = _decode_segment(codes, int(w), rows[pick], cols)
     return out
+
+
+def _decode_segment(codes: RowCodes, w: int, rows: np.ndarray, cols, out=None) -> np.ndarray:
+    """Rows (positions) of segment ``w`` of a row-scaled cache, all samples or ``cols``, as
+    float64: a new array, or ``out`` filled."""
+    stored = codes.views[w][codes.slot[rows]]   # whole rows (a few kB each), then the samples
+    if cols is not None:
+        stored = np.take(stored, cols, axis=1)
+    if w == 0:
+        if out is None:
+            return stored
+        out[...] = stored
+        return out
+    mask = codes.masks.get(w)
+    if mask is not None:
+        stored &= mask
+    return _scaled_values(_offset_ints(stored, codes.base[rows]), codes.divisor[rows], out)
 
 
 def _offset_ints(stored: np.ndarray, base: np.ndarray) -> np.ndarray:
@@ -496,10 +504,16 @@ def _offset_ints(stored: np.ndarray, base: np.ndarray) -> np.ndarray:
     return total.view(np.int64)
 
 
-def _scaled_values(ints: np.ndarray, divisor: np.ndarray) -> np.ndarray:
+def _scaled_values(ints: np.ndarray, divisor: np.ndarray, out: np.ndarray | None = None
+                   ) -> np.ndarray:
     """``float64(ints) / divisor`` per row: the one formula of the encoder's check and of every
-    decode, so a value that passed the check decodes to the same bits."""
-    values = ints.astype(np.float64)
+    decode, so a value that passed the check decodes to the same bits. ``out``: a float64
+    array of ``ints``' shape to write into (the same conversion as ``astype``)."""
+    if out is None:
+        values = ints.astype(np.float64)
+    else:
+        values = out
+        np.copyto(values, ints, casting="unsafe")
     values /= divisor[:, None]
     return values
 
