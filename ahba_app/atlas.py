@@ -112,12 +112,10 @@ class AtlasTree:
                 warnings.warn("A volumetric atlas was given with coords: the coordinates come "
                               "from the image, the coords are ignored.", UserWarning,
                               stacklevel=2)
-            data, affine = _load_volume(atlas, self.source)
-            self._shape = data.shape
+            self._volume, affine = _load_volume(atlas, self.source, compact=True)
+            self._shape = self._volume.shape
             self._affine = affine
-            self._grid = _world_grid(affine, data.shape)
-            self._volume = _compact_labels(data)
-            del data
+            self._grid = _world_grid(affine, self._shape)
             # the labelled voxels in the order np.nonzero gives them (C order), which the
             # centroids' sums follow
             flat = np.flatnonzero(self._volume)
@@ -529,8 +527,9 @@ def _integer_labels(data, source: str) -> np.ndarray:
     return data
 
 
-def _load_volume(img, source: str):
-    """Data (int64, 3-D) and affine of a volumetric atlas."""
+def _load_volume(img, source: str, compact: bool = False):
+    """Data (int64, 3-D; with ``compact``, as :func:`_compact_labels` gives them) and affine
+    of a volumetric atlas."""
     if _is_pathlike(img):
         img = nib.load(str(_require_file(img)))
     if isinstance(img, nib.Cifti2Image):
@@ -552,7 +551,20 @@ def _load_volume(img, source: str):
                          "image header (sform/qform), e.g. copy it from the template the atlas "
                          "was made on.")
     data = np.asarray(img.dataobj).reshape(shape)
+    if compact:
+        return _compact_integer_labels(data, source), affine
     return _integer_labels(data, source), affine
+
+
+def _compact_integer_labels(data: np.ndarray, source: str) -> np.ndarray:
+    """:func:`_compact_labels` of :func:`_integer_labels` of ``data`` (the same labels, the
+    same errors); integers of at most 32 bits go straight to the compact type, without the
+    int64 copy of the whole grid in between."""
+    if data.dtype.kind in "iu" and data.dtype.itemsize <= 4:
+        if data.size and data.min() < 0:
+            _integer_labels(data, source)  # (raises: negative labels)
+        return _compact_labels(data)
+    return _compact_labels(_integer_labels(data, source))
 
 
 def _compact_labels(data: np.ndarray) -> np.ndarray:
@@ -560,7 +572,7 @@ def _compact_labels(data: np.ndarray) -> np.ndarray:
     atlas keeps its grid for look-ups: a quarter or an eighth of the memory)."""
     top = int(data.max()) if data.size else 0
     dtype = next(t for t in (np.int8, np.int16, np.int32, np.int64) if top <= np.iinfo(t).max)
-    out = np.ascontiguousarray(data, dtype=dtype)  # C order: flat indices are views
+    out = np.array(data, dtype=dtype, order="C")  # C order: flat indices are views
     out.flags.writeable = False
     return out
 

@@ -94,6 +94,28 @@ def test_volume_atlas_tree_basics():
     assert labels["label"].tolist() == [1, 2]
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.uint16, np.int32,
+                                   np.uint32, np.float32, np.float64])
+def test_volume_labels_whatever_the_stored_type(tmp_path, dtype):
+    # small integers go straight to the tree's compact labels (no int64 copy of the grid):
+    # the same labels, voxels and centroids whatever the image stores, in memory or on disk,
+    # and an image given in memory is left as it was (its array not made read-only)
+    reference = AtlasTree(mni_volume(np.int16))
+    img = mni_volume(dtype)
+    for atlas in (img, save(img, tmp_path / "atlas.nii.gz")):
+        tree = AtlasTree(atlas)
+        assert tree._volume.dtype == np.int8 and not tree._volume.flags.writeable
+        assert np.array_equal(tree._volume, reference._volume)
+        assert tree.labels.tolist() == [1, 2, 3]
+        assert np.array_equal(tree.centroids[1], reference.centroids[1])
+    assert np.asanyarray(img.dataobj).flags.writeable
+    if np.dtype(dtype).kind == "i":
+        data = np.asarray(img.dataobj).copy()
+        data[0, 0, 0] = -4
+        with pytest.raises(ValueError, match=r"negative labels \[-4\]"):
+            AtlasTree(nib.Nifti1Image(data, MNI_2MM))
+
+
 def test_float_volume_with_integer_values_is_accepted(tmp_path):
     img = mni_volume(np.float32)
     tree = check_atlas(save(img, tmp_path / "float.nii.gz"))
