@@ -575,20 +575,27 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
             kept[donor] = annotation.iloc[keep[donor]]
             labels[donor] = donor_labels[keep[donor]]
 
-        reaching.result()
-        check_matched({d: int((m != 0).sum()) for d, m in match_labels.items()},
-                      {d: len(m) for d, m in match_labels.items()}, tolerance=settings.tolerance)
+        try:
+            check_matched({d: int((m != 0).sum()) for d, m in match_labels.items()},
+                          {d: len(m) for d, m in match_labels.items()},
+                          tolerance=settings.tolerance)
+        except EmptyResultError:
+            reaching.result()  # (its warning, then the error)
+            raise
         files = {donor: dict(paths, **{kind: future.result()
                                        for kind, future in opening[donor].items()})
                  for donor, paths in files.items()}
-    del opening
-    annotated = probes
-    probes, share = filter_probe_table(files, annotations, probes, return_share=True,
-                                       **stage_options(settings, "filter_probes"))
-    probe_counts.n_filtered = len(probes)
-    expressions, selection = select_donor_probes(
-        files, annotations, probes, rnaseq_files=rnaseq_files, store=store,
-        **stage_options(settings, "select_probes"))
+        del opening
+        # the probes are filtered and chosen while the unreachable regions are still looked
+        # for on the worker (the pool waits for it at the end of the block anyway)
+        annotated = probes
+        probes, share = filter_probe_table(files, annotations, probes, return_share=True,
+                                           **stage_options(settings, "filter_probes"))
+        probe_counts.n_filtered = len(probes)
+        expressions, selection = select_donor_probes(
+            files, annotations, probes, rnaseq_files=rnaseq_files, store=store,
+            **stage_options(settings, "select_probes"))
+        reaching.result()
     probe_counts.n_genes = expressions.n_genes(next(iter(expressions)))
     check_genes(probe_counts.n_genes, n_probes=len(probes), ibf_threshold=settings.ibf_threshold)
 
