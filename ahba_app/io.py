@@ -371,6 +371,10 @@ def decode_rows(matrix: CachedMatrix, rows, samples=None, transposed: bool = Fal
         _permute_columns(out, np.argsort(order, kind="stable"))
         return out
 
+    # each thread decodes its transposed blocks in one array of its own, made once for the
+    # call (a fresh megabyte per block cost more in page faults than the decoding)
+    scratch: dict = {}
+
     def run(start):  # one block of rows
         if order is None:
             part, where = rows[start:start + step], slice(start, start + step)
@@ -379,7 +383,12 @@ def decode_rows(matrix: CachedMatrix, rows, samples=None, transposed: bool = Fal
             part = rows[where]
         if transposed:
             if order is None:
-                transpose_into(out[:, where], _decode_block(codes, part, cols))
+                mine = scratch.get(threading.get_ident())
+                if mine is None:
+                    mine = scratch[threading.get_ident()] = np.empty(step * width)
+                block = mine[:len(part) * width].reshape(len(part), width)
+                # (a block of about 1 MB: numpy's copy is quicker than tiles here)
+                np.copyto(out[:, where], _decode_block(codes, part, cols, block).T)
             else:
                 out[:, where] = _decode_block(codes, part, cols).T
         elif order is None:
