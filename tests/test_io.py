@@ -878,7 +878,50 @@ def test_a_cache_is_read_whole_once_per_process_until_it_changes(donor, monkeypa
     assert checks and len(calls) == 1  # the damage found: the cache was rebuilt
     checked = len(checks)
     io.load_matrix(path)
-    assert len(checks) == checked  # the new file was checked when it was built
+    assert len(checks) == checked  # the new file was known good when it was built
+
+
+@pytest.mark.parametrize("name", ["MicroarrayExpression.csv", "PACall.csv"])
+def test_a_cache_just_built_is_not_read_back_for_its_checksum(donor, monkeypatch, name):
+    """The checksums of a cache are computed from the bytes as they are written, so the run
+    that builds it does not read it whole again to check them; another process does (here:
+    the memo of checked files emptied), and finds them right."""
+    path = donor / name
+    checks = []
+    real = io._file_crc32
+    monkeypatch.setattr(io, "_file_crc32", lambda *a: checks.append(a) or real(*a))
+    built = io.load_matrix(path)
+    assert built.cache is not None and checks == []
+    monkeypatch.setattr(io, "_CHECKED_CACHES", {})
+    calls = _count_parses(monkeypatch)
+    again = io.load_matrix(path)
+    assert len(checks) == 1 and not calls  # checked, and valid: not rebuilt
+    assert again.content_id == built.content_id
+
+
+def test_a_cache_replaced_as_it_is_built_is_checked(donor, monkeypatch):
+    """Only the very file this process wrote is taken as checked: a copy renamed over it
+    right after (another inode) is read whole for its checksum before it is used."""
+    path = donor / "MicroarrayExpression.csv"
+    good = io.read_microarray(path).copy(deep=True)
+    cache = io.cache_locations(path)[0]
+    copy = cache.read_bytes()
+    cache.unlink()
+    real_fsync = io.atomic.fsync_folder
+
+    def swap(folder):  # between the rename into place and the look at what is there
+        real_fsync(folder)
+        other = cache.with_name("other")
+        other.write_bytes(copy)
+        os.replace(other, cache)
+
+    monkeypatch.setattr(io.atomic, "fsync_folder", swap)
+    monkeypatch.setattr(io, "_CHECKED_CACHES", {})
+    checks = []
+    real = io._file_crc32
+    monkeypatch.setattr(io, "_file_crc32", lambda *a: checks.append(a) or real(*a))
+    pd.testing.assert_frame_equal(io.read_microarray(path), good)
+    assert len(checks) == 1
 
 
 @pytest.mark.parametrize("mapped", [True, False])
