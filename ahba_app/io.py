@@ -347,7 +347,7 @@ def decode_rows(matrix: CachedMatrix, rows, samples=None, transposed: bool = Fal
     parses to, bit for bit. ``release``: hand the pages of each block back once it is decoded
     (:func:`release_rows`), so that the mapped file never counts whole in this process's memory.
     """
-    from ._blocks import thread_map, transpose_into
+    from ._blocks import thread_map
 
     codes = matrix.codes
     rows = np.asarray(rows, dtype=np.intp).ravel()
