@@ -13,25 +13,62 @@ from ahba_app import pipeline
 from ahba_app.datasets import fetch_desikan_killiany
 from ahba_app.images import check_atlas
 from ahba_app.multiverse.upstream import UnitUpstream
-from ahba_app.multiverse.variants import block_medians, gather_group, variant_tables
+from ahba_app.aggregate import _group_mean, _RunningMean
+from ahba_app.multiverse._kernels import region_tables, sorting_network
+from ahba_app.multiverse.variants import gather_group, variant_tables
 
 DK = fetch_desikan_killiany()
 VARIANTS = [(missing, agg, metric) for missing in (None, "centroids")
             for agg in ("donors", "samples") for metric in ("mean", "median")]
 
 
-def test_block_medians_equal_numpy_median_bit_for_bit():
+def test_sorting_networks_sort_every_zero_one_input():
+    # a comparator network sorts every input if it sorts every input of 0s and 1s
+    for n in range(1, 13):
+        pairs = sorting_network(n)
+        bits = ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1).astype(float)
+        for low, high in pairs:
+            bits[:, low], bits[:, high] = (np.minimum(bits[:, low], bits[:, high]),
+                                           np.maximum(bits[:, low], bits[:, high]))
+        assert (np.diff(bits, axis=1) >= 0).all(), n
+
+
+def test_region_tables_equal_numpy_and_pandas_bit_for_bit():
     rng = np.random.default_rng(0)
-    sizes = rng.integers(1, 9, size=40)
+    sizes = rng.integers(1, 9, size=40)       # blocks: a donor's samples in a region
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    values = rng.normal(size=(int(sizes.sum()), 7))
+    n_blocks = np.array([1, 3, 2, 6, 4, 5, 1, 6, 2, 4, 6])  # blocks per region
+    first = np.concatenate([[0], np.cumsum(n_blocks)[:-1]])
+    values = rng.normal(size=(int(sizes.sum()), 300))
     values[3:5] = values[2]  # ties
-    got = block_medians(values.T, starts, sizes).T  # blocks of columns of genes x samples
-    want = np.stack([np.median(values[s:s + n], axis=0) for s, n in zip(starts, sizes)])
-    assert np.array_equal(got, want)
-    # pandas' grouped median (the API's) too
+    source = rng.permutation(len(values))  # the rows in any order in the array read
+    joined = np.empty_like(values)
+    joined[source] = values
+    kinds = {(agg, metric) for agg in ("donors", "samples") for metric in ("mean", "median")}
+    got = region_tables(joined, source, starts, sizes, first, n_blocks, kinds)
+    region = np.repeat(np.arange(len(n_blocks)), n_blocks)
     codes = np.repeat(np.arange(len(sizes)), sizes)
-    assert np.array_equal(got, pd.DataFrame(values).groupby(codes).median().to_numpy())
+    pooled = region[codes]
+    frame = pd.DataFrame(values)
+    assert np.array_equal(got[("samples", "median")], frame.groupby(pooled).median().to_numpy())
+    assert np.array_equal(got[("samples", "median")],
+                          np.stack([np.median(values[pooled == r], axis=0)
+                                    for r in range(len(n_blocks))]))
+    assert np.array_equal(got[("donors", "median")],
+                          frame.groupby(codes).median().groupby(region).median().to_numpy())
+    # the means: the API's arithmetic (abagen's pandas: Kahan sums in row order)
+    rows = np.arange(len(values))
+    assert np.array_equal(got[("samples", "mean")],
+                          _group_mean(values, rows, pooled, len(n_blocks)))
+    running = _RunningMean((len(n_blocks), values.shape[1]))
+    means = _group_mean(values, rows, codes, len(sizes))
+    for k in range(n_blocks.max()):  # the k-th donor of each region, in donor order
+        mine = first[n_blocks > k] + k
+        running.add(means[mine], rows=np.flatnonzero(n_blocks > k))
+    assert np.array_equal(got[("donors", "mean")], running.mean())
+    # a NaN among the values used: None (the caller aggregates the API's way)
+    joined[source[5], 7] = np.nan
+    assert region_tables(joined, source, starts, sizes, first, n_blocks, kinds) is None
 
 
 def _centroid_fills(upstream, normalized, kept, labels):

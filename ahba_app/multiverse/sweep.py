@@ -19,6 +19,7 @@ unit, as the Nipype engine (:mod:`ahba_app.workflows.multiverse`) writes them.""
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import sys
@@ -463,7 +464,12 @@ def unit_rows(plan: Plan, atlas, atlas_info=None, *, data_dir=None,
                                         centroids=centroids, region_map=region_map,
                                         n_proc=n_proc, tables=tables, upstream=upstream,
                                         sampled=sampled, scratch=scratch, shared=shared))
+            # A group's large arrays can sit in reference cycles (pandas objects), and the
+            # compiled aggregation makes too few Python objects for the collector to run on
+            # its own: collected here, a worker's memory stays that of one group.
+            gc.collect()
         del sampled, shared
+        gc.collect()
     for key in keys:
         yield from rows.pop(key)
 

@@ -11,8 +11,9 @@ those blocks:
 - means by the API's own arithmetic (:mod:`ahba_app.aggregate`: Kahan sums in sample order,
   then a running mean over the donors in donor order) on the blocks (per-donor means) and on
   the regions (pooled means), so they are the API's bit for bit;
-- medians per block and per region by :func:`block_medians`, and the median over donors is
-  :func:`block_medians` of the blocks' medians;
+- medians per block and per region, and the median over donors is the median of the blocks'
+  medians; means and medians are computed by the compiled kernels of :mod:`._kernels`, one
+  pass over each region's rows (numpy's cost per call made the many small groups slow);
 - ``missing='centroids'`` only adds rows for regions without any sample (the same rows for
   every donor: :func:`ahba_app.matching.fill_missing`); every other region's value is the same
   for both ``missing`` values, so only the filled regions are computed again, from the fill
@@ -33,11 +34,10 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .._blocks import transpose_into
-from ..aggregate import _group_mean, _RunningMean
+from .._blocks import n_threads, transpose_into
 
-__all__ = ["BLOCK_GENES", "GroupBlocks", "SampleBlocks", "Scratch", "block_medians",
-           "blocked_tables", "gather_group", "variant_tables"]
+__all__ = ["BLOCK_GENES", "GroupBlocks", "SampleBlocks", "Scratch", "blocked_tables",
+           "gather_group", "variant_tables"]
 
 #: Elements of the working blocks (gathered rows, medians): 32 MB.
 _CHUNK_ELEMENTS = 1 << 22
@@ -57,47 +57,6 @@ class Scratch:
         if buffer is None or buffer.size < size:
             buffer = self._buffers[name] = np.empty(size, dtype=np.float64)
         return buffer[:size].reshape(shape)
-
-
-def _middle(ordered: np.ndarray, n: int) -> np.ndarray:
-    """The median of each sorted last-axis run of ``n`` values: the middle one, or the two
-    middle ones added and halved."""
-    low, high = (n - 1) // 2, n // 2
-    if low == high:
-        return ordered[..., low]
-    return (ordered[..., low] + ordered[..., high]) / 2
-
-
-def block_medians(values: np.ndarray, starts, sizes, scratch: Scratch | None = None
-                  ) -> np.ndarray:
-    """The median of each block of columns of ``values`` (G, N) (block ``i``: ``sizes[i]``
-    columns from ``starts[i]``, every size > 0), per row, as (G, n_blocks) float64.
-
-    The median of n values is the middle one (n odd) or the two middle ones added and halved
-    (n even), as pandas' and numpy's medians compute it. The blocks are gathered once, by
-    size (one pass over ``values``), so that those of the same size make one (G, blocks, n)
-    array, sorted along n together."""
-    starts, sizes = np.asarray(starts, dtype=np.intp), np.asarray(sizes, dtype=np.intp)
-    scratch = Scratch() if scratch is None else scratch
-    out = np.empty((values.shape[0], len(starts)), dtype=np.float64)
-    by_size = np.argsort(sizes, kind="stable")
-    columns = np.repeat(starts[by_size], sizes[by_size])  # each block's columns, by size
-    columns += np.arange(len(columns)) - np.repeat(np.cumsum(sizes[by_size]) - sizes[by_size],
-                                                    sizes[by_size])
-    size_of = sizes[by_size]
-    kinds, first = np.unique(size_of, return_index=True)
-    offsets = np.concatenate([[0], np.cumsum(size_of)])
-    for rows in _row_chunks(values.shape[0], len(columns)):
-        gathered = scratch.array("medians", (rows.stop - rows.start, len(columns)))
-        np.take(values[rows], columns, axis=1, out=gathered, mode="clip")
-        for n, at in zip(kinds, first):
-            count = int(np.count_nonzero(size_of == n))
-            block = gathered[:, offsets[at]:offsets[at] + n * count].reshape(
-                len(gathered), count, n)
-            if n > 2:
-                block.sort(axis=-1)
-            out[rows, by_size[at:at + count]] = _middle(block, n)
-    return out
 
 
 def _row_chunks(n_rows: int, n_cols: int):
@@ -132,10 +91,11 @@ class SampleBlocks:
         # each gathered sample's position in the donors' rows laid end to end (:meth:`take`)
         offsets = np.concatenate([[0], np.cumsum([len(c) for c in codes])]).astype(np.intp)
         self.source = offsets[donor] + row
-        # the gathered samples: ``values`` genes x samples (medians), ``by_sample`` samples x
-        # genes (means); one is made from the other when first asked for
+        # the gathered samples, genes x samples (from ``frames``), or the rows :meth:`take`
+        # was given, read where they are
         self._values = None if frames is None else self._gather(frames, donor, row)
-        self._by_sample = None
+        self._joined = None
+        self._nets = None  # the sorting networks of the medians
         new_block = np.ones(len(code), dtype=bool)
         new_block[1:] = (code[1:] != code[:-1]) | (donor[1:] != donor[:-1])
         self.block_starts = np.flatnonzero(new_block)
@@ -172,74 +132,47 @@ class SampleBlocks:
         """These blocks with their samples taken from ``joined`` (sum of the donors' rows,
         G'): the donors' samples x genes arrays stacked, in donor order (e.g. a block of
         genes). Returns self."""
-        self._by_sample = np.take(joined, self.source, axis=0, mode="clip",
-                                  out=self.scratch.array("by_sample",
-                                                         (len(self.source), joined.shape[1])))
-        self._values = None
+        self._joined, self._values = joined, None
         return self
 
-    @property
-    def values(self) -> np.ndarray:
-        """The gathered samples, genes x samples (G, N) C-contiguous (samples contiguous per
-        gene: the medians sort them in place)."""
-        if self._values is None:
-            self._values = self.scratch.array("values", self._by_sample.shape[::-1])
-            transpose_into(self._values, self._by_sample)
-            self._by_sample = None  # out of order once sorted
-        return self._values
-
-    @property
-    def by_sample(self) -> np.ndarray:
-        """The gathered samples, samples x genes (N, G): (a view of) :attr:`values`, or
-        C-contiguous after :meth:`take` (the means then add whole rows of genes at a time,
-        the quickest layout for them: the same sums, cell by cell)."""
-        return self.values.T if self._by_sample is None else self._by_sample
-
     def has_nan(self) -> bool:
-        return bool(np.isnan(self._values if self._by_sample is None
-                             else self._by_sample).any())
+        """Whether a gathered value is NaN (after :meth:`take`, the compiled kernels find
+        NaN themselves: :meth:`tables` gives None)."""
+        return self._values is not None and bool(np.isnan(self._values).any())
 
-    def tables(self, variants) -> dict:
+    def tables(self, variants) -> dict | None:
         """``{(region_agg, agg_metric): (regions, (R', G) values)}`` for the regions with rows
-        (``variants``: the ``(region_agg, agg_metric)`` pairs wanted). The pooled median
-        sorts the regions' samples in place: ``values`` is no longer in sample order after."""
-        out = {}
-        n_blocks = len(self.block_starts)
-        if not n_blocks:
-            return out
-        by_sample = self.by_sample  # (N, G)
-        if ("donors", "mean") in variants:
-            # each donor's region means, then their mean over the donors in donor order, as
-            # the API's running mean adds them (Kahan, cell by cell)
-            means = _group_mean(by_sample, np.arange(len(by_sample)),
-                                np.repeat(np.arange(n_blocks), self.block_sizes), n_blocks)
-            position = np.repeat(np.arange(len(self.regions)), self.region_n_blocks)
-            running = _RunningMean((len(self.regions), by_sample.shape[1]))
-            for donor in np.unique(self.block_donor):
-                mine = np.flatnonzero(self.block_donor == donor)
-                running.add(means[mine], rows=position[mine])
-            out[("donors", "mean")] = running.mean()
-        if ("samples", "mean") in variants:
-            out[("samples", "mean")] = _group_mean(
-                by_sample, np.arange(len(by_sample)),
-                np.repeat(np.arange(len(self.regions)), self.region_sizes), len(self.regions))
-        if ("donors", "median") in variants:
-            per_block = block_medians(self.values, self.block_starts, self.block_sizes,
-                                      self.scratch)
-            out[("donors", "median")] = block_medians(per_block, self.region_blocks,
-                                                      self.region_n_blocks, self.scratch).T
-        if ("samples", "median") in variants:
-            medians = np.empty((len(self.regions), self.values.shape[0]))
-            for n in np.unique(self.region_sizes):
-                which = np.flatnonzero(self.region_sizes == n)  # contiguous: equal sizes
-                first = int(self.region_starts[which[0]])
-                block = self.values[:, first:first + n * len(which)].reshape(
-                    self.values.shape[0], len(which), n)
-                if n > 2:
-                    block.sort(axis=-1)
-                medians[which] = _middle(block, n).T
-            out[("samples", "median")] = medians
-        return {key: (self.regions, table) for key, table in out.items()}
+        (``variants``: the ``(region_agg, agg_metric)`` pairs wanted; the compiled kernels of
+        :mod:`._kernels` compute the four of the grid), or None when a value used is NaN."""
+        if not len(self.block_starts):
+            return {}
+        from . import _kernels  # numba: imported by the multiverse only, when first needed
+
+        if self._nets is None:  # the same for every block of genes
+            self._nets = _kernels.networks(np.concatenate(
+                [self.block_sizes, self.region_sizes, self.region_n_blocks]))
+        layout = (self.block_starts, self.block_sizes, self.region_blocks,
+                  self.region_n_blocks, variants, self._nets, n_threads())
+        if self._joined is not None:
+            tables = _kernels.region_tables(self._joined, self.source, *layout)
+        else:  # gathered genes x samples: samples x genes a block of genes at a time
+            values = self._values
+            pieces = []
+            for rows in _row_chunks(values.shape[0], values.shape[1]):
+                part = self.scratch.array("by_sample", (values.shape[1],
+                                                        rows.stop - rows.start))
+                transpose_into(part, values[rows])
+                pieces.append(_kernels.region_tables(part, np.arange(len(part)), *layout))
+                if pieces[-1] is None:
+                    return None
+            if not pieces:  # no gene
+                pieces.append(_kernels.region_tables(np.empty((values.shape[1], 0)),
+                                                     np.arange(values.shape[1]), *layout))
+            tables = {key: np.concatenate([piece[key] for piece in pieces], axis=1)
+                      for key in pieces[0]}
+        if tables is None:
+            return None
+        return {key: (self.regions, table) for key, table in tables.items()}
 
 
 def _codes(labels: np.ndarray, every: np.ndarray) -> np.ndarray:
@@ -267,8 +200,10 @@ class GroupBlocks:
         :func:`variant_tables`); None when a fill row holds NaN or fills a region with
         samples. The gathered samples are reordered in place: call it once."""
         kinds = {(agg, metric) for _, agg, metric in variants}
-        base = {key: _full(self.every, *value, self.columns)
-                for key, value in self.blocks.tables(kinds).items()}
+        computed = self.blocks.tables(kinds)
+        if computed is None:
+            return None  # a NaN value
+        base = {key: _full(self.every, *value, self.columns) for key, value in computed.items()}
         if not kinds <= set(base):
             return None  # no sample, or a region_agg or agg_metric only the API computes
         with_rows = self.blocks.regions
@@ -357,7 +292,7 @@ def blocked_tables(normalized_block: Callable, labels: Sequence, all_labels, col
             if layout.has_nan():
                 return None
             tables = layout.tables(kinds)
-            if not kinds <= set(tables):
+            if tables is None or not kinds <= set(tables):
                 return None  # a region_agg or agg_metric only the API computes
             for kind, (regions, table) in tables.items():
                 base[kind][regions, cols] = table
@@ -449,7 +384,8 @@ def _fill_tables(fills: Mapping, donors, every, kinds, columns, scratch):
     blocks = SampleBlocks(arrays, codes, scratch)
     if blocks.has_nan():
         return False
-    return blocks.tables(kinds)
+    tables = blocks.tables(kinds)
+    return False if tables is None else tables
 
 
 def _full(every, regions, values, columns) -> pd.DataFrame:
