@@ -733,8 +733,14 @@ def _donor_regions(data: _Data, donor) -> tuple[np.ndarray, np.ndarray]:
     in_file = np.argsort(data.rows[donor], kind="stable")
     source_rows = data.rows[donor][in_file]
 
+    scratch = []  # one array for every chunk's values (fresh pages per chunk cost time)
+
     def read(rows, samples):
-        block = matrix.take(source_rows[rows], samples, transposed=True)
+        n = (rows.stop - rows.start) * len(samples)
+        if not scratch or scratch[0].size < n:
+            scratch[:] = [np.empty(n)]
+        block = matrix.take(source_rows[rows], samples, transposed=True,
+                            out=scratch[0][:n].reshape(len(samples), -1))
         matrix.release(source_rows[rows])  # the pages just read leave this process's memory
         return block
 
