@@ -193,10 +193,28 @@ def search_context(table: pd.DataFrame, file: str | None = None) -> dict:
              for g, f, r in zip(table["gene_symbol"].tolist(), table["fate"].tolist(),
                                 table["reason"].tolist())}
     dropped = table.loc[table["fate"] != "kept", "gene_symbol"]
-    text = json.dumps({"answers": ANSWERS, "genes": genes}, separators=(",", ":"))
+    context = {"answers": ANSWERS, "genes": genes}
+    text = _compact_json(context) if _printable_ascii(genes) else \
+        json.dumps(context, separators=(",", ":"))
     return {"json": text.replace("</", "<\\/"), "counts": summarize(table), "file": file,
             "example": str(dropped.iloc[0]) if len(dropped) else
             (str(table["gene_symbol"].iloc[0]) if len(table) else "")}
+
+
+def _printable_ascii(genes: dict) -> bool:
+    """Whether every text of ``genes`` (keys and listed strings) and of :data:`ANSWERS` is
+    printable ASCII (space to ``~``), where orjson's compact JSON is ``json.dumps``'s with
+    ``separators=(",", ":")`` character for character (both escape only ``"`` and ``\\``)."""
+    text = " ".join([" ".join(genes), *(" ".join(v) for v in genes.values()), *ANSWERS.values()])
+    return text.isascii() and text.isprintable()
+
+
+def _compact_json(value) -> str:
+    """``json.dumps(value, separators=(",", ":"))`` for printable-ASCII content, by orjson
+    (about ten times quicker on the search box's 28,000 genes)."""
+    import orjson
+
+    return orjson.dumps(value).decode("ascii")
 
 
 def summarize(table: pd.DataFrame) -> Mapping[str, int]:

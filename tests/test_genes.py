@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 import ahba_app
-from ahba_app.genes import FATES, explain, gene_fates, summarize
+from ahba_app.genes import ANSWERS, FATES, explain, gene_fates, search_context, summarize
 from ahba_app.report import render_report
 
 
@@ -242,6 +242,19 @@ def _report_with_genes(stages) -> str:
                          {"genes": table, "genes_file": "atlas-x_genes.tsv",
                           "n_probes": 9, "n_probes_annotated": 8, "n_probes_filtered": 6,
                           "n_genes": 4})
+
+
+@pytest.mark.parametrize("odd", ["", 'GENE"Q', "A\\B", "\u0391\u0392", "X\x7fY", "C\x01D",
+                                 "x</script>y", "TAB\tB"])
+def test_search_context_json_is_json_dumps(odd):
+    """The search box's JSON (orjson for printable ASCII) is json.dumps's character for
+    character, also with quotes, backslashes, non-ASCII and control characters."""
+    table = pd.DataFrame({"gene_symbol": ["A1", "B2", "C3" + odd],
+                          "fate": ["kept", "intensity_filter", "kept"],
+                          "reason": ["", "too faint " + odd, ""]})
+    genes = {"A1": ["kept"], "B2": ["intensity_filter", "too faint " + odd], "C3" + odd: ["kept"]}
+    expected = json.dumps({"answers": ANSWERS, "genes": genes}, separators=(",", ":"))
+    assert search_context(table)["json"] == expected.replace("</", "<\\/")
 
 
 def test_report_holds_the_search_box_offline(stages):

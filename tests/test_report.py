@@ -587,6 +587,30 @@ def test_top_variable_genes():
     assert list(top.columns) == ["peak1", "peak3"]
 
 
+def test_column_variances_are_pandas_var_bit_for_bit():
+    """The heat map's ranking: the same variances as DataFrame.var (ties and NaN included),
+    in either memory layout, with empty regions, constant genes and genes with one value."""
+    rng = np.random.default_rng(3)
+    values = np.round(rng.normal(5, 2, (300, 40)), 2)  # rounding makes equal variances likely
+    values[[4, 90, 200]] = np.nan  # empty regions
+    values[:, 3] = 7.0  # constant gene
+    values[1:, 5] = np.nan  # one value only: NaN variance
+    values[:, 6] = np.nan
+    values[10:20, 7] = np.nan
+    values[:, 8] = values[::-1, 9]  # the same values in another order: equal up to rounding
+    for order in "CF":
+        table = pd.DataFrame(np.asarray(values, order=order),
+                             columns=[f"g{i}" for i in range(40)])
+        expected = table.var(axis=0, skipna=True).to_numpy()
+        got = figures._column_variances(table.to_numpy())
+        assert np.array_equal(np.isnan(expected), np.isnan(got))
+        finite = ~np.isnan(expected)
+        assert (expected[finite].view(np.int64) == got[finite].view(np.int64)).all()
+        ranked = table.var().fillna(-np.inf).sort_values(ascending=False, kind="stable")
+        for n in (1, 12, 35):
+            assert set(figures.top_variable_genes(table, n=n).columns) == set(ranked.index[:n])
+
+
 def test_the_report_imports_no_plotting_library():
     s = tiny_summary()
     code = ("import sys, pickle\n"
