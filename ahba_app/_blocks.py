@@ -50,6 +50,15 @@ def n_threads() -> int:
     return max(1, min(MAX_THREADS, cpus))
 
 
+def even_block_count(n_items: int, width: int, parts: int | None = None) -> int:
+    """The number of blocks of at most ``width`` items that ``n_items`` need, rounded up to a
+    multiple of ``parts`` (default :func:`n_threads`), so that each thread gets as many: for
+    loops whose numbers do not depend on where the blocks start."""
+    parts = n_threads() if parts is None else parts
+    count = -(-n_items // max(1, width))
+    return -(-count // parts) * parts
+
+
 def thread_map(func: Callable[[T], R], items: Iterable[T], threads: int | None = None
                ) -> list[R]:
     """``[func(item) for item in items]``, run on up to ``threads`` threads, results in order.

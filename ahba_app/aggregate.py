@@ -19,7 +19,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ._blocks import n_threads, thread_map
+from ._blocks import even_block_count, thread_map
 from .exact import kahan_add, kahan_mean
 from .options import DEFAULTS
 
@@ -113,9 +113,7 @@ def _group_mean(values, rows, codes, n_groups, out=None, where=None) -> np.ndarr
     by_gene = values.flags.f_contiguous and not values.flags.c_contiguous
     width = max(1, _KAHAN_ELEMENTS // max(n_groups, 1))
     # as many blocks for each thread (each cell's sum is its own: any blocks, the same bits)
-    count = -(-values.shape[1] // width)
-    count = -(-count // n_threads()) * n_threads()
-    width = max(1, -(-values.shape[1] // count))
+    width = max(1, -(-values.shape[1] // even_block_count(values.shape[1], width)))
 
     def run(start):  # one block of columns (independent of the others: on several threads)
         cols = slice(start, min(start + width, values.shape[1]))

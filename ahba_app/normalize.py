@@ -44,7 +44,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ._blocks import n_threads, thread_map, transpose_into
+from ._blocks import even_block_count, n_threads, thread_map, transpose_into
 from .exact import LAYOUT_FREE_NORMS
 from .options import DEFAULTS
 
@@ -391,9 +391,7 @@ def _even_blocks(n_rows: int, n_cols: int, elements: int, parts: int) -> list[sl
     """Blocks of at most ``elements`` (as :func:`_column_blocks`), as many as a multiple of
     ``parts`` and of equal widths (within one column), so that ``parts`` threads each get the
     same share: for the methods whose numbers do not depend on the blocks."""
-    width = max(1, elements // max(n_rows, 1))
-    count = -(-n_cols // width)
-    count = min(n_cols, -(-count // parts) * parts)
+    count = min(n_cols, even_block_count(n_cols, elements // max(n_rows, 1), parts))
     if count <= 1:
         return [slice(0, n_cols)] if n_cols else []
     bounds = [n_cols * k // count for k in range(count + 1)]
