@@ -229,3 +229,14 @@ def test_the_probe_choice_node_stores_the_choice_units_read(ahba_small, tmp_path
                                          ibf_threshold=0.25)
     assert expression.shape[1] == n_genes
     assert [p.stat().st_mtime_ns for p in data.rglob("selection-*.npz")] == [stamp]
+
+
+def test_no_probe_node_for_probes_combined_in_memory():
+    # 'average' chooses nothing to store: a node would only compute the whole tables (1.8 GB
+    # on full data) that the unit computes again
+    from ahba_app.workflows.multiverse import probe_node_needed
+
+    assert probe_node_needed({"probe_selection": "diff_stability"}, True)
+    assert not probe_node_needed({"probe_selection": "average"}, True)
+    assert not probe_node_needed({"probe_selection": "rnaseq"}, True)
+    assert not probe_node_needed({"probe_selection": "diff_stability"}, False)

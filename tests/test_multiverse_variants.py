@@ -105,6 +105,51 @@ def test_shared_sample_normalization_is_bit_identical(unit, sample_norm, gene_no
         assert np.array_equal(got[2][donor], want[2][donor])
 
 
+@pytest.fixture(scope="module")
+def mirrored_average(ahba_small):
+    """A 'bidirectional' unit with probes combined in memory ('average'): every sample twice."""
+    tree = check_atlas(DK["image"], DK["info"])
+    settings = pipeline.Settings(lr_mirror="bidirectional", probe_selection="average",
+                                 tolerance=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return UnitUpstream(tree, settings=settings, data_dir=ahba_small), settings
+
+
+@pytest.mark.parametrize("probe_selection", ["average", "diff_stability"])
+def test_mirrored_copies_are_held_once(unit, mirrored_average, probe_selection, ahba_small):
+    # The unit's tables (the combined probes' and the sample-normalized ones) hold each
+    # distinct sample once, and the copies' rows are their originals': the groups'
+    # normalized tables are normalized()'s bit for bit.
+    upstream, base = mirrored_average if probe_selection == "average" else unit
+    sampled = upstream.sample_normalized("srs")
+    for donor in upstream.donors:
+        distinct = upstream.annotations[donor]  # renumbered: count the ids before that
+        n_rows, n_distinct = len(distinct), len(upstream.unique_rows[donor])
+        assert n_distinct < n_rows  # there are copies
+        assert sampled[donor].shape[0] == n_distinct
+        if probe_selection == "average":
+            assert upstream.expressions.frame(donor).shape[0] == n_distinct
+        assert upstream.source[donor].max() == n_distinct - 1
+    for gene_norm in ("srs", None):
+        settings = pipeline.Settings(**dict(base.__dict__, sample_norm="srs",
+                                            gene_norm=gene_norm, norm_matched=False))
+        want = upstream.normalized(settings)
+        got = upstream.normalized_from(sampled, settings)
+        if probe_selection == "average":  # the API's own run, copies read as rows of their own
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                api = pipeline.run(check_atlas(DK["image"], DK["info"]), settings=settings,
+                                   data_dir=ahba_small, aggregate=False).expression
+            for donor in upstream.donors:
+                assert np.array_equal(api[donor].to_numpy(), want[0][donor].to_numpy(),
+                                      equal_nan=True), (donor, gene_norm)
+        for donor in upstream.donors:
+            assert got[0][donor].index.equals(want[0][donor].index)
+            assert np.array_equal(got[0][donor].to_numpy(), want[0][donor].to_numpy(),
+                                  equal_nan=True), (donor, gene_norm)
+
+
 @pytest.mark.parametrize("norm_matched", [True, False])
 def test_variant_tables_equal_aggregate_group(unit, norm_matched):
     upstream, base = unit
@@ -185,7 +230,7 @@ def test_group_tables_decline_nan(unit):
     donor = upstream.donors[1]
     row = int(np.flatnonzero(upstream.match_labels[donor] != 0)[0])
     with_nan = dict(sampled, **{donor: sampled[donor].copy()})
-    with_nan[donor][row, 20] = np.nan  # a gene of the second block
+    with_nan[donor][upstream.source[donor][row], 20] = np.nan  # a gene of the second block
     assert upstream.group_tables(sampled, settings, VARIANTS, block_genes=16) is not None
     assert upstream.group_tables(with_nan, settings, VARIANTS, block_genes=16) is None
 

@@ -61,8 +61,22 @@ class UnitUpstream:
                         tolerance=settings.tolerance)
         filtered = p.filter_probe_table(files, annotations, probes,
                                         ibf_threshold=settings.ibf_threshold)
+        # Mirrored copies (lr_mirror) repeat their original's sample id, and a sample's values
+        # are read by its id: a copy's row is its original's. ``source``: each row's place
+        # among the donor's distinct samples (``unique_rows``: where each is first).
+        self.source, self.unique_rows = {}, {}
+        for donor in files:
+            codes, _ = pd.factorize(annotations[donor].index)
+            self.source[donor] = codes.astype(np.intp)
+            self.unique_rows[donor] = np.unique(codes, return_index=True)[1]
+        # Probes combined in memory ('average') make tables held whole: of each distinct
+        # sample once (each sample's values are its own probes', whichever others are there).
+        self._collapsed = settings.probe_selection in _probes.COLLAPSE_METHODS
+        chosen_from = annotations
+        if self._collapsed:
+            chosen_from = {d: a.iloc[self.unique_rows[d]] for d, a in annotations.items()}
         expressions, _ = p.select_donor_probes(
-            files, annotations, filtered, probe_selection=settings.probe_selection,
+            files, chosen_from, filtered, probe_selection=settings.probe_selection,
             donor_probes=settings.donor_probes, rnaseq_files=rnaseq, store=ChoiceStore())
         p.check_genes(expressions.n_genes(next(iter(expressions))), n_probes=len(filtered),
                       ibf_threshold=settings.ibf_threshold)
@@ -73,6 +87,17 @@ class UnitUpstream:
         self.match_labels = match_labels
         self.annotations = renumbered
         self._columns: dict = {}  # donor -> the genes' names (from sample_normalized)
+
+    def _frame(self, donor, rows, order: str) -> pd.DataFrame:
+        """The donor's samples x genes table of its sample table's rows ``rows`` (None: each
+        distinct sample once, in the order of ``unique_rows``)."""
+        if rows is None:
+            if self._collapsed or len(self.unique_rows[donor]) == len(self.source[donor]):
+                return self.expressions.frame(donor, None, order=order)
+            return self.expressions.frame(donor, self.unique_rows[donor], order=order)
+        if self._collapsed:
+            rows = self.source[donor][rows]
+        return self.expressions.frame(donor, rows, order=order)
 
     def _kept(self, donor, settings, kept: dict, labels: dict):
         """The positions of the donor's samples a group normalizes (``norm_matched``); their
@@ -95,7 +120,7 @@ class UnitUpstream:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 normalized[donor] = _normalize.normalize_donor(
-                    self.expressions.frame(donor, keep, order=order)
+                    self._frame(donor, keep, order)
                     .set_axis(kept[donor].index, axis=0),
                     sample_norm=settings.sample_norm, gene_norm=settings.gene_norm,
                     structures=structures)
@@ -103,7 +128,9 @@ class UnitUpstream:
 
     def sample_normalized(self, sample_norm) -> dict | None:
         """Every sample of every donor normalized across genes by ``sample_norm`` (donor ->
-        (S, G) array), for :meth:`normalized_from`; None when a donor's table holds a NaN.
+        (U, G) array: each distinct sample once, mirrored copies not repeated; row ``r`` of the
+        donor's sample table is row ``source[donor][r]``), for :meth:`normalized_from`; None
+        when a donor's table holds a NaN.
 
         Each sample is normalized over its genes alone, so a group's samples are these rows,
         whichever samples the group keeps (``norm_matched``): the normalization runs once per
@@ -114,7 +141,7 @@ class UnitUpstream:
         order = _pipeline.read_order(sample_norm)
         out = {}
         for donor in self.donors:
-            frame = self.expressions.frame(donor, None, order=order)
+            frame = self._frame(donor, None, order)
             self._columns[donor] = frame.columns
             values = frame.to_numpy()
             del frame
@@ -136,7 +163,7 @@ class UnitUpstream:
         normalized, kept, labels = {}, {}, {}
         for donor in self.donors:
             keep = self._kept(donor, settings, kept, labels)
-            values = _gene_normalized(sampled[donor], keep, gene_name,
+            values = _gene_normalized(sampled[donor], self.source[donor][keep], gene_name,
                                       _classes(kept[donor], settings, gene_name))
             normalized[donor] = pd.DataFrame(values, index=kept[donor].index,
                                              columns=self._columns[donor], copy=False)
@@ -162,7 +189,7 @@ class UnitUpstream:
         gene_name = _normalize.resolve_norm(settings.gene_norm)
         kept, labels, keeps, classes = {}, {}, {}, {}
         for donor in self.donors:
-            keeps[donor] = self._kept(donor, settings, kept, labels)
+            keeps[donor] = self.source[donor][self._kept(donor, settings, kept, labels)]
             classes[donor] = _classes(kept[donor], settings, gene_name)
 
         def normalized_block(cols):

@@ -44,11 +44,13 @@ class UnitNode:
 
 
 def probe_node_needed(options: Mapping, group_atlas: bool) -> bool:
-    """Whether a shared probe-choice node saves work: the choice is stored (not 'rnaseq') and
-    the samples do not depend on the atlas (a group atlas)."""
-    from ..probes import UNSTORED_METHODS
+    """Whether a shared probe-choice node saves work: the choice is stored (not 'rnaseq', nor
+    'average', which chooses nothing and only combines every probe: such a node would compute
+    and let go the whole tables, 1.8 GB on full data, that each unit computes again) and the
+    samples do not depend on the atlas (a group atlas)."""
+    from ..probes import COLLAPSE_METHODS, UNSTORED_METHODS
 
-    return group_atlas and options["probe_selection"] not in UNSTORED_METHODS
+    return group_atlas and options["probe_selection"] not in UNSTORED_METHODS + COLLAPSE_METHODS
 
 
 def _json(value):
