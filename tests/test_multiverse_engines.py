@@ -240,3 +240,38 @@ def test_no_probe_node_for_probes_combined_in_memory():
     assert not probe_node_needed({"probe_selection": "average"}, True)
     assert not probe_node_needed({"probe_selection": "rnaseq"}, True)
     assert not probe_node_needed({"probe_selection": "diff_stability"}, False)
+
+
+def test_the_scheduler_is_given_each_units_memory(tmp_path):
+    # MultiProc runs side by side only nodes whose mem_gb fit in memory_gb: each unit claims
+    # its estimated peak, and the sweep's budget keeps two 'average' units (which also hold
+    # their combined probes' table) from running together, not one beside another unit
+    from ahba_app.multiverse.command import within_budget
+    from ahba_app.multiverse.planner import CostModel, unit_peak_bytes
+    from ahba_app.workflows.multiverse import init_multiverse_wf
+
+    grid = parse_grid({"grid": {"probe_selection": ["diff_stability", "average"],
+                                "lr_mirror": ["none", "bidirectional"]}})
+    result = plan(grid)
+    workflow, units = init_multiverse_wf(result, {"atlas-dk": default_atlas().as_dict()},
+                                         base_dir=tmp_path)
+    claims = {}
+    for unit, keys in zip(units, result.units().values()):
+        options = result.group_options(keys[0])
+        node = workflow.get_node(unit.name)
+        assert node.mem_gb == pytest.approx(unit_peak_bytes(options) / 2**30)
+        claims.setdefault(options["probe_selection"], set()).add(node.mem_gb)
+    assert len(claims["average"]) == len(claims["diff_stability"]) == 1
+    heavy, light = claims["average"].pop(), claims["diff_stability"].pop()
+    costs = CostModel()
+    assert heavy - light == pytest.approx(costs.table_bytes / 2**30)
+    probes = [workflow.get_node(n) for n in workflow.list_node_names() if "probes" in n]
+    assert probes and all(p.mem_gb == costs.probes_peak_bytes / 2**30 for p in probes)
+    budget = within_budget(Engine(nprocs=2)).plugin_args["memory_gb"]
+    assert 2 * heavy > budget >= heavy + light
+    assert result.estimate().peak_bytes == unit_peak_bytes({"probe_selection": "average"})
+    # the user's memory wins, and other engines are left alone
+    assert "memory_gb" not in within_budget(Engine(nprocs=2, mem_mb=8000)).plugin_args
+    assert within_budget(Engine(nprocs=2, plugin_args='{"memory_gb": 9}')
+                         ).plugin_args["memory_gb"] == 9
+    assert "memory_gb" not in within_budget(Engine()).plugin_args

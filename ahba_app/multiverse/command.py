@@ -275,7 +275,7 @@ def run_engine(job: MultiverseRun, output_dir, *, work_dir, engine=None, data_di
 
     if not job.inputs:
         raise ValueError("run_engine needs the atlases as AtlasInput dicts (job.inputs).")
-    engine = engine or Engine()
+    engine = within_budget(engine or Engine())
     stream = stream or sys.stderr
     workflow, units = init_multiverse_wf(job.plan, job.inputs, data_dir=data_dir,
                                          data_identity=data_identity,
@@ -317,6 +317,26 @@ def run_engine(job: MultiverseRun, output_dir, *, work_dir, engine=None, data_di
                         shutil.copyfile(table, staging / table.name)
             written.append(_publish_folder(staging, tables_path(output_dir, stem)))
     return written
+
+
+def within_budget(engine, costs=None):
+    """``engine``, for MultiProc with no memory given (``--mem-mb``, or ``memory_gb`` in
+    ``--plugin-args``), told the sweep's memory budget: what
+    :attr:`~.planner.CostModel.budget_bytes` leaves beside the main process. The units' nodes
+    carry their estimated peaks (``mem_gb``, :func:`~.planner.unit_peak_bytes`), so that two
+    units too large together never run side by side (a 'bidirectional' unit of 'average'
+    probes with another one)."""
+    import copy
+
+    from .planner import CostModel
+
+    costs = costs or CostModel()
+    if engine.plugin != "MultiProc" or engine.mem_mb or "memory_gb" in engine.plugin_args:
+        return engine
+    engine = copy.copy(engine)
+    engine.plugin_args = dict(engine.plugin_args,
+                              memory_gb=(costs.budget_bytes - costs.main_bytes) / 2**30)
+    return engine
 
 
 class _Offset:

@@ -31,7 +31,8 @@ from typing import Iterator, Mapping
 
 from .grid import RULES, Grid, Pipeline
 
-__all__ = ["STAGES", "CostModel", "Estimate", "Plan", "plan", "plan_of", "stage_key"]
+__all__ = ["STAGES", "CostModel", "Estimate", "Plan", "plan", "plan_of", "stage_key",
+           "unit_peak_bytes"]
 
 #: Stage names, upstream first.
 STAGES = ("samples", "probes", "matching", "normalization", "aggregation")
@@ -97,9 +98,7 @@ class CostModel:
     machine), shared by a profile as: the unit's upstream with its three sample
     normalizations ~11 s, each group's gene normalization ~0.85 s, each table's aggregation
     (the 8 variants of a group together, a block of genes at a time) ~0.26 s, each pipeline's
-    statistics ~0.013 s; a probe choice took 10 to 30 s. ``peak_bytes``: one worker process's
-    peak there (1.26 GB, the file-backed pages of the matrix caches it reads included; a unit
-    with ``lr_mirror='bidirectional'`` has twice the samples and peaked at 3.3 GB).
+    statistics ~0.013 s; a probe choice took 10 to 30 s. Memory: see ``worker_bytes``.
     """
 
     upstream: float = 11.0
@@ -109,7 +108,33 @@ class CostModel:
     statistics: float = 0.013
     row_bytes_tsv: int = 260
     row_bytes_parquet: int = 40
-    peak_bytes: int = int(1.3 * 2**30)
+    #: Memory of one worker process running a unit (:func:`unit_peak_bytes`): the process
+    #: (libraries, atlas, pages of the matrix caches, working blocks of genes), plus one
+    #: samples x genes table per table held whole: the sample-normalized one, and for probes
+    #: combined in memory ('average') their table too. Each holds every distinct sample once
+    #: (mirrored copies are not repeated): 22,496 genes x 3,702 samples, float64, at most.
+    #: Measured (RSS): 1.26-1.28 GiB for a unit of one table, 2.0 GiB for a 'bidirectional'
+    #: unit of 'average' probes (two tables).
+    worker_bytes: int = int(0.75 * 2**30)
+    table_bytes: int = 22_496 * 3_702 * 8
+    #: A probe-choice node's peak (differential stability: 0.51 GiB).
+    probes_peak_bytes: int = int(0.6 * 2**30)
+    #: What the sweep keeps under (the process tree: the engine's main process and its
+    #: workers); the main process holds the workflow and its graph.
+    budget_bytes: int = 4 * 2**30
+    main_bytes: int = int(0.5 * 2**30)
+
+
+def unit_peak_bytes(options: Mapping, costs: CostModel = CostModel(), *,
+                    cells: int = _FULL_CELLS) -> int:
+    """The peak memory of the worker process running a unit whose pipelines have ``options``
+    (any of them: the unit's upstream options are common), scaled to data of ``cells`` probes
+    x samples: what the scheduler is told (``mem_gb``), so that the units running side by
+    side stay within the sweep's memory."""
+    from ..probes import COLLAPSE_METHODS
+
+    tables = 2 if options.get("probe_selection") in COLLAPSE_METHODS else 1
+    return int((costs.worker_bytes + tables * costs.table_bytes) * max(cells / _FULL_CELLS, 0.01))
 
 
 @dataclass(frozen=True)
@@ -198,8 +223,9 @@ class Plan:
                    + costs.aggregation * self.counts["aggregation"]
                    + costs.statistics * self.n_pipelines)
         per_row = costs.row_bytes_parquet if parquet else costs.row_bytes_tsv
-        return Estimate(seconds * scale, int(costs.peak_bytes * max(scale, 0.01)),
-                        per_row * self.n_pipelines)
+        peak = max((unit_peak_bytes(self.group_options(keys[0]), costs, cells=cells)
+                    for keys in self.units().values()), default=0)
+        return Estimate(seconds * scale, peak, per_row * self.n_pipelines)
 
     def summary(self, costs: CostModel = CostModel(), *, cells: int = _FULL_CELLS,
                 parquet: bool = False) -> str:

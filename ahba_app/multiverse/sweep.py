@@ -454,7 +454,7 @@ def unit_rows(plan: Plan, atlas, atlas_info=None, *, data_dir=None,
     scratch = Scratch()
     for norm, group_keys in by_norm.items():
         sampled = None
-        if norm is not None and len(group_keys) > 1:
+        if norm is not None:  # even for one group: its blocks of genes hold less than it whole
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 sampled = upstream.sample_normalized(norm[0])

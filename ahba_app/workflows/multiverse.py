@@ -20,6 +20,7 @@ from typing import Mapping
 from nipype.pipeline import engine as pe
 
 from ..interfaces.multiverse import ChooseProbes, SweepUnit
+from ..multiverse.planner import CostModel, unit_peak_bytes
 
 __all__ = ["ROWS_FILE", "UnitNode", "init_multiverse_wf", "probe_node_needed"]
 
@@ -78,7 +79,10 @@ def init_multiverse_wf(plan, atlases: Mapping[str, dict], *, data_dir=None,
         region_map = {} if values is None else {str(int(k)): float(v)
                                                  for k, v in values.items()}
         for index, ((probe_key, _), keys) in enumerate(unit_list):
-            node = pe.Node(SweepUnit(), name=f"a{number}_unit{index:05d}")
+            options = plan.group_options(keys[0])
+            # what the scheduler counts (MultiProc's memory_gb): the unit's estimated peak
+            node = pe.Node(SweepUnit(), name=f"a{number}_unit{index:05d}",
+                           mem_gb=unit_peak_bytes(options) / 2**30)
             node.inputs.grid = grid
             node.inputs.combos = [[_json(v) for v in combo] for key in keys
                                   for combo in plan.groups[key]]
@@ -87,11 +91,11 @@ def init_multiverse_wf(plan, atlases: Mapping[str, dict], *, data_dir=None,
             node.inputs.data_dir = data_dir
             node.inputs.data_identity = data_identity
             node.inputs.save_tables = saved_by_unit[index]
-            options = plan.group_options(keys[0])
             if probe_node_needed(options, group_atlas):
                 probes = probe_nodes.get(probe_key)
                 if probes is None:
-                    probes = pe.Node(ChooseProbes(), name=f"probes{len(probe_nodes):04d}")
+                    probes = pe.Node(ChooseProbes(), name=f"probes{len(probe_nodes):04d}",
+                                     mem_gb=CostModel().probes_peak_bytes / 2**30)
                     probes.inputs.options = {n: _json(v) for n, v in options.items()}
                     probes.inputs.data_dir = data_dir
                     probes.inputs.data_identity = data_identity
