@@ -389,8 +389,25 @@ class DonorMeans:
     def add(self, frame: pd.DataFrame, extra: pd.DataFrame | None = None) -> None:
         """Fold in one donor: ``frame`` (samples x genes, index level ``label``) and the
         ``extra`` rows to append to its samples (regions filled by ``missing``)."""
+        self.fold(self.table(frame, extra, first=self.index is None))
+
+    def table(self, frame: pd.DataFrame, extra: pd.DataFrame | None = None, *,
+              first: bool) -> pd.DataFrame:
+        """One donor's region table, to be passed to :meth:`fold` (``first``: for the first
+        donor folded). Reads nothing of ``self`` but the labels: donors' tables may be made
+        side by side on several threads, then folded in order."""
+        if first:
+            return _group_with_extra(frame, extra, self.labels)
+        # later donors: a table of the regions the donor has (its samples and extra rows)
+        # only, added into its rows of the whole; regions it lacks would be NaN throughout
+        # and add nothing. Fine atlases have many such regions per donor.
+        wanted = None if extra is None or not len(extra) else extra.index
+        return _group_with_extra(frame, extra, wanted)
+
+    def fold(self, table: pd.DataFrame) -> None:
+        """Add a donor's :meth:`table` into the running mean (donors in order: the sums are
+        rounded in that order)."""
         if self.index is None:
-            table = _group_with_extra(frame, extra, self.labels)
             if not _label_rows(table.index):
                 raise ValueError("Region tables need sorted, distinct, non-zero integer labels "
                                  "to be averaged donor by donor.")
@@ -398,11 +415,6 @@ class DonorMeans:
             self.running = _RunningMean(table.shape)
             self.running.add(table.to_numpy())
             return
-        # later donors: a table of the regions the donor has (its samples and extra rows)
-        # only, added into its rows of the whole; regions it lacks would be NaN throughout
-        # and add nothing. Fine atlases have many such regions per donor.
-        wanted = None if extra is None or not len(extra) else extra.index
-        table = _group_with_extra(frame, extra, wanted)
         at = self.index.get_indexer(table.index) if table.index.is_unique else None
         if (at is None or (at < 0).any() or not table.columns.equals(self.columns)
                 or (len(at) and (np.diff(at) <= 0).any())):

@@ -375,6 +375,12 @@ def _out_dtype(values: np.ndarray) -> np.dtype:
     return np.dtype(np.float32) if values.dtype == np.float32 else np.dtype(np.float64)
 
 
+def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether ``a`` and ``b`` are views of the same elements in the same layout."""
+    return (a.shape == b.shape and a.strides == b.strides and a.dtype == b.dtype
+            and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
+
+
 def _same_layout(a: np.ndarray, b: np.ndarray) -> bool:
     return ((a.flags.f_contiguous and b.flags.f_contiguous)
             or (a.flags.c_contiguous and b.flags.c_contiguous))
@@ -447,7 +453,9 @@ def normalize_array(values: np.ndarray, norm: str | None = DEFAULTS["gene_norm"]
     input, float64 otherwise. ``values`` is never modified, unless it is ``out``.
 
     ``out`` (optional): an array of ``values``' shape and the result's dtype, in any layout and
-    not overlapping ``values``, to write the result into (and return).
+    not overlapping ``values``, to write the result into (and return); or, for the methods
+    whose numbers do not depend on the layout, ``values``' very memory (same layout): each
+    block is written once its numbers are computed from it, so the result is the same.
     """
     name = resolve_norm(norm)
     values = np.asarray(values)
@@ -462,9 +470,11 @@ def normalize_array(values: np.ndarray, norm: str | None = DEFAULTS["gene_norm"]
                          "once: call normalize_expression with a list of donor frames.")
     dtype = _out_dtype(values)
     if out is not None and (out.shape != values.shape or out.dtype != dtype
-                            or np.may_share_memory(out, values)):
+                            or (np.may_share_memory(out, values)
+                                and not (_same_memory(out, values) and name in _ORDER_FREE))):
         raise ValueError(f"out must be a {dtype} array of shape {values.shape} apart from the "
-                         f"input, got {out.dtype} {out.shape}.")
+                         f"input (or, for {', '.join(_ORDER_FREE)}, the input's own memory), "
+                         f"got {out.dtype} {out.shape}.")
     if name is None:
         if out is None:
             return values.astype(dtype, copy=True)
@@ -685,7 +695,7 @@ def _buffer(buffers, values: np.ndarray, transposed: bool = False) -> np.ndarray
 
 def normalize_donor(expression: pd.DataFrame, sample_norm: str | None = DEFAULTS["sample_norm"],
                     gene_norm: str | None = DEFAULTS["gene_norm"], matched=None, structures=None,
-                    ignore_warn: bool = True, buffers=None) -> pd.DataFrame:
+                    ignore_warn: bool = True, buffers=None, out=None) -> pd.DataFrame:
     """One donor's normalization as ``get_expression_data`` runs it.
 
     ``expression`` is (S, G) samples x genes. ``matched`` (optional boolean mask over the S
@@ -700,6 +710,12 @@ def normalize_donor(expression: pd.DataFrame, sample_norm: str | None = DEFAULTS
     whose memory the normalizations write into instead of new arrays (the same numbers). One
     of them may hold ``expression``'s values when the caller no longer needs them: a
     normalization never writes over its own input.
+
+    ``out`` (optional): the float64 array holding ``expression``'s values (every sample kept,
+    no ``matched``), which the caller no longer needs: when both methods' numbers do not
+    depend on the layout (:func:`layout_independent`, or None) they are computed in its
+    memory, block by block (the same numbers, and no other memory for the table); otherwise
+    it is not used.
     """
     sample_name, gene_name = resolve_norm(sample_norm), resolve_norm(gene_norm)
     for which, name in (("sample_norm", sample_name), ("gene_norm", gene_name)):
@@ -719,6 +735,15 @@ def normalize_donor(expression: pd.DataFrame, sample_norm: str | None = DEFAULTS
     values = expression.to_numpy()
     index, columns = expression.index, expression.columns
     del expression  # the caller may have let go of it: then each input is freed once used
+    if (out is not None and out.dtype == np.float64 and _same_memory(out, values)
+            and all(name is None or name in _ORDER_FREE for name in (sample_name, gene_name))):
+        # in place: the buffers are not needed (each step reads a block, then writes it)
+        values = out
+        if sample_name is not None:
+            values = normalize_array(values, sample_name, axis=1, out=out)
+        if gene_name is not None:
+            values = normalize_array(values, gene_name, axis=0, groups=classes, out=out)
+        return _normalized_frame(values, index, columns, ignore_warn)
     if sample_name is not None:
         # the gene normalization reads what this writes: genes contiguous (the transposed
         # buffer) for a method that sums, whose numbers depend on the layout; samples
@@ -729,6 +754,10 @@ def normalize_donor(expression: pd.DataFrame, sample_norm: str | None = DEFAULTS
     if gene_name is not None:
         values = normalize_array(values, gene_name, axis=0, groups=classes,
                                  out=_buffer(buffers, values))
+    return _normalized_frame(values, index, columns, ignore_warn)
+
+
+def _normalized_frame(values: np.ndarray, index, columns, ignore_warn: bool) -> pd.DataFrame:
     out = pd.DataFrame(values, index=index, columns=columns, copy=False)
     level = logging.DEBUG if ignore_warn else logging.WARNING
     if LGR.isEnabledFor(level):  # a pass over the data, for a log message

@@ -29,6 +29,7 @@ from __future__ import annotations
 import collections.abc
 import hashlib
 import logging
+import threading
 from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
 
@@ -42,8 +43,8 @@ from . import matching as _matching
 from . import normalize as _normalize
 from . import probes as _probes
 from . import samples as _samples
-from ._blocks import background, shared_threads, transpose_into
-from .datasets import RNASEQ_DONORS
+from ._blocks import background, n_threads, shared_threads, thread_map, transpose_into
+from .datasets import RNASEQ_DONORS, load_corrected_mni, load_reannotated
 from .options import DEFAULTS, Settings
 from .stages import stage_options
 from .summary import GroupFacts, ProbeCounts, run_summary
@@ -157,26 +158,30 @@ def load_probe_table(files: Mapping, *, reannotated: bool = DEFAULTS["reannotate
     return _probes.prepare_probes(first["probes"], reannotated=reannotated)
 
 
-def read_probe_tables(files: Mapping, *, reannotated: bool = DEFAULTS["reannotated"]
-                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def read_probe_tables(files: Mapping, *, reannotated: bool = DEFAULTS["reannotated"],
+                      table=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The probe table as read (Probes.csv is the same for every donor, so the first one is
-    read) and as the stages use it (probes with a gene, reannotated or not)."""
+    read) and as the stages use it (probes with a gene, reannotated or not). ``table``: the
+    reannotation table, when already read (:func:`ahba_app.datasets.load_reannotated`)."""
     raw = _io.read_probes(next(iter(files.values()))["probes"])
+    if reannotated and table is not None:
+        return raw, _probes.reannotate_probes(raw, table)
     return raw, _probes.prepare_probes(raw, reannotated=reannotated)
 
 
 def prepare_donor_samples(donor_files: Mapping, probes: pd.DataFrame, *,
                           corrected_mni: bool = DEFAULTS["corrected_mni"], lr_mirror=None,
-                          sim_threshold=None, native_affine=None
+                          sim_threshold=None, native_affine=None, coords=None
                           ) -> tuple[pd.DataFrame, dict]:
     """One donor's sample table and the counts of what happened to its samples.
 
     With ``native_affine`` (a donor-native atlas) the samples' coordinates are their MRI voxels
-    through it before the hemisphere check, as abagen does.
+    through it before the hemisphere check, as abagen does. ``coords``: the corrected MNI
+    coordinates, when already read (:func:`ahba_app.datasets.load_corrected_mni`).
     """
     annotation, info = _samples.prepare_samples(
         donor_files["annotation"], donor_files["ontology"], corrected_mni=corrected_mni,
-        lr_mirror=lr_mirror, native_affine=native_affine, return_info=True)
+        lr_mirror=lr_mirror, native_affine=native_affine, coords=coords, return_info=True)
     info["n_dissimilar"] = 0
     if sim_threshold is not None:
         kept = _samples.similarity_threshold(donor_files["microarray"], annotation, probes,
@@ -538,10 +543,16 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
         # first: matching waits for it)
         loading = pool.submit(load_atlas, atlas, atlas_info, settings.donors,
                               data_dir=data_dir)
+        # the bundled tables every donor shares, read once (beside Probes.csv on this thread)
+        reannotation = pool.submit(load_reannotated) if settings.reannotated else None
+        corrected = pool.submit(load_corrected_mni) if settings.corrected_mni else None
         opening = {donor: {kind: pool.submit(_io.load_matrix, paths[kind], kind)
                            for kind in ("pacall", "microarray")}
                    for donor, paths in files.items()}
-        raw_probes, probes = read_probe_tables(files, **stage_options(settings, "reannotate"))
+        raw_probes, probes = read_probe_tables(
+            files, table=None if reannotation is None else reannotation.result(),
+            **stage_options(settings, "reannotate"))
+        coords = None if corrected is None else corrected.result()
         atlases, group_atlas = loading.result()
         check_atlas_settings(group_atlas, settings)
         affines = native_affines(atlases, group_atlas, data_dir)
@@ -557,7 +568,7 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
                 donor_files = dict(donor_files,
                                    microarray=opening[donor]["microarray"].result())
             annotations[donor], sample_facts[donor] = prepare_donor_samples(
-                donor_files, probes, native_affine=affines.get(donor),
+                donor_files, probes, native_affine=affines.get(donor), coords=coords,
                 **stage_options(settings, "annotate"))
 
         # (on a worker too: it only warns, and matching does not need it)
@@ -613,14 +624,18 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
     if stream is not None and (settings.sample_norm is None
                                or _normalize.layout_independent(settings.sample_norm)):
         columns = stream.columns = expressions.file_order(next(iter(expressions)))
-    for donor, table in normalized_donors(expressions, keep, kept, reuse=stream is not None,
-                                          columns=columns,
-                                          **stage_options(settings, "normalize")):
-        if stream is not None:
-            stream.add(donor, table, labels[donor], kept[donor])
-        else:
-            normalized[donor] = table
-        del table
+    if stream is not None and _in_place(settings.sample_norm, settings.gene_norm):
+        stream_side_by_side(stream, expressions, keep, kept, labels, columns=columns,
+                            **stage_options(settings, "normalize"))
+    else:
+        for donor, table in normalized_donors(expressions, keep, kept,
+                                              reuse=stream is not None, columns=columns,
+                                              **stage_options(settings, "normalize")):
+            if stream is not None:
+                stream.add(donor, table, labels[donor], kept[donor])
+            else:
+                normalized[donor] = table
+            del table
     counts = _matching.sample_counts(labels, all_labels)
     tree = next(iter(atlases.values()))
 
@@ -686,6 +701,64 @@ def normalized_donors(expressions: DonorTables, keep: Mapping, kept: Mapping, *,
             buffers=buffers)
 
 
+def _in_place(sample_norm, gene_norm) -> bool:
+    """Whether a donor's table can be normalized in its own memory: both methods' numbers do
+    not depend on the layout (see :func:`ahba_app.normalize.normalize_donor`'s ``out``)."""
+    return all(norm is None or _normalize.layout_independent(norm)
+               for norm in (sample_norm, gene_norm))
+
+
+def stream_side_by_side(stream: "_DonorStream", expressions: DonorTables, keep: Mapping,
+                        kept: Mapping, labels: Mapping, *, columns=None,
+                        sample_norm=DEFAULTS["sample_norm"], gene_norm=DEFAULTS["gene_norm"],
+                        norm_matched: bool = DEFAULTS["norm_matched"],
+                        norm_structures: bool = DEFAULTS["norm_structures"]) -> None:
+    """:func:`normalized_donors` reduced by ``stream``, the donors side by side on the run's
+    threads: each thread reads, normalizes (in place, see :func:`_in_place`) and reduces its
+    donors one after the other in one buffer of its own, with no wait for the other thread
+    between steps; the region tables are folded into ``stream`` in donor order, as each is
+    ready. The numbers are those of one donor after the other (each donor's are its own; the
+    fold's sums are rounded in donor order). The donors go largest first to the thread with
+    the least work, so the threads end together and each buffer fits its largest donor only.
+    """
+    order = read_order(sample_norm)
+    donors = list(keep)
+    sizes = {donor: len(keep[donor]) * expressions.n_genes(donor) for donor in donors}
+    shares = [[] for _ in range(max(1, min(n_threads(), len(donors))))]
+    loads = [0] * len(shares)
+    for donor in sorted(donors, key=sizes.__getitem__, reverse=True):
+        least = loads.index(min(loads))
+        shares[least].append(donor)
+        loads[least] += sizes[donor]
+    rank = {donor: position for position, donor in enumerate(donors)}
+    ready, lock, next_fold = {}, threading.Lock(), [0]
+
+    def work(share):
+        buffer = np.empty(max(sizes[donor] for donor in share))
+        for donor in sorted(share, key=rank.__getitem__):  # (donor order: fewer tables wait)
+            frame = expressions.frame(donor, keep[donor], order=order, buffer=buffer,
+                                      columns=columns)
+            n_rows, n_cols = frame.shape
+            values = buffer[:n_rows * n_cols]
+            values = values.reshape(n_rows, n_cols) if order == "C" else \
+                values.reshape(n_cols, n_rows).T
+            structures = kept[donor][["structure"]] if norm_structures else None
+            normalized = _normalize.normalize_donor(
+                frame.set_axis(kept[donor].index, axis=0), sample_norm=sample_norm,
+                gene_norm=gene_norm, structures=structures, out=values)
+            del frame
+            reduced = stream.table(donor, normalized, labels[donor], kept[donor],
+                                   first=rank[donor] == 0)
+            del normalized  # (the buffer takes the next donor)
+            with lock:
+                ready[donor] = reduced
+                while next_fold[0] < len(donors) and donors[next_fold[0]] in ready:
+                    stream.fold(ready.pop(donors[next_fold[0]]))
+                    next_fold[0] += 1
+
+    thread_map(work, shares)
+
+
 def _can_stream(settings: Settings, expressions: DonorTables, return_donors: bool) -> bool:
     """Whether :func:`aggregate_group` would need no more than each donor's region means:
     means over donors (then over regions) of tables that all have the same genes, regions
@@ -744,14 +817,28 @@ class _DonorStream:
 
     def add(self, donor, normalized: pd.DataFrame, labels: np.ndarray,
             kept: pd.DataFrame) -> None:
+        self.fold(self.table(donor, normalized, labels, kept,
+                             first=self.means.index is None))
+
+    def table(self, donor, normalized: pd.DataFrame, labels: np.ndarray, kept: pd.DataFrame,
+              *, first: bool) -> tuple:
+        """The donor's region table and filled rows, for :meth:`fold` (``first``: the first
+        donor folded). Changes nothing here: donors may be reduced side by side."""
         fills = None
         if self.missing == "interpolate":
             atlas = self.atlases[donor]
             fills = _matching.interpolate_missing(atlas, labels, normalized,
                                                   atlas_coordinates(atlas, kept))
-            self.filled.update(int(r) for r in fills.index)
         frame = normalized.set_axis(pd.Index(labels, name="label"), axis=0)
-        self.means.add(frame.rename_axis("gene_symbol", axis=1), fills)
+        return self.means.table(frame.rename_axis("gene_symbol", axis=1), fills,
+                                first=first), fills
+
+    def fold(self, reduced: tuple) -> None:
+        """Add a donor's :meth:`table` to the running means (donors in order)."""
+        table, fills = reduced
+        if fills is not None:
+            self.filled.update(int(r) for r in fills.index)
+        self.means.fold(table)
 
     def result(self, labels: Mapping) -> dict:
         counts = _matching.sample_counts(labels, self.all_labels)

@@ -341,8 +341,22 @@ def test_threads_outputs_and_buffers_do_not_change_results(inputs, monkeypatch, 
         for layout in (np.asfortranarray, np.ascontiguousarray):
             assert np.array_equal(normalize_array(layout(values), method), alone,
                                   equal_nan=True)
+    if normalize.layout_independent(method):  # over its own input: the same numbers
+        own = values.copy()
+        assert normalize_array(own, method, out=own) is own
+        assert np.array_equal(own, alone, equal_nan=True)
+        own = np.asfortranarray(values.T)
+        normalize_array(own, method, axis=1, out=own)
+        assert np.array_equal(own, by_rows, equal_nan=True)
+    else:
+        with pytest.raises(ValueError, match="apart from the input"):
+            normalize_array(values, method, out=values)
+    # memory overlapping the input otherwise (shifted by one value) is refused, whatever the
+    # method
+    both = np.concatenate([values.ravel(), [0.0]])
     with pytest.raises(ValueError, match="apart from the input"):
-        normalize_array(values, method, out=values)
+        normalize_array(both[:-1].reshape(values.shape), method,
+                        out=both[1:].reshape(values.shape))
 
 
 def test_normalize_donor_into_buffers(inputs):
@@ -381,6 +395,16 @@ def test_normalize_donor_buffers_give_the_same_bits(inputs, sample_norm, gene_no
         first, second = np.full(values.size, -1.0), np.full(values.size, -1.0)
         out = normalize_donor(source, sample_norm, gene_norm, buffers=(first, second))
         assert out.to_numpy().tobytes() == np.ascontiguousarray(expected).tobytes()
+        # in the table's own memory (out=) when neither method's numbers depend on the
+        # layout, else in new memory: the same bits either way
+        own = layout(values).copy(order="K")  # (the data are written over)
+        source = pd.DataFrame(own, index=frame.index, columns=frame.columns, copy=False)
+        out = normalize_donor(source, sample_norm, gene_norm, out=own)
+        assert out.to_numpy().tobytes() == np.ascontiguousarray(expected).tobytes()
+        in_place = all(norm is None or normalize.layout_independent(norm)
+                       for norm in (sample_norm, gene_norm))
+        assert np.shares_memory(out.to_numpy(), own) == in_place
+        assert np.array_equal(own, values, equal_nan=True) != in_place
 
 
 def test_input_is_not_modified(inputs):

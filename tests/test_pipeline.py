@@ -70,6 +70,27 @@ def test_threads_do_not_change_a_number(ahba_small, monkeypatch):
     pd.testing.assert_frame_equal(threaded.selection, alone.selection, check_exact=True)
 
 
+@pytest.mark.parametrize("threads", ["1", "2", "3"])
+def test_donors_side_by_side_give_the_numbers_of_one_after_the_other(ahba_small, monkeypatch,
+                                                                     threads):
+    """A streamed run normalizes and reduces the donors side by side, each in place in its
+    thread's buffer, and folds them in donor order: the table of one donor after the other."""
+    monkeypatch.setenv("AHBA_APP_THREADS", threads)
+    calls = []
+    side_by_side = pipeline.stream_side_by_side
+    monkeypatch.setattr(pipeline, "stream_side_by_side",
+                        lambda *a, **k: calls.append(1) or side_by_side(*a, **k))
+    for options in ({}, {"missing": "interpolate", "gene_norm": "minmax", "sample_norm": None}):
+        result = _run(ahba_small, **options)
+        with monkeypatch.context() as patch:
+            patch.setattr(pipeline, "_in_place", lambda *norms: False)
+            expected = _run(ahba_small, **options)
+        assert result.expression.to_numpy().tobytes() == expected.expression.to_numpy().tobytes()
+        pd.testing.assert_frame_equal(result.expression, expected.expression, check_exact=True)
+        assert result.group == expected.group
+    assert len(calls) == 2  # (the streamed runs went side by side)
+
+
 def test_sample_level_results_are_kept_without_aggregation(ahba_small):
     result = pipeline.run(DK["image"], DK["info"], settings=pipeline.Settings(donors=DONORS),
                           data_dir=ahba_small, aggregate=False)
