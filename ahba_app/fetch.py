@@ -47,10 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from filelock import FileLock, Timeout
-
-# requests and urllib3 are imported by the functions that download: a run on data already
-# here never needs them (they are 0.04 s of every start-up)
+# requests, urllib3 and filelock are imported by the functions that download: a run on data
+# already here never needs them (they are 0.05 s of every start-up)
 from ._version import __version__
 from .donors import DONORS, RNASEQ_DONORS, check_donors
 from .options import DEFAULTS
@@ -624,6 +622,8 @@ def _source(kind: _Kind) -> str:
 
 def _writable_root(root: Path, base: Path, kind: _Kind, donors: list[str]) -> FileLock:
     """Create ``root`` and return its lock, or explain why it cannot be written to."""
+    from filelock import FileLock  # (only a download needs it: not imported by every run)
+
     try:
         root.mkdir(parents=True, exist_ok=True)
         handle, probe = tempfile.mkstemp(prefix=".write-test-", dir=root)
@@ -685,6 +685,8 @@ def _fetch(kind: _Kind, data_dir, donors, resume: bool, verbose: int, n_proc: in
         raise AHBADataNotFoundError(_missing_message(base, kind, scan))
     if not scan.absent:
         return {donor: scan.found[donor] for donor in donors}
+
+    from filelock import Timeout
 
     root = _download_root(base, kind)
     lock = _writable_root(root, base, kind, scan.absent)
