@@ -720,6 +720,7 @@ def stream_side_by_side(stream: "_DonorStream", expressions: DonorTables, keep: 
     ready. The numbers are those of one donor after the other (each donor's are its own; the
     fold's sums are rounded in donor order). The donors go largest first to the thread with
     the least work, so the threads end together and each buffer fits its largest donor only.
+    ``norm_matched`` decided ``keep``; it is accepted here as the stage's option.
     """
     order = read_order(sample_norm)
     donors = list(keep)
