@@ -14,7 +14,8 @@ from ahba_app.datasets import fetch_desikan_killiany
 from ahba_app.images import check_atlas
 from ahba_app.multiverse.upstream import UnitUpstream
 from ahba_app.aggregate import _group_mean, _RunningMean
-from ahba_app.multiverse._kernels import region_tables, sorting_network
+from ahba_app.multiverse._kernels import gene_normalized, region_tables, sorting_network
+from ahba_app.normalize import normalize_array
 from ahba_app.multiverse.variants import gather_group, variant_tables
 
 DK = fetch_desikan_killiany()
@@ -69,6 +70,48 @@ def test_region_tables_equal_numpy_and_pandas_bit_for_bit():
     # a NaN among the values used: None (the caller aggregates the API's way)
     joined[source[5], 7] = np.nan
     assert region_tables(joined, source, starts, sizes, first, n_blocks, kinds) is None
+
+
+@pytest.mark.parametrize("name", ["scaled_robust_sigmoid", "zscore"])
+def test_gene_normalized_equals_normalize_array_bit_for_bit(name):
+    rng = np.random.default_rng(1)
+    n_genes = 300
+    sources, keeps, classes, want = [], [], [], []
+    # donors: short and long columns (a sort, buckets), classes of 1, 2, 3 and many samples
+    for n_samples, kept, n_classes in ((40, 25, None), (700, 650, None), (900, 800, 3),
+                                       (60, 50, 5), (12, 9, 4)):
+        values = rng.normal(size=(n_genes, n_samples))  # genes x samples
+        values[1] = 0.5                                         # a constant gene
+        values[2, ::2] = values[2, 0]                           # half its values tied
+        values[3] = np.round(values[3], 1)                      # many ties
+        values[4, :3] = 1e9                                     # outliers: one full bucket
+        values[5] = rng.lognormal(sigma=3, size=n_samples)      # skewed
+        keep = np.sort(rng.choice(n_samples, kept, replace=False))
+        cls = (None if n_classes is None
+               else rng.choice([f"s{k}" for k in range(n_classes)], size=kept).astype(object))
+        if cls is not None:
+            cls[:2] = "alone" if n_samples < 100 else cls[:2]   # a class of two samples
+            cls[2] = "single"                                   # a class of one sample
+        block = np.take(values, keep, axis=1).T  # kept samples x genes, as the groups have it
+        sources.append(values)
+        keeps.append(keep)
+        classes.append(cls)
+        want.append(block)
+    for g0, g1 in ((0, n_genes), (17, 290)):
+        expected = np.concatenate([normalize_array(block[:, g0:g1], name, axis=0, groups=cls)
+                                   for block, cls in zip(want, classes)])
+        got = np.full(expected.shape, -1.0)
+        assert gene_normalized(name, sources, keeps, classes, g0, g1, got)
+        assert np.isnan(expected).any() and not np.isnan(expected).all()
+        assert np.array_equal(got.view(np.int64), expected.view(np.int64))  # NaN bits too
+    # not finite, or a sample without a class: declined (the API's path then)
+    out = np.empty((sum(map(len, keeps)), 10))
+    sources[1][5, keeps[1][3]] = np.inf
+    assert not gene_normalized(name, sources, keeps, classes, 0, 10, out)
+    sources[1][5, keeps[1][3]] = 0.0
+    assert gene_normalized(name, sources, keeps, classes, 0, 10, out)
+    classes[2][4] = None
+    assert not gene_normalized(name, sources, keeps, classes, 0, 10, out)
 
 
 def _centroid_fills(upstream, normalized, kept, labels):

@@ -21,12 +21,16 @@ of a container is read-only, and no other folder is written without being asked.
 
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 
-from .._blocks import thread_map
+from .._blocks import thread_map, transpose_into
+from ..normalize import IQR_NORMAL
 
-__all__ = ["networks", "region_tables", "sorting_network"]
+__all__ = ["GENE_NORMS", "gene_normalized", "networks", "region_tables",
+           "sorting_network"]
 
 
 def sorting_network(n: int) -> np.ndarray:
@@ -55,8 +59,9 @@ def _kahan_rows(joined, source, start, stop, g0, g1, total, carry):
     """Kahan sums (pandas' groupby mean's) of the rows ``source[start:stop]`` of ``joined``,
     columns g0..g1, into ``total[:g1 - g0]`` (``carry``: the compensations)."""
     n = g1 - g0
-    total[:n] = 0.0
-    carry[:n] = 0.0
+    for k in range(n):
+        total[k] = 0.0
+        carry[k] = 0.0
     for i in range(start, stop):
         row = joined[source[i], g0:g1]
         for k in range(n):
@@ -81,7 +86,8 @@ def _medians(rows, n, pairs, first, out):
             b[k] = x if y < x else y
     low, high = (n - 1) // 2, n // 2
     if low == high:
-        out[:] = rows[low]
+        for k in range(width):
+            out[k] = rows[low, k]
     else:
         for k in range(width):
             out[k] = (rows[low, k] + rows[high, k]) / 2
@@ -119,8 +125,9 @@ def _kernel(joined, source, block_starts, block_sizes, region_blocks, region_n_b
             for k in range(width):
                 samples_mean[r, g0 + k] = total[k] / n
         if want_dmean:
-            run_total[:] = 0.0
-            run_carry[:] = 0.0
+            for k in range(width):
+                run_total[k] = 0.0
+                run_carry[k] = 0.0
             for b in range(b0, b0 + nb):
                 s = block_starts[b]
                 _kahan_rows(joined, source, s, s + block_sizes[b], g0, g1, total, carry)
@@ -136,24 +143,31 @@ def _kernel(joined, source, block_starts, block_sizes, region_blocks, region_n_b
             for b in range(b0, b0 + nb):
                 s, m = block_starts[b], block_sizes[b]
                 for i in range(m):
-                    rows[i] = joined[source[s + i], g0:g1]
+                    row = joined[source[s + i]]
+                    for k in range(width):
+                        rows[i, k] = row[g0 + k]
                 _medians(rows, m, pairs, first, per_block[b - b0])
             _medians(per_block, nb, pairs, first, donors_median[r, g0:g1])
         if want_smed:
             for i in range(n):
-                rows[i] = joined[source[start + i], g0:g1]
+                row = joined[source[start + i]]
+                for k in range(width):
+                    rows[i, k] = row[g0 + k]
             _medians(rows, n, pairs, first, samples_median[r, g0:g1])
     return True
 
 
-def networks(sizes) -> tuple[np.ndarray, np.ndarray]:
+def networks(sizes, known: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The sorting networks of every size up to ``max(sizes)`` that ``sizes`` holds, for
     :func:`region_tables`: their comparators laid end to end, and where each size's start
-    (size ``n``: ``pairs[first[n]:first[n + 1]]``; sizes not asked for have none)."""
+    (size ``n``: ``pairs[first[n]:first[n + 1]]``; sizes not asked for have none).
+    ``known``: networks already made (size -> :func:`sorting_network`), used and added to."""
     sizes = set(int(n) for n in sizes)
     top = max(sizes, default=0)
-    parts = [sorting_network(n) if n in sizes else np.zeros((0, 2), np.intp)
-             for n in range(top + 1)]
+    known = {} if known is None else known
+    for n in sizes - set(known):
+        known[n] = sorting_network(n)
+    parts = [known[n] if n in sizes else np.zeros((0, 2), np.intp) for n in range(top + 1)]
     first = np.zeros(top + 2, dtype=np.intp)
     first[1:] = np.cumsum([len(part) for part in parts])
     return np.concatenate(parts), first
@@ -191,3 +205,378 @@ def region_tables(joined: np.ndarray, source: np.ndarray, block_starts, block_si
     if not all(thread_map(run, range(0, n_genes, _PIECE), threads=n_threads)):
         return None
     return {kind: table for kind, table in out.items() if kind in kinds}
+
+
+# ---------------------------------------------------------------------------------------------
+# gene normalization ('scaled_robust_sigmoid') of a block of genes: each donor's kept samples,
+# within classes, with the arithmetic of ahba_app.normalize, operation by operation
+# ---------------------------------------------------------------------------------------------
+@numba.njit(nogil=True, cache=False)
+def _shell_sort(a, lo, hi):
+    """``a[lo:hi]`` sorted in place (finite values; a few lines to compile, unlike numba's
+    own sort: most calls sort a bucket of two or three values)."""
+    gap = 1
+    while gap < (hi - lo) // 3:
+        gap = 3 * gap + 1
+    while gap >= 1:
+        for i in range(lo + gap, hi):
+            x = a[i]
+            j = i
+            while j - gap >= lo and a[j - gap] > x:
+                a[j] = a[j - gap]
+                j -= gap
+            a[j] = x
+        gap //= 3
+
+
+@numba.njit(nogil=True, cache=False)
+def _select(values, n, want, got, keys, counts, pool):
+    """``got[j]``: the value a sort of ``values[:n]`` puts at position ``want[j]`` (``want``
+    ascending; values finite). Each value gets a bucket, ``floor((x - low) * buckets /
+    (high - low))``, monotone in ``x``: a bucket's values lie between those of the buckets
+    below and above it, so counting them tells which bucket holds each position and its rank
+    there; only those buckets' values are then sorted. The numbers are the order statistics
+    themselves, however they are found."""
+    low, high = values[0], values[0]
+    for i in range(1, n):
+        x = values[i]
+        low = x if x < low else low
+        high = x if x > high else high
+    n_buckets = n // 2
+    scale = n_buckets / (high - low) if high > low else 0.0
+    if n < 32 or not (scale > 0.0 and scale < np.inf):  # short, or all equal: a sort
+        for i in range(n):
+            pool[i] = values[i]
+        _shell_sort(pool, 0, n)
+        for j in range(want.shape[0]):
+            got[j] = pool[want[j]]
+        return
+    for b in range(n_buckets + 1):
+        counts[b] = 0
+    for i in range(n):
+        k = int((values[i] - low) * scale)
+        k = n_buckets if k > n_buckets else k
+        keys[i] = k
+        counts[k] += 1
+    m = want.shape[0]
+    holder = np.empty(m, np.intp)   # the bucket of each wanted position
+    rank = np.empty(m, np.intp)     # its rank in that bucket
+    j, total = 0, 0
+    for b in range(n_buckets + 1):
+        c = counts[b]
+        while j < m and want[j] < total + c:
+            holder[j], rank[j] = b, want[j] - total
+            j += 1
+        total += c
+        if j == m:
+            break
+    # the wanted buckets' values side by side in ``pool``: a wanted bucket's count becomes
+    # -1 - (where its next value goes)
+    first = np.empty(m, np.intp)
+    size = np.empty(m, np.intp)
+    at = 0
+    for j in range(m):
+        b = holder[j]
+        if j == 0 or b != holder[j - 1]:
+            first[j], size[j] = at, counts[b]
+            counts[b] = -1 - at
+            at += size[j]
+        else:
+            first[j], size[j] = first[j - 1], size[j - 1]
+    for i in range(n):
+        c = counts[keys[i]]
+        if c < 0:
+            pool[-1 - c] = values[i]
+            counts[keys[i]] = c - 1
+    for j in range(m):
+        if j == 0 or holder[j] != holder[j - 1]:
+            _shell_sort(pool, first[j], first[j] + size[j])
+        got[j] = pool[first[j] + rank[j]]
+
+
+@numba.njit(nogil=True, cache=False)
+def _at(want, got, position):
+    for j in range(want.shape[0]):
+        if want[j] == position:
+            return got[j]
+    return np.nan
+
+
+@numba.njit(nogil=True, cache=False)
+def _quantile(want, got, n, q):
+    """:func:`ahba_app.normalize._quantile` of a column of ``n`` whose order statistics at
+    the positions ``want`` are ``got``."""
+    position = (n - 1) * q
+    below = min(int(position), n - 1)  # (floor: not negative)
+    above = min(below + 1, n - 1)
+    weight = position - below
+    a, b = _at(want, got, below), _at(want, got, above)
+    step = b - a
+    return b - step * (1.0 - weight) if weight >= 0.5 else a + step * weight
+
+
+@numba.njit(nogil=True, cache=False)
+def _longest(class_starts):
+    """The number of samples of the largest class (at least 1)."""
+    longest = 1
+    for c in range(class_starts.shape[0] - 1):
+        longest = max(longest, class_starts[c + 1] - class_starts[c])
+    return longest
+
+
+@numba.njit(nogil=True, cache=False)
+def _gather(row, keep, members, s0, n, values):
+    """``values[:n]``: one gene's values (``row``) of a class's kept samples; False when one
+    is not finite."""
+    finite = True
+    for i in range(n):
+        x = row[keep[members[s0 + i]]]
+        finite &= x - x == 0.0  # (inf - inf, NaN - NaN: NaN)
+        values[i] = x
+    return finite
+
+
+@numba.njit(nogil=True, cache=False, error_model="numpy")
+def _srs_genes(source, keep, members, class_starts, g0, g1, base, work, row0, iqr_normal):
+    """The scaled robust sigmoid of the genes ``g0..g1`` of one donor's kept samples, each
+    class on its own, into ``work[g - base, row0 + i]`` (genes x samples; ``i``: the kept
+    sample ``keep[i]``; ``source``: the donor's genes x samples array; class ``c``: the kept
+    samples ``members[class_starts[c]:class_starts[c + 1]]``), except numpy's ``exp`` (the
+    API's): this writes ``(median - x) / iqr``. False when a value is not finite (the caller
+    then normalizes those genes as the API does)."""
+    longest = _longest(class_starts)
+    values = np.empty(longest)
+    keys = np.empty(longest, np.intp)
+    counts = np.empty(longest // 2 + 1, np.intp)
+    pool = np.empty(longest)
+    want = np.empty(6, np.intp)
+    got = np.empty(6)
+    for c in range(class_starts.shape[0] - 1):
+        s0, s1 = class_starts[c], class_starts[c + 1]
+        n = s1 - s0
+        # the positions the median and the quartiles read, ascending
+        below25 = min(int((n - 1) * 0.25), n - 1)  # (floor: not negative)
+        below75 = min(int((n - 1) * 0.75), n - 1)
+        want[0], want[1] = below25, min(below25 + 1, n - 1)
+        want[2], want[3] = (n // 2 - 1 if n % 2 == 0 else n // 2), n // 2
+        want[4], want[5] = below75, min(below75 + 1, n - 1)
+        _shell_sort(want, 0, 6)
+        for g in range(g0, g1):
+            if not _gather(source[g], keep, members, s0, n, values):
+                return False
+            _select(values, n, want, got, keys, counts, pool)
+            if n % 2:
+                median = _at(want, got, n // 2)
+            else:
+                median = (_at(want, got, n // 2 - 1) + _at(want, got, n // 2)) / 2.0
+            iqr = (_quantile(want, got, n, 0.75) - _quantile(want, got, n, 0.25)) / iqr_normal
+            out = work[g - base]
+            for i in range(n):
+                out[row0 + members[s0 + i]] = (median - values[i]) / iqr
+    return True
+
+
+@numba.njit(nogil=True, cache=False, error_model="numpy")
+def _srs_finish(work, members, class_starts, row0, k0, k1):
+    """The rest, in place, after numpy's ``exp`` of ``work``: ``1 / (1 + w)``, then each
+    gene's (rows ``k0..k1``) minimum and maximum over each class, ``(v - min) / (max - min)``."""
+    for k in range(k0, k1):
+        w = work[k]
+        for c in range(class_starts.shape[0] - 1):
+            low, high, nan = np.inf, -np.inf, False
+            for i in range(class_starts[c], class_starts[c + 1]):
+                r = row0 + members[i]
+                v = 1.0 / (1.0 + w[r])
+                w[r] = v
+                nan |= v != v
+                low = v if v < low else low
+                high = v if v > high else high
+            if nan:  # (numpy's minimum and maximum give NaN)
+                low = high = np.nan
+            span = high - low
+            for i in range(class_starts[c], class_starts[c + 1]):
+                r = row0 + members[i]
+                w[r] = (w[r] - low) / span
+
+
+@numba.njit(nogil=True, cache=False, error_model="numpy")
+def _block_sum(a, lo, hi):
+    """numpy's pairwise sum of ``a[lo:hi]``, at most 128 values: eight running sums, added in
+    pairs, then the values left over one by one (fewer than eight: one by one)."""
+    n = hi - lo
+    if n < 8:
+        res = 0.0
+        for i in range(lo, hi):
+            res += a[i]
+        return res
+    r0, r1, r2, r3 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3]
+    r4, r5, r6, r7 = a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
+    i = lo + 8
+    end = hi - n % 8
+    while i < end:
+        r0 += a[i]
+        r1 += a[i + 1]
+        r2 += a[i + 2]
+        r3 += a[i + 3]
+        r4 += a[i + 4]
+        r5 += a[i + 5]
+        r6 += a[i + 6]
+        r7 += a[i + 7]
+        i += 8
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < hi:
+        res += a[i]
+        i += 1
+    return res
+
+
+@numba.njit(nogil=True, cache=False, error_model="numpy")
+def _pairwise_sum(a, n):
+    """numpy's sum of a contiguous ``a[:n]`` (its pairwise summation): up to 128 values by
+    :func:`_block_sum`, more as the sum of two halves split at a multiple of eight. The
+    halving is walked with a stack (a recursive function takes numba long to compile)."""
+    lo_of = np.empty(64, np.intp)
+    hi_of = np.empty(64, np.intp)
+    state = np.empty(64, np.intp)   # 0: left half next, 1: right half next, 2: add both
+    sums = np.empty(64)
+    top, n_sums = 0, 0
+    lo_of[0], hi_of[0], state[0] = 0, n, 0
+    while top >= 0:
+        lo, hi = lo_of[top], hi_of[top]
+        if hi - lo <= 128:
+            sums[n_sums] = _block_sum(a, lo, hi)
+            n_sums += 1
+            top -= 1
+            continue
+        half = (hi - lo) // 2
+        half -= half % 8
+        if state[top] == 2:
+            sums[n_sums - 2] = sums[n_sums - 2] + sums[n_sums - 1]
+            n_sums -= 1
+            top -= 1
+            continue
+        child_lo, child_hi = (lo, lo + half) if state[top] == 0 else (lo + half, hi)
+        state[top] += 1
+        top += 1
+        lo_of[top], hi_of[top], state[top] = child_lo, child_hi, 0
+    return sums[0]
+
+
+@numba.njit(nogil=True, cache=False, error_model="numpy")
+def _sum(a, n, pairwise):
+    """numpy's ``add.reduce`` of ``a[:n]``: from 0.0, pairwise along a contiguous axis,
+    else value after value (a reduction across the rows of a C-ordered block)."""
+    if pairwise:
+        return 0.0 + _pairwise_sum(a, n)
+    res = 0.0
+    for i in range(n):
+        res += a[i]
+    return res
+
+
+@numba.njit(nogil=True, cache=False, error_model="numpy")
+def _zscore_genes(source, keep, members, class_starts, g0, g1, base, work, row0, pairwise):
+    """:func:`ahba_app.normalize._zscore` of the genes ``g0..g1`` of one donor's kept samples,
+    each class on its own, laid out as :func:`_srs_genes` lays them out; ``pairwise``: the
+    API's block holds each gene's samples contiguous (numpy sums them pairwise), else they are
+    a C-ordered block's rows (summed one after the other). False when a value is not finite."""
+    longest = _longest(class_starts)
+    values = np.empty(longest)
+    squares = np.empty(longest)
+    for c in range(class_starts.shape[0] - 1):
+        s0, s1 = class_starts[c], class_starts[c + 1]
+        n = s1 - s0
+        for g in range(g0, g1):
+            if not _gather(source[g], keep, members, s0, n, values):
+                return False
+            mean = _sum(values, n, pairwise) / n
+            low = values[0]
+            for i in range(n):
+                d = values[i] - mean
+                squares[i] = d * d
+                low = values[i] if values[i] < low else low
+            sd = math.sqrt(_sum(squares, n, pairwise) / max(n - 1, 0))
+            constant = True
+            for i in range(n):
+                constant &= values[i] == low
+            out = work[g - base]
+            if constant:
+                for i in range(n):
+                    out[row0 + members[s0 + i]] = np.nan
+            else:
+                for i in range(n):
+                    out[row0 + members[s0 + i]] = (values[i] - mean) / sd
+    return True
+
+
+def _classes(n: int, classes) -> tuple[np.ndarray, np.ndarray] | None:
+    """The kept samples of each class laid end to end, and where each class starts (one class:
+    all of them); None when a sample has no class (the API leaves it NaN)."""
+    if classes is None:
+        return np.arange(n, dtype=np.intp), np.array([0, n], dtype=np.intp)
+    import pandas as pd
+
+    codes, _ = pd.factorize(pd.Series(np.asarray(classes, dtype=object)), sort=True)
+    if len(codes) != n or (codes < 0).any():
+        return None
+    members = np.argsort(codes, kind="stable").astype(np.intp)
+    starts = np.concatenate([[0], np.cumsum(np.bincount(codes))]).astype(np.intp)
+    return members, starts
+
+
+#: The gene normalizations :func:`gene_normalized` computes.
+GENE_NORMS = ("scaled_robust_sigmoid", "zscore")
+
+
+def gene_normalized(name: str, sources, keeps, classes, g0: int, g1: int, out: np.ndarray,
+                    n_threads: int = 1, scratch: np.ndarray | None = None) -> bool:
+    """The genes ``g0..g1`` of each donor's kept samples normalized across samples by ``name``
+    (one of :data:`GENE_NORMS`), within classes, into ``out`` (C, (sum of the kept samples,
+    g1 - g0)): the donors' rows one after the other, each donor's in the order of its
+    ``keep``. ``sources``: each donor's genes x samples array (C); ``keeps``: the positions
+    of its kept samples; ``classes``: each donor's class per kept sample, or None;
+    ``scratch``: a (g1 - g0, rows) working array, or None.
+
+    The numbers of :func:`ahba_app.normalize.normalize_array` (``axis=0``, ``groups=classes``)
+    on each donor's block of those rows (genes x kept samples, transposed: samples contiguous
+    per gene), bit for bit: the same order statistics, sums in numpy's order, then the same
+    operations in the same order (numpy's ``exp`` itself). False, with ``out`` undefined,
+    when a value is not finite or a sample has no class: the caller then uses the API."""
+    parts = []
+    row0 = 0
+    work = scratch if scratch is not None else np.empty(out.shape[::-1])
+    for source, keep, cls in zip(sources, keeps, classes):
+        keep = np.asarray(keep, dtype=np.intp)
+        layout = _classes(len(keep), cls)
+        if layout is None:
+            return False
+        # the API's block of a class is a C-ordered copy (its rows picked), else the donor's
+        # F-ordered rows: numpy sums them in different orders
+        parts.append((np.ascontiguousarray(source, dtype=np.float64), keep, *layout, row0,
+                      cls is None))
+        row0 += len(keep)
+    pieces = [(a, min(a + _PIECE, g1)) for a in range(g0, g1, _PIECE)]
+
+    def first(piece):
+        if name == "zscore":
+            return all(_zscore_genes(source, keep, members, starts, piece[0], piece[1], g0,
+                                     work, row0, whole)
+                       for source, keep, members, starts, row0, whole in parts)
+        return all(_srs_genes(source, keep, members, starts, piece[0], piece[1], g0, work,
+                              row0, IQR_NORMAL)
+                   for source, keep, members, starts, row0, _ in parts)
+
+    if not all(thread_map(first, pieces, threads=n_threads)):
+        return False
+    if name != "zscore":
+        with np.errstate(all="ignore"):  # (as the API: a zero scale gives inf, then 0 or 1)
+            np.exp(work, out=work)
+
+    def finish(piece):
+        if name != "zscore":
+            for _, _, members, starts, row0, _ in parts:
+                _srs_finish(work, members, starts, row0, piece[0] - g0, piece[1] - g0)
+        transpose_into(out[:, piece[0] - g0:piece[1] - g0], work[piece[0] - g0:piece[1] - g0])
+
+    thread_map(finish, pieces, threads=n_threads)
+    return True

@@ -452,24 +452,33 @@ def unit_rows(plan: Plan, atlas, atlas_info=None, *, data_dir=None,
         by_norm.setdefault(_sample_pass(settings[key]), []).append(key)
     rows: dict = {}
     scratch = Scratch()
-    for norm, group_keys in by_norm.items():
-        sampled = None
-        if norm is not None:  # even for one group: its blocks of genes hold less than it whole
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                sampled = upstream.sample_normalized(norm[0])
-        shared: dict = {}  # tables the groups of this sample_norm share
-        for key in group_keys:
-            rows[key] = list(group_rows(plan, key, atlas, atlas_info, data_dir=data_dir,
-                                        centroids=centroids, region_map=region_map,
-                                        n_proc=n_proc, tables=tables, upstream=upstream,
-                                        sampled=sampled, scratch=scratch, shared=shared))
-            # A group's large arrays can sit in reference cycles (pandas objects), and the
-            # compiled aggregation makes too few Python objects for the collector to run on
-            # its own: collected here, a worker's memory stays that of one group.
+    # A group's large arrays can sit in reference cycles (pandas objects), and the compiled
+    # aggregation makes too few Python objects for the collector to run on its own: collected
+    # after each group, a worker's memory stays that of one group. The objects alive before
+    # the groups (modules, the compiler's, the unit's upstream: a million or more) are set
+    # aside meanwhile (gc.freeze), so that each collection looks only at what the groups made
+    # (a full-data unit's 34 collections: 9.1 -> 2.4 s, profiled); they are handed back to the
+    # collector afterwards.
+    gc.collect()
+    gc.freeze()
+    try:
+        for norm, group_keys in by_norm.items():
+            sampled = None
+            if norm is not None:  # even for one group: its blocks of genes hold less than it
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    sampled = upstream.sample_normalized(norm[0])
+            shared: dict = {}  # tables the groups of this sample_norm share
+            for key in group_keys:
+                rows[key] = list(group_rows(plan, key, atlas, atlas_info, data_dir=data_dir,
+                                            centroids=centroids, region_map=region_map,
+                                            n_proc=n_proc, tables=tables, upstream=upstream,
+                                            sampled=sampled, scratch=scratch, shared=shared))
+                gc.collect()
+            del sampled, shared
             gc.collect()
-        del sampled, shared
-        gc.collect()
+    finally:
+        gc.unfreeze()
     for key in keys:
         yield from rows.pop(key)
 

@@ -22,6 +22,7 @@ from .. import matching as _matching
 from .. import normalize as _normalize
 from .. import pipeline as _pipeline
 from .. import probes as _probes
+from .._blocks import n_threads
 from ..selection_cache import ChoiceStore
 from . import variants as _variants
 
@@ -192,7 +193,20 @@ class UnitUpstream:
             keeps[donor] = self.source[donor][self._kept(donor, settings, kept, labels)]
             classes[donor] = _classes(kept[donor], settings, gene_name)
 
+        scratch = _variants.Scratch() if scratch is None else scratch
+        sources = [sampled[donor].T for donor in self.donors]  # genes x samples
+        n_rows = sum(len(keeps[donor]) for donor in self.donors)
+
         def normalized_block(cols):
+            if gene_name in _kernels().GENE_NORMS:
+                # compiled, straight into the stacked rows the aggregation reads
+                width = cols.stop - cols.start
+                out = scratch.array("normalized", (n_rows, width))
+                if _kernels().gene_normalized(
+                        gene_name, sources, [keeps[d] for d in self.donors],
+                        [classes[d] for d in self.donors], cols.start, cols.stop, out,
+                        n_threads(), scratch.array("normalizing", (width, n_rows))):
+                    return out
             return [_gene_normalized(sampled[donor][:, cols], keeps[donor], gene_name,
                                      classes[donor]) for donor in self.donors]
 
@@ -238,6 +252,12 @@ class UnitUpstream:
             return [rows.copy() for _ in self.donors]
 
         return fill_block
+
+
+def _kernels():
+    from . import _kernels  # numba: imported by the multiverse only, when first needed
+
+    return _kernels
 
 
 def _classes(kept: pd.DataFrame, settings, gene_name):

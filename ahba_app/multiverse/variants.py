@@ -50,6 +50,8 @@ class Scratch:
 
     def __init__(self):
         self._buffers: dict = {}
+        #: sorting networks by size (:func:`._kernels.networks`): the same for every group
+        self.networks: dict = {}
 
     def array(self, name: str, shape) -> np.ndarray:
         size = int(np.prod(shape))
@@ -150,7 +152,8 @@ class SampleBlocks:
 
         if self._nets is None:  # the same for every block of genes
             self._nets = _kernels.networks(np.concatenate(
-                [self.block_sizes, self.region_sizes, self.region_n_blocks]))
+                [self.block_sizes, self.region_sizes, self.region_n_blocks]),
+                self.scratch.networks)
         layout = (self.block_starts, self.block_sizes, self.region_blocks,
                   self.region_n_blocks, variants, self._nets, n_threads())
         if self._joined is not None:
@@ -254,7 +257,7 @@ def blocked_tables(normalized_block: Callable, labels: Sequence, all_labels, col
     gene, so the group's normalized table is never whole in memory (nor its gathered copy).
 
     ``normalized_block(cols)``: the donors' normalized samples x genes arrays of the genes
-    ``columns[cols]`` (a slice), in donor order; ``labels``: each donor's row regions, in that
+    ``columns[cols]`` (a slice), in donor order (or one array of them stacked); ``labels``: each donor's row regions, in that
     order; ``fill_block(arrays, cols)``: the rows ``missing='centroids'`` adds to each donor
     (frames indexed by region label, in donor order) for those genes, from that block's
     arrays, needed when a variant fills. The tables are
@@ -287,8 +290,13 @@ def blocked_tables(normalized_block: Callable, labels: Sequence, all_labels, col
     for start in range(0, n_genes, max(1, int(block_genes))):
         cols = slice(start, min(start + max(1, int(block_genes)), n_genes))
         arrays = normalized_block(cols)
+        if isinstance(arrays, np.ndarray):  # the donors' rows already stacked
+            joined = arrays
+            arrays = np.split(joined, np.cumsum([len(lab) for lab in labels])[:-1])
+        else:
+            joined = np.concatenate(arrays, axis=0)
         if not reuse:
-            layout.take(np.concatenate(arrays, axis=0))
+            layout.take(joined)
             if layout.has_nan():
                 return None
             tables = layout.tables(kinds)
@@ -304,7 +312,7 @@ def blocked_tables(normalized_block: Callable, labels: Sequence, all_labels, col
             for kind, (regions, table) in part.items():
                 filled.setdefault(kind, (regions, np.empty((len(regions), n_genes))))
                 filled[kind][1][:, cols] = table
-        del arrays
+        del arrays, joined
     index = pd.Index(_as_labels(every), name="label")
     base = {kind: pd.DataFrame(table, index=index, columns=columns, copy=False)
             for kind, table in base.items()}
