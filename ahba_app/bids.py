@@ -518,6 +518,14 @@ _RUN_ATLASES: ContextVar[_RecentAtlases | None] = ContextVar("ahba_app_run_atlas
                                                              default=None)
 
 
+def remember_atlases(count: int) -> None:
+    """Let the memo of the run in progress (:func:`remembering_atlases`) keep at least
+    ``count`` atlases (nothing outside one)."""
+    memo = _RUN_ATLASES.get()
+    if memo is not None:
+        memo.size = max(memo.size, int(count))
+
+
 @contextmanager
 def remembering_atlases(size: int = 2) -> Iterator[_RecentAtlases]:
     """Within the block (one run of the command line), a group atlas with checksums is loaded

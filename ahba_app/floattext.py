@@ -90,13 +90,13 @@ def write_float_tsv(frame, path: str | os.PathLike, index_label: str | None = No
         handle.write(("\t".join([name, *map(str, frame.columns)]) + "\n").encode("utf-8"))
         group = max(1, n_threads())
         for first in range(0, len(starts), group):  # a few blocks in memory at a time
-            for text in thread_map(block, starts[first:first + group]):
-                handle.write(text)
+            for pieces in thread_map(block, starts[first:first + group]):
+                handle.writelines(pieces)
 
 
-def _lines(rows: np.ndarray, labels: list, na_rep: str):
+def _lines(rows: np.ndarray, labels: list, na_rep: str) -> list:
     """The TSV lines of ``rows`` (label, tab, the values' text separated by tabs, newline) as
-    one buffer."""
+    buffers to write one after the other."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -111,43 +111,52 @@ def _lines(rows: np.ndarray, labels: list, na_rep: str):
     lines = pc.binary_join_element_wise(lines, pa.scalar(""), "\n")  # line + "\n" + ""
     offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)[lines.offset:
                                                                  lines.offset + k + 1]
-    return lines.buffers()[2].slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
+    return [lines.buffers()[2].slice(int(offsets[0]), int(offsets[-1] - offsets[0]))]
 
 
-def _json_lines(rows: np.ndarray, labels: list, na_rep: str) -> bytes:
+def _json_lines(rows: np.ndarray, labels: list, na_rep: str) -> list:
     """:func:`_lines` by orjson: each row's numbers as orjson writes a float64 array
     (``[x,y,...]``: the shortest round-trip digits, 4-5 times quicker than Arrow's cast to
     text), its commas turned into tabs and ``null`` (NaN) into ``na_rep``. orjson writes
     ``repr``'s text for zeros and magnitudes in [1e-4, 1e16); every other value (smaller ones,
     which orjson writes positionally, larger ones, infinities, which it writes as ``null``)
-    is put in as ``repr`` writes it."""
+    is put in as ``repr`` writes it. A row that is NaN throughout (a region without samples)
+    is ``na_rep`` throughout, written once for all such rows."""
     import orjson
 
     rows = np.ascontiguousarray(rows, dtype=np.float64)
     with np.errstate(invalid="ignore"):
         magnitude = np.abs(rows)
+        missing_values = np.isnan(rows)
         other = ~(((magnitude >= 1e-4) & (magnitude < 1e16)) | (magnitude == 0)
-                  | np.isnan(rows))
-    others = other.any(axis=1)
+                  | missing_values)
+    others, some_missing = other.any(axis=1), missing_values.any(axis=1)
+    all_missing = missing_values.all(axis=1)
     missing = na_rep.encode("utf-8")
+    empty_row = b"\t".join([missing] * rows.shape[1]) if all_missing.any() else b""
     lines = []
     for i, (label, row) in enumerate(zip(labels, rows)):
-        text = orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1]
+        if all_missing[i]:
+            lines += [label.encode("utf-8"), b"\t", empty_row, b"\n"]
+            continue
+        # the brackets stay in the text and are left out as it is written (no copy)
+        text = orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY)
         if others[i]:
-            text = _with_repr(text, row, np.flatnonzero(other[i]))
+            text = _with_repr(text, row, np.flatnonzero(other[i]), start=1)
         text = text.replace(b",", b"\t")
-        if b"null" in text:
+        if some_missing[i]:  # (infinities are repr's text by now: only NaN is null)
             text = text.replace(b"null", missing)
-        lines += [label.encode("utf-8"), b"\t", text, b"\n"]
-    return b"".join(lines)
+        lines += [label.encode("utf-8"), b"\t", memoryview(text)[1:-1], b"\n"]
+    return lines
 
 
-def _with_repr(text: bytes, row: np.ndarray, which: np.ndarray) -> bytes:
-    """``text`` (the values of ``row`` separated by commas) with the values at positions
-    ``which`` written by ``repr``."""
+def _with_repr(text: bytes, row: np.ndarray, which: np.ndarray, start: int = 0) -> bytes:
+    """``text`` (the values of ``row`` separated by commas, from position ``start`` to
+    ``start`` characters before its end) with the values at positions ``which`` written by
+    ``repr``."""
     commas = np.flatnonzero(np.frombuffer(text, dtype=np.uint8) == ord(","))
-    starts = np.concatenate(([0], commas + 1))
-    ends = np.concatenate((commas, [len(text)]))
+    starts = np.concatenate(([start], commas + 1))
+    ends = np.concatenate((commas, [len(text) - start]))
     pieces, done = [], 0
     for j in which.tolist():
         pieces += [text[done:starts[j]], repr(float(row[j])).encode("ascii")]

@@ -232,6 +232,29 @@ def _loaded_once_within_a_run(volume, surface, loads):
     assert len(loads) == 6
 
 
+def test_a_run_can_keep_every_atlas_it_checked(bids_input, monkeypatch):
+    """remember_atlases widens the run's memo (never narrows it; nothing outside a run): the
+    command line keeps the atlases it checked loaded for their nodes."""
+    from ahba_app import atlas as atlases
+
+    loads = []
+    real = atlases.coerce_atlas_to_dict
+    monkeypatch.setattr(atlases, "coerce_atlas_to_dict",
+                        lambda *a, **k: loads.append(a) or real(*a, **k))
+    found = bids.discover_atlases(bids_input)
+    for atlas in found:
+        atlas.checksums = {path: bids.sha256(path) for path in atlas.files()}
+    bids.remember_atlases(5)  # outside a run: no effect, no error
+    with bids.remembering_atlases(size=1) as memo:
+        bids.remember_atlases(len(found))
+        bids.remember_atlases(0)
+        assert memo.size == len(found) == 2
+        for _ in range(2):
+            for atlas in found:
+                bids.load_atlas_input(atlas, ["9861"])
+        assert len(loads) == len(found)  # the second round found both still loaded
+
+
 def test_atlas_input_round_trips_through_a_dict(bids_input):
     for atlas in bids.discover_atlases(bids_input):
         again = bids.AtlasInput.from_dict(json.loads(json.dumps(atlas.as_dict())))

@@ -67,7 +67,8 @@ def test_tsv_bytes_equal_to_csv(tmp_path, monkeypatch, labels):
     values = rng.random((3, 40))
     values[0, :len(AWKWARD)] = AWKWARD
     values[1, 5] = np.nan
-    values[2] = np.nan
+    values[1, -1], values[0, -1] = -np.inf, 1e-05  # repr's text at the end of a row too
+    values[2] = np.nan  # a row NaN throughout
     frame = pd.DataFrame(values, index=pd.Index(labels, name="label"),
                          columns=[f"G{i}" for i in range(40)])
     expected = tmp_path / "pandas.tsv"

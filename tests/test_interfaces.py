@@ -240,8 +240,8 @@ def test_normalize_in_file_order_on_threads_gives_the_same_tables(chain, tmp_pat
     atlas = chain["atlas"]
     aggregate = _run(AggregateExpression(
         atlas=atlas.as_dict(), donors=DONORS, expressions=norm.expression,
-        annotations=norm.annotation, labels=norm.labels, missing="interpolate"),
-        "aggregate", tmp_path)
+        annotations=norm.annotation, labels=norm.labels, missing="interpolate",
+        file_order=True), "aggregate", tmp_path)
     reference = _run(AggregateExpression(
         atlas=atlas.as_dict(), donors=DONORS, expressions=chain["normalize"].expression,
         annotations=chain["normalize"].annotation, labels=chain["normalize"].labels,
@@ -249,6 +249,12 @@ def test_normalize_in_file_order_on_threads_gives_the_same_tables(chain, tmp_pat
     pd.testing.assert_frame_equal(read_frame(aggregate.expression),
                                   read_frame(reference.expression), check_exact=True)
     assert read_json(aggregate.summary) == read_json(reference.summary)
+    # the order is the flag's, not guessed from the columns: without it, file order stays
+    unsorted = _run(AggregateExpression(
+        atlas=atlas.as_dict(), donors=DONORS, expressions=norm.expression,
+        annotations=norm.annotation, labels=norm.labels, missing="interpolate"),
+        "aggregate_unsorted", tmp_path)
+    assert not read_frame(unsorted.expression).columns.is_monotonic_increasing
 
 
 def test_in_symbol_order_sorts_the_genes_and_the_dropped_genes():

@@ -180,7 +180,10 @@ def test_only_the_group_level_reads_genes_in_file_order(tmp_path):
     def file_order(level, save_donors=False, **options):
         wf = init_atlas_wf(analysis_level=level, settings=Settings(donors=DONORS, **options),
                            save_donors=save_donors, **common)
-        return wf.get_node("normalize").inputs.file_order
+        flag = wf.get_node("normalize").inputs.file_order
+        if level == "group":  # the aggregate node is told, not left to guess
+            assert wf.get_node("aggregate").inputs.file_order == flag
+        return flag
 
     assert file_order("group")
     assert file_order("group", missing="interpolate")

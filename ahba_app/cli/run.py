@@ -166,12 +166,19 @@ def _data_identity(data_dir, settings) -> str:
     return pipeline.data_identity(fetch.find_microarray(data_dir, settings.donors), rnaseq)
 
 
+#: At most this many atlases of a run are kept loaded between its check and its nodes.
+_KEPT_ATLASES = 16
+
+
 def _check_atlases(atlases, settings, data_dir) -> None:
     """Load every atlas as the workflow will, check its region table, hash its files."""
     from .. import bids, pipeline
     from ..fetch import find_microarray
 
     donors = settings.donors
+    # every atlas checked here is loaded again by its match and aggregate nodes: the run keeps
+    # them all loaded (~30 MB a 1-mm volume), up to a bound on the memory that takes
+    bids.remember_atlases(min(len(atlases), _KEPT_ATLASES))
     samples = pipeline.donor_samples(find_microarray(data_dir, donors),
                                      corrected_mni=settings.corrected_mni,
                                      lr_mirror=settings.lr_mirror)

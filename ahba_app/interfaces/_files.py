@@ -36,9 +36,9 @@ import pandas as pd
 
 from ..atomic import replacing
 
-__all__ = ["SharedTables", "check_lengths", "file_order", "n_columns", "read_frame", "read_json",
-           "read_labels", "read_samples", "write_chosen_probes", "write_frame", "write_json",
-           "write_labels"]
+__all__ = ["DonorSamples", "SharedTables", "check_lengths", "file_order", "n_columns",
+           "read_frame", "read_json", "read_labels", "read_samples", "write_chosen_probes",
+           "write_frame", "write_json", "write_labels"]
 
 
 #: Matrices with at least this many columns are stored as one column of lists.
@@ -174,32 +174,72 @@ def read_samples(path: str | os.PathLike, annotation: pd.DataFrame, rows=None,
     ``sample_norm`` instead: the layout is then the one that normalization needs to give
     abagen's numbers (:func:`ahba_app.pipeline.read_order`). ``columns``: positions of the
     genes to read, in that order (:func:`file_order`; by default all, in symbol order)."""
-    from .. import pipeline
-
-    if sample_norm is not None:
-        order = pipeline.read_order(sample_norm)
-
-    if Path(path).suffix != ".json":
-        frame = read_frame(path)
-        frame = frame if columns is None else frame.iloc[:, columns]
-        return frame if rows is None else frame.iloc[rows]
-    found, chosen = _chosen(path)
-    return pipeline.read_donor_samples(found["microarray"], found["content_id"], annotation,
-                                       chosen, rows, order=order, buffer=buffer,
-                                       columns=columns)
+    return DonorSamples(path).read(annotation, rows, order, sample_norm=sample_norm,
+                                   buffer=buffer, columns=columns)
 
 
 def file_order(path: str | os.PathLike, annotation: pd.DataFrame) -> np.ndarray | None:
     """Positions of the genes of a donor's table from probe selection that read its chosen
     probes in the order of its microarray cache's rows
     (:func:`ahba_app.pipeline.donor_file_order`); None for a table written whole."""
-    from .. import pipeline
+    return DonorSamples(path).file_order(annotation)
 
-    if Path(path).suffix != ".json":
-        return None
-    found, chosen = _chosen(path)
-    return pipeline.donor_file_order(found["microarray"], found["content_id"], annotation,
-                                     chosen)
+
+def n_columns(path: str | os.PathLike) -> int:
+    """Genes of a donor's samples x genes table from probe selection (:func:`read_samples`)."""
+    return DonorSamples(path).n_columns
+
+
+class DonorSamples:
+    """A donor's samples x genes table from probe selection (a file of
+    :func:`write_chosen_probes`, or a table written whole), its file read once (when first
+    needed) for all that a node asks of it: :attr:`n_columns`, :meth:`file_order`,
+    :meth:`read` (the functions of the same names open it for one question)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = path
+        self._document = None
+
+    @property
+    def _chosen(self) -> tuple[dict, pd.DataFrame] | None:
+        """:func:`_chosen` of the file, None for a table written whole."""
+        if Path(self.path).suffix != ".json":
+            return None
+        if self._document is None:
+            self._document = _chosen(self.path)
+        return self._document
+
+    @property
+    def n_columns(self) -> int:
+        if self._chosen is None:
+            return read_frame(self.path).shape[1]
+        return len(self._chosen[1])
+
+    def file_order(self, annotation: pd.DataFrame) -> np.ndarray | None:
+        """:func:`file_order`."""
+        from .. import pipeline
+
+        if self._chosen is None:
+            return None
+        found, chosen = self._chosen
+        return pipeline.donor_file_order(found["microarray"], found["content_id"], annotation,
+                                         chosen)
+
+    def read(self, annotation: pd.DataFrame, rows=None, order: str = "F", *,
+             sample_norm=None, buffer=None, columns=None) -> pd.DataFrame:
+        """:func:`read_samples`."""
+        from .. import pipeline
+
+        if sample_norm is not None:
+            order = pipeline.read_order(sample_norm)
+        if self._chosen is None:
+            frame = read_frame(self.path)
+            frame = frame if columns is None else frame.iloc[:, columns]
+            return frame if rows is None else frame.iloc[rows]
+        found, chosen = self._chosen
+        return pipeline.read_donor_samples(found["microarray"], found["content_id"],
+                                           annotation, chosen, rows, order=order,
+                                           buffer=buffer, columns=columns)
 
 
 def _chosen(path) -> tuple[dict, pd.DataFrame]:
@@ -210,13 +250,6 @@ def _chosen(path) -> tuple[dict, pd.DataFrame]:
     return found, pd.DataFrame({"gene_symbol": np.array(found["gene_symbol"], dtype=object)},
                                index=pd.Index(found["probe_id"], dtype=np.int64,
                                               name="probe_id"))
-
-
-def n_columns(path: str | os.PathLike) -> int:
-    """Genes of a donor's samples x genes table from probe selection (:func:`read_samples`)."""
-    if Path(path).suffix != ".json":
-        return read_frame(path).shape[1]
-    return len(read_json(path)["probe_id"])
 
 
 def read_labels(path: str | os.PathLike) -> np.ndarray:

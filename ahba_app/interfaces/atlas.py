@@ -21,8 +21,8 @@ from .._blocks import n_threads, thread_map
 from ..options import trait
 from ..bids import AtlasInput, load_atlas_input
 from ..stages import stage_options
-from ._files import (SharedTables, check_lengths, file_order, n_columns, read_frame,
-                     read_labels, read_samples, write_frame, write_json, write_labels)
+from ._files import (DonorSamples, SharedTables, check_lengths, read_frame, read_labels,
+                     write_frame, write_json, write_labels)
 
 LGR = logging.getLogger("ahba_app")
 
@@ -146,9 +146,11 @@ class NormalizeExpression(SimpleInterface):
         # only the samples normalization keeps are read (as the Python API does)
         rows = [pipeline.normalized_rows(each, norm_matched=inputs.norm_matched)
                 for each in labels]
+        # each donor's chosen probes read once (for the size, the order and the samples)
+        sources = [DonorSamples(path) for path in inputs.expression]
         columns = None
         if inputs.file_order:  # (as a streamed pipeline.run reads them)
-            columns = file_order(inputs.expression[0], read_frame(inputs.annotation[0]))
+            columns = sources[0].file_order(read_frame(inputs.annotation[0]))
         donors = list(enumerate(zip(inputs.expression, inputs.annotation)))
         keys, found = [None] * len(donors), [None] * len(donors)
         if store is not None:
@@ -163,16 +165,16 @@ class NormalizeExpression(SimpleInterface):
             # donors normalized side by side on the run's threads, each thread in its own two
             # buffers (large enough for every donor's table), each donor's tables written out
             # before the buffers take the next donor
-            size = max(len(rows[p]) * n_columns(inputs.expression[p]) for p in todo)
+            size = max(len(rows[p]) * sources[p].n_columns for p in todo)
             free = queue.SimpleQueue()
             for _ in range(min(n_threads(), len(todo))):
                 free.put((np.empty(size), np.empty(size)))
 
             def normalize(position):
-                expression, annotation = donors[position][1]
+                annotation = donors[position][1][1]
                 buffers = free.get()
                 try:
-                    tables = self._normalize(expression, annotation, labels[position],
+                    tables = self._normalize(sources[position], annotation, labels[position],
                                              rows[position], options, buffers, columns)
                     if store is not None:
                         return store.add(keys[position], tables)
@@ -192,15 +194,14 @@ class NormalizeExpression(SimpleInterface):
                     for position in range(len(donors))])
         return runtime
 
-    def _normalize(self, expression_path, annotation_path, labels, rows, options,
+    def _normalize(self, source: DonorSamples, annotation_path, labels, rows, options,
                    buffers, columns=None) -> dict:
         """One donor's normalized table and kept-sample table (the first in ``buffers``'s
         memory: written out before the next donor's turn); its genes at positions
         ``columns``, in that order, if given."""
         annotation = read_frame(annotation_path)
-        expression = read_samples(expression_path, annotation, rows,
-                                  sample_norm=self.inputs.sample_norm, buffer=buffers[1],
-                                  columns=columns)
+        expression = source.read(annotation, rows, sample_norm=self.inputs.sample_norm,
+                                 buffer=buffers[1], columns=columns)
         annotation = pipeline.renumbered(annotation).iloc[rows]
         normalized, _, kept = pipeline.normalize_donor_expression(
             expression.set_axis(annotation.index, axis=0), labels[rows], annotation,
@@ -223,6 +224,10 @@ class _AggregateInputSpec(_AtlasInputSpec):
     stability_threshold = trait("stability_threshold")
     return_donors = traits.Bool(False, usedefault=True,
                                 desc="also write one region x gene table per donor")
+    file_order = traits.Bool(False, usedefault=True,
+                             desc="the normalize node read the genes in file order "
+                                  "(NormalizeExpression's file_order): the region table and "
+                                  "the genes dropped are put back in symbol order")
 
 
 class _AggregateOutputSpec(TraitedSpec):
@@ -253,8 +258,7 @@ class AggregateExpression(SimpleInterface):
         result = pipeline.aggregate_group(atlases, all_labels, normalized, kept, labels,
                                           return_donors=inputs.return_donors,
                                           **stage_options(inputs, "aggregate"))
-        if not next(iter(normalized.values())).columns.is_monotonic_increasing:
-            # genes read in file order (NormalizeExpression's file_order): symbol order back
+        if inputs.file_order:
             result = pipeline.in_symbol_order(result)
         pipeline.check_expression(result["expression"], result["summary"])
         cwd = runtime.cwd

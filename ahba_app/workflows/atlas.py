@@ -101,10 +101,10 @@ def init_atlas_wf(*, atlas, analysis_level, out_dir, desc, metadata, parameters,
     match = pe.Node(MatchSamples(atlas=atlas_dict, data_dir=data_dir,
                                  **stage_options(s, "match")), name="match")
     # the group level reads the genes in file order when no number depends on their order
-    normalize = pe.Node(NormalizeExpression(
-        shared=shared_dir, file_order=(analysis_level == "group"
-                                       and pipeline.genes_in_file_order(s, save_donors)),
-        **stage_options(s, "normalize")), name="normalize")
+    # (the aggregate node then puts them back in symbol order)
+    file_order = analysis_level == "group" and pipeline.genes_in_file_order(s, save_donors)
+    normalize = pe.Node(NormalizeExpression(shared=shared_dir, file_order=file_order,
+                                            **stage_options(s, "normalize")), name="normalize")
     report_parameters = dict(summary.report_parameters(s, return_donors=save_donors,
                                                        versions={}), **(parameters or {}))
     report_inputs = dict(atlas=atlas_dict, data_dir=data_dir, parameters=report_parameters,
@@ -120,7 +120,8 @@ def init_atlas_wf(*, atlas, analysis_level, out_dir, desc, metadata, parameters,
     if analysis_level == "group":
         aggregate = pe.Node(AggregateExpression(
             atlas=atlas_dict, data_dir=data_dir, return_donors=save_donors,
-            **stage_options(s, "aggregate")), name="aggregate", mem_gb=1.0)
+            file_order=file_order, **stage_options(s, "aggregate")), name="aggregate",
+            mem_gb=1.0)
         genes = pe.Node(AccountGenes(**stage_options(s, "genes")), name="genes")
         report = pe.Node(RunReport(**report_inputs, desc=desc),
                          name="report")
