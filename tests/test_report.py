@@ -587,9 +587,13 @@ def test_top_variable_genes():
     assert list(top.columns) == ["peak1", "peak3"]
 
 
-def test_column_variances_are_pandas_var_bit_for_bit():
+@pytest.mark.parametrize("block", [2048, 7])
+def test_column_variances_are_pandas_var_bit_for_bit(monkeypatch, block):
     """The heat map's ranking: the same variances as DataFrame.var (ties and NaN included),
-    in either memory layout, with empty regions, constant genes and genes with one value."""
+    in either memory layout, with empty regions, constant genes and genes with one value, in
+    one block or in blocks of 7 genes on two threads."""
+    monkeypatch.setattr(figures, "_VARIANCE_COLUMNS", block)
+    monkeypatch.setenv("AHBA_APP_THREADS", "2")
     rng = np.random.default_rng(3)
     values = np.round(rng.normal(5, 2, (300, 40)), 2)  # rounding makes equal variances likely
     values[[4, 90, 200]] = np.nan  # empty regions

@@ -496,13 +496,35 @@ def stability_histogram(values: Iterable[float], *, threshold: float | None = No
     return svg.render()
 
 
+#: Genes whose variances one thread computes at a time (a block of the table).
+_VARIANCE_COLUMNS = 2048
+
+
 def _column_variances(values: np.ndarray) -> np.ndarray:
     """Variance (ddof 1, NaN skipped) of each column of a regions x genes array, in the very
     arithmetic of ``DataFrame.var(axis=0)`` (pandas' two-pass ``nanvar`` on the genes x regions
     block, copied C-contiguous: sums along the regions in numpy's pairwise order), so the same
     bits and the same ranking with ties; the difference and the square are taken in place (two
     fewer arrays of the table's size), the NaN masking only when there are NaN. NaN where fewer
-    than two values."""
+    than two values. Blocks of genes go to the threads of :func:`ahba_app._blocks.thread_map`
+    (each gene's sums are its own: the same bits in any block)."""
+    from .._blocks import even_block_count, thread_map
+
+    n_genes = values.shape[1]
+    out = np.empty(n_genes, dtype=np.float64)
+    if not n_genes:
+        return out
+    width = -(-n_genes // even_block_count(n_genes, _VARIANCE_COLUMNS))
+
+    def run(start):
+        out[start:start + width] = _block_variances(values[:, start:start + width])
+
+    thread_map(run, range(0, n_genes, width))
+    return out
+
+
+def _block_variances(values: np.ndarray) -> np.ndarray:
+    """:func:`_column_variances` of one block of genes."""
     block = values.T
     mask = np.isnan(block)
     count = (block.shape[1] - mask.sum(axis=1)).astype(np.float64)
