@@ -242,6 +242,44 @@ def test_default_atlas_when_the_input_holds_none(tmp_path, ahba_small, caplog):
     assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()
 
 
+def test_caches_are_checked_on_another_thread_during_the_input_checks(tmp_path, ahba_small,
+                                                                     monkeypatch):
+    """The caches already built are opened (their CRC-32 checked, which the process then
+    remembers) on another thread while the inputs are checked, and done when the block ends;
+    caches not built yet are left to the nodes, which build them."""
+    import shutil
+    import threading
+
+    from ahba_app import fetch, io
+
+    monkeypatch.setenv("AHBA_APP_THREADS", "2")
+    files = fetch.find_microarray(ahba_small, DONORS)
+    for each in files.values():  # (built if the session has not built them yet)
+        for kind in ("microarray", "pacall"):
+            io.load_matrix(each[kind], kind)
+    opened = []
+    real = io.load_matrix
+    monkeypatch.setattr(io, "load_matrix", lambda source, kind, **k: opened.append(
+        (Path(source).name, kind, threading.current_thread() is threading.main_thread()))
+        or real(source, kind, **k))
+    with cli_run._checking_caches(ahba_small, DONORS):
+        pass
+    assert sorted(opened) == sorted((Path(each[kind]).name, kind, False)
+                                    for each in files.values()
+                                    for kind in ("microarray", "pacall"))
+    fresh = tmp_path / "fresh"
+    for each in files.values():  # the same data, no cache anywhere
+        folder = fresh / Path(each["microarray"]).parent.relative_to(ahba_small)
+        folder.mkdir(parents=True)
+        for path in each.values():
+            shutil.copy(path, folder)
+    monkeypatch.setenv("AHBA_CACHE_DIR", str(tmp_path / "user-cache"))
+    opened.clear()
+    with cli_run._checking_caches(fresh, DONORS):
+        pass
+    assert opened == []
+
+
 def test_desc_follows_the_preset(tmp_path, ahba_small):
     (tmp_path / "empty").mkdir()
     inp = tmp_path / "empty"
