@@ -123,7 +123,7 @@ except ImportError:  # pragma: no cover - isal has wheels for the usual platform
 __all__ = [
     "AHBAFileError", "CACHE_DIRNAME", "CACHE_FORMAT_VERSION", "CachedMatrix", "RowCodes",
     "cache_locations", "check_microarray_pacall", "content_id", "decode_rows", "ensure_cache",
-    "load_matrix", "probe_positions", "read_annotation", "read_counts", "read_genes",
+    "largest_first", "load_matrix", "probe_positions", "read_annotation", "read_counts", "read_genes",
     "read_microarray", "read_ontology", "read_pacall", "read_probes", "read_tpm", "release_rows",
     "select_rows",
 ]
@@ -609,6 +609,20 @@ def cache_locations(fname: PathLike) -> list[Path]:
     return [source.parent / CACHE_DIRNAME / name, _user_cache_root() / "matrix-cache" / key / name]
 
 
+def largest_first(paths: dict) -> list:
+    """The keys of ``paths`` (key -> file) ordered by decreasing file size (a file that cannot
+    be read counts as empty), e.g. to open donors' matrices on a few threads: when their caches
+    must be built, the longest builds start first and the last to end is a short one, so no
+    thread is left alone with a long build at the end."""
+    def size(key):
+        try:
+            return os.stat(paths[key]).st_size
+        except (OSError, TypeError, ValueError):  # (not a path: e.g. a DataFrame)
+            return 0
+
+    return sorted(paths, key=size, reverse=True)
+
+
 def check_microarray_pacall(microarray, pacall) -> None:
     """Raise AHBAFileError unless a donor's microarray and PACall agree in shape and probe ids.
 
@@ -1020,7 +1034,9 @@ def _plain_call_lines(data: np.ndarray, n_samples: int) -> list | None:
 
 def _row_major(batch: pa.RecordBatch, path: Path, what: str, rows: int) -> np.ndarray:
     """A batch of same-typed columns as one C-ordered (rows, columns) array (float nulls: NaN)."""
-    floating = pa.types.is_floating(batch.schema.types[0])
+    # the first field's type alone: ``schema.types`` would make a Python object per column
+    # (~950) for every block, enough to set off the garbage collector block after block
+    floating = pa.types.is_floating(batch.schema.field(0).type)
     try:
         return np.asarray(batch.to_tensor(row_major=True, null_to_nan=floating))
     except pa.ArrowTypeError:  # nulls in integer columns

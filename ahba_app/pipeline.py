@@ -540,15 +540,17 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
     with background() as pool:
         # the atlas is loaded, and each cache checked (its checksum: read whole) and mapped
         # once, on other threads while the probes and the samples are prepared (the atlas
-        # first: matching waits for it)
+        # first: matching waits for it; then the donors with the largest microarray first,
+        # which balances the threads when the caches are built)
         loading = pool.submit(load_atlas, atlas, atlas_info, settings.donors,
                               data_dir=data_dir)
         # the bundled tables every donor shares, read once (beside Probes.csv on this thread)
         reannotation = pool.submit(load_reannotated) if settings.reannotated else None
         corrected = pool.submit(load_corrected_mni) if settings.corrected_mni else None
-        opening = {donor: {kind: pool.submit(_io.load_matrix, paths[kind], kind)
+        order = _io.largest_first({donor: paths["microarray"] for donor, paths in files.items()})
+        opening = {donor: {kind: pool.submit(_io.load_matrix, files[donor][kind], kind)
                            for kind in ("pacall", "microarray")}
-                   for donor, paths in files.items()}
+                   for donor in order}
         raw_probes, probes = read_probe_tables(
             files, table=None if reannotation is None else reannotation.result(),
             **stage_options(settings, "reannotate"))
