@@ -588,6 +588,20 @@ def test_select_rows(donor):
         io.probe_positions(pacall, [1058685, 1])
 
 
+def test_largest_first_orders_by_file_size(tmp_path):
+    sizes = {"a": 10, "b": 300, "c": 0, "d": 45}
+    paths = {}
+    for key, size in sizes.items():
+        paths[key] = tmp_path / f"{key}.csv"
+        paths[key].write_bytes(b"1" * size)
+    paths["gone"] = tmp_path / "missing.csv"           # unreadable: counted as empty
+    paths["frame"] = pd.DataFrame({"x": [1.0] * 1000})  # not a path: counted as empty
+    order = io.largest_first(paths)
+    assert order[:3] == ["b", "d", "a"]
+    assert sorted(order[3:]) == ["c", "frame", "gone"]
+    assert io.largest_first({}) == []
+
+
 def test_load_matrix_kind(donor, tmp_path):
     other = tmp_path / "expression.csv"
     other.write_text(_matrix_csv(PROBE_IDS, MICROARRAY))
