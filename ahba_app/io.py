@@ -123,9 +123,9 @@ except ImportError:  # pragma: no cover - isal has wheels for the usual platform
 __all__ = [
     "AHBAFileError", "CACHE_DIRNAME", "CACHE_FORMAT_VERSION", "CachedMatrix", "RowCodes",
     "cache_locations", "check_microarray_pacall", "content_id", "decode_rows", "ensure_cache",
-    "largest_first", "load_matrix", "probe_positions", "read_annotation", "read_counts", "read_genes",
-    "read_microarray", "read_ontology", "read_pacall", "read_probes", "read_tpm", "release_rows",
-    "select_rows",
+    "largest_first", "load_matrix", "probe_positions", "read_annotation", "read_counts",
+    "read_genes", "read_microarray", "read_ontology", "read_pacall", "read_probes", "read_tpm",
+    "release_rows", "select_rows",
 ]
 
 LOGGER = logging.getLogger(__name__)
