@@ -1547,11 +1547,28 @@ def _write_cache(source: Path, location: Path, kind: str, stat: os.stat_result) 
         if segments is not None:
             segments.close()
     atomic.fsync_folder(location.parent)
+    _give_back_free_memory()
     # its checksums were computed from the bytes just written: reading the file back at once
     # to check them would find what was written (the file renamed into place is this one)
     now = os.stat(location)
     if (now.st_dev, now.st_ino) == (written.st_dev, written.st_ino):
         _remember_checked(_identity(location, now))
+
+
+def _give_back_free_memory() -> None:
+    """Hand the C allocator's free memory back to the system, where it is glibc's.
+
+    The parser's blocks come from ``read`` (see :func:`_iter_blocks`), and glibc keeps the
+    memory of freed blocks in its arenas for the next ones: quicker, but a build left 100-300
+    MB resident for the rest of the run (the cold run's peak). Once a file is built, that
+    memory is free again; ``malloc_trim`` returns it."""
+    import ctypes
+
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):  # not glibc: nothing to do
+        return
+    trim(0)
 
 
 #: The per-row arrays of a row-scaled cache, in file order.
