@@ -320,8 +320,8 @@ def run_engine(job: MultiverseRun, output_dir, *, work_dir, engine=None, data_di
 
 
 def within_budget(engine, costs=None):
-    """``engine``, for MultiProc with no memory given (``--mem-mb``, or ``memory_gb`` in
-    ``--plugin-args``), told the sweep's memory budget: what
+    """``engine``, for MultiProc with no memory given (``--mem``/``--mem_mb``, or
+    ``memory_gb`` in ``--plugin-args``), told the sweep's memory budget: what
     :attr:`~.planner.CostModel.budget_bytes` leaves beside the main process. The units' nodes
     carry their estimated peaks (``mem_gb``, :func:`~.planner.unit_peak_bytes`), so that two
     units too large together never run side by side (a 'bidirectional' unit of 'average'
