@@ -942,12 +942,11 @@ def _iter_blocks(path: Path, kind: str) -> Iterator[tuple[np.ndarray, np.ndarray
     read = pacsv.ReadOptions(column_names=names, block_size=_BLOCK_SIZE, use_threads=True)
     rows = 0
     try:
-        # read through a Python file object, not from the path: pyarrow then gets each block's
-        # bytes from ``read`` (memory the C allocator reuses block after block) instead of
-        # reading into fresh buffers of its own pool, faulted in and zeroed by the kernel every
-        # block: 0.3-0.5 -> 0.07-0.15 s of system time for a 500 MB file, the same user time
-        with open(path, "rb", buffering=0) as handle, _progress(path, n_samples) as bar:
-            reader = pacsv.open_csv(handle, read_options=read, convert_options=convert)
+        # (from the path, not a Python file object: a reader left by a parse error with its
+        # read-ahead thread still on a closed Python file aborted the process at exit,
+        # "terminate called without an active exception", after the error message)
+        reader = pacsv.open_csv(path, read_options=read, convert_options=convert)
+        with _progress(path, n_samples) as bar:
             while True:
                 try:
                     batch = reader.read_next_batch()
@@ -1547,28 +1546,11 @@ def _write_cache(source: Path, location: Path, kind: str, stat: os.stat_result) 
         if segments is not None:
             segments.close()
     atomic.fsync_folder(location.parent)
-    _give_back_free_memory()
     # its checksums were computed from the bytes just written: reading the file back at once
     # to check them would find what was written (the file renamed into place is this one)
     now = os.stat(location)
     if (now.st_dev, now.st_ino) == (written.st_dev, written.st_ino):
         _remember_checked(_identity(location, now))
-
-
-def _give_back_free_memory() -> None:
-    """Hand the C allocator's free memory back to the system, where it is glibc's.
-
-    The parser's blocks come from ``read`` (see :func:`_iter_blocks`), and glibc keeps the
-    memory of freed blocks in its arenas for the next ones: quicker, but a build left 100-300
-    MB resident for the rest of the run (the cold run's peak). Once a file is built, that
-    memory is free again; ``malloc_trim`` returns it."""
-    import ctypes
-
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (AttributeError, OSError):  # not glibc: nothing to do
-        return
-    trim(0)
 
 
 #: The per-row arrays of a row-scaled cache, in file order.
