@@ -36,9 +36,9 @@ import pandas as pd
 
 from ..atomic import replacing
 
-__all__ = ["DonorSamples", "SharedTables", "check_lengths", "file_order", "n_columns",
-           "read_frame", "read_json", "read_labels", "read_samples", "write_chosen_probes",
-           "write_frame", "write_json", "write_labels"]
+__all__ = ["DonorSamples", "SharedTables", "check_lengths", "read_frame", "read_json",
+           "read_labels", "read_samples", "write_chosen_probes", "write_frame", "write_json",
+           "write_labels"]
 
 
 #: Matrices with at least this many columns are stored as one column of lists.
@@ -173,28 +173,16 @@ def read_samples(path: str | os.PathLike, annotation: pd.DataFrame, rows=None,
     table written (``order`` is then the table's own). A table read to be normalized gives its
     ``sample_norm`` instead: the layout is then the one that normalization needs to give
     abagen's numbers (:func:`ahba_app.pipeline.read_order`). ``columns``: positions of the
-    genes to read, in that order (:func:`file_order`; by default all, in symbol order)."""
+    genes to read, in that order (:meth:`DonorSamples.file_order`; by default all, in symbol order)."""
     return DonorSamples(path).read(annotation, rows, order, sample_norm=sample_norm,
                                    buffer=buffer, columns=columns)
-
-
-def file_order(path: str | os.PathLike, annotation: pd.DataFrame) -> np.ndarray | None:
-    """Positions of the genes of a donor's table from probe selection that read its chosen
-    probes in the order of its microarray cache's rows
-    (:func:`ahba_app.pipeline.donor_file_order`); None for a table written whole."""
-    return DonorSamples(path).file_order(annotation)
-
-
-def n_columns(path: str | os.PathLike) -> int:
-    """Genes of a donor's samples x genes table from probe selection (:func:`read_samples`)."""
-    return DonorSamples(path).n_columns
 
 
 class DonorSamples:
     """A donor's samples x genes table from probe selection (a file of
     :func:`write_chosen_probes`, or a table written whole), its file read once (when first
-    needed) for all that a node asks of it: :attr:`n_columns`, :meth:`file_order`,
-    :meth:`read` (the functions of the same names open it for one question)."""
+    needed) for all that a node asks of it: :attr:`n_columns`, :meth:`file_order`, :meth:`read`
+    (:func:`read_samples` opens it for one read)."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = path
@@ -216,7 +204,8 @@ class DonorSamples:
         return len(self._chosen[1])
 
     def file_order(self, annotation: pd.DataFrame) -> np.ndarray | None:
-        """:func:`file_order`."""
+        """Positions of the genes read in the order of the donor's microarray cache's rows
+        (:func:`ahba_app.pipeline.donor_file_order`); None for a table written whole."""
         from .. import pipeline
 
         if self._chosen is None:
