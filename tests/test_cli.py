@@ -205,6 +205,38 @@ def test_parser_and_run_modules_import_without_nipype_or_side_effects():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_collector_is_paused_only_when_the_run_is_the_whole_process(tmp_path, monkeypatch):
+    """The console script (no argv) runs its checks with the collector off, then sets what
+    exists aside before the nodes and everything at the end (the exit does not walk it); a
+    caller's main([...]) leaves the collector as it found it."""
+    import gc
+
+    def set_aside(*objects):  # frozen objects are in none of the collector's generations
+        walked = {id(each) for each in gc.get_objects()}
+        return not any(id(each) in walked for each in objects)
+
+    gc.unfreeze()
+    missing = [str(tmp_path / "missing"), str(tmp_path / "out"), "group"]
+    assert cli_run.main(missing) == cli_run.EXIT_NO_INPUT
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    try:
+        with cli_run._collector(whole_process=True):
+            assert not gc.isenabled()
+            made_by_the_checks = [[] for _ in range(10)]
+            cli_run._collecting()
+            assert gc.isenabled() and set_aside(*made_by_the_checks)
+            made_by_the_nodes = [[] for _ in range(10)]
+            assert not set_aside(*made_by_the_nodes)
+        assert gc.isenabled() and set_aside(*made_by_the_nodes)
+        gc.unfreeze()
+        monkeypatch.setattr(sys, "argv", ["ahba-app", *missing])
+        assert cli_run.main() == cli_run.EXIT_NO_INPUT
+        assert gc.isenabled() and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.enable()
+
+
 def test_help_lists_the_options():
     text = get_parser().format_help()
     for option in ("--participant-label", "--atlas", "--no-default-atlas", "--ahba-dir",
