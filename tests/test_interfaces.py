@@ -122,6 +122,44 @@ def test_matrices_round_trip_as_fixed_size_rows(tmp_path, index, dtype):
                                   check_column_type=False)
 
 
+def test_matrices_written_through_a_map_as_a_stream_writes_them(tmp_path, monkeypatch):
+    """The same bytes as an Arrow file stream; a full disk is an OSError before any byte is
+    written into the map (never a SIGBUS), with nothing left; a file system that cannot
+    reserve the blocks is written the ordinary way."""
+    import errno
+    import os
+
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    from ahba_app.interfaces import _files
+
+    genes = pd.Index([f"G{i}" for i in range(300)], name="gene_symbol")
+    frame = pd.DataFrame(np.random.default_rng(1).random((50, 300)),
+                         index=pd.Index(np.arange(50) % 7, name="sample_id"), columns=genes)
+    mapped = write_frame(frame, tmp_path / "mapped")
+    with pa.memory_map(mapped) as source:
+        table = ipc.open_file(source).read_all()
+    with pa.OSFile(str(tmp_path / "streamed.arrow"), "wb") as sink, \
+            ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    written = (tmp_path / "mapped.arrow").read_bytes()
+    assert written == (tmp_path / "streamed.arrow").read_bytes()
+
+    def cannot(errno_value):
+        def reserve(fd, offset, length):
+            raise OSError(errno_value, os.strerror(errno_value))
+        return reserve
+
+    monkeypatch.setattr(os, "posix_fallocate", cannot(errno.ENOSPC))
+    with pytest.raises(OSError, match="No space left on device") as caught:
+        write_frame(frame, tmp_path / "full")
+    assert caught.value.errno == errno.ENOSPC
+    assert not list(tmp_path.glob("full*"))
+    monkeypatch.setattr(os, "posix_fallocate", cannot(errno.EOPNOTSUPP))
+    assert _files.Path(write_frame(frame, tmp_path / "plain")).read_bytes() == written
+
+
 def test_files_round_trip(tmp_path):
     frame = pd.DataFrame(np.arange(6, dtype=np.float32).reshape(3, 2),
                          index=pd.Index([1, 1, 2], name="sample_id"),

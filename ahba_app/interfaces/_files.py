@@ -123,8 +123,38 @@ def _write_matrix(frame: pd.DataFrame, path: Path) -> None:
     metadata[_MATRIX_KEY] = json.dumps(described).encode()
     table = table.replace_schema_metadata(metadata)
     # written aside, then renamed: a reader still mapping an earlier version keeps it intact
-    with replacing(path) as partial, pa.OSFile(str(partial), "wb") as sink, \
-            ipc.new_file(sink, table.schema) as writer:
+    with replacing(path) as partial:
+        _write_mapped(table, partial)
+
+
+def _write_mapped(table, path: Path) -> None:
+    """``table`` as an Arrow IPC file at ``path`` (which exists), through a map of the file:
+    the same bytes as a file stream writes, without copying them into the page cache by
+    write() (which takes each fresh page one at a time: 70 MB of normalized samples 0.15 ->
+    0.03-0.05 s CPU). The file's blocks are reserved first, so that a full disk is an
+    ``OSError`` (ENOSPC) here and never a SIGBUS while writing into the map; a file system that
+    cannot reserve them is written the ordinary way."""
+    import errno
+
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    counted = pa.MockOutputStream()  # (counts the bytes a writer gives it: the file's size)
+    with ipc.new_file(counted, table.schema) as writer:
+        writer.write_table(table)
+    with open(path, "r+b") as handle:
+        try:
+            os.posix_fallocate(handle.fileno(), 0, counted.size())
+            reserved = True
+        except OSError as err:
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise OSError(err.errno, os.strerror(err.errno), str(path)) from None
+            reserved = False
+    if not reserved:
+        with pa.OSFile(str(path), "wb") as sink, ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        return
+    with pa.memory_map(str(path), "r+") as sink, ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
 
 
