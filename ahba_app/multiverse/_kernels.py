@@ -26,7 +26,7 @@ import math
 import numba
 import numpy as np
 
-from .._blocks import thread_map, transpose_into
+from .._blocks import thread_map
 from ..normalize import IQR_NORMAL
 
 __all__ = ["GENE_NORMS", "gene_normalized", "median_network", "networks", "region_tables",
@@ -370,29 +370,27 @@ def _gather_range(row, at, n, values, bounds):
 
 
 @numba.njit(nogil=True, cache=False)
-def _positions(keep, members, s0, n, row0, at, to):
-    """A class's kept samples: where each is in the donor's array (``at``) and in the
-    block written (``to``), found once for all genes."""
+def _positions(keep, members, s0, n, at):
+    """Where a class's kept samples are in the donor's array (``at``), found once for all
+    genes."""
     for i in range(n):
         at[i] = keep[members[s0 + i]]
-        to[i] = row0 + members[s0 + i]
 
 
 @numba.njit(nogil=True, cache=False, error_model="numpy")
 def _srs_genes(source, keep, members, class_starts, g0, g1, base, work, row0, iqr_normal):
     """The scaled robust sigmoid of the genes ``g0..g1`` of one donor's kept samples, each
-    class on its own, into ``work[g - base, row0 + i]`` (genes x samples; ``i``: the kept
-    sample ``keep[i]``; ``source``: the donor's genes x samples array; class ``c``: the kept
-    samples ``members[class_starts[c]:class_starts[c + 1]]``), except numpy's ``exp`` (the
-    API's): this writes ``(median - x) / iqr``. False when a value is not finite (the caller
-    then normalizes those genes as the API does)."""
+    class on its own, into ``work[g - base, row0 + j]`` (genes x samples in class order: ``j``
+    is the kept sample ``keep[members[j]]``; ``source``: the donor's genes x samples array;
+    class ``c``: ``j`` from ``class_starts[c]`` to ``class_starts[c + 1]``), except numpy's
+    ``exp`` (the API's): this writes ``(median - x) / iqr``. False when a value is not finite
+    (the caller then normalizes those genes as the API does)."""
     longest = _longest(class_starts)
     values = np.empty(longest)
     keys = np.empty(longest, np.intp)
     counts = np.empty(longest // 2 + 1, np.intp)
     pool = np.empty(longest)
     at = np.empty(longest, np.intp)
-    to = np.empty(longest, np.intp)
     bounds = np.empty(2)
     want = np.empty(6, np.intp)
     got = np.empty(6)
@@ -406,7 +404,7 @@ def _srs_genes(source, keep, members, class_starts, g0, g1, base, work, row0, iq
         want[2], want[3] = (n // 2 - 1 if n % 2 == 0 else n // 2), n // 2
         want[4], want[5] = below75, min(below75 + 1, n - 1)
         _shell_sort(want, 0, 6)
-        _positions(keep, members, s0, n, row0, at, to)
+        _positions(keep, members, s0, n, at)
         for g in range(g0, g1):
             if not _gather_range(source[g], at, n, values, bounds):
                 return False
@@ -416,35 +414,48 @@ def _srs_genes(source, keep, members, class_starts, g0, g1, base, work, row0, iq
             else:
                 median = (_at(want, got, n // 2 - 1) + _at(want, got, n // 2)) / 2.0
             iqr = (_quantile(want, got, n, 0.75) - _quantile(want, got, n, 0.25)) / iqr_normal
-            for i in range(n):  # (a loop of its own: vectorized)
-                values[i] = (median - values[i]) / iqr
-            out = work[g - base]
+            out = work[g - base, row0 + s0:row0 + s1]
             for i in range(n):
-                out[to[i]] = values[i]
+                out[i] = (median - values[i]) / iqr
     return True
 
 
 @numba.njit(nogil=True, cache=False, error_model="numpy")
-def _srs_finish(work, members, class_starts, row0, k0, k1):
-    """The rest, in place, after numpy's ``exp`` of ``work``: ``1 / (1 + w)``, then each
-    gene's (rows ``k0..k1``) minimum and maximum over each class, ``(v - min) / (max - min)``."""
+def _srs_finish(work, class_starts, row0, k0, k1):
+    """The rest, in place, after numpy's ``exp`` of ``work`` (laid out as :func:`_srs_genes`
+    lays it out): ``1 / (1 + w)``, then each gene's (rows ``k0..k1``) minimum and maximum
+    over each class, ``(v - min) / (max - min)``. (The divisions in loops of their own, over
+    a class's contiguous values: vectorized.)"""
     for k in range(k0, k1):
-        w = work[k]
         for c in range(class_starts.shape[0] - 1):
+            w = work[k, row0 + class_starts[c]:row0 + class_starts[c + 1]]
+            n = w.shape[0]
+            for i in range(n):
+                w[i] = 1.0 / (1.0 + w[i])
             low, high, nan = np.inf, -np.inf, False
-            for i in range(class_starts[c], class_starts[c + 1]):
-                r = row0 + members[i]
-                v = 1.0 / (1.0 + w[r])
-                w[r] = v
+            for i in range(n):
+                v = w[i]
                 nan |= v != v
                 low = v if v < low else low
                 high = v if v > high else high
             if nan:  # (numpy's minimum and maximum give NaN)
                 low = high = np.nan
             span = high - low
-            for i in range(class_starts[c], class_starts[c + 1]):
-                r = row0 + members[i]
-                w[r] = (w[r] - low) / span
+            for i in range(n):
+                w[i] = (w[i] - low) / span
+
+
+@numba.njit(nogil=True, cache=False)
+def _place(work, order, k0, k1, out):
+    """``out[order[j], k] = work[k, j]`` for the genes ``k0..k1``: the class-ordered genes x
+    samples block put back as samples x genes in the rows' order, eight genes (a cache line
+    of a row of ``out``) at a time."""
+    for a in range(k0, k1, 8):
+        b = min(a + 8, k1)
+        for j in range(order.shape[0]):
+            row = out[order[j]]
+            for k in range(a, b):
+                row[k] = work[k, j]
 
 
 @numba.njit(nogil=True, cache=False, error_model="numpy")
@@ -525,18 +536,18 @@ def _sum(a, n, pairwise):
 @numba.njit(nogil=True, cache=False, error_model="numpy")
 def _zscore_genes(source, keep, members, class_starts, g0, g1, base, work, row0, pairwise):
     """:func:`ahba_app.normalize._zscore` of the genes ``g0..g1`` of one donor's kept samples,
-    each class on its own, laid out as :func:`_srs_genes` lays them out; ``pairwise``: the
+    each class on its own, laid out as :func:`_srs_genes` lays them out (class order);
+    ``pairwise``: the
     API's block holds each gene's samples contiguous (numpy sums them pairwise), else they are
     a C-ordered block's rows (summed one after the other). False when a value is not finite."""
     longest = _longest(class_starts)
     values = np.empty(longest)
     squares = np.empty(longest)
     at = np.empty(longest, np.intp)
-    to = np.empty(longest, np.intp)
     for c in range(class_starts.shape[0] - 1):
         s0, s1 = class_starts[c], class_starts[c + 1]
         n = s1 - s0
-        _positions(keep, members, s0, n, row0, at, to)
+        _positions(keep, members, s0, n, at)
         for g in range(g0, g1):
             if not _gather(source[g], at, n, values):
                 return False
@@ -548,15 +559,13 @@ def _zscore_genes(source, keep, members, class_starts, g0, g1, base, work, row0,
                 low = values[i] if values[i] < low else low
                 high = values[i] if values[i] > high else high
             sd = math.sqrt(_sum(squares, n, pairwise) / max(n - 1, 0))
-            out = work[g - base]
+            out = work[g - base, row0 + s0:row0 + s1]
             if low == high:  # every value equal (finite values)
                 for i in range(n):
-                    out[to[i]] = np.nan
+                    out[i] = np.nan
             else:
-                for i in range(n):  # (a loop of its own: vectorized)
-                    values[i] = (values[i] - mean) / sd
                 for i in range(n):
-                    out[to[i]] = values[i]
+                    out[i] = (values[i] - mean) / sd
     return True
 
 
@@ -606,28 +615,29 @@ def gene_normalized(name: str, sources, keeps, classes, g0: int, g1: int, out: n
         parts.append((np.ascontiguousarray(source, dtype=np.float64), keep, *layout, row0,
                       cls is None))
         row0 += len(keep)
+    # ``work`` holds each donor's samples class by class: where each goes in ``out``
+    order = np.concatenate([row0 + members for _, _, members, _, row0, _ in parts]
+                           ) if parts else np.zeros(0, np.intp)
     pieces = [(a, min(a + _PIECE, g1)) for a in range(g0, g1, _PIECE)]
 
-    def first(piece):
+    # each piece of genes from start to end while its rows of ``work`` are in cache
+    def run(piece):
+        k0, k1 = piece[0] - g0, piece[1] - g0
         if name == "zscore":
-            return all(_zscore_genes(source, keep, members, starts, piece[0], piece[1], g0,
+            if not all(_zscore_genes(source, keep, members, starts, piece[0], piece[1], g0,
                                      work, row0, whole)
-                       for source, keep, members, starts, row0, whole in parts)
-        return all(_srs_genes(source, keep, members, starts, piece[0], piece[1], g0, work,
-                              row0, IQR_NORMAL)
-                   for source, keep, members, starts, row0, _ in parts)
+                       for source, keep, members, starts, row0, whole in parts):
+                return False
+        else:
+            if not all(_srs_genes(source, keep, members, starts, piece[0], piece[1], g0, work,
+                                  row0, IQR_NORMAL)
+                       for source, keep, members, starts, row0, _ in parts):
+                return False
+            with np.errstate(all="ignore"):  # (as the API: a zero scale gives inf, then 0, 1)
+                np.exp(work[k0:k1], out=work[k0:k1])
+            for _, _, _, starts, row0, _ in parts:
+                _srs_finish(work, starts, row0, k0, k1)
+        _place(work, order, k0, k1, out)
+        return True
 
-    if not all(thread_map(first, pieces, threads=n_threads)):
-        return False
-    if name != "zscore":
-        with np.errstate(all="ignore"):  # (as the API: a zero scale gives inf, then 0 or 1)
-            np.exp(work, out=work)
-
-    def finish(piece):
-        if name != "zscore":
-            for _, _, members, starts, row0, _ in parts:
-                _srs_finish(work, members, starts, row0, piece[0] - g0, piece[1] - g0)
-        transpose_into(out[:, piece[0] - g0:piece[1] - g0], work[piece[0] - g0:piece[1] - g0])
-
-    thread_map(finish, pieces, threads=n_threads)
-    return True
+    return all(thread_map(run, pieces, threads=n_threads))
