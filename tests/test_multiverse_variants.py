@@ -14,7 +14,8 @@ from ahba_app.datasets import fetch_desikan_killiany
 from ahba_app.images import check_atlas
 from ahba_app.multiverse.upstream import UnitUpstream
 from ahba_app.aggregate import _group_mean, _RunningMean
-from ahba_app.multiverse._kernels import gene_normalized, region_tables, sorting_network
+from ahba_app.multiverse._kernels import (gene_normalized, median_network, region_tables,
+                                          sorting_network)
 from ahba_app.normalize import normalize_array
 from ahba_app.multiverse.variants import gather_group, variant_tables
 
@@ -32,6 +33,22 @@ def test_sorting_networks_sort_every_zero_one_input():
             bits[:, low], bits[:, high] = (np.minimum(bits[:, low], bits[:, high]),
                                            np.maximum(bits[:, low], bits[:, high]))
         assert (np.diff(bits, axis=1) >= 0).all(), n
+
+
+def test_median_networks_put_the_middle_values_in_place():
+    # a comparator network puts the k-th smallest value at position k for every input if it
+    # does for every input of 0s and 1s (it commutes with monotone maps, as a sort does)
+    for n in range(1, 13):
+        pairs = median_network(n)
+        bits = ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1).astype(float)
+        ordered = np.sort(bits, axis=1)
+        for low, high in pairs:
+            bits[:, low], bits[:, high] = (np.minimum(bits[:, low], bits[:, high]),
+                                           np.maximum(bits[:, low], bits[:, high]))
+        middle = [(n - 1) // 2, n // 2]
+        assert np.array_equal(bits[:, middle], ordered[:, middle]), n
+        assert len(pairs) <= len(sorting_network(n))
+    assert len(median_network(64)) < 0.85 * len(sorting_network(64))
 
 
 def test_region_tables_equal_numpy_and_pandas_bit_for_bit():
