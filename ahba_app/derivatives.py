@@ -43,19 +43,40 @@ def _atomic(path: Path, write) -> Path:
 
 
 def write_tsv(frame: pd.DataFrame, path: str | os.PathLike, index_label: str | None = None,
-              index: bool = True) -> Path:
+              index: bool = True, helper=None) -> Path:
     """Write a TSV atomically: tabs, ``n/a`` for missing values, floats at full precision
-    (shortest representation that reads back to the same float64)."""
+    (shortest representation that reads back to the same float64). ``helper``: the
+    :func:`rows_helper` of this table (same ``index``), or None."""
     def write(tmp):
         from .floattext import write_table_tsv
 
         if _plain_float_table(frame, index) and not _SPECIAL.search(index_label or ""):
-            _write_float_tsv(frame, tmp, index_label)
+            _write_float_tsv(frame, tmp, index_label, helper)
         elif not write_table_tsv(frame, tmp, index=index, index_label=index_label,
                                  na_rep="n/a"):  # (other tables: pandas)
             frame.to_csv(tmp, sep="\t", na_rep="n/a", index=index, index_label=index_label,
                          lineterminator="\n")
     return _atomic(Path(path), write)
+
+
+def rows_helper(frame: pd.DataFrame, index: bool = True):
+    """A context manager giving a :class:`ahba_app.floattext.RowsHelper` started on ``frame``
+    for :func:`write_tsv` (a process formatting part of its rows meanwhile), or None where
+    it would not pay (a small table, one that is not a plain float table, one CPU) or
+    cannot run (not POSIX)."""
+    from contextlib import nullcontext
+
+    from ._blocks import n_threads
+    from .floattext import HELPER_MIN_VALUES, RowsHelper
+
+    if (frame.size < HELPER_MIN_VALUES or len(frame) < 2 or n_threads() <= 1
+            or os.name != "posix" or not sys.executable
+            or not _plain_float_table(frame, index)):
+        return nullcontext()
+    try:
+        return RowsHelper(frame, na_rep="n/a")
+    except OSError:  # no process could be started: the table is formatted here alone
+        return nullcontext()
 
 
 _SPECIAL = re.compile(r'[\t\n\r"]')
@@ -79,12 +100,13 @@ def _plain_float_table(frame: pd.DataFrame, index: bool) -> bool:
                                         and not _SPECIAL.search(frame.index.name))
 
 
-def _write_float_tsv(frame: pd.DataFrame, path: Path, index_label: str | None) -> None:
+def _write_float_tsv(frame: pd.DataFrame, path: Path, index_label: str | None,
+                     helper=None) -> None:
     """What ``to_csv`` writes for such a table, byte for byte, several times as fast
     (:func:`ahba_app.floattext.write_float_tsv`: ``repr`` of each float, in bulk)."""
     from .floattext import write_float_tsv
 
-    write_float_tsv(frame, path, index_label)
+    write_float_tsv(frame, path, index_label, helper=helper)
 
 
 def write_json(obj, path: str | os.PathLike) -> Path:

@@ -19,15 +19,25 @@ by ``repr``.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 
-__all__ = ["float_texts", "table_texts", "write_float_tsv", "write_table_tsv"]
+__all__ = ["RowsHelper", "float_texts", "table_texts", "write_float_tsv", "write_table_tsv"]
 
 #: Values a block of the TSV writer formats at once (~20 MB of text).
 _BLOCK_VALUES = 1 << 20
+#: Share of a table's rows a :class:`RowsHelper` formats: a little less than half, as it
+#: starts ~0.15 s later (an interpreter importing numpy and orjson) and its rows must be sent.
+_HELPER_SHARE = 0.45
+#: Tables with fewer values are formatted in this process alone: starting a helper costs
+#: about what formatting 2 million values does.
+HELPER_MIN_VALUES = 2_000_000
 
 
 def float_texts(values, nan: str = "nan"):
@@ -63,7 +73,7 @@ def float_texts(values, nan: str = "nan"):
 
 
 def write_float_tsv(frame, path: str | os.PathLike, index_label: str | None = None,
-                    na_rep: str = "n/a") -> None:
+                    na_rep: str = "n/a", helper: RowsHelper | None = None) -> None:
     """A float64 table as ``DataFrame.to_csv(sep='\\t', na_rep=na_rep)`` writes it, byte for byte:
     a header of the index name and the columns, then each row's label and values (``repr`` of
     each float, ``na_rep`` for NaN), tab-separated, lines ending in ``\\n``.
@@ -72,26 +82,160 @@ def write_float_tsv(frame, path: str | os.PathLike, index_label: str | None = No
     Blocks of rows are formatted on the threads of :func:`ahba_app._blocks.thread_map` and
     written in order: each row's values are written by orjson (the shortest round-trip
     digits), its commas turned into tabs, and the values whose text is not ``repr``'s put in
-    by ``repr`` (:func:`_json_lines`).
+    by ``repr`` (:func:`_json_lines`). With ``helper`` (a :class:`RowsHelper` started on this
+    table, with this ``na_rep``) its process formats the last rows meanwhile and writes them
+    after this one's; should it fail, they are formatted here.
     """
-    from ._blocks import n_threads, thread_map
-
     name = index_label if index_label is not None else (frame.index.name or "")
     values = frame.to_numpy(dtype=np.float64)
     n_rows, n_cols = values.shape
     labels = [str(label) for label in frame.index.tolist()]
-    step = max(1, _BLOCK_VALUES // max(n_cols, 1))
-    starts = list(range(0, n_rows, step))
-
-    def block(start):
-        return _lines(values[start:start + step], labels[start:start + step], na_rep)
+    if helper is not None and not helper.serves(values.shape, labels, na_rep):
+        raise ValueError("This RowsHelper was started on another table.")
+    here = n_rows if helper is None else helper.first
 
     with open(path, "wb") as handle:
         handle.write(("\t".join([name, *map(str, frame.columns)]) + "\n").encode("utf-8"))
-        group = max(1, n_threads())
-        for first in range(0, len(starts), group):  # a few blocks in memory at a time
-            for pieces in thread_map(block, starts[first:first + group]):
-                handle.writelines(pieces)
+        _write_rows(handle, values, labels, 0, here, na_rep)
+        if here < n_rows:
+            handle.flush()
+            offset = handle.tell()
+            written = helper.finish(path, offset)
+            if written is None:  # (whatever it wrote is overwritten)
+                _write_rows(handle, values, labels, here, n_rows, na_rep)
+            else:
+                handle.seek(offset + written)
+            handle.truncate()
+
+
+def _write_rows(handle, values: np.ndarray, labels: list, first: int, stop: int,
+                na_rep: str) -> None:
+    """Write the lines of rows ``first`` to ``stop``, formatted on threads a few blocks at a
+    time (a few blocks in memory at a time)."""
+    from ._blocks import n_threads, thread_map
+
+    step = max(1, _BLOCK_VALUES // max(values.shape[1], 1))
+    starts = list(range(first, stop, step))
+
+    def block(start):
+        end = min(start + step, stop)
+        return _lines(values[start:end], labels[start:end], na_rep)
+
+    group = max(1, n_threads())
+    for at in range(0, len(starts), group):
+        for pieces in thread_map(block, starts[at:at + group]):
+            handle.writelines(pieces)
+
+
+class RowsHelper:
+    """A second process formatting the last rows of a float table for
+    :func:`write_float_tsv` while this one formats the first rows.
+
+    orjson holds the interpreter lock while it formats, so threads cannot share that work;
+    another process can. It is started before the table is written (so that its start-up
+    overlaps the caller's other work) and reads the rows from an anonymous file (a pipe fed
+    by a thread would take the interpreter lock from the formatting thread at every 64 kB);
+    it formats them as :func:`_lines` does (the same bytes) and, when told the file and the
+    offset where they go (:meth:`finish`, once this process's rows are written), writes them
+    there. Close it (or use it as a context manager) to end a process not asked to finish.
+    POSIX only (the file is handed over as a file descriptor).
+    """
+
+    def __init__(self, frame, na_rep: str = "n/a"):
+        values = np.ascontiguousarray(frame.to_numpy(dtype=np.float64))
+        self.labels = [str(label) for label in frame.index.tolist()]
+        self.shape, self.na_rep = values.shape, na_rep
+        self.first = len(values) - int(len(values) * _HELPER_SHARE)
+        header = json.dumps({"labels": self.labels[self.first:], "columns": values.shape[1],
+                             "na_rep": na_rep}).encode("utf-8") + b"\n"
+        fd = _anonymous_file()
+        try:
+            with open(fd, "wb", closefd=False) as rows:
+                rows.write(header)
+                rows.write(memoryview(values[self.first:]).cast("B"))
+            here = str(Path(__file__).resolve().parents[1])  # this copy of ahba_app, first
+            path = os.pathsep.join([here, *filter(None, [os.environ.get("PYTHONPATH")])])
+            self._process = subprocess.Popen(
+                [sys.executable, "-c",
+                 f"from ahba_app.floattext import _serve; _serve({fd})"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=(fd,),
+                env=dict(os.environ, PYTHONPATH=path))
+        finally:
+            os.close(fd)
+
+    def serves(self, shape, labels: list, na_rep: str) -> bool:
+        """Whether this helper was started on a table of this shape, labels and ``na_rep``."""
+        return tuple(shape) == self.shape and labels == self.labels and na_rep == self.na_rep
+
+    def finish(self, path: str | os.PathLike, offset: int) -> int | None:
+        """Have the helper write its rows' lines into ``path`` (opened here, flushed) from byte
+        ``offset`` on; the number of bytes written, or None if it failed."""
+        try:
+            where = json.dumps([offset, os.fspath(path)]).encode("utf-8")
+            self._process.stdin.write(where + b"\n")
+            self._process.stdin.close()
+            out = self._process.stdout.read()
+            if self._process.wait() != 0:
+                return None
+            return int(out)
+        except (OSError, ValueError):  # it died: a broken pipe, or no number
+            return None
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """End the process (if still running) and free its pipes."""
+        if self._process.poll() is None:
+            self._process.kill()
+        self._process.wait()
+        for pipe in (self._process.stdin, self._process.stdout):
+            try:
+                pipe.close()
+            except OSError:  # (a broken pipe: nothing left to flush)
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _anonymous_file() -> int:
+    """A file descriptor of a file without a name (in memory on Linux), inheritable."""
+    try:
+        fd = os.memfd_create("ahba-app-rows", 0)
+    except (AttributeError, OSError):  # not Linux
+        import tempfile
+
+        with tempfile.TemporaryFile() as handle:
+            fd = os.dup(handle.fileno())
+    return fd
+
+
+def _serve(fd: int) -> None:
+    """A :class:`RowsHelper`'s process: read the rows from file descriptor ``fd``, format
+    them, write them where told on stdin; print how many bytes."""
+    with open(fd, "rb") as source:
+        source.seek(0)
+        header = json.loads(source.readline())
+        labels, n_cols, na_rep = header["labels"], header["columns"], header["na_rep"]
+        data = bytearray(len(labels) * n_cols * 8)
+        if source.readinto(data) != len(data):
+            sys.exit(1)
+    values = np.frombuffer(data, dtype=np.float64).reshape(len(labels), n_cols)
+    step = max(1, _BLOCK_VALUES // max(n_cols, 1))
+    pieces = []
+    for start in range(0, len(labels), step):
+        pieces += _lines(values[start:start + step], labels[start:start + step], na_rep)
+    where = sys.stdin.buffer.readline()
+    if not where:  # (not asked to finish)
+        sys.exit(1)
+    offset, path = json.loads(where)
+    with open(path, "r+b") as handle:
+        handle.seek(int(offset))
+        handle.writelines(pieces)
+    sys.stdout.write(str(sum(memoryview(piece).nbytes for piece in pieces)))
 
 
 def _lines(rows: np.ndarray, labels: list, na_rep: str) -> list:

@@ -83,6 +83,66 @@ def test_tsv_bytes_equal_to_csv(tmp_path, monkeypatch, labels):
     assert written.read_bytes() == ("\t".join(["label", *frame.columns]) + "\n").encode()
 
 
+def _helper_table():
+    rng = np.random.default_rng(12)
+    values = rng.random((9, 50))
+    values[0, :len(AWKWARD)] = AWKWARD
+    values[6] = np.nan                    # rows NaN throughout, on both sides of the split
+    values[1] = np.nan
+    values[7, 3], values[8, -1] = 1e-07, -np.inf  # repr's text in the helper's rows
+    return pd.DataFrame(values, index=pd.Index(range(1, 10), name="label"),
+                        columns=[f"G{i}" for i in range(50)])
+
+
+def test_rows_helper_writes_its_rows_as_to_csv_writes_them(tmp_path):
+    """A helper process formats the last rows and writes them after this process's rows."""
+    frame = _helper_table()
+    expected, written = tmp_path / "pandas.tsv", tmp_path / "ours.tsv"
+    frame.to_csv(expected, sep="\t", na_rep="n/a", lineterminator="\n")
+    with floattext.RowsHelper(frame) as helper:
+        assert 0 < helper.first < len(frame)
+        helper.finish = _spy(helper.finish, sizes := [])
+        floattext.write_float_tsv(frame, written, helper=helper)
+    assert sizes and sizes[0] is not None and sizes[0] > 0  # the helper wrote its rows
+    assert written.read_bytes() == expected.read_bytes()
+
+
+def _spy(finish, sizes):
+    def spied(path, offset):
+        sizes.append(finish(path, offset))
+        return sizes[-1]
+    return spied
+
+
+def test_rows_helper_that_died_leaves_its_rows_to_this_process(tmp_path):
+    frame = _helper_table()
+    expected, written = tmp_path / "pandas.tsv", tmp_path / "ours.tsv"
+    frame.to_csv(expected, sep="\t", na_rep="n/a", lineterminator="\n")
+    with floattext.RowsHelper(frame) as helper:
+        helper._process.kill()
+        floattext.write_float_tsv(frame, written, helper=helper)
+    assert written.read_bytes() == expected.read_bytes()
+    with floattext.RowsHelper(frame) as helper:  # started on another table: refused
+        with pytest.raises(ValueError, match="another table"):
+            floattext.write_float_tsv(frame.iloc[1:], written, helper=helper)
+
+
+def test_rows_helper_only_where_it_pays(monkeypatch):
+    from ahba_app import derivatives
+
+    frame = _helper_table()
+    monkeypatch.setattr(floattext, "HELPER_MIN_VALUES", 100)
+    with derivatives.rows_helper(frame) as helper:
+        assert isinstance(helper, floattext.RowsHelper)
+    with derivatives.rows_helper(frame.iloc[:, :5]) as helper:  # 45 values
+        assert helper is None
+    with derivatives.rows_helper(frame.fillna(0).clip(-1, 1).astype(np.float32)) as helper:
+        assert helper is None
+    monkeypatch.setenv("AHBA_APP_THREADS", "1")  # one CPU: nothing to overlap
+    with derivatives.rows_helper(frame) as helper:
+        assert helper is None
+
+
 def _mixed_table():
     """A table shaped like the genes and probes tables: text with missing values and empty
     strings, integers (nullable too), floats with NaN and awkward values, a column of None."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -338,6 +339,31 @@ def test_group_sink(chain, tmp_path):
     sidecar = json.loads((tmp_path / "stage" / f"{stem}_expression.json").read_text())
     assert sidecar["Parameters"] == {"a": 1}
     assert sidecar["Atlas"]["Files"][0]["Path"] == atlas.image
+
+
+def test_group_sink_with_a_rows_helper_writes_the_same_files(chain, tmp_path, monkeypatch):
+    """The region x gene table written with a helper process (as large tables are) and
+    without: the same bytes in every file, the same paths in the same order."""
+    from ahba_app import floattext
+
+    def sink(folder):
+        out = _run(GroupDerivatives(
+            out_dir=str(tmp_path / folder), atlas=chain["atlas"].as_dict(), desc="abagendefaults",
+            metadata={"Parameters": {"a": 1}}, selection=chain["select"].selection,
+            expression=chain["aggregate"].expression, counts=chain["aggregate"].counts,
+            donors=DONORS, donor_expressions=chain["aggregate"].donor_expressions,
+            aggregate=chain["aggregate"].summary), f"ds_{folder}", tmp_path)
+        return [os.path.relpath(p, tmp_path / folder) for p in out.out_files]
+
+    alone = sink("alone")
+    started = []
+    monkeypatch.setattr(floattext, "HELPER_MIN_VALUES", 1)
+    monkeypatch.setattr(floattext.RowsHelper, "__enter__",
+                        lambda self: started.append(self) or self)
+    assert sink("helped") == alone
+    assert len(started) == 1 and alone[0].endswith("_expression.tsv")
+    for name in alone:
+        assert (tmp_path / "helped" / name).read_bytes() == (tmp_path / "alone" / name).read_bytes()
 
 
 def test_participant_sink(chain, tmp_path):

@@ -16,7 +16,7 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObje
                                     SimpleInterface, TraitedSpec, isdefined, traits)
 
 from ..bids import AtlasInput
-from ..derivatives import derivative_path, write_json, write_text, write_tsv
+from ..derivatives import derivative_path, rows_helper, write_json, write_text, write_tsv
 from ._files import read_frame, read_labels
 
 __all__ = ["GroupDerivatives", "ParticipantDerivatives", "atlas_metadata", "group_outputs",
@@ -89,7 +89,22 @@ def group_outputs(out_dir, atlas: AtlasInput, desc: str, *, expression: pd.DataF
     def path(suffix, ext=".tsv", donor=None):
         return derivative_path(out_dir, atlas, desc, suffix, ext, donor=donor)
 
-    out.append(write_tsv(_index_named(expression), path("expression")))
+    table = _index_named(expression)
+    with rows_helper(table) as helper:
+        # the region x gene table is written last, so that its helper process (if any)
+        # starts while the smaller files are written; its path stays first in the list
+        _other_group_outputs(out, path, atlas, expression, counts=counts, selection=selection,
+                             metadata=metadata, donor_expressions=donor_expressions,
+                             report=report, citation=citation, aggregate=aggregate,
+                             genes=genes, out_dir=out_dir, desc=desc)
+        out.insert(0, write_tsv(table, path("expression"), helper=helper))
+    return [str(p) for p in out]
+
+
+def _other_group_outputs(out, path, atlas, expression, *, counts, selection, metadata,
+                         donor_expressions, report, citation, aggregate, genes, out_dir,
+                         desc) -> None:
+    """The group outputs but the region x gene table, appended to ``out``."""
     sidecar = dict(metadata)
     sidecar.update({
         "Description": "AHBA microarray expression aggregated over the regions of the atlas: "
@@ -128,7 +143,6 @@ def group_outputs(out_dir, atlas: AtlasInput, desc: str, *, expression: pd.DataF
         out.append(_copy(report, path("report", ".html")))
     if citation:
         out.append(_copy(citation, Path(out_dir) / "citations" / f"{atlas.stem(desc)}.md"))
-    return [str(p) for p in out]
 
 
 def sample_table(expression: pd.DataFrame, annotation: pd.DataFrame, labels) -> pd.DataFrame:
