@@ -275,3 +275,48 @@ def test_the_scheduler_is_given_each_units_memory(tmp_path):
     assert within_budget(Engine(nprocs=2, plugin_args='{"memory_gb": 9}')
                          ).plugin_args["memory_gb"] == 9
     assert "memory_gb" not in within_budget(Engine()).plugin_args
+
+
+_CACHED = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from ahba_app.cli.engines import Engine
+from ahba_app.multiverse import _kernels
+from ahba_app.multiverse.command import run_engine
+import test_multiverse_engines as t
+
+tmp = Path({tmp!r})
+job = t.make_job(tmp)
+out = tmp / {name!r}
+out.mkdir()
+run_engine(job, out, work_dir=tmp / ("work-" + {name!r}), engine=Engine("Linear"),
+           data_dir={data!r}, kernel_cache={cache!r})
+stats = [k.stats for k in vars(_kernels).values() if hasattr(k, "py_func")]
+print(json.dumps({{"hits": sum(sum(s.cache_hits.values()) for s in stats),
+                  "misses": sum(sum(s.cache_misses.values()) for s in stats)}}))
+"""
+
+
+def test_units_compile_their_kernels_once_into_the_work_folder(linear, ahba_small, tmp_path):
+    _, table, _, _ = linear
+
+    def run(name, cache):
+        script = _CACHED.format(tests=str(REPO / "tests"), tmp=str(tmp_path), name=name,
+                                data=str(ahba_small), cache=cache)
+        done = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=tmp_path,
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return json.loads(done.stdout.strip().splitlines()[-1]), tmp_path / name
+
+    first, out = run("first", None)  # a fresh process: compiled, saved in the work folder
+    cache = tmp_path / "work-first" / "compiled-kernels"
+    assert first["misses"] > 0 and first["hits"] == 0
+    assert list(cache.rglob("*.nbi")) and list(cache.rglob("*.nbc"))
+    assert (out / table.name).read_bytes() == table.read_bytes()
+    again, out = run("again", str(cache))  # another process, another sweep: read, not compiled
+    # (the kernels that others call are compiled into them: only those called are read)
+    assert 0 < again["hits"] <= first["misses"] and again["misses"] == 0
+    assert (out / table.name).read_bytes() == table.read_bytes()
+    # the package's own folder is left alone
+    assert not list((REPO / "ahba_app" / "multiverse").rglob("*.nbi"))

@@ -55,6 +55,9 @@ class _SweepUnitInputSpec(BaseInterfaceInputSpec):
     n_genes = traits.Int(desc="from the probe-choice node: run after it")
     save_tables = traits.List(traits.Str, value=[], usedefault=True,
                               desc="ids of the unit's pipelines whose table is saved")
+    # where it is cached does not change a unit's rows: left out of the node's hash
+    kernel_cache = traits.Either(None, traits.Str, usedefault=True, nohash=True,
+                                 desc="folder of the compiled kernels' cache (numba)")
 
 
 class _SweepUnitOutputSpec(TraitedSpec):
@@ -77,7 +80,7 @@ class SweepUnit(SimpleInterface):
         from ..multiverse import _options
         from ..multiverse.grid import grid_from_dict
         from ..multiverse.planner import DOWNSTREAM, plan_of
-        from ..multiverse.sweep import table_name, unit_rows, write_unit_rows
+        from ..multiverse.sweep import kernel_cache, table_name, unit_rows, write_unit_rows
 
         grid = grid_from_dict(self.inputs.grid)
         upstream = [name for name in grid.axes if name not in DOWNSTREAM]
@@ -95,10 +98,11 @@ class SweepUnit(SimpleInterface):
         folder = os.path.join(runtime.cwd, "tables")
         os.makedirs(folder, exist_ok=True)
         tables = {pid: os.path.join(folder, table_name(pid)) for pid in self.inputs.save_tables}
-        self._results["n_rows"] = write_unit_rows(
-            unit_rows(unit, tree, data_dir=self.inputs.data_dir,
-                      centroids=tree.centroids if group_atlas else None,
-                      region_map=region_map, tables=tables), path)
+        with kernel_cache(self.inputs.kernel_cache):
+            self._results["n_rows"] = write_unit_rows(
+                unit_rows(unit, tree, data_dir=self.inputs.data_dir,
+                          centroids=tree.centroids if group_atlas else None,
+                          region_map=region_map, tables=tables), path)
         self._results["rows"] = path
         self._results["tables"] = folder
         return runtime

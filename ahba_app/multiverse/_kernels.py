@@ -15,8 +15,9 @@ values added and halved). Only additions, subtractions and divisions: no fused m
 can change a rounding, and numba compiles without fast-math by default.
 
 numba compiles the kernel on its first call in a process (about a second, measured in the
-README's "Multiverse runs"); nothing is cached on disk (``cache=False``): the package folder
-of a container is read-only, and no other folder is written without being asked.
+README's "Multiverse runs"); nothing is cached in the package's folder (``cache=False``): a
+container's is read-only. The engine's units cache them in the work folder the user gave
+(:func:`ahba_app.multiverse.sweep.kernel_cache`).
 """
 
 from __future__ import annotations

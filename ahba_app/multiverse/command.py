@@ -105,6 +105,9 @@ class MultiverseRun:
     reference: dict = field(default_factory=dict)
 
 
+#: The folder of the work folder where the units keep their compiled kernels.
+KERNEL_CACHE = "compiled-kernels"
+
 #: At most this many tables are saved (each is regions x genes: ~10 MB on full data).
 MAX_SAVED_TABLES = 1000
 
@@ -264,11 +267,13 @@ def run(job: MultiverseRun, output_dir, *, data_dir=None, stream: TextIO | None 
 
 def run_engine(job: MultiverseRun, output_dir, *, work_dir, engine=None, data_dir=None,
                data_identity: str = "", stream: TextIO | None = None,
-               interval: float = 30.0) -> list[Path]:
+               interval: float = 30.0, kernel_cache=None) -> list[Path]:
     """Run ``job`` as a Nipype workflow (:mod:`ahba_app.workflows.multiverse`) with ``engine``
     (:class:`ahba_app.cli.engines.Engine`; Linear by default) in ``work_dir``, then merge each
     atlas's rows, unit by unit in plan order, into its table. The same ``work_dir`` resumes a
-    killed sweep: finished units are not run again. Returns the tables written."""
+    killed sweep: finished units are not run again. The units' compiled kernels are kept in
+    ``kernel_cache`` (default: ``work_dir/compiled-kernels``; see
+    :func:`~.sweep.kernel_cache`). Returns the tables written."""
     from ..cli.engines import Engine, run_workflow
     from ..workflows.multiverse import init_multiverse_wf
     from .sweep import RowWriter, read_unit_rows
@@ -280,11 +285,17 @@ def run_engine(job: MultiverseRun, output_dir, *, work_dir, engine=None, data_di
     workflow, units = init_multiverse_wf(job.plan, job.inputs, data_dir=data_dir,
                                          data_identity=data_identity,
                                          region_maps=job.region_maps,
-                                         save_tables=job.save_tables, base_dir=work_dir)
+                                         save_tables=job.save_tables, base_dir=work_dir,
+                                         kernel_cache=kernel_cache or Path(work_dir)
+                                         / KERNEL_CACHE)
     crash_dir = Path(work_dir) / "multiverse-crashes"
     workflow.config["execution"].update({"crashdump_dir": str(crash_dir),
                                          "crashfile_format": "txt",
                                          "remove_unnecessary_outputs": False})
+    if engine.plugin == "MultiProc":
+        # how soon a free worker is given the next unit (Nipype waits 2 s between looks:
+        # about a second idle per node and worker); a cluster's queue is asked less often
+        workflow.config["execution"]["poll_sleep_duration"] = 0.1
     progress = ProgressLine(sum(unit.n_pipelines for unit in units), stream, interval)
     sizes = {unit.name: unit.n_pipelines for unit in units}
 

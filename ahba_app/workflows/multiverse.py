@@ -60,10 +60,13 @@ def _json(value):
 
 def init_multiverse_wf(plan, atlases: Mapping[str, dict], *, data_dir=None,
                        data_identity: str = "", region_maps: Mapping | None = None,
-                       save_tables=(), base_dir, name: str = "multiverse_wf"):
+                       save_tables=(), kernel_cache=None, base_dir,
+                       name: str = "multiverse_wf"):
     """The workflow of ``plan`` over ``atlases`` (output stem -> AtlasInput.as_dict()), and
     its unit nodes in output order (atlas by atlas, units in plan order). ``save_tables``:
-    ids of the pipelines whose tables are saved (each unit is given its own)."""
+    ids of the pipelines whose tables are saved (each unit is given its own); ``kernel_cache``:
+    the folder where the units' processes keep their compiled kernels
+    (:func:`ahba_app.multiverse.sweep.kernel_cache`), None for none."""
     workflow = pe.Workflow(name=name, base_dir=str(base_dir))
     grid = plan.grid.as_dict()
     group_atlas = bool(plan.grid.context.get("group_atlas", True))
@@ -91,6 +94,7 @@ def init_multiverse_wf(plan, atlases: Mapping[str, dict], *, data_dir=None,
             node.inputs.data_dir = data_dir
             node.inputs.data_identity = data_identity
             node.inputs.save_tables = saved_by_unit[index]
+            node.inputs.kernel_cache = None if kernel_cache is None else str(kernel_cache)
             if probe_node_needed(options, group_atlas):
                 probes = probe_nodes.get(probe_key)
                 if probes is None:
