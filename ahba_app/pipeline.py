@@ -420,13 +420,14 @@ def normalize_donor_expression(expression: pd.DataFrame, labels: np.ndarray,
                                gene_norm=DEFAULTS["gene_norm"],
                                norm_matched: bool = DEFAULTS["norm_matched"],
                                norm_structures: bool = DEFAULTS["norm_structures"],
-                               buffers=None):
+                               buffers=None, out=None):
     """Normalize one donor; returns the normalized table and the labels and annotation kept.
 
     With ``norm_matched`` only samples matched to a region are normalized (and kept); otherwise
     every sample is, and the unmatched ones (label 0) are dropped at aggregation.
-    ``buffers``: those of :func:`ahba_app.normalize.normalize_donor` (the table returned then
-    lives in their memory).
+    ``buffers``, ``out``: those of :func:`ahba_app.normalize.normalize_donor` (the table
+    returned then lives in their memory; ``out``, a writeable view of ``expression``'s own
+    memory, is used when both methods allow it, and ``buffers`` otherwise).
     """
     keep = labels != 0 if norm_matched else np.ones(len(labels), dtype=bool)
     structures = annotation[["structure"]] if norm_structures else None
@@ -445,7 +446,7 @@ def normalize_donor_expression(expression: pd.DataFrame, labels: np.ndarray,
                                             # (every row kept: no copy of the table)
                                             matched=keep if norm_matched and not keep.all()
                                             else None,
-                                            structures=structures, buffers=buffers)
+                                            structures=structures, buffers=buffers, out=out)
     return normalized, labels[keep], annotation.iloc[np.flatnonzero(keep)]
 
 

@@ -203,10 +203,23 @@ class NormalizeExpression(SimpleInterface):
         expression = source.read(annotation, rows, sample_norm=self.inputs.sample_norm,
                                  buffer=buffers[1], columns=columns)
         annotation = pipeline.renumbered(annotation).iloc[rows]
+        # normalized where it was read when the methods allow it (as the Python API does):
+        # the other buffer is then never touched, so its memory is never taken
         normalized, _, kept = pipeline.normalize_donor_expression(
             expression.set_axis(annotation.index, axis=0), labels[rows], annotation,
-            buffers=buffers, **options)
+            buffers=buffers, out=_writeable_in(expression.to_numpy(), buffers[1]), **options)
         return {"normalized": normalized, "annotation": kept}
+
+
+def _writeable_in(values: np.ndarray, buffer: np.ndarray) -> np.ndarray | None:
+    """A writeable view of ``values`` when they lie at the start of ``buffer`` (a table read
+    into it, which pandas shows read-only), else None."""
+    start = buffer.__array_interface__["data"][0]
+    if (values.dtype != buffer.dtype or values.__array_interface__["data"][0] != start
+            or not (values.flags.c_contiguous or values.flags.f_contiguous)
+            or values.size > buffer.size):
+        return None
+    return np.lib.stride_tricks.as_strided(buffer, values.shape, values.strides)
 
 
 # ---------------------------------------------------------------------------------------------
