@@ -73,21 +73,15 @@ def median_network(n: int) -> np.ndarray:
 
 
 @numba.njit(nogil=True, cache=False)
-def _kahan_rows(joined, source, start, stop, g0, g1, total, carry):
-    """Kahan sums (pandas' groupby mean's) of the rows ``source[start:stop]`` of ``joined``,
-    columns g0..g1, into ``total[:g1 - g0]`` (``carry``: the compensations)."""
-    n = g1 - g0
-    for k in range(n):
-        total[k] = 0.0
-        carry[k] = 0.0
-    for i in range(start, stop):
-        row = joined[source[i], g0:g1]
-        for k in range(n):
-            y = row[k] - carry[k]
-            t = total[k] + y
-            c = (t - total[k]) - y
-            carry[k] = c if c == c else 0.0
-            total[k] = t
+def _kahan_add(row, total, carry):
+    """One Kahan step (pandas' groupby mean's) of each column: ``row`` added to ``total``
+    (``carry``: the compensations; one that turns NaN is set to 0)."""
+    for k in range(row.shape[0]):
+        y = row[k] - carry[k]
+        t = total[k] + y
+        c = (t - total[k]) - y
+        carry[k] = c if c == c else 0.0
+        total[k] = t
 
 
 @numba.njit(nogil=True, cache=False)
@@ -116,66 +110,77 @@ def _kernel(joined, source, block_starts, block_sizes, region_blocks, region_n_b
             pairs, first, g0, g1, donors_mean, samples_mean, donors_median, samples_median):
     width = g1 - g0
     total, carry = np.empty(width), np.empty(width)
+    block_total, block_carry = np.empty(width), np.empty(width)
     run_total, run_carry = np.empty(width), np.empty(width)
     want_dmean, want_smean = donors_mean.shape[0] > 0, samples_mean.shape[0] > 0
     want_dmed, want_smed = donors_median.shape[0] > 0, samples_median.shape[0] > 0
-    longest, most = 1, 1
+    longest, most, widest = 1, 1, 1
     for r in range(region_blocks.shape[0]):
         b0, nb = region_blocks[r], region_n_blocks[r]
         n = block_starts[b0 + nb - 1] + block_sizes[b0 + nb - 1] - block_starts[b0]
         longest, most = max(longest, n), max(most, nb)
+    for b in range(block_sizes.shape[0]):
+        widest = max(widest, block_sizes[b])
     rows = np.empty((longest, width))
+    block_rows = np.empty((widest, width))
     per_block = np.empty((most, width))
     for r in range(region_blocks.shape[0]):
         b0, nb = region_blocks[r], region_n_blocks[r]
         start = block_starts[b0]
         stop = block_starts[b0 + nb - 1] + block_sizes[b0 + nb - 1]
         n = stop - start
+        # one pass over the region's rows, in order: the samples' Kahan sums, each block's,
+        # and the copy the medians reorder (a NaN found on the way: given up below)
         nan = False
-        if not want_smed:  # (else found as the medians' rows are copied, below)
-            for i in range(n):  # a NaN among the region's values: give up
-                row = joined[source[start + i], g0:g1]
-                for k in range(width):
-                    nan |= row[k] != row[k]
-            if nan:
-                return False
-        if want_smean:
-            _kahan_rows(joined, source, start, stop, g0, g1, total, carry)
+        copy = want_dmed or want_smed
+        for k in range(width):
+            total[k] = 0.0
+            carry[k] = 0.0
+            run_total[k] = 0.0
+            run_carry[k] = 0.0
+        for b in range(b0, b0 + nb):
+            s, m = block_starts[b], block_sizes[b]
             for k in range(width):
-                samples_mean[r, g0 + k] = total[k] / n
-        if want_dmean:
-            for k in range(width):
-                run_total[k] = 0.0
-                run_carry[k] = 0.0
-            for b in range(b0, b0 + nb):
-                s = block_starts[b]
-                _kahan_rows(joined, source, s, s + block_sizes[b], g0, g1, total, carry)
+                block_total[k] = 0.0
+                block_carry[k] = 0.0
+            for i in range(s, s + m):
+                row = joined[source[i], g0:g1]
+                if want_smean:
+                    _kahan_add(row, total, carry)
+                if want_dmean:
+                    _kahan_add(row, block_total, block_carry)
+                if copy:
+                    for k in range(width):
+                        x = row[k]
+                        nan |= x != x
+                        rows[i - start, k] = x
+                else:
+                    for k in range(width):
+                        nan |= row[k] != row[k]
+            if want_dmean:  # the donors' running mean, in donor order
                 for k in range(width):
-                    y = total[k] / block_sizes[b] - run_carry[k]
+                    y = block_total[k] / m - run_carry[k]
                     t = run_total[k] + y
                     c = (t - run_total[k]) - y
                     run_carry[k] = c if c == c else 0.0
                     run_total[k] = t
+        if nan:
+            return False
+        if want_smean:
+            for k in range(width):
+                samples_mean[r, g0 + k] = total[k] / n
+        if want_dmean:
             for k in range(width):
                 donors_mean[r, g0 + k] = run_total[k] / nb
         if want_dmed:
             for b in range(b0, b0 + nb):
-                s, m = block_starts[b], block_sizes[b]
-                for i in range(m):
-                    row = joined[source[s + i]]
+                s, m = block_starts[b] - start, block_sizes[b]
+                for i in range(m):  # (a copy: the samples' median reads the rows as they are)
                     for k in range(width):
-                        rows[i, k] = row[g0 + k]
-                _medians(rows, m, pairs, first, per_block[b - b0])
+                        block_rows[i, k] = rows[s + i, k]
+                _medians(block_rows, m, pairs, first, per_block[b - b0])
             _medians(per_block, nb, pairs, first, donors_median[r, g0:g1])
         if want_smed:
-            for i in range(n):
-                row = joined[source[start + i]]
-                for k in range(width):
-                    x = row[g0 + k]
-                    nan |= x != x
-                    rows[i, k] = x
-            if nan:  # a NaN among the region's values: give up (what is written is dropped)
-                return False
             _medians(rows, n, pairs, first, samples_median[r, g0:g1])
     return True
 
