@@ -157,6 +157,8 @@ _CACHE_SUFFIX = ".cache"
 # peak memory by 150-400 MB.
 _BLOCK_SIZE = 4 << 20
 _CHECK_CHUNK = 16 << 20        # bytes read at a time when checksumming a cache
+_WRITEBACK_STEP = 32 << 20     # bytes of a cache written between requests to write them out
+_SYNC_FILE_RANGE_WRITE = 2     # <fcntl.h>: start writing the range's dirty pages, not waiting
 _BUILD_ATTEMPTS = 3
 _MAX_DETAIL = 300              # characters of a parser message quoted in an error
 # errors of a cache location without room (or no longer writable): try elsewhere, else parse
@@ -1477,6 +1479,7 @@ def _write_cache(source: Path, location: Path, kind: str, stat: os.stat_result) 
             values_crc = 0
             ids_blocks, codes = [], []
             encoder = _RowEncoder()
+            writeback = _EarlyWriteback(out)
             width = 0
             for probe_ids, values in _iter_blocks(source, kind):
                 if kind == "pacall":
@@ -1489,6 +1492,7 @@ def _write_cache(source: Path, location: Path, kind: str, stat: os.stat_result) 
                     segments.append(payload)
                     codes.append((segment, base, divisor))
                 ids_blocks.append(probe_ids)
+                writeback.start()
             probe_ids = np.concatenate(ids_blocks).astype("<i8", copy=False)
             _check_unique(source, kind, probe_ids)
             n_samples = _count_samples(source, _LABELS[kind])
@@ -1551,6 +1555,38 @@ def _write_cache(source: Path, location: Path, kind: str, stat: os.stat_result) 
     now = os.stat(location)
     if (now.st_dev, now.st_ino) == (written.st_dev, written.st_ino):
         _remember_checked(_identity(location, now))
+
+
+class _EarlyWriteback:
+    """Has the kernel start writing a cache file being built to disk as it grows, every
+    :data:`_WRITEBACK_STEP` bytes (Linux's ``sync_file_range`` with ``SYNC_FILE_RANGE_WRITE``,
+    which does not wait), so that the ``fsync`` before the rename waits for the last few MB
+    rather than the whole file (a 17-digit donor's cache: 0.3 s, both builder threads at once).
+    Only a hint: the ``fsync`` alone makes the file durable. Elsewhere, nothing is done."""
+
+    def __init__(self, out):
+        self.out = out
+        self.started = 0      # bytes whose writing was asked for
+        self.call = None
+        if sys.platform.startswith("linux"):
+            import ctypes
+
+            try:
+                call = ctypes.CDLL(None, use_errno=True).sync_file_range
+            except (OSError, AttributeError):  # pragma: no cover - a libc without it
+                return
+            call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+            self.call = call
+
+    def start(self) -> None:
+        """Ask for the bytes written since the last request, when they are enough."""
+        if self.call is None or self.out.tell() - self.started < _WRITEBACK_STEP:
+            return
+        self.out.flush()
+        end = self.out.tell()
+        # (an error, e.g. a file system without it, only means the fsync does it all)
+        self.call(self.out.fileno(), self.started, end - self.started, _SYNC_FILE_RANGE_WRITE)
+        self.started = end
 
 
 #: The per-row arrays of a row-scaled cache, in file order.

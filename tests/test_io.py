@@ -721,6 +721,45 @@ def test_cache_is_built_once_and_reused(donor, monkeypatch):
     assert not list((donor / io.CACHE_DIRNAME).glob("*.tmp"))
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sync_file_range: Linux")
+def test_cache_build_starts_writing_the_file_out_as_it_grows(tmp_path, monkeypatch):
+    """Each stretch of a cache being built is handed to the kernel to write out once, in order,
+    from the first byte, while the file grows; the file is the same as without it."""
+    rng = np.random.default_rng(5)
+    rows = [",".join(f"{v:.6f}" for v in row) for row in rng.uniform(1.5, 18.4, (400, 40))]
+    path = _write_rows(tmp_path / "MicroarrayExpression.csv", rows)
+    cache = io.cache_locations(path)[0]
+    io.load_matrix(path)
+    plain = cache.read_bytes()
+    cache.unlink()
+
+    ranges = []
+
+    class Recording(io._EarlyWriteback):
+        def __init__(self, out):
+            super().__init__(out)
+            call = self.call
+
+            def record(fd, start, length, flags):
+                ranges.append((start, length, flags))
+                return call(fd, start, length, flags)
+
+            self.call = record
+
+    monkeypatch.setattr(io, "_EarlyWriteback", Recording)
+    monkeypatch.setattr(io, "_BLOCK_SIZE", 1 << 12)
+    monkeypatch.setattr(io, "_WRITEBACK_STEP", 1 << 13)
+    io.load_matrix(path)
+    assert cache.read_bytes() == plain
+    assert len(ranges) >= 5, ranges
+    assert ranges[0][0] == 0
+    assert all(start == prev + length for (prev, length, _), (start, _, _)
+               in zip(ranges, ranges[1:]))
+    assert all(length >= 1 << 13 and flags == io._SYNC_FILE_RANGE_WRITE
+               for _, length, flags in ranges)
+    assert sum(length for _, length, _ in ranges) <= len(plain)
+
+
 def test_cache_is_rebuilt_when_the_source_changes(donor, monkeypatch):
     calls = _count_parses(monkeypatch)
     path = donor / "MicroarrayExpression.csv"
