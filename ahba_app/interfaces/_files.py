@@ -130,8 +130,8 @@ def _write_matrix(frame: pd.DataFrame, path: Path) -> None:
 def _write_mapped(table, path: Path) -> None:
     """``table`` as an Arrow IPC file at ``path`` (which exists), through a map of the file:
     the same bytes as a file stream writes, without copying them into the page cache by
-    write() (which takes each fresh page one at a time: 70 MB of normalized samples 0.15 ->
-    0.03-0.05 s CPU). The file's blocks are reserved first, so that a full disk is an
+    write() (which takes each fresh page one at a time: 72 MB of normalized samples 0.14-0.16
+    -> 0.03-0.08 s CPU). The file's blocks are reserved first, so that a full disk is an
     ``OSError`` (ENOSPC) here and never a SIGBUS while writing into the map; a file system that
     cannot reserve them is written the ordinary way."""
     import errno
