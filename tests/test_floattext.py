@@ -132,12 +132,20 @@ def test_rows_helper_only_where_it_pays(monkeypatch):
 
     frame = _helper_table()
     monkeypatch.setattr(floattext, "HELPER_MIN_VALUES", 100)
+    monkeypatch.setenv("AHBA_APP_THREADS", "2")  # (two CPUs, whatever runs the tests)
+    monkeypatch.setattr(derivatives.os, "getloadavg", lambda: (0.2, 0.2, 0.2))
     with derivatives.rows_helper(frame) as helper:
         assert isinstance(helper, floattext.RowsHelper)
     with derivatives.rows_helper(frame.iloc[:, :5]) as helper:  # 45 values
         assert helper is None
     with derivatives.rows_helper(frame.fillna(0).clip(-1, 1).astype(np.float32)) as helper:
         assert helper is None
+    monkeypatch.setattr(derivatives.os, "getloadavg", lambda: (1.6, 1.0, 1.0))  # cores busy
+    with derivatives.rows_helper(frame) as helper:
+        assert helper is None
+    monkeypatch.setattr(derivatives.os, "getloadavg", lambda: (1.4, 3.0, 3.0))  # one idle
+    with derivatives.rows_helper(frame) as helper:
+        assert isinstance(helper, floattext.RowsHelper)
     monkeypatch.setenv("AHBA_APP_THREADS", "1")  # one CPU: nothing to overlap
     with derivatives.rows_helper(frame) as helper:
         assert helper is None
