@@ -80,11 +80,12 @@ def rows_helper(frame: pd.DataFrame, index: bool = True):
 
 
 def _idle_core(cpus: int) -> bool:
-    """Whether a core is likely idle: the last minute's load average below ``cpus - 0.5``.
+    """Whether a core is likely idle: the last minute's load average below ``cpus`` (a run
+    alone on the machine keeps it near 1-1.5: one busy thread, two in the threaded loops).
     A helper waiting for a core made the derivatives slower on a loaded machine (measured:
     6.2 -> 9.3-10.5 s over the batch's ten atlases at load 5-6)."""
     try:
-        return os.getloadavg()[0] < cpus - 0.5
+        return os.getloadavg()[0] < cpus
     except (AttributeError, OSError):  # no load average here: assume so
         return True
 
