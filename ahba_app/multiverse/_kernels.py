@@ -349,20 +349,9 @@ def _longest(class_starts):
 
 
 @numba.njit(nogil=True, cache=False)
-def _gather(row, at, n, values):
-    """``values[:n]``: one gene's values (``row``) at the positions ``at`` (a class's kept
-    samples); False when one is not finite."""
-    finite = True
-    for i in range(n):
-        x = row[at[i]]
-        finite &= x - x == 0.0  # (inf - inf, NaN - NaN: NaN)
-        values[i] = x
-    return finite
-
-
-@numba.njit(nogil=True, cache=False)
 def _gather_range(row, at, n, values, bounds):
-    """:func:`_gather`, the smallest and largest value into ``bounds`` in the same pass."""
+    """``values[:n]``: one gene's values (``row``) at the positions ``at`` (a class's kept
+    samples), their smallest and largest into ``bounds``; False when one is not finite."""
     finite = True
     low, high = row[at[0]], row[at[0]]
     for i in range(n):
@@ -454,14 +443,14 @@ def _srs_finish(work, class_starts, row0, k0, k1):
 @numba.njit(nogil=True, cache=False)
 def _place(work, order, k0, k1, out):
     """``out[order[j], k] = work[k, j]`` for the genes ``k0..k1``: the class-ordered genes x
-    samples block put back as samples x genes in the rows' order, eight genes (a cache line
-    of a row of ``out``) at a time."""
-    for a in range(k0, k1, 8):
-        b = min(a + 8, k1)
+    samples block put back as samples x genes in the rows' order, sixteen genes (two cache
+    lines of a row of ``out``) at a time (measured quicker than 8 or 32)."""
+    for a in range(k0, k1, 16):
+        b = min(a + 16, k1)
         for j in range(order.shape[0]):
-            row = out[order[j]]
+            d = order[j]
             for k in range(a, b):
-                row[k] = work[k, j]
+                out[d, k] = work[k, j]
 
 
 @numba.njit(nogil=True, cache=False, error_model="numpy")
@@ -550,20 +539,19 @@ def _zscore_genes(source, keep, members, class_starts, g0, g1, base, work, row0,
     values = np.empty(longest)
     squares = np.empty(longest)
     at = np.empty(longest, np.intp)
+    bounds = np.empty(2)
     for c in range(class_starts.shape[0] - 1):
         s0, s1 = class_starts[c], class_starts[c + 1]
         n = s1 - s0
         _positions(keep, members, s0, n, at)
         for g in range(g0, g1):
-            if not _gather(source[g], at, n, values):
+            if not _gather_range(source[g], at, n, values, bounds):
                 return False
+            low, high = bounds[0], bounds[1]
             mean = _sum(values, n, pairwise) / n
-            low, high = values[0], values[0]
             for i in range(n):
                 d = values[i] - mean
                 squares[i] = d * d
-                low = values[i] if values[i] < low else low
-                high = values[i] if values[i] > high else high
             sd = math.sqrt(_sum(squares, n, pairwise) / max(n - 1, 0))
             out = work[g - base, row0 + s0:row0 + s1]
             if low == high:  # every value equal (finite values)
