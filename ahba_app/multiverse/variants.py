@@ -50,7 +50,7 @@ class Scratch:
 
     def __init__(self):
         self._buffers: dict = {}
-        #: sorting networks by size (:func:`._kernels.networks`): the same for every group
+        #: median networks by size (:func:`._kernels.networks`): the same for every group
         self.networks: dict = {}
 
     def array(self, name: str, shape) -> np.ndarray:
@@ -97,7 +97,7 @@ class SampleBlocks:
         # was given, read where they are
         self._values = None if frames is None else self._gather(frames, donor, row)
         self._joined = None
-        self._nets = None  # the sorting networks of the medians
+        self._nets = None  # the median networks (:func:`._kernels.networks`)
         new_block = np.ones(len(code), dtype=bool)
         new_block[1:] = (code[1:] != code[:-1]) | (donor[1:] != donor[:-1])
         self.block_starts = np.flatnonzero(new_block)
