@@ -320,3 +320,52 @@ def test_units_compile_their_kernels_once_into_the_work_folder(linear, ahba_smal
     assert (out / table.name).read_bytes() == table.read_bytes()
     # the package's own folder is left alone
     assert not list((REPO / "ahba_app" / "multiverse").rglob("*.nbi"))
+
+
+def _cached_kernels():
+    """The kernels of the multiverse whose on-disk cache is on."""
+    import numba.core.caching
+    import numba.core.dispatcher
+
+    from ahba_app.multiverse import _kernels
+
+    return [name for name, kernel in vars(_kernels).items()
+            if isinstance(kernel, numba.core.dispatcher.Dispatcher)
+            and not isinstance(kernel._cache, numba.core.caching.NullCache)]
+
+
+def test_kernel_cache_on_only_within_its_block(tmp_path):
+    from ahba_app.multiverse.sweep import kernel_cache
+
+    assert _cached_kernels() == []
+    with kernel_cache(tmp_path / "kernels"):
+        assert len(_cached_kernels()) > 3
+    assert _cached_kernels() == []
+
+
+def test_kernel_cache_that_cannot_be_made_leaves_the_kernels_uncached(tmp_path, monkeypatch):
+    """A folder that cannot be written, or numba's caching moved elsewhere: the kernels compile
+    as without a cache (never in a folder numba would pick, such as the package's)."""
+    import numba.core.dispatcher
+
+    from ahba_app.multiverse.sweep import kernel_cache
+
+    in_a_file = tmp_path / "a-file"
+    in_a_file.write_text("not a folder")
+    with kernel_cache(in_a_file / "kernels"):
+        assert _cached_kernels() == []
+    assert not (in_a_file / "kernels").exists()
+
+    calls = []
+
+    def moved(self):
+        calls.append(self)
+        if len(calls) == 2:  # the second kernel: after one was switched on
+            raise AttributeError("numba moved its caching")
+        return original(self)
+
+    original = numba.core.dispatcher.Dispatcher.enable_caching
+    monkeypatch.setattr(numba.core.dispatcher.Dispatcher, "enable_caching", moved)
+    with kernel_cache(tmp_path / "kernels"):
+        assert len(calls) == 2 and _cached_kernels() == []
+    assert _cached_kernels() == []

@@ -24,6 +24,7 @@ import gc
 import math
 import os
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -501,30 +502,54 @@ def kernel_cache(folder):
     keys each entry by the kernels' source file (size and time), the argument types and the
     CPU, and loads the machine code it compiled: the same arithmetic, bit for bit. ``folder``
     None: no cache."""
-    if folder is None:
-        yield
-        return
-    import numba.core.caching
-    import numba.core.config
-    import numba.core.dispatcher
-
-    from . import _kernels
-
-    kernels = [kernel for kernel in vars(_kernels).values()
-               if isinstance(kernel, numba.core.dispatcher.Dispatcher)]
-    # numba's cache locator reads its folder from the configuration when the cache is made
-    # (enable_caching); set only meanwhile, so that nothing else of the process changes
-    previous = numba.core.config.CACHE_DIR
-    numba.core.config.CACHE_DIR = os.fspath(folder)
+    kernels = [] if folder is None else _caching_kernels(folder)
     try:
+        yield
+    finally:
+        _without_cache(kernels)
+
+
+def _caching_kernels(folder) -> list:
+    """The kernels of :mod:`._kernels`, now cached in ``folder``; none (they compile as without
+    a cache) when the folder cannot be written, or numba's caching is not where it was (its
+    ``config.CACHE_DIR`` and ``Dispatcher.enable_caching``): a cache only saves time. The
+    folder is checked first, because numba would otherwise fall back on folders of its own
+    choosing, the package's among them."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError:
+        return []
+    enabled = []
+    try:
+        import numba.core.config
+        import numba.core.dispatcher
+
+        from . import _kernels
+
+        # numba's cache locator reads its folder from the configuration when the cache is
+        # made (enable_caching); set only meanwhile, so that nothing else of the process changes
+        previous = numba.core.config.CACHE_DIR
+        numba.core.config.CACHE_DIR = os.fspath(folder)
+        try:
+            for kernel in vars(_kernels).values():
+                if isinstance(kernel, numba.core.dispatcher.Dispatcher):
+                    kernel.enable_caching()  # compilations already made stay in memory
+                    enabled.append(kernel)
+        finally:
+            numba.core.config.CACHE_DIR = previous
+    except (ImportError, AttributeError, RuntimeError, OSError):
+        _without_cache(enabled)
+        return []
+    return enabled
+
+
+def _without_cache(kernels) -> None:
+    """``kernels`` as their decorators left them: no cache."""
+    if kernels:
+        import numba.core.caching
+
         for kernel in kernels:
-            kernel.enable_caching()  # compilations already made stay in memory
-    finally:
-        numba.core.config.CACHE_DIR = previous
-    try:
-        yield
-    finally:
-        for kernel in kernels:  # as the decorators left them: no cache
             kernel._cache = numba.core.caching.NullCache()
 
 
