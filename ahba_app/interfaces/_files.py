@@ -139,9 +139,12 @@ def _write_mapped(table, path: Path) -> None:
     import pyarrow as pa
     import pyarrow.ipc as ipc
 
+    def write_into(sink) -> None:
+        with ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+
     counted = pa.MockOutputStream()  # (counts the bytes a writer gives it: the file's size)
-    with ipc.new_file(counted, table.schema) as writer:
-        writer.write_table(table)
+    write_into(counted)
     with open(path, "r+b") as handle:
         try:
             os.posix_fallocate(handle.fileno(), 0, counted.size())
@@ -150,12 +153,8 @@ def _write_mapped(table, path: Path) -> None:
             if err.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise OSError(err.errno, os.strerror(err.errno), str(path)) from None
             reserved = False
-    if not reserved:
-        with pa.OSFile(str(path), "wb") as sink, ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
-        return
-    with pa.memory_map(str(path), "r+") as sink, ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
+    with (pa.memory_map(str(path), "r+") if reserved else pa.OSFile(str(path), "wb")) as sink:
+        write_into(sink)
 
 
 def _read_matrix(table) -> pd.DataFrame:
