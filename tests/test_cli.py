@@ -312,6 +312,61 @@ def test_caches_are_checked_on_another_thread_during_the_input_checks(tmp_path, 
     assert opened == []
 
 
+def test_data_identity_is_checked_beside_the_atlases(tmp_path, ahba_small, monkeypatch):
+    """With two threads the data identity is made on a worker thread while the atlases are
+    checked; when both the data and an atlas are wrong, the data's problem is the one said
+    (as when the data were checked first)."""
+    import threading
+
+    monkeypatch.setenv("AHBA_APP_THREADS", "2")
+    (tmp_path / "empty").mkdir()
+    made_on = []
+    real_identity = cli_run._data_identity
+
+    def identity(*args):
+        made_on.append(threading.current_thread() is threading.main_thread())
+        return real_identity(*args)
+
+    monkeypatch.setattr(cli_run, "_data_identity", identity)
+    plan = _prepare(tmp_path, tmp_path / "empty", "--donors", *DONORS, ahba=ahba_small)
+    assert made_on == [False]
+    settings = pipeline.Settings(donors=list(DONORS))
+    assert plan.data_identity == real_identity(str(ahba_small), settings)
+
+    def broken(what):
+        def fail(*args):
+            raise cli_run.UsageError(f"{what} is broken")
+        return fail
+
+    monkeypatch.setattr(cli_run, "_check_atlases", broken("the atlas"))
+    monkeypatch.setattr(cli_run, "_data_identity", broken("the data"))
+    with pytest.raises(cli_run.UsageError, match="the data is broken"):
+        _prepare(tmp_path, tmp_path / "empty", "--donors", *DONORS, ahba=ahba_small)
+    monkeypatch.setattr(cli_run, "_data_identity", identity)
+    with pytest.raises(cli_run.UsageError, match="the atlas is broken"):
+        _prepare(tmp_path, tmp_path / "empty", "--donors", *DONORS, ahba=ahba_small)
+
+
+def test_unused_imports_wait_until_used():
+    """The console script keeps Nipype's import of scipy.io from loading it (and
+    scipy.sparse); whoever uses it then gets the loaded module, by any form of import."""
+    code = "\n".join([
+        "import sys",
+        "from ahba_app.cli import run",
+        "run._defer_unused_imports()",
+        "import nipype.pipeline.engine, nipype.interfaces.io",
+        "from nipype.utils import filemanip",
+        "assert 'scipy.sparse' not in sys.modules, 'scipy.io loaded with nipype'",
+        "import scipy.io.matlab",
+        "from scipy.io import loadmat",
+        "import scipy.io",
+        "assert type(sys.modules['scipy.io']) is type(sys), 'not loaded'",
+        "assert sys.modules['scipy.io'].loadmat is loadmat is filemanip.sio.loadmat",
+        "assert scipy.io.matlab.loadmat is loadmat",
+    ])
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_desc_follows_the_preset(tmp_path, ahba_small):
     (tmp_path / "empty").mkdir()
     inp = tmp_path / "empty"

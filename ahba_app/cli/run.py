@@ -24,6 +24,8 @@ status 130 / 143 and one message; Nipype's workers end with it.
 from __future__ import annotations
 
 import gc
+import importlib
+import importlib.util
 import logging
 import os
 import re
@@ -31,6 +33,7 @@ import shutil
 import sys
 import tempfile
 import time
+import types
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -160,13 +163,14 @@ def _locate_ahba(data_dir, settings, nprocs, verbose) -> None:
 
 
 @contextmanager
-def _checking_caches(data_dir, donors) -> Iterator[None]:
+def _checking_caches(data_dir, donors) -> Iterator:
     """Within the block, the microarray and PACall caches of the donors are opened on another
     thread, their values' CRC-32 checked as the nodes would check them first
     (:func:`ahba_app.io.load_matrix`; the process remembers the caches it checked): reading
     some 700 MB of cache (0.3-0.4 s) overlaps the input checks instead of delaying the first
     nodes. Leaves the block when they are done; a failure is left for the node that opens the
-    cache to report."""
+    cache to report. Gives the block the executor (:func:`ahba_app._blocks.background`), for
+    more checks to overlap."""
     from .. import io
     from .._blocks import background
     from ..fetch import find_microarray
@@ -187,7 +191,7 @@ def _checking_caches(data_dir, donors) -> Iterator[None]:
     with background() as pool:
         if built:
             pool.submit(check)
-        yield
+        yield pool
 
 
 def _data_identity(data_dir, settings) -> str:
@@ -304,9 +308,17 @@ def prepare_run(opts) -> RunPlan:
         notes[atlases[0].key] = ["The input folder held no atlas, so the Desikan-Killiany "
                                   "atlas bundled with ahba-app was used."]
     _locate_ahba(data_dir, settings, nprocs, opts.verbose)
-    with _checking_caches(data_dir, settings.donors):
-        identity = _data_identity(data_dir, settings)  # reads (and checks) every file of the run
-        _check_atlases(atlases, settings, data_dir)
+    with _checking_caches(data_dir, settings.donors) as pool:
+        # the data identity reads (and checks) every file of the run, on another thread while
+        # the atlases are checked here (much of both is hashing and decompressing, which let
+        # the other thread run: 0.2-0.3 s CPU each)
+        identity = pool.submit(_data_identity, data_dir, settings)
+        try:
+            _check_atlases(atlases, settings, data_dir)
+        except Exception:
+            identity.result()  # a problem with the data is said first, as when checked first
+            raise
+        identity = identity.result()
     return RunPlan(analysis_level=opts.analysis_level, input_dir=input_dir,
                    output_dir=output_dir, work_dir=work_dir, data_dir=data_dir,
                    settings=settings, atlases=atlases, desc=desc, save_donors=opts.save_donors,
@@ -593,6 +605,8 @@ def main(argv=None) -> int:
     SIGTERM, what job schedulers send at their time limit).
     """
     signals = _Signals().install()  # first: a signal during the imports below is handled
+    if argv is None:  # (the console script: the process is the run's)
+        _defer_unused_imports()
     try:
         from ..bids import remembering_atlases
 
@@ -611,6 +625,47 @@ def main(argv=None) -> int:
         return EXIT_INTERRUPTED
     finally:
         signals.restore()
+
+
+#: Modules that Nipype imports when it is loaded and a run never uses: ``scipy.io`` (MATLAB
+#: files, for its SPM interfaces) brings scipy.sparse, numpy.f2py and more, 0.08-0.14 s of the
+#: 0.6 s a run spends importing before its first node.
+UNUSED_IMPORTS = ("scipy.io",)
+
+
+class _Deferred(types.ModuleType):
+    """A module in ``sys.modules`` that is not loaded yet: the first attribute asked of it
+    loads the module itself (which then takes its place in ``sys.modules``), and every
+    attribute is the loaded module's. ``import`` statements give this object without loading
+    anything (its ``__spec__`` is None)."""
+
+    def __getattr__(self, attr):  # (only for what the object itself does not have)
+        loaded = self.__dict__.get("_loaded")
+        if loaded is None:
+            if sys.modules.get(self.__name__) is self:
+                del sys.modules[self.__name__]
+            loaded = importlib.import_module(self.__name__)
+            self._loaded = loaded
+        return getattr(loaded, attr)
+
+
+def _defer_unused_imports(names=UNUSED_IMPORTS) -> None:
+    """Put a :class:`_Deferred` in ``sys.modules`` for each module of ``names`` not imported
+    yet (its parent package is imported), so that importing Nipype does not load them."""
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        if name in sys.modules:
+            continue
+        try:
+            package = importlib.import_module(parent) if parent else None
+            if importlib.util.find_spec(name) is None:
+                continue
+        except ImportError:  # (not installed: the importer will say so)
+            continue
+        deferred = _Deferred(name)
+        sys.modules[name] = deferred
+        if package is not None:
+            setattr(package, child, deferred)
 
 
 @contextmanager
