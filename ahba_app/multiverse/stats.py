@@ -34,13 +34,23 @@ __all__ = ["STATISTICS", "TableStatistics", "centroid_array", "cge_distance_rho"
 STATISTICS = ("n_genes", "n_regions", "cge_distance_rho", "pc1_variance", "map_rho")
 
 
-def _complete(table: pd.DataFrame) -> pd.DataFrame:
-    """The regions with data and the genes finite in all of them."""
+def _complete(table: pd.DataFrame) -> tuple[pd.Index, np.ndarray]:
+    """The labels of the regions with data, and their values of the genes finite in all of
+    them: a (regions, genes) array, C-ordered when the table's values are (those the sweep
+    gives: numpy takes the rows and columns; pandas' ``iloc`` cost twice as much), else as
+    pandas leaves them."""
     values = table.to_numpy(dtype=float)
     finite = np.isfinite(values)
-    rows = finite.any(axis=1)
-    cols = finite[rows].all(axis=0)
-    return table.iloc[np.flatnonzero(rows), np.flatnonzero(cols)]
+    rows = np.flatnonzero(finite.any(axis=1))
+    cols = np.flatnonzero(finite[rows].all(axis=0))
+    if not values.flags.c_contiguous:
+        data = table.iloc[rows, cols]
+        return data.index, data.to_numpy(dtype=float)
+    if len(cols) < values.shape[1]:
+        values = values[:, cols]
+    if len(rows) < len(table):
+        values = values[rows]
+    return table.index[rows], np.ascontiguousarray(values)
 
 
 def spearman(x, y) -> float:
@@ -85,10 +95,8 @@ class TableStatistics:
     def __init__(self, table: pd.DataFrame, centroids: Mapping | None = None,
                  region_map: pd.Series | None = None):
         self.n_genes = n_genes(table)
-        data = _complete(table)
-        self.labels = data.index
-        self.n_regions = len(data)
-        self.values = data.to_numpy(dtype=float)
+        self.labels, self.values = _complete(table)
+        self.n_regions = len(self.labels)
         self.centroids = centroids
         self.region_map = region_map
         self._eig = None

@@ -467,13 +467,25 @@ def unit_rows(plan: Plan, atlas, atlas_info=None, *, data_dir=None,
     # sets aside hold no reference cycles (freed by their counts when let go).
     gc.collect()
     gc.freeze()
+    # The tables' values, decoded once, serve the pass without sample normalization and then
+    # the first whose normalization writes over them (:meth:`~.upstream.UnitUpstream.
+    # sample_normalized`): those two passes first, in that order; the rows keep ``keys``'
+    # order. (Not every pass: a third would hold a second 0.6 GB copy of them meanwhile.)
+    passes = sorted(by_norm, key=_pass_rank)
+    reuse = (None,) in by_norm and any(_pass_rank(norm) == 1 for norm in by_norm)
+    values = None
     try:
-        for norm, group_keys in by_norm.items():
+        for norm in passes:
+            group_keys = by_norm[norm]
             sampled = None
             if norm is not None:  # even for one group: its blocks of genes hold less than it
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    sampled = upstream.sample_normalized(norm[0])
+                    if reuse and norm == (None,):  # kept on for the next pass
+                        sampled = values = upstream.sample_values()
+                    else:
+                        sampled = upstream.sample_normalized(norm[0], values)
+                        values = None
             shared: dict = {}  # tables the groups of this sample_norm share
             for key in group_keys:
                 rows[key] = list(group_rows(plan, key, atlas, atlas_info, data_dir=data_dir,
@@ -551,6 +563,17 @@ def _without_cache(kernels) -> None:
 
         for kernel in kernels:
             kernel._cache = numba.core.caching.NullCache()
+
+
+def _pass_rank(norm) -> int:
+    """The order of a unit's sample-normalization passes (:func:`_sample_pass`): without
+    normalization first, then the layout-free normalizations (written over the values the
+    first pass read), then the others."""
+    from ..exact import LAYOUT_FREE_NORMS
+
+    if norm == (None,):
+        return 0
+    return 1 if norm is not None and norm[0] in LAYOUT_FREE_NORMS else 2
 
 
 def _sample_pass(settings):

@@ -17,6 +17,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from .. import exact as _exact
 from .. import io as _io
 from .. import matching as _matching
 from .. import normalize as _normalize
@@ -89,13 +90,15 @@ class UnitUpstream:
         self.annotations = renumbered
         self._columns: dict = {}  # donor -> the genes' names (from sample_normalized)
 
-    def _frame(self, donor, rows, order: str) -> pd.DataFrame:
+    def _frame(self, donor, rows, order: str, buffer=None) -> pd.DataFrame:
         """The donor's samples x genes table of its sample table's rows ``rows`` (None: each
-        distinct sample once, in the order of ``unique_rows``)."""
+        distinct sample once, in the order of ``unique_rows``; in ``buffer``'s memory if given
+        and possible: :meth:`ahba_app.pipeline.DonorTables.frame`)."""
         if rows is None:
             if self._collapsed or len(self.unique_rows[donor]) == len(self.source[donor]):
-                return self.expressions.frame(donor, None, order=order)
-            return self.expressions.frame(donor, self.unique_rows[donor], order=order)
+                return self.expressions.frame(donor, None, order=order, buffer=buffer)
+            return self.expressions.frame(donor, self.unique_rows[donor], order=order,
+                                          buffer=buffer)
         if self._collapsed:
             rows = self.source[donor][rows]
         return self.expressions.frame(donor, rows, order=order)
@@ -127,7 +130,35 @@ class UnitUpstream:
                     structures=structures)
         return normalized, kept, labels
 
-    def sample_normalized(self, sample_norm) -> dict | None:
+    def sample_values(self) -> dict | None:
+        """Every donor's distinct samples x genes values as read (donor -> (U, G) array, each
+        distinct sample once, samples contiguous per gene: 'F'), for
+        :meth:`sample_normalized`; None when a donor's table holds a NaN (see there)."""
+        out = {}
+        for donor in self.donors:
+            out[donor] = self._values(donor)
+            if out[donor] is None:
+                return None
+        return out
+
+    def _values(self, donor) -> np.ndarray | None:
+        """One donor's :meth:`sample_values`, or None when it holds a NaN."""
+        # read into memory of our own, written over by the normalizations that can
+        size = len(self.unique_rows[donor]) * self.expressions.n_genes(donor)
+        buffer = np.empty(size)
+        frame = self._frame(donor, None, "F", buffer=buffer)
+        self._columns[donor] = frame.columns
+        values = frame.to_numpy()
+        del frame
+        if np.shares_memory(values, buffer):  # (pandas shows it read-only)
+            values = buffer[:values.size].reshape(values.shape[::-1]).T
+        else:  # not read into it (e.g. probes averaged in memory: their table is kept)
+            values = np.array(values, order="F")
+        if values.dtype.kind == "f" and np.isnan(values).any():
+            return None
+        return values
+
+    def sample_normalized(self, sample_norm, values: dict | None = None) -> dict | None:
         """Every sample of every donor normalized across genes by ``sample_norm`` (donor ->
         (U, G) array: each distinct sample once, mirrored copies not repeated; row ``r`` of the
         donor's sample table is row ``source[donor][r]``), for :meth:`normalized_from`; None
@@ -137,21 +168,27 @@ class UnitUpstream:
         whichever samples the group keeps (``norm_matched``): the normalization runs once per
         ``sample_norm`` for the unit's groups, not once per group. With a NaN in the table the
         genes that take part could depend on the samples kept: then None, and the groups are
-        normalized one by one (:meth:`normalized`)."""
+        normalized one by one (:meth:`normalized`).
+
+        ``values``: :meth:`sample_values`, which the caller gives up (read once for several
+        passes: decoding the tables was most of a pass): without normalization they are the
+        result; a normalization whose numbers do not depend on the layout is written over
+        them (in their memory: no fresh 0.6 GB); any other reads them as they are."""
         name = _normalize.resolve_norm(sample_norm)
-        order = _pipeline.read_order(sample_norm)
+        if name is None:
+            return self.sample_values() if values is None else values
+        in_place = name in _exact.LAYOUT_FREE_NORMS
         out = {}
         for donor in self.donors:
-            frame = self._frame(donor, None, order)
-            self._columns[donor] = frame.columns
-            values = frame.to_numpy()
-            del frame
-            if values.dtype.kind == "f" and np.isnan(values).any():
+            # one donor's values at a time besides the results
+            table = self._values(donor) if values is None else values.pop(donor)
+            if table is None:
                 return None
             with warnings.catch_warnings(), np.errstate(all="ignore"):
                 warnings.simplefilter("ignore")
-                out[donor] = (values if name is None
-                              else _normalize.normalize_array(values, name, axis=1))
+                out[donor] = _normalize.normalize_array(table, name, axis=1,
+                                                        out=table if in_place else None)
+            del table
         return out
 
     def normalized_from(self, sampled: dict, settings) -> tuple[dict, dict, dict]:
@@ -207,6 +244,15 @@ class UnitUpstream:
                         [classes[d] for d in self.donors], cols.start, cols.stop, out,
                         n_threads(), scratch.array("normalizing", (width, n_rows))):
                     return out
+            if gene_name is None:  # the kept rows as they are, stacked as the kernels read them
+                out = scratch.array("normalized", (n_rows, cols.stop - cols.start))
+                at = 0
+                for donor in self.donors:
+                    rows = keeps[donor]
+                    np.take(sampled[donor][:, cols], rows, axis=0, out=out[at:at + len(rows)],
+                            mode="clip")
+                    at += len(rows)
+                return out
             return [_gene_normalized(sampled[donor][:, cols], keeps[donor], gene_name,
                                      classes[donor]) for donor in self.donors]
 
