@@ -275,7 +275,6 @@ class UnitUpstream:
         depends on the samples' places only: it is found once, by matching a table of row
         positions; each block then combines those samples' values of its genes as the API
         combines whole rows (:func:`ahba_app.matching.combine_centroids`, gene by gene)."""
-        columns = self._columns[self.donors[0]]
         chosen = {}
         for donor in self.donors:
             coords = _pipeline.atlas_coordinates(self.atlases[donor], kept[donor])
@@ -283,21 +282,35 @@ class UnitUpstream:
                                      index=kept[donor].index)
             rows, dist = _matching.match_centroids(self.atlases[donor], labels[donor],
                                                    positions, coords)
-            chosen[donor] = (rows.index, rows.to_numpy()[:, 0], dist)
+            chosen[donor] = (rows.iloc[:, 0], dist)
+        # combine_centroids' choices made once: the regions empty in every donor, each donor's
+        # row for each (-1: none, a NaN row) and their weights
+        common = sorted(set.intersection(*[set(at.index) for at, _ in chosen.values()]))
+        where = np.asarray([[_row_at(chosen[d][0], label) for d in self.donors]
+                            for label in common], dtype=np.intp).reshape(len(common), -1)
+        weights = [_matching.inverse_distance_weights(np.asarray(
+            [chosen[d][1].loc[label] for d in self.donors], dtype=float)[:, None])[:, 0]
+            for label in common]
+        filled = np.asarray(common, dtype=np.int64)
 
         def fill_block(arrays, cols):
-            found = {}
-            for donor, values in zip(self.donors, arrays):
-                index, at, dist = chosen[donor]
-                ok = ~np.isnan(at)
-                data = np.full((len(at), values.shape[1]), np.nan)
-                data[ok] = values[at[ok].astype(np.intp)]
-                found[donor] = (pd.DataFrame(data, index=index, columns=columns[cols],
-                                             copy=False), dist)
-            rows = _matching.combine_centroids(found)
-            return [rows.copy() for _ in self.donors]
+            width = cols.stop - cols.start
+            nan = np.full(width, np.nan)
+            rows = np.empty((len(common), width))
+            for j in range(len(common)):
+                # the donors' rows stacked and combined as combine_centroids does
+                values = np.stack([arrays[d][at] if at >= 0 else nan
+                                   for d, at in enumerate(where[j])])
+                rows[j] = _matching._weighted_rows(values, weights[j])
+            return [(filled, rows)] * len(self.donors)
 
         return fill_block
+
+
+def _row_at(at: pd.Series, label) -> int:
+    """The row a donor's centroid match chose for ``label`` (-1: none)."""
+    value = at.loc[label]
+    return -1 if np.isnan(value) else int(value)
 
 
 def _kernels():

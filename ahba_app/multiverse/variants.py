@@ -261,8 +261,8 @@ def blocked_tables(normalized_block: Callable, labels: Sequence, all_labels, col
     ``normalized_block(cols)``: the donors' normalized samples x genes arrays of the genes
     ``columns[cols]`` (a slice), in donor order (or one array of them stacked); ``labels``: each donor's row regions, in that
     order; ``fill_block(arrays, cols)``: the rows ``missing='centroids'`` adds to each donor
-    (frames indexed by region label, in donor order) for those genes, from that block's
-    arrays, needed when a variant fills. The tables are
+    (in donor order, ``(region labels, (n, genes) rows)``) for those genes, from that
+    block's arrays, needed when a variant fills. The tables are
     :func:`variant_tables`' bit for bit (every step computes each gene from that gene's values
     alone, in the same order); None where it gives None (a NaN among the values used, no
     sample, fills of regions with samples).
@@ -288,7 +288,6 @@ def blocked_tables(normalized_block: Callable, labels: Sequence, all_labels, col
     if reuse and not filling:
         return _variants(known, None, variants)
     filled: dict = {}
-    donors = list(range(len(labels)))
     for start in range(0, n_genes, max(1, int(block_genes))):
         cols = slice(start, min(start + max(1, int(block_genes)), n_genes))
         arrays = normalized_block(cols)
@@ -307,8 +306,7 @@ def blocked_tables(normalized_block: Callable, labels: Sequence, all_labels, col
             for kind, (regions, table) in tables.items():
                 base[kind][regions, cols] = table
         if filling:
-            part = _fill_tables(dict(enumerate(fill_block(arrays, cols))), donors, every,
-                                kinds, columns[cols], scratch)
+            part = _fill_arrays(fill_block(arrays, cols), every, kinds, scratch)
             if part is False or _fills_sampled(part, layout.regions):
                 return None
             for kind, (regions, table) in part.items():
@@ -384,13 +382,20 @@ class _Frames:
 
 
 def _fill_tables(fills: Mapping, donors, every, kinds, columns, scratch):
-    """Tables of the filled regions only (from the fill rows), or False if one holds NaN."""
+    """Tables of the filled regions only (from the fill rows: frames by donor), or False if
+    one holds NaN."""
     rows = [fills.get(d) for d in donors]
     rows = [r if r is not None else pd.DataFrame(columns=columns, dtype=float) for r in rows]
-    if not any(len(r) for r in rows):
+    return _fill_arrays([(np.asarray(r.index), r.reindex(columns=columns).to_numpy(
+        dtype=np.float64)) for r in rows], every, kinds, scratch)
+
+
+def _fill_arrays(fills, every, kinds, scratch):
+    """:func:`_fill_tables` from each donor's ``(region labels, rows)`` (in donor order)."""
+    if not any(len(labels) for labels, _ in fills):
         return {}
-    arrays = [r.reindex(columns=columns).to_numpy(dtype=np.float64).T for r in rows]
-    codes = [_codes(np.asarray(r.index), every) for r in rows]
+    arrays = [np.asarray(rows, dtype=np.float64).T for _, rows in fills]
+    codes = [_codes(np.asarray(labels), every) for labels, _ in fills]
     blocks = SampleBlocks(arrays, codes, scratch)
     if blocks.has_nan():
         return False
