@@ -132,6 +132,7 @@ def _kernel(joined, source, block_starts, block_sizes, region_blocks, region_n_b
         # one pass over the region's rows, in order: the samples' Kahan sums, each block's,
         # and the copy the medians reorder (a NaN found on the way: given up below)
         nan = False
+        signed = False  # a -0.0 among them
         copy = want_dmed or want_smed
         for k in range(width):
             total[k] = 0.0
@@ -153,6 +154,7 @@ def _kernel(joined, source, block_starts, block_sizes, region_blocks, region_n_b
                     for k in range(width):
                         x = row[k]
                         nan |= x != x
+                        signed |= (x == 0.0) & (math.copysign(1.0, x) < 0.0)
                         rows[i - start, k] = x
                 else:
                     for k in range(width):
@@ -173,8 +175,16 @@ def _kernel(joined, source, block_starts, block_sizes, region_blocks, region_n_b
             for k in range(width):
                 donors_mean[r, g0 + k] = run_total[k] / nb
         if want_dmed:
+            # Each block's network reorders the block's own rows, unless the samples' median
+            # follows: its network then reads them in another order, and where a -0.0 and a
+            # 0.0 tie which of them it leaves in the middle depends on that order (without
+            # one, the middle values are the same bits whatever the order: no NaN here)
+            own = not (want_smed and signed)
             for b in range(b0, b0 + nb):
                 s, m = block_starts[b] - start, block_sizes[b]
+                if own:
+                    _medians(rows[s:s + m], m, pairs, first, per_block[b - b0])
+                    continue
                 for i in range(m):  # (a copy: the samples' median reads the rows as they are)
                     for k in range(width):
                         block_rows[i, k] = rows[s + i, k]
