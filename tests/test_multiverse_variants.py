@@ -309,6 +309,25 @@ def test_group_tables_by_blocks_of_genes_equal_variant_tables(unit, gene_norm, n
         assert np.array_equal(got[key].to_numpy(), want[key].to_numpy(), equal_nan=True), key
 
 
+def test_centroid_fills_without_a_region_empty_in_every_donor(unit):
+    # one donor's samples in every region: nothing to fill (the full data's units with a
+    # tolerance), and no error
+    upstream, base = unit
+    settings = pipeline.Settings(**dict(base.__dict__, sample_norm="srs", gene_norm=None))
+    kept, labels = {}, {}
+    for donor in upstream.donors:
+        upstream._kept(donor, settings, kept, labels)
+    every = np.asarray(upstream.all_labels)
+    first = upstream.donors[0]
+    labels[first] = every[np.arange(len(labels[first])) % len(every)]
+    assert len(labels[first]) >= len(every)
+    fill_block = upstream._centroid_fills(kept, labels)
+    arrays = [np.zeros((len(labels[d]), 5)) for d in upstream.donors]
+    fills = fill_block(arrays, slice(0, 5))
+    assert len(fills) == len(upstream.donors)
+    assert all(len(regions) == 0 and rows.shape == (0, 5) for regions, rows in fills)
+
+
 def test_group_tables_decline_nan(unit):
     upstream, base = unit
     sampled = upstream.sample_normalized("srs")

@@ -287,7 +287,8 @@ class UnitUpstream:
         # row for each (-1: none, a NaN row) and their weights
         common = sorted(set.intersection(*[set(at.index) for at, _ in chosen.values()]))
         where = np.asarray([[_row_at(chosen[d][0], label) for d in self.donors]
-                            for label in common], dtype=np.intp).reshape(len(common), -1)
+                            for label in common], dtype=np.intp
+                           ).reshape(len(common), len(self.donors))
         weights = [_matching.inverse_distance_weights(np.asarray(
             [chosen[d][1].loc[label] for d in self.donors], dtype=float)[:, None])[:, 0]
             for label in common]
