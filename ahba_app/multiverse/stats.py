@@ -37,7 +37,7 @@ STATISTICS = ("n_genes", "n_regions", "cge_distance_rho", "pc1_variance", "map_r
 def _complete(table: pd.DataFrame) -> tuple[pd.Index, np.ndarray]:
     """The labels of the regions with data, and their values of the genes finite in all of
     them: a (regions, genes) array, C-ordered when the table's values are (those the sweep
-    gives: numpy takes the rows and columns; pandas' ``iloc`` cost twice as much), else as
+    gives: numpy takes the rows and columns, quicker than pandas' ``iloc``), else as
     pandas leaves them."""
     values = table.to_numpy(dtype=float)
     finite = np.isfinite(values)

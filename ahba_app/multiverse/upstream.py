@@ -150,7 +150,7 @@ class UnitUpstream:
         self._columns[donor] = frame.columns
         values = frame.to_numpy()
         del frame
-        if np.shares_memory(values, buffer):  # (pandas shows it read-only)
+        if np.may_share_memory(values, buffer):  # (pandas shows it read-only)
             values = buffer[:values.size].reshape(values.shape[::-1]).T
         else:  # not read into it (e.g. probes averaged in memory: their table is kept)
             values = np.array(values, order="F")
