@@ -157,6 +157,43 @@ def test_gene_normalized_equals_normalize_array_bit_for_bit(name):
     assert not gene_normalized(name, sources, keeps, classes, 0, 10, out)
 
 
+def test_order_statistics_and_sums_of_the_gene_normalization_kernels():
+    # the selection gives what a sort puts at the positions wanted (runs of eight buckets
+    # skipped, int32 counts), the bounds are the minimum and maximum (four running ones), and
+    # the pairwise sum is numpy's to the bit (its stack given by the caller)
+    from ahba_app.multiverse import _kernels as kernels
+
+    rng = np.random.default_rng(7)
+    stack, sums = np.empty((3, 64), np.intp), np.empty(64)
+    found, got, bounds = np.empty((4, 6), np.intp), np.empty(6), np.empty(2)
+    for n in (*range(1, 70), 127, 128, 129, 255, 300, 785, 1000, 3001):
+        for kind in range(4):
+            values = rng.normal(size=n)
+            if kind == 1:
+                values = np.round(values, 1)                   # many ties
+            elif kind == 2:
+                values[: max(1, n // 10)] = 1e12               # one bucket holds the top
+            elif kind == 3:
+                values = rng.lognormal(sigma=4, size=n)         # most values in few buckets
+            order = np.sort(values)
+            at = np.arange(n, dtype=np.intp)[::-1].copy()
+            gathered = np.empty(n)
+            assert kernels._gather_range(values, at, n, gathered, bounds)
+            assert np.array_equal(gathered, values[::-1])
+            assert (bounds[0], bounds[1]) == (order[0], order[-1])
+            b25, b75 = int((n - 1) * 0.25), int((n - 1) * 0.75)
+            want = np.sort(np.array([b25, min(b25 + 1, n - 1), max(n // 2 - 1, 0), n // 2,
+                                     b75, min(b75 + 1, n - 1)], dtype=np.intp))
+            kernels._select(values.copy(), n, bounds[0], bounds[1], want, got,
+                            np.empty(n, np.int32), np.empty(n // 2 + 1, np.int32),
+                            np.empty(n), found)
+            assert np.array_equal(got, order[want]), (n, kind)
+            expected = np.add.reduce(values)
+            assert kernels._sum(values, n, True, stack, sums) == expected, (n, kind)
+    values[5] = np.nan
+    assert not kernels._gather_range(values, at, n, gathered, bounds)
+
+
 def _centroid_fills(upstream, normalized, kept, labels):
     """The rows missing='centroids' adds to each donor, as the API computes them."""
     coords = {d: pipeline.atlas_coordinates(upstream.atlases[d], f) for d, f in kept.items()}

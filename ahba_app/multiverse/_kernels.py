@@ -269,13 +269,16 @@ def _shell_sort(a, lo, hi):
 
 
 @numba.njit(nogil=True, cache=False)
-def _select(values, n, low, high, want, got, keys, counts, pool):
+def _select(values, n, low, high, want, got, keys, counts, pool, found):
     """``got[j]``: the value a sort of ``values[:n]`` puts at position ``want[j]`` (``want``
     ascending; values finite). Each value gets a bucket, ``floor((x - low) * buckets /
     (high - low))``, monotone in ``x``: a bucket's values lie between those of the buckets
     below and above it, so counting them tells which bucket holds each position and its rank
     there; only those buckets' values are then sorted. The numbers are the order statistics
-    themselves, however they are found. ``low``, ``high``: the smallest and largest value."""
+    themselves, however they are found. ``low``, ``high``: the smallest and largest value.
+    ``keys``, ``counts`` (int32), ``pool``: working arrays of ``n`` values; ``found``: one of
+    (4, ``want``'s length), intp (each wanted position's bucket, rank, and where its bucket's
+    values go in ``pool``)."""
     n_buckets = n // 2
     scale = n_buckets / (high - low) if high > low else 0.0
     if n < 32 or not (scale > 0.0 and scale < np.inf):  # short, or all equal: a sort
@@ -285,29 +288,36 @@ def _select(values, n, low, high, want, got, keys, counts, pool):
         for j in range(want.shape[0]):
             got[j] = pool[want[j]]
         return
+    # the keys in a loop of their own (vectorized), then counted
+    for i in range(n):
+        k = int((values[i] - low) * scale)
+        keys[i] = n_buckets if k > n_buckets else k
     for b in range(n_buckets + 1):
         counts[b] = 0
     for i in range(n):
-        k = int((values[i] - low) * scale)
-        k = n_buckets if k > n_buckets else k
-        keys[i] = k
-        counts[k] += 1
+        counts[keys[i]] += 1
     m = want.shape[0]
-    holder = np.empty(m, np.intp)   # the bucket of each wanted position
-    rank = np.empty(m, np.intp)     # its rank in that bucket
-    j, total = 0, 0
-    for b in range(n_buckets + 1):
+    holder, rank, first, size = found[0], found[1], found[2], found[3]
+    # the bucket of each wanted position and its rank there: whole runs of eight buckets
+    # skipped while the position lies beyond them (their sum vectorizes)
+    j, total, b = 0, 0, 0
+    while j < m:
+        while b + 8 <= n_buckets + 1:
+            run = 0
+            for e in range(b, b + 8):
+                run += counts[e]
+            if want[j] < total + run:
+                break
+            total += run
+            b += 8
         c = counts[b]
         while j < m and want[j] < total + c:
             holder[j], rank[j] = b, want[j] - total
             j += 1
         total += c
-        if j == m:
-            break
+        b += 1
     # the wanted buckets' values side by side in ``pool``: a wanted bucket's count becomes
     # -1 - (where its next value goes)
-    first = np.empty(m, np.intp)
-    size = np.empty(m, np.intp)
     at = 0
     for j in range(m):
         b = holder[j]
@@ -361,16 +371,41 @@ def _longest(class_starts):
 @numba.njit(nogil=True, cache=False)
 def _gather_range(row, at, n, values, bounds):
     """``values[:n]``: one gene's values (``row``) at the positions ``at`` (a class's kept
-    samples), their smallest and largest into ``bounds``; False when one is not finite."""
+    samples), their smallest and largest into ``bounds``; False when one is not finite.
+    (Four running minima and maxima, combined at the end: one chain of compares waited for
+    the one before. The bounds are used as numbers only (a range of keys, an equality
+    test), so which of two equal zeros a bound keeps does not matter.)"""
     finite = True
-    low, high = row[at[0]], row[at[0]]
-    for i in range(n):
+    x = row[at[0]]
+    l0, l1, l2, l3 = x, x, x, x
+    h0, h1, h2, h3 = x, x, x, x
+    i = 0
+    while i + 4 <= n:
+        x0, x1, x2, x3 = row[at[i]], row[at[i + 1]], row[at[i + 2]], row[at[i + 3]]
+        finite &= (x0 - x0 == 0.0) & (x1 - x1 == 0.0) & (x2 - x2 == 0.0) & (x3 - x3 == 0.0)
+        values[i], values[i + 1], values[i + 2], values[i + 3] = x0, x1, x2, x3
+        l0 = x0 if x0 < l0 else l0
+        l1 = x1 if x1 < l1 else l1
+        l2 = x2 if x2 < l2 else l2
+        l3 = x3 if x3 < l3 else l3
+        h0 = x0 if x0 > h0 else h0
+        h1 = x1 if x1 > h1 else h1
+        h2 = x2 if x2 > h2 else h2
+        h3 = x3 if x3 > h3 else h3
+        i += 4
+    while i < n:
         x = row[at[i]]
         finite &= x - x == 0.0  # (inf - inf, NaN - NaN: NaN)
         values[i] = x
-        low = x if x < low else low
-        high = x if x > high else high
-    bounds[0], bounds[1] = low, high
+        l0 = x if x < l0 else l0
+        h0 = x if x > h0 else h0
+        i += 1
+    l0 = l1 if l1 < l0 else l0
+    l2 = l3 if l3 < l2 else l2
+    h0 = h1 if h1 > h0 else h0
+    h2 = h3 if h3 > h2 else h2
+    bounds[0] = l2 if l2 < l0 else l0
+    bounds[1] = h2 if h2 > h0 else h0
     return finite
 
 
@@ -392,9 +427,10 @@ def _srs_genes(source, keep, members, class_starts, g0, g1, base, work, row0, iq
     (the caller then normalizes those genes as the API does)."""
     longest = _longest(class_starts)
     values = np.empty(longest)
-    keys = np.empty(longest, np.intp)
-    counts = np.empty(longest // 2 + 1, np.intp)
+    keys = np.empty(longest, np.int32)
+    counts = np.empty(longest // 2 + 1, np.int32)
     pool = np.empty(longest)
+    found = np.empty((4, 6), np.intp)
     at = np.empty(longest, np.intp)
     bounds = np.empty(2)
     want = np.empty(6, np.intp)
@@ -413,7 +449,7 @@ def _srs_genes(source, keep, members, class_starts, g0, g1, base, work, row0, iq
         for g in range(g0, g1):
             if not _gather_range(source[g], at, n, values, bounds):
                 return False
-            _select(values, n, bounds[0], bounds[1], want, got, keys, counts, pool)
+            _select(values, n, bounds[0], bounds[1], want, got, keys, counts, pool, found)
             if n % 2:
                 median = _at(want, got, n // 2)
             else:
@@ -437,12 +473,37 @@ def _srs_finish(work, class_starts, row0, k0, k1):
             n = w.shape[0]
             for i in range(n):
                 w[i] = 1.0 / (1.0 + w[i])
-            low, high, nan = np.inf, -np.inf, False
-            for i in range(n):
+            # four running minima and maxima, combined at the end (one chain of compares
+            # waited for the one before): the values are in [0, 1] or NaN, never -0.0, so
+            # the order they are compared in cannot change the bounds
+            l0, l1, l2, l3 = np.inf, np.inf, np.inf, np.inf
+            h0, h1, h2, h3 = -np.inf, -np.inf, -np.inf, -np.inf
+            nan = False
+            i = 0
+            while i + 4 <= n:
+                v0, v1, v2, v3 = w[i], w[i + 1], w[i + 2], w[i + 3]
+                nan |= (v0 != v0) | (v1 != v1) | (v2 != v2) | (v3 != v3)
+                l0 = v0 if v0 < l0 else l0
+                l1 = v1 if v1 < l1 else l1
+                l2 = v2 if v2 < l2 else l2
+                l3 = v3 if v3 < l3 else l3
+                h0 = v0 if v0 > h0 else h0
+                h1 = v1 if v1 > h1 else h1
+                h2 = v2 if v2 > h2 else h2
+                h3 = v3 if v3 > h3 else h3
+                i += 4
+            while i < n:
                 v = w[i]
                 nan |= v != v
-                low = v if v < low else low
-                high = v if v > high else high
+                l0 = v if v < l0 else l0
+                h0 = v if v > h0 else h0
+                i += 1
+            l0 = l1 if l1 < l0 else l0
+            l2 = l3 if l3 < l2 else l2
+            h0 = h1 if h1 > h0 else h0
+            h2 = h3 if h3 > h2 else h2
+            low = l2 if l2 < l0 else l0
+            high = h2 if h2 > h0 else h0
             if nan:  # (numpy's minimum and maximum give NaN)
                 low = high = np.nan
             span = high - low
@@ -495,14 +556,16 @@ def _block_sum(a, lo, hi):
 
 
 @numba.njit(nogil=True, cache=False, error_model="numpy")
-def _pairwise_sum(a, n):
+def _pairwise_sum(a, n, stack, sums):
     """numpy's sum of a contiguous ``a[:n]`` (its pairwise summation): up to 128 values by
     :func:`_block_sum`, more as the sum of two halves split at a multiple of eight. The
-    halving is walked with a stack (a recursive function takes numba long to compile)."""
-    lo_of = np.empty(64, np.intp)
-    hi_of = np.empty(64, np.intp)
-    state = np.empty(64, np.intp)   # 0: left half next, 1: right half next, 2: add both
-    sums = np.empty(64)
+    halving is walked with a stack (a recursive function takes numba long to compile):
+    ``stack``, (3, 64) intp, and ``sums``, 64 values, the caller's (allocated once, not per
+    sum)."""
+    if n <= 128:
+        return _block_sum(a, 0, n)
+    lo_of, hi_of, state = stack[0], stack[1], stack[2]
+    # state 0: left half next, 1: right half next, 2: add both
     top, n_sums = 0, 0
     lo_of[0], hi_of[0], state[0] = 0, n, 0
     while top >= 0:
@@ -527,11 +590,12 @@ def _pairwise_sum(a, n):
 
 
 @numba.njit(nogil=True, cache=False, error_model="numpy")
-def _sum(a, n, pairwise):
+def _sum(a, n, pairwise, stack, sums):
     """numpy's ``add.reduce`` of ``a[:n]``: from 0.0, pairwise along a contiguous axis,
-    else value after value (a reduction across the rows of a C-ordered block)."""
+    else value after value (a reduction across the rows of a C-ordered block).
+    ``stack``, ``sums``: :func:`_pairwise_sum`'s."""
     if pairwise:
-        return 0.0 + _pairwise_sum(a, n)
+        return 0.0 + _pairwise_sum(a, n, stack, sums)
     res = 0.0
     for i in range(n):
         res += a[i]
@@ -549,6 +613,8 @@ def _zscore_genes(source, keep, members, class_starts, g0, g1, base, work, row0,
     values = np.empty(longest)
     squares = np.empty(longest)
     at = np.empty(longest, np.intp)
+    stack = np.empty((3, 64), np.intp)
+    sums = np.empty(64)
     bounds = np.empty(2)
     for c in range(class_starts.shape[0] - 1):
         s0, s1 = class_starts[c], class_starts[c + 1]
@@ -558,11 +624,11 @@ def _zscore_genes(source, keep, members, class_starts, g0, g1, base, work, row0,
             if not _gather_range(source[g], at, n, values, bounds):
                 return False
             low, high = bounds[0], bounds[1]
-            mean = _sum(values, n, pairwise) / n
+            mean = _sum(values, n, pairwise, stack, sums) / n
             for i in range(n):
                 d = values[i] - mean
                 squares[i] = d * d
-            sd = math.sqrt(_sum(squares, n, pairwise) / max(n - 1, 0))
+            sd = math.sqrt(_sum(squares, n, pairwise, stack, sums) / max(n - 1, 0))
             out = work[g - base, row0 + s0:row0 + s1]
             if low == high:  # every value equal (finite values)
                 for i in range(n):
