@@ -369,21 +369,19 @@ def _longest(class_starts):
 
 
 @numba.njit(nogil=True, cache=False)
-def _gather_range(row, at, n, values, bounds):
-    """``values[:n]``: one gene's values (``row``) at the positions ``at`` (a class's kept
-    samples), their smallest and largest into ``bounds``; False when one is not finite.
-    (Four running minima and maxima, combined at the end: one chain of compares waited for
-    the one before. The bounds are used as numbers only (a range of keys, an equality
-    test), so which of two equal zeros a bound keeps does not matter.)"""
+def _range(a, n, bounds):
+    """The smallest and largest of ``a[:n]`` (n >= 1) into ``bounds``; False when one is not
+    finite. Four running minima and maxima, combined at the end: one chain of compares waited
+    for the one before. (Which of two equal zeros a bound keeps can depend on that order: the
+    callers use the bounds as numbers, or hold no -0.0.)"""
+    x = a[0]
     finite = True
-    x = row[at[0]]
     l0, l1, l2, l3 = x, x, x, x
     h0, h1, h2, h3 = x, x, x, x
     i = 0
     while i + 4 <= n:
-        x0, x1, x2, x3 = row[at[i]], row[at[i + 1]], row[at[i + 2]], row[at[i + 3]]
+        x0, x1, x2, x3 = a[i], a[i + 1], a[i + 2], a[i + 3]
         finite &= (x0 - x0 == 0.0) & (x1 - x1 == 0.0) & (x2 - x2 == 0.0) & (x3 - x3 == 0.0)
-        values[i], values[i + 1], values[i + 2], values[i + 3] = x0, x1, x2, x3
         l0 = x0 if x0 < l0 else l0
         l1 = x1 if x1 < l1 else l1
         l2 = x2 if x2 < l2 else l2
@@ -394,9 +392,8 @@ def _gather_range(row, at, n, values, bounds):
         h3 = x3 if x3 > h3 else h3
         i += 4
     while i < n:
-        x = row[at[i]]
+        x = a[i]
         finite &= x - x == 0.0  # (inf - inf, NaN - NaN: NaN)
-        values[i] = x
         l0 = x if x < l0 else l0
         h0 = x if x > h0 else h0
         i += 1
@@ -407,6 +404,16 @@ def _gather_range(row, at, n, values, bounds):
     bounds[0] = l2 if l2 < l0 else l0
     bounds[1] = h2 if h2 > h0 else h0
     return finite
+
+
+@numba.njit(nogil=True, cache=False)
+def _gather_range(row, at, n, values, bounds):
+    """``values[:n]``: one gene's values (``row``) at the positions ``at`` (a class's kept
+    samples), their smallest and largest into ``bounds`` (used as numbers: a range of keys,
+    an equality test); False when one is not finite."""
+    for i in range(n):
+        values[i] = row[at[i]]
+    return _range(values, n, bounds)
 
 
 @numba.njit(nogil=True, cache=False)
@@ -467,43 +474,17 @@ def _srs_finish(work, class_starts, row0, k0, k1):
     lays it out): ``1 / (1 + w)``, then each gene's (rows ``k0..k1``) minimum and maximum
     over each class, ``(v - min) / (max - min)``. (The divisions in loops of their own, over
     a class's contiguous values: vectorized.)"""
+    bounds = np.empty(2)
     for k in range(k0, k1):
         for c in range(class_starts.shape[0] - 1):
             w = work[k, row0 + class_starts[c]:row0 + class_starts[c + 1]]
             n = w.shape[0]
             for i in range(n):
                 w[i] = 1.0 / (1.0 + w[i])
-            # four running minima and maxima, combined at the end (one chain of compares
-            # waited for the one before): the values are in [0, 1] or NaN, never -0.0, so
-            # the order they are compared in cannot change the bounds
-            l0, l1, l2, l3 = np.inf, np.inf, np.inf, np.inf
-            h0, h1, h2, h3 = -np.inf, -np.inf, -np.inf, -np.inf
-            nan = False
-            i = 0
-            while i + 4 <= n:
-                v0, v1, v2, v3 = w[i], w[i + 1], w[i + 2], w[i + 3]
-                nan |= (v0 != v0) | (v1 != v1) | (v2 != v2) | (v3 != v3)
-                l0 = v0 if v0 < l0 else l0
-                l1 = v1 if v1 < l1 else l1
-                l2 = v2 if v2 < l2 else l2
-                l3 = v3 if v3 < l3 else l3
-                h0 = v0 if v0 > h0 else h0
-                h1 = v1 if v1 > h1 else h1
-                h2 = v2 if v2 > h2 else h2
-                h3 = v3 if v3 > h3 else h3
-                i += 4
-            while i < n:
-                v = w[i]
-                nan |= v != v
-                l0 = v if v < l0 else l0
-                h0 = v if v > h0 else h0
-                i += 1
-            l0 = l1 if l1 < l0 else l0
-            l2 = l3 if l3 < l2 else l2
-            h0 = h1 if h1 > h0 else h0
-            h2 = h3 if h3 > h2 else h2
-            low = l2 if l2 < l0 else l0
-            high = h2 if h2 > h0 else h0
+            # (the values are in [0, 1] or NaN, never -0.0: the order _range compares them
+            # in cannot change the bounds)
+            nan = not _range(w, n, bounds)
+            low, high = bounds[0], bounds[1]
             if nan:  # (numpy's minimum and maximum give NaN)
                 low = high = np.nan
             span = high - low
