@@ -2,7 +2,9 @@
 
 Threads (numpy releases the GIL inside its loops): work is split into independent pieces (donors, blocks of rows or columns) whose results do
 not depend on how many threads run or in which order they finish: every piece computes the
-same numbers it would compute alone, and writes only its own part of the output.
+same numbers it would compute alone, and writes only its own part of the output. Each piece
+of :func:`thread_map` runs in a copy of the calling thread's context (:mod:`contextvars`), so
+what a run passes down that way (:func:`ahba_app.io.remembering_checks`'s record) reaches it.
 
 The number of threads is ``$AHBA_APP_THREADS`` when set (1 turns threads off), else the number
 of CPUs this process may use (``os.sched_getaffinity``, which batch schedulers restrict), at
@@ -19,7 +21,7 @@ import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, copy_context
 from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
@@ -71,19 +73,21 @@ def thread_map(func: Callable[[T], R], items: Iterable[T], threads: int | None =
     if threads <= 1 or len(items) <= 1 or getattr(_local, "worker", False):
         return [func(item) for item in items]  # (inside a worker: no threads of threads)
 
-    def work(item):
+    def work(item, context):
         _local.worker = True
         try:
-            return func(item)
+            return context.run(func, item)
         finally:
             _local.worker = False
 
+    contexts = [copy_context() for _ in items]  # (one each: a context runs on one thread)
     if shared is not None:  # the pool of the enclosing shared_threads block
-        futures = [shared.submit(work, item) for item in items]
+        futures = [shared.submit(work, item, context)
+                   for item, context in zip(items, contexts)]
         wait(futures)       # every call ends before an error is raised, as below
         return [future.result() for future in futures]
     with ThreadPoolExecutor(max_workers=min(threads, len(items))) as pool:
-        return list(pool.map(work, items))
+        return list(pool.map(work, items, contexts))
 
 
 _local = threading.local()

@@ -82,9 +82,10 @@ float64) are rebuilt, never read.
 Validity. A cache is used only if its magic, version and kind match, its file size equals what
 the header describes, the source's size and mtime_ns equal those recorded, and the CRC-32s of
 the probe ids and of the values match (``load_matrix(verify=False)`` skips the values' check,
-which reads the whole file; so does the process that has just written the file, whose checksums
-it computed from the bytes it wrote). Anything else (stale, truncated, corrupt, older format) is
-rebuilt.
+which reads the whole file; so does the call that has just written the file, whose checksums it
+computed from the bytes it wrote, and a caller that passes the record of the files its run has
+checked, :class:`CheckedCaches`, or opens them within :func:`remembering_checks`). Anything
+else (stale, truncated, corrupt, older format) is rebuilt.
 
 Atomicity. A builder holds a lock (``<cache>.lock``, one per cache file) while it writes a
 temporary file in the same folder, fsyncs it, and renames it over the cache with ``os.replace``:
@@ -104,6 +105,8 @@ import struct
 import sys
 import threading
 import warnings
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Union
@@ -121,11 +124,12 @@ except ImportError:  # pragma: no cover - isal has wheels for the usual platform
     from zlib import crc32 as _crc32
 
 __all__ = [
-    "AHBAFileError", "CACHE_DIRNAME", "CACHE_FORMAT_VERSION", "CachedMatrix", "RowCodes",
-    "cache_locations", "check_microarray_pacall", "content_id", "decode_rows", "ensure_cache",
-    "largest_first", "load_matrix", "probe_positions", "read_annotation", "read_counts",
-    "read_genes", "read_microarray", "read_ontology", "read_pacall", "read_probes", "read_tpm",
-    "release_rows", "select_rows",
+    "AHBAFileError", "CACHE_DIRNAME", "CACHE_FORMAT_VERSION", "CachedMatrix", "CheckedCaches",
+    "RowCodes", "cache_locations", "check_microarray_pacall", "content_id", "decode_rows",
+    "ensure_cache", "largest_first", "load_matrix", "probe_positions", "read_annotation",
+    "read_counts", "read_genes", "read_microarray", "read_ontology", "read_pacall",
+    "read_probes", "read_tpm",
+    "release_rows", "remembering_checks", "select_rows",
 ]
 
 LOGGER = logging.getLogger(__name__)
@@ -551,7 +555,7 @@ def probe_positions(matrix: CachedMatrix, probe_ids) -> np.ndarray:
 
 
 def load_matrix(fname: PathLike, kind: str | None = None, *, cache: bool = True,
-                verify: bool = True) -> CachedMatrix:
+                verify: bool = True, checked: CheckedCaches | None = None) -> CachedMatrix:
     """Map a donor's microarray or PACall matrix from the cache, building the cache if needed.
 
     Parameters
@@ -564,8 +568,13 @@ def load_matrix(fname: PathLike, kind: str | None = None, *, cache: bool = True,
         False parses the CSV into memory without reading or writing any cache.
     verify : bool
         Also check the CRC-32 of the values (reads the whole cache once: about 0.05 s for the
-        largest donor), unless this process checked the same file, unchanged, before; the
-        cheaper checks are always made.
+        largest donor), unless ``checked`` holds the same file, unchanged; the cheaper checks
+        are always made.
+    checked : CheckedCaches, optional
+        The caller's record of the caches its run has checked (or written): a file it holds is
+        not read whole again, and a file checked here is added to it. By default, the record
+        of the enclosing :func:`remembering_checks` block of this thread, if any; else every
+        call checks afresh.
 
     Returns
     -------
@@ -576,7 +585,7 @@ def load_matrix(fname: PathLike, kind: str | None = None, *, cache: bool = True,
     kind = _matrix_kind(source, kind)
     if not cache:
         return _parse_into_memory(source, kind)
-    return _cached_matrix(source, kind, verify=verify, mode="r")
+    return _cached_matrix(source, kind, verify=verify, mode="r", checked=checked)
 
 
 def ensure_cache(fname: PathLike, kind: str | None = None) -> Path | None:
@@ -1133,13 +1142,17 @@ def _can_write(folder: Path) -> bool:
     return os.access(folder, os.W_OK | os.X_OK)
 
 
-def _cached_matrix(source: Path, kind: str, verify: bool, mode: str) -> CachedMatrix:
-    """The matrix from a valid cache, building one where possible, else parsed into memory."""
+def _cached_matrix(source: Path, kind: str, verify: bool, mode: str,
+                   checked: CheckedCaches | None = None) -> CachedMatrix:
+    """The matrix from a valid cache, building one where possible, else parsed into memory
+    (``checked``: see :func:`load_matrix`)."""
+    if checked is None:
+        checked = _RUN_CHECKS.get()
     locations = cache_locations(source)
     for _ in range(_BUILD_ATTEMPTS):
         stat = source.stat()
         for location in locations:
-            matrix = _open_cache(location, source, stat, kind, verify, mode)
+            matrix = _open_cache(location, source, stat, kind, verify, mode, checked)
             if matrix is not None:
                 return matrix
         writable = [loc for loc in locations if _can_write(loc.parent)]
@@ -1159,11 +1172,12 @@ def _cached_matrix(source: Path, kind: str, verify: bool, mode: str) -> CachedMa
                 continue
             try:
                 # another process may have built it while this one waited for the lock
-                matrix = _open_cache(location, source, stat, kind, verify, mode, quiet=True)
+                matrix = _open_cache(location, source, stat, kind, verify, mode, checked,
+                                     quiet=True)
                 if matrix is not None:
                     return matrix
                 _remove_stale_temporaries(location)
-                _write_cache(source, location, kind, stat)
+                written = _write_cache(source, location, kind, stat)
             except OSError as err:
                 if err.errno not in _NO_ROOM or err.filename == str(source):
                     raise
@@ -1181,7 +1195,13 @@ def _cached_matrix(source: Path, kind: str, verify: bool, mode: str) -> CachedMa
                 return _parse_into_memory(source, kind, writable=mode == "c")
             raise OSError(errno.EACCES, "Cannot lock any cache location for", str(source))
         if _same_file_state(source.stat(), stat):
-            matrix = _open_cache(location, source, stat, kind, verify, mode)
+            # its checksums were computed from the bytes just written: reading the file back
+            # at once to check them would find what was written
+            if checked is None:
+                checked = CheckedCaches()
+            if written is not None:
+                checked.add(written)
+            matrix = _open_cache(location, source, stat, kind, verify, mode, checked)
             if matrix is None:
                 raise RuntimeError(f"The cache {location} just written for {source} does not "
                                    "read back; is its disk full or failing?")
@@ -1486,8 +1506,11 @@ class _SegmentFiles:
                 pass
 
 
-def _write_cache(source: Path, location: Path, kind: str, stat: os.stat_result) -> None:
-    """Write the cache of ``source`` at ``location`` (a temporary file renamed into place)."""
+def _write_cache(source: Path, location: Path, kind: str, stat: os.stat_result
+                 ) -> tuple | None:
+    """Write the cache of ``source`` at ``location`` (a temporary file renamed into place);
+    return the :func:`_file_identity` of the file written, None if another file lies there
+    once it is in place."""
     LOGGER.info("Converting %s to a binary cache at %s (once)", source, location)
     fd, tmp_name = atomic.create_temporary(location)
     segments = None
@@ -1570,11 +1593,10 @@ def _write_cache(source: Path, location: Path, kind: str, stat: os.stat_result) 
         if segments is not None:
             segments.close()
     atomic.fsync_folder(location.parent)
-    # its checksums were computed from the bytes just written: reading the file back at once
-    # to check them would find what was written (the file renamed into place is this one)
-    now = os.stat(location)
+    now = os.stat(location)  # (the file renamed into place is this one, unless replaced)
     if (now.st_dev, now.st_ino) == (written.st_dev, written.st_ino):
-        _remember_checked(_identity(location, now))
+        return _identity(location, now)
+    return None
 
 
 class _EarlyWriteback:
@@ -1630,7 +1652,8 @@ class _Invalid(Exception):
 
 
 def _open_cache(location: Path, source: Path, stat: os.stat_result, kind: str, verify: bool,
-                mode: str, quiet: bool = False) -> CachedMatrix | None:
+                mode: str, checked: CheckedCaches | None, quiet: bool = False
+                ) -> CachedMatrix | None:
     """Map a cache file if it is valid for ``source`` as it is now; None otherwise."""
     try:
         handle = open(location, "rb")
@@ -1641,7 +1664,7 @@ def _open_cache(location: Path, source: Path, stat: os.stat_result, kind: str, v
         return None
     with handle:
         try:
-            return _map_checked(handle, location, source, stat, kind, verify, mode)
+            return _map_checked(handle, location, source, stat, kind, verify, mode, checked)
         except _Invalid as why:
             if not quiet:
                 LOGGER.info("Not using the cache %s: %s; it will be rebuilt", location, why)
@@ -1649,7 +1672,7 @@ def _open_cache(location: Path, source: Path, stat: os.stat_result, kind: str, v
 
 
 def _map_checked(handle, location: Path, source: Path, stat: os.stat_result, kind: str,
-                 verify: bool, mode: str) -> CachedMatrix:
+                 verify: bool, mode: str, checked: CheckedCaches | None) -> CachedMatrix:
     size = os.fstat(handle.fileno()).st_size
     preamble = handle.read(_PREAMBLE.size)
     if len(preamble) < _PREAMBLE.size:
@@ -1697,11 +1720,12 @@ def _map_checked(handle, location: Path, source: Path, stat: os.stat_result, kin
         raise _Invalid("probe ids fail their checksum")
     if verify or kind == "pacall":
         identity = _file_identity(handle, location)
-        if not _was_checked(identity):
+        if checked is None or identity not in checked:
             if _file_crc32(handle, _DATA_OFFSET,
                            values_end - _DATA_OFFSET) != values_info.get("crc32"):
                 raise _Invalid("values fail their checksum")
-            _remember_checked(identity)
+            if checked is not None:
+                checked.add(identity)
     codes = None
     if kind == "pacall":
         values = np.memmap(handle, dtype="|u1", mode=mode, offset=_DATA_OFFSET,
@@ -1768,14 +1792,53 @@ def _row_codes(handle, stored: np.ndarray, header: dict, n_probes: int,
     return RowCodes(segment, slot, table["base"], table["divisor"], views, masks)
 
 
-#: Cache files whose values passed their checksum in this process, or that it wrote (their
-#: checksums computed from the bytes written), oldest first (see
-#: :func:`_file_identity`): the nodes of one process (Nipype's Linear plugin) open the same
-#: caches one after another, and each is read whole for its checksum once. Caches are opened
-#: from worker threads too (ahba_app._blocks.background): every access holds the lock.
-_CHECKED_CACHES: dict = {}
-_CHECKED_LOCK = threading.Lock()
-_MAX_CHECKED = 64
+class CheckedCaches:
+    """The cache files whose values passed their checksum during one run, or that it wrote
+    (their checksums computed from the bytes written), by :func:`_file_identity`; the most
+    recent ``size``. The command line's nodes (Nipype's Linear plugin: one process) open the
+    same caches one after another, and each is read whole for its checksum once. Caches are
+    opened from worker threads too: every access holds the lock."""
+
+    def __init__(self, size: int = 64):
+        self.size = size
+        self._entries: dict = {}
+        self._lock = threading.Lock()
+
+    def __contains__(self, identity) -> bool:
+        with self._lock:
+            return identity in self._entries
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def add(self, identity: tuple) -> None:
+        with self._lock:
+            self._entries.pop(identity, None)
+            self._entries[identity] = True  # (now the most recent)
+            while len(self._entries) > self.size:
+                del self._entries[next(iter(self._entries))]
+
+
+#: The record of the run in progress in this thread (None outside :func:`remembering_checks`).
+_RUN_CHECKS: ContextVar[CheckedCaches | None] = ContextVar("ahba_app_checked_caches",
+                                                           default=None)
+
+
+@contextmanager
+def remembering_checks(checked: CheckedCaches | None = None) -> Iterator[CheckedCaches]:
+    """Within the block (one run), the caches opened by this thread without a record of their
+    own (and by the pieces of its :func:`ahba_app._blocks.thread_map` calls) use ``checked``,
+    by default the record of the enclosing block, else a new one: a cache is read whole for its
+    checksum once in the run. The record belongs to the run, dropped when the block ends."""
+    record = checked if checked is not None else _RUN_CHECKS.get()
+    if record is None:
+        record = CheckedCaches()
+    token = _RUN_CHECKS.set(record)
+    try:
+        yield record
+    finally:
+        _RUN_CHECKS.reset(token)
 
 
 def _file_identity(handle, location: Path) -> tuple:
@@ -1788,18 +1851,6 @@ def _identity(location: Path, st: os.stat_result) -> tuple:
     """:func:`_file_identity` of the file at ``location`` whose status is ``st``."""
     return (os.fspath(location), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
             st.st_ctime_ns)
-
-
-def _was_checked(identity: tuple) -> bool:
-    with _CHECKED_LOCK:
-        return identity in _CHECKED_CACHES
-
-
-def _remember_checked(identity: tuple) -> None:
-    with _CHECKED_LOCK:
-        _CHECKED_CACHES[identity] = True
-        while len(_CHECKED_CACHES) > _MAX_CHECKED:
-            del _CHECKED_CACHES[next(iter(_CHECKED_CACHES))]
 
 
 def _file_crc32(handle, offset: int, length: int) -> int:

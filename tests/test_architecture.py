@@ -222,6 +222,13 @@ def test_stage_modules_keep_no_module_level_mutable_state(module):
     assert not _state_changes(_tree(_modules()[f"ahba_app.{module}"]))
 
 
+@pytest.mark.parametrize("module", ["io", "_blocks"])
+def test_readers_keep_no_module_level_mutable_state(module):
+    """The same for the file readers and the threads: e.g. the record of the caches whose
+    checksum was checked belongs to the run (``io.remembering_checks``)."""
+    assert not _state_changes(_tree(_modules()[f"ahba_app.{module}"]))
+
+
 @pytest.mark.parametrize("source", [
     "MEMO = {}\n\ndef remember(key, value):\n    MEMO[key] = value\n",
     "SEEN = []\n\ndef see(x):\n    SEEN.append(x)\n",

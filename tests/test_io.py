@@ -106,13 +106,6 @@ def donor(tmp_path) -> Path:
     return folder
 
 
-@pytest.fixture(autouse=True)
-def _checksums_not_remembered(monkeypatch):
-    """Every test checks caches afresh: a file damaged in place within the clock tick of its
-    last check (file times move by ticks of a few ms) keeps its identity."""
-    monkeypatch.setattr(io, "_CHECKED_CACHES", {})
-
-
 def _rna(donor: Path) -> Path:
     return donor.parents[1] / "rnaseq" / "rnaseq_donor9861"
 
@@ -913,43 +906,86 @@ def test_damaged_cache_is_rebuilt(donor, monkeypatch, corrupt, name):
     assert len(calls) == 1
 
 
-def test_a_cache_is_read_whole_once_per_process_until_it_changes(donor, monkeypatch):
+def test_a_cache_is_read_whole_once_per_run_until_it_changes(donor, monkeypatch):
+    """Within a run's record of checked caches (:func:`io.remembering_checks`)."""
     import time
 
     path = donor / "MicroarrayExpression.csv"
-    good = io.read_microarray(path).copy(deep=True)  # built and checked
-    checks = []
-    real = io._file_crc32
-    monkeypatch.setattr(io, "_file_crc32", lambda *a: checks.append(a) or real(*a))
-    io.load_matrix(path)
-    io.load_matrix(path, verify=True)
-    assert checks == []  # the same file, unchanged: not read again
-    time.sleep(0.05)  # a later clock tick: the damage moves the file's change time
-    _corrupt_value(io.cache_locations(path)[0])
-    calls = _count_parses(monkeypatch)
-    pd.testing.assert_frame_equal(io.read_microarray(path), good)
-    assert checks and len(calls) == 1  # the damage found: the cache was rebuilt
-    checked = len(checks)
-    io.load_matrix(path)
-    assert len(checks) == checked  # the new file was known good when it was built
+    with io.remembering_checks():
+        good = io.read_microarray(path).copy(deep=True)  # built and checked
+        checks = []
+        real = io._file_crc32
+        monkeypatch.setattr(io, "_file_crc32", lambda *a: checks.append(a) or real(*a))
+        io.load_matrix(path)
+        io.load_matrix(path, verify=True)
+        assert checks == []  # the same file, unchanged: not read again
+        time.sleep(0.05)  # a later clock tick: the damage moves the file's change time
+        _corrupt_value(io.cache_locations(path)[0])
+        calls = _count_parses(monkeypatch)
+        pd.testing.assert_frame_equal(io.read_microarray(path), good)
+        assert checks and len(calls) == 1  # the damage found: the cache was rebuilt
+        checked = len(checks)
+        io.load_matrix(path)
+        assert len(checks) == checked  # the new file was known good when it was built
 
 
 @pytest.mark.parametrize("name", ["MicroarrayExpression.csv", "PACall.csv"])
 def test_a_cache_just_built_is_not_read_back_for_its_checksum(donor, monkeypatch, name):
-    """The checksums of a cache are computed from the bytes as they are written, so the run
-    that builds it does not read it whole again to check them; another process does (here:
-    the memo of checked files emptied), and finds them right."""
+    """The checksums of a cache are computed from the bytes as they are written, so the call
+    that builds it does not read it whole again to check them; a later call does (no record of
+    checked caches passed), and finds them right."""
     path = donor / name
     checks = []
     real = io._file_crc32
     monkeypatch.setattr(io, "_file_crc32", lambda *a: checks.append(a) or real(*a))
     built = io.load_matrix(path)
     assert built.cache is not None and checks == []
-    monkeypatch.setattr(io, "_CHECKED_CACHES", {})
     calls = _count_parses(monkeypatch)
     again = io.load_matrix(path)
     assert len(checks) == 1 and not calls  # checked, and valid: not rebuilt
     assert again.content_id == built.content_id
+
+
+def test_checked_caches_are_the_callers_record(donor, monkeypatch):
+    """A cache is read whole for its checksum at every opening, unless the caller passes the
+    record of its run (``checked``, or :func:`io.remembering_checks` around the calls, which
+    the pieces of ``thread_map`` share): then once, and again only when the file changed."""
+    from ahba_app._blocks import thread_map
+
+    path = donor / "MicroarrayExpression.csv"
+    io.load_matrix(path)  # built (no check)
+    checks = []
+    real = io._file_crc32
+    monkeypatch.setattr(io, "_file_crc32", lambda *a: checks.append(a) or real(*a))
+    io.load_matrix(path)
+    io.load_matrix(path)
+    assert len(checks) == 2  # no record: each call checks
+    record = io.CheckedCaches()
+    io.load_matrix(path, checked=record)
+    io.load_matrix(path, checked=record)
+    assert len(checks) == 3 and len(record) == 1
+    with io.remembering_checks() as run:
+        with io.remembering_checks() as inner:  # (a block within a run shares its record)
+            assert inner is run
+        thread_map(lambda _: io.load_matrix(path), range(4), threads=2)
+        io.load_matrix(path)
+    assert len(checks) == 4 and len(run) == 1
+    with io.remembering_checks(record):  # (the caller's record: already checked)
+        io.load_matrix(path)
+    assert len(checks) == 4
+    io.load_matrix(path)  # outside any block: checked again
+    assert len(checks) == 5
+    cache = io.cache_locations(path)[0]
+    os.utime(cache)  # a file changed in place is another file
+    io.load_matrix(path, checked=record)
+    assert len(checks) == 6 and len(record) == 2
+
+
+def test_the_record_of_checked_caches_keeps_the_most_recent():
+    record = io.CheckedCaches(size=2)
+    for identity in ("a", "b", "a", "c"):
+        record.add(identity)
+    assert "a" in record and "c" in record and "b" not in record and len(record) == 2
 
 
 def test_a_cache_replaced_as_it_is_built_is_checked(donor, monkeypatch):
@@ -969,7 +1005,6 @@ def test_a_cache_replaced_as_it_is_built_is_checked(donor, monkeypatch):
         os.replace(other, cache)
 
     monkeypatch.setattr(io.atomic, "fsync_folder", swap)
-    monkeypatch.setattr(io, "_CHECKED_CACHES", {})
     checks = []
     real = io._file_crc32
     monkeypatch.setattr(io, "_file_crc32", lambda *a: checks.append(a) or real(*a))

@@ -23,6 +23,7 @@ status 130 / 143 and one message; Nipype's workers end with it.
 
 from __future__ import annotations
 
+import contextvars
 import gc
 import importlib
 import importlib.util
@@ -166,11 +167,12 @@ def _locate_ahba(data_dir, settings, nprocs, verbose) -> None:
 def _checking_caches(data_dir, donors) -> Iterator:
     """Within the block, the microarray and PACall caches of the donors are opened on another
     thread, their values' CRC-32 checked as the nodes would check them first
-    (:func:`ahba_app.io.load_matrix`; the process remembers the caches it checked): reading
-    some 700 MB of cache (0.3-0.4 s) overlaps the input checks instead of delaying the first
-    nodes. Leaves the block when they are done; a failure is left for the node that opens the
-    cache to report. Gives the block the executor (:func:`ahba_app._blocks.background`), for
-    more checks to overlap."""
+    (:func:`ahba_app.io.load_matrix`, into the run's record of checked caches,
+    :func:`ahba_app.io.remembering_checks`, which the thread shares): reading some 700 MB of
+    cache (0.3-0.4 s) overlaps the input checks instead of delaying the first nodes. Leaves
+    the block when they are done; a failure is left for the node that opens the cache to
+    report. Gives the block the executor (:func:`ahba_app._blocks.background`), for more
+    checks to overlap (submitted in the caller's context, they share the record too)."""
     from .. import io
     from .._blocks import background
     from ..fetch import find_microarray
@@ -181,16 +183,16 @@ def _checking_caches(data_dir, donors) -> Iterator:
     built = all(any(place.is_file() for place in io.cache_locations(Path(source)))
                 for source, _ in sources)
 
-    def check():
+    def check(record):
         for source, kind in sources:
             try:
-                io.load_matrix(source, kind)
+                io.load_matrix(source, kind, checked=record)
             except Exception:  # (the node opening it says what is wrong)
                 return
 
-    with background() as pool:
+    with io.remembering_checks() as record, background() as pool:
         if built:
-            pool.submit(check)
+            pool.submit(check, record)
         yield pool
 
 
@@ -312,7 +314,8 @@ def prepare_run(opts) -> RunPlan:
         # the data identity reads (and checks) every file of the run, on another thread while
         # the atlases are checked here (much of both is hashing and decompressing, which let
         # the other thread run: 0.2-0.3 s CPU each)
-        identity = pool.submit(_data_identity, data_dir, settings)
+        identity = pool.submit(contextvars.copy_context().run, _data_identity, data_dir,
+                               settings)
         try:
             _check_atlases(atlases, settings, data_dir)
         except Exception:
@@ -609,9 +612,10 @@ def main(argv=None) -> int:
         _defer_unused_imports()
     try:
         from ..bids import remembering_atlases
+        from ..io import remembering_checks
 
-        with remembering_atlases(), _collector(whole_process=argv is None):
-            # (the memo: each atlas is loaded once, Linear plugin)
+        with remembering_atlases(), remembering_checks(), _collector(whole_process=argv is None):
+            # (the memos: each atlas is loaded once, each cache checked once, Linear plugin)
             return _main(argv, signals)
     except Interrupted as stop:
         import signal
