@@ -967,8 +967,8 @@ def test_checked_caches_are_the_callers_record(donor, monkeypatch):
     with io.remembering_checks() as run:
         with io.remembering_checks() as inner:  # (a block within a run shares its record)
             assert inner is run
-        thread_map(lambda _: io.load_matrix(path), range(4), threads=2)
         io.load_matrix(path)
+        thread_map(lambda _: io.load_matrix(path), range(4), threads=2)  # (not again)
     assert len(checks) == 4 and len(run) == 1
     with io.remembering_checks(record):  # (the caller's record: already checked)
         io.load_matrix(path)
