@@ -172,10 +172,41 @@ def _tree_rss_mb(root: int) -> float:
     return total * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+#: /proc/vmstat counters kept per run (what the machine did meanwhile): pages reclaimed by the
+#: allocating processes themselves (their system time), by kswapd, and pages read back from disk
+_VMSTAT = ("pgscan_direct", "pgsteal_direct", "allocstall_normal", "allocstall_movable",
+           "pgscan_kswapd", "pgmajfault", "pgpgin", "pgpgout")
+
+
+def _machine() -> dict:
+    """Counters of the whole machine (Linux; empty elsewhere): :data:`_VMSTAT`, the CPU time
+    stolen by the hypervisor (clock ticks), and the memory available / in the page cache."""
+    found = {}
+    try:
+        with open("/proc/vmstat") as handle:
+            for line in handle:
+                name, value = line.split()
+                if name in _VMSTAT:
+                    found[name] = int(value)
+        with open("/proc/stat") as handle:
+            found["steal_ticks"] = int(handle.readline().split()[8])
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                name, value = line.split(":")
+                if name in ("MemAvailable", "Cached", "Dirty"):
+                    found[f"{name}_mb"] = int(value.split()[0]) // 1024
+    except (OSError, ValueError, IndexError):
+        return {}
+    return found
+
+
 def measure(cmd: list[str], *, env: dict, cwd: Path, log: Path) -> dict:
-    """Run ``cmd`` to completion; its wall and CPU time and peak memory (MB)."""
+    """Run ``cmd`` to completion; its wall and CPU time (user and system), peak memory (MB),
+    the pages it read from disk (major faults, blocks) and what the machine did meanwhile
+    (``machine``: reclaim, stolen time, page cache before), to tell a slow run's cause."""
     peak_tree = 0.0
     done = threading.Event()
+    before = _machine()
     with open(log, "w") as out:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
@@ -195,10 +226,16 @@ def measure(cmd: list[str], *, env: dict, cwd: Path, log: Path) -> dict:
     if proc.returncode != 0:
         tail = log.read_text(errors="replace")[-4000:]
         raise RuntimeError(f"{' '.join(map(str, cmd))} failed (exit {proc.returncode}):\n{tail}")
+    after = _machine()
+    machine = {name: after[name] - value for name, value in before.items()
+               if name in after and not name.endswith("_mb")}
+    machine.update({f"{name}_before": value for name, value in before.items()
+                    if name.endswith("_mb")})
     maxrss = usage.ru_maxrss / 1024  # KB on Linux: the largest process of the tree
     return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
-            "maxrss_mb": maxrss, "tree_peak_mb": peak_tree,
-            "peak_mb": max(maxrss, peak_tree)}
+            "user_s": usage.ru_utime, "sys_s": usage.ru_stime, "major_faults": usage.ru_majflt,
+            "blocks_read": usage.ru_inblock, "maxrss_mb": maxrss, "tree_peak_mb": peak_tree,
+            "peak_mb": max(maxrss, peak_tree), "machine": machine}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -395,8 +432,13 @@ class Bench:
                               log=self.logs / f"{self.count:03d}-{label}-{tool}.log")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        machine = figures["machine"]
         print(f"  {label:<22} {tool:<7} {figures['wall_s']:7.1f} s  cpu {figures['cpu_s']:6.1f} s"
-              f"  peak {figures['peak_mb']:6.0f} MB", flush=True)
+              f" (sys {figures['sys_s']:4.1f})  peak {figures['peak_mb']:6.0f} MB"
+              f"  disk read {figures['blocks_read'] / 2048:5.0f} MB"
+              f"  reclaimed by processes {machine.get('pgsteal_direct', 0) / 256:5.0f} MB"
+              f"  stolen {machine.get('steal_ticks', 0) / os.sysconf('SC_CLK_TCK'):4.1f} s",
+              flush=True)
         return figures
 
     def warm_folder(self, tool: str) -> Path:
