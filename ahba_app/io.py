@@ -128,8 +128,7 @@ __all__ = [
     "RowCodes", "cache_locations", "check_microarray_pacall", "content_id", "decode_rows",
     "ensure_cache", "largest_first", "load_matrix", "probe_positions", "read_annotation",
     "read_counts", "read_genes", "read_microarray", "read_ontology", "read_pacall",
-    "read_probes", "read_tpm",
-    "release_rows", "remembering_checks", "select_rows",
+    "read_probes", "read_tpm", "release_rows", "remembering_checks", "select_rows",
 ]
 
 LOGGER = logging.getLogger(__name__)
