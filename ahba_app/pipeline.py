@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections.abc
 import hashlib
+import itertools
 import logging
 import threading
 from dataclasses import dataclass, field, replace
@@ -721,19 +722,15 @@ def stream_side_by_side(stream: "_DonorStream", expressions: DonorTables, keep: 
     donors one after the other in one buffer of its own, with no wait for the other thread
     between steps; the region tables are folded into ``stream`` in donor order, as each is
     ready. The numbers are those of one donor after the other (each donor's are its own; the
-    fold's sums are rounded in donor order). The donors go largest first to the thread with
-    the least work, so the threads end together and each buffer fits its largest donor only.
+    fold's sums are rounded in donor order). The donors are split so that the thread with the
+    most values has the fewest (:func:`balanced_shares`): the threads end together, and each
+    buffer fits its largest donor only.
     ``norm_matched`` decided ``keep``; it is accepted here as the stage's option.
     """
     order = read_order(sample_norm)
     donors = list(keep)
     sizes = {donor: len(keep[donor]) * expressions.n_genes(donor) for donor in donors}
-    shares = [[] for _ in range(max(1, min(n_threads(), len(donors))))]
-    loads = [0] * len(shares)
-    for donor in sorted(donors, key=sizes.__getitem__, reverse=True):
-        least = loads.index(min(loads))
-        shares[least].append(donor)
-        loads[least] += sizes[donor]
+    shares = balanced_shares(sizes, max(1, min(n_threads(), len(donors))))
     rank = {donor: position for position, donor in enumerate(donors)}
     ready, lock, next_fold = {}, threading.Lock(), [0]
 
@@ -761,6 +758,41 @@ def stream_side_by_side(stream: "_DonorStream", expressions: DonorTables, keep: 
                     next_fold[0] += 1
 
     thread_map(work, shares)
+
+
+#: Splits of the donors among the threads tried one by one (above: largest first to the
+#: thread with the least work)
+_SPLITS_TRIED = 1 << 12
+
+
+def balanced_shares(sizes: Mapping, parts: int) -> list[list]:
+    """The keys of ``sizes`` split into ``parts`` non-empty shares whose largest total is the
+    least: every split when there are few (six donors on two threads: 32), else largest
+    first to the share with the least. Donors side by side take the time of the largest
+    share: on the full data's six donors largest-first gave one thread 1,569 kept samples
+    and the other 1,468 (every split: 1,521 and 1,516)."""
+    keys = list(sizes)
+    parts = max(1, min(parts, len(keys)))
+    if parts == 1:
+        return [keys]
+    if parts ** (len(keys) - 1) <= _SPLITS_TRIED:
+        best, best_load = None, None
+        # the first key always in the first share (the others are the same splits renamed)
+        for rest in itertools.product(range(parts), repeat=len(keys) - 1):
+            where = (0, *rest)
+            loads = [0] * parts
+            for key, part in zip(keys, where):
+                loads[part] += sizes[key]
+            if len(set(where)) == parts and (best_load is None or max(loads) < best_load):
+                best, best_load = where, max(loads)
+        return [[key for key, part in zip(keys, best) if part == k] for k in range(parts)]
+    shares = [[] for _ in range(parts)]
+    loads = [0] * parts
+    for key in sorted(keys, key=sizes.__getitem__, reverse=True):
+        least = loads.index(min(loads))
+        shares[least].append(key)
+        loads[least] += sizes[key]
+    return shares
 
 
 def _can_stream(settings: Settings, expressions: DonorTables, return_donors: bool) -> bool:

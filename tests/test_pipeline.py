@@ -91,6 +91,35 @@ def test_donors_side_by_side_give_the_numbers_of_one_after_the_other(ahba_small,
     assert len(calls) == 2  # (the streamed runs went side by side)
 
 
+@pytest.mark.parametrize("sizes, parts, largest", [
+    # the full data's six donors (kept samples): largest first gave 1,569 and 1,468
+    ([737, 785, 287, 390, 444, 394], 2, 1521),
+    ([5, 5, 4, 3, 3], 2, 10),          # largest first: 9 and 11
+    ([7], 3, 7), ([3, 0], 2, 3), ([4, 4, 4, 4], 4, 4), ([9, 1, 1, 1], 3, 9)])
+def test_donors_are_split_among_threads_with_the_least_largest_share(sizes, parts, largest):
+    import itertools
+
+    named = {f"d{k}": size for k, size in enumerate(sizes)}
+    shares = pipeline.balanced_shares(named, parts)
+    # every donor once, no share empty, as many shares as threads (at most one per donor)
+    assert sorted(d for share in shares for d in share) == sorted(named)
+    assert len(shares) == min(parts, len(sizes)) and all(shares)
+    assert max(sum(named[d] for d in share) for share in shares) == largest
+    # no split does better (every assignment of donors to shares)
+    best = min(max(sum(s for s, p in zip(sizes, where) if p == k) for k in range(len(shares)))
+               for where in itertools.product(range(len(shares)), repeat=len(sizes))
+               if len(set(where)) == len(shares))
+    assert largest == best
+
+
+def test_many_donors_are_split_largest_first():
+    sizes = {k: (k * 37) % 101 for k in range(40)}  # too many splits to try them all
+    shares = pipeline.balanced_shares(sizes, 2)
+    loads = [sum(sizes[d] for d in share) for share in shares]
+    assert sorted(d for share in shares for d in share) == sorted(sizes)
+    assert abs(loads[0] - loads[1]) <= max(sizes.values())
+
+
 def test_sample_level_results_are_kept_without_aggregation(ahba_small):
     result = pipeline.run(DK["image"], DK["info"], settings=pipeline.Settings(donors=DONORS),
                           data_dir=ahba_small, aggregate=False)
