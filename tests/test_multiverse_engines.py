@@ -369,3 +369,43 @@ def test_kernel_cache_that_cannot_be_made_leaves_the_kernels_uncached(tmp_path, 
     with kernel_cache(tmp_path / "kernels"):
         assert len(calls) == 2 and _cached_kernels() == []
     assert _cached_kernels() == []
+
+
+def test_kept_heap_sets_glibcs_thresholds_and_hands_back_what_is_free(monkeypatch):
+    from ahba_app.multiverse import sweep as sweep_module
+
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, param, value):
+            calls.append(("mallopt", param, value))
+            return 1
+
+        def malloc_trim(self, pad):
+            calls.append(("malloc_trim", pad))
+            return 1
+
+    monkeypatch.setattr(sweep_module, "_glibc", lambda: FakeLibc())
+    with pytest.raises(RuntimeError):
+        with sweep_module.kept_heap():
+            assert ("mallopt", -3, 64 << 20) in calls and ("mallopt", -1, 1 << 30) in calls
+            assert not any(call[0] == "malloc_trim" for call in calls)
+            raise RuntimeError("a failing unit")
+    assert calls[-1] == ("malloc_trim", 0)  # handed back even when the unit failed
+    # no glibc: nothing called, the block runs
+    calls.clear()
+    monkeypatch.setattr(sweep_module, "_glibc", lambda: None)
+    with sweep_module.kept_heap():
+        pass
+    assert calls == []
+
+
+def test_kept_heap_finds_glibc_here():
+    import platform
+
+    from ahba_app.multiverse.sweep import _glibc
+
+    libc = _glibc()
+    assert (libc is not None) == (sys.platform == "linux" and platform.libc_ver()[0] == "glibc")
+    if libc is not None:
+        assert libc.malloc_trim(0) in (0, 1)  # (1: memory was handed back)

@@ -80,7 +80,8 @@ class SweepUnit(SimpleInterface):
         from ..multiverse import _options
         from ..multiverse.grid import grid_from_dict
         from ..multiverse.planner import DOWNSTREAM, plan_of
-        from ..multiverse.sweep import kernel_cache, table_name, unit_rows, write_unit_rows
+        from ..multiverse.sweep import (kept_heap, kernel_cache, table_name, unit_rows,
+                                        write_unit_rows)
 
         grid = grid_from_dict(self.inputs.grid)
         upstream = [name for name in grid.axes if name not in DOWNSTREAM]
@@ -98,7 +99,7 @@ class SweepUnit(SimpleInterface):
         folder = os.path.join(runtime.cwd, "tables")
         os.makedirs(folder, exist_ok=True)
         tables = {pid: os.path.join(folder, table_name(pid)) for pid in self.inputs.save_tables}
-        with kernel_cache(self.inputs.kernel_cache):
+        with kernel_cache(self.inputs.kernel_cache), kept_heap():
             self._results["n_rows"] = write_unit_rows(
                 unit_rows(unit, tree, data_dir=self.inputs.data_dir,
                           centroids=tree.centroids if group_atlas else None,
