@@ -512,8 +512,8 @@ def kept_heap():
     (glibc's allocator; elsewhere nothing changes). A unit's groups each make and free tens of
     tables of 10-50 MB; glibc gives such memory back to the system when freed (above its
     trimming threshold, or as separate maps) and takes it again page by page, a fault every
-    4 KB: 1.7 s of a full-data unit's 4.5 s of system time. Here arrays up to 64 MB come from
-    the heap and it keeps up to 1 GB free; the block's end hands back what is free
+    4 KB: 1.7-3 s of a full-data unit's 4.5-4.8 s of system time. Here arrays up to 64 MB come
+    from the heap and it keeps up to 1 GB free; the block's end hands back what is free
     (``malloc_trim``). glibc's thresholds then stay set for the process (its defaults adapt as
     it runs and cannot be set back): meant for the engine's unit nodes (their own processes
     with MultiProc and on a cluster)."""
