@@ -641,7 +641,9 @@ class _Deferred(types.ModuleType):
     """A module in ``sys.modules`` that is not loaded yet: the first attribute asked of it
     loads the module itself (which then takes its place in ``sys.modules``), and every
     attribute is the loaded module's. ``import`` statements give this object without loading
-    anything (its ``__spec__`` is None)."""
+    anything (its ``__spec__`` is None). Not :class:`importlib.util.LazyLoader`: the ``import``
+    statement reads ``__spec__`` of a module found in ``sys.modules``, which loads a lazy one
+    (Python 3.11: Nipype's ``import scipy.io as sio`` loaded it)."""
 
     def __getattr__(self, attr):  # (only for what the object itself does not have)
         loaded = self.__dict__.get("_loaded")
