@@ -111,7 +111,9 @@ def _group_mean(values, rows, codes, n_groups, out=None, where=None) -> np.ndarr
     # genes x samples when the samples of a gene are contiguous: every step then gathers
     # within rows held in cache; the arithmetic is the same element by element
     by_gene = values.flags.f_contiguous and not values.flags.c_contiguous
-    width = max(1, _KAHAN_ELEMENTS // max(n_groups, 1))
+    # blocks sized for the steps after the first (which _first_step makes in one pass): the
+    # groups with a second row; with fine atlases far fewer than the groups
+    width = max(1, _KAHAN_ELEMENTS // max(active[1] if len(active) > 1 else n_groups, 1))
     # as many blocks for each thread (each cell's sum is its own: any blocks, the same bits)
     width = max(1, -(-values.shape[1] // even_block_count(values.shape[1], width)))
 
@@ -121,22 +123,46 @@ def _group_mean(values, rows, codes, n_groups, out=None, where=None) -> np.ndarr
         with np.errstate(invalid="ignore", divide="ignore"):
             shape = (n_cols, n_groups) if by_gene else (n_groups, n_cols)
             total, carry = np.zeros(shape), np.zeros(shape)
-            seen = np.zeros(shape, dtype=np.int64)
+            seen = None  # values counted one by one: made when a step needs it
             block = values.T[cols] if by_gene else None
             quick = np.zeros(n_groups, dtype=np.int64)  # quick steps of each group
             for k, n in enumerate(active):
                 if by_gene:
                     x = np.asarray(block[:, steps[k]], dtype=np.float64)
-                    quick[:n] += kahan_add(total[:, :n], carry[:, :n], seen[:, :n], x)
                 else:
                     x = np.asarray(values[steps[k], cols], dtype=np.float64)
-                    quick[:n] += kahan_add(total[:n], carry[:n], seen[:n], x)
-            seen += quick if by_gene else quick[:, None]
-            means = kahan_mean(total, seen)
+                if k == 0 and _first_step(total, x):
+                    quick += 1
+                    continue
+                if seen is None:
+                    seen = np.zeros(shape, dtype=np.int64)
+                part = (slice(None), slice(n)) if by_gene else slice(n)
+                quick[:n] += kahan_add(total[part], carry[part], seen[part], x)
+            counts = quick if by_gene else quick[:, None]
+            if seen is None:  # every value added at once: every count is its group's rows
+                means = np.divide(total, counts.astype(np.float64), out=total)
+            else:
+                seen += counts
+                means = kahan_mean(total, seen)
         out[targets, cols] = means.T if by_gene else means
 
     thread_map(run, range(0, values.shape[1], width))
     return out
+
+
+def _first_step(total: np.ndarray, x: np.ndarray) -> bool:
+    """:func:`kahan_add` of ``x`` into sums and compensations still zero, in one pass, when
+    every new sum is finite (then returns True; otherwise ``total`` is left zero, False).
+
+    From zero, a Kahan step gives the sum ``0.0 + x`` (-0.0 becomes 0.0) and the compensation
+    ``(t - 0.0) - x``, which is +0.0 for every finite ``x``: the zeros already there. Fine
+    atlases have one or two samples in most regions, so most of their sums end after this
+    step."""
+    np.add(x, 0.0, out=total)
+    if np.isfinite(total.sum()):  # the test kahan_add makes on the same sums
+        return True
+    total[...] = 0.0
+    return False
 
 
 class _RunningMean:
@@ -188,7 +214,13 @@ class _RunningMean:
         thread_map(add, pieces)
 
     def mean(self) -> np.ndarray:
-        seen = self.quick[:, None] if self.seen is None else self.seen + self.quick[:, None]
+        if self.seen is None:  # one count a row: divide by a column, not a table of counts
+            counts = self.quick.astype(np.float64)[:, None]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                means = np.divide(self.total, counts)
+            means[self.quick == 0] = np.nan
+            return means
+        seen = self.seen + self.quick[:, None]
         with np.errstate(invalid="ignore", divide="ignore"):
             return kahan_mean(self.total, np.broadcast_to(seen, self.total.shape))
 

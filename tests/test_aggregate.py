@@ -250,6 +250,28 @@ def test_group_mean_is_pandas_groupby_mean_bit_for_bit(monkeypatch, threads):
         assert np.array_equal(got, expected, equal_nan=True), trial
 
 
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_group_mean_without_nan_is_pandas_bit_for_bit(monkeypatch, threads):
+    """Blocks without NaN or infinity take the one-pass first step and divide by the row
+    counts; -0.0 first rows (0.0 in pandas' sums) and one-row groups included, compared bit
+    by bit (array_equal takes -0.0 for 0.0)."""
+    monkeypatch.setenv("AHBA_APP_THREADS", threads)
+    monkeypatch.setattr(aggregate, "_KAHAN_ELEMENTS", 64)  # several blocks of columns
+    rng = np.random.default_rng(5)
+    for trial in range(8):
+        values = np.round(rng.normal(0.5, 0.2, size=(60, 40)), 3 if trial % 2 else 12)
+        values[rng.random(values.shape) < 0.2] = -0.0
+        if trial in (2, 6):
+            values[7, 30] = np.nan                  # one block takes the counted path
+        if trial > 3:
+            values = np.asfortranarray(values)
+        rows = np.sort(rng.choice(60, 50, replace=False))
+        codes = np.unique(rng.integers(0, 30, size=50), return_inverse=True)[1].ravel()
+        expected = _pandas_group_mean(values, rows, codes, codes.max() + 1)
+        got = aggregate._group_mean(values, rows, codes, codes.max() + 1)
+        assert np.array_equal(got.view(np.int64), expected.view(np.int64)), trial
+
+
 def _stacked(frames, extra, labels):
     """What mean_over_donors stands for: extra rows appended, tables stacked and grouped."""
     with_rows = [f if r is None else pd.concat([f, r]) for f, r in zip(frames, extra)]
