@@ -204,8 +204,13 @@ class _RunningMean:
         if self.seen is None and any(np.isnan(values[src]).any() for src, _ in pieces):
             self.seen = np.zeros(self.total.shape, dtype=np.int32)
 
+        from_zero = not self.quick.any() and self.seen is None  # nothing added yet
+
         def add(piece):
             src, dst = piece
+            if from_zero and _first_step(self.total[dst], values[src]):
+                self.quick[dst] += 1
+                return
             seen = self.seen[dst] if self.seen is not None else None
             with np.errstate(invalid="ignore"):
                 self.quick[dst] += kahan_add(self.total[dst], self.carry[dst], seen,

@@ -272,6 +272,26 @@ def test_group_mean_without_nan_is_pandas_bit_for_bit(monkeypatch, threads):
         assert np.array_equal(got.view(np.int64), expected.view(np.int64)), trial
 
 
+def test_running_mean_first_table_is_pandas_bit_for_bit(monkeypatch):
+    """The first table added into zero sums (one pass when its pieces are finite): -0.0 in
+    rows no later table has gives pandas' 0.0, bit for bit; a piece with NaN or infinity
+    takes the counted path."""
+    monkeypatch.setattr(aggregate, "_KAHAN_ELEMENTS", 24)  # several pieces
+    rng = np.random.default_rng(13)
+    shape = (12, 8)
+    first = np.round(rng.normal(0.5, 0.2, size=shape), 12)
+    first[rng.random(shape) < 0.3] = -0.0
+    first[9, 4] = np.inf                                   # one piece not finite
+    second = np.round(rng.normal(0.5, 0.2, size=shape), 12)
+    second[:6] = np.nan                                    # rows 0-5: the first table only
+    running = aggregate._RunningMean(shape)
+    for table in (first, second):
+        running.add(table)
+    stacked = pd.DataFrame(np.vstack([first, second]))
+    expected = stacked.groupby(np.tile(np.arange(shape[0]), 2)).mean().to_numpy()
+    assert np.array_equal(running.mean().view(np.int64), expected.view(np.int64))
+
+
 def _stacked(frames, extra, labels):
     """What mean_over_donors stands for: extra rows appended, tables stacked and grouped."""
     with_rows = [f if r is None else pd.concat([f, r]) for f, r in zip(frames, extra)]
