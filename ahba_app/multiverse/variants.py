@@ -283,7 +283,12 @@ def blocked_tables(normalized_block: Callable, labels: Sequence, all_labels, col
         return None
     n_genes = len(columns)
     reuse = known is not None and kinds <= set(known)
-    base = {kind: np.full((len(every), n_genes), np.nan) for kind in (() if reuse else kinds)}
+    # every block writes every column of the regions with samples: only the others' rows
+    # are filled (NaN) beforehand
+    base = {kind: np.empty((len(every), n_genes)) for kind in (() if reuse else kinds)}
+    empty_rows = np.setdiff1d(np.arange(len(every)), layout.regions)
+    for table in base.values():
+        table[empty_rows] = np.nan
     filling = any(missing is not None for missing, _, _ in variants)
     if reuse and not filling:
         return _variants(known, None, variants)
