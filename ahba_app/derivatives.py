@@ -62,32 +62,22 @@ def write_tsv(frame: pd.DataFrame, path: str | os.PathLike, index_label: str | N
 def rows_helper(frame: pd.DataFrame, index: bool = True):
     """A context manager giving a :class:`ahba_app.floattext.RowsHelper` started on ``frame``
     for :func:`write_tsv` (a process formatting part of its rows meanwhile), or None where
-    it would not pay (a small table, one that is not a plain float table, one CPU, no idle
-    core) or cannot run (not POSIX)."""
+    it would not pay (a small table, one that is not a plain float table, one CPU) or cannot
+    run (not POSIX). Whether it starts does not depend on what else runs on the machine (a
+    load-average test did: the same run went with or without helpers as the load crossed it)."""
     from contextlib import nullcontext
 
     from ._blocks import n_threads
     from .floattext import HELPER_MIN_VALUES, RowsHelper
 
     if (frame.size < HELPER_MIN_VALUES or len(frame) < 2 or n_threads() <= 1
-            or os.name != "posix" or not sys.executable or not _idle_core(n_threads())
+            or os.name != "posix" or not sys.executable
             or not _plain_float_table(frame, index)):
         return nullcontext()
     try:
         return RowsHelper(frame, na_rep="n/a")
     except OSError:  # no process could be started: the table is formatted here alone
         return nullcontext()
-
-
-def _idle_core(cpus: int) -> bool:
-    """Whether a core is likely idle: the last minute's load average below ``cpus`` (a run
-    alone on the machine keeps it near 1-1.5: one busy thread, two in the threaded loops).
-    A helper waiting for a core made the derivatives slower on a loaded machine (measured:
-    6.2 -> 9.3-10.5 s over the batch's ten atlases at load 5-6)."""
-    try:
-        return os.getloadavg()[0] < cpus
-    except (AttributeError, OSError):  # no load average here: assume so
-        return True
 
 
 _SPECIAL = re.compile(r'[\t\n\r"]')

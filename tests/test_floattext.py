@@ -140,11 +140,8 @@ def test_rows_helper_only_where_it_pays(monkeypatch):
         assert helper is None
     with derivatives.rows_helper(frame.fillna(0).clip(-1, 1).astype(np.float32)) as helper:
         assert helper is None
-    monkeypatch.setattr(derivatives.os, "getloadavg", lambda: (2.1, 1.0, 1.0))  # cores busy
-    with derivatives.rows_helper(frame) as helper:
-        assert helper is None
-    monkeypatch.setattr(derivatives.os, "getloadavg", lambda: (1.9, 3.0, 3.0))  # one idle
-    with derivatives.rows_helper(frame) as helper:
+    monkeypatch.setattr(derivatives.os, "getloadavg", lambda: (9.0, 9.0, 9.0))  # busy machine
+    with derivatives.rows_helper(frame) as helper:  # started all the same: no load test
         assert isinstance(helper, floattext.RowsHelper)
     monkeypatch.setenv("AHBA_APP_THREADS", "1")  # one CPU: nothing to overlap
     with derivatives.rows_helper(frame) as helper:

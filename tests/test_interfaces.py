@@ -358,7 +358,6 @@ def test_group_sink_with_a_rows_helper_writes_the_same_files(chain, tmp_path, mo
     alone = sink("alone")
     started = []
     monkeypatch.setattr(floattext, "HELPER_MIN_VALUES", 1)
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))  # (an idle core of two)
     monkeypatch.setenv("AHBA_APP_THREADS", "2")
     monkeypatch.setattr(floattext.RowsHelper, "__enter__",
                         lambda self: started.append(self) or self)
