@@ -166,3 +166,25 @@ def test_progress_line_for_batch_logs():
         "multiverse: 0/100 pipelines (0.0%), 0.00 pipelines/s, unknown time left",
         "multiverse: 50/100 pipelines (50.0%), 2.50 pipelines/s, 0m20s left",
         "multiverse: 100/100 pipelines (100.0%), 4.76 pipelines/s, 0m00s left"]
+
+
+def test_a_sweep_reads_each_cache_checksum_once(ahba_small, tmp_path, monkeypatch):
+    """The units of one sweep share the run's record of checked caches (io.remembering_checks):
+    a cache is read whole for its checksum once, not once a unit."""
+    from ahba_app import io as ahba_io
+
+    grid = parse_grid({"grid": {"lr_mirror": ["none", "leftright"]}})
+    result = plan(grid)
+    assert len(list(result.units())) == 2
+    checked = []
+    crc32 = ahba_io._file_crc32
+
+    def counting(handle, *args, **kwargs):
+        checked.append(handle.name)
+        return crc32(handle, *args, **kwargs)
+
+    api.get_expression_data(DK["image"], DK["info"], data_dir=ahba_small)  # caches built
+    monkeypatch.setattr(ahba_io, "_file_crc32", counting)
+    sweep(result, DK["image"], DK["info"], tmp_path / "rows.tsv", data_dir=ahba_small)
+    assert checked and len(checked) == len(set(checked))
+    assert len(_read(tmp_path / "rows.tsv")) == 2

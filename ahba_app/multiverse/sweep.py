@@ -33,6 +33,7 @@ from typing import Callable, Iterable, Mapping, TextIO
 import pandas as pd
 
 from .. import atomic
+from .. import io as _io
 from .. import pipeline as _pipeline
 from ..selection_cache import ChoiceStore
 from . import _options
@@ -356,7 +357,9 @@ def sweep(plan: Plan, atlas, atlas_info=None, out=None, *, data_dir=None,
         centroids = None  # donor-native atlases: no common centroid per region
     tables = {pid: Path(tables_dir) / table_name(pid) for pid in save_tables}
     done = 0
-    with RowWriter(out, parquet=parquet, flush_rows=flush_rows) as writer:
+    # one run: each matrix cache's checksum read once, not once a unit (io.remembering_checks)
+    with _io.remembering_checks(), RowWriter(out, parquet=parquet,
+                                             flush_rows=flush_rows) as writer:
         for unit_keys in by_unit(plan, keys):
             for row in unit_rows(plan, tree, atlas_info, data_dir=data_dir,
                                  centroids=centroids, region_map=region_map, n_proc=n_proc,
