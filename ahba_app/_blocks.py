@@ -27,7 +27,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 import numpy as np
 
 __all__ = ["MAX_THREADS", "background", "n_threads", "shared_threads", "thread_map",
-           "transpose_into"]
+           "transpose_into", "writeable_in"]
 
 #: More threads than this gain little: the loops are mostly memory-bound.
 MAX_THREADS = 4
@@ -152,3 +152,14 @@ def transpose_into(dst: np.ndarray, src: np.ndarray, rows: int = 512, cols: int 
     for i in range(0, n_rows, rows):
         for j in range(0, n_cols, cols):
             dst[i:i + rows, j:j + cols] = src[j:j + cols, i:i + rows].T
+
+
+def writeable_in(values: np.ndarray, buffer: np.ndarray) -> np.ndarray | None:
+    """A writeable view of ``values`` when they lie at the start of ``buffer`` (a table read
+    into that buffer, whose values pandas shows read-only), else None."""
+    start = buffer.__array_interface__["data"][0]
+    if (values.dtype != buffer.dtype or values.__array_interface__["data"][0] != start
+            or not (values.flags.c_contiguous or values.flags.f_contiguous)
+            or values.size > buffer.size):
+        return None
+    return np.lib.stride_tricks.as_strided(buffer, values.shape, values.strides)

@@ -17,7 +17,7 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObje
                                     OutputMultiObject, SimpleInterface, TraitedSpec, traits)
 
 from .. import pipeline
-from .._blocks import n_threads, thread_map
+from .._blocks import n_threads, thread_map, writeable_in
 from ..options import trait
 from ..bids import AtlasInput, load_atlas_input
 from ..stages import stage_options
@@ -207,19 +207,8 @@ class NormalizeExpression(SimpleInterface):
         # the other buffer is then never touched, so its memory is never taken
         normalized, _, kept = pipeline.normalize_donor_expression(
             expression.set_axis(annotation.index, axis=0), labels[rows], annotation,
-            buffers=buffers, out=_writeable_in(expression.to_numpy(), buffers[1]), **options)
+            buffers=buffers, out=writeable_in(expression.to_numpy(), buffers[1]), **options)
         return {"normalized": normalized, "annotation": kept}
-
-
-def _writeable_in(values: np.ndarray, buffer: np.ndarray) -> np.ndarray | None:
-    """A writeable view of ``values`` when they lie at the start of ``buffer`` (a table read
-    into it, which pandas shows read-only), else None."""
-    start = buffer.__array_interface__["data"][0]
-    if (values.dtype != buffer.dtype or values.__array_interface__["data"][0] != start
-            or not (values.flags.c_contiguous or values.flags.f_contiguous)
-            or values.size > buffer.size):
-        return None
-    return np.lib.stride_tricks.as_strided(buffer, values.shape, values.strides)
 
 
 # ---------------------------------------------------------------------------------------------

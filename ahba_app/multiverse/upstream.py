@@ -23,7 +23,7 @@ from .. import matching as _matching
 from .. import normalize as _normalize
 from .. import pipeline as _pipeline
 from .. import probes as _probes
-from .._blocks import n_threads
+from .._blocks import n_threads, writeable_in
 from ..selection_cache import ChoiceStore
 from . import variants as _variants
 
@@ -148,12 +148,12 @@ class UnitUpstream:
         buffer = np.empty(size)
         frame = self._frame(donor, None, "F", buffer=buffer)
         self._columns[donor] = frame.columns
-        values = frame.to_numpy()
+        read = frame.to_numpy()
         del frame
-        if np.may_share_memory(values, buffer):  # (pandas shows it read-only)
-            values = buffer[:values.size].reshape(values.shape[::-1]).T
-        else:  # not read into it (e.g. probes averaged in memory: their table is kept)
-            values = np.array(values, order="F")
+        values = writeable_in(read, buffer)
+        if values is None:  # not read into it (probes averaged in memory: their table is kept)
+            values = np.array(read, order="F")
+        del read
         if values.dtype.kind == "f" and np.isnan(values).any():
             return None
         return values
