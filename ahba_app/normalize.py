@@ -176,10 +176,11 @@ def _quantile_positions(n: int, q: float) -> tuple[int, int]:
     return below, min(below + 1, n - 1)
 
 
-#: Columns at least this long take their quartiles and median from :class:`_OrderStatistics`
-#: (bucket counts) rather than a sort: numpy's sort of shorter rows (a sorting network in
-#: registers) is quicker there; measured on full data, the crossing is near 520 values.
-_PARTITION_MIN = 560
+#: Columns at least this long take their quartiles and median from :class:`_Selected`
+#: (partitions) rather than a full sort. numpy sorts and partitions with SIMD networks
+#: (x86-simd-sort); measured on full data, sorting each column is quicker up to about 2,000
+#: values (a gene across a donor's samples), partitioning beyond (a sample across the genes).
+_PARTITION_MIN = 2048
 
 
 def _robust_centre_scale(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -189,102 +190,49 @@ def _robust_centre_scale(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ordered = _sorted_columns(x)
     else:
         # only the positions read below are found (and the last one: the largest, NaN if
-        # any): the numbers a full sort puts there. _OrderStatistics only reads its rows:
-        # columns already contiguous are passed as they are, not copied
+        # any): the numbers a full sort puts there
         kth = {n // 2 - 1, n // 2, *_quantile_positions(n, 0.25),
                *_quantile_positions(n, 0.75)}
-        ordered = _OrderStatistics(x.T if x.T.flags.c_contiguous else _columns_as_rows(x),
-                                   kth)
+        ordered = _Selected(_columns_as_rows(x), kth)
     iqr = (_quantile(ordered, 75 / 100) - _quantile(ordered, 25 / 100)) / IQR_NORMAL
     return _median(ordered)[None], iqr[None]
 
 
-#: Rows of :class:`_OrderStatistics` are bucketed a few at a time (2 MB of values: in cache).
-_SELECT_ELEMENTS = 1 << 18
-#: Buckets per value of a row: a bucket holds about two values.
-_BUCKETS_PER_VALUE = 0.5
-
-
-class _OrderStatistics:
+class _Selected:
     """What sorting each row of ``rows`` puts at ``positions`` and at the last position (the
     largest value; NaN when the row holds one), read as ``self[:, position]`` as from the
-    sorted rows: the same values, found by counting instead of a sort or a partition.
+    sorted rows: the same values, found by partitioning ``rows`` in place (their order is
+    lost).
 
-    numpy's partition compares value by value with branches (some 20 ns a value for the
-    positions a robust sigmoid reads in a long row). Here every value of a row gets a bucket,
-    ``floor((x - min) * buckets / (max - min))``: each step is monotone in ``x``, so a
-    bucket's values lie between those of the buckets below and above it. The buckets are
-    counted (numpy's bincount), which tells for each position the bucket holding it and how
-    many values lie below that bucket; only the values of those few buckets are then sorted.
-    Rows holding NaN or infinities, or all equal, are partitioned instead. Zeros of both
-    signs compare equal: which one a position gets among tied zeros is not defined (as with
-    a sort or a partition).
+    numpy partitions around one position quickly (a SIMD quickselect), around several at
+    once slowly (value by value). So the wanted positions are found one partition at a time,
+    each in the part of the rows still holding it: around the middle wanted position, then
+    in the parts below and above it; a position at the end of its part is that part's
+    minimum or maximum (a reduction), so positions side by side (a median's two, a
+    quartile's two) cost one partition. Zeros of both signs compare equal: which one a
+    position gets among tied zeros is not defined (as with a sort).
     """
 
     def __init__(self, rows: np.ndarray, positions):
-        n_rows, n = rows.shape
+        n = rows.shape[1]
         self.shape = rows.shape
-        positions = sorted({int(p) for p in positions if 0 <= p < n - 1})
-        self.values = {pos: np.empty(n_rows) for pos in [*positions, n - 1]}
-        step = max(1, _SELECT_ELEMENTS // max(n, 1))
-        n_buckets = max(16, int(n * _BUCKETS_PER_VALUE))
-        # the keys and buckets of every chunk in the same memory (no new pages per chunk)
-        size = min(step, n_rows) * n
-        work = (np.empty(size), np.empty(size, dtype=np.intp))
-        for start in range(0, n_rows, step):
-            at = slice(start, start + step)
-            self._select(rows[at], positions, n_buckets,
-                         {pos: values[at] for pos, values in self.values.items()}, work)
-
-    @staticmethod
-    def _select(rows: np.ndarray, positions: list, n_buckets: int, out: dict,
-                work: tuple) -> None:
-        n_rows, n = rows.shape
-        low = rows.min(axis=1)
-        high = rows.max(axis=1)       # NaN when the row holds one
-        out[n - 1][:] = high
-        # a key is at most span * (n_buckets / span), both rounded: n_buckets within a few
-        # units in the last place, so its floor is at most n_buckets
-        width = n_buckets + 1
-        with np.errstate(all="ignore"):
-            span = high - low
-            scale = n_buckets / span
-            redo = ~(np.isfinite(scale) & np.isfinite(span) & (span > 0))
-            key = np.subtract(rows, np.where(redo, 0.0, low)[:, None],
-                              out=work[0][:rows.size].reshape(rows.shape))
-            key *= np.where(redo, 0.0, scale)[:, None]
-        if redo.any():
-            key[redo] = 0.0           # (those rows are partitioned below)
-        # each row its own buckets: whole numbers added to keys in [0, n_buckets] (a sum
-        # rounded to a whole number stays monotone in x and inside the row's buckets)
-        key += (np.arange(n_rows) * float(width))[:, None]
-        bucket = work[1][:rows.size]
-        np.copyto(bucket, key.ravel(), casting="unsafe")  # floor: the keys are >= 0
-        del key
-        counts = np.bincount(bucket, minlength=n_rows * width)
-        ends = np.cumsum(counts)      # over all rows: row r's values end at (r + 1) * n
-        first = np.arange(n_rows) * n
-        wanted = np.zeros(n_rows * width, dtype=bool)
-        found = {}
-        for pos in positions:
-            target = first + pos
-            holder = np.searchsorted(ends, target, side="right")   # the bucket holding pos
-            found[pos] = (holder, target - (ends[holder] - counts[holder]))
-            wanted[holder] = True
-        # the values of the buckets wanted, sorted by bucket, then value
-        pick = np.flatnonzero(wanted[bucket])
-        values, groups = rows.ravel()[pick], bucket[pick]
-        order = np.lexsort((values, groups))
-        values, groups = values[order], groups[order]
-        for pos, (group, rank) in found.items():
-            out[pos][:] = values[np.searchsorted(groups, group) + rank]
-        if redo.any():
-            bad = np.flatnonzero(redo)
-            part = rows[bad]
-            kth = [*positions, n - 1]
-            part.partition(kth, axis=1)
-            for pos in kth:
-                out[pos][bad] = part[:, pos]
+        self.values = {n - 1: rows.max(axis=1)}  # NaN when the row holds one
+        parts = [(0, n, sorted({int(p) for p in positions if 0 <= p < n - 1}))]
+        while parts:
+            low, high, wanted = parts.pop()
+            if not wanted:
+                continue
+            part = rows[:, low:high]
+            if wanted == [high - 1]:
+                self.values[high - 1] = part.max(axis=1)
+            elif wanted == [low]:
+                self.values[low] = part.min(axis=1)
+            else:
+                middle = wanted[len(wanted) // 2]
+                part.partition(middle - low, axis=1)
+                self.values[middle] = rows[:, middle].copy()
+                parts.append((low, middle, [p for p in wanted if p < middle]))
+                parts.append((middle + 1, high, [p for p in wanted if p > middle]))
 
     def __getitem__(self, key) -> np.ndarray:
         _, pos = key

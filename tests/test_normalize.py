@@ -466,8 +466,8 @@ def test_normalize_donor_matched_and_structures(inputs):
 
 @pytest.mark.parametrize("n", [560, 946, 4096, 5001, 15000])
 def test_long_columns_partitioned_give_the_sorted_numbers(monkeypatch, n):
-    """Columns of at least _PARTITION_MIN values (a sample across ~15,000 genes, a gene across
-    a large donor's samples) take their median and quartiles from bucket counts: numpy's
+    """Columns of at least _PARTITION_MIN values (a sample across ~15,000 genes; here every
+    length is made long) take their median and quartiles from partitions: numpy's
     median/percentile and the full sort, bit for bit, with ties, a constant column and a NaN."""
     from ahba_app import normalize as nm
 
@@ -475,6 +475,7 @@ def test_long_columns_partitioned_give_the_sorted_numbers(monkeypatch, n):
     x = rng.normal(8, 2, (n, 5)).round(2)  # many ties
     x[:, 1] = 3.25
     x[7, 2] = np.nan
+    monkeypatch.setattr(nm, "_PARTITION_MIN", 1)  # the partitioning path
     centre, scale = nm._robust_centre_scale(x)
     with np.errstate(invalid="ignore"):
         median = np.median(x, axis=0)
@@ -491,16 +492,16 @@ def test_long_columns_partitioned_give_the_sorted_numbers(monkeypatch, n):
 
 @pytest.mark.parametrize("n_rows", [23, 900])
 @pytest.mark.parametrize("kind", ["plain", "nan", "ties", "constant", "infinite", "descending",
-                                  "wide", "subnormal", "few", "short"])
-def test_order_statistics_equal_a_sort(kind, n_rows):
-    # the bucket counting that finds a robust sigmoid's positions in long columns gives the
-    # values a full sort puts there, bit for bit, whatever the data
-    from ahba_app.normalize import _OrderStatistics, _quantile_positions
+                                  "wide", "subnormal", "few", "short", "tiny"])
+def test_selected_positions_equal_a_sort(kind, n_rows):
+    # the partitions that find a robust sigmoid's positions in long columns give the values
+    # a full sort puts there, bit for bit, whatever the data
+    from ahba_app.normalize import _quantile_positions, _Selected
 
-    # (900 rows: several blocks of rows; "short": a gene's column of a donor's samples)
-    rng = np.random.default_rng(["plain", "nan", "ties", "constant", "infinite", "descending",
-                                 "wide", "subnormal", "few", "short"].index(kind))
-    n = {"few": 5, "short": 946}.get(kind, 15_001 if kind == "ties" else 4_096 + 17)
+    kinds = ["plain", "nan", "ties", "constant", "infinite", "descending", "wide", "subnormal",
+             "few", "short", "tiny"]
+    rng = np.random.default_rng(kinds.index(kind))
+    n = {"few": 5, "short": 946, "tiny": 2}.get(kind, 15_001 if kind == "ties" else 4_096 + 17)
     if n_rows > 23:
         n = min(n, 946)
     rows = np.round(rng.normal(8, 2, size=(n_rows, n)), 6)
@@ -524,11 +525,12 @@ def test_order_statistics_equal_a_sort(kind, n_rows):
                  *_quantile_positions(n, 0.75)}
     expected = np.sort(rows, axis=1)
     given = rows.copy()
-    found = _OrderStatistics(given, positions)
-    assert given.tobytes() == rows.tobytes()  # only read: callers pass their own columns
+    found = _Selected(given, positions)
+    # (the rows are reordered in place, never changed)
+    assert np.array_equal(np.sort(given, axis=1), expected, equal_nan=True)
     holds_nan = np.isnan(expected[:, -1])
     assert np.isnan(found[:, -1][holds_nan]).all()
-    for pos in [*positions, n - 1, -1]:
+    for pos in [*(p for p in positions if p >= 0), n - 1, -1]:
         assert found[:, pos][~holds_nan].tobytes() == expected[:, pos][~holds_nan].tobytes()
 
 
