@@ -188,3 +188,36 @@ def test_a_sweep_reads_each_cache_checksum_once(ahba_small, tmp_path, monkeypatc
     sweep(result, DK["image"], DK["info"], tmp_path / "rows.tsv", data_dir=ahba_small)
     assert checked and len(checked) == len(set(checked))
     assert len(_read(tmp_path / "rows.tsv")) == 2
+
+
+class _Marker:
+    """An object the collector tracks (a class instance), to see whether it is set aside."""
+
+
+def _set_aside(obj) -> bool:
+    """Whether ``obj`` is frozen (gc.freeze): the collector's generations no longer list it."""
+    import gc
+
+    return gc.is_tracked(obj) and not any(o is obj for o in gc.get_objects())
+
+
+@pytest.mark.parametrize("caller_froze", [False, True])
+def test_a_unit_leaves_the_callers_frozen_objects_as_they_were(ahba_small, tmp_path,
+                                                              caller_froze):
+    """A unit sets aside what exists while it runs (gc.freeze) and hands it back after; objects
+    its caller had set aside stay set aside (gc.unfreeze alone would hand those back too)."""
+    import gc
+
+    assert gc.get_freeze_count() == 0
+    marker = _Marker()
+    if caller_froze:
+        gc.freeze()
+    try:
+        assert _set_aside(marker) == caller_froze
+        sweep(plan(parse_grid({"grid": {"lr_mirror": ["none"]}})), DK["image"], DK["info"],
+              tmp_path / "rows.tsv", data_dir=ahba_small)
+        assert _set_aside(marker) == caller_froze
+        assert (gc.get_freeze_count() > 0) == caller_froze
+    finally:
+        gc.unfreeze()
+    assert len(_read(tmp_path / "rows.tsv")) == 1

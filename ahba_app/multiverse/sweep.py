@@ -467,9 +467,13 @@ def unit_rows(plan: Plan, atlas, atlas_info=None, *, data_dir=None,
     # collector afterwards. What is still alive after a group's collection is set aside too:
     # the first groups compile the kernels, and the compiler's objects (~75,000) made each
     # later collection 40-50 ms; the groups' rows, the scratch and the shared tables it also
-    # sets aside hold no reference cycles (freed by their counts when let go).
+    # sets aside hold no reference cycles (freed by their counts when let go). Objects the
+    # caller had set aside could not be told from ours at the end (gc.unfreeze hands back
+    # every one): with such a caller nothing is set aside here, its state left as it was.
+    freezing = gc.get_freeze_count() == 0
     gc.collect()
-    gc.freeze()
+    if freezing:
+        gc.freeze()
     # The tables' values, decoded once, serve the pass without sample normalization and then
     # the first whose normalization writes over them (:meth:`~.upstream.UnitUpstream.
     # sample_normalized`): those two passes first, in that order; the rows keep ``keys``'
@@ -496,11 +500,13 @@ def unit_rows(plan: Plan, atlas, atlas_info=None, *, data_dir=None,
                                             n_proc=n_proc, tables=tables, upstream=upstream,
                                             sampled=sampled, scratch=scratch, shared=shared))
                 gc.collect()
-                gc.freeze()
+                if freezing:
+                    gc.freeze()
             del sampled, shared
             gc.collect()
     finally:
-        gc.unfreeze()
+        if freezing:
+            gc.unfreeze()
     for key in keys:
         yield from rows.pop(key)
 
