@@ -23,7 +23,7 @@ COORDS = ["mni_x", "mni_y", "mni_z"]
 INFO = ["hemisphere", "structure"]
 
 __all__ = ["COORDS", "INFO", "Hemispheres", "Surface", "allowed", "closest_centroid", "fill_label_nodes", "get_centroids",
-           "inverse_distance_weights", "sample_frame", "surface_graph"]
+           "inverse_distance_weights", "sample_frame", "surface_graph", "weighted_mean_rows"]
 
 
 class Surface(NamedTuple):
@@ -100,6 +100,15 @@ def inverse_distance_weights(dist) -> np.ndarray:
     rows = zero.any(axis=-1)
     weights[rows] = zero[rows]
     return weights
+
+
+def weighted_mean_rows(values, weights) -> np.ndarray:
+    """The mean of the rows of ``values`` (2-D) weighted by ``weights`` (one a row): a NaN
+    value adds nothing to its column's sum (as pandas' sum skips it) while its row's weight
+    still counts in the divisor. How regions are filled from samples or donors at distances
+    (:func:`inverse_distance_weights`)."""
+    values, weights = np.asarray(values, dtype=float), np.asarray(weights, dtype=float)
+    return np.nansum(values * weights[:, None], axis=0) / weights.sum()
 
 
 def get_centroids(data, coordinates, labels=None) -> dict:

@@ -33,7 +33,8 @@ from .options import DEFAULTS
 # matching names as well
 from .geometry import (COORDS, INFO, _fill_plan, _has_info, _label_values,  # noqa: F401
                        _nearest_samples, allowed, closest_centroid, fill_label_nodes,
-                       get_centroids, inverse_distance_weights, sample_frame, surface_graph)
+                       get_centroids, inverse_distance_weights, sample_frame, surface_graph,
+                       weighted_mean_rows)
 
 VOXELS = ["mri_voxel_x", "mri_voxel_y", "mri_voxel_z"]
 
@@ -218,11 +219,6 @@ def _aligned(expression: pd.DataFrame, annotation: pd.DataFrame) -> np.ndarray:
     return np.asarray(expression.loc[annotation.index], dtype=float)
 
 
-def _weighted_rows(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Weighted mean of rows, ignoring NaN values in the numerator (as pandas' sum does)."""
-    return np.nansum(values * weights[:, None], axis=0) / weights.sum()
-
-
 def interpolate_missing(atlas, labels, expression: pd.DataFrame,
                         annotation: pd.DataFrame) -> pd.DataFrame:
     """Expression of the regions of ``atlas`` that ``labels`` leaves empty, by interpolation.
@@ -263,7 +259,7 @@ def interpolate_missing(atlas, labels, expression: pd.DataFrame,
             weights = inverse_distance_weights(dist[:, None])[:, 0]
             per_sample = np.bincount(pos, weights=weights, minlength=len(frame))
             used = np.flatnonzero(per_sample)
-            rows[label] = (_weighted_rows(values[used], per_sample[used])
+            rows[label] = (weighted_mean_rows(values[used], per_sample[used])
                            if len(used) else np.full(values.shape[1], np.nan))
     return _rows_frame(rows, expression.columns)
 
@@ -330,7 +326,7 @@ def combine_centroids(matches) -> pd.DataFrame:
         values = np.stack([np.asarray(rows.loc[label], dtype=float) for rows, _ in matches])
         dist = np.asarray([d.loc[label] for _, d in matches], dtype=float)
         weights = inverse_distance_weights(dist[:, None])[:, 0]
-        out[label] = _weighted_rows(values, weights)
+        out[label] = weighted_mean_rows(values, weights)
     return _rows_frame(out, columns)
 
 

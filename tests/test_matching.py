@@ -493,3 +493,17 @@ def test_unreachable_labels_never_names_a_region_within_reach(dk_volume):
             far = atlas.tree.query_ball_point(xyz, r=radius + 2 * margin)
             near = np.unique(atlas.atlas[np.concatenate([np.asarray(h, int) for h in far])])
             assert set(np.setdiff1d(atlas.labels, missing)) <= set(near)
+
+
+def test_weighted_mean_rows_is_the_one_fill_mean():
+    """Regions filled from samples (interpolate_missing), from donors (combine_centroids) and by
+    the multiverse's blocks of genes share one public weighted mean: a NaN adds nothing to its
+    column's sum while its row's weight stays in the divisor."""
+    from ahba_app import geometry
+    from ahba_app.multiverse import upstream
+
+    values = np.array([[1.0, np.nan, 2.0], [3.0, 4.0, np.nan]])
+    got = geometry.weighted_mean_rows(values, np.array([1.0, 3.0]))
+    np.testing.assert_array_equal(got, [(1 + 9) / 4, 12 / 4, 2 / 4])
+    assert matching.weighted_mean_rows is geometry.weighted_mean_rows
+    assert upstream.weighted_mean_rows is geometry.weighted_mean_rows

@@ -24,6 +24,7 @@ from .. import normalize as _normalize
 from .. import pipeline as _pipeline
 from .. import probes as _probes
 from .._blocks import n_threads, writeable_in
+from ..geometry import weighted_mean_rows
 from ..selection_cache import ChoiceStore
 from . import variants as _variants
 
@@ -302,7 +303,7 @@ class UnitUpstream:
                 # the donors' rows stacked and combined as combine_centroids does
                 values = np.stack([arrays[d][at] if at >= 0 else nan
                                    for d, at in enumerate(where[j])])
-                rows[j] = _matching._weighted_rows(values, weights[j])
+                rows[j] = weighted_mean_rows(values, weights[j])
             return [(filled, rows)] * len(self.donors)
 
         return fill_block
