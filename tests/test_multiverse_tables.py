@@ -100,3 +100,16 @@ def test_all_refused_for_large_grids(tmp_path, monkeypatch):
     monkeypatch.setattr(command, "MAX_SAVED_TABLES", 10)
     with pytest.raises(MultiverseInputError, match="would write 32 tables"):
         _job(tmp_path, "all")
+
+
+@pytest.mark.parametrize("newline, bom", [("\n", ""), ("\r\n", ""), ("\r\n", "\ufeff")])
+def test_selection_file_from_a_spreadsheet(tmp_path, newline, bom):
+    """A TSV of picked rows saved by a spreadsheet (CRLF line ends, a byte-order mark), its
+    pipeline_id column last or alone, selects those pipelines."""
+    ids = [p.id for p in _picks(_job(tmp_path, None))]
+    for header, rows in ((["pipeline_id"], [[i] for i in ids]),
+                         (["n_genes", "pipeline_id"], [["1", i] for i in ids])):
+        picked = tmp_path / "picked.tsv"
+        picked.write_bytes((bom + newline.join("\t".join(r) for r in [header, *rows])
+                            + newline).encode("utf-8"))
+        assert _job(tmp_path, str(picked)).save_tables == tuple(ids)

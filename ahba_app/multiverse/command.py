@@ -136,10 +136,11 @@ def select_tables(spec, grid: Grid, reference: Mapping) -> tuple:
         path = Path(spec).expanduser()
         where = f"--multiverse-save-tables file {path}"
         try:
-            lines = path.read_text(encoding="utf-8").split("\n")
+            # a spreadsheet's export may begin with a byte-order mark and end lines with CRLF
+            lines = path.read_text(encoding="utf-8-sig").splitlines()
         except (OSError, UnicodeDecodeError) as err:
             raise MultiverseInputError(f"Cannot read the {where}: {err}.") from None
-        header = lines[0].split("\t") if lines else []
+        header = [cell.strip() for cell in lines[0].split("\t")] if lines else []
         if "pipeline_id" in header:
             column = header.index("pipeline_id")
             wanted = [line.split("\t")[column].strip() for line in lines[1:] if line.strip()]
