@@ -46,6 +46,10 @@ def test_region_map_is_read_by_atlas_index(tmp_path, dk_tree):
     (lambda t: t.assign(other=1.0), ["one value column"]),
     (lambda t: t.assign(myelin=["high"] * len(t)), ["non-numbers", "high"]),
     (lambda t: pd.concat([t, t.iloc[:1]]), ["twice"]),
+    (lambda t: t.assign(index=t["index"] + np.r_[0.5, np.zeros(len(t) - 1)]),
+     ["integer region indices"]),
+    (lambda t: t.assign(index=["x"] + list(t["index"][1:])), ["integer region indices"]),
+    (lambda t: t.assign(index=[None] + list(t["index"][1:])), ["integer region indices"]),
 ])
 def test_bad_region_maps_are_one_message(tmp_path, dk_tree, change, words):
     labels = list(dk_tree.labels)

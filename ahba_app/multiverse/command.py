@@ -62,11 +62,11 @@ def read_region_map(path, labels, where: str = "the atlas") -> pd.Series:
     if len(bad):
         raise MultiverseInputError(f"The region map {path}: column {value!r} holds "
                                    f"non-numbers ({list(bad[:5])}); write n/a for no value.")
-    try:
-        regions = table[index].astype(np.int64)
-    except (TypeError, ValueError):
+    regions = pd.to_numeric(table[index], errors="coerce")
+    if regions.isna().any() or (regions != np.floor(regions)).any():  # not 1.5 read as 1
         raise MultiverseInputError(f"The region map {path}: column {index!r} must hold the "
-                                   "atlas's integer region indices.") from None
+                                   "atlas's integer region indices.")
+    regions = regions.astype(np.int64)
     if regions.duplicated().any():
         raise MultiverseInputError(f"The region map {path} lists region(s) "
                                    f"{sorted(set(regions[regions.duplicated()]))[:10]} twice.")
