@@ -163,10 +163,12 @@ def read_probe_tables(files: Mapping, *, reannotated: bool = DEFAULTS["reannotat
                       table=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The probe table as read (Probes.csv is the same for every donor, so the first one is
     read) and as the stages use it (probes with a gene, reannotated or not). ``table``: the
-    reannotation table, when already read (:func:`ahba_app.datasets.load_reannotated`)."""
+    reannotation table, when already read (:func:`ahba_app.datasets.load_reannotated`), or a
+    function giving it, called once Probes.csv is read (e.g. a future's ``result``: another
+    thread reads the table meanwhile)."""
     raw = _io.read_probes(next(iter(files.values()))["probes"])
     if reannotated and table is not None:
-        return raw, _probes.reannotate_probes(raw, table)
+        return raw, _probes.reannotate_probes(raw, table() if callable(table) else table)
     return raw, _probes.prepare_probes(raw, reannotated=reannotated)
 
 
@@ -554,26 +556,35 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
                            for kind in ("pacall", "microarray")}
                    for donor in order}
         raw_probes, probes = read_probe_tables(
-            files, table=None if reannotation is None else reannotation.result(),
+            files, table=None if reannotation is None else reannotation.result,
             **stage_options(settings, "reannotate"))
         coords = None if corrected is None else corrected.result()
-        atlases, group_atlas = loading.result()
-        check_atlas_settings(group_atlas, settings)
-        affines = native_affines(atlases, group_atlas, data_dir)
-        all_labels = next(iter(atlases.values())).labels
-        sample_facts = {}
-
         probe_counts = ProbeCounts(n_probes=len(raw_probes), n_annotated=len(probes))
         array_probes = raw_probes[["gene_symbol"]] if return_genes else None
         del raw_probes
-        annotations = {}
-        for donor, donor_files in files.items():
-            if settings.sim_threshold is not None:  # the similarity filter reads expression
-                donor_files = dict(donor_files,
-                                   microarray=opening[donor]["microarray"].result())
-            annotations[donor], sample_facts[donor] = prepare_donor_samples(
-                donor_files, probes, native_affine=affines.get(donor), coords=coords,
-                **stage_options(settings, "annotate"))
+
+        def prepare_samples(affines):
+            annotations, facts = {}, {}
+            for donor, donor_files in files.items():
+                if settings.sim_threshold is not None:  # the similarity filter reads expression
+                    donor_files = dict(donor_files,
+                                       microarray=opening[donor]["microarray"].result())
+                annotations[donor], facts[donor] = prepare_donor_samples(
+                    donor_files, probes, native_affine=affines.get(donor), coords=coords,
+                    **stage_options(settings, "annotate"))
+            return annotations, facts
+
+        if not isinstance(atlas, Mapping):
+            # one atlas for every donor: a group atlas (see load_atlas), whose samples need
+            # nothing of it, so they are prepared while it is still loading
+            annotations, sample_facts = prepare_samples({})
+            atlases, group_atlas = loading.result()
+        else:
+            atlases, group_atlas = loading.result()
+            check_atlas_settings(group_atlas, settings)
+            annotations, sample_facts = prepare_samples(
+                native_affines(atlases, group_atlas, data_dir))
+        all_labels = next(iter(atlases.values())).labels
 
         # (on a worker too: it only warns, and matching does not need it)
         reaching = pool.submit(warn_unreachable_regions, atlases, group_atlas,

@@ -223,3 +223,32 @@ def test_tables_read_in_file_order_hold_the_same_columns(ahba_small):
         assert list(read.columns) == list(whole.columns[order])
         expected = whole.iloc[samples, order].to_numpy()
         assert read.to_numpy().tobytes() == np.ascontiguousarray(expected).tobytes()
+
+
+def test_reannotation_table_may_come_when_probes_are_read(ahba_small):
+    """``read_probe_tables`` takes the reannotation table or a function giving it (the run
+    reads it on another thread meanwhile): called once, after Probes.csv is read; the same
+    tables either way."""
+    from ahba_app import datasets, io
+
+    files, _ = pipeline.locate_data(ahba_small, DONORS)
+    table = datasets.load_reannotated()
+    calls = []
+    read = io.read_probes
+
+    def giving():
+        calls.append("table")
+        return table
+
+    def reading(path, *args, **kwargs):
+        calls.append("probes")
+        return read(path, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(io, "read_probes", reading)
+        raw, probes = pipeline.read_probe_tables(files, table=giving)
+    assert calls == ["probes", "table"]
+    expected_raw, expected = pipeline.read_probe_tables(files, table=table)
+    pd.testing.assert_frame_equal(raw, expected_raw)
+    pd.testing.assert_frame_equal(probes, expected)
+    pd.testing.assert_frame_equal(probes, pipeline.read_probe_tables(files)[1])
