@@ -156,6 +156,27 @@ def test_reannotation_tolerates_missing_probes():
     assert probes.prepare_probes(raw, reannotated=False).index.tolist() == [40, 10, 90]
 
 
+def test_reannotation_same_table_whatever_the_string_type():
+    """Names held as pandas' default strings are looked up by pyarrow, other names by pandas:
+    the same table (a repeated name takes its first probe, a missing name a missing one)."""
+    table = pd.DataFrame({"probe_name": ["A", "B", None, "D", "A", "E"],
+                          "gene_symbol": ["G1", None, "G3", "G4", "G5", "G6"],
+                          "entrez_id": [11.0, 22.0, 33.0, 44.0, 55.0, np.nan]})
+    raw = pd.DataFrame({"probe_name": ["D", "A", "B", None, "A"]},
+                       index=pd.Index([40, 10, 20, 90, 5], name="probe_id"))
+
+    def as_objects(frame):
+        return frame.astype({c: object for c in frame.columns if frame[c].dtype != float})
+
+    out = probes.reannotate_probes(raw, table=table)
+    pd.testing.assert_frame_equal(
+        out, probes.reannotate_probes(as_objects(raw), table=as_objects(table)))
+    assert out.index.tolist() == [10, 10, 20, 40, 90]
+    assert out["probe_name"].tolist()[:4] == ["A", "A", "B", "D"]
+    assert out["gene_symbol"].isna().tolist() == [False, False, True, False, False]
+    assert out["entrez_id"].tolist() == [11, 55, 22, 44, 33]
+
+
 def test_filter_counts_repeated_samples():
     pacall = {"a": pd.DataFrame([[1, 1, 0, 0], [1, 0, 0, 0]], index=[1, 2],
                                 columns=[1, 2, 3, 4]).astype(bool)}
