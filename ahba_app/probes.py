@@ -158,6 +158,14 @@ def reannotate_probes(probes, table: pd.DataFrame | None = None) -> pd.DataFrame
     return out.sort_index(kind="stable")
 
 
+def _arrow_strings(column: pd.Series):
+    """The pyarrow array of a column of pandas' default strings, in one piece."""
+    import pyarrow as pa
+
+    values = pa.array(column)
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
 def _reannotated_arrow(probes: pd.DataFrame, table: pd.DataFrame, entrez: pd.Series
                        ) -> pd.DataFrame:
     """:func:`reannotate_probes` (the same table) for names held as pandas' default string
@@ -165,13 +173,12 @@ def _reannotated_arrow(probes: pd.DataFrame, table: pd.DataFrame, entrez: pd.Ser
     some 100,000 names into Python strings and back (a third of the time, on the main thread
     of every run). None when a column taken holds no name (the general path then gives such
     a column the type pandas infers for it)."""
-    import pyarrow as pa
     import pyarrow.compute as pc
 
-    wanted = pa.array(table["probe_name"])
+    wanted = _arrow_strings(table["probe_name"])
     # the position of each name's first probe (missing names match a missing one, as
     # pandas' get_indexer does)
-    pos = pc.index_in(wanted, value_set=pa.array(probes["probe_name"]).cast(wanted.type))
+    pos = pc.index_in(wanted, value_set=_arrow_strings(probes["probe_name"]).cast(wanted.type))
     pos = pos.to_numpy(zero_copy_only=False)
     keep = np.flatnonzero(~np.isnan(pos) & entrez.notna().to_numpy())
     ids = probes.index.to_numpy()[pos[keep].astype(np.intp)]
@@ -322,11 +329,15 @@ class _Genes:
     def from_probes(cls, probes: pd.DataFrame) -> "_Genes":
         if "gene_symbol" not in probes.columns:
             raise ValueError("The probe table has no gene_symbol column.")
-        symbols = probes["gene_symbol"].to_numpy(dtype=object)
-        usable = np.flatnonzero(~pd.isna(symbols))
-        # numpy strings sort by code point, as Python's (and abagen's sort_index) do
-        unique, gene_of = np.unique(symbols[usable].astype(str), return_inverse=True)
-        unique = unique.astype(object)
+        coded = _sorted_codes(probes["gene_symbol"])
+        if coded is None:
+            symbols = probes["gene_symbol"].to_numpy(dtype=object)
+            usable = np.flatnonzero(~pd.isna(symbols))
+            # numpy strings sort by code point, as Python's (and abagen's sort_index) do
+            unique, gene_of = np.unique(symbols[usable].astype(str), return_inverse=True)
+            unique = unique.astype(object)
+        else:
+            unique, gene_of, usable = coded
         order = np.argsort(gene_of, kind="stable")
         sizes = np.bincount(gene_of, minlength=len(unique))
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.intp)
@@ -347,6 +358,30 @@ class _Genes:
         out = np.empty_like(values)
         out[self.layout] = values
         return out
+
+
+def _sorted_codes(symbols: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """What ``np.unique(symbols[usable].astype(str), return_inverse=True)`` gives (the distinct
+    symbols sorted by code point, as Python strings, and each symbol's number), with
+    ``usable`` the positions of the symbols not missing, for symbols held as pandas' default
+    strings (pyarrow): encoded and sorted by pyarrow (UTF-8 bytes sort in code point order),
+    without numpy's fixed-width copy of every symbol. None for other types, and for symbols
+    holding a NUL character (numpy's strings drop trailing ones)."""
+    if symbols.dtype != "str":
+        return None
+    import pyarrow.compute as pc
+
+    column = _arrow_strings(symbols)
+    if pc.any(pc.match_substring(column, "\x00")).as_py():
+        return None
+    valid = column.is_valid().to_numpy(zero_copy_only=False)
+    coded = pc.dictionary_encode(column.filter(valid))
+    by_symbol = pc.sort_indices(coded.dictionary).to_numpy()
+    rank = np.empty(len(by_symbol), dtype=np.intp)
+    rank[by_symbol] = np.arange(len(by_symbol))
+    gene_of = rank[coded.indices.to_numpy(zero_copy_only=False)]
+    unique = coded.dictionary.take(by_symbol).to_numpy(zero_copy_only=False)
+    return unique, gene_of, np.flatnonzero(valid)
 
 
 class _Data:

@@ -427,3 +427,22 @@ def test_probe_summary():
     assert summary.to_dict("records") == [
         {"step": "Probes.csv", "n_probes": 3, "n_genes": 2},
         {"step": "selected", "n_probes": 2, "n_genes": 2}]
+
+
+@pytest.mark.parametrize("symbols", [
+    ["b", "a", "B", "", "é", "zé", "Z", "a", None, "中", "a\U0001F600", "aÿ", "b"],
+    ["x\x00", "x", "a", None, "x"],  # numpy's strings drop the trailing NUL: x twice
+])
+def test_genes_numbered_alike_whatever_the_string_type(symbols):
+    """Gene symbols held as pandas' default strings are numbered by pyarrow, others by numpy:
+    the same genes (sorted by code point), probes and layout."""
+    frame = pd.DataFrame({"gene_symbol": symbols,
+                          "probe_name": [f"p{i}" for i in range(len(symbols))]},
+                         index=pd.Index(np.arange(len(symbols))[::-1] + 1, name="probe_id"))
+    objects = frame.astype(object)
+    fast, general = probes._Genes.from_probes(frame), probes._Genes.from_probes(objects)
+    for name in ("symbols", "probe_ids", "names", "gene_of", "starts", "sizes", "layout"):
+        assert getattr(fast, name).dtype == getattr(general, name).dtype
+        assert getattr(fast, name).tolist() == getattr(general, name).tolist()
+    kept = [s for s in symbols if s is not None]
+    assert fast.symbols.tolist() == sorted({s.rstrip("\x00") for s in kept})
