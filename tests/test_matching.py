@@ -464,6 +464,54 @@ def test_abagen_fails_when_a_mirrored_donor_has_no_empty_region(oracle, dk_volum
     assert rows.empty and dist.empty
 
 
+def _labels_near_by_box(atlas, xyz, radius):
+    """The voxels _reached_volume_labels reads, one point at a time with every index tested
+    against the grid: the labels it must give."""
+    affine = np.asarray(atlas.affine, dtype=float)
+    volume = atlas.label_volume()
+    step = float(np.linalg.svd(affine[:3, :3], compute_uv=False).min())
+    reach = radius / step + 1.0
+    span = np.arange(-int(np.ceil(reach)), int(np.ceil(reach)) + 1)
+    offsets = np.stack(np.meshgrid(span, span, span, indexing="ij"), -1).reshape(-1, 3)
+    offsets = offsets[(offsets ** 2).sum(axis=1) <= reach ** 2]
+    found = {0}
+    for point in np.rint(np.c_[xyz, np.ones(len(xyz))] @ np.linalg.inv(affine).T)[:, :3]:
+        near = point.astype(np.int64) + offsets
+        near = near[((near >= 0) & (near < volume.shape)).all(axis=1)]
+        found |= set(volume[tuple(near.T)].tolist())
+    return np.setdiff1d(atlas.labels, sorted(found))
+
+
+def test_unreachable_labels_at_the_grid_edges(dk_volume):
+    """Points well inside the grid (their voxels looked up by flat index) and points near or
+    beyond its edges (each index tested) give the labels of a point-by-point search."""
+    import nibabel as nib
+
+    from ahba_app.atlas import AtlasTree
+
+    plain, _ = dk_volume
+    volume = plain.label_volume()
+    # a volume cut so that regions touch its faces
+    cut = AtlasTree(nib.Nifti1Image(volume[30:-40, 40:-50, 20:-60].astype(np.int16),
+                                    plain.affine @ np.array([[1, 0, 0, 30], [0, 1, 0, 40],
+                                                             [0, 0, 1, 20], [0, 0, 0, 1.0]])))
+    rng = np.random.default_rng(11)
+    corner = cut.affine[:3, 3]
+    far = corner + np.asarray(cut._shape) * cut.voxel_size * np.sign(np.diag(cut.affine)[:3])
+    lo, hi = np.minimum(corner, far), np.maximum(corner, far)
+    xyz = rng.uniform(lo - 6, hi + 6, size=(300, 3))
+    for atlas in (plain, cut):
+        for tolerance in (0, 2, -5):
+            margin = float(np.sqrt(np.sum(atlas.voxel_size ** 2)))
+            expected = _labels_near_by_box(atlas, xyz, abs(tolerance) + margin)
+            missing = matching.unreachable_labels(atlas, pd.DataFrame(xyz, columns=matching.COORDS),
+                                                  tolerance=tolerance, warn=False)
+            assert missing.tolist() == expected.tolist()
+            assert 0 < len(missing) < len(atlas.labels) or atlas is plain
+    assert len(matching.unreachable_labels(cut, pd.DataFrame(xyz[:0], columns=matching.COORDS),
+                                           warn=False)) == len(cut.labels)
+
+
 def test_unreachable_labels_never_names_a_region_within_reach(dk_volume):
     """The grid look-up reaches every region a ball query of the labelled voxels reaches
     (it may reach a few more, up to a voxel further), on the 1 mm and a 2 mm oblique grid."""
