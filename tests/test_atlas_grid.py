@@ -104,3 +104,43 @@ def test_centroids_and_unique_labels_as_by_sorting(labels):
         sums = np.array([np.bincount(inverse[mine] * 0, weights=coords[mine, d])[0]
                          for d in range(3)])
         assert fast[label].tobytes() == (sums / mine.sum()).tobytes()
+
+
+@pytest.mark.parametrize("name", AFFINES)
+def test_volume_coordinates_and_centroids_as_computed_plainly(name):
+    """The atlas's labelled voxels, their coordinates and its centroids are those of
+    np.nonzero, _voxel_to_world and get_centroids on a C-ordered copy, bit for bit."""
+    atlas = _atlas(AFFINES[name], seed=3)
+    volume = atlas.label_volume()
+    nz = np.nonzero(volume)
+    plain = _voxel_to_world(atlas.affine, np.column_stack(nz))
+    assert np.ascontiguousarray(atlas.coords).tobytes() == plain.tobytes()
+    assert atlas.atlas.tolist() == volume[nz].tolist()
+    centroids = geometry.get_centroids(volume[nz], np.ascontiguousarray(plain), atlas.labels)
+    assert list(centroids) == list(atlas.centroids)
+    assert all(centroids[lab].tobytes() == atlas.centroids[lab].tobytes() for lab in centroids)
+
+
+@pytest.mark.parametrize("image_class", [nib.Nifti1Image, nib.Nifti2Image])
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.float32])
+def test_gzipped_volumes_read_as_nibabel_reads_them(tmp_path, image_class, dtype):
+    """A .nii.gz inflated by isal (atlas._read_image) gives nibabel's header, affine and
+    data; files isal cannot read give nibabel's errors."""
+    from ahba_app.atlas import _read_image
+
+    rng = np.random.default_rng(4)
+    data = rng.integers(0, 40, size=(9, 8, 7)).astype(dtype)
+    image = image_class(data, np.array(AFFINES["2mm flipped x"]))
+    if dtype is np.float32:
+        image.header.set_slope_inter(0.5, 1.0)
+    path = tmp_path / "atlas.nii.gz"
+    nib.save(image, path)
+    ours, theirs = _read_image(path), nib.load(path)
+    assert type(ours) is type(theirs)
+    assert ours.header.binaryblock == theirs.header.binaryblock
+    assert np.asarray(ours.dataobj).tobytes() == np.asarray(theirs.dataobj).tobytes()
+    assert np.asarray(ours.dataobj).dtype == np.asarray(theirs.dataobj).dtype
+    assert ours.affine.tobytes() == theirs.affine.tobytes()
+    path.write_bytes(b"not a gzip file" * 4)
+    with pytest.raises(nib.filebasedimages.ImageFileError, match="not a gzip file"):
+        _read_image(path)
