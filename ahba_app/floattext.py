@@ -356,16 +356,44 @@ def _column_texts(column, na_rep: str, pa, pc, pd):
         text = pc.cast(pa.array(values), pa.string())
         return pc.if_else(pa.array(missing), pa.scalar(na_rep), text) if missing.any() \
             else text
-    if dtype == object or isinstance(dtype, pd.StringDtype):
+    if isinstance(column.array, pd.arrays.ArrowStringArray):
+        # text stored by Arrow (tables read from the nodes' files): taken as it is, missing
+        # values as nulls, rather than made into a Python string per value and back (the
+        # genes table's texts: ~100 -> ~5 ms)
+        text = pa.array(column.array)
+        if isinstance(text, pa.ChunkedArray):
+            text = text.combine_chunks()
+        text = pc.cast(text, pa.string())
+    elif dtype == object or isinstance(dtype, pd.StringDtype):
         values = column.to_numpy(dtype=object)
         missing = pd.isna(values)
         if not all(type(v) is str for v in values[~missing].tolist()):
             return None
         text = pa.array(np.where(missing, None, values), type=pa.string())
-        if pc.any(pc.match_substring_regex(text, _QUOTED)).as_py():
-            return None
-        return pc.fill_null(text, na_rep)
-    return None
+    else:
+        return None
+    if _may_need_quotes(text):
+        return None
+    return pc.fill_null(text, na_rep)
+
+
+#: The bytes of :data:`_QUOTED`, as a table of 256 flags.
+_QUOTED_BYTES = np.zeros(256, dtype=bool)
+_QUOTED_BYTES[[ord(c) for c in '\t\n\r"']] = True
+
+
+def _may_need_quotes(text) -> bool:
+    """Whether a string array's bytes hold a character of :data:`_QUOTED` (the bytes of its
+    values, and of nothing else unless the array shares a larger buffer: then it may say True
+    for a field that needs no quotes, and the table is left to ``to_csv``, which writes the
+    same). A look-up per byte: the regular expression took ~10 ns a byte on the genes table's
+    reasons."""
+    if text.null_count == len(text) or text.buffers()[2] is None:
+        return False
+    offsets = np.frombuffer(text.buffers()[1], dtype=np.int32)
+    first, last = int(offsets[text.offset]), int(offsets[text.offset + len(text)])
+    data = np.frombuffer(text.buffers()[2], dtype=np.uint8)[first:last]
+    return bool(_QUOTED_BYTES[data].any())
 
 
 def write_table_tsv(frame, path: str | os.PathLike, *, index: bool = True,

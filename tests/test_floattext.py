@@ -204,3 +204,24 @@ def test_tables_to_csv_would_write_otherwise_are_left_to_it(tmp_path, change):
     written = tmp_path / "ours.tsv"
     assert not floattext.write_table_tsv(frame, written, index=False)
     assert not written.exists()
+
+
+def test_arrow_text_columns_are_written_as_to_csv_writes_them(tmp_path):
+    """Text stored by Arrow (as the nodes' tables are read) is taken from its buffers: missing
+    values, empty and non-ASCII strings, and slices of a larger array, as ``to_csv`` writes
+    them; a slice whose shared buffer holds a tab outside its rows is written all the same
+    (by ``to_csv`` or here: the same bytes)."""
+    text = pd.array(["a\tb", None, "", "é ü", "x,y", None, "plain", "it's"] * 50, dtype="str")
+    assert type(text).__name__ == "ArrowStringArray"
+    frame = pd.DataFrame({"text": text, "n": np.arange(len(text))})
+    expected, written = tmp_path / "pandas.tsv", tmp_path / "ours.tsv"
+    assert not floattext.write_table_tsv(frame, written, index=False)  # the tab: to_csv's
+    for table in (frame.iloc[1:], frame.iloc[1:8], frame.iloc[[1, 2, 3, 5]]):
+        table.to_csv(expected, sep="\t", na_rep="n/a", index=False, lineterminator="\n")
+        if floattext.write_table_tsv(table, written, index=False):
+            assert written.read_bytes() == expected.read_bytes()
+    clean = frame.iloc[[1, 2, 3, 4, 5, 6, 7]].reset_index(drop=True)
+    clean["text"] = pd.array(clean["text"].tolist(), dtype="str")  # its own buffer
+    clean.to_csv(expected, sep="\t", na_rep="n/a", index=False, lineterminator="\n")
+    assert floattext.write_table_tsv(clean, written, index=False)
+    assert written.read_bytes() == expected.read_bytes()
