@@ -563,7 +563,7 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
         array_probes = raw_probes[["gene_symbol"]] if return_genes else None
         del raw_probes
 
-        def prepare_samples(affines):
+        def sample_tables(affines):
             annotations, facts = {}, {}
             for donor, donor_files in files.items():
                 if settings.sim_threshold is not None:  # the similarity filter reads expression
@@ -577,12 +577,13 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
         if not isinstance(atlas, Mapping):
             # one atlas for every donor: a group atlas (see load_atlas), whose samples need
             # nothing of it, so they are prepared while it is still loading
-            annotations, sample_facts = prepare_samples({})
+            annotations, sample_facts = sample_tables({})
             atlases, group_atlas = loading.result()
+            check_atlas_settings(group_atlas, settings)
         else:
             atlases, group_atlas = loading.result()
             check_atlas_settings(group_atlas, settings)
-            annotations, sample_facts = prepare_samples(
+            annotations, sample_facts = sample_tables(
                 native_affines(atlases, group_atlas, data_dir))
         all_labels = next(iter(atlases.values())).labels
 

@@ -167,7 +167,7 @@ def _arrow_strings(column: pd.Series):
 
 
 def _reannotated_arrow(probes: pd.DataFrame, table: pd.DataFrame, entrez: pd.Series
-                       ) -> pd.DataFrame:
+                       ) -> pd.DataFrame | None:
     """:func:`reannotate_probes` (the same table) for names held as pandas' default string
     type (pyarrow-backed, NaN for missing): looked up and taken by pyarrow, without turning
     some 100,000 names into Python strings and back (a third of the time, on the main thread
