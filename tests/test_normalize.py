@@ -493,11 +493,13 @@ def test_long_columns_partitioned_give_the_sorted_numbers(monkeypatch, n):
 @pytest.mark.parametrize("n_rows", [23, 900])
 @pytest.mark.parametrize("kind", ["plain", "nan", "ties", "constant", "infinite", "descending",
                                   "wide", "subnormal", "few", "short", "tiny"])
-def test_selected_positions_equal_a_sort(kind, n_rows):
+@pytest.mark.parametrize("layout", ["C", "F"])
+def test_selected_positions_equal_a_sort(monkeypatch, kind, n_rows, layout):
     # the partitions that find a robust sigmoid's positions in long columns give the values
-    # a full sort puts there, bit for bit, whatever the data
-    from ahba_app.normalize import _quantile_positions, _Selected
+    # a full sort puts there, bit for bit, whatever the data (in chunks of a few columns)
+    from ahba_app import normalize as nm
 
+    monkeypatch.setattr(nm, "_SELECT_ELEMENTS", 5_000)
     kinds = ["plain", "nan", "ties", "constant", "infinite", "descending", "wide", "subnormal",
              "few", "short", "tiny"]
     rng = np.random.default_rng(kinds.index(kind))
@@ -521,17 +523,39 @@ def test_selected_positions_equal_a_sort(kind, n_rows):
         rows = rng.standard_cauchy(rows.shape) * 1e300
     elif kind == "subnormal":
         rows = rng.random(rows.shape) * 1e-310
-    positions = {n // 2 - 1, n // 2, *_quantile_positions(n, 0.25),
-                 *_quantile_positions(n, 0.75)}
+    positions = {n // 2 - 1, n // 2, *nm._quantile_positions(n, 0.25),
+                 *nm._quantile_positions(n, 0.75)}
     expected = np.sort(rows, axis=1)
-    given = rows.copy()
-    found = _Selected(given, positions)
-    # (the rows are reordered in place, never changed)
-    assert np.array_equal(np.sort(given, axis=1), expected, equal_nan=True)
+    given = rows.T.copy()   # (a sample's values are a column, here contiguous or not)
+    found = nm._Selected(given if layout == "C" else np.asfortranarray(given), positions)
+    assert given.tobytes() == rows.T.tobytes()  # only read: callers pass their own columns
     holds_nan = np.isnan(expected[:, -1])
     assert np.isnan(found[:, -1][holds_nan]).all()
     for pos in [*(p for p in positions if p >= 0), n - 1, -1]:
         assert found[:, pos][~holds_nan].tobytes() == expected[:, pos][~holds_nan].tobytes()
+
+
+@pytest.mark.parametrize("layout", ["C", "F"])
+def test_empty_rows_are_the_rows_nan_throughout(monkeypatch, layout):
+    # only the rows NaN in the first column are read whole: rows NaN there but not
+    # everywhere, or NaN everywhere but there, are not empty; over several blocks of rows
+    from ahba_app import normalize as nm
+
+    monkeypatch.setattr(nm, "_BLOCK_ELEMENTS", 64)
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(200, 30))
+    x[rng.random(x.shape) < 0.05] = np.nan
+    x[::3, 0] = np.nan                  # NaN in the first column only (among others)
+    x[::7] = np.nan                     # empty rows
+    x[5, 1:] = np.nan                   # NaN everywhere but in the first column
+    x[11, :-1] = np.nan                 # NaN everywhere but in the last column
+    x = np.asarray(x, order=layout)
+    expected = np.isnan(x).all(axis=1)
+    assert expected.sum() == len(range(0, 200, 7))
+    assert np.array_equal(nm._empty_rows(x), expected)
+    assert np.array_equal(nm._empty_rows(x.T), np.isnan(x.T).all(axis=1))
+    assert not nm._empty_rows(np.arange(6).reshape(3, 2)).any()      # integers: never NaN
+    assert nm._empty_rows(np.empty((4, 0))).all()                     # no column: nothing
 
 
 def test_logistic_equals_the_formula_bit_for_bit():
