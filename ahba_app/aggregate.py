@@ -126,6 +126,7 @@ def _group_mean(values, rows, codes, n_groups, out=None, where=None) -> np.ndarr
             seen = None  # values counted one by one: made when a step needs it
             block = values.T[cols] if by_gene else None
             quick = np.zeros(n_groups, dtype=np.int64)  # quick steps of each group
+            zero_carry = False  # whether every compensation is still the +0.0 it started at
             for k, n in enumerate(active):
                 if by_gene:
                     x = np.asarray(block[:, steps[k]], dtype=np.float64)
@@ -133,10 +134,20 @@ def _group_mean(values, rows, codes, n_groups, out=None, where=None) -> np.ndarr
                     x = np.asarray(values[steps[k], cols], dtype=np.float64)
                 if k == 0 and _first_step(total, x):
                     quick += 1
+                    zero_carry = True
+                    continue
+                part = (slice(None), slice(n)) if by_gene else slice(n)
+                # the groups adding a row after this one: the others' compensations are
+                # never read again
+                going_on = active[k + 1] if k + 1 < len(active) else 0
+                if seen is None and _finite_step(total[part], carry[part], x, going_on,
+                                                 by_gene, zero_carry):
+                    quick[:n] += 1
+                    zero_carry = False
                     continue
                 if seen is None:
                     seen = np.zeros(shape, dtype=np.int64)
-                part = (slice(None), slice(n)) if by_gene else slice(n)
+                zero_carry = False
                 quick[:n] += kahan_add(total[part], carry[part], seen[part], x)
             counts = quick if by_gene else quick[:, None]
             if seen is None:  # every value added at once: every count is its group's rows
@@ -148,6 +159,24 @@ def _group_mean(values, rows, codes, n_groups, out=None, where=None) -> np.ndarr
 
     thread_map(run, range(0, values.shape[1], width))
     return out
+
+
+def _finite_step(total: np.ndarray, carry: np.ndarray, x: np.ndarray, going_on: int,
+                 by_gene: bool, zero_carry: bool) -> bool:
+    """:func:`kahan_add` of ``x`` (no value counted one by one: every new sum finite) when
+    that holds, then True; otherwise nothing is changed, False. Two passes fewer for the
+    cells of groups adding no later row (the first ``going_on`` groups add one: only their
+    compensations are kept), and, while the compensations are all still +0.0, ``x - 0.0``
+    is ``x`` itself (-0.0 included). Fine atlases' groups mostly end at their second row."""
+    y = x if zero_carry else np.subtract(x, carry)
+    t = np.add(total, y)
+    if not np.isfinite(t.sum()):  # the test kahan_add makes
+        return False
+    on = (slice(None), slice(going_on)) if by_gene else slice(going_on)
+    np.subtract(t[on], total[on], out=carry[on])
+    carry[on] -= y[on]
+    total[...] = t
+    return True
 
 
 def _first_step(total: np.ndarray, x: np.ndarray) -> bool:
@@ -190,7 +219,8 @@ class _RunningMean:
         rows = np.asarray(rows, dtype=np.intp)
         if values.shape != (len(rows), n_cols):
             raise ValueError(f"{values.shape} values for {len(rows)} rows of {n_cols} columns.")
-        used = np.flatnonzero(~np.isnan(values).all(axis=1)) if n_cols else np.zeros(0, int)
+        missing = np.isnan(values)  # (one pass: the rows to add and the pieces with NaN)
+        used = np.flatnonzero(~missing.all(axis=1)) if n_cols else np.zeros(0, int)
         # runs of rows consecutive in both tables, cut into pieces of about _KAHAN_ELEMENTS
         step = max(1, _KAHAN_ELEMENTS // max(n_cols, 1))
         breaks = np.flatnonzero((np.diff(used) != 1) | (np.diff(rows[used]) != 1)) + 1
@@ -201,7 +231,7 @@ class _RunningMean:
                 to = int(rows[first])
                 pieces.append((slice(first, last + 1), slice(to, to + last - first + 1)))
 
-        if self.seen is None and any(np.isnan(values[src]).any() for src, _ in pieces):
+        if self.seen is None and any(missing[src].any() for src, _ in pieces):
             self.seen = np.zeros(self.total.shape, dtype=np.int32)
 
         from_zero = not self.quick.any() and self.seen is None  # nothing added yet

@@ -272,6 +272,25 @@ def test_group_mean_without_nan_is_pandas_bit_for_bit(monkeypatch, threads):
         assert np.array_equal(got.view(np.int64), expected.view(np.int64)), trial
 
 
+@pytest.mark.parametrize("layout", ["C", "F"])
+def test_group_mean_compensations_of_groups_going_on(monkeypatch, layout):
+    """Groups of one to six rows whose sums need their compensations (values of very
+    different sizes): the compensations kept only for the groups adding a later row, and
+    the second row added as it is after a one-pass first step, give pandas' bits."""
+    monkeypatch.setattr(aggregate, "_KAHAN_ELEMENTS", 96)  # several blocks of columns
+    rng = np.random.default_rng(17)
+    sizes = np.repeat(np.arange(1, 7), 5)
+    codes = rng.permutation(np.repeat(np.arange(len(sizes)), sizes))
+    scale = 10.0 ** rng.integers(-8, 17, size=(len(codes), 50))
+    values = rng.normal(0, 1, size=scale.shape) * scale
+    values[rng.random(values.shape) < 0.05] = -0.0
+    values = np.asarray(values, order=layout)
+    rows = np.arange(len(codes))
+    expected = _pandas_group_mean(values, rows, codes, len(sizes))
+    got = aggregate._group_mean(values, rows, codes, len(sizes))
+    assert np.array_equal(got.view(np.int64), expected.view(np.int64))
+
+
 def test_running_mean_first_table_is_pandas_bit_for_bit(monkeypatch):
     """The first table added into zero sums (one pass when its pieces are finite): -0.0 in
     rows no later table has gives pandas' 0.0, bit for bit; a piece with NaN or infinity
