@@ -391,8 +391,10 @@ def donor_samples(files: Mapping, *, corrected_mni: bool = DEFAULTS["corrected_m
                  ) -> list:
     """Every donor's sample table (coordinates, hemisphere, structure), from the annotation files
     alone: what the atlas checks need before any expression data is read."""
+    coords = load_corrected_mni() if corrected_mni else None  # (read once, not per donor)
     return [_samples.prepare_samples(paths["annotation"], paths["ontology"],
-                                     corrected_mni=corrected_mni, lr_mirror=lr_mirror)
+                                     corrected_mni=corrected_mni, lr_mirror=lr_mirror,
+                                     coords=coords)
             for paths in files.values()]
 
 
