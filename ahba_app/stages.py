@@ -27,9 +27,8 @@ class Stage:
     name: the stage (and its workflow node). function: the :mod:`ahba_app.pipeline` function
     (or ``module.function``) that does its work. interface: the Nipype interface wrapping it
     (``module.Class`` under :mod:`ahba_app.interfaces`). workflow: ``data`` (shared by every
-    atlas) or ``atlas``. per_donor: run once per donor (a MapNode). needs / produces: the
-    data it takes and gives. options: the processing options it reads
-    (:data:`ahba_app.options.OPTIONS`). api: the function :func:`ahba_app.pipeline.run` calls
+    atlas) or ``atlas``. needs / produces: the data it takes and gives. options: the processing
+    options it reads (:data:`ahba_app.options.OPTIONS`). api: the function :func:`ahba_app.pipeline.run` calls
     instead of ``function`` when they differ (all donors at once, holding less in memory).
     """
 
@@ -40,7 +39,6 @@ class Stage:
     needs: tuple[str, ...]
     produces: tuple[str, ...]
     options: tuple[str, ...] = ()
-    per_donor: bool = False
     api: str | None = None
 
     @property
@@ -59,7 +57,7 @@ STAGES: Mapping[str, Stage] = MappingProxyType({s.name: s for s in (
           needs=("files",), produces=("raw_probes", "probes"), options=("reannotated",)),
     Stage("annotate", "prepare_donor_samples", "data.PrepareSamples", "data",
           needs=("files", "probes"), produces=("annotations", "sample_info"),
-          options=("corrected_mni", "lr_mirror", "sim_threshold"), per_donor=True),
+          options=("corrected_mni", "lr_mirror", "sim_threshold")),
     Stage("filter_probes", "filter_probe_table", "data.FilterProbes", "data",
           needs=("files", "annotations", "probes"), produces=("filtered_probes", "share"),
           options=("ibf_threshold",)),

@@ -22,9 +22,8 @@ from ahba_app.interfaces._files import (read_frame, read_json, read_labels, read
 DONORS = ["9861", "10021"]  # the order fetch gives them in (and pipeline.run uses)
 
 
-def _run(interface, name, base_dir, iterfield=None, **inputs):
-    node = (pe.MapNode(interface, iterfield=iterfield, name=name) if iterfield
-            else pe.Node(interface, name=name))
+def _run(interface, name, base_dir, **inputs):
+    node = pe.Node(interface, name=name)
     for key, value in inputs.items():
         setattr(node.inputs, key, value)
     node.base_dir = str(base_dir)
@@ -47,7 +46,7 @@ def chain(tmp_path_factory, ahba_small):
         out["reannotate"] = _run(LoadProbes(files=out["fetch"].files), "reannotate", base)
         out["annotate"] = _run(PrepareSamples(files=out["fetch"].files,
                                               probes=out["reannotate"].probes),
-                               "annotate", base, iterfield=["donor"], donor=DONORS)
+                               "annotate", base, donors=DONORS)
         annotations = out["annotate"].annotation
         out["filter"] = _run(FilterProbes(files=out["fetch"].files, donors=DONORS,
                                           annotations=annotations,

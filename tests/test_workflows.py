@@ -82,7 +82,7 @@ def test_ahba_wf_builds(tmp_path, analysis_level, atlases, probe_selection, lr_m
     fetch = data_wf.get_node("fetch")
     assert fetch.inputs.need_rnaseq is (probe_selection == "rnaseq")
     annotate = data_wf.get_node("annotate")
-    assert isinstance(annotate, pe.MapNode) and annotate.iterfield == ["donor"]
+    assert not isinstance(annotate, pe.MapNode)  # one node: files read once for the donors
     assert annotate.inputs.lr_mirror == lr_mirror
     if native:
         assert annotate.inputs.native_atlas == atlases[0].as_dict()

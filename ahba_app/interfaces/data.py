@@ -102,7 +102,8 @@ class LoadProbes(SimpleInterface):
 # ---------------------------------------------------------------------------------------------
 class _PrepareSamplesInputSpec(BaseInterfaceInputSpec):
     files = File(exists=True, mandatory=True, desc="JSON of the donors' microarray files")
-    donor = traits.Str(mandatory=True, desc="the donor whose samples are prepared")
+    donors = traits.List(traits.Str, mandatory=True,
+                         desc="the donors whose samples are prepared, in the outputs' order")
     probes = File(exists=True, mandatory=True, desc="probe table (similarity filter)")
     corrected_mni = trait("corrected_mni")
     lr_mirror = trait("lr_mirror")
@@ -117,33 +118,47 @@ class _PrepareSamplesInputSpec(BaseInterfaceInputSpec):
 
 
 class _PrepareSamplesOutputSpec(TraitedSpec):
-    annotation = File(exists=True, desc="table: the donor's sample table")
-    info = File(exists=True, desc="JSON: what happened to the donor's samples (counts)")
+    annotation = OutputMultiObject(File(exists=True),
+                                   desc="per donor: the donor's sample table")
+    info = OutputMultiObject(File(exists=True),
+                             desc="per donor: JSON of what happened to its samples (counts)")
 
 
 class PrepareSamples(SimpleInterface):
-    """One donor's samples: coordinates, mirroring, hemisphere checks, similarity filter
-    (stage ``annotate``)."""
+    """Every donor's samples: coordinates, mirroring, hemisphere checks, similarity filter
+    (stage ``annotate``).
+
+    One node for all donors (as ``match`` and ``normalize``): the files list, the probe table
+    and the corrected coordinates are read once, and Nipype hashes, pickles and logs one node
+    run instead of one per donor."""
 
     input_spec = _PrepareSamplesInputSpec
     output_spec = _PrepareSamplesOutputSpec
 
     def _run_interface(self, runtime):
-        files = read_json(self.inputs.files)
-        native_affine = None
-        if isdefined(self.inputs.native_atlas) and self.inputs.native_atlas:
+        from ..datasets import load_corrected_mni
+
+        inputs = self.inputs
+        donors = [str(d) for d in inputs.donors]
+        files = read_json(inputs.files)
+        native_affines = dict.fromkeys(donors)
+        if isdefined(inputs.native_atlas) and inputs.native_atlas:
             from ..bids import AtlasInput, load_atlas_input
 
-            trees, _ = load_atlas_input(AtlasInput.from_dict(self.inputs.native_atlas),
-                                        [self.inputs.donor], data_dir=self.inputs.data_dir)
-            native_affine = trees[self.inputs.donor].native_affine
-        annotation, info = pipeline.prepare_donor_samples(
-            files[self.inputs.donor], read_frame(self.inputs.probes),
-            native_affine=native_affine, **stage_options(self.inputs, "annotate"))
-        self._results["annotation"] = write_frame(
-            annotation, os.path.join(runtime.cwd, "annotation"))
-        self._results["info"] = write_json(dict(info, donor=self.inputs.donor),
-                                           os.path.join(runtime.cwd, "samples.json"))
+            trees, _ = load_atlas_input(AtlasInput.from_dict(inputs.native_atlas), donors,
+                                        data_dir=inputs.data_dir)
+            native_affines = {donor: trees[donor].native_affine for donor in donors}
+        probes = read_frame(inputs.probes)
+        coords = load_corrected_mni() if inputs.corrected_mni else None
+        self._results["annotation"], self._results["info"] = [], []
+        for donor in donors:
+            annotation, info = pipeline.prepare_donor_samples(
+                files[donor], probes, native_affine=native_affines[donor], coords=coords,
+                **stage_options(inputs, "annotate"))
+            self._results["annotation"].append(write_frame(
+                annotation, os.path.join(runtime.cwd, f"annotation_{donor}")))
+            self._results["info"].append(write_json(
+                dict(info, donor=donor), os.path.join(runtime.cwd, f"samples_{donor}.json")))
         return runtime
 
 

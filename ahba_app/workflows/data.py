@@ -1,4 +1,5 @@
-"""The AHBA data workflow: fetch, reannotate, annotate/mirror (per donor), filter, select probes.
+"""The AHBA data workflow: fetch, reannotate, annotate/mirror, filter, select probes (each node
+serves all donors).
 
 Everything here is shared by all atlases: none of these stages depends on the parcellation.
 """
@@ -20,8 +21,8 @@ def init_ahba_data_wf(*, settings, data_dir=None, data_identity="", native_atlas
 
     Workflow graph::
 
-        inputnode -> fetch -> reannotate -> annotate (per donor) -> filter_probes
-                                                                  -> select_probes -> outputnode
+        inputnode -> fetch -> reannotate -> annotate -> filter_probes
+                                                     -> select_probes -> outputnode
 
     Parameters
     ----------
@@ -85,8 +86,7 @@ def init_ahba_data_wf(*, settings, data_dir=None, data_identity="", native_atlas
                                identity=data_identity), name="fetch")
     # each node takes the options its stage reads (ahba_app.stages)
     reannotate = pe.Node(LoadProbes(**stage_options(s, "reannotate")), name="reannotate")
-    annotate = pe.MapNode(PrepareSamples(**stage_options(s, "annotate")),
-                          iterfield=["donor"], name="annotate")
+    annotate = pe.Node(PrepareSamples(**stage_options(s, "annotate")), name="annotate")
     if native_atlas is not None:
         annotate.inputs.native_atlas = native_atlas.as_dict()
         annotate.inputs.data_dir = data_dir
@@ -99,7 +99,7 @@ def init_ahba_data_wf(*, settings, data_dir=None, data_identity="", native_atlas
     workflow.connect([
         (inputnode, fetch, [("donors", "donors")]),
         (fetch, reannotate, [("files", "files")]),
-        (fetch, annotate, [("files", "files"), ("donors", "donor")]),
+        (fetch, annotate, [("files", "files"), ("donors", "donors")]),
         (reannotate, annotate, [("probes", "probes")]),
         (fetch, filter_probes, [("files", "files"), ("donors", "donors")]),
         (annotate, filter_probes, [("annotation", "annotations")]),
