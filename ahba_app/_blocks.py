@@ -26,8 +26,8 @@ from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 
-__all__ = ["MAX_THREADS", "background", "n_threads", "shared_threads", "thread_map",
-           "transpose_into", "writeable_in"]
+__all__ = ["MAX_THREADS", "background", "n_threads", "own_copy", "shared_threads", "thread_map",
+           "transpose_into"]
 
 #: More threads than this gain little: the loops are mostly memory-bound.
 MAX_THREADS = 4
@@ -154,12 +154,14 @@ def transpose_into(dst: np.ndarray, src: np.ndarray, rows: int = 512, cols: int 
             dst[i:i + rows, j:j + cols] = src[j:j + cols, i:i + rows].T
 
 
-def writeable_in(values: np.ndarray, buffer: np.ndarray) -> np.ndarray | None:
-    """A writeable view of ``values`` when they lie at the start of ``buffer`` (a table read
-    into that buffer, whose values pandas shows read-only), else None."""
-    start = buffer.__array_interface__["data"][0]
-    if (values.dtype != buffer.dtype or values.__array_interface__["data"][0] != start
-            or not (values.flags.c_contiguous or values.flags.f_contiguous)
-            or values.size > buffer.size):
-        return None
-    return np.lib.stride_tricks.as_strided(buffer, values.shape, values.strides)
+def own_copy(values: np.ndarray, order: str = "K", buffer=None) -> np.ndarray:
+    """A copy of the 2-D ``values`` laid out in ``order`` ('C', 'F', or 'K': as ``values``
+    are), in ``buffer``'s memory (a large enough 1-D array) when given and of their dtype."""
+    if order == "K":
+        order = "F" if values.flags.f_contiguous and not values.flags.c_contiguous else "C"
+    if buffer is None or buffer.dtype != values.dtype:
+        return np.array(values, order=order)
+    flat = buffer[:values.size]
+    out = flat.reshape(values.shape) if order == "C" else flat.reshape(values.shape[::-1]).T
+    out[...] = values
+    return out

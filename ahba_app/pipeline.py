@@ -242,6 +242,12 @@ class DonorTables(collections.abc.Mapping):
         :meth:`file_order`)."""
         return self.chosen.frame(donor, samples, order=order, buffer=buffer, columns=columns)
 
+    def read(self, donor, samples=None, order: str = "F", buffer=None, columns=None
+             ) -> _probes.SampleTable:
+        """:meth:`frame`'s table with the array it was read into, the caller's to overwrite
+        (:meth:`ahba_app.probes.ChosenProbes.read`)."""
+        return self.chosen.read(donor, samples, order=order, buffer=buffer, columns=columns)
+
     def file_order(self, donor) -> np.ndarray | None:
         """The order of the donor's genes in which its table is read quickest
         (:meth:`ahba_app.probes.ChosenProbes.file_order`), or None."""
@@ -269,11 +275,11 @@ def read_order(sample_norm) -> str:
 
 def read_donor_samples(microarray, content_id: str | None, annotation: pd.DataFrame,
                        chosen: pd.DataFrame, samples=None, order: str = "F",
-                       buffer=None, columns=None) -> pd.DataFrame:
+                       buffer=None, columns=None) -> _probes.SampleTable:
     """A donor's samples x genes table of the probes ``chosen`` (one per gene), read from its
     microarray cache (``microarray``: the CSV's path), only the rows ``samples`` if given
     (in ``buffer``'s memory if given; only the genes at positions ``columns``, in that order,
-    if given: see :meth:`ahba_app.probes.ChosenProbes.frame`).
+    if given: see :meth:`ahba_app.probes.ChosenProbes.read`).
 
     ``content_id`` is what the cache held when the probes were chosen
     (:attr:`ahba_app.io.CachedMatrix.content_id`): a cache rebuilt since then is an error, not
@@ -751,17 +757,13 @@ def stream_side_by_side(stream: "_DonorStream", expressions: DonorTables, keep: 
     def work(share):
         buffer = np.empty(max(sizes[donor] for donor in share))
         for donor in sorted(share, key=rank.__getitem__):  # (donor order: fewer tables wait)
-            frame = expressions.frame(donor, keep[donor], order=order, buffer=buffer,
-                                      columns=columns)
-            n_rows, n_cols = frame.shape
-            values = buffer[:n_rows * n_cols]
-            values = values.reshape(n_rows, n_cols) if order == "C" else \
-                values.reshape(n_cols, n_rows).T
+            table = expressions.read(donor, keep[donor], order=order, buffer=buffer,
+                                     columns=columns)
             structures = kept[donor][["structure"]] if norm_structures else None
             normalized = _normalize.normalize_donor(
-                frame.set_axis(kept[donor].index, axis=0), sample_norm=sample_norm,
-                gene_norm=gene_norm, structures=structures, out=values)
-            del frame
+                table.frame().set_axis(kept[donor].index, axis=0), sample_norm=sample_norm,
+                gene_norm=gene_norm, structures=structures, out=table.values)
+            del table
             reduced = stream.table(donor, normalized, labels[donor], kept[donor],
                                    first=rank[donor] == 0)
             del normalized  # (the buffer takes the next donor)

@@ -36,7 +36,7 @@ from typing import Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from ._blocks import thread_map
+from ._blocks import own_copy, thread_map
 from .exact import kahan_step
 from .matrix import DonorMatrix, as_array, row_chunks
 from .options import DEFAULTS
@@ -49,6 +49,7 @@ __all__ = [
     "DONOR_PROBES",
     "SELECTION_ALIASES",
     "SELECTION_METHODS",
+    "SampleTable",
     "UNSTORED_METHODS",
     "check_donor_probes",
     "check_ibf_threshold",
@@ -1121,13 +1122,24 @@ class ChosenProbes:
         :func:`collapse_probes` returns) or 'C'. ``buffer`` (optional): a 1-D float64 array at
         least as large as the table, whose memory the table then uses. ``columns``
         (optional): positions of the donor's genes to read, in that order (by default all,
-        sorted by symbol).
+        sorted by symbol). A caller that overwrites the values asks :meth:`read` instead.
         """
-        data = self._data
-        if self._frames is not None:
+        if self._frames is not None:  # kept in memory: a view, not a copy
             frame = self._frames[donor]
             frame = frame if columns is None else frame.iloc[:, columns]
             return frame if samples is None else frame.iloc[samples]
+        return self.read(donor, samples, order, buffer, columns).frame()
+
+    def read(self, donor, samples=None, order: str = "F", buffer=None, columns=None
+             ) -> "SampleTable":
+        """:meth:`frame`'s table with the array its values were read into, the caller's to
+        overwrite: in ``buffer``'s memory when given (and float64), else new; laid out in
+        ``order``."""
+        data = self._data
+        if self._frames is not None:
+            frame = self.frame(donor, samples, columns=columns)
+            return SampleTable(own_copy(frame.to_numpy(), order, buffer), frame.index,
+                               frame.columns)
         position = self._position(donor)
         which = np.flatnonzero(position >= 0)
         if columns is not None:
@@ -1145,21 +1157,36 @@ class ChosenProbes:
                             transposed=order == "C", out=out)
         data.release(donor)
         values = values.astype(data.dtype(), copy=False)
-        return pd.DataFrame(values if order == "C" else values.T, index=index,
-                            columns=_gene_columns(data.genes, which), copy=False)
+        return SampleTable(values if order == "C" else values.T, index,
+                           _gene_columns(data.genes, which))
+
+
+@dataclass(frozen=True, eq=False)
+class SampleTable:
+    """A donor's samples x genes table as read (:meth:`ChosenProbes.read`): ``values``
+    (samples, genes), the reader's caller's to overwrite (pandas shows a frame's values
+    read-only), the samples' ``index`` and the genes' ``columns``."""
+
+    values: np.ndarray
+    index: pd.Index
+    columns: pd.Index
+
+    def frame(self) -> pd.DataFrame:
+        """The table as a DataFrame over the same memory."""
+        return pd.DataFrame(self.values, index=self.index, columns=self.columns, copy=False)
 
 
 def read_chosen_probes(microarray, annotation, chosen: pd.DataFrame, samples=None,
-                       order: str = "F", buffer=None, columns=None) -> pd.DataFrame:
+                       order: str = "F", buffer=None, columns=None) -> SampleTable:
     """Samples x genes of one donor for the probes of ``chosen`` (a
-    :meth:`ChosenProbes.probe_table`): the table :meth:`ChosenProbes.frame` gives, read again
+    :meth:`ChosenProbes.probe_table`): the table :meth:`ChosenProbes.read` gives, read again
     later from the donor's ``microarray`` (for the cache: only those rows and samples).
 
     ``annotation`` is the donor's sample table; ``samples``, ``order``, ``buffer`` and
-    ``columns`` are those of :meth:`ChosenProbes.frame`.
+    ``columns`` are those of :meth:`ChosenProbes.read`.
     """
-    return _given(microarray, annotation, chosen).frame("donor", samples, order=order,
-                                                        buffer=buffer, columns=columns)
+    return _given(microarray, annotation, chosen).read("donor", samples, order=order,
+                                                       buffer=buffer, columns=columns)
 
 
 def chosen_file_order(microarray, annotation, chosen: pd.DataFrame) -> np.ndarray:

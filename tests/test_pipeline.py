@@ -204,6 +204,19 @@ def test_transpose_into(shape):
         _blocks.transpose_into(np.empty(shape), np.empty((shape[0] + 1, shape[1])))
 
 
+@pytest.mark.parametrize("order", ["C", "F", "K"])
+def test_own_copy_is_a_copy_in_the_layout_asked(order):
+    values = np.asfortranarray(np.random.default_rng(1).random((5, 3)))
+    buffer = np.full(20, np.nan)
+    for into in (buffer, None, np.zeros(20, dtype=np.float32)):
+        copy = _blocks.own_copy(values, order, into)
+        assert np.array_equal(copy, values) and not np.shares_memory(copy, values)
+        assert copy.flags.writeable
+        assert copy.flags["C_CONTIGUOUS" if order == "C" else "F_CONTIGUOUS"]
+        # in the buffer given, unless its dtype is not the values'
+        assert np.shares_memory(copy, buffer) == (into is buffer)
+
+
 def test_tables_read_in_file_order_hold_the_same_columns(ahba_small):
     """A donor's table read with its genes in the order of its microarray's rows (as the
     streamed run reads it: no reordering after decoding) holds each gene's column bit for bit."""

@@ -403,6 +403,32 @@ def test_chosen_probes_read_on_demand_equal_collapse_probes():
             assert part.to_numpy().flags["C_CONTIGUOUS" if order == "C" else "F_CONTIGUOUS"]
 
 
+@pytest.mark.parametrize("method", ["max_intensity", "average"])
+def test_chosen_probes_read_returns_the_array_it_filled(method):
+    # read() hands over the values it wrote (in the buffer given, laid out as asked), which
+    # the caller may overwrite; the frame() of the same rows is equal, and a table kept in
+    # memory (probes averaged) is copied, never handed out to be overwritten
+    micro, annots, table = small_data(dtype=np.float64)
+    chosen, _ = probes.select_probes(micro, annots, table, method=method)
+    for donor in micro:
+        rows = np.array([2, 0, 2])
+        for order in "CF":
+            for buffer in (np.zeros(1000), None):
+                read = chosen.read(donor, rows, order=order, buffer=buffer, columns=[1, 0])
+                expected = chosen.frame(donor, rows, order=order, columns=[1, 0])
+                pd.testing.assert_frame_equal(read.frame(), expected, check_exact=True)
+                values = read.values
+                assert values.flags.writeable
+                assert values.flags["C_CONTIGUOUS" if order == "C" else "F_CONTIGUOUS"]
+                if buffer is not None:
+                    assert np.shares_memory(values, buffer)
+                assert not np.shares_memory(values, chosen.frame(donor).to_numpy())
+                values[...] = -1.0  # the caller's: the next read is unchanged
+                pd.testing.assert_frame_equal(
+                    chosen.frame(donor, rows, order=order, columns=[1, 0]), expected,
+                    check_exact=True)
+
+
 def test_chosen_probes_are_read_again_from_their_table():
     micro, annots, table = small_data(dtype=np.float64)
     chosen, _ = probes.select_probes(micro, annots, table)
@@ -411,7 +437,8 @@ def test_chosen_probes_are_read_again_from_their_table():
         assert picked.index.name == "probe_id" and picked["gene_symbol"].is_unique
         rows = np.array([1, 0])
         pd.testing.assert_frame_equal(
-            probes.read_chosen_probes(micro[donor], annots[donor], picked, rows, order="C"),
+            probes.read_chosen_probes(micro[donor], annots[donor], picked, rows,
+                                      order="C").frame(),
             chosen.frame(donor, rows, order="C"), check_exact=True)
     two = pd.concat([picked, picked.iloc[:1].set_axis([table.index.difference(picked.index)[0]])])
     with pytest.raises(ValueError, match="one per gene"):

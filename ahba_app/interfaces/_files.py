@@ -204,7 +204,7 @@ def read_samples(path: str | os.PathLike, annotation: pd.DataFrame, rows=None,
     abagen's numbers (:func:`ahba_app.pipeline.read_order`). ``columns``: positions of the
     genes to read, in that order (:meth:`DonorSamples.file_order`; by default all, in symbol order)."""
     return DonorSamples(path).read(annotation, rows, order, sample_norm=sample_norm,
-                                   buffer=buffer, columns=columns)
+                                   buffer=buffer, columns=columns).frame()
 
 
 class DonorSamples:
@@ -244,16 +244,22 @@ class DonorSamples:
                                          chosen)
 
     def read(self, annotation: pd.DataFrame, rows=None, order: str = "F", *,
-             sample_norm=None, buffer=None, columns=None) -> pd.DataFrame:
-        """:func:`read_samples`."""
+             sample_norm=None, buffer=None, columns=None):
+        """:func:`read_samples`'s table with the array it was read into, the caller's to
+        overwrite (a :class:`ahba_app.probes.SampleTable`; a table written whole is copied,
+        in its own layout, into ``buffer`` if given)."""
         from .. import pipeline
+        from .._blocks import own_copy
+        from ..probes import SampleTable
 
         if sample_norm is not None:
             order = pipeline.read_order(sample_norm)
         if self._chosen is None:
             frame = read_frame(self.path)
             frame = frame if columns is None else frame.iloc[:, columns]
-            return frame if rows is None else frame.iloc[rows]
+            frame = frame if rows is None else frame.iloc[rows]
+            return SampleTable(own_copy(frame.to_numpy(), "K", buffer), frame.index,
+                               frame.columns)
         found, chosen = self._chosen
         return pipeline.read_donor_samples(found["microarray"], found["content_id"],
                                            annotation, chosen, rows, order=order,

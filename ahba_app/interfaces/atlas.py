@@ -17,7 +17,7 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObje
                                     OutputMultiObject, SimpleInterface, TraitedSpec, traits)
 
 from .. import pipeline
-from .._blocks import n_threads, thread_map, writeable_in
+from .._blocks import n_threads, thread_map
 from ..options import trait
 from ..bids import AtlasInput, load_atlas_input
 from ..stages import stage_options
@@ -204,14 +204,14 @@ class NormalizeExpression(SimpleInterface):
         memory: written out before the next donor's turn); its genes at positions
         ``columns``, in that order, if given."""
         annotation = read_frame(annotation_path)
-        expression = source.read(annotation, rows, sample_norm=self.inputs.sample_norm,
-                                 buffer=buffers[1], columns=columns)
+        table = source.read(annotation, rows, sample_norm=self.inputs.sample_norm,
+                            buffer=buffers[1], columns=columns)
         annotation = pipeline.renumbered(annotation).iloc[rows]
         # normalized where it was read when the methods allow it (as the Python API does):
         # the other buffer is then never touched, so its memory is never taken
         normalized, _, kept = pipeline.normalize_donor_expression(
-            expression.set_axis(annotation.index, axis=0), labels[rows], annotation,
-            buffers=buffers, out=writeable_in(expression.to_numpy(), buffers[1]), **options)
+            table.frame().set_axis(annotation.index, axis=0), labels[rows], annotation,
+            buffers=buffers, out=table.values, **options)
         return {"normalized": normalized, "annotation": kept}
 
 

@@ -23,7 +23,7 @@ from .. import matching as _matching
 from .. import normalize as _normalize
 from .. import pipeline as _pipeline
 from .. import probes as _probes
-from .._blocks import n_threads, writeable_in
+from .._blocks import n_threads
 from ..geometry import weighted_mean_rows
 from ..selection_cache import ChoiceStore
 from . import variants as _variants
@@ -91,18 +91,19 @@ class UnitUpstream:
         self.annotations = renumbered
         self._columns: dict = {}  # donor -> the genes' names (from sample_normalized)
 
-    def _frame(self, donor, rows, order: str, buffer=None) -> pd.DataFrame:
+    def _frame(self, donor, rows, order: str) -> pd.DataFrame:
         """The donor's samples x genes table of its sample table's rows ``rows`` (None: each
-        distinct sample once, in the order of ``unique_rows``; in ``buffer``'s memory if given
-        and possible: :meth:`ahba_app.pipeline.DonorTables.frame`)."""
+        distinct sample once, in the order of ``unique_rows``)."""
+        return self.expressions.frame(donor, self._table_rows(donor, rows), order=order)
+
+    def _table_rows(self, donor, rows):
+        """The rows of the donor's table of chosen probes that hold its sample table's rows
+        ``rows`` (see :meth:`_frame`); None for all of them."""
         if rows is None:
             if self._collapsed or len(self.unique_rows[donor]) == len(self.source[donor]):
-                return self.expressions.frame(donor, None, order=order, buffer=buffer)
-            return self.expressions.frame(donor, self.unique_rows[donor], order=order,
-                                          buffer=buffer)
-        if self._collapsed:
-            rows = self.source[donor][rows]
-        return self.expressions.frame(donor, rows, order=order)
+                return None
+            return self.unique_rows[donor]
+        return self.source[donor][rows] if self._collapsed else rows
 
     def _kept(self, donor, settings, kept: dict, labels: dict):
         """The positions of the donor's samples a group normalizes (``norm_matched``); their
@@ -146,15 +147,11 @@ class UnitUpstream:
         """One donor's :meth:`sample_values`, or None when it holds a NaN."""
         # read into memory of our own, written over by the normalizations that can
         size = len(self.unique_rows[donor]) * self.expressions.n_genes(donor)
-        buffer = np.empty(size)
-        frame = self._frame(donor, None, "F", buffer=buffer)
-        self._columns[donor] = frame.columns
-        read = frame.to_numpy()
-        del frame
-        values = writeable_in(read, buffer)
-        if values is None:  # not read into it (probes averaged in memory: their table is kept)
-            values = np.array(read, order="F")
-        del read
+        table = self.expressions.read(donor, self._table_rows(donor, None), order="F",
+                                      buffer=np.empty(size))
+        self._columns[donor] = table.columns
+        values = table.values
+        del table
         if values.dtype.kind == "f" and np.isnan(values).any():
             return None
         return values
