@@ -467,13 +467,15 @@ def unit_rows(plan: Plan, atlas, atlas_info=None, *, data_dir=None,
     # collector afterwards. What is still alive after a group's collection is set aside too:
     # the first groups compile the kernels, and the compiler's objects (~75,000) made each
     # later collection 40-50 ms; the groups' rows, the scratch and the shared tables it also
-    # sets aside hold no reference cycles (freed by their counts when let go). Objects the
-    # caller had set aside could not be told from ours at the end (gc.unfreeze hands back
-    # every one): with such a caller nothing is set aside here, its state left as it was.
-    freezing = gc.get_freeze_count() == 0
+    # sets aside hold no reference cycles (freed by their counts when let go). gc.unfreeze
+    # hands back every object set aside, the caller's too (the command line sets aside what
+    # its imports and checks made before the units run): when the caller had set some aside,
+    # the unit's own large objects are let go and collected, and what is still alive is set
+    # aside again, the caller's among it (one full collection a unit, as each unit's first
+    # collection was when the caller's objects were handed back).
+    caller_froze = gc.get_freeze_count() > 0
     gc.collect()
-    if freezing:
-        gc.freeze()
+    gc.freeze()
     # The tables' values, decoded once, serve the pass without sample normalization and then
     # the first whose normalization writes over them (:meth:`~.upstream.UnitUpstream.
     # sample_normalized`): those two passes first, in that order; the rows keep ``keys``'
@@ -500,13 +502,15 @@ def unit_rows(plan: Plan, atlas, atlas_info=None, *, data_dir=None,
                                             n_proc=n_proc, tables=tables, upstream=upstream,
                                             sampled=sampled, scratch=scratch, shared=shared))
                 gc.collect()
-                if freezing:
-                    gc.freeze()
+                gc.freeze()
             del sampled, shared
             gc.collect()
     finally:
-        if freezing:
-            gc.unfreeze()
+        gc.unfreeze()
+        if caller_froze:
+            upstream = scratch = values = None
+            gc.collect()
+            gc.freeze()
     for key in keys:
         yield from rows.pop(key)
 
