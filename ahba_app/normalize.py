@@ -244,7 +244,9 @@ class _Selected:
             if wanted == [high - 1]:
                 self.values[high - 1][at] = part.max(axis=1)
             elif wanted == [low]:
-                self.values[low][at] = part.min(axis=1)
+                # a part below a partition's NaN may hold NaN too (mostly-NaN columns): its
+                # first sorted value is its smallest number, NaN only when it holds none
+                self.values[low][at] = np.fmin.reduce(part, axis=1)
             else:
                 middle = wanted[len(wanted) // 2]
                 part.partition(middle - low, axis=1)

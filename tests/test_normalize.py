@@ -535,6 +535,28 @@ def test_selected_positions_equal_a_sort(monkeypatch, kind, n_rows, layout):
         assert found[:, pos][~holds_nan].tobytes() == expected[:, pos][~holds_nan].tobytes()
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_selected_positions_of_mostly_nan_columns_equal_a_sort(monkeypatch, seed):
+    # any positions, columns holding more NaN than numbers: a part left below a partition's
+    # NaN may hold NaN and numbers, and its first position is its smallest number
+    from ahba_app import normalize as nm
+
+    monkeypatch.setattr(nm, "_PARTITION_MIN", 1)  # the partitioning path
+    rng = np.random.default_rng(seed)
+    n = 40
+    columns = rng.normal(size=(n, 30))
+    columns[rng.random(columns.shape) < 0.6] = np.nan
+    for _ in range(20):
+        positions = sorted(set(rng.integers(0, n - 1, size=rng.integers(1, 8)).tolist()))
+        found = nm._Selected(columns, positions)
+        expected = np.sort(columns.T, axis=1)
+        for pos in [*positions, n - 1]:
+            np.testing.assert_array_equal(found[:, pos], expected[:, pos])
+    # (the case that found it: positions 1-4 of six numbers and two NaN)
+    column = np.array([[1.0], [np.nan], [3.0], [2.0], [np.nan], [6.0], [0.5], [4.0]])
+    assert nm._Selected(column, [1, 2, 3, 4])[:, 4][0] == 4.0
+
+
 @pytest.mark.parametrize("layout", ["C", "F"])
 def test_empty_rows_are_the_rows_nan_throughout(monkeypatch, layout):
     # only the rows NaN in the first column are read whole: rows NaN there but not
