@@ -73,7 +73,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import errno
-import hashlib
 import json
 import os
 import platform
@@ -242,22 +241,17 @@ def measure(cmd: list[str], *, env: dict, cwd: Path, log: Path) -> dict:
 # environments and data
 # ---------------------------------------------------------------------------------------------
 def ensure_abagen_venv(venv: Path) -> Path:
-    """abagen 0.1.3's pinned venv (created, or re-created when the pins change)."""
+    """abagen 0.1.3's pinned venv (created, or re-created when the pins change; never one the
+    test oracle built, whose pins differ: tests/oracle.py's ``pinned_venv``)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from oracle import pinned_venv
+
     python = venv / "bin" / "python"
-    stamp = venv / ".requirements-sha256"
-    wanted = hashlib.sha256("\n".join(ABAGEN_REQUIREMENTS).encode()).hexdigest()
-    if python.exists() and stamp.exists() and stamp.read_text() == wanted:
-        return python
-    print(f"Creating abagen 0.1.3's environment in {venv} ...", flush=True)
-    base = shutil.which("python3") or sys.executable
-    subprocess.run([base, "-m", "venv", "--clear", str(venv)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", *ABAGEN_REQUIREMENTS],
-                   check=True)
+    if not python.exists():
+        print(f"Creating abagen 0.1.3's environment in {venv} ...", flush=True)
     check = ("import abagen.io as io, sys; sys.exit(0 if io.use_parq else "
              "'abagen cannot use parquet: fastparquet or python-snappy is not working')")
-    subprocess.run([str(python), "-c", check], check=True)
-    stamp.write_text(wanted)
-    return python
+    return pinned_venv(venv, ABAGEN_REQUIREMENTS, owner="benchmarks/run.py", check=check)
 
 
 def versions(python: Path, packages: list[str]) -> dict:

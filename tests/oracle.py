@@ -30,17 +30,36 @@ def oracle_venv() -> Path:
 
 def oracle_python() -> Path:
     """The oracle venv's python, building the venv first when it is missing or out of date."""
-    venv = oracle_venv()
+    requirements = [line.strip() for line in REQUIREMENTS.read_text().splitlines()
+                    if line.strip() and not line.lstrip().startswith("#")]
+    return pinned_venv(oracle_venv(), requirements, owner="tests/oracle.py")
+
+
+def pinned_venv(venv: Path, requirements: list[str], *, owner: str, check: str = "") -> Path:
+    """The python of the venv ``venv`` holding ``requirements``, (re)built under the venv's
+    lock when missing or out of date; ``check`` (Python text) must then run in it.
+
+    The stamp names its owner with the pins' hash. The test oracle and the benchmarks pin
+    different packages (the benchmarks add abagen's parquet writer), so a venv another owner
+    built is not cleared: each used to rebuild the other's, wiping it under running tests.
+    """
     python = venv / "bin" / "python"
     stamp = venv / ".requirements-sha256"
-    wanted = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
+    wanted = f"{owner} " + hashlib.sha256("\n".join(requirements).encode()).hexdigest()
     venv.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(venv) + ".lock"):
-        if python.exists() and stamp.exists() and stamp.read_text() == wanted:
+        found = stamp.read_text() if stamp.is_file() else ""
+        if python.exists() and found == wanted:
             return python
+        if " " in found and not found.startswith(f"{owner} "):
+            raise SystemExit(
+                f"{venv} is the abagen venv of {found.split()[0]}, pinned differently from "
+                f"what {owner} needs; give {owner} a folder of its own (tests: "
+                f"AHBA_ORACLE_VENV; benchmarks: --abagen-venv) rather than rebuilding it")
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(REQUIREMENTS)],
-                       check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *requirements], check=True)
+        if check:
+            subprocess.run([str(python), "-c", check], check=True)
         stamp.write_text(wanted)
     return python
 
