@@ -179,6 +179,8 @@ def test_similarity_filter_makes_samples_depend_on_reannotation():
     ("[grid]\nsample_norm = ['srs', 'scaled_robust_sigmoid']\n", ["same value", "'srs'"]),
     ("[grid]\nsample_norm = ['batch']\n", ["batch", "donors"]),
     ("[grid\n", ["Cannot read grid file"]),
+    ("citations = 2021\n[grid]\nsample_norm = ['srs']\n", ["citations", "2021"]),
+    ("citations = ['a', 3]\n[grid]\nsample_norm = ['srs']\n", ["citations", "list of texts"]),
     ("[grid]\nprobe_selection = ['diff_stability']\ndonor_probes = ['common']\n",
      ["no pipeline", "replaces donor_probes"]),
 ])

@@ -96,6 +96,16 @@ def test_bad_selections_are_one_message(tmp_path, spec, base, words):
     assert all(word in str(caught.value) for word in words), str(caught.value)
 
 
+def test_selection_file_row_without_its_id_cell_is_one_message(tmp_path):
+    ids = [p.id for p in _picks(_job(tmp_path, None))]
+    picked = tmp_path / "picked.tsv"
+    picked.write_text(f"n_genes\tpipeline_id\n1\t{ids[0]}\n2\n")
+    with pytest.raises(MultiverseInputError) as caught:
+        _job(tmp_path, str(picked))
+    message = str(caught.value)
+    assert str(picked) in message and "line(s) [3]" in message and "pipeline_id" in message
+
+
 def test_all_refused_for_large_grids(tmp_path, monkeypatch):
     monkeypatch.setattr(command, "MAX_SAVED_TABLES", 10)
     with pytest.raises(MultiverseInputError, match="would write 32 tables"):

@@ -143,7 +143,14 @@ def select_tables(spec, grid: Grid, reference: Mapping) -> tuple:
         header = [cell.strip() for cell in lines[0].split("\t")] if lines else []
         if "pipeline_id" in header:
             column = header.index("pipeline_id")
-            wanted = [line.split("\t")[column].strip() for line in lines[1:] if line.strip()]
+            rows = [(number, line.split("\t")) for number, line in enumerate(lines[1:], 2)
+                    if line.strip()]
+            short = [number for number, cells in rows if len(cells) <= column]
+            if short:
+                raise MultiverseInputError(
+                    f"The {where}: line(s) {short[:5]} have no pipeline_id cell (column "
+                    f"{column + 1} of the header); give every row its tab-separated cells.")
+            wanted = [cells[column].strip() for _, cells in rows]
         else:
             wanted = [line.strip() for line in lines if line.strip()]
     else:

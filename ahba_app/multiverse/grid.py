@@ -263,10 +263,14 @@ def parse_grid(data: Mapping, *, base: Mapping | None = None, source: str | None
             raise GridError(f"{where}: the value outside the grid is invalid: {err}") from None
     axes = {name: _canonical_axis(name, table[name], where) for name in table}
     citations = data.get("citations", [])
+    citations = [citations] if isinstance(citations, str) else citations
+    if not isinstance(citations, (list, tuple)) or not all(isinstance(c, str) for c in citations):
+        raise GridError(f"{where}: citations must be a text or a list of texts (e.g. "
+                        f"citations = [\"Markello et al. 2021\"]), not {citations!r}.")
     grid = Grid(axes=axes, base={n: v for n, v in values.items() if n not in axes},
                 name=str(data.get("name") or "custom"),
                 description=str(data.get("description", "")),
-                citations=tuple([citations] if isinstance(citations, str) else citations),
+                citations=tuple(citations),
                 source=source, context={"group_atlas": group_atlas})
     if grid.n_pipelines == 0:
         reasons = "; ".join(grid.dropped())
