@@ -582,15 +582,14 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
                     **stage_options(settings, "annotate"))
             return annotations, facts
 
-        if not isinstance(atlas, Mapping):
-            # one atlas for every donor: a group atlas (see load_atlas), whose samples need
-            # nothing of it, so they are prepared while it is still loading
+        # one atlas for every donor (a group atlas, see load_atlas): its samples need nothing
+        # of it, so they are prepared while it is still loading
+        samples_first = not isinstance(atlas, Mapping)
+        if samples_first:
             annotations, sample_facts = sample_tables({})
-            atlases, group_atlas = loading.result()
-            check_atlas_settings(group_atlas, settings)
-        else:
-            atlases, group_atlas = loading.result()
-            check_atlas_settings(group_atlas, settings)
+        atlases, group_atlas = loading.result()
+        check_atlas_settings(group_atlas, settings)
+        if not samples_first:
             annotations, sample_facts = sample_tables(
                 native_affines(atlases, group_atlas, data_dir))
         all_labels = next(iter(atlases.values())).labels
