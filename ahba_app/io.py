@@ -982,36 +982,41 @@ def _iter_blocks(path: Path, kind: str) -> Iterator[tuple[np.ndarray, np.ndarray
 
 #: bytes of a PACall file read at a time by :func:`_plain_calls`
 _CALLS_CHUNK = 8 << 20
-_COMMA, _NEWLINE, _ZERO = 44, 10, 48
+_COMMA, _NEWLINE, _RETURN, _QUOTE, _ZERO = 44, 10, 13, 34, 48
 
 
 def _plain_calls(path: Path, n_samples: int) -> list | None:
-    """A PACall file in its plain form, read straight from its bytes: [(probe_ids, packed
+    """A PACall file in a plain form, read straight from its bytes: [(probe_ids, packed
     calls)] by blocks, or None when any line is not ``<digits>`` followed by ``,0`` or ``,1``
-    for each of the ``n_samples`` samples and a ``\\n`` (quotes, spaces, CRLF, a header, an
-    empty line, a damaged row...): pyarrow's parser then reads the file from the start, with
-    its checks and messages. What this accepts, pyarrow reads to the same ids and calls (a
-    line's layout is fixed by its length: the id's digits, then 2 bytes a sample), about ten
-    times faster.
+    for each of the ``n_samples`` samples and a line end (spaces, a header, an empty line, a
+    damaged row...): pyarrow's parser then reads the file from the start, with its checks and
+    messages. The first line sets the form of every line: each field quoted (``"1058685","0"``)
+    or none, and ``\\n`` or ``\\r\\n`` line ends (the last line may have none). What this
+    accepts, pyarrow reads to the same ids and calls (a line's layout is fixed by its length:
+    the id's digits, then a fixed number of bytes a sample), about ten times faster.
     """
     blocks = []
+    form = None
     with open(path, "rb") as handle:
         rest = b""
         while True:
             chunk = handle.read(_CALLS_CHUNK)
             data = rest + chunk
+            if form is None and data:
+                first_end = data.find(b"\n")
+                form = (data[:1] == b'"', first_end > 0 and data[first_end - 1] == _RETURN)
             if not chunk:
                 if not data:
                     break
                 if not data.endswith(b"\n"):
-                    data += b"\n"
+                    data += b"\r\n" if form[1] else b"\n"
                 rest = b""
             else:
                 end = data.rfind(b"\n") + 1
                 data, rest = data[:end], data[end:]
                 if not data:
                     continue
-            parsed = _plain_call_lines(np.frombuffer(data, dtype=np.uint8), n_samples)
+            parsed = _plain_call_lines(np.frombuffer(data, dtype=np.uint8), n_samples, *form)
             if parsed is None:
                 return None
             blocks.extend(parsed)
@@ -1020,27 +1025,38 @@ def _plain_calls(path: Path, n_samples: int) -> list | None:
     return blocks or None
 
 
-def _plain_call_lines(data: np.ndarray, n_samples: int) -> list | None:
-    """Whole lines of a plain PACall file (bytes ending with a newline), as in
+def _plain_call_lines(data: np.ndarray, n_samples: int, quoted: bool = False,
+                      crlf: bool = False) -> list | None:
+    """Whole lines of a plain PACall file (bytes ending with a line end), as in
     :func:`_plain_calls`; each run of lines of one length is one 2-D view of the bytes."""
-    ends = np.flatnonzero(data == _NEWLINE)
-    starts = np.empty_like(ends)
+    quote = int(quoted)
+    field = 2 + 2 * quote                  # ,0 or ,"0"
+    line_end = 2 if crlf else 1
+    stops = np.flatnonzero(data == _NEWLINE) + 1
+    starts = np.empty_like(stops)
     starts[0] = 0
-    starts[1:] = ends[:-1] + 1
-    lengths = ends - starts
+    starts[1:] = stops[:-1]
+    lengths = stops - starts               # line ends included
     cuts = np.flatnonzero(np.diff(lengths)) + 1
     blocks = []
-    for first, stop in zip([0, *cuts.tolist()], [*cuts.tolist(), len(ends)]):
+    for first, stop in zip([0, *cuts.tolist()], [*cuts.tolist(), len(stops)]):
         length = int(lengths[first])
-        digits = length - 2 * n_samples
+        digits = length - line_end - field * n_samples - 2 * quote
         if not 1 <= digits <= 18:          # 18 digits always fit int64
             return None
-        lines = data[starts[first]:starts[first] + (stop - first) * (length + 1)]
-        lines = lines.reshape(stop - first, length + 1)
-        head = lines[:, :digits] - np.uint8(_ZERO)            # wraps below '0'
-        pairs = lines[:, digits:length].reshape(stop - first, n_samples, 2)
-        calls = pairs[:, :, 1] - np.uint8(_ZERO)
-        if (head > 9).any() or (pairs[:, :, 0] != _COMMA).any() or (calls > 1).any():
+        lines = data[starts[first]:starts[first] + (stop - first) * length]
+        lines = lines.reshape(stop - first, length)
+        head = lines[:, quote:quote + digits] - np.uint8(_ZERO)          # wraps below '0'
+        id_width = digits + 2 * quote
+        fields = lines[:, id_width:id_width + field * n_samples].reshape(
+            stop - first, n_samples, field)
+        calls = fields[:, :, 1 + quote] - np.uint8(_ZERO)
+        if (head > 9).any() or (fields[:, :, 0] != _COMMA).any() or (calls > 1).any():
+            return None
+        if quoted and ((lines[:, 0] != _QUOTE).any() or (lines[:, id_width - 1] != _QUOTE).any()
+                       or (fields[:, :, 1] != _QUOTE).any() or (fields[:, :, 3] != _QUOTE).any()):
+            return None
+        if crlf and (lines[:, -2] != _RETURN).any():
             return None
         ids = head.astype(np.int64) @ (10 ** np.arange(digits - 1, -1, -1, dtype=np.int64))
         blocks.append((ids, np.packbits(calls, axis=1)))
