@@ -127,3 +127,51 @@ def test_plain_pacall_reader_refuses_mixed_forms(tmp_path, text):
     path = tmp_path / "PACall.csv"
     path.write_bytes(text)
     assert io._plain_calls(path, 2) is None
+
+
+def _write_matrix(path: Path, rows: list) -> Path:
+    path.write_text("".join(f"{1000 + i},{row}\n" for i, row in enumerate(rows)))
+    return path
+
+
+def _values_by_float(path: Path) -> np.ndarray:
+    return _parsed_by_python(path)[1]
+
+
+def test_each_row_is_stored_at_its_own_fewest_decimals(tmp_path, monkeypatch):
+    """Rows of 6 decimals after rows of 11 (a file of mixed precisions, many blocks) keep 3
+    bytes a value; they took the 11 decimals of the first block's rows (5 bytes) before."""
+    monkeypatch.setattr(io, "_BLOCK_SIZE", 1 << 10)
+    rng = np.random.default_rng(5)
+    values = rng.uniform(1.5, 9.9, (600, 6))
+    rows = [",".join(f"{v:.11f}" for v in row) for row in values[:300]]
+    rows += [",".join(f"{v:.6f}" for v in row) for row in values[300:]]
+    path = _write_matrix(tmp_path / "MicroarrayExpression.csv", rows)
+    matrix = io.load_matrix(path)
+    assert set(matrix.codes.divisor[300:]) <= {10.0 ** k for k in range(7)}
+    assert set(matrix.codes.segment[300:]) <= {1, 2, 3}
+    assert np.array_equal(matrix.to_frame().to_numpy().view(np.int64),
+                          _values_by_float(path).view(np.int64))
+
+
+def test_a_short_row_does_not_make_other_rows_search_every_decimal(tmp_path, monkeypatch):
+    """A constant row (a control probe) at the top of a 17-digit file: every other row is
+    tried once, in binary; before, each later row tried every number of decimals first."""
+    monkeypatch.setattr(io, "_BLOCK_SIZE", 1 << 12)
+    rng = np.random.default_rng(6)
+    rows = ["5.5," * 7 + "5.5"] + [",".join(repr(float(v)) for v in row)
+                                   for row in rng.uniform(1.5, 18.4, (400, 8))]
+    path = _write_matrix(tmp_path / "MicroarrayExpression.csv", rows)
+    tried = []
+    fit = io._RowEncoder._fit
+
+    def counting(values, *args, **kwargs):
+        tried.append(len(values))
+        return fit(values, *args, **kwargs)
+
+    monkeypatch.setattr(io._RowEncoder, "_fit", staticmethod(counting))
+    matrix = io.load_matrix(path)
+    assert sum(tried) <= 2 * len(rows)
+    assert matrix.codes.divisor[0] == 10.0
+    assert np.array_equal(matrix.to_frame().to_numpy().view(np.int64),
+                          _values_by_float(path).view(np.int64))

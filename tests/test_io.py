@@ -348,7 +348,7 @@ def test_rows_are_stored_exactly_whatever_their_digits(tmp_path, row, stored):
 
 @pytest.mark.parametrize("later, divisor", [
     ("{:.9f}", {1e7, 1e8, 1e9}),
-    ("{:.2f}e3", {1e6}),    # the decimals of earlier rows are tried first: exact, if wider
+    ("{:.2f}e3", {1.0}),    # each row at its own fewest decimals (whole numbers), not at 6
     ("{!r}", "binary"),     # up to 17 significant digits after rows of 6 decimals
 ])
 def test_later_rows_with_other_digits_are_exact(tmp_path, small_blocks, monkeypatch, later,
