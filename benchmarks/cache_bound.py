@@ -741,12 +741,11 @@ def prototype_codec(exact: np.ndarray, reference: np.ndarray, file_rows: int,
     best earlier row, decoded first in a real file; here given), on the row's own decimal grid
     (the fewest decimals holding it, as our cache's); the residual integer's top part (its
     value above ``shift`` low bits, ``shift`` chosen from the row's residual sd so the top part
-    spans 16 to 32 steps a sd) is rANS-coded with a frequency table for each of four classes of rows, the low bits
-    stored raw. Returns the size in bits a value (the coded stream, the raw bits, 40 bits a row
-    for its mean, slope, shift and table, the reference's index, the tables once for the
-    ``file_rows`` rows of the file) and the decoding time (numba; the reference rows given, as
-    decoded before).
-    """
+    spans 16 to 32 steps a sd) is rANS-coded with a frequency table for each of four classes of
+    rows, the low bits stored raw. Returns the size in bits a value (the coded stream, the raw
+    bits, 40 bits a row for its mean, slope, shift and table, the reference's index, the tables
+    once for the ``file_rows`` rows of the file) and the decoding time (numba; the reference
+    rows given, as decoded before)."""
     import time
 
     rows, samples = exact.shape
@@ -766,7 +765,8 @@ def prototype_codec(exact: np.ndarray, reference: np.ndarray, file_rows: int,
     encode, decode, decode_bytes = _rans_kernels()
     predicted = np.rint((means[:, None] + slopes[:, None] * ref) * scales[:, None])
     residual = ints - predicted.astype(np.int64)
-    # the top part spans 16 to 32 steps a sd (escapes past 8 sd); rows in four classes of that ratio, a table each
+    # the top part spans 16 to 32 steps a sd (escapes past 8 sd); rows in four classes of that
+    # ratio, a table each
     octaves = np.log2(np.maximum(residual.std(axis=1), 1) / 16)
     shifts = np.maximum(0, np.floor(octaves)).astype(np.int64)
     table = np.where(octaves > 0, np.floor(4 * (octaves - np.floor(octaves))), 0).astype(np.int64)
