@@ -559,15 +559,19 @@ def _load_volume(img, source: str, compact: bool = False):
 def _read_image(path: Path):
     """``nib.load(path)``; a gzipped NIfTI file is inflated by isal, three times as fast as
     zlib (20 of the 50 ms a 1-mm atlas took to load), and read from those bytes: the same
-    header and data. Anything else (another magic, a file isal cannot inflate) goes to
-    nibabel, whose errors say what is wrong."""
+    header and data. Anything else (another magic, a file that cannot be opened or is not
+    a whole gzip stream) goes to nibabel, whose errors say what is wrong; any other error
+    (out of memory, a fault of isal) is raised as it is."""
     if str(path).endswith(".nii.gz"):
-        from isal import igzip
+        from isal import igzip, isal_zlib
 
         try:
             with open(path, "rb") as handle:
                 data = igzip.decompress(handle.read())
-        except Exception:  # (isal's own errors too: nibabel then reads it and says why)
+        # a file that cannot be opened or read (OSError), is not gzip (BadGzipFile, an
+        # OSError), stops early or has trailing bytes (EOFError), has a bad deflate block
+        # (isal_zlib.error): nibabel reads it again and names the problem
+        except (OSError, EOFError, isal_zlib.error):
             data = b""
         # the single-file magics: "n+1" at byte 344 of NIfTI-1, "n+2" at byte 4 of NIfTI-2
         if data[344:348] == b"n+1\0":

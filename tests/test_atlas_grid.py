@@ -144,3 +144,50 @@ def test_gzipped_volumes_read_as_nibabel_reads_them(tmp_path, image_class, dtype
     path.write_bytes(b"not a gzip file" * 4)
     with pytest.raises(nib.filebasedimages.ImageFileError, match="not a gzip file"):
         _read_image(path)
+
+
+def test_gzipped_volumes_isal_errors(tmp_path, monkeypatch):
+    """Files isal cannot inflate (cut short, trailing bytes, a bad deflate block, a folder)
+    get nibabel's own error; an error that says nothing about the file is not hidden."""
+    import gzip
+
+    from isal import igzip
+
+    from ahba_app.atlas import _read_image
+
+    image = nib.Nifti1Image(np.arange(24, dtype=np.int16).reshape(2, 3, 4), np.eye(4))
+    path = tmp_path / "atlas.nii.gz"
+    nib.save(image, path)
+    whole = path.read_bytes()
+    damaged = {"cut short": whole[:-20], "trailing bytes": whole + b"garbage",
+               "bad deflate block": whole[:10] + b"\xff" * 60}
+    for what, content in damaged.items():
+        path.write_bytes(content)
+        try:
+            nib.load(path).get_fdata()
+        except Exception as err:  # nibabel's error for this file, whatever it is
+            expected = type(err)
+        else:  # (nibabel reads it: so must we)
+            expected = None
+        if expected is None:
+            assert np.asarray(_read_image(path).dataobj).shape == (2, 3, 4), what
+            continue
+        with pytest.raises(expected):
+            np.asarray(_read_image(path).dataobj)
+    folder = tmp_path / "folder.nii.gz"
+    folder.mkdir()
+    with pytest.raises(Exception) as ours:
+        _read_image(folder)
+    with pytest.raises(Exception) as theirs:
+        nib.load(folder)
+    assert type(ours.value) is type(theirs.value)
+
+    path.write_bytes(whole)
+
+    def broken(data):
+        raise RuntimeError("a fault of the inflater, not of the file")
+
+    monkeypatch.setattr(igzip, "decompress", broken)
+    with pytest.raises(RuntimeError, match="fault of the inflater"):
+        _read_image(path)
+    assert gzip.decompress(whole)  # (the file itself is fine)
