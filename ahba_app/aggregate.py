@@ -111,7 +111,7 @@ def _group_mean(values, rows, codes, n_groups, out=None, where=None) -> np.ndarr
     # genes x samples when the samples of a gene are contiguous: every step then gathers
     # within rows held in cache; the arithmetic is the same element by element
     by_gene = values.flags.f_contiguous and not values.flags.c_contiguous
-    # blocks sized for the steps after the first (which _first_step makes in one pass): the
+    # blocks sized for the steps after the first (kahan_add from_zero makes it in one pass): the
     # groups with a second row; with fine atlases far fewer than the groups
     width = max(1, _KAHAN_ELEMENTS // max(active[1] if len(active) > 1 else n_groups, 1))
     # as many blocks for each thread (each cell's sum is its own: any blocks, the same bits)
@@ -132,18 +132,16 @@ def _group_mean(values, rows, codes, n_groups, out=None, where=None) -> np.ndarr
                     x = np.asarray(block[:, steps[k]], dtype=np.float64)
                 else:
                     x = np.asarray(values[steps[k], cols], dtype=np.float64)
-                if k == 0 and _first_step(total, x):
-                    quick += 1
-                    zero_carry = True
-                    continue
                 part = (slice(None), slice(n)) if by_gene else slice(n)
                 # the groups adding a row after this one: the others' compensations are
                 # never read again
                 going_on = active[k + 1] if k + 1 < len(active) else 0
-                if seen is None and _finite_step(total[part], carry[part], x, going_on,
-                                                 by_gene, zero_carry):
+                keep = (slice(None), slice(going_on)) if by_gene else slice(going_on)
+                if seen is None and kahan_add(total[part], carry[part], None, x,
+                                              from_zero=k == 0, carry_zero=zero_carry,
+                                              keep=keep, fallback=False):
                     quick[:n] += 1
-                    zero_carry = False
+                    zero_carry = k == 0  # (from zero, the compensations stay +0.0)
                     continue
                 if seen is None:
                     seen = np.zeros(shape, dtype=np.int64)
@@ -159,39 +157,6 @@ def _group_mean(values, rows, codes, n_groups, out=None, where=None) -> np.ndarr
 
     thread_map(run, range(0, values.shape[1], width))
     return out
-
-
-def _finite_step(total: np.ndarray, carry: np.ndarray, x: np.ndarray, going_on: int,
-                 by_gene: bool, zero_carry: bool) -> bool:
-    """:func:`kahan_add` of ``x`` (no value counted one by one: every new sum finite) when
-    that holds, then True; otherwise nothing is changed, False. Two passes fewer for the
-    cells of groups adding no later row (the first ``going_on`` groups add one: only their
-    compensations are kept), and, while the compensations are all still +0.0, ``x - 0.0``
-    is ``x`` itself (-0.0 included). Fine atlases' groups mostly end at their second row."""
-    y = x if zero_carry else np.subtract(x, carry)
-    t = np.add(total, y)
-    if not np.isfinite(t.sum()):  # the test kahan_add makes
-        return False
-    on = (slice(None), slice(going_on)) if by_gene else slice(going_on)
-    np.subtract(t[on], total[on], out=carry[on])
-    carry[on] -= y[on]
-    total[...] = t
-    return True
-
-
-def _first_step(total: np.ndarray, x: np.ndarray) -> bool:
-    """:func:`kahan_add` of ``x`` into sums and compensations still zero, in one pass, when
-    every new sum is finite (then returns True; otherwise ``total`` is left zero, False).
-
-    From zero, a Kahan step gives the sum ``0.0 + x`` (-0.0 becomes 0.0) and the compensation
-    ``(t - 0.0) - x``, which is +0.0 for every finite ``x``: the zeros already there. Fine
-    atlases have one or two samples in most regions, so most of their sums end after this
-    step."""
-    np.add(x, 0.0, out=total)
-    if np.isfinite(total.sum()):  # the test kahan_add makes on the same sums
-        return True
-    total[...] = 0.0
-    return False
 
 
 class _RunningMean:
@@ -238,13 +203,10 @@ class _RunningMean:
 
         def add(piece):
             src, dst = piece
-            if from_zero and _first_step(self.total[dst], values[src]):
-                self.quick[dst] += 1
-                return
             seen = self.seen[dst] if self.seen is not None else None
             with np.errstate(invalid="ignore"):
                 self.quick[dst] += kahan_add(self.total[dst], self.carry[dst], seen,
-                                              values[src])
+                                              values[src], from_zero=from_zero)
 
         thread_map(add, pieces)
 

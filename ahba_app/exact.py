@@ -21,7 +21,8 @@ import numpy as np
 __all__ = ["LAYOUT_FREE_NORMS", "kahan_add", "kahan_mean", "kahan_step", "read_order"]
 
 
-def kahan_add(total, carry, seen, x) -> int:
+def kahan_add(total, carry, seen, x, *, from_zero=False, carry_zero=False, keep=Ellipsis,
+              fallback=True) -> int | None:
     """Add ``x`` to running sums as pandas' groupby mean does, in place: Kahan compensation,
     NaN values skipped and counted in ``seen`` only when added.
 
@@ -29,14 +30,36 @@ def kahan_add(total, carry, seen, x) -> int:
     it to its count of such steps, which holds for every cell), else 0. That quick path is
     taken when the new sums are all finite: no NaN was added and no infinity is involved.
     ``seen`` may be None when ``x`` holds no NaN.
+
+    Shortcuts that leave every bit the same, for callers that know more:
+
+    - ``from_zero``: ``total`` and ``carry`` are still all +0.0. The sum ``0.0 + x`` is
+      written in place (-0.0 becomes 0.0) and the compensation ``(t - 0.0) - x`` is +0.0
+      for every finite ``x``, the zeros already there: one pass. (Fine atlases have one or
+      two samples in most regions: most of their sums end after this step.)
+    - ``carry_zero``: ``carry`` is still all +0.0, so ``x - carry`` is ``x`` itself (-0.0
+      included).
+    - ``keep``: the index (into ``carry``) of the only compensations read again later (cells
+      whose sums end at this step need none): the quick path writes only those.
+    - ``fallback=False``: when the new sums are not all finite, nothing is changed and None
+      is returned (a caller that has no ``seen`` yet makes one and adds again).
     """
-    y = np.subtract(x, carry)
+    if from_zero:
+        np.add(x, 0.0, out=total)
+        if np.isfinite(total.sum()):  # the same test as below, on the same sums
+            return 1
+        total[...] = 0.0
+        if not fallback:
+            return None
+    y = x if carry_zero else np.subtract(x, carry)
     t = np.add(total, y)
     if np.isfinite(t.sum()):  # any NaN or infinity in t makes the sum NaN or infinite
-        np.subtract(t, total, out=carry)
-        carry -= y
+        np.subtract(t[keep], total[keep], out=carry[keep])
+        carry[keep] -= y[keep]
         total[...] = t
         return 1
+    if not fallback:
+        return None
     valid = x == x
     fix = np.subtract(t, total)
     fix -= y
