@@ -46,10 +46,42 @@ COLUMNS = ("gene_symbol", "fate", "n_probes_array", "n_probes_annotated",
            "donors_without_probe", "differential_stability", "stability_threshold", "reason")
 
 
-def _counts(probes: pd.DataFrame | None) -> pd.Series:
+class _Positions:
+    """Where texts are among the gene symbols: by Arrow's hash look-up (no Python object per
+    text), or, for values Arrow does not hold as texts (numbers, mixed objects), by a plain
+    object Index (built once)."""
+
+    def __init__(self, symbols: pd.Index):
+        import pyarrow as pa
+
+        self.symbols = symbols
+        self.texts = pa.array(symbols.to_numpy(dtype=object), type=pa.large_string())
+        self._lookup = None
+
+    def __call__(self, values) -> np.ndarray:
+        """The position of each of ``values`` among the symbols, -1 where none equals it."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        try:
+            found = pa.array(values)
+            if pa.types.is_string(found.type) or pa.types.is_large_string(found.type):
+                return pc.index_in(found, value_set=self.texts).fill_null(-1) \
+                    .to_numpy(zero_copy_only=False).astype(np.intp)
+        except (pa.ArrowException, TypeError):  # (not all texts: equal to no symbol)
+            pass
+        if self._lookup is None:
+            self._lookup = pd.Index(self.symbols.to_numpy(dtype=object), dtype=object)
+        return self._lookup.get_indexer(np.asarray(values, dtype=object))
+
+
+def _counts(positions: _Positions, probes: pd.DataFrame | None) -> np.ndarray:
+    """The number of probes of ``probes`` of each gene symbol (int64)."""
+    n_genes = len(positions.symbols)
     if probes is None or not len(probes):
-        return pd.Series(dtype=np.int64)
-    return probes.groupby("gene_symbol", sort=False).size()
+        return np.zeros(n_genes, dtype=np.int64)
+    at = positions(probes["gene_symbol"])
+    return np.bincount(at[at >= 0], minlength=n_genes).astype(np.int64)
 
 
 def gene_fates(raw_probes: pd.DataFrame, annotated: pd.DataFrame, filtered: pd.DataFrame,
@@ -83,95 +115,108 @@ def gene_fates(raw_probes: pd.DataFrame, annotated: pd.DataFrame, filtered: pd.D
         The donors of the run (for ``donors_without_probe``).
     """
     expression_genes = pd.Index(expression_genes).astype(str)
-    n_raw, n_annotated, n_filtered = (_counts(raw_probes), _counts(annotated),
-                                      _counts(filtered))
     symbols = pd.Index(raw_probes["gene_symbol"].dropna().astype(str).unique()) \
         .union(pd.Index(annotated["gene_symbol"].dropna().astype(str).unique()))
-    best = pd.Series(np.nan, index=symbols)
+    genes = symbols.tolist()
+    n_genes = len(genes)
+    # (an Arrow-backed Index converted its texts at every get_indexer; its isin went value
+    # by value)
+    positions = _Positions(symbols)
+    # the stages' facts as arrays over ``symbols`` (a Python loop over the 28,000 genes, with
+    # a set or dict look-up per gene and stage, cost 0.25 s an atlas)
+    raw_count, annotated_count, filtered_count = (
+        _counts(positions, probes) for probes in (raw_probes, annotated, filtered))
+    best = np.full(n_genes, np.nan)
     if share is not None and len(annotated):
-        per_probe = pd.Series(np.asarray(share.reindex(annotated.index), dtype=float),
-                              index=annotated["gene_symbol"].astype(str).to_numpy())
-        best = per_probe.groupby(level=0).max().reindex(symbols)
+        at = positions(annotated["gene_symbol"].astype(str))
+        per_probe = pd.Series(np.asarray(share.reindex(annotated.index), dtype=float))
+        maxima = per_probe.groupby(at).max()  # (pandas' max: NaN skipped, NaN for none)
+        found = maxima.index.to_numpy() >= 0
+        best[maxima.index.to_numpy()[found]] = maxima.to_numpy()[found]
 
     chosen = selection.loc[selection["probe_id"].notna()] if "probe_id" in selection and \
         selection["probe_id"].notna().any() else selection
     keys = [str(d) for d in pd.unique(chosen["donor"])] if len(chosen) else []
     if donors is not None and keys and "all" not in keys:
         keys = [str(d) for d in donors]
-    by_donor = {key: set(chosen.loc[chosen["donor"].astype(str) == key, "gene_symbol"]
-                         .astype(str).tolist()) for key in keys}
-    dropped = set(map(str, dropped_incomplete))
-    stability = None if stability is None else stability.rename(index=str)
+    keys = list(dict.fromkeys(keys))  # (a donor named twice is one donor)
+    chosen_donors = chosen["donor"].astype(str) if len(keys) else None
+    # whether each gene has a probe chosen in each donor (keys x genes)
+    has_probe = np.zeros((len(keys), n_genes), dtype=bool)
+    for row, key in enumerate(keys):
+        at = positions(chosen.loc[chosen_donors == key, "gene_symbol"].astype(str))
+        has_probe[row, at[at >= 0]] = True
+    n_missing = len(keys) - np.count_nonzero(has_probe, axis=0)
+    dropped, in_table = np.zeros(n_genes, dtype=bool), np.zeros(n_genes, dtype=bool)
+    for found, texts in ((dropped, [str(g) for g in dropped_incomplete]),
+                         (in_table, expression_genes)):
+        at = positions(texts)
+        found[at[at >= 0]] = True
+    ds = np.full(n_genes, np.nan)
+    if stability is not None:
+        stabilities = dict(zip(stability.rename(index=str).index.tolist(), stability.tolist()))
+        ds = np.array([float(stabilities[g]) if g in stabilities else np.nan for g in genes],
+                      dtype=float)
 
-    # plain dicts and sets: a Series lookup per gene and stage cost 1.4 s for 20,000 genes
-    # (tolist: iterating text stored by Arrow value by value is slow)
-    raw_count, annotated_count, filtered_count = (
-        dict(zip(counts.index.tolist(), counts.tolist()))
-        for counts in (n_raw, n_annotated, n_filtered))
-    best_share = dict(zip(best.index.tolist(), best.tolist()))
-    stabilities = None if stability is None else dict(zip(stability.index.tolist(),
-                                                          stability.tolist()))
-    in_table = set(expression_genes.tolist())
-    # genes with a probe chosen in every donor (most): no donor to list
-    everywhere = set.intersection(*by_donor.values()) if by_donor else set()
-    unannotated = {}  # reason by number of probes (few distinct numbers)
-    genes = symbols.tolist()
-    fates, reasons, missing_text, stabilities_out = [], [], [], []
-    for gene in genes:
-        missing_in = [] if gene in everywhere else \
-            [key for key, chosen_genes in by_donor.items() if gene not in chosen_genes]
-        ds = float(stabilities[gene]) if stabilities is not None and gene in stabilities \
-            else np.nan
-        if gene not in annotated_count:
-            fate = "no_annotated_probe"
-            n = int(raw_count.get(gene, 0))
-            reason = unannotated.get(n)
-            if reason is None:
-                reason = unannotated[n] = (
-                    f"none of its {n} probe(s) on the array is assigned to it after "
-                    "reannotation (Arnatkeviciute et al. 2019)" if reannotated
-                    else f"none of its {n} probe(s) has an Entrez id")
-        elif gene not in filtered_count:
-            fate = "intensity_filter"
-            reason = (f"its best probe is above background in {best_share[gene]:.1%} of the "
-                      "samples, "
-                      f"below the threshold of {ibf_threshold:.0%}" if ibf_threshold is not None
-                      and np.isfinite(best_share[gene]) else
-                      "every probe failed the intensity-based filter")
-        elif missing_in and len(missing_in) == len(by_donor) or not by_donor:
-            fate = "probe_selection"
-            reason = "no probe could be chosen for it"
-        elif missing_in:
-            fate = "probe_selection"
-            reason = f"no probe could be chosen for it in donor(s) {', '.join(missing_in)}"
-        elif gene in dropped:
-            fate = "incomplete"
-            reason = ("it has no value in some region that has samples (its normalization is "
-                      "undefined there, e.g. constant across a donor's samples)")
-        elif gene not in in_table and stability_threshold is not None:
-            fate = "stability_threshold"
-            reason = (f"its differential stability ({ds:.3f}) is below the threshold of "
-                      f"{stability_threshold:g}")
-        elif gene in in_table:
-            fate = "kept"
-            reason = "in the expression table"
-        else:
-            raise ValueError(f"Gene {gene!r} passed every stage but is not in the expression "
-                             "table: the stage outputs given do not belong to one run.")
-        fates.append(fate)
-        reasons.append(reason)
-        missing_text.append(",".join(missing_in) if fate == "probe_selection" else "")
-        stabilities_out.append(ds)
-    # built column by column (a list of row tuples took twice as long to become a table)
-    n_genes = len(genes)
+    # each gene's fate: the first stage that dropped it (FATES order), else kept
+    stage = np.full(n_genes, -1)
+    passed = np.ones(n_genes, dtype=bool)
+    for fate, dropped_here in (
+            ("no_annotated_probe", annotated_count == 0),
+            ("intensity_filter", filtered_count == 0),
+            ("probe_selection", n_missing > 0 if keys else np.ones(n_genes, dtype=bool)),
+            ("incomplete", dropped),
+            ("stability_threshold", ~in_table if stability_threshold is not None
+             else np.zeros(n_genes, dtype=bool)),
+            ("kept", in_table)):
+        now = passed & dropped_here
+        stage[now] = FATES.index(fate)
+        passed &= ~now
+    if passed.any():
+        gene = genes[int(np.flatnonzero(passed)[0])]
+        raise ValueError(f"Gene {gene!r} passed every stage but is not in the expression "
+                         "table: the stage outputs given do not belong to one run.")
+
+    reasons = np.empty(n_genes, dtype=object)
+    missing_text = np.full(n_genes, "", dtype=object)
+    here = np.flatnonzero(stage == FATES.index("no_annotated_probe"))
+    for n in np.unique(raw_count[here]).tolist():  # reason by number of probes (few numbers)
+        reasons[here[raw_count[here] == n]] = (
+            f"none of its {n} probe(s) on the array is assigned to it after reannotation "
+            "(Arnatkeviciute et al. 2019)" if reannotated
+            else f"none of its {n} probe(s) has an Entrez id")
+    here = np.flatnonzero(stage == FATES.index("intensity_filter"))
+    if ibf_threshold is not None:
+        reasons[here] = [f"its best probe is above background in {value:.1%} of the samples, "
+                         f"below the threshold of {ibf_threshold:.0%}" if np.isfinite(value)
+                         else "every probe failed the intensity-based filter"
+                         for value in best[here].tolist()]
+    else:
+        reasons[here] = "every probe failed the intensity-based filter"
+    here = np.flatnonzero(stage == FATES.index("probe_selection"))
+    everywhere_missing = (n_missing[here] == len(keys))
+    reasons[here[everywhere_missing]] = "no probe could be chosen for it"
+    for at in here.tolist():
+        missing_in = [key for row, key in enumerate(keys) if not has_probe[row, at]]
+        missing_text[at] = ",".join(missing_in)
+        if n_missing[at] != len(keys):
+            reasons[at] = f"no probe could be chosen for it in donor(s) {', '.join(missing_in)}"
+    reasons[stage == FATES.index("incomplete")] = (
+        "it has no value in some region that has samples (its normalization is undefined "
+        "there, e.g. constant across a donor's samples)")
+    here = np.flatnonzero(stage == FATES.index("stability_threshold"))
+    reasons[here] = [f"its differential stability ({value:.3f}) is below the threshold of "
+                     f"{stability_threshold:g}" for value in ds[here].tolist()]
+    reasons[stage == FATES.index("kept")] = "in the expression table"
+
+    # built column by column from lists (as Python objects: the same column types whatever
+    # the number of genes), the symbols as they are
     table = pd.DataFrame(dict(zip(COLUMNS, [
-        genes, fates, [int(raw_count.get(g, 0)) for g in genes],
-        [int(annotated_count.get(g, 0)) for g in genes],
-        [int(filtered_count.get(g, 0)) for g in genes], [best_share[g] for g in genes],
-        [ibf_threshold] * n_genes, missing_text, stabilities_out,
-        [stability_threshold] * n_genes, reasons])))
-    kept = pd.Index(table.loc[table["fate"] == "kept", "gene_symbol"])
-    extra = expression_genes.difference(kept)
+        symbols.array if n_genes else genes, np.asarray(FATES, dtype=object)[stage].tolist(), raw_count.tolist(),
+        annotated_count.tolist(), filtered_count.tolist(), best.tolist(),
+        [ibf_threshold] * n_genes, missing_text.tolist(), ds.tolist(),
+        [stability_threshold] * n_genes, reasons.tolist()])))
+    extra = expression_genes.difference(symbols[stage == FATES.index("kept")])
     if len(extra):
         raise ValueError(f"The expression table has gene(s) {extra[:5].tolist()} that no stage "
                          "output accounts for: the stage outputs given do not belong to one run.")

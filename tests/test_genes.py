@@ -364,3 +364,22 @@ def test_command_line_writes_the_genes_table(tmp_path, ahba_small, monkeypatch):
     data = json.loads(re.search(r'<script type="application/json" id="gene-fates">(.*?)'
                                 r'</script>', page, re.S).group(1))
     assert set(data["genes"]) == set(genes["gene_symbol"])
+
+
+def test_symbol_positions_arrow_and_objects():
+    """gene_fates' look-up of symbols gives a plain dict look-up's answer whether the values
+    are Arrow texts (with NaN), Python texts, mixed objects or numbers: a value that is not a
+    text equals no symbol (so "7" is not found for the number 7)."""
+    from ahba_app.genes import _Positions
+
+    symbols = pd.Index(["7", "A1BG", "nan", "ZZZ", "é"], dtype="str")
+    where = {text: i for i, text in enumerate(symbols.tolist())}
+    positions = _Positions(symbols)
+    cases = [pd.Series(["ZZZ", np.nan, "A1BG", "B", "é"], dtype="str"),
+             ["A1BG", "A1BG", "7", "x"],
+             pd.Series(["A1BG", 7, None, "nan", 7.0], dtype=object),
+             np.array([7, 1, 2]),
+             pd.Index([], dtype=object)]
+    for values in cases:
+        expected = [where.get(v, -1) if isinstance(v, str) else -1 for v in list(values)]
+        assert positions(values).tolist() == expected, values
