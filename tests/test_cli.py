@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -230,7 +231,11 @@ def test_collector_is_paused_only_when_the_run_is_the_whole_process(tmp_path, mo
         assert gc.isenabled() and set_aside(*made_by_the_nodes)
         gc.unfreeze()
         monkeypatch.setattr(sys, "argv", ["ahba-app", *missing])
+        collecting_while_importing = []  # (the imports make most of the objects)
+        monkeypatch.setattr(cli_run, "_defer_unused_imports",
+                            lambda: collecting_while_importing.append(gc.isenabled()))
         assert cli_run.main() == cli_run.EXIT_NO_INPUT
+        assert collecting_while_importing == [False]
         assert gc.isenabled() and gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
@@ -348,6 +353,27 @@ def test_data_identity_is_checked_beside_the_atlases(tmp_path, ahba_small, monke
     monkeypatch.setattr(cli_run, "_data_identity", identity)
     with pytest.raises(cli_run.UsageError, match="the atlas is broken"):
         _prepare(tmp_path, tmp_path / "empty", "--donors", *DONORS, ahba=ahba_small)
+
+
+def test_workflow_modules_are_imported_while_the_caches_are_checked(tmp_path, ahba_small,
+                                                                    monkeypatch):
+    """Nipype and the workflow modules are imported before the caches' checksums are
+    awaited (the end of the checks block), not after."""
+    events = []
+    real_checking = cli_run._checking_caches
+
+    @contextlib.contextmanager
+    def checking(*args):
+        with real_checking(*args) as pool:
+            yield pool
+        events.append("checks awaited")
+
+    monkeypatch.setattr(cli_run, "_checking_caches", checking)
+    monkeypatch.setattr(cli_run, "_import_workflow_modules",
+                        lambda: events.append("workflow modules"))
+    (tmp_path / "empty").mkdir()
+    _prepare(tmp_path, tmp_path / "empty", "--donors", *DONORS, ahba=ahba_small)
+    assert events == ["workflow modules", "checks awaited"]
 
 
 def test_unused_imports_wait_until_used():

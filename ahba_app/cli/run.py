@@ -322,11 +322,22 @@ def prepare_run(opts) -> RunPlan:
             identity.result()  # a problem with the data is said first, as when checked first
             raise
         identity = identity.result()
+        _import_workflow_modules()
     return RunPlan(analysis_level=opts.analysis_level, input_dir=input_dir,
                    output_dir=output_dir, work_dir=work_dir, data_dir=data_dir,
                    settings=settings, atlases=atlases, desc=desc, save_donors=opts.save_donors,
                    nprocs=nprocs, clean_workdir=opts.clean_workdir, preset=preset,
                    verbose=opts.verbose, notes=notes, mem_mb=opts.mem_mb, data_identity=identity)
+
+
+def _import_workflow_modules() -> None:
+    """Import what building and running the workflow needs next (Nipype, networkx, the
+    workflow modules: 0.15-0.25 s), before the caches' checksums are awaited: their thread
+    spends most of its time outside the interpreter lock, which the imports hold (at 17 digits
+    the checksums, 1.6 GB, outlast the other checks)."""
+    import networkx  # noqa: F401  (Nipype imports it when the first workflow is made)
+
+    from ..workflows import base  # noqa: F401
 
 
 # ---------------------------------------------------------------------------------------------
@@ -608,15 +619,19 @@ def main(argv=None) -> int:
     SIGTERM, what job schedulers send at their time limit).
     """
     signals = _Signals().install()  # first: a signal during the imports below is handled
-    if argv is None:  # (the console script: the process is the run's)
-        _defer_unused_imports()
+    whole_process = argv is None  # (the console script: the process is the run's)
     try:
-        from ..bids import remembering_atlases
-        from ..io import remembering_checks
+        with _collector(whole_process):
+            # (the imports below are most of the objects the collector would walk)
+            if whole_process:
+                _defer_unused_imports()
+            from ..bids import remembering_atlases
+            from ..io import remembering_checks
 
-        with remembering_atlases(), remembering_checks(), _collector(whole_process=argv is None):
-            # (the memos: each atlas is loaded once, each cache checked once, Linear plugin)
-            return _main(argv, signals)
+            with remembering_atlases(), remembering_checks():
+                # (the memos: each atlas is loaded once, each cache checked once, Linear
+                # plugin)
+                return _main(argv, signals)
     except Interrupted as stop:
         import signal
 
@@ -680,7 +695,8 @@ def _collector(whole_process: bool) -> Iterator[None]:
     script: no ``argv`` given). The imports and input checks make ~0.5 million long-lived
     objects and hardly any garbage, and a full collection walks them all (0.1-0.15 s each, two
     or three a run, then once more at the interpreter's exit, which took 0.3-0.5 s): the
-    collector is off until the inputs are checked, then what exists is set aside
+    collector is off from before the first heavy import (pandas, Nipype) until the inputs are
+    checked, then what exists is set aside
     (:func:`gc.freeze`) and the nodes run with it on; at the end everything is set aside, so
     the exit does not walk it. A caller's own process (tests, ``main([...])``) is left
     alone."""
