@@ -332,9 +332,9 @@ def prepare_run(opts) -> RunPlan:
 
 def _import_workflow_modules() -> None:
     """Import what building and running the workflow needs next (Nipype, networkx, the
-    workflow modules: 0.15-0.25 s), before the caches' checksums are awaited: their thread
-    spends most of its time outside the interpreter lock, which the imports hold (at 17 digits
-    the checksums, 1.6 GB, outlast the other checks)."""
+    workflow modules: the largest imports left after the checks) before the caches' checksums
+    are awaited: their thread spends most of its time outside the interpreter lock, which the
+    imports hold (at 17 digits the checksums, 1.6 GB, can outlast the other checks)."""
     import networkx  # noqa: F401  (Nipype imports it when the first workflow is made)
 
     from ..workflows import base  # noqa: F401
