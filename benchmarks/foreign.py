@@ -210,8 +210,13 @@ NUMBERS_PLAN = {"9861": (_nine_digits, None), "10021": (_mixed, None),
 
 
 def _count_rows(path: Path) -> int:
+    """Lines of a file, the last one counted with or without its line end."""
+    lines, last = 0, b"\n"
     with open(path, "rb") as handle:
-        return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(_CHUNK), b""))
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            lines += chunk.count(b"\n")
+            last = chunk[-1:]
+    return lines + (last != b"\n")
 
 
 def _make_donor(variant: str, source: Path, target: Path, donor: str, seed: int) -> str:

@@ -50,6 +50,16 @@ def test_script_makes_the_text_variant(ahba_small, tmp_path):
     assert text.startswith(b'"') and b'"\r\n"' in text and not text.endswith(b"\n")
     # the unchanged source stays unchanged (the variant's files are new files, not links)
     assert (run._donor_folder(data, "12876") / "PACall.csv").read_bytes()[:1] != b'"'
+    # the same numbers, the same cache: its bytes per value counted alike (no final newline)
+    sizes = []
+    for root in (data, tmp_path / "work" / "variant-text"):
+        for donor in run.DONORS:
+            for name, kind in (("MicroarrayExpression.csv", "microarray"),
+                               ("PACall.csv", "pacall")):
+                io.ensure_cache(run._donor_folder(root, donor) / name, kind)
+        sizes.append(foreign.cache_bytes_per_value(root))
+    for name, size in sizes[0].items():   # (headers differ: the source's path and size)
+        assert size == pytest.approx(sizes[1][name], rel=1e-3) and size > 0.1
 
 
 @pytest.mark.parametrize("name", foreign.VARIANTS)
