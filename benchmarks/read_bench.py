@@ -17,9 +17,9 @@ threads; both of the step alone, after imports) and the process's peak resident 
   access pattern);
 - ``pandas``: pandas.read_csv(header=None, index_col=0) of both files (abagen without parquet).
 
-It also prints the cache size on disk, how the microarray values were stored (int32 decimals, or
-float64 when they do not fit) and, unless ``--no-parquet``, the size of the snappy parquet files
-abagen would write for the same CSVs (pyarrow, plain encoding like fastparquet's default).
+It also prints the cache size on disk, how the microarray values were stored (rows of w-byte
+integers, or float64 rows when nothing exact is narrower) and, unless ``--no-parquet``, the size
+of the snappy parquet files abagen would write for the same CSVs (pyarrow, plain encoding like fastparquet's default).
 Microarray reads return float64 decoded from the cache, so ``cached`` includes the decoding.
 """
 
@@ -111,6 +111,14 @@ def link_donor(data_dir: Path, work: Path, donor: str) -> Path:
     return target
 
 
+def _describe_rows(matrix) -> str:
+    """Rows per storage width of a microarray cache, e.g. ``"5 bytes: 58,690, float64: 2"``."""
+    if matrix.codes is None:
+        return "float64 in memory (no cache)"
+    return ", ".join(f"{'float64' if width == 0 else f'{width} bytes'}: {rows:,}"
+                     for width, rows in matrix.codes.widths().items())
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data_dir", nargs="?", type=Path,
@@ -153,8 +161,7 @@ def main(argv=None) -> int:
 
         matrix = io.load_matrix(folder / FILES[0])
         figures["samples"] = matrix.n_samples
-        figures["encoding"] = ("float64" if matrix.decimals is None
-                               else f"int32, {matrix.decimals} decimals")
+        figures["encoding"] = _describe_rows(matrix)
         figures["parquet_mb"] = (_size_mb(folder.glob("*.parq")) if "parquet" in figures
                                  else float("nan"))
         rows.append(figures)
