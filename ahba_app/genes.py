@@ -212,8 +212,8 @@ def gene_fates(raw_probes: pd.DataFrame, annotated: pd.DataFrame, filtered: pd.D
     # built column by column from lists (as Python objects: the same column types whatever
     # the number of genes), the symbols as they are
     table = pd.DataFrame(dict(zip(COLUMNS, [
-        symbols.array if n_genes else genes, np.asarray(FATES, dtype=object)[stage].tolist(), raw_count.tolist(),
-        annotated_count.tolist(), filtered_count.tolist(), best.tolist(),
+        symbols.array if n_genes else genes, np.asarray(FATES, dtype=object)[stage].tolist(),
+        raw_count.tolist(), annotated_count.tolist(), filtered_count.tolist(), best.tolist(),
         [ibf_threshold] * n_genes, missing_text.tolist(), ds.tolist(),
         [stability_threshold] * n_genes, reasons.tolist()])))
     extra = expression_genes.difference(symbols[stage == FATES.index("kept")])
