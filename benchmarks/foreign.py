@@ -359,8 +359,8 @@ class Variants:
                                       for key in ("wall_s", "cpu_s", "peak_mb")
                                       if med["source"].get(key)}
         if variant in SAME_NUMBERS:
-            record["same_as_source"] = same_tables(outputs["variant"], outputs["source"],
-                                                   SAME_NUMBERS[variant])
+            record["same_as_source"] = run.compare_outputs(
+                outputs["variant"], outputs["source"], tolerance=SAME_NUMBERS[variant])
         if args.abagen_python:
             theirs = self.work / f"output-{variant}-abagen.pkl"
             record["abagen_run"] = self.bench.api("abagen", warm["variant"], self.bench.dk, {},
@@ -384,26 +384,6 @@ def cache_bytes_per_value(folder: Path) -> dict:
             total += cache.stat().st_size
             values += n_samples * n_probes
         out[name.split(".")[0]] = total / values if values else None
-    return out
-
-
-def same_tables(ours: Path, theirs: Path, tolerance) -> dict:
-    """Whether two of ahba-app's tables are equal: bit for bit ("exact") or within tolerance."""
-    import pandas as pd
-
-    a, b = pd.read_pickle(ours), pd.read_pickle(theirs)
-    same_labels = a.index.equals(b.index) and a.columns.equals(b.columns)
-    out = {"same_labels": bool(same_labels)}
-    if same_labels:
-        x, y = a.to_numpy(np.float64), b.to_numpy(np.float64)
-        out["bit_identical"] = bool((x.view(np.int64) == y.view(np.int64)).all())
-        out["same_nan"] = bool((np.isnan(x) == np.isnan(y)).all())
-        diff = np.abs(x - y)
-        out["max_abs_diff"] = float(np.nanmax(diff)) if np.isfinite(diff).any() else 0.0
-        out["ok"] = out["bit_identical"] if tolerance == "exact" else bool(
-            out["same_nan"] and out["max_abs_diff"] <= tolerance)
-    else:
-        out["ok"] = False
     return out
 
 

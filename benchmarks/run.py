@@ -604,8 +604,9 @@ def medians(runs: list[dict]) -> dict:
             if isinstance(runs[0][key], (int, float))}
 
 
-def compare_outputs(ours: Path, theirs: Path) -> dict:
-    """Same regions, genes and empty cells, and the largest absolute difference."""
+def compare_outputs(ours: Path, theirs: Path, tolerance=TOLERANCE) -> dict:
+    """Same regions, genes and empty cells, the largest absolute difference and whether every
+    value is the same bits; ``ok`` within ``tolerance``, or bit for bit when it is "exact"."""
     import numpy as np
     import pandas as pd
 
@@ -626,8 +627,12 @@ def compare_outputs(ours: Path, theirs: Path) -> dict:
         out["same_nan"] = bool((np.isnan(x) == np.isnan(y)).all())
         diff = np.abs(x - y)
         out["max_abs_diff"] = float(np.nanmax(diff)) if np.isfinite(diff).any() else 0.0
-    out["ok"] = bool(same_rows and same_cols and out.get("same_nan")
-                     and out.get("max_abs_diff", 1) <= TOLERANCE)
+        out["bit_identical"] = bool((x.view(np.int64) == y.view(np.int64)).all())
+    if tolerance == "exact":
+        out["ok"] = bool(out.get("bit_identical"))
+    else:
+        out["ok"] = bool(same_rows and same_cols and out.get("same_nan")
+                         and out.get("max_abs_diff", 1) <= tolerance)
     return out
 
 

@@ -185,3 +185,23 @@ def test_a_short_row_does_not_make_other_rows_search_every_decimal(tmp_path, mon
     assert matrix.codes.divisor[0] == 10.0
     assert np.array_equal(matrix.to_frame().to_numpy().view(np.int64),
                           _values_by_float(path).view(np.int64))
+
+
+def test_tables_compared_bit_for_bit_or_within_a_tolerance(tmp_path):
+    """The benchmark's one comparison of two tables: "exact" asks for the same bits, a number
+    for a largest absolute difference (a table one ulp apart passes the second only)."""
+    import pandas as pd
+
+    table = pd.DataFrame({"A1BG": [0.25, np.nan], "A2M": [1.0, 0.5]}, index=[1, 2])
+    apart = table.copy()
+    apart.iloc[1, 1] = np.nextafter(0.5, 1.0)
+    paths = {}
+    for name, frame in (("table", table), ("same", table.copy()), ("apart", apart)):
+        paths[name] = tmp_path / f"{name}.pkl"
+        frame.to_pickle(paths[name])
+    same = run.compare_outputs(paths["table"], paths["same"], tolerance="exact")
+    assert same["ok"] and same["bit_identical"]
+    exact = run.compare_outputs(paths["table"], paths["apart"], tolerance="exact")
+    assert not exact["ok"] and not exact["bit_identical"]
+    close = run.compare_outputs(paths["table"], paths["apart"], tolerance=1e-12)
+    assert close["ok"] and close["max_abs_diff"] == np.nextafter(0.5, 1.0) - 0.5
