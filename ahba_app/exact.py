@@ -7,9 +7,8 @@ numbers, ahba-app adds in the same order with the same compensation. This module
 home of those sums; the stage modules call it, the orchestrators never see it.
 
 - :func:`kahan_add` / :func:`kahan_mean`: one step of a NaN-skipping compensated sum over
-  arrays of running sums (pandas' groupby mean), and its mean;
-- :func:`kahan_step`: the same step for values known to be finite, into given buffers (probe
-  selection's region means, where the AHBA values are always finite);
+  arrays of running sums (pandas' groupby mean), and its mean (the region means of
+  aggregation and of probe selection);
 - :data:`LAYOUT_FREE_NORMS` / :func:`read_order`: the normalizations whose numbers do not
   depend on the memory layout, and the layout a donor's table is read in before normalization.
 """
@@ -18,11 +17,11 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["LAYOUT_FREE_NORMS", "kahan_add", "kahan_mean", "kahan_step", "read_order"]
+__all__ = ["LAYOUT_FREE_NORMS", "kahan_add", "kahan_mean", "read_order"]
 
 
 def kahan_add(total, carry, seen, x, *, from_zero=False, carry_zero=False, keep=Ellipsis,
-              fallback=True) -> int | None:
+              fallback=True, finite=False, scratch=None) -> int | None:
     """Add ``x`` to running sums as pandas' groupby mean does, in place: Kahan compensation,
     NaN values skipped and counted in ``seen`` only when added.
 
@@ -43,6 +42,12 @@ def kahan_add(total, carry, seen, x, *, from_zero=False, carry_zero=False, keep=
       whose sums end at this step need none): the quick path writes only those.
     - ``fallback=False``: when the new sums are not all finite, nothing is changed and None
       is returned (a caller that has no ``seen`` yet makes one and adds again).
+    - ``finite``: the test is skipped and the sums taken as they come, a NaN spreading
+      through its sum (probe selection's means, whose AHBA values are always finite): one
+      pass fewer.
+    - ``scratch``: two arrays of ``total``'s shape to hold ``x - carry`` and the new sums
+      (probe selection adds thousands of small steps: fresh arrays each time cost more than
+      the arithmetic).
     """
     if from_zero:
         np.add(x, 0.0, out=total)
@@ -51,11 +56,17 @@ def kahan_add(total, carry, seen, x, *, from_zero=False, carry_zero=False, keep=
         total[...] = 0.0
         if not fallback:
             return None
-    y = x if carry_zero else np.subtract(x, carry)
-    t = np.add(total, y)
-    if np.isfinite(t.sum()):  # any NaN or infinity in t makes the sum NaN or infinite
-        np.subtract(t[keep], total[keep], out=carry[keep])
-        carry[keep] -= y[keep]
+    y_out, t_out = (None, None) if scratch is None else scratch
+    y = x if carry_zero else np.subtract(x, carry, out=y_out)
+    t = np.add(total, y, out=t_out)
+    # any NaN or infinity in t makes the sum NaN or infinite
+    if finite or np.isfinite(t.sum()):
+        if keep is Ellipsis:  # (views of whole arrays cost more than a small step's arithmetic)
+            np.subtract(t, total, out=carry)
+            carry -= y
+        else:
+            np.subtract(t[keep], total[keep], out=carry[keep])
+            carry[keep] -= y[keep]
         total[...] = t
         return 1
     if not fallback:
@@ -76,17 +87,6 @@ def kahan_mean(total, seen) -> np.ndarray:
     means = total / seen
     means[seen == 0] = np.nan
     return means
-
-
-def kahan_step(total: np.ndarray, carry: np.ndarray, x: np.ndarray, y: np.ndarray,
-               t: np.ndarray) -> None:
-    """``total += x`` with Kahan compensation in ``carry``, as :func:`kahan_add` does for
-    finite values, in place; ``y`` and ``t`` are scratch arrays of ``total``'s shape."""
-    np.subtract(x, carry, out=y)
-    np.add(total, y, out=t)
-    np.subtract(t, total, out=carry)
-    carry -= y
-    total[...] = t
 
 
 #: Normalizations (canonical names) whose numbers do not depend on the memory layout of their

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from ._blocks import own_copy, thread_map
-from .exact import kahan_step
+from .exact import kahan_add
 from .matrix import DonorMatrix, as_array, row_chunks
 from .options import DEFAULTS
 from .samples import annotation_table, as_table
@@ -678,7 +678,8 @@ def _region_means(read, n_rows: int, positions: np.ndarray, starts, counts) -> n
         t = np.empty_like(total)
         for k in range(1, len(active)):
             n = active[k]
-            kahan_step(total[:n], carry[:n], values[offsets[k]:offsets[k] + n], y[:n], t[:n])
+            kahan_add(total[:n], carry[:n], None, values[offsets[k]:offsets[k] + n],
+                      finite=True, scratch=(y[:n], t[:n]))
         total /= sizes[:, None]
         out[rows, by_size] = total.T
     return out
