@@ -1,4 +1,5 @@
-"""benchmarks/cache_bound.py: the information in the values, against our cache's size."""
+"""benchmarks/cache_bound.py (the information in the values, against our cache's size) and
+benchmarks/cache_codecs.py (what generic codecs could do, with a working prototype)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ import pytest
 from conftest import REPO
 
 SCRIPT = REPO / "benchmarks" / "cache_bound.py"
+CODECS = REPO / "benchmarks" / "cache_codecs.py"
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("cache_bound", SCRIPT)
+def _script(path=SCRIPT):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -67,7 +69,7 @@ def test_the_bound_is_below_our_cache(twelve_digits, tmp_path):
 def test_residual_bits_is_the_entropy_of_normal_values_on_their_cells():
     """Normal values coded on a cell of 1e-6: log2(sqrt(2 pi e) sd / cell), whatever the
     rows' sds (one scale per row, one shape for all)."""
-    script = _script()
+    script = _script(CODECS)
     rng = np.random.default_rng(0)
     sds = np.array([0.2, 0.5, 1.5])[:, None]
     residual = rng.normal(0, 1, (3, 200_000)) * sds
@@ -79,7 +81,7 @@ def test_residual_bits_is_the_entropy_of_normal_values_on_their_cells():
 def test_call_codecs_see_calls_that_follow_the_values():
     """Calls that are a threshold of the value cost nothing given the value, and a fair coin's
     cost one bit a call to every codec that sees only the calls."""
-    script = _script()
+    script = _script(CODECS)
     rng = np.random.default_rng(1)
     values = rng.normal(5, 1, (50, 800))
     threshold = script.call_codecs((values > 5).astype(np.int8), values)
@@ -96,7 +98,7 @@ def test_a_per_row_code_passes_when_the_rows_are_narrow_enough():
     """The normal per-row code grows by one bit when the sd doubles, is 3.32 bits smaller from
     10 up (one digit fewer after the point at 12 significant digits), and passing_sd is where
     it meets the target."""
-    script = _script()
+    script = _script(CODECS)
     narrow, wide = script.normal_row_bits(0.25, 6.0), script.normal_row_bits(0.5, 6.0)
     assert abs(wide - narrow - 1) < 1e-9
     assert abs(script.normal_row_bits(0.25, 6.0) - script.normal_row_bits(0.25, 13.0)
@@ -112,7 +114,7 @@ def test_the_prototype_codec_gives_the_values_back_at_its_estimated_size():
     says (the residual's entropy plus the parameters), well below coding the row alone."""
     from ahba_app import synthetic
 
-    script = _script()
+    script = _script(CODECS)
     rng = np.random.default_rng(2)
     signal = rng.normal(0, 1, (200, 500))
     reference = synthetic.round_values(6 + signal + rng.normal(0, 0.2, signal.shape), "12")
@@ -131,27 +133,32 @@ def test_the_prototype_codec_gives_the_values_back_at_its_estimated_size():
     assert out["bits a value"] < script.residual_bits(centred, log2_cell) - 1
 
 
-def test_the_structure_study_runs_and_finds_the_shared_genes(twelve_digits, tmp_path):
-    """--structure --prototype on small 12-digit data (500 of 2,000 rows coded, the models
+def test_the_codec_study_runs_and_finds_the_shared_genes(twelve_digits, tmp_path):
+    """cache_codecs.py --prototype on small 12-digit data (500 of 2,000 rows coded, the models
     fitted on the others): rows of one gene predict each other (the best earlier row gains
     over the row alone), low-rank models gain with their rank before their parameters, and the
-    prototype reaches about the best earlier row's estimate. All rows coded: an error, no
-    rows being left to fit on."""
-    out = tmp_path / "structure.json"
-    subprocess.run([sys.executable, str(SCRIPT), str(twelve_digits), "--rows", "500",
-                    "--compress-rows", "0", "--no-cache", "--structure", "--prototype",
-                    "--ranks", "1", "4", "--combined", "2", "--fit-rows", "500",
-                    "--parquet-mib", "1", "--work", str(tmp_path / "work"), "--json", str(out)],
+    prototype reaches about the best earlier row's estimate; the target is cache_bound.py's.
+    All rows coded: an error naming the donor's folder, no rows being left to fit on."""
+    out = tmp_path / "codecs.json"
+    subprocess.run([sys.executable, str(CODECS), str(twelve_digits), "--rows", "500",
+                    "--prototype", "--ranks", "1", "4", "--combined", "2", "--fit-rows", "500",
+                    "--parquet-mib", "1", "--json", str(out)],
                    check=True, capture_output=True, text=True)
     result, = json.loads(out.read_text())
-    cross = result["structure"]["cross-row"]
+    cross = result["cross-row"]
     assert cross["best earlier row"]["net"] < cross["row"]["net"]
     assert cross["rank 4"]["gross"] < cross["rank 1"]["gross"] < cross["row"]["gross"]
-    prototype = result["structure"]["prototype"]["best earlier row"]
+    prototype = result["prototype"]["best earlier row"]
     assert abs(prototype["bits a value"] - cross["best earlier row"]["net"]) < 0.5
-    assert 0 < result["structure"]["calls"]["given the value, one table (plug-in)"] < 0.5
+    assert 0 < result["calls"]["given the value, one table (plug-in)"] < 0.5
+    bound = tmp_path / "bound.json"
+    subprocess.run([sys.executable, str(SCRIPT), str(twelve_digits), "--rows", "500",
+                    "--compress-rows", "0", "--no-cache", "--parquet-mib", "1",
+                    "--work", str(tmp_path / "work"), "--json", str(bound)],
+                   check=True, capture_output=True, text=True)
+    assert result["target"] == json.loads(bound.read_text())[0]["target"]
     everything = subprocess.run(
-        [sys.executable, str(SCRIPT), str(twelve_digits), "--rows", "0", "--compress-rows", "0",
-         "--no-cache", "--structure", "--work", str(tmp_path / "work")],
+        [sys.executable, str(CODECS), str(twelve_digits), "--rows", "0"],
         capture_output=True, text=True)
     assert everything.returncode != 0 and "sample fewer --rows" in everything.stderr
+    assert "normalized_microarray_donor" in everything.stderr
