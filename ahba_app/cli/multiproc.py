@@ -5,7 +5,8 @@ Nipype's workers (a ``ProcessPoolExecutor``) wait for work forever: when the mai
 node "failure". Here each worker asks the kernel to end it when its parent dies
 (``PR_SET_PDEATHSIG``, Linux), ignores SIGINT (the main process handles it and ends the
 workers), and takes the default action on SIGTERM; :meth:`MultiProcPlugin.terminate` ends the
-workers of an interrupted run at once.
+workers of an interrupted run at once. No SIGINT or SIGTERM is handled while a worker is forked
+(:mod:`ahba_app.cli.forks`).
 
 The workers share the CPUs: each runs its numeric loops on ``usable CPUs // workers`` threads
 (``$AHBA_APP_THREADS``, see :mod:`ahba_app._blocks`), unless the user set that variable, so
@@ -22,6 +23,8 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 
 from nipype.pipeline.plugins import multiproc as _nipype_multiproc
+
+from .forks import BLOCK_AROUND_FORK
 
 __all__ = ["MultiProcPlugin", "worker_threads"]
 
@@ -61,6 +64,8 @@ class MultiProcPlugin(_nipype_multiproc.MultiProcPlugin):
 
     def __init__(self, plugin_args=None):
         super().__init__(plugin_args=plugin_args)
+        # (Nipype, hence filelock, is imported: our fork hooks are registered after theirs)
+        BLOCK_AROUND_FORK.register()
         # the pool nipype made has started no worker yet (they start on the first task)
         self.pool.shutdown(wait=False)
         self.pool = ProcessPoolExecutor(

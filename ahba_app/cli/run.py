@@ -460,7 +460,8 @@ class Interrupted(KeyboardInterrupt):
 class _Signals:
     """SIGINT and SIGTERM raise :class:`Interrupted` in the main thread, and are remembered:
     Nipype turns an exception inside a node into a node failure, so the run asks
-    :attr:`received` whether a "failure" was in fact an interruption."""
+    :attr:`received` whether a "failure" was in fact an interruption. Never inside a fork's
+    callbacks (:mod:`ahba_app.cli.forks`), nor in a process the run forked."""
 
     def __init__(self):
         self.received = None
@@ -469,7 +470,10 @@ class _Signals:
         import signal
         import threading
 
+        from . import forks  # noqa: F401 (whole before a handler imports it)
+
         self.previous = {}
+        self.pid = os.getpid()
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
                 self.previous[signum] = signal.signal(signum, self._handle)
@@ -486,18 +490,40 @@ class _Signals:
             sys.unraisablehook = self.previous_unraisable
 
     def _unraisable(self, unraisable) -> None:
-        # A signal that lands in a finaliser or a fork callback cannot be raised there and
-        # Python would print a traceback; it is in self.received and reported after the run.
+        # A signal that lands in a finaliser cannot be raised there and Python would print a
+        # traceback; it is in self.received and reported after the run.
         if not isinstance(unraisable.exc_value, Interrupted):
             self.previous_unraisable(unraisable)
 
     def _handle(self, signum, frame):
+        from . import forks
+
+        if os.getpid() != self.pid:
+            _signal_in_forked_child(signum)
+            return
         self.received = signum
+        if forks.blocked(signum):
+            # a fork is under way: raised in one of its callbacks, the exception would be lost
+            # and leave that callback half done. The signal waits until the fork is over.
+            forks.hold(signum)
+            return
         raise Interrupted(signum)
 
     def check(self) -> None:
         if self.received is not None:
             raise Interrupted(self.received)
+
+
+def _signal_in_forked_child(signum: int) -> None:
+    """A signal in a process the run forked (a MultiProc worker), before that process sets its
+    own handlers (:func:`ahba_app.cli.multiproc._initialize_worker`), treated as they do: the
+    run's process handles SIGINT (and ends its workers), SIGTERM ends the worker. Raising
+    :class:`Interrupted` here would unwind the run's code in the worker."""
+    import signal
+
+    if signum == signal.SIGTERM:
+        signal.signal(signum, signal.SIG_DFL)
+        signal.raise_signal(signum)
 
 
 def _run_workflow(workflow, plan: RunPlan, signals: _Signals, engine=None) -> None:

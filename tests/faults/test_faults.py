@@ -479,6 +479,62 @@ def test_signal(tmp_path, base, signum, when):
     assert_recovers(case)
 
 
+_SIGNAL_IN_FORK = textwrap.dedent("""
+    import _thread, ctypes, functools, os, sys
+    import filelock  # (its fork callbacks, as in a run: Nipype imports it)
+    from ahba_app.cli.run import main
+    signum, how = int(sys.argv.pop(1)), sys.argv.pop(1)
+    # at the first fork, before filelock's callback: a signal the kernel delivers, or one
+    # another thread received; through C functions only (no bytecode of this hook runs, where
+    # Python would handle the signal), so that the handler runs in the next callback
+    if how == "kernel":
+        once = map(ctypes.CDLL(None).kill, [os.getpid()], [signum])
+    else:
+        once = map(_thread.interrupt_main, [signum])
+    os.register_at_fork(before=functools.partial(next, once, None))
+    sys.argv[0] = "ahba-app"
+    sys.exit(main())
+""")
+FORK_SIGNALS = [(signal.SIGTERM, "kernel"), (signal.SIGTERM, "thread"), (signal.SIGINT, "kernel"),
+                (signal.SIGINT, "thread")]
+
+
+@pytest.mark.parametrize(("signum", "how"), FORK_SIGNALS,
+                         ids=[f"{s.name}-{h}" for s, h in FORK_SIGNALS])
+def test_signal_while_forking_a_worker(tmp_path, base, signum, how):
+    """The signal of issue #16's CI failure, at the moment that failed: while MultiProc forks its
+    first worker, between the fork's callbacks (filelock 4.3.2's raised IndexError or KeyError
+    after the fork, printed as "Exception ignored ... Traceback", and the run went on to the end
+    of its workflow). The run ends there, as for any signal: no traceback, nothing published."""
+    case = Case(tmp_path, base)
+    result = case.run("--nprocs", "2", cli=[sys.executable, "-c", _SIGNAL_IN_FORK,
+                                            str(int(signum)), how])
+    line = assert_failed(result, ["interrupted", signum.name], code=128 + signum, out=case.out)
+    assert "failed" not in line
+    assert "Exception ignored" not in result.stderr, result.stderr
+    assert not list(case.out.glob(STAGING + "*"))
+    # it ended there, not after the workflow (where a signal lost in a callback is seen)
+    assert not list(case.work.rglob("result_*.pklz"))
+    # and the worker forked then (the run never learnt its pid) ends with it
+    assert _wait_for(lambda: not _running_with(str(case.out)), timeout=15), \
+        _running_with(str(case.out))
+    assert_recovers(case)
+
+
+def _running_with(argument: str) -> list[int]:
+    """The live processes with ``argument`` on their command line (a worker forked by a run has
+    the run's)."""
+    found = []
+    for folder in Path("/proc").glob("[0-9]*"):
+        try:
+            words = (folder / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argument.encode() in words and _alive(int(folder.name)):
+            found.append(int(folder.name))
+    return found
+
+
 # --------------------------------------------------------------------------------------------
 # full file systems (a small tmpfs)
 # --------------------------------------------------------------------------------------------
