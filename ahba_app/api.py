@@ -8,13 +8,16 @@ Nipype workflow runs.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 
 from . import options, pipeline
 from .selection_cache import ChoiceStore
+
+if TYPE_CHECKING:  # (imported where used: a warm run on a NIfTI-1 atlas never needs nibabel)
+    import nibabel as nib
 
 #: the options' defaults (declared once, in ahba_app.options)
 _D = options.DEFAULTS
@@ -94,6 +97,8 @@ def report_text(atlas, atlas_info, result: pipeline.PipelineResult) -> str:
 
 def _all_sample_mask(data_dir, donors, corrected_mni) -> nib.Nifti1Image:
     """A box of ones, 1 mm voxels, holding every sample's coordinate (abagen's mask=None)."""
+    import nibabel as nib
+
     from . import samples
     from .fetch import find_microarray
 

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import gzip
 import os
+import struct
+import sys
 import warnings
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 
@@ -31,6 +32,12 @@ from . import geometry as _geometry
 from .geometry import COORDS, INFO
 from .grayordinates import CiftiVolume, GrayordinateAtlas, structure_of
 from .options import DEFAULTS
+
+# nibabel (a tenth of a second to import, and as much again for the interpreter's exit to
+# walk its objects) is imported where used: a warm run on a plain NIfTI-1 atlas never needs it
+# (:func:`_plain_nifti1`)
+if TYPE_CHECKING:
+    import nibabel as nib
 
 __all__ = [
     "AtlasTree",
@@ -107,7 +114,7 @@ class AtlasTree:
         self._native_affine = None
         self._volume = None       # volumes: the label of every voxel of the grid
         self._on_grid = False     # whether ``_coords`` are still the voxels' own coordinates
-        if isinstance(atlas, (str, os.PathLike, nib.spatialimages.SpatialImage)):
+        if _is_pathlike(atlas) or _is_nibabel(atlas, "SpatialImage"):
             if coords is not None:
                 warnings.warn("A volumetric atlas was given with coords: the coordinates come "
                               "from the image, the coords are ignored.", UserWarning,
@@ -388,7 +395,7 @@ class AtlasTree:
     def _snap_to_voxels(self, xyz: np.ndarray) -> np.ndarray:
         """Coordinates within 1e-6 voxel of a voxel centre become exactly that centre (as the
         tree computes it), so round-off of oblique affines cannot hide an exact hit."""
-        ijk = nib.affines.apply_affine(np.linalg.inv(self._affine), xyz)
+        ijk = _apply_affine(np.linalg.inv(self._affine), xyz)
         centre = np.round(ijk)
         on = np.all(np.abs(ijk - centre) < 1e-6, axis=1)
         if on.any():
@@ -399,7 +406,7 @@ class AtlasTree:
     def _floor_to_grid(self, xyz: np.ndarray) -> np.ndarray:
         """Move coordinates to the grid point just below them on every axis (group atlases)."""
         if self._grid is None:  # oblique grid: the voxel corner just below, in voxel space
-            ijk = nib.affines.apply_affine(np.linalg.inv(self._affine), xyz)
+            ijk = _apply_affine(np.linalg.inv(self._affine), xyz)
             near = np.abs(ijk - np.round(ijk)) < 1e-6
             return _voxel_to_world(self._affine, np.where(near, np.round(ijk) - 1,
                                                           np.ceil(ijk) - 1))
@@ -488,6 +495,25 @@ def _is_pathlike(obj) -> bool:
     return isinstance(obj, (str, os.PathLike))
 
 
+def _is_nibabel(obj, kind: str) -> bool:
+    """Whether ``obj`` is a nibabel ``kind`` ('SpatialImage', 'Cifti2Image', 'GiftiImage'):
+    without importing nibabel, as an object can only be one once nibabel is imported."""
+    nib = sys.modules.get("nibabel")
+    if nib is None:
+        return False
+    return isinstance(obj, {"SpatialImage": nib.spatialimages.SpatialImage,
+                            "Cifti2Image": nib.Cifti2Image, "GiftiImage": nib.GiftiImage}[kind])
+
+
+def _apply_affine(affine, pts) -> np.ndarray:
+    """``nibabel.affines.apply_affine(affine, pts)``: the same arithmetic (a product with the
+    upper-left block, then the translation added), without importing nibabel."""
+    affine, pts = np.asarray(affine), np.asarray(pts)
+    shape = pts.shape
+    pts = pts.reshape((-1, shape[-1]))
+    return (pts @ affine[:-1, :-1].T + affine[:-1, -1][None, :]).reshape(shape)
+
+
 class AtlasFileNotFoundError(FileNotFoundError, TypeError):
     """An atlas path that is not a file. Also a TypeError: abagen raises that for a string
     that names no file (it is then not an image), and scripts may catch it."""
@@ -530,55 +556,126 @@ def _integer_labels(data, source: str) -> np.ndarray:
 def _load_volume(img, source: str, compact: bool = False):
     """Data (int64, 3-D; with ``compact``, as :func:`_compact_labels` gives them) and affine
     of a volumetric atlas."""
+    plain = None
     if _is_pathlike(img):
-        img = _read_image(_require_file(img))
-    if isinstance(img, nib.Cifti2Image):
-        raise TypeError(f"{source} is a CIFTI file: load it with check_atlas (which needs "
-                        f"geometry=).")
-    if not isinstance(img, nib.spatialimages.SpatialImage):
-        raise TypeError(f"{source} is not a volumetric image.")
-    shape = img.shape
+        path = _require_file(img)
+        inflated = _inflated(path)
+        plain = _plain_nifti1(inflated) if inflated else None
+        if plain is None:
+            img = _read_image(path, inflated)
+    if plain is not None:
+        image_shape, values, affine = plain
+    else:
+        import nibabel as nib
+
+        if isinstance(img, nib.Cifti2Image):
+            raise TypeError(f"{source} is a CIFTI file: load it with check_atlas (which needs "
+                            f"geometry=).")
+        if not isinstance(img, nib.spatialimages.SpatialImage):
+            raise TypeError(f"{source} is not a volumetric image.")
+        image_shape, values, affine = img.shape, img.dataobj, img.affine
+    shape = image_shape
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
     if len(shape) != 3:
-        raise ValueError(f"{source} is a {len(shape)}-D image of shape {img.shape}: an atlas "
+        raise ValueError(f"{source} is a {len(shape)}-D image of shape {image_shape}: an atlas "
                          f"must be a single 3-D volume of integer labels. Pick one volume "
                          f"(e.g. img.slicer[..., 0]) or use a 3-D parcellation.")
-    affine = np.asarray(img.affine, dtype=float)
+    affine = np.asarray(affine, dtype=float)
     if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise ValueError(f"{source} has an unusable affine (voxel to world mapping) "
                          f"{affine[:3].tolist()}: it must be finite and invertible. Fix the "
                          "image header (sform/qform), e.g. copy it from the template the atlas "
                          "was made on.")
-    data = np.asarray(img.dataobj).reshape(shape)
+    data = np.asarray(values).reshape(shape)
     if compact:
         return _compact_integer_labels(data, source), affine
     return _integer_labels(data, source), affine
 
 
-def _read_image(path: Path):
-    """``nib.load(path)``; a gzipped NIfTI file is inflated by isal, three times as fast as
-    zlib (20 of the 50 ms a 1-mm atlas took to load), and read from those bytes: the same
-    header and data. Anything else (another magic, a file that cannot be opened or is not
-    a whole gzip stream) goes to nibabel, whose errors say what is wrong; any other error
-    (out of memory, a fault of isal) is raised as it is."""
-    if str(path).endswith(".nii.gz"):
-        from isal import igzip, isal_zlib
+def _inflated(path: Path) -> bytes:
+    """The bytes of a gzipped NIfTI file (``.nii.gz``), inflated by isal (three times as fast
+    as zlib: 20 of the 50 ms a 1-mm atlas took to load); empty for any other file, and for
+    one that cannot be opened or is not a whole gzip stream (nibabel then reads it and names
+    the problem). Any other error (out of memory, a fault of isal) is raised as it is."""
+    if not str(path).endswith(".nii.gz"):
+        return b""
+    from isal import igzip, isal_zlib
 
-        try:
-            with open(path, "rb") as handle:
-                data = igzip.decompress(handle.read())
-        # a file that cannot be opened or read (OSError), is not gzip (BadGzipFile, an
-        # OSError), stops early or has trailing bytes (EOFError), has a bad deflate block
-        # (isal_zlib.error): nibabel reads it again and names the problem
-        except (OSError, EOFError, isal_zlib.error):
-            data = b""
-        # the single-file magics: "n+1" at byte 344 of NIfTI-1, "n+2" at byte 4 of NIfTI-2
-        if data[344:348] == b"n+1\0":
-            return nib.Nifti1Image.from_bytes(data)
-        if data[4:8] == b"n+2\0":
-            return nib.Nifti2Image.from_bytes(data)
+    try:
+        with open(path, "rb") as handle:
+            return igzip.decompress(handle.read())
+    # a file that cannot be opened or read (OSError), is not gzip (BadGzipFile, an OSError),
+    # stops early or has trailing bytes (EOFError), has a bad deflate block (isal_zlib.error)
+    except (OSError, EOFError, isal_zlib.error):
+        return b""
+
+
+def _read_image(path: Path, inflated: bytes | None = None):
+    """``nib.load(path)``; a gzipped NIfTI file is read from its bytes inflated by isal
+    (:func:`_inflated`; ``inflated``: those bytes, when already read): the same header and
+    data. Anything else goes to nibabel, whose errors say what is wrong."""
+    import nibabel as nib
+
+    data = _inflated(path) if inflated is None else inflated
+    # the single-file magics: "n+1" at byte 344 of NIfTI-1, "n+2" at byte 4 of NIfTI-2
+    if data[344:348] == b"n+1\0":
+        return nib.Nifti1Image.from_bytes(data)
+    if data[4:8] == b"n+2\0":
+        return nib.Nifti2Image.from_bytes(data)
     return nib.load(str(path))
+
+
+#: NIfTI-1 datatype codes :func:`_plain_nifti1` reads -> numpy type (nibabel's, and the same
+#: item size as the header's ``bitpix``)
+_NIFTI1_TYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2",
+                 768: "u4", 1024: "i8", 1280: "u8"}
+#: valid NIfTI-1 qform and sform codes (unknown, scanner, aligned, Talairach, MNI, template)
+_XFORM_CODES = range(6)
+
+
+def _plain_nifti1(data: bytes):
+    """``(shape, values, affine)`` of a single-file NIfTI-1 image held in ``data`` whose
+    header nibabel takes as it is, read without nibabel: what ``Nifti1Image.from_bytes(data)``
+    gives as ``shape``, ``np.asarray(dataobj)`` (read-only here) and ``affine``, the same
+    numbers bit for bit. None for any other header, which nibabel then reads: one it would
+    fix or warn about, an unknown data type, values scaled by ``scl_slope``/``scl_inter``,
+    no sform (a qform or pixel sizes would give the affine), header extensions (nibabel
+    parses them, and refuses damaged ones), data shorter than the header says, or
+    FreeSurfer's oversized-vector dimensions."""
+    if len(data) < 352 or data[344:348] != b"n+1\0" or data[348] != 0:
+        return None
+    # the byte order in which sizeof_hdr reads 348, as nibabel guesses it
+    order = next((o for o in "<>" if struct.unpack_from(o + "i", data, 0)[0] == 348), None)
+    if order is None:
+        return None
+    dim = struct.unpack_from(order + "8h", data, 40)
+    datatype, bitpix = struct.unpack_from(order + "2h", data, 70)
+    pixdim = struct.unpack_from(order + "8f", data, 76)
+    vox_offset, slope, inter = struct.unpack_from(order + "3f", data, 108)
+    qform_code, sform_code = struct.unpack_from(order + "2h", data, 252)
+    code = _NIFTI1_TYPES.get(datatype)
+    if code is None or bitpix != 8 * int(code[1]):
+        return None
+    shape = tuple(int(n) for n in dim[1:dim[0] + 1]) if 1 <= dim[0] <= 7 else ()
+    # (as nibabel's header checks: qfac +-1, positive voxel sizes, an offset past the
+    # header on a 16-byte boundary, known transform codes)
+    if (not shape or min(shape) < 1 or shape[:3] == (27307, 1, 6)
+            or pixdim[0] not in (-1.0, 1.0) or any(p <= 0 for p in pixdim[1:4])
+            or vox_offset < 352 or vox_offset % 16
+            or qform_code not in _XFORM_CODES or sform_code not in _XFORM_CODES[1:]):
+        return None
+    # slope 0 or not finite: no scaling; 1 and 0: scaling that changes nothing
+    if not (slope == 0 or not np.isfinite(slope) or (slope == 1 and inter == 0)):
+        return None
+    offset, count = int(vox_offset), int(np.prod(shape))
+    dtype = np.dtype(order + code)
+    if offset + count * dtype.itemsize > len(data):
+        return None
+    values = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+    affine = np.eye(4)
+    affine[:3] = np.frombuffer(data, dtype=order + "f4", count=12, offset=280).reshape(3, 4)
+    return shape, values.reshape(shape, order="F"), affine
 
 
 def _compact_integer_labels(data: np.ndarray, source: str) -> np.ndarray:
@@ -651,7 +748,7 @@ def _check_mni_volume(shape, affine, source):
     """Error when a group volume's field of view hardly covers where AHBA samples lie."""
     corners = np.array([[i, j, k] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1)
                         for k in (0, shape[2] - 1)], dtype=float)
-    world = nib.affines.apply_affine(affine, corners)
+    world = _apply_affine(affine, corners)
     lo, hi = world.min(axis=0), world.max(axis=0)
     overlap = np.clip(np.minimum(hi, _BRAIN_BOX[1]) - np.maximum(lo, _BRAIN_BOX[0]), 0, None)
     fraction = np.prod(overlap) / np.prod(_BRAIN_BOX[1] - _BRAIN_BOX[0])
@@ -665,6 +762,8 @@ def _check_mni_volume(shape, affine, source):
 
 
 def _read_gifti(obj):
+    import nibabel as nib
+
     if isinstance(obj, nib.GiftiImage):
         return obj
     path = _require_file(obj)
@@ -678,7 +777,7 @@ def _surface_labels(obj, source):
     """Labels (int64) and label table ``{id: name}`` (or None) of one hemisphere."""
     if _is_pathlike(obj) and str(obj).endswith(".annot"):
         obj = annot_to_gifti(obj)
-    if isinstance(obj, nib.GiftiImage) or _is_pathlike(obj):
+    if _is_nibabel(obj, "GiftiImage") or _is_pathlike(obj):
         if _is_pathlike(obj) and not (str(obj).endswith(".gii") or str(obj).endswith(".gii.gz")):
             raise TypeError(f"{source}: surface atlases must be GIFTI label files "
                             f"(.label.gii[.gz]) or FreeSurfer .annot files.")
@@ -715,6 +814,8 @@ def load_geometry(geometry, source="geometry"):
     Each entry may be a GIFTI surface (``.surf.gii[.gz]``), a FreeSurfer surface (``lh.pial``),
     a GiftiImage or a ``(vertices, faces)`` pair. Returns two ``(vertices, faces)`` tuples.
     """
+    import nibabel as nib
+
     if isinstance(geometry, (str, os.PathLike)) or len(geometry) != 2:
         raise TypeError(f"{source} must be a (left, right) pair of surfaces.")
     out = []
@@ -764,6 +865,8 @@ def _freesurfer_folder(donor, data_dir):
 
 
 def _to_mni(vertices, space, donor, data_dir, source):
+    import nibabel as nib
+
     key = space_key(space, source)
     vertices = np.asarray(vertices)
     if key.startswith("fsaverage"):
@@ -824,6 +927,8 @@ def _check_surface_space(coords, space, source):
 
 def _surface_tree(lh, rh, tables, geometry, space, donor, data_dir, source, hemis=("L", "R")):
     """AtlasTree of per-hemisphere label vectors on the given (or bundled) geometry."""
+    import nibabel as nib
+
     if geometry is None:
         if donor is not None:
             folder = _freesurfer_folder(donor, data_dir)
@@ -873,6 +978,8 @@ def _surface_tree(lh, rh, tables, geometry, space, donor, data_dir, source, hemi
 
 def _load_cifti(img, source):
     """Left/right cortical labels (full vertex arrays) and label table of a dlabel CIFTI."""
+    import nibabel as nib
+
     if _is_pathlike(img):
         img = nib.load(str(_require_file(img)))
     labels_axis, models = img.header.get_axis(0), img.header.get_axis(1)
@@ -914,6 +1021,8 @@ def _volume_tree(volume: CiftiVolume, table: dict, source: str, donor=None):
     """An :class:`~ahba_app.atlas.AtlasTree` of the CIFTI's voxels, with the hemisphere and
     structure of each label from its CIFTI structure(s) (several: bilateral 'B' when their
     hemispheres differ)."""
+    import nibabel as nib
+
     img = nib.Nifti1Image(volume.labels.astype(np.int32), volume.affine)
     tree = AtlasTree(img, source=f"{source} (subcortical voxels)", group_atlas=donor is None)
     rows = []
@@ -1049,7 +1158,7 @@ def check_atlas(atlas, atlas_info=None, geometry=None, space=None, donor=None,
         raise TypeError("check_atlas takes one atlas; for donor-native atlases (a dict of "
                         "donor -> atlas) use coerce_atlas_to_dict.")
     source = _describe(atlas)
-    cifti = isinstance(atlas, nib.Cifti2Image) or (
+    cifti = _is_nibabel(atlas, "Cifti2Image") or (
         _is_pathlike(atlas) and str(atlas).endswith((".dlabel.nii", ".dlabel.nii.gz")))
     if cifti:
         if geometry is None:
@@ -1062,7 +1171,7 @@ def check_atlas(atlas, atlas_info=None, geometry=None, space=None, donor=None,
         if volume is not None:  # grayordinates: subcortical voxels too
             tree = GrayordinateAtlas(tree, _volume_tree(volume, table, source, donor),
                                      source=source)
-    elif _is_pathlike(atlas) or isinstance(atlas, nib.spatialimages.SpatialImage):
+    elif _is_pathlike(atlas) or _is_nibabel(atlas, "SpatialImage"):
         if _is_pathlike(atlas) and str(atlas).endswith((".gii", ".gii.gz", ".annot")):
             raise TypeError(f"{source} is one hemisphere: surface atlases are given as a "
                             f"(left, right) pair of files.")
@@ -1192,6 +1301,8 @@ def leftify_atlas(atlas):
     The voxel holding x = 0 is zeroed too. Returns an image of the same class, orientation and
     affine.
     """
+    import nibabel as nib
+
     img = nib.load(str(_require_file(atlas))) if _is_pathlike(atlas) else atlas
     original = nib.io_orientation(img.affine)
     ras = img.as_reoriented(nib.orientations.ornt_transform(
@@ -1210,6 +1321,8 @@ def annot_to_gifti(atlas) -> nib.GiftiImage:
     Labels are the annotation's colour-table indices; unlabelled vertices (-1) become 0 (when
     index 0 names a real, used region, every id is shifted up by one to keep 0 for them).
     """
+    import nibabel as nib
+
     labels, ctab, names = nib.freesurfer.read_annot(str(_require_file(atlas)))
     names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
     labels = np.asarray(labels, dtype=np.int32)
@@ -1240,6 +1353,8 @@ def relabel_gifti(atlas, background=BACKGROUND, offset=None):
     keeping their order. ``offset`` sets the first right-hemisphere id instead. Label tables
     are renumbered alike. Returns a pair of GiftiImages.
     """
+    import nibabel as nib
+
     out = []
     next_id = 1
     for n, hemi in enumerate(atlas):
@@ -1287,6 +1402,8 @@ def native_affines(atlases: Mapping, group_atlas: bool, data_dir=None) -> dict:
     if group_atlas:
         return {}
     import logging
+
+    import nibabel as nib
 
     from .fetch import AHBADataNotFoundError, find_raw_mri
 

@@ -519,8 +519,11 @@ def _decode_segment(codes: RowCodes, w: int, rows: np.ndarray, cols, out=None) -
 
 
 def _offset_ints(stored: np.ndarray, base: np.ndarray) -> np.ndarray:
-    """``base + stored`` per row as int64 (added modulo 2**64: the sum always fits int64)."""
-    total = stored.astype(np.uint64)
+    """``base + stored`` per row as int64 (added modulo 2**64: the sum always fits int64).
+    ``stored`` is the caller's own array (gathered from the cache): stored as 8 bytes (widths
+    5 to 8), the sum is written over it rather than into a copy (a pass less at 12 and 17
+    digits)."""
+    total = stored.astype(np.uint64, copy=False)
     total += base.view(np.uint64)[:, None]
     return total.view(np.int64)
 
