@@ -119,7 +119,7 @@ def test_rows_helper_that_died_leaves_its_rows_to_this_process(tmp_path):
     expected, written = tmp_path / "pandas.tsv", tmp_path / "ours.tsv"
     frame.to_csv(expected, sep="\t", na_rep="n/a", lineterminator="\n")
     with floattext.RowsHelper(frame) as helper:
-        helper._process.kill()
+        helper._server._process.kill()
         floattext.write_float_tsv(frame, written, helper=helper)
     assert written.read_bytes() == expected.read_bytes()
     with floattext.RowsHelper(frame) as helper:  # started on another table: refused
@@ -225,3 +225,51 @@ def test_arrow_text_columns_are_written_as_to_csv_writes_them(tmp_path):
     clean.to_csv(expected, sep="\t", na_rep="n/a", index=False, lineterminator="\n")
     assert floattext.write_table_tsv(clean, written, index=False)
     assert written.read_bytes() == expected.read_bytes()
+
+
+def test_rows_helpers_of_a_run_share_one_process(tmp_path, monkeypatch):
+    """Within sharing_rows_helper, the tables' helpers are one process, started by the first
+    table and ended with the block; each table's bytes are to_csv's, a table whose rows were
+    not asked for (written otherwise) leaves the next one right."""
+    started = []
+    popen = floattext.subprocess.Popen
+    monkeypatch.setattr(floattext.subprocess, "Popen",
+                        lambda *a, **k: started.append(popen(*a, **k)) or started[-1])
+    frame = _helper_table()
+    other = frame.iloc[::-1] * 3.0
+    with floattext.sharing_rows_helper():
+        with floattext.RowsHelper(frame):
+            pass  # dropped: never asked to write
+        for n, table in enumerate([frame, other, frame]):
+            expected, written = tmp_path / f"pandas{n}.tsv", tmp_path / f"ours{n}.tsv"
+            table.to_csv(expected, sep="\t", na_rep="n/a", lineterminator="\n")
+            with floattext.RowsHelper(table) as helper:
+                helper.finish = _spy(helper.finish, sizes := [])
+                floattext.write_float_tsv(table, written, helper=helper)
+            assert sizes[0] is not None and sizes[0] > 0
+            assert written.read_bytes() == expected.read_bytes()
+        assert len(started) == 1 and started[0].poll() is None  # kept for the next table
+    assert started[0].wait(timeout=10) == 0  # ended with the block
+    with floattext.RowsHelper(frame):
+        pass
+    assert len(started) == 2  # outside a run: a process of its own
+
+
+def test_shared_rows_helper_that_died_leaves_later_tables_to_this_process(tmp_path,
+                                                                         monkeypatch):
+    from ahba_app import derivatives
+
+    monkeypatch.setattr(floattext, "HELPER_MIN_VALUES", 100)
+    monkeypatch.setenv("AHBA_APP_THREADS", "2")
+    frame = _helper_table()
+    expected, written = tmp_path / "pandas.tsv", tmp_path / "ours.tsv"
+    frame.to_csv(expected, sep="\t", na_rep="n/a", lineterminator="\n")
+    with floattext.sharing_rows_helper():
+        with floattext.RowsHelper(frame) as helper:
+            helper._server._process.kill()
+            floattext.write_float_tsv(frame, written, helper=helper)
+        assert written.read_bytes() == expected.read_bytes()
+        with pytest.raises(OSError):
+            floattext.RowsHelper(frame)
+        with derivatives.rows_helper(frame) as helper:  # (a large table otherwise)
+            assert helper is None

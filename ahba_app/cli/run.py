@@ -652,11 +652,12 @@ def main(argv=None) -> int:
             if whole_process:
                 _defer_unused_imports()
             from ..bids import remembering_atlases
+            from ..floattext import sharing_rows_helper
             from ..io import remembering_checks
 
-            with remembering_atlases(), remembering_checks():
+            with remembering_atlases(), remembering_checks(), sharing_rows_helper():
                 # (the memos: each atlas is loaded once, each cache checked once, Linear
-                # plugin)
+                # plugin; one process helps format the large TSVs of every atlas)
                 return _main(argv, signals)
     except Interrupted as stop:
         import signal
