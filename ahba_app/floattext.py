@@ -25,6 +25,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -153,17 +154,22 @@ class RowsHelper:
         self.labels = [str(label) for label in frame.index.tolist()]
         self.shape, self.na_rep = values.shape, na_rep
         self.first = len(values) - int(len(values) * _HELPER_SHARE)
+        # the run's process, unless another table is using it (tables written side by side)
         shared = _RUN_SERVER.get()
-        if shared is not None and shared.server is None:
-            shared.server = RowsServer()  # (started by the run's first large table)
-        self._server = shared.server if shared is not None else RowsServer()
-        self._own = shared is None
-        self._pending = True
+        self._shared = shared if shared is not None and shared.lock.acquire(False) else None
+        self._own, self._pending = self._shared is None, True
         try:
+            if self._shared is not None and self._shared.server is None:
+                self._shared.server = RowsServer()  # (started by the run's first large table)
+            self._server = self._shared.server if self._shared is not None else RowsServer()
             self._server.send(values[self.first:], self.labels[self.first:], na_rep)
         except BaseException:
             self._pending = False
-            self.close()
+            if self._shared is not None:
+                self._shared.lock.release()
+                self._shared = None
+            elif hasattr(self, "_server"):
+                self._server.close()
             raise
 
     def serves(self, shape, labels: list, na_rep: str) -> bool:
@@ -188,6 +194,9 @@ class RowsHelper:
         self._pending = False
         if self._own:
             self._server.close()
+        elif self._shared is not None:
+            self._shared.lock.release()
+            self._shared = None
 
     def __enter__(self):
         return self
@@ -222,12 +231,13 @@ class RowsServer:
         """Give it ``rows`` (float64) to format with their ``labels``."""
         self._check()
         header = json.dumps({"labels": labels, "columns": rows.shape[1],
-                             "na_rep": na_rep}).encode("utf-8")
+                             "na_rep": na_rep}).encode("utf-8") + b"\n"
         fd = _anonymous_file()
         try:
-            with open(fd, "wb", closefd=False) as out:
+            with open(fd, "wb", closefd=False) as out:  # (the labels too: no size limit)
+                out.write(header)
                 out.write(memoryview(np.ascontiguousarray(rows)).cast("B"))
-            self._talk(lambda: socket.send_fds(self.sock, [header], [fd]))
+            self._talk(lambda: socket.send_fds(self.sock, [b"rows"], [fd]))
         finally:
             os.close(fd)
 
@@ -285,6 +295,7 @@ class _RunServer:
 
     def __init__(self):
         self.server: RowsServer | None = None
+        self.lock = threading.Lock()  # held by the table using it
 
 
 #: The rows helper of the run in progress (None outside :func:`sharing_rows_helper`).
@@ -324,14 +335,14 @@ def _serve(fd: int) -> None:
     answers how many bytes it wrote. Ends when the socket closes."""
     sock = socket.socket(fileno=fd)
     while True:
-        header, fds, _, _ = socket.recv_fds(sock, 1 << 24, 1)
-        if not header:  # (the run is over)
+        message, fds, _, _ = socket.recv_fds(sock, 64, 1)
+        if not message:  # (the run is over)
             return
-        header = json.loads(header)
-        labels, n_cols, na_rep = header["labels"], header["columns"], header["na_rep"]
-        data = bytearray(len(labels) * n_cols * 8)
         with open(fds[0], "rb") as source:
             source.seek(0)
+            header = json.loads(source.readline())
+            labels, n_cols, na_rep = header["labels"], header["columns"], header["na_rep"]
+            data = bytearray(len(labels) * n_cols * 8)
             if source.readinto(data) != len(data):
                 sys.exit(1)
         values = np.frombuffer(data, dtype=np.float64).reshape(len(labels), n_cols)

@@ -250,9 +250,19 @@ def test_rows_helpers_of_a_run_share_one_process(tmp_path, monkeypatch):
             assert written.read_bytes() == expected.read_bytes()
         assert len(started) == 1 and started[0].poll() is None  # kept for the next table
     assert started[0].wait(timeout=10) == 0  # ended with the block
+    with floattext.sharing_rows_helper():
+        with floattext.RowsHelper(frame) as first, floattext.RowsHelper(other) as second:
+            # two tables at once: the second gets a process of its own
+            for n, (table, helper) in enumerate([(frame, first), (other, second)]):
+                expected, written = tmp_path / f"both{n}.tsv", tmp_path / f"mine{n}.tsv"
+                table.to_csv(expected, sep="\t", na_rep="n/a", lineterminator="\n")
+                floattext.write_float_tsv(table, written, helper=helper)
+                assert written.read_bytes() == expected.read_bytes()
+    assert len(started) == 3  # (the run's, and the second table's own)
+    started.clear()
     with floattext.RowsHelper(frame):
         pass
-    assert len(started) == 2  # outside a run: a process of its own
+    assert len(started) == 1  # outside a run: a process of its own
 
 
 def test_shared_rows_helper_that_died_leaves_later_tables_to_this_process(tmp_path,
