@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -311,6 +312,10 @@ def sharing_rows_helper() -> Iterator[None]:
     token = _RUN_SERVER.set(run)
     try:
         yield
+    except BaseException:
+        if run.server is not None:  # (a failed or interrupted run: its work is of no use)
+            run.server.kill()
+        raise
     finally:
         _RUN_SERVER.reset(token)
         if run.server is not None:
@@ -333,6 +338,8 @@ def _serve(fd: int) -> None:
     """A :class:`RowsServer`'s process, on the Unix socket ``fd``: for each table, the rows
     (a header and a file descriptor) then where to write their lines (or ``null``: nowhere);
     answers how many bytes it wrote. Ends when the socket closes."""
+    # Ctrl-C reaches the whole process group: the run, which then ends this process
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=fd)
     while True:
         message, fds, _, _ = socket.recv_fds(sock, 64, 1)

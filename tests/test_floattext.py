@@ -3,6 +3,8 @@ writer built on it (the same bytes as pandas' to_csv)."""
 
 from __future__ import annotations
 
+import signal
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -283,3 +285,15 @@ def test_shared_rows_helper_that_died_leaves_later_tables_to_this_process(tmp_pa
             floattext.RowsHelper(frame)
         with derivatives.rows_helper(frame) as helper:  # (a large table otherwise)
             assert helper is None
+
+
+def test_a_run_that_fails_kills_its_rows_helper(monkeypatch):
+    started = []
+    popen = floattext.subprocess.Popen
+    monkeypatch.setattr(floattext.subprocess, "Popen",
+                        lambda *a, **k: started.append(popen(*a, **k)) or started[-1])
+    with pytest.raises(RuntimeError, match="stopped"):
+        with floattext.sharing_rows_helper():
+            floattext.RowsHelper(_helper_table())
+            raise RuntimeError("stopped")
+    assert started[0].returncode == -signal.SIGKILL  # not left to finish rows of no use
