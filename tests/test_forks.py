@@ -43,6 +43,19 @@ def test_the_hooks_are_registered_once_and_run_no_python_code(monkeypatch):
     assert forks.BLOCK_AROUND_FORK is not block  # (the process's own is left alone)
 
 
+def test_each_multiproc_pool_registers_the_hooks_once_per_process(monkeypatch):
+    """The hooks are registered when a MultiProc pool is made (Nipype and filelock imported:
+    ours come last), and never again: a process making thousands of runs adds no hooks."""
+    from ahba_app.cli import multiproc
+
+    calls = []
+    monkeypatch.setattr(os, "register_at_fork", lambda **hooks: calls.append(hooks))
+    monkeypatch.setattr(multiproc, "BLOCK_AROUND_FORK", forks.ForkSignalBlock())
+    for _ in range(3):
+        multiproc.MultiProcPlugin(plugin_args={"n_procs": 2}).pool.shutdown(wait=False)
+    assert len(calls) == 1 and multiproc.BLOCK_AROUND_FORK.registered
+
+
 _FORK_WITH_A_SIGNAL = """
     import _thread, ctypes, functools, json, os, signal, sys, threading, time
     import filelock  # (fork callbacks in Python, as in a run)
