@@ -106,6 +106,16 @@ def sampled_lines(path: Path, rows: int | None) -> tuple[list[int], list[bytes]]
     return [int(i) for i in picked], [lines[i] for i in picked]
 
 
+def sampled_values(path: Path, rows: int | None) -> tuple[list[int], list[bytes], Values]:
+    """The lines of :func:`sampled_lines` and their :class:`Values`; a value the digit counts
+    cannot take is an error naming the file."""
+    ids, lines = sampled_lines(path, rows)
+    try:
+        return ids, lines, Values(lines, ids)
+    except ValueError as err:
+        raise SystemExit(f"{path}: {err}") from None
+
+
 class Values:
     """Values of matrix lines as their decimal digits: for each value its row, sign, decimal
     exponent ``E`` (value = 0.d1 d2 ... x 10**E) and significant digits (zeros past those
@@ -144,8 +154,9 @@ def _plain_number(token: bytes) -> bool:
     if not token or token.lower() in (b"nan", b"na", b"inf", b"-inf"):
         return False
     if any(c in token for c in b"eE"):
-        raise SystemExit(f"value {token!r} in exponent notation: only plain decimals are "
-                         "handled (AHBA files and our synthetic ones write them plainly)")
+        raise ValueError(f"value {token!r} in exponent notation: these figures count the digits "
+                         "of plain decimals only (as AHBA's files and ours write them); give "
+                         "data written without exponents")
     return True
 
 
@@ -228,7 +239,6 @@ def value_cells(values: Values) -> np.ndarray:
     """Each value's cell: the step of the digits written, or float64's spacing if coarser."""
     grid = 10.0 ** (values.exponent - grid_places(values))
     return np.maximum(grid, np.spacing(np.abs(values.float)))
-
 
 
 def counted_places(values: Values) -> np.ndarray:
@@ -334,7 +344,6 @@ def model_bound(values: Values, noise: np.ndarray, floor: float, ceiling: float
     return float(np.where(inside, bits, 0.0).sum() / len(v)), int((~inside).sum())
 
 
-
 # --------------------------------------------------------------------------------------------
 # sizes
 # --------------------------------------------------------------------------------------------
@@ -421,8 +430,7 @@ def measure(data: Path, args, parquet_mib: float | None = None, share: float = 0
     worst = (0.0, None, None)
     compress_lines, compress_values = [], 0
     for folder in folders:
-        ids, lines = sampled_lines(folder / "MicroarrayExpression.csv", args.rows)
-        values = Values(lines, ids)
+        ids, lines, values = sampled_values(folder / "MicroarrayExpression.csv", args.rows)
         calls = read_calls(folder / "PACall.csv", ids, values.known)
         est = row_estimate(values, args.lead, calls)
         n = len(values)

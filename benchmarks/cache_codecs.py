@@ -40,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from cache_bound import (  # noqa: E402  (the values as written, the plug-in entropies)
     LOG2_10, Values, add_common_options, count_values, donor_folders, entropy_bits,
-    grid_places, grouped_entropy_total, parse_common, read_calls, sampled_lines,
+    grid_places, grouped_entropy_total, parse_common, read_calls, sampled_values,
     target_figures, value_cells)
 
 # --------------------------------------------------------------------------------------------
@@ -255,8 +255,7 @@ def structure_study(data: Path, args) -> dict:
                 totals[(group, name)] = totals.get((group, name), 0.0) + figure * weight
 
     for folder in donor_folders(data):
-        ids, lines = sampled_lines(folder / "MicroarrayExpression.csv", args.rows)
-        values = Values(lines, ids)
+        ids, _, values = sampled_values(folder / "MicroarrayExpression.csv", args.rows)
         if values.missing:
             raise SystemExit(f"{folder}: missing values; the cross-row models need full rows "
                              "(data without NaN)")
@@ -550,8 +549,6 @@ def print_structure(st: dict, target: float | None) -> None:
                   for level in (3, 6, 9, 11, 13)))
     else:
         print(line)
-
-
 
 
 def main(argv=None) -> int:

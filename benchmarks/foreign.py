@@ -47,6 +47,7 @@ import csv
 import io
 import itertools
 import json
+import operator
 import os
 import shutil
 import statistics
@@ -127,26 +128,19 @@ def _rewrite_matrix(source: Path, target: Path, *, row_order=None, columns=None,
         rows = (lines[i].rstrip(b"\r") for i in row_order)
     else:
         rows = _lines(source)
-    pick = None
-    if columns is not None:
-        pick = (lambda fields, get=_getter([0] + [c + 1 for c in columns]): list(get(fields)))
+    # the probe id, then the samples kept
+    pick = None if columns is None else operator.itemgetter(0, *(c + 1 for c in columns))
     out = _Writer(target, newline, final_newline)
     try:
         for number, line in enumerate(rows):
             fields = line.split(b",")
             if pick is not None:
-                fields = pick(fields)
+                fields = list(pick(fields))
             if values is not None:
                 fields[1:] = values(number, fields[1:])
             out.write(_quote_all(fields) if quote else b",".join(fields))
     finally:
         out.close()
-
-
-def _getter(indices):
-    import operator
-
-    return operator.itemgetter(*indices)
 
 
 def _rewrite_table(source: Path, target: Path, *, row_order=None, quote=False, newline="\n",
@@ -168,7 +162,8 @@ def _rewrite_table(source: Path, target: Path, *, row_order=None, quote=False, n
     target.write_text(data, newline="")
 
 
-def _original_table(source: Path, target: Path) -> None:
+def _link_unchanged(source: Path, target: Path) -> None:
+    """A file the variant leaves as it is: a hard link (the variants are ~2.5 GB each)."""
     os.link(source, target)
 
 
@@ -241,7 +236,7 @@ def _make_donor(variant: str, source: Path, target: Path, donor: str, seed: int)
                        row_order=rng.permutation(n_probes))
         _rewrite_table(source / "SampleAnnot.csv", target / "SampleAnnot.csv",
                        row_order=samples)
-        _original_table(source / "Ontology.csv", target / "Ontology.csv")
+        _link_unchanged(source / "Ontology.csv", target / "Ontology.csv")
     elif variant == "numbers":
         rewrite, samples = NUMBERS_PLAN[donor]
         columns = None
@@ -251,7 +246,7 @@ def _make_donor(variant: str, source: Path, target: Path, donor: str, seed: int)
             columns = list(range(n_samples)) + list(range(0, n_samples, 2))
         for name in MATRICES:
             if rewrite is None and columns is None:
-                _original_table(source / name, target / name)
+                _link_unchanged(source / name, target / name)
             else:
                 _rewrite_matrix(source / name, target / name, columns=columns,
                                 values=rewrite if name == MATRICES[0] else None)
@@ -259,9 +254,9 @@ def _make_donor(variant: str, source: Path, target: Path, donor: str, seed: int)
             _rewrite_table(source / "SampleAnnot.csv", target / "SampleAnnot.csv",
                            row_order=columns)
         else:
-            _original_table(source / "SampleAnnot.csv", target / "SampleAnnot.csv")
+            _link_unchanged(source / "SampleAnnot.csv", target / "SampleAnnot.csv")
         for name in ("Probes.csv", "Ontology.csv"):
-            _original_table(source / name, target / name)
+            _link_unchanged(source / name, target / name)
     else:
         raise ValueError(f"unknown variant {variant!r}")
     return donor
@@ -293,6 +288,9 @@ abagen.io.use_parq = False   # no parquet copies: the variant is read once
 
 
 class Variants:
+    """The measurements of the variants against their sources, with benchmarks/run.py's
+    machinery (its ``Bench``: fresh processes, wall, CPU, peak memory)."""
+
     def __init__(self, args):
         self.args = args
         self.work = args.work
@@ -304,6 +302,10 @@ class Variants:
             script = self.bench.scripts / "abagen_api.py"
             text = script.read_text()
             marker = "import abagen\n"
+            if marker not in text:  # (abagen would write parquet copies unseen)
+                raise SystemExit(f"{script}: no line {marker.strip()!r} to turn abagen's "
+                                 "parquet off after; benchmarks/run.py's script changed: "
+                                 "update _ABAGEN_NO_PARQUET's place in foreign.py")
             script.write_text(text.replace(marker, marker + _ABAGEN_NO_PARQUET, 1))
 
     def api(self, data: Path, label: str, out: Path | None = None) -> dict:
@@ -326,6 +328,8 @@ class Variants:
         warm = {side: self.work / f"warm-{side}" for side in folders}
         figures = {side: {"cold": [], "warm": [], "cli": []} for side in folders}
         sizes = {}
+        # at least one cold run a side, even with --cold-repeat 0: it builds the caches the
+        # warm runs read (kept as the warm folder), and its cache sizes are the figures
         for rep in range(max(args.cold_repeat, 1)):
             for side, folder in folders.items():
                 cold = run.link_data(folder, self.work / f"cold-{side}-{rep}")
@@ -387,7 +391,8 @@ def cache_bytes_per_value(folder: Path) -> dict:
     return out
 
 
-def _fmt(record: dict) -> str:
+def _summary(record: dict) -> str:
+    """The lines printed for one variant's record."""
     lines = [f"variant {record['variant']}:"]
     for case, ratio in record["ratios"].items():
         med = record["medians"][case]
@@ -459,7 +464,7 @@ def main(argv=None) -> int:
             continue
         record = variants.measure_variant(variant, source, target)
         records.append(record)
-        print(_fmt(record), flush=True)
+        print(_summary(record), flush=True)
         if not args.keep:
             shutil.rmtree(target, ignore_errors=True)
         if args.json:

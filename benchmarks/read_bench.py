@@ -19,7 +19,8 @@ threads; both of the step alone, after imports) and the process's peak resident 
 
 It also prints the cache size on disk, how the microarray values were stored (rows of w-byte
 integers, or float64 rows when nothing exact is narrower) and, unless ``--no-parquet``, the size
-of the snappy parquet files abagen would write for the same CSVs (pyarrow, plain encoding like fastparquet's default).
+of the snappy parquet files abagen would write for the same CSVs (pyarrow, plain encoding like
+fastparquet's default).
 Microarray reads return float64 decoded from the cache, so ``cached`` includes the decoding.
 """
 

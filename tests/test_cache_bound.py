@@ -38,6 +38,21 @@ def test_values_read_as_their_digits():
     np.testing.assert_array_equal(values.float, [12.345, 0.00123, -5.0, 0.5, 0.0])
 
 
+def test_a_value_in_exponent_notation_is_an_error_naming_the_file(tmp_path):
+    """The digit counts read plain decimals only: a value such as 1.5e-3 stops the script with
+    the file, the value and what to give instead."""
+    donor = tmp_path / "data" / "microarray" / "normalized_microarray_donor1"
+    donor.mkdir(parents=True)
+    (donor / "MicroarrayExpression.csv").write_text("1,2.5,1.5e-3\n2,3.25,4.0\n")
+    (donor / "PACall.csv").write_text("1,1,0\n2,1,1\n")
+    with pytest.raises(SystemExit) as stop:
+        _script().main([str(tmp_path / "data"), "--no-cache", "--compress-rows", "0",
+                        "--work", str(tmp_path / "work")])
+    message = str(stop.value)
+    assert message.startswith(str(donor / "MicroarrayExpression.csv") + ": value b'1.5e-3'")
+    assert "without exponents" in message
+
+
 @pytest.fixture(scope="module")
 def twelve_digits(tmp_path_factory):
     from ahba_app import synthetic
@@ -87,9 +102,9 @@ def test_call_codecs_see_calls_that_follow_the_values():
     threshold = script.call_codecs((values > 5).astype(np.int8), values)
     assert threshold["given the value, one table (plug-in)"] < 0.01
     coin = script.call_codecs(rng.integers(0, 2, values.shape).astype(np.int8), values)
-    for name in ("zstd -19 over packed bits", "xz -9e over packed bits",
-                 "per-row coin (plug-in)"):
-        if name in coin:
+    for name in ("xz -9e over packed bits", "per-row coin (plug-in)",
+                 "zstd -19 over packed bits"):
+        if name in coin or not name.startswith("zstd"):  # (zstd only where pyarrow has it)
             assert coin[name] > 0.98, name
     assert coin["packed bits (ours)"] == 1.0
 
