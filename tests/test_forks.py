@@ -78,8 +78,9 @@ _FORK_WITH_A_SIGNAL = """
     try:
         if os.fork() == 0:  # (the child: its mask restored too)
             os._exit(3 if forks.blocked(signal.SIGTERM) or forks.blocked(signal.SIGINT) else 0)
+        time.sleep(10)  # (the helper thread may take the signal only after the fork)
     except run.Interrupted as stop:
-        raised_at = "os.fork()" if stop.__traceback__.tb_lineno == fork_line else "elsewhere"
+        raised_at = "os.fork()" if stop.__traceback__.tb_lineno == fork_line else "later"
     signals.restore()
     print(json.dumps({"raised_at": raised_at, "received": signals.received,
                       "blocked": forks.blocked(signal.SIGTERM) or forks.blocked(signal.SIGINT),
@@ -94,10 +95,14 @@ _FORK_WITH_A_SIGNAL = """
 def test_a_signal_during_a_fork_is_raised_when_the_fork_returns(signum, how, helper):
     """Sent before filelock's before-fork callback (issue #16's CI failure: raised there, it
     broke filelock's callbacks, whose errors were printed, and the exception was lost): the
-    callbacks run whole, and :class:`Interrupted` comes from ``os.fork()`` in the parent."""
+    callbacks run whole, and :class:`Interrupted` comes from ``os.fork()`` in the parent (or
+    later, when the kernel gave the signal to the helper thread and it ran after the fork)."""
     seen = _python(_FORK_WITH_A_SIGNAL, int(signum), how, helper)
-    assert seen == {"raised_at": "os.fork()",
-                    "received": signum, "blocked": False, "child": 0, "unraisable": []}
+    # (a signal the kernel gives the helper thread reaches Python when that thread runs: maybe
+    # after the fork, which is then over, and the main thread raises it wherever it is)
+    places = ("os.fork()",) if helper == "alone" else ("os.fork()", "later")
+    assert seen.pop("raised_at") in places
+    assert seen == {"received": signum, "blocked": False, "child": 0, "unraisable": []}
 
 
 def test_a_fork_without_signal_leaves_both_masks_as_they_were():
