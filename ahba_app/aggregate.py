@@ -126,7 +126,7 @@ def _group_mean(values, rows, codes, n_groups, out=None, where=None) -> np.ndarr
             seen = None  # values counted one by one: made when a step needs it
             block = values.T[cols] if by_gene else None
             quick = np.zeros(n_groups, dtype=np.int64)  # quick steps of each group
-            zero_carry = False  # whether every compensation is still the +0.0 it started at
+            carry_zero = False  # whether every compensation is still the +0.0 it started at
             for k, n in enumerate(active):
                 if by_gene:
                     x = np.asarray(block[:, steps[k]], dtype=np.float64)
@@ -138,14 +138,14 @@ def _group_mean(values, rows, codes, n_groups, out=None, where=None) -> np.ndarr
                 going_on = active[k + 1] if k + 1 < len(active) else 0
                 keep = (slice(None), slice(going_on)) if by_gene else slice(going_on)
                 if seen is None and kahan_add(total[part], carry[part], None, x,
-                                              from_zero=k == 0, carry_zero=zero_carry,
+                                              from_zero=k == 0, carry_zero=carry_zero,
                                               keep=keep, fallback=False):
                     quick[:n] += 1
-                    zero_carry = k == 0  # (from zero, the compensations stay +0.0)
+                    carry_zero = k == 0  # (from zero, the compensations stay +0.0)
                     continue
                 if seen is None:
                     seen = np.zeros(shape, dtype=np.int64)
-                zero_carry = False
+                carry_zero = False
                 quick[:n] += kahan_add(total[part], carry[part], seen[part], x)
             counts = quick if by_gene else quick[:, None]
             if seen is None:  # every value added at once: every count is its group's rows

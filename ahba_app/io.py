@@ -999,27 +999,29 @@ def _plain_calls(path: Path, n_samples: int) -> list | None:
     the id's digits, then a fixed number of bytes a sample), about ten times faster.
     """
     blocks = []
-    form = None
+    quoted = crlf = None  # (the form of every line, set by the first)
     with open(path, "rb") as handle:
         rest = b""
         while True:
             chunk = handle.read(_CALLS_CHUNK)
             data = rest + chunk
-            if form is None and data:
+            if quoted is None and data:
                 first_end = data.find(b"\n")
-                form = (data[:1] == b'"', first_end > 0 and data[first_end - 1] == _RETURN)
+                quoted = data[:1] == b'"'
+                crlf = first_end > 0 and data[first_end - 1] == _RETURN
             if not chunk:
                 if not data:
                     break
                 if not data.endswith(b"\n"):
-                    data += b"\r\n" if form[1] else b"\n"
+                    data += b"\r\n" if crlf else b"\n"
                 rest = b""
             else:
                 end = data.rfind(b"\n") + 1
                 data, rest = data[:end], data[end:]
                 if not data:
                     continue
-            parsed = _plain_call_lines(np.frombuffer(data, dtype=np.uint8), n_samples, *form)
+            parsed = _plain_call_lines(np.frombuffer(data, dtype=np.uint8), n_samples,
+                                       quoted, crlf)
             if parsed is None:
                 return None
             blocks.extend(parsed)
@@ -1268,8 +1270,7 @@ class _RowEncoder:
     spread along the row (found on those values alone), and goes up only for the rows that need
     more; a row whose sampled values no decimals hold goes straight to binary. So every row is
     stored at its own fewest decimals, and no row pays for a search that the others needed
-    (earlier, a row of few digits at the top of a 17-digit file, a constant control probe,
-    made every later row try each k from 0: the cold build's CPU went up by half).
+    (a row of few digits, e.g. a constant control probe, sets nothing for the rows after it).
     """
 
     def __init__(self):
