@@ -794,3 +794,27 @@ def test_an_atlas_changed_in_place_is_matched_again(tmp_path, ahba_small, monkey
     assert after.loc[region].sum() < before.loc[region].sum()
     _, expected = _api(ahba_small, str(inp / VOLUME), str(table_path))
     np.testing.assert_array_equal(after.loc[expected.index].to_numpy(), expected.to_numpy())
+
+
+def test_a_signal_after_publishing_says_the_outputs_are_complete(tmp_path, ahba_small, capsys,
+                                                                 clean_env):
+    """The window session 14's signal stress found: a SIGTERM right after the outputs were
+    published (here: at the "Done" line) ends the run with 143, and its message says the
+    outputs are complete, not that nothing was published."""
+    import signal
+
+    (tmp_path / "empty").mkdir()
+    done_info = cli_run.LGR.info
+
+    def interrupted_at_done(message, *args):
+        if message.startswith("Done"):
+            raise cli_run.Interrupted(signal.SIGTERM)
+        done_info(message, *args)
+
+    clean_env.setattr(cli_run.LGR, "info", interrupted_at_done)
+    code, err = _main([tmp_path / "empty", tmp_path / "out", "group", "--donors", *DONORS,
+                       "--ahba-dir", ahba_small, "-w", tmp_path / "work"], capsys)
+    assert code == 128 + signal.SIGTERM, err
+    assert "outputs had already been published and are complete" in err
+    assert "nothing was published" not in err and "Traceback" not in err
+    assert list((tmp_path / "out").glob("atlas-*_expression.tsv"))

@@ -516,3 +516,25 @@ def test_8_a_signal_inside_a_finaliser_prints_no_traceback(monkeypatch):
         signals.restore()
     assert [type(unraisable.exc_value) for unraisable in seen] == [ValueError]
     assert sys.unraisablehook == seen.append
+
+
+@pytest.mark.parametrize("published", [False, True], ids=["before publishing", "after"])
+def test_an_interrupted_run_says_whether_its_outputs_were_published(monkeypatch, capsys,
+                                                                    published):
+    """A signal after publishing (while the run ends: its work folder removed, its handlers
+    given back) stops a run whose outputs are complete: the last message must not say that
+    nothing was published (session 14's stress of the signal cases found that window)."""
+    import signal
+
+    from ahba_app.cli import run
+
+    def interrupted_run(argv, signals):
+        signals.published = published
+        raise run.Interrupted(signal.SIGTERM)
+
+    monkeypatch.setattr(run, "_main", interrupted_run)
+    assert run.main(["in", "out", "group"]) == 128 + signal.SIGTERM
+    message = capsys.readouterr().err
+    assert message.startswith("ahba-app: interrupted (SIGTERM): ")
+    assert ("nothing was published" in message) is not published
+    assert ("outputs had already been published and are complete" in message) is published

@@ -461,10 +461,12 @@ class _Signals:
     """SIGINT and SIGTERM raise :class:`Interrupted` in the main thread, and are remembered:
     Nipype turns an exception inside a node into a node failure, so the run asks
     :attr:`received` whether a "failure" was in fact an interruption. Never inside a fork's
-    callbacks (:mod:`ahba_app.cli.forks`), nor in a process the run forked."""
+    callbacks (:mod:`ahba_app.cli.forks`), nor in a process the run forked.
+    :attr:`published` tells the message whether the outputs were already in place."""
 
     def __init__(self):
         self.received = None
+        self.published = False
 
     def install(self) -> "_Signals":
         import signal
@@ -576,6 +578,8 @@ def _run_and_publish(plan, staging, crash_dir, argv, signals, engine=None) -> in
     try:
         with publishing.publish_lock(plan.output_dir):
             publish(staging, plan.output_dir, plan.input_dir)
+        # (a signal from here on stops a run whose outputs are whole: main says so)
+        signals.published = True
     except OSError as err:
         signals.check()
         if plan.verbose:
@@ -663,14 +667,24 @@ def main(argv=None) -> int:
         import signal
 
         name = signal.Signals(stop.signum).name
-        print(f"ahba-app: interrupted ({name}): nothing was published. Run the same command "
-              "again to resume: the work folder keeps the finished steps.", file=sys.stderr)
+        print(f"ahba-app: interrupted ({name}): {_interrupted_outcome(signals)}",
+              file=sys.stderr)
         return 128 + stop.signum
     except KeyboardInterrupt:
-        print("ahba-app: interrupted: nothing was published.", file=sys.stderr)
+        print(f"ahba-app: interrupted: {_interrupted_outcome(signals)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
         signals.restore()
+
+
+def _interrupted_outcome(signals: _Signals) -> str:
+    """What an interrupted run leaves, for its last message: a signal that came after the
+    outputs were published (while the run was ending) took nothing from them."""
+    if signals.published:
+        return ("the outputs had already been published and are complete; only the end of "
+                "the run (e.g. removing the work folder with --clean-workdir) was cut short.")
+    return ("nothing was published. Run the same command again to resume: the work folder "
+            "keeps the finished steps.")
 
 
 #: Modules that Nipype imports when it is loaded and a run never uses: ``scipy.io`` (MATLAB
