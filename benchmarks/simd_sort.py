@@ -19,10 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run  # noqa: E402  (benchmarks/run.py: the machine's facts and the commit, as its records)
 
 #: numpy 2's names of the AVX-512 feature groups (``numpy.show_runtime()``).
 NO_AVX512 = "AVX512_ICL AVX512_SPR X86_V4"
@@ -68,16 +70,6 @@ def probe(genes: int, samples: int, repeat: int, hide_avx512: bool) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--genes", type=int, default=14710)
@@ -86,10 +78,11 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args(argv)
 
+    machine = run.machine_facts()
     default = probe(args.genes, args.samples, args.repeat, hide_avx512=False)
     without = probe(args.genes, args.samples, args.repeat, hide_avx512=True)
-    print(f"CPU: {cpu_model()}; {args.samples} samples x {args.genes} genes, best of "
-          f"{args.repeat}, nanoseconds a value")
+    print(f"CPU: {machine.get('cpu_model', 'unknown')}; {args.samples} samples x {args.genes} "
+          f"genes, best of {args.repeat}, nanoseconds a value")
     print(f"{'':36s}{'default dispatch':>18s}{'AVX-512 hidden':>16s}")
     for key, label in (("sort_rows_of_samples_ns", "sort each gene across samples"),
                        ("partition_rows_of_genes_ns", "partition each sample across genes"),
@@ -98,9 +91,10 @@ def main(argv=None) -> int:
     if not default["avx512_used"]:
         print("(numpy uses no AVX-512 on this CPU: both columns run the same code)")
     if args.json:
-        args.json.write_text(json.dumps({"cpu": cpu_model(), "genes": args.genes,
-                                         "samples": args.samples, "default": default,
-                                         "avx512_hidden": without}, indent=1))
+        args.json.write_text(json.dumps({"machine": machine, "git": run.git_commit(),
+                                         "genes": args.genes, "samples": args.samples,
+                                         "default": default, "avx512_hidden": without},
+                                        indent=1))
     return 0
 
 
