@@ -494,12 +494,15 @@ def test_long_columns_partitioned_give_the_sorted_numbers(monkeypatch, n):
 @pytest.mark.parametrize("kind", ["plain", "nan", "ties", "constant", "infinite", "descending",
                                   "wide", "subnormal", "few", "short", "tiny"])
 @pytest.mark.parametrize("layout", ["C", "F"])
-def test_selected_positions_equal_a_sort(monkeypatch, kind, n_rows, layout):
-    # the partitions that find a robust sigmoid's positions in long columns give the values
-    # a full sort puts there, bit for bit, whatever the data (in chunks of a few columns)
+@pytest.mark.parametrize("counting", [False, True], ids=["numpy", "counting"])
+def test_selected_positions_equal_a_sort(monkeypatch, kind, n_rows, layout, counting):
+    # the partitions (or counts, ahba_app.order_stats: here for every length) that find a
+    # robust sigmoid's positions in long columns give the values a full sort puts there, bit
+    # for bit, whatever the data (in chunks of a few columns)
     from ahba_app import normalize as nm
 
     monkeypatch.setattr(nm, "_SELECT_ELEMENTS", 5_000)
+    monkeypatch.setattr(nm, "_COUNTING_MIN", 2)
     kinds = ["plain", "nan", "ties", "constant", "infinite", "descending", "wide", "subnormal",
              "few", "short", "tiny"]
     rng = np.random.default_rng(kinds.index(kind))
@@ -527,7 +530,8 @@ def test_selected_positions_equal_a_sort(monkeypatch, kind, n_rows, layout):
                  *nm._quantile_positions(n, 0.75)}
     expected = np.sort(rows, axis=1)
     given = rows.T.copy()   # (a sample's values are a column, here contiguous or not)
-    found = nm._Selected(given if layout == "C" else np.asfortranarray(given), positions)
+    found = nm._Selected(given if layout == "C" else np.asfortranarray(given), positions,
+                         counting=counting)
     assert given.tobytes() == rows.T.tobytes()  # only read: callers pass their own columns
     holds_nan = np.isnan(expected[:, -1])
     assert np.isnan(found[:, -1][holds_nan]).all()

@@ -1,0 +1,162 @@
+"""Exact order statistics of the columns of a float64 block, found by counting, not sorting.
+
+The robust sigmoids need a few order statistics of each sample across the genes and of each
+gene across the samples (a median's two middle values, a quartile's two). numpy finds them
+with x86-simd-sort, whose AVX-512 code for more than 256 values writes with a
+memory-destination compress (``vpcompressq``). AMD's Zen 4 runs that instruction in microcode
+(its software optimisation guide, 2.11.2), so there numpy's partition and sort take several
+times as long as on an Intel CPU with AVX-512 (``benchmarks/simd_sort.py``).
+:func:`select_by_counting` does without them:
+
+1. Each column's values are mapped to buckets by ``trunc((x - low) * scale)``, clipped at
+   both ends. Every step rounds monotonically (subtraction and multiplication by a positive
+   number never reverse two values, nor do clipping and truncation), so a value in a lower
+   bucket is never larger than one in a higher bucket: counting the buckets gives every
+   value's rank to within its bucket, exactly.
+2. ``np.bincount`` counts the buckets of all columns at once (each column its own range of
+   bucket numbers); a cumulative count finds the bucket holding each wanted position.
+3. Only the values of those buckets are taken out (a few percent of the column), sorted, and
+   the wanted positions read from them.
+
+The window ``[low, low + nb / scale]`` is the column's minimum to maximum for short columns;
+for long ones it is read from a sorted sample of the column around the wanted positions, so
+that a few extreme values do not crowd the middle of the column into a few buckets. The window
+only decides the speed, never the numbers: a column whose wanted buckets hold too many values
+(many ties, a very skewed column), or that holds NaN, infinities in its window, or a single
+value, is left to the caller (``done`` is False for it), which sorts or partitions it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+#: Columns at least this long take their bucket window from a sample of their values;
+#: shorter ones from their minimum and maximum.
+SAMPLED_WINDOW_MIN = 1024
+#: At most this many values of a long column are sorted to place its window (numpy sorts up
+#: to 256 values a row with sorting networks alone, quickly on every CPU).
+WINDOW_SAMPLE = 256
+
+
+class Scratch:
+    """Working memory of :func:`select_by_counting` for blocks of up to ``size`` values (the
+    values' bucket positions, their bucket numbers, and which values are taken out), reused
+    block after block so that no block pays for fresh pages."""
+
+    def __init__(self, size: int):
+        self.scaled = np.empty(size)
+        self.buckets = np.empty(size, dtype=np.intp)
+        self.taken = np.empty(size, dtype=bool)
+
+    def views(self, block: np.ndarray):
+        """Three arrays shaped like ``block``, laid out as its values are in memory."""
+        if block.size > self.scaled.size:
+            self.__init__(block.size)
+        columns_contiguous = block.strides[0] < block.strides[1]
+        shape = block.shape[::-1] if columns_contiguous else block.shape
+        views = [whole[:block.size].reshape(shape) for whole in
+                 (self.scaled, self.buckets, self.taken)]
+        return [view.T for view in views] if columns_contiguous else views
+
+
+def n_buckets(n: int) -> int:
+    """Buckets a column of ``n`` values is counted in (about 8 values each)."""
+    return min(max(n // 8, 16), 4096)
+
+
+def _window(x: np.ndarray, largest: np.ndarray, positions: list[int]
+            ) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The low end and width of each column's bucket window, and whether values can fall
+    outside it (see the module's docstring)."""
+    n = x.shape[0]
+    if n < SAMPLED_WINDOW_MIN:
+        low = x.min(axis=0)
+        return low, largest - low, False
+    sample = np.sort(x[::-(-n // WINDOW_SAMPLE)], axis=0)
+    m = sample.shape[0]
+    # four standard deviations of a sample quartile's rank around the wanted positions
+    margin = 4.0 * math.sqrt(m / 4.0) + 1.0
+    first = int(max(0, math.floor(positions[0] / (n - 1) * (m - 1) - margin)))
+    last = int(min(m - 1, math.ceil(positions[-1] / (n - 1) * (m - 1) + margin)))
+    return sample[first], sample[last] - sample[first], True
+
+
+def select_by_counting(x: np.ndarray, positions: list[int], scratch: Scratch
+                       ) -> tuple[dict[int, np.ndarray], np.ndarray, np.ndarray]:
+    """The values that sorting each column of ``x`` (n x C float64, any layout, read only)
+    puts at each of ``positions`` (sorted, each below ``n - 1``), and each column's largest
+    value (NaN when the column holds NaN), for the columns where ``done`` is True; the others
+    are the caller's.
+
+    Returns ``(values, largest, done)``: ``values[p]`` has one number a column (undefined
+    where ``done`` is False).
+    """
+    n, n_cols = x.shape
+    largest = x.max(axis=0)
+    values = {p: np.empty(n_cols) for p in positions}
+    if not positions:
+        return values, largest, ~np.isnan(largest)
+    nb = n_buckets(n)
+    with np.errstate(all="ignore"):  # (infinite or NaN windows: such columns are not usable)
+        low, span, clip = _window(x, largest, positions)
+        scale = nb / span
+        usable = (~np.isnan(largest) & np.isfinite(low) & np.isfinite(span) & (span > 0)
+                  & np.isfinite(scale))
+    if not usable.all():  # such columns are put in bucket 0 and left to the caller
+        low, scale = np.where(usable, low, 0.0), np.where(usable, scale, 0.0)
+    scaled, buckets, taken = scratch.views(x)
+    with np.errstate(all="ignore"):  # the columns left to the caller may give NaN
+        np.subtract(x, low, out=scaled)
+        np.multiply(scaled, scale, out=scaled)
+        if clip:  # below the window: -1 (bucket 0), above it: nb + 1 (bucket nb + 2)
+            np.minimum(scaled, nb + 1, out=scaled)
+            np.maximum(scaled, -1, out=scaled)
+    if not usable.all():
+        scaled[:, ~usable] = 0.0
+    width = nb + 3
+    first_bucket = np.arange(n_cols, dtype=np.intp) * width
+    np.copyto(buckets, scaled, casting="unsafe")  # truncation toward zero
+    buckets += first_bucket + 1
+    in_memory_order = buckets.ravel(order="K")
+    counts = np.bincount(in_memory_order, minlength=n_cols * width).reshape(n_cols, width)
+    up_to = np.cumsum(counts, axis=1)
+    # the bucket of each wanted position: the first whose count up to its end passes it
+    flat_up_to = (up_to + (np.arange(n_cols) * (n + 1))[:, None]).ravel()
+    wanted = np.zeros(n_cols * width, dtype=bool)
+    bucket_of = {}
+    for p in positions:
+        bucket_of[p] = (np.searchsorted(flat_up_to, np.arange(n_cols) * (n + 1) + p,
+                                        side="right") - first_bucket)
+        wanted[bucket_of[p] + first_bucket] = True
+    np.take(wanted, buckets, out=taken)
+    taken_up_to = np.cumsum(np.where(wanted.reshape(n_cols, width), counts, 0), axis=1)
+    n_taken = taken_up_to[:, -1]
+    done = usable & (n_taken <= max(128, n // 8))
+    if not done.all():
+        taken[:, ~done] = False
+        n_taken = np.where(done, n_taken, 0)
+    # the values taken out of each column, sorted, in a row of a padded table (+inf after them)
+    at = np.flatnonzero(taken.ravel(order="K"))
+    column = in_memory_order[at] // width
+    if taken.strides[0] < taken.strides[1]:  # in memory column after column: grouped already
+        row_in_x = at % n
+    else:  # row after row: grouped by a sort (a radix sort for 16-bit numbers)
+        row_in_x = at // n_cols
+        order = np.argsort(column.astype(np.int16) if n_cols < 1 << 15 else column,
+                           kind="stable")
+        column, row_in_x = column[order], row_in_x[order]
+    ends = np.cumsum(n_taken)
+    table = np.full((n_cols, max(1, int(n_taken.max()))), np.inf)
+    table[column, np.arange(at.size) - (ends - n_taken)[column]] = x[row_in_x, column]
+    table.sort(axis=1)
+    every_column = np.arange(n_cols)
+    for p in positions:
+        bucket = bucket_of[p]
+        in_bucket = counts[every_column, bucket]
+        # taken values in the buckets before p's, then p's place within its bucket
+        place = (taken_up_to[every_column, bucket] - in_bucket
+                 + p - (up_to[every_column, bucket] - in_bucket))
+        values[p] = table[every_column, np.where(done, place, 0)]
+    return values, largest, done
