@@ -559,19 +559,10 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
         # the bundled tables every donor shares, read once (beside Probes.csv on this thread)
         reannotation = pool.submit(load_reannotated) if settings.reannotated else None
         corrected = pool.submit(load_corrected_mni) if settings.corrected_mni else None
-        order = _io.largest_first({donor: paths["microarray"] for donor, paths in files.items()})
-        opening = {donor: {kind: pool.submit(_io.load_matrix, files[donor][kind], kind)
-                           for kind in ("pacall", "microarray")}
-                   for donor in order}
-        raw_probes, probes = read_probe_tables(
-            files, table=None if reannotation is None else reannotation.result,
-            **stage_options(settings, "reannotate"))
-        coords = None if corrected is None else corrected.result()
-        probe_counts = ProbeCounts(n_probes=len(raw_probes), n_annotated=len(probes))
-        array_probes = raw_probes[["gene_symbol"]] if return_genes else None
-        del raw_probes
+        samples_first = not isinstance(atlas, Mapping)
 
-        def sample_tables(affines):
+        def sample_tables(affines, probes=None):
+            coords = None if corrected is None else corrected.result()
             annotations, facts = {}, {}
             for donor, donor_files in files.items():
                 if settings.sim_threshold is not None:  # the similarity filter reads expression
@@ -583,15 +574,30 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
             return annotations, facts
 
         # one atlas for every donor (a group atlas, see load_atlas): its samples need nothing
-        # of it, so they are prepared while it is still loading
-        samples_first = not isinstance(atlas, Mapping)
-        if samples_first:
-            annotations, sample_facts = sample_tables({})
+        # of it, nor of the probes unless the similarity filter reads expression, so they are
+        # prepared on a worker while this thread reads the probes
+        early_samples = (pool.submit(sample_tables, {})
+                         if samples_first and settings.sim_threshold is None else None)
+        order = _io.largest_first({donor: paths["microarray"] for donor, paths in files.items()})
+        opening = {donor: {kind: pool.submit(_io.load_matrix, files[donor][kind], kind)
+                           for kind in ("pacall", "microarray")}
+                   for donor in order}
+        raw_probes, probes = read_probe_tables(
+            files, table=None if reannotation is None else reannotation.result,
+            **stage_options(settings, "reannotate"))
+        probe_counts = ProbeCounts(n_probes=len(raw_probes), n_annotated=len(probes))
+        array_probes = raw_probes[["gene_symbol"]] if return_genes else None
+        del raw_probes
+
+        if early_samples is not None:
+            annotations, sample_facts = early_samples.result()
+        elif samples_first:
+            annotations, sample_facts = sample_tables({}, probes)
         atlases, group_atlas = loading.result()
         check_atlas_settings(group_atlas, settings)
         if not samples_first:
             annotations, sample_facts = sample_tables(
-                native_affines(atlases, group_atlas, data_dir))
+                native_affines(atlases, group_atlas, data_dir), probes)
         all_labels = next(iter(atlases.values())).labels
 
         # (on a worker too: it only warns, and matching does not need it)
