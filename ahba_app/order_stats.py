@@ -111,8 +111,7 @@ def select_by_counting(x: np.ndarray, positions: list[int], scratch: Scratch
         np.subtract(x, low, out=scaled)
         np.multiply(scaled, scale, out=scaled)
         if clip:  # below the window: -1 (bucket 0), above it: nb + 1 (bucket nb + 2)
-            np.minimum(scaled, nb + 1, out=scaled)
-            np.maximum(scaled, -1, out=scaled)
+            np.clip(scaled, -1, nb + 1, out=scaled)
     if not usable.all():
         scaled[:, ~usable] = 0.0
     width = nb + 3
