@@ -187,9 +187,23 @@ def _start_cli(tmp_path, args, **kwargs) -> subprocess.Popen:
     environment = {k: v for k, v in os.environ.items()
                    if k not in ("NIPYPE_CONFIG_DIR", "MPLCONFIGDIR")}
     with open(tmp_path / "stderr.txt", "w") as err:
+        kwargs.setdefault("preexec_fn", _default_signals)
         return subprocess.Popen([sys.executable, "-m", "ahba_app.cli.run", *map(str, args)],
                                 cwd=tmp_path, env=environment, stdout=subprocess.DEVNULL,
                                 stderr=err, text=True, **kwargs)
+
+
+def _default_signals() -> None:
+    """SIGINT and SIGTERM as a terminal's job has them, whatever this test process inherited
+    (started in the background by a script, it ignores SIGINT, and so would the command line:
+    it keeps an ignored signal ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _ignoring_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _stderr(tmp_path, proc, timeout=120) -> str:
@@ -340,6 +354,20 @@ def test_8_signals_end_the_run_cleanly(tmp_path, ahba_small, signum, code):
     line = _one_error(err, "interrupted", signal.Signals(signum).name)
     assert "KeyboardInterrupt" not in err and "failed" not in line
     assert _outputs(out) == [] and not list(out.glob(publishing.STAGING_PREFIX + "*"))
+
+
+def test_8_a_run_started_ignoring_sigint_keeps_ignoring_it(tmp_path, ahba_small):
+    """A background job of a script is started with SIGINT ignored (Ctrl-C is for the
+    script's foreground job): the run goes on to the end and publishes its outputs."""
+    out = tmp_path / "out"
+    proc = _start_cli(tmp_path, _cli(tmp_path, ahba_small, out), preexec_fn=_ignoring_sigint)
+    started = _wait_for(lambda: list(out.glob(publishing.STAGING_PREFIX + "*")))
+    proc.send_signal(signal.SIGINT)
+    err = _stderr(tmp_path, proc, timeout=120)
+    assert started, err
+    assert proc.returncode == 0, err
+    assert "interrupted" not in err.lower()
+    assert (out / publishing.MARKER).is_file() and _outputs(out)
 
 
 def test_8_the_command_line_module_imports_light():

@@ -458,7 +458,8 @@ class Interrupted(KeyboardInterrupt):
 
 
 class _Signals:
-    """SIGINT and SIGTERM raise :class:`Interrupted` in the main thread, and are remembered:
+    """SIGINT and SIGTERM raise :class:`Interrupted` in the main thread (unless the process was
+    started with them ignored: then they stay ignored), and are remembered:
     Nipype turns an exception inside a node into a node failure, so the run asks
     :attr:`received` whether a "failure" was in fact an interruption. Never inside a fork's
     callbacks (:mod:`ahba_app.cli.forks`), nor in a process the run forked.
@@ -478,9 +479,14 @@ class _Signals:
         self.pid = os.getpid()
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
-                self.previous[signum] = signal.signal(signum, self._handle)
-            self.previous_unraisable = sys.unraisablehook
-            sys.unraisablehook = self._unraisable
+                # a signal the run was started ignoring stays ignored (a background job of a
+                # script ignores SIGINT, so that Ctrl-C reaches only the script's foreground
+                # job; Python keeps such a disposition too)
+                if signal.getsignal(signum) is not signal.SIG_IGN:
+                    self.previous[signum] = signal.signal(signum, self._handle)
+            if self.previous:
+                self.previous_unraisable = sys.unraisablehook
+                sys.unraisablehook = self._unraisable
         return self
 
     def restore(self) -> None:

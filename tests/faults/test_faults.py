@@ -113,6 +113,14 @@ def _run(case: Path, inp: Path, out: Path, work: Path, *extra, data: Path | None
     return result
 
 
+def _default_signals() -> None:
+    """SIGINT and SIGTERM as a terminal's job has them, whatever the test process inherited
+    (started in the background by a script it ignores SIGINT, and the command line keeps an
+    ignored signal ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _start(case: Path, inp: Path, out: Path, work: Path, *extra, data=None) -> subprocess.Popen:
     """The command line in the background; stderr goes to a file (a pipe would stay open
     while any worker lives), read back by :func:`_finish`."""
@@ -120,7 +128,8 @@ def _start(case: Path, inp: Path, out: Path, work: Path, *extra, data=None) -> s
     with open(case / f"stderr-{time.monotonic_ns()}.txt", "w+") as err:
         proc = subprocess.Popen(_command(data or case / "data", inp, out, work, *extra),
                                 cwd=case, env=_environment(case / "home"),
-                                stdout=subprocess.DEVNULL, stderr=err, text=True)
+                                stdout=subprocess.DEVNULL, stderr=err, text=True,
+                                preexec_fn=_default_signals)
     proc.stderr_path = err.name
     return proc
 
