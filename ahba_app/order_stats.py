@@ -95,9 +95,8 @@ def select_by_counting(x: np.ndarray, positions: list[int], scratch: Scratch
     """
     n, n_cols = x.shape
     largest = x.max(axis=0)
-    values = {p: np.empty(n_cols) for p in positions}
     if not positions:
-        return values, largest, ~np.isnan(largest)
+        return {}, largest, ~np.isnan(largest)
     nb = n_buckets(n)
     with np.errstate(all="ignore"):  # (infinite or NaN windows: such columns are not usable)
         low, span, clip = _window(x, largest, positions)
@@ -151,6 +150,7 @@ def select_by_counting(x: np.ndarray, positions: list[int], scratch: Scratch
     table[column, np.arange(at.size) - (ends - n_taken)[column]] = x[row_in_x, column]
     table.sort(axis=1)
     every_column = np.arange(n_cols)
+    values = {}
     for p in positions:
         bucket = bucket_of[p]
         in_bucket = counts[every_column, bucket]

@@ -31,6 +31,7 @@ from ahba_app import _locks, atomic, bids, io, pipeline
 from ahba_app.cli import publish as publishing
 from ahba_app.cli import run as cli_run
 from ahba_app.datasets import fetch_desikan_killiany
+from child_signals import default_signals
 from polling import wait_for as _wait_for
 
 DONORS = ["9861", "10021"]
@@ -187,18 +188,10 @@ def _start_cli(tmp_path, args, **kwargs) -> subprocess.Popen:
     environment = {k: v for k, v in os.environ.items()
                    if k not in ("NIPYPE_CONFIG_DIR", "MPLCONFIGDIR")}
     with open(tmp_path / "stderr.txt", "w") as err:
-        kwargs.setdefault("preexec_fn", _default_signals)
+        kwargs.setdefault("preexec_fn", default_signals)
         return subprocess.Popen([sys.executable, "-m", "ahba_app.cli.run", *map(str, args)],
                                 cwd=tmp_path, env=environment, stdout=subprocess.DEVNULL,
                                 stderr=err, text=True, **kwargs)
-
-
-def _default_signals() -> None:
-    """SIGINT and SIGTERM as a terminal's job has them, whatever this test process inherited
-    (started in the background by a script, it ignores SIGINT, and so would the command line:
-    it keeps an ignored signal ignored)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _ignoring_sigint() -> None:

@@ -19,19 +19,13 @@ from functools import partial
 import pytest
 
 from ahba_app.cli import forks
-
-
-def _default_signals() -> None:
-    # as a terminal's job has them, whatever this test process inherited (a background job
-    # of a script ignores SIGINT, and the run's handlers keep an ignored signal ignored)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+from child_signals import default_signals
 
 
 def _python(code: str, *args) -> dict:
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
                           capture_output=True, text=True, timeout=120,
-                          preexec_fn=_default_signals)
+                          preexec_fn=default_signals)
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from filelock import FileLock
+from child_signals import default_signals
 from polling import wait_for
 
 SEED = int(os.environ.get("AHBA_FAULT_SEED", "18"))
@@ -113,14 +114,6 @@ def _run(case: Path, inp: Path, out: Path, work: Path, *extra, data: Path | None
     return result
 
 
-def _default_signals() -> None:
-    """SIGINT and SIGTERM as a terminal's job has them, whatever the test process inherited
-    (started in the background by a script it ignores SIGINT, and the command line keeps an
-    ignored signal ignored)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
 def _start(case: Path, inp: Path, out: Path, work: Path, *extra, data=None) -> subprocess.Popen:
     """The command line in the background; stderr goes to a file (a pipe would stay open
     while any worker lives), read back by :func:`_finish`."""
@@ -129,7 +122,7 @@ def _start(case: Path, inp: Path, out: Path, work: Path, *extra, data=None) -> s
         proc = subprocess.Popen(_command(data or case / "data", inp, out, work, *extra),
                                 cwd=case, env=_environment(case / "home"),
                                 stdout=subprocess.DEVNULL, stderr=err, text=True,
-                                preexec_fn=_default_signals)
+                                preexec_fn=default_signals)
     proc.stderr_path = err.name
     return proc
 
