@@ -435,8 +435,11 @@ class DonorMeans:
 
     def fold(self, table: pd.DataFrame) -> None:
         """Add a donor's :meth:`table` into the running mean (donors in order: the sums are
-        rounded in that order)."""
+        rounded in that order). The first donor's table may hold only the regions it has (a
+        table made with ``first=False``, e.g. in another process): it is widened to every
+        label, as ``first=True`` makes it."""
         if self.index is None:
+            table = self._widened(table)
             if not _label_rows(table.index):
                 raise ValueError("Region tables need sorted, distinct, non-zero integer labels "
                                  "to be averaged donor by donor.")
@@ -449,6 +452,18 @@ class DonorMeans:
                 or (len(at) and (np.diff(at) <= 0).any())):
             raise ValueError("The donors' region tables differ in regions or genes.")
         self.running.add(table.to_numpy(), rows=at)
+
+    def _widened(self, table: pd.DataFrame) -> pd.DataFrame:
+        """``table`` with a NaN row for each of :attr:`labels` it lacks (the rows of
+        :func:`group_by_label` given those labels)."""
+        if self.labels is None:
+            return table
+        wanted = np.asarray(self.labels).ravel()
+        every = np.union1d(np.asarray(table.index), wanted[pd.notna(wanted)])
+        every = every[every != 0]
+        if len(every) == len(table):
+            return table
+        return table.reindex(_label_index(every))
 
     def result(self, columns=None) -> tuple[pd.DataFrame, pd.Index]:
         """The merged table, without the genes left incomplete, and those genes; with

@@ -641,8 +641,8 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
 
     normalized = {}
     # when the group level only needs each donor's region means, they are taken as soon as
-    # the donor is normalized, and its sample-level table is dropped (see _DonorStream)
-    stream = _DonorStream(atlases, all_labels, settings.missing) if (
+    # the donor is normalized, and its sample-level table is dropped (see DonorStream)
+    stream = DonorStream(atlases, all_labels, settings.missing) if (
         aggregate and _can_stream(settings, expressions, return_donors)) else None
     # streamed, every donor's genes are read in the order of the first donor's microarray
     # rows when that changes no number: the gene normalization and region means treat each
@@ -737,7 +737,7 @@ def _in_place(sample_norm, gene_norm) -> bool:
                for norm in (sample_norm, gene_norm))
 
 
-def stream_side_by_side(stream: "_DonorStream", expressions: DonorTables, keep: Mapping,
+def stream_side_by_side(stream: "DonorStream", expressions: DonorTables, keep: Mapping,
                         kept: Mapping, labels: Mapping, *, columns=None,
                         sample_norm=DEFAULTS["sample_norm"], gene_norm=DEFAULTS["gene_norm"],
                         norm_matched: bool = DEFAULTS["norm_matched"],
@@ -820,16 +820,16 @@ def _can_stream(settings: Settings, expressions: DonorTables, return_donors: boo
     """Whether :func:`aggregate_group` would need no more than each donor's region means:
     means over donors (then over regions) of tables that all have the same genes, regions
     filled per donor or not at all, and no per-donor output."""
-    if not _means_only(settings, return_donors):
+    if not region_means_suffice(settings, return_donors):
         return False
     donors = list(expressions)
     first = expressions.chosen.columns(donors[0])
     return all(expressions.chosen.columns(d).equals(first) for d in donors[1:])
 
 
-def _means_only(settings: Settings, return_donors: bool) -> bool:
-    """Whether the group level's options need no more than each donor's region means (see
-    :func:`_can_stream`)."""
+def region_means_suffice(settings: Settings, return_donors: bool = False) -> bool:
+    """Whether the group level's options need no more than each donor's region means (a
+    :class:`DonorStream`), given donors whose tables have the same genes."""
     return not (return_donors or settings.stability_threshold is not None
                 or settings.region_agg != "donors" or settings.agg_metric != "mean"
                 or settings.missing not in (None, "interpolate"))
@@ -841,7 +841,7 @@ def genes_in_file_order(settings: Settings, return_donors: bool = False) -> bool
     order at the end (:func:`in_symbol_order`), changing no number: as a streamed :func:`run`
     does, the region means treat each gene on its own and the sample normalization only
     sorts and compares (no sums over a sample's genes)."""
-    return _means_only(settings, return_donors) and (
+    return region_means_suffice(settings, return_donors) and (
         settings.sample_norm is None or _normalize.layout_independent(settings.sample_norm))
 
 
@@ -856,13 +856,15 @@ def in_symbol_order(group: dict) -> dict:
                                 genes_dropped=sorted(group["summary"].genes_dropped)))
 
 
-class _DonorStream:
-    """:func:`aggregate_group` computed donor by donor (see :func:`_can_stream`).
+class DonorStream:
+    """:func:`aggregate_group` computed donor by donor (see :func:`region_means_suffice`).
 
     Each donor's normalized samples are reduced at once to region means (after adding the
     rows that ``missing='interpolate'`` fills for its empty regions) and folded into the
     running mean over donors, so no donor's sample-level table outlives its turn. The numbers
-    and the summary are those of :func:`aggregate_group`.
+    and the summary are those of :func:`aggregate_group`. The Python API reduces and folds in
+    one process; the command line's normalize node reduces (:meth:`table`) and its aggregate
+    node folds (:meth:`fold`), the region tables passed between them as files.
     """
 
     def __init__(self, atlases: Mapping, all_labels, missing):
@@ -878,23 +880,25 @@ class _DonorStream:
                              first=self.means.index is None))
 
     def table(self, donor, normalized: pd.DataFrame, labels: np.ndarray, kept: pd.DataFrame,
-              *, first: bool) -> tuple:
-        """The donor's region table and filled rows, for :meth:`fold` (``first``: the first
-        donor folded). Changes nothing here: donors may be reduced side by side."""
+              *, first: bool) -> tuple[pd.DataFrame, list | None]:
+        """The donor's region table and the labels of the regions filled for it (None without
+        ``missing``), for :meth:`fold` (``first``: the first donor folded: its table has
+        every region of the atlas, the others' the regions they have). Changes nothing here:
+        donors may be reduced side by side, or in other processes."""
         fills = None
         if self.missing == "interpolate":
             atlas = self.atlases[donor]
             fills = _matching.interpolate_missing(atlas, labels, normalized,
                                                   atlas_coordinates(atlas, kept))
         frame = normalized.set_axis(pd.Index(labels, name="label"), axis=0)
-        return self.means.table(frame.rename_axis("gene_symbol", axis=1), fills,
-                                first=first), fills
+        table = self.means.table(frame.rename_axis("gene_symbol", axis=1), fills, first=first)
+        return table, None if fills is None else [int(r) for r in fills.index]
 
     def fold(self, reduced: tuple) -> None:
         """Add a donor's :meth:`table` to the running means (donors in order)."""
-        table, fills = reduced
-        if fills is not None:
-            self.filled.update(int(r) for r in fills.index)
+        table, filled = reduced
+        if filled is not None:
+            self.filled.update(filled)
         self.means.fold(table)
 
     def result(self, labels: Mapping) -> dict:

@@ -347,6 +347,31 @@ def test_donor_by_donor_means_equal_stacking_the_donors(data):
                                   check_exact=True)
 
 
+@pytest.mark.parametrize("first_labels", ["int64", "float64"])
+def test_a_first_table_of_its_own_regions_is_widened_when_folded(data, first_labels):
+    """Region tables made apart (first=False: each donor's own regions, e.g. by the command
+    line's normalize node) and folded give the table of folding the first one made with
+    every region (first=True, as the Python API does), bit for bit, whatever the order of
+    the donors and the dtype of the atlas's labels."""
+    frames = _frames(*data)
+    labels = np.asarray(ALL_LABELS, dtype=first_labels)
+    for order in ([0, 1, 2], [2, 0, 1], [1, 2, 0]):
+        chosen = [frames[k] for k in order]
+        reference = aggregate.DonorMeans(labels)
+        for k, frame in enumerate(chosen):
+            reference.fold(reference.table(frame, first=k == 0))
+        apart = aggregate.DonorMeans(labels)
+        tables = [aggregate.DonorMeans(None).table(frame, first=False) for frame in chosen]
+        assert len(tables[0]) < len(labels)  # (a donor misses regions: widening is tested)
+        for table in tables:
+            apart.fold(table)
+        expected, expected_dropped = reference.result()
+        got, got_dropped = apart.result()
+        pd.testing.assert_frame_equal(got, expected, check_exact=True)
+        assert list(got_dropped) == list(expected_dropped)
+        assert got.index.tolist() == ALL_LABELS  # the regions no donor sampled are rows
+
+
 def test_merging_same_shaped_tables_equals_stacking(data):
     tables = aggregate_regions(_frames(*data), labels=ALL_LABELS)
     merged, _ = aggregate_donors(tables)

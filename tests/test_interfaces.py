@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
+from nipype.interfaces.base import isdefined
 from nipype.pipeline import engine as pe
 
 from ahba_app import pipeline
@@ -293,6 +294,105 @@ def test_normalize_in_file_order_on_threads_gives_the_same_tables(chain, tmp_pat
         annotations=norm.annotation, labels=norm.labels, missing="interpolate"),
         "aggregate_unsorted", tmp_path)
     assert not read_frame(unsorted.expression).columns.is_monotonic_increasing
+
+
+@pytest.fixture(scope="module")
+def samples_aggregated(chain):
+    """The aggregate node's outputs from the normalized samples (default options)."""
+    norm = chain["normalize"]
+    return _run(AggregateExpression(
+        atlas=chain["atlas"].as_dict(), donors=DONORS, expressions=norm.expression,
+        annotations=norm.annotation, labels=norm.labels), "aggregate_samples", chain["base"])
+
+
+def _same_group_tables(ours, theirs):
+    for name in ("expression", "counts"):
+        assert open(getattr(ours, name), "rb").read() == open(getattr(theirs, name), "rb").read()
+    assert read_json(ours.summary) == read_json(theirs.summary)
+
+
+@pytest.mark.parametrize("file_order", [False, True])
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_normalize_to_region_tables_then_fold_gives_the_same_group_tables(
+        chain, samples_aggregated, tmp_path, monkeypatch, file_order, threads):
+    """With ``regions`` the normalize node writes each donor's region means and no
+    sample-level table; the aggregate node folds them into the very bytes it writes from the
+    normalized samples."""
+    monkeypatch.setenv("AHBA_APP_THREADS", threads)
+    select = chain["select"]
+    norm = _run(NormalizeExpression(regions=True, file_order=file_order), "normalize",
+                tmp_path, expression=select.expressions,
+                annotation=chain["annotate"].annotation, labels=chain["match"].labels)
+    assert len(norm.region_tables) == len(DONORS)
+    assert not isdefined(norm.expression) and not isdefined(norm.annotation)
+    written = {p.name for p in (tmp_path / "normalize").iterdir() if p.suffix == ".arrow"}
+    assert written == {f"{kind}{k}.arrow" for kind in ("regions", "labels")
+                       for k in range(len(DONORS))}  # no sample-level table
+    # each region table is the mean of the donor's normalized samples in each region
+    for path, samples, labels in zip(norm.region_tables, chain["normalize"].expression,
+                                     chain["normalize"].labels):
+        samples = read_frame(samples)
+        means = samples.groupby(read_labels(labels)).mean()
+        means = means[means.index != 0]
+        table = read_frame(path)
+        np.testing.assert_allclose(table[means.columns].to_numpy(), means.to_numpy(),
+                                   rtol=1e-12)
+    folded = _run(AggregateExpression(
+        atlas=chain["atlas"].as_dict(), donors=DONORS, region_tables=norm.region_tables,
+        labels=norm.labels, file_order=file_order), "aggregate", tmp_path)
+    _same_group_tables(folded, samples_aggregated)
+
+
+def test_region_tables_of_shared_normalized_tables(chain, samples_aggregated, tmp_path):
+    """Several atlases sharing their tables: the first normalizes and keeps the tables in the
+    store (for the others) and reduces them; the next reduces the stored ones: the same
+    region tables, the same group tables."""
+    select, store = chain["select"], str(tmp_path / "store")
+    inputs = dict(expression=select.expressions, annotation=chain["annotate"].annotation,
+                  labels=chain["match"].labels)
+    first = _run(NormalizeExpression(regions=True, shared=store), "first", tmp_path, **inputs)
+    second = _run(NormalizeExpression(regions=True, shared=store), "second", tmp_path,
+                  **inputs)
+    assert first.expression == second.expression  # the store's tables, given to both
+    assert all(path.startswith(store) for path in first.expression)
+    for ours, theirs in zip(first.region_tables, second.region_tables):
+        assert ours != theirs and open(ours, "rb").read() == open(theirs, "rb").read()
+    folded = _run(AggregateExpression(
+        atlas=chain["atlas"].as_dict(), donors=DONORS, region_tables=second.region_tables,
+        labels=second.labels), "aggregate", tmp_path)
+    _same_group_tables(folded, samples_aggregated)
+
+
+def test_donors_with_other_genes_give_their_samples_not_region_tables(chain, tmp_path):
+    """Region tables are folded donor by donor only when they have the same genes: for
+    donors whose chosen genes differ the node gives the normalized samples."""
+    select = chain["select"]
+    chosen = read_json(select.expressions[1])
+    fewer = dict(chosen, probe_id=chosen["probe_id"][:-1],
+                 gene_symbol=chosen["gene_symbol"][:-1])
+    expressions = [select.expressions[0], write_json(fewer, tmp_path / "fewer.json")]
+    norm = _run(NormalizeExpression(regions=True), "normalize", tmp_path,
+                expression=expressions, annotation=chain["annotate"].annotation,
+                labels=chain["match"].labels)
+    assert not isdefined(norm.region_tables)
+    assert [read_frame(p).shape[1] for p in norm.expression] == [
+        len(chosen["gene_symbol"]), len(chosen["gene_symbol"]) - 1]
+
+
+@pytest.mark.parametrize("options", [dict(missing="centroids"), dict(agg_metric="median"),
+                                     dict(return_donors=True), dict(stability_threshold=0.2),
+                                     dict(region_agg="samples")])
+def test_region_tables_with_options_needing_samples_are_refused(chain, tmp_path, options):
+    norm = _run(NormalizeExpression(regions=True), "normalize", tmp_path,
+                expression=chain["select"].expressions,
+                annotation=chain["annotate"].annotation, labels=chain["match"].labels)
+    with pytest.raises(Exception, match="need its normalized samples"):
+        _run(AggregateExpression(atlas=chain["atlas"].as_dict(), donors=DONORS,
+                                 region_tables=norm.region_tables, labels=norm.labels,
+                                 **options), "aggregate", tmp_path)
+    with pytest.raises(Exception, match="needs the normalized samples"):
+        _run(AggregateExpression(atlas=chain["atlas"].as_dict(), donors=DONORS,
+                                 labels=norm.labels), "aggregate_nothing", tmp_path)
 
 
 def test_in_symbol_order_sorts_the_genes_and_the_dropped_genes():

@@ -195,6 +195,47 @@ def test_only_the_group_level_reads_genes_in_file_order(tmp_path):
     assert not file_order("group", agg_metric="median")
 
 
+def test_the_group_level_passes_region_tables_when_the_means_suffice(tmp_path):
+    """The normalize node reduces each donor to its region means (and writes no sample-level
+    table) at the group level when the aggregation needs no more: means over donors, nothing
+    filled, no per-donor tables, no stability filter. The aggregate node is connected to
+    both kinds of output (the normalize node falls back to samples for donors whose genes
+    differ)."""
+    common = dict(atlas=VOLUME, out_dir=str(tmp_path), desc="x", metadata={}, parameters={})
+
+    def regions(level, save_donors=False, **options):
+        wf = init_atlas_wf(analysis_level=level, settings=Settings(donors=DONORS, **options),
+                           save_donors=save_donors, **common)
+        if level == "group":
+            edges = {(src.name, out, dst.name, into)
+                     for src, dst, data in wf._graph.edges(data=True)
+                     for out, into in data["connect"]}
+            assert ("normalize", "region_tables", "aggregate", "region_tables") in edges
+            assert ("normalize", "expression", "aggregate", "expressions") in edges
+        return wf.get_node("normalize").inputs.regions
+
+    assert regions("group")
+    assert regions("group", sample_norm="zscore", gene_norm="minmax")
+    assert not regions("participant")
+    assert not regions("group", save_donors=True)
+    assert not regions("group", stability_threshold=0.5)
+    assert not regions("group", missing="interpolate")
+    assert not regions("group", missing="centroids")
+    assert not regions("group", agg_metric="median")
+    assert not regions("group", region_agg="samples")
+
+
+def test_only_a_run_of_several_atlases_shares_normalized_tables(tmp_path):
+    def shared(atlases):
+        wf = _build(tmp_path, atlases=atlases)
+        return {wf.get_node(f"{atlas_workflow_name(a.key)}.normalize").inputs.shared
+                for a in atlases}
+
+    assert shared([VOLUME]) == {None}
+    (folder,) = shared([VOLUME, SURFACE])
+    assert folder == str(tmp_path / "work" / "ahba_wf" / "shared_normalized")
+
+
 def test_atlas_workflow_names_are_unique_and_valid():
     assert atlas_workflow_name(VOLUME.key) == "atlas_DK_space_MNI152NLin6Asym_res_01_wf"
     assert atlas_workflow_name(VOLUME.key) != atlas_workflow_name(SURFACE.key)

@@ -210,8 +210,8 @@ def read_samples(path: str | os.PathLike, annotation: pd.DataFrame, rows=None,
 class DonorSamples:
     """A donor's samples x genes table from probe selection (a file of
     :func:`write_chosen_probes`, or a table written whole), its file read once (when first
-    needed) for all that a node asks of it: :attr:`n_columns`, :meth:`file_order`, :meth:`read`
-    (:func:`read_samples` opens it for one read)."""
+    needed) for all that a node asks of it: :attr:`n_columns`, :attr:`genes`,
+    :meth:`file_order`, :meth:`read` (:func:`read_samples` opens it for one read)."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = path
@@ -231,6 +231,13 @@ class DonorSamples:
         if self._chosen is None:
             return read_frame(self.path).shape[1]
         return len(self._chosen[1])
+
+    @property
+    def genes(self) -> pd.Index:
+        """The genes of the table, in the order it is read by default (symbol order)."""
+        if self._chosen is None:
+            return read_frame(self.path).columns
+        return pd.Index(self._chosen[1]["gene_symbol"])
 
     def file_order(self, annotation: pd.DataFrame) -> np.ndarray | None:
         """Positions of the genes read in the order of the donor's microarray cache's rows

@@ -14,7 +14,8 @@ import queue
 import numpy as np
 
 from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObject,
-                                    OutputMultiObject, SimpleInterface, TraitedSpec, traits)
+                                    OutputMultiObject, SimpleInterface, TraitedSpec, isdefined,
+                                    traits)
 
 from .. import pipeline
 from .._blocks import n_threads, thread_map
@@ -106,6 +107,12 @@ class _NormalizeInputSpec(BaseInterfaceInputSpec):
                                   "microarray rows (pipeline.genes_in_file_order: the group "
                                   "level with options whose numbers do not see the order; the "
                                   "aggregate node gives the region table symbol order back)")
+    regions = traits.Bool(False, usedefault=True,
+                          desc="give each donor's region table (the mean of its samples in "
+                               "each region they match: pipeline.DonorStream.table) instead of "
+                               "its normalized samples, when the donors' tables have the same "
+                               "genes: the group level when the region means suffice "
+                               "(pipeline.region_means_suffice) and no region is filled")
 
 
 class _NormalizeOutputSpec(TraitedSpec):
@@ -116,6 +123,11 @@ class _NormalizeOutputSpec(TraitedSpec):
                                    desc="per donor: sample table of the kept samples")
     labels = OutputMultiObject(File(exists=True),
                                desc="per donor: table of the region labels of the kept samples")
+    region_tables = OutputMultiObject(File(exists=True),
+                                      desc="with regions: per donor, table of the mean of its "
+                                           "normalized samples in each region (regions x "
+                                           "genes); expression and annotation are then given "
+                                           "only when the run shares its tables")
 
 
 class NormalizeExpression(SimpleInterface):
@@ -131,6 +143,12 @@ class NormalizeExpression(SimpleInterface):
     a region with ``norm_matched``, else all): with ``shared``, a table normalized for the same
     samples, inputs and options by another atlas of the run is read instead of computed again
     (the same bytes: the same function on the same inputs).
+
+    With ``regions`` (the group level, when the region means suffice) each donor's table is
+    reduced to its region means as soon as it is normalized, as the Python API streams them,
+    and only that small table is written (unless ``shared``): the aggregate node folds them.
+    A run of one atlas thus writes no sample-level table (~550 MB for six donors of the full
+    data) and reads none back.
     """
 
     input_spec = _NormalizeInputSpec
@@ -151,6 +169,8 @@ class NormalizeExpression(SimpleInterface):
         columns = None
         if inputs.file_order:  # (as a streamed pipeline.run reads them)
             columns = sources[0].file_order(read_frame(inputs.annotation[0]))
+        # region tables can be folded donor by donor only when they have the same genes
+        regions = inputs.regions and all(s.genes.equals(sources[0].genes) for s in sources[1:])
         donors = list(enumerate(zip(inputs.expression, inputs.annotation)))
         keys, found = [None] * len(donors), [None] * len(donors)
         if store is not None:
@@ -160,6 +180,14 @@ class NormalizeExpression(SimpleInterface):
                     options=dict(options, columns=None if columns is None
                                  else columns.tolist()))
                 found[position] = store.find(keys[position])
+        region_tables = [None] * len(donors)
+
+        def reduce(position, normalized) -> str:
+            """The donor's region table, written (pipeline.DonorStream.table: the API's)."""
+            table, _ = pipeline.DonorStream({}, None, None).table(
+                position, normalized, labels[position][rows[position]], None, first=False)
+            return write_frame(table, os.path.join(runtime.cwd, f"regions{position}"))
+
         # the largest tables first: the threads take the donors in turn, so the last ones to
         # start are small and the threads finish closer together (a DK run's six donors:
         # 1,623 -> 1,569 kept samples on the thread with the most)
@@ -168,7 +196,7 @@ class NormalizeExpression(SimpleInterface):
         if todo:
             # donors normalized side by side on the run's threads, each thread in its own two
             # buffers (large enough for every donor's table), each donor's tables written out
-            # before the buffers take the next donor
+            # (or reduced to its regions) before the buffers take the next donor
             size = max(len(rows[p]) * sources[p].n_columns for p in todo)
             free = queue.SimpleQueue()
             for _ in range(min(n_threads(), len(todo))):
@@ -180,8 +208,12 @@ class NormalizeExpression(SimpleInterface):
                 try:
                     tables = self._normalize(sources[position], annotation, labels[position],
                                              rows[position], options, buffers, columns)
+                    if regions:
+                        region_tables[position] = reduce(position, tables["normalized"])
                     if store is not None:
                         return store.add(keys[position], tables)
+                    if regions:
+                        return None
                     return {name: write_frame(frame, os.path.join(
                         runtime.cwd, f"{name}{position}")) for name, frame in tables.items()}
                 finally:
@@ -189,13 +221,21 @@ class NormalizeExpression(SimpleInterface):
 
             for position, tables in zip(todo, thread_map(normalize, todo)):
                 found[position] = tables
+        if regions:
+            # the shared tables another atlas normalized: reduced here too
+            shared = [p for p in range(len(donors)) if region_tables[p] is None]
+            for position, table in zip(shared, thread_map(
+                    lambda p: reduce(p, read_frame(found[p]["normalized"])), shared)):
+                region_tables[position] = table
+            self._results["region_tables"] = region_tables
         # every row kept for normalization stays (pipeline.normalize_donor_expression)
-        self._results.update(
-            expression=[tables["normalized"] for tables in found],
-            annotation=[tables["annotation"] for tables in found],
-            labels=[write_labels(labels[position][rows[position]],
-                                 os.path.join(runtime.cwd, f"labels{position}"))
-                    for position in range(len(donors))])
+        if all(tables is not None for tables in found):
+            self._results.update(expression=[tables["normalized"] for tables in found],
+                                 annotation=[tables["annotation"] for tables in found])
+        self._results["labels"] = [
+            write_labels(labels[position][rows[position]],
+                         os.path.join(runtime.cwd, f"labels{position}"))
+            for position in range(len(donors))]
         return runtime
 
     def _normalize(self, source: DonorSamples, annotation_path, labels, rows, options,
@@ -218,12 +258,18 @@ class NormalizeExpression(SimpleInterface):
 # ---------------------------------------------------------------------------------------------
 class _AggregateInputSpec(_AtlasInputSpec):
     donors = traits.List(traits.Str, mandatory=True, desc="donors, in the lists' order")
-    expressions = InputMultiObject(File(exists=True), mandatory=True,
-                                   desc="table: normalized samples x genes of every donor")
-    annotations = InputMultiObject(File(exists=True), mandatory=True,
-                                   desc="sample tables (kept samples) of every donor")
+    expressions = InputMultiObject(File(exists=True),
+                                   desc="table: normalized samples x genes of every donor "
+                                        "(unless region_tables)")
+    annotations = InputMultiObject(File(exists=True),
+                                   desc="sample tables (kept samples) of every donor (unless "
+                                        "region_tables)")
     labels = InputMultiObject(File(exists=True), mandatory=True,
                               desc="table: region labels (kept samples) of every donor")
+    region_tables = InputMultiObject(File(exists=True),
+                                     desc="table: regions x genes of every donor "
+                                          "(NormalizeExpression's region_tables), folded "
+                                          "instead of the normalized samples when given")
     missing = trait("missing")
     region_agg = trait("region_agg")
     agg_metric = trait("agg_metric")
@@ -247,7 +293,13 @@ class _AggregateOutputSpec(TraitedSpec):
 
 
 class AggregateExpression(SimpleInterface):
-    """Missing-region filling and aggregation into regions x genes (stage ``aggregate``)."""
+    """Missing-region filling and aggregation into regions x genes (stage ``aggregate``).
+
+    Given the donors' region tables (``region_tables``: the options need no more than the
+    region means, see NormalizeExpression's ``regions``) they are folded into the mean over
+    donors (:class:`ahba_app.pipeline.DonorStream`, as the Python API does); otherwise the
+    normalized samples are aggregated (:func:`ahba_app.pipeline.aggregate_group`).
+    """
 
     input_spec = _AggregateInputSpec
     output_spec = _AggregateOutputSpec
@@ -258,12 +310,21 @@ class AggregateExpression(SimpleInterface):
         atlases, _ = load_atlas_input(AtlasInput.from_dict(inputs.atlas), donors,
                                       data_dir=inputs.data_dir)
         all_labels = next(iter(atlases.values())).labels
-        normalized = {d: read_frame(p) for d, p in zip(donors, inputs.expressions)}
-        kept = {d: read_frame(p) for d, p in zip(donors, inputs.annotations)}
         labels = {d: read_labels(p) for d, p in zip(donors, inputs.labels)}
-        result = pipeline.aggregate_group(atlases, all_labels, normalized, kept, labels,
-                                          return_donors=inputs.return_donors,
-                                          **stage_options(inputs, "aggregate"))
+        if isdefined(inputs.region_tables) and inputs.region_tables:
+            result = self._fold(donors, all_labels, labels)
+        else:
+            if not (isdefined(inputs.expressions) and isdefined(inputs.annotations)):
+                raise ValueError("The aggregate node needs the normalized samples "
+                                 "(expressions and annotations) or the donors' region tables "
+                                 "(region_tables).")
+            check_lengths(donors, expressions=inputs.expressions,
+                          annotations=inputs.annotations)
+            normalized = {d: read_frame(p) for d, p in zip(donors, inputs.expressions)}
+            kept = {d: read_frame(p) for d, p in zip(donors, inputs.annotations)}
+            result = pipeline.aggregate_group(atlases, all_labels, normalized, kept, labels,
+                                              return_donors=inputs.return_donors,
+                                              **stage_options(inputs, "aggregate"))
         if inputs.file_order:
             result = pipeline.in_symbol_order(result)
         pipeline.check_expression(result["expression"], result["summary"])
@@ -283,3 +344,18 @@ class AggregateExpression(SimpleInterface):
                 result["stability"].rename("differential_stability").to_frame(),
                 os.path.join(cwd, "stability"))
         return runtime
+
+    def _fold(self, donors: list, all_labels, labels: dict) -> dict:
+        """:meth:`ahba_app.pipeline.DonorStream.result` of the donors' region tables, folded in
+        donor order (the first widened to every region of the atlas)."""
+        inputs = self.inputs
+        check_lengths(donors, region_tables=inputs.region_tables)
+        if inputs.missing is not None or not pipeline.region_means_suffice(
+                inputs, inputs.return_donors):
+            raise ValueError("Region tables hold only each donor's region means: these "
+                             "aggregation options need its normalized samples (give "
+                             "expressions and annotations instead).")
+        stream = pipeline.DonorStream({}, all_labels, None)
+        for path in inputs.region_tables:
+            stream.fold((read_frame(path), None))
+        return stream.result(labels)

@@ -103,8 +103,13 @@ def init_atlas_wf(*, atlas, analysis_level, out_dir, desc, metadata, parameters,
     # the group level reads the genes in file order when no number depends on their order
     # (the aggregate node then puts them back in symbol order)
     file_order = analysis_level == "group" and pipeline.genes_in_file_order(s, save_donors)
+    # the group level passes each donor's region table from normalize to aggregate when the
+    # region means suffice (and no region is filled): no sample-level table written or read
+    regions = (analysis_level == "group" and s.missing is None
+               and pipeline.region_means_suffice(s, save_donors))
     normalize = pe.Node(NormalizeExpression(shared=shared_dir, file_order=file_order,
-                                            **stage_options(s, "normalize")), name="normalize")
+                                            regions=regions, **stage_options(s, "normalize")),
+                        name="normalize")
     report_parameters = dict(summary.report_parameters(s, return_donors=save_donors,
                                                        versions={}), **(parameters or {}))
     report_inputs = dict(atlas=atlas_dict, data_dir=data_dir, parameters=report_parameters,
@@ -137,7 +142,8 @@ def init_atlas_wf(*, atlas, analysis_level, out_dir, desc, metadata, parameters,
             (genes, ds_group, [("genes", "genes")]),
             (inputnode, aggregate, [("donors", "donors")]),
             (normalize, aggregate, [("expression", "expressions"),
-                                    ("annotation", "annotations"), ("labels", "labels")]),
+                                    ("annotation", "annotations"), ("labels", "labels"),
+                                    ("region_tables", "region_tables")]),
             (inputnode, report, [("donors", "donors"), ("sample_info", "sample_info"),
                                  ("annotations", "annotations"), ("selection", "selection"),
                                  ("n_probes", "n_probes"), ("n_annotated", "n_annotated"),

@@ -84,8 +84,8 @@ def init_ahba_wf(*, analysis_level, atlases, out_dir, crash_dir, settings, base_
     data_identity : str
         :func:`ahba_app.pipeline.data_identity` of the AHBA files, an input of the first node:
         data replaced in the same folder are processed again.
-        With ``base_dir``, the atlases that keep the same samples of a donor normalize them
-        once: the table is kept in ``<base_dir>/<name>/shared_normalized``
+        With ``base_dir`` and several atlases, those that keep the same samples of a donor
+        normalize them once: the table is kept in ``<base_dir>/<name>/shared_normalized``
         (:class:`ahba_app.interfaces._files.SharedTables`) and read by the others.
     name : str
         Name of the workflow.
@@ -93,9 +93,10 @@ def init_ahba_wf(*, analysis_level, atlases, out_dir, crash_dir, settings, base_
     workflow = pe.Workflow(name=name, base_dir=None if base_dir is None else str(base_dir))
     workflow.config = workflow_config(crash_dir=crash_dir, hash_method=hash_method)
     data_dir = None if data_dir is None else os.fspath(data_dir)
-    # the atlases that keep the same samples of a donor share its normalized table
-    shared_dir = None if base_dir is None else os.path.join(os.fspath(base_dir), name,
-                                                            "shared_normalized")
+    # the atlases that keep the same samples of a donor share its normalized table (one
+    # atlas has no one to share it with: its normalize node writes no table it need not)
+    shared_dir = None if base_dir is None or len(atlases) < 2 else os.path.join(
+        os.fspath(base_dir), name, "shared_normalized")
 
     shared_data_wf = None
     connections = []
