@@ -269,8 +269,8 @@ def make_variant(variant: str, source: Path, target: Path, seed: int = 0, jobs: 
     donors = [p.name.rsplit("donor", 1)[1]
               for p in sorted((source / "microarray").glob("normalized_microarray_donor*"))]
     with ProcessPoolExecutor(jobs) as pool:
-        futures = [pool.submit(_make_donor, variant, run._donor_folder(source, d),
-                               run._donor_folder(target, d), d, seed) for d in donors]
+        futures = [pool.submit(_make_donor, variant, run.donor_folder(source, d),
+                               run.donor_folder(target, d), d, seed) for d in donors]
         for future in futures:
             future.result()
     (target / "variant.json").write_text(json.dumps({"variant": variant, "source": str(source),
@@ -318,7 +318,7 @@ class Variants:
             cmd = [str(self.bench.ahba_cli), str(run_dir / "in"), str(run_dir / "out"), "group",
                    "--ahba-dir", str(data), "-w", str(run_dir / "work")]
             run.prewarm(data, "ahba")
-            return self.bench._run("ahba", label, cmd)
+            return self.bench.measured("ahba", label, cmd)
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)
 

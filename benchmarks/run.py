@@ -277,13 +277,14 @@ def ensure_data(data: Path, precision: str = "6dp") -> Path:
         subprocess.run([sys.executable, "-m", "ahba_app.synthetic", str(data), "--size", "full",
                         "--seed", "0", "--precision", precision], check=True)
     missing = [f"{donor}/{name}" for donor in DONORS for name in DATA_FILES
-               if not (_donor_folder(data, donor) / name).is_file()]
+               if not (donor_folder(data, donor) / name).is_file()]
     if missing:
         raise SystemExit(f"{data} lacks AHBA files: {missing[:5]}")
     return data
 
 
-def _donor_folder(root: Path, donor: str) -> Path:
+def donor_folder(root: Path, donor: str) -> Path:
+    """The folder of ``donor``'s AHBA files under the data folder ``root``."""
     return root / "microarray" / f"normalized_microarray_donor{donor}"
 
 
@@ -291,10 +292,10 @@ def link_data(source: Path, target: Path) -> Path:
     """``target/microarray/normalized_microarray_donor<N>/`` holding hard links to (or, across
     file systems, copies of) the source's files; caches of either tool are then built there."""
     for donor in DONORS:
-        folder = _donor_folder(target, donor)
+        folder = donor_folder(target, donor)
         folder.mkdir(parents=True, exist_ok=True)
         for name in DATA_FILES:
-            src, dst = _donor_folder(source, donor) / name, folder / name
+            src, dst = donor_folder(source, donor) / name, folder / name
             if dst.exists():
                 continue
             try:
@@ -311,7 +312,7 @@ def needs_probe_patch(data: Path) -> bool:
     import pandas as pd
     from ahba_app.datasets import load_reannotated
 
-    names = pd.read_csv(_donor_folder(data, DONORS[0]) / "Probes.csv", usecols=["probe_name"])
+    names = pd.read_csv(donor_folder(data, DONORS[0]) / "Probes.csv", usecols=["probe_name"])
     return not load_reannotated()["probe_name"].isin(names["probe_name"]).all()
 
 
@@ -416,9 +417,11 @@ class Bench:
                str(output) if output else "-"]
         if tool == "abagen":
             cmd.append("patch" if self.patch else "-")
-        return self._run(tool, label, cmd)
+        return self.measured(tool, label, cmd)
 
-    def _run(self, tool: str, label: str, cmd: list[str]) -> dict:
+    def measured(self, tool: str, label: str, cmd: list[str]) -> dict:
+        """Run ``cmd`` (one of ``tool``'s runs) in a scratch folder with the benchmark's
+        environment, print its line and return its figures (:func:`measure`)."""
         self.count += 1
         tmp = Path(tempfile.mkdtemp(prefix="run-", dir=self.work))
         try:
@@ -495,7 +498,7 @@ class Bench:
                     cmd = [str(self.abagen_cli), "--data-dir", str(data), "--atlas-info",
                            self.dk[1], self.dk[0], "--output-file", str(run / "out.csv")]
                 prewarm(data, tool)
-                figures = self._run(tool, "cli", cmd)
+                figures = self.measured(tool, "cli", cmd)
                 if rep == 0:
                     self._keep_cli_output(tool, run)
             finally:
@@ -563,7 +566,7 @@ class Bench:
                     cmd = [str(self.ahba_cli), str(inputs), str(run / "out"), "group",
                            "--ahba-dir", str(data), "-w", str(run / "work")]
                     prewarm(data, tool)
-                    figures = self._run(tool, "batch (10 atlases)", cmd)
+                    figures = self.measured(tool, "batch (10 atlases)", cmd)
                     if rep == 0:
                         for label in ("DK", atlases[-1][0]):
                             found = sorted((run / "out").glob(f"atlas-{label}_*expression.tsv"))

@@ -45,18 +45,18 @@ def test_script_makes_the_text_variant(ahba_small, tmp_path):
     data = run.link_data(ahba_small, tmp_path / "data")
     foreign.main(["--work", str(tmp_path / "work"), "--data", str(data), "--variants", "text",
                   "--make-only"])
-    donor = run._donor_folder(tmp_path / "work" / "variant-text", "12876")
+    donor = run.donor_folder(tmp_path / "work" / "variant-text", "12876")
     text = (donor / "PACall.csv").read_bytes()
     assert text.startswith(b'"') and b'"\r\n"' in text and not text.endswith(b"\n")
     # the unchanged source stays unchanged (the variant's files are new files, not links)
-    assert (run._donor_folder(data, "12876") / "PACall.csv").read_bytes()[:1] != b'"'
+    assert (run.donor_folder(data, "12876") / "PACall.csv").read_bytes()[:1] != b'"'
     # the same numbers, the same cache: its bytes per value counted alike (no final newline)
     sizes = []
     for root in (data, tmp_path / "work" / "variant-text"):
         for donor in run.DONORS:
             for name, kind in (("MicroarrayExpression.csv", "microarray"),
                                ("PACall.csv", "pacall")):
-                io.ensure_cache(run._donor_folder(root, donor) / name, kind)
+                io.ensure_cache(run.donor_folder(root, donor) / name, kind)
         sizes.append(foreign.cache_bytes_per_value(root))
     for name, size in sizes[0].items():   # (headers differ: the source's path and size)
         assert size == pytest.approx(sizes[1][name], rel=1e-3) and size > 0.1
@@ -67,7 +67,7 @@ def test_cache_reads_every_value_of_a_variant_exactly(variants, name):
     """Quoted, CRLF, unterminated, reordered, rescaled, mixed-precision and scientific-notation
     files: the cache decodes every value to float(text), bit for bit, and every call."""
     for donor in run.DONORS:
-        folder = run._donor_folder(variants[name], donor)
+        folder = run.donor_folder(variants[name], donor)
         ids, values = _parsed_by_python(folder / "MicroarrayExpression.csv")
         frame = io.read_microarray(folder / "MicroarrayExpression.csv")
         assert np.array_equal(frame.index.to_numpy(), ids)
