@@ -820,11 +820,16 @@ def _can_stream(settings: Settings, expressions: DonorTables, return_donors: boo
     """Whether :func:`aggregate_group` would need no more than each donor's region means:
     means over donors (then over regions) of tables that all have the same genes, regions
     filled per donor or not at all, and no per-donor output."""
-    if not region_means_suffice(settings, return_donors):
-        return False
-    donors = list(expressions)
-    first = expressions.chosen.columns(donors[0])
-    return all(expressions.chosen.columns(d).equals(first) for d in donors[1:])
+    return region_means_suffice(settings, return_donors) and same_genes(
+        [expressions.chosen.columns(donor) for donor in expressions])
+
+
+def same_genes(genes) -> bool:
+    """Whether the donors' tables, whose genes are ``genes`` (one index per donor), can be
+    reduced and folded donor by donor (:class:`DonorStream`): the same genes in the same
+    order."""
+    genes = list(genes)
+    return all(other.equals(genes[0]) for other in genes[1:])
 
 
 def region_means_suffice(settings: Settings, return_donors: bool = False) -> bool:
@@ -833,6 +838,13 @@ def region_means_suffice(settings: Settings, return_donors: bool = False) -> boo
     return not (return_donors or settings.stability_threshold is not None
                 or settings.region_agg != "donors" or settings.agg_metric != "mean"
                 or settings.missing not in (None, "interpolate"))
+
+
+def region_tables_suffice(settings: Settings, return_donors: bool = False) -> bool:
+    """Whether each donor's region table can be made apart from the atlas and folded later
+    (the command line's normalize and aggregate nodes): :func:`region_means_suffice` with no
+    region filled (filling needs the atlas and the samples' coordinates)."""
+    return settings.missing is None and region_means_suffice(settings, return_donors)
 
 
 def genes_in_file_order(settings: Settings, return_donors: bool = False) -> bool:

@@ -111,8 +111,8 @@ class _NormalizeInputSpec(BaseInterfaceInputSpec):
                           desc="give each donor's region table (the mean of its samples in "
                                "each region they match: pipeline.DonorStream.table) instead of "
                                "its normalized samples, when the donors' tables have the same "
-                               "genes: the group level when the region means suffice "
-                               "(pipeline.region_means_suffice) and no region is filled")
+                               "genes: the group level when the region tables suffice "
+                               "(pipeline.region_tables_suffice)")
 
 
 class _NormalizeOutputSpec(TraitedSpec):
@@ -170,7 +170,7 @@ class NormalizeExpression(SimpleInterface):
         if inputs.file_order:  # (as a streamed pipeline.run reads them)
             columns = sources[0].file_order(read_frame(inputs.annotation[0]))
         # region tables can be folded donor by donor only when they have the same genes
-        regions = inputs.regions and all(s.genes.equals(sources[0].genes) for s in sources[1:])
+        regions = inputs.regions and pipeline.same_genes(source.genes for source in sources)
         donors = list(enumerate(zip(inputs.expression, inputs.annotation)))
         keys, found = [None] * len(donors), [None] * len(donors)
         if store is not None:
@@ -350,8 +350,7 @@ class AggregateExpression(SimpleInterface):
         donor order (the first widened to every region of the atlas)."""
         inputs = self.inputs
         check_lengths(donors, region_tables=inputs.region_tables)
-        if inputs.missing is not None or not pipeline.region_means_suffice(
-                inputs, inputs.return_donors):
+        if not pipeline.region_tables_suffice(inputs, inputs.return_donors):
             raise ValueError("Region tables hold only each donor's region means: these "
                              "aggregation options need its normalized samples (give "
                              "expressions and annotations instead).")

@@ -105,8 +105,7 @@ def init_atlas_wf(*, atlas, analysis_level, out_dir, desc, metadata, parameters,
     file_order = analysis_level == "group" and pipeline.genes_in_file_order(s, save_donors)
     # the group level passes each donor's region table from normalize to aggregate when the
     # region means suffice (and no region is filled): no sample-level table written or read
-    regions = (analysis_level == "group" and s.missing is None
-               and pipeline.region_means_suffice(s, save_donors))
+    regions = analysis_level == "group" and pipeline.region_tables_suffice(s, save_donors)
     normalize = pe.Node(NormalizeExpression(shared=shared_dir, file_order=file_order,
                                             regions=regions, **stage_options(s, "normalize")),
                         name="normalize")
