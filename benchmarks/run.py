@@ -65,7 +65,9 @@ and in memory, "cold" means no cache built yet (the CSVs themselves are in memor
 this, a machine that reclaims file pages between runs times its disk instead.
 
 Nothing here is a test: CI never times anything. Timings on a shared machine vary; the JSON
-records the load average before and after.
+records the load average before and after, and the time a fixed piece of work takes at the start
+and at the end (:func:`speed_probe`: numpy's import and sort, a Python loop, first writes into
+fresh memory), which the report prints too.
 """
 
 from __future__ import annotations
@@ -342,6 +344,49 @@ def cache_sizes(folder: Path) -> dict:
                                 if p.name in ("MicroarrayExpression.csv", "PACall.csv")),
             "ahba_cache_mb": _sizes_mb(micro.glob("*/.ahba-cache/*.cache")),
             "abagen_parquet_mb": _sizes_mb(micro.glob("*/*.parq"))}
+
+
+#: A fixed piece of work, timed in a fresh interpreter at the start and at the end of a run:
+#: the machine's own speed then, which tells a slower host from slower code when records of
+#: different runs are compared: on session 18's shared virtual machine the same code's warm
+#: runs took 1.7-1.9 s in one hour and 2.0-3.1 s in the next, with no stolen time counted.
+_SPEED_PROBE = r"""
+import json, time
+t0 = time.perf_counter()
+import numpy as np
+t1 = time.perf_counter()
+rows = np.random.default_rng(0).normal(8.0, 2.0, (2000, 785))  # genes' rows, as normalized
+t2 = time.perf_counter()
+rows.sort(axis=1)
+t3 = time.perf_counter()
+total = 0
+for i in range(2_000_000):
+    total += i & 7
+t4 = time.perf_counter()
+fresh = np.empty(1 << 24)  # 128 MB written for the first time
+fresh[::512] = 1.0
+t5 = time.perf_counter()
+print(json.dumps({"numpy_import_s": t1 - t0,
+                  "sort_ns_per_value": (t3 - t2) / rows.size * 1e9,
+                  "python_loop_s": t4 - t3,
+                  "first_touch_gb_per_s": fresh.nbytes / (t5 - t4) / 1e9}))
+"""
+
+
+def speed_probe(python: Path | None = None) -> dict:
+    """The figures of :data:`_SPEED_PROBE` run by ``python`` (default: this interpreter): numpy's
+    import, its sort of rows like a gene's samples (ns a value), a pure-Python loop, and the
+    first writes into fresh memory (GB/s)."""
+    done = subprocess.run([str(python or sys.executable), "-c", _SPEED_PROBE],
+                          capture_output=True, text=True, check=True)
+    return {name: round(value, 4) for name, value in json.loads(done.stdout).items()}
+
+
+def _speed_line(figures: dict) -> str:
+    return (f"numpy import {figures['numpy_import_s']:.3f} s, sort "
+            f"{figures['sort_ns_per_value']:.2f} ns a value, Python loop "
+            f"{figures['python_loop_s']:.3f} s, first writes "
+            f"{figures['first_touch_gb_per_s']:.2f} GB/s")
 
 
 def machine_facts() -> dict:
@@ -869,8 +914,10 @@ def main(argv=None) -> int:
     for precision in args.precision:  # each dataset generated once, before any timing
         ensure_data(data_for(args.data, precision), precision)
     abagen_python = ensure_abagen_venv(args.abagen_venv)
+    speed = {"start": speed_probe()}
     started = _dt.datetime.now()
-    print(f"abagen: {abagen_python}\nahba-app: {sys.executable}", flush=True)
+    print(f"abagen: {abagen_python}\nahba-app: {sys.executable}\n"
+          f"machine speed at the start: {_speed_line(speed['start'])}", flush=True)
     done = {}
     args.batch_abagen_from = None
     for precision in args.precision:
@@ -880,13 +927,16 @@ def main(argv=None) -> int:
     print_targets_table(done)
     print(f"load average at start {facts['load_average'][0]:.1f}, at end "
           f"{os.getloadavg()[0]:.1f} (2-core machine shared with other jobs)")
+    speed["end"] = speed_probe()
+    print(f"machine speed at the start: {_speed_line(speed['start'])}\n"
+          f"machine speed at the end:   {_speed_line(speed['end'])}")
 
     record = {
         "started": started.isoformat(timespec="seconds"),
         "finished": _dt.datetime.now().isoformat(timespec="seconds"),
         "command": [sys.executable, *sys.argv], "repeat": args.repeat, "cases": args.cases,
         "precisions": args.precision, "batch_regions": args.batch_regions,
-        "machine": dict(facts, load_average_end=os.getloadavg()),
+        "machine": dict(facts, load_average_end=os.getloadavg(), speed=speed),
         "git": git_commit(),
         "versions": {"ahba": versions(Path(sys.executable), AHBA_PACKAGES),
                      "abagen": versions(abagen_python, ABAGEN_PACKAGES)},
