@@ -60,7 +60,7 @@ where ``<root>`` is ``$AHBA_CACHE_DIR``, else ``$XDG_CACHE_HOME/ahba-app``, else
 ``~/.cache/ahba-app``. A valid cache is looked for in both places, beside the data first. When
 no location is writable the CSV is parsed into memory with a warning.
 
-Layout of a cache file (format version 3, little-endian)::
+Layout of a cache file (format version 4, little-endian)::
 
     0    preamble (64 bytes): magic b"AHBAMTX\\0", uint32 version, uint32 0,
          uint64 header offset, uint64 header length
@@ -68,7 +68,8 @@ Layout of a cache file (format version 3, little-endian)::
          (P, ceil(S / 8)). Microarray: segments at 64-byte boundaries, each followed by 8 spare
          bytes: segment 0 float64 (rows, S); segment w (1..8) unsigned w-byte integers (rows, S)
     ..   microarray row table, in file order: segment uint8 (P,), base int64 (P,), divisor
-         float64 (P,); the value is float64(base + stored) / divisor
+         float64 (P,); the value is float64(base + stored) / divisor; check uint64 (P,), each
+         row's :func:`row_checks` of what it stores
     ..   probe ids: int64 (P,), at a 64-byte boundary
     ..   header: UTF-8 JSON with the kind, the shapes, the encoding (``"row-scaled"`` with its
          segments, or ``"packed-bits"``) and offsets, a CRC-32 of the values region and of each
@@ -77,15 +78,19 @@ Layout of a cache file (format version 3, little-endian)::
 Sizes (full-size synthetic data, donor 9861): 3.02 bytes a value at 6 decimals, 5.02 at 12
 significant digits, 7.02 at 17, against 8 for float64 (what abagen's parquet files hold, at
 any precision). Caches of other versions (1: float32, lossy; 2: int32 decimals, else
-float64) are rebuilt, never read.
+float64; 3: rows without checks) are rebuilt, never read.
 
 Validity. A cache is used only if its magic, version and kind match, its file size equals what
 the header describes, the source's size and mtime_ns equal those recorded, and the CRC-32s of
-the probe ids and of the values match (``load_matrix(verify=False)`` skips the values' check,
-which reads the whole file; so does the call that has just written the file, whose checksums it
-computed from the bytes it wrote, and a caller that passes the record of the files its run has
-checked, :class:`CheckedCaches`, or opens them within :func:`remembering_checks`). Anything
-else (stale, truncated, corrupt, older format) is rebuilt.
+the probe ids and of the row table match. Anything else (stale, truncated, corrupt, older
+format) is rebuilt. The values are checked too, without reading more than a run needs: a
+PACall cache (a few MB, read whole by every run) by the CRC-32 of its values when it is opened
+(not by the call that has just written the file, whose checksums it computed from the bytes it
+wrote, nor by a caller that passes the record of the files its run has checked,
+:class:`CheckedCaches`, or opens them within :func:`remembering_checks`); a microarray cache
+(hundreds of MB, of which a warm run reads a quarter) row by row, each row against its check
+as it is read. A row that fails means the file was damaged after it was written: the cache is
+rebuilt from its CSV, and the run reads the rebuilt file (:class:`_Origin`).
 
 Atomicity. A builder holds a lock (``<cache>.lock``, one per cache file) while it writes a
 temporary file in the same folder, fsyncs it, and renames it over the cache with ``os.replace``:
@@ -125,10 +130,11 @@ except ImportError:  # pragma: no cover - isal has wheels for the usual platform
 
 __all__ = [
     "AHBAFileError", "CACHE_DIRNAME", "CACHE_FORMAT_VERSION", "CachedMatrix", "CheckedCaches",
-    "RowCodes", "cache_locations", "check_microarray_pacall", "content_id", "decode_rows",
-    "ensure_cache", "largest_first", "load_matrix", "probe_positions", "read_annotation",
-    "read_counts", "read_genes", "read_microarray", "read_ontology", "read_pacall",
-    "read_probes", "read_tpm", "release_rows", "remembering_checks", "select_rows",
+    "DamagedCacheError", "RowCodes", "cache_locations", "check_microarray_pacall", "content_id",
+    "decode_rows", "ensure_cache", "largest_first", "load_matrix", "probe_positions",
+    "read_annotation", "read_counts", "read_genes", "read_microarray", "read_ontology",
+    "read_pacall", "read_probes", "read_tpm", "release_rows", "remembering_checks",
+    "row_checks", "select_rows",
 ]
 
 LOGGER = logging.getLogger(__name__)
@@ -142,7 +148,8 @@ PathLike = Union[str, os.PathLike]
 #: Version of the cache file layout; caches of any other version are rebuilt.
 #: 1: microarray float32 (lossy). 2: microarray int32 decimals (or float64), exact.
 #: 3: microarray rows as scaled integers of 1 to 8 bytes (or float64), exact at any precision.
-CACHE_FORMAT_VERSION = 3
+#: 4: the same rows, each with a check of its own, verified as the row is read.
+CACHE_FORMAT_VERSION = 4
 #: Folder created beside the data to hold the caches.
 CACHE_DIRNAME = ".ahba-cache"
 #: The two matrix kinds that are cached, with the file names they come from.
@@ -186,6 +193,14 @@ class AHBAFileError(ValueError):
         super().__init__(text, *args)
 
 
+class DamagedCacheError(AHBAFileError):
+    """A matrix cache that fails its checks and cannot be rebuilt in place (see
+    :class:`_Origin`): the message names the cache and its CSV file."""
+
+    FIX = ("Check the disk, then delete the cache file named above (it is rebuilt from its CSV "
+           "file by the next run).")
+
+
 # --------------------------------------------------------------------------------------------
 # Arrays held in the cache
 # --------------------------------------------------------------------------------------------
@@ -200,6 +215,10 @@ class RowCodes:
     in float64). ``views[w]`` is a (rows, S) view of segment ``w``; for ``w`` of 3, 5, 6 or 7 it
     reads 4 or 8 bytes per value (the segment is padded) and ``masks[w]`` keeps the low ``w``
     bytes.
+
+    ``check[r]`` is row ``r``'s check (:func:`row_checks` of its stored integers, or of its
+    float64 values' bits), compared with the row's bytes each time the row is read;
+    ``origin`` rebuilds the cache when a row fails (:class:`_Origin`).
     """
 
     segment: np.ndarray
@@ -208,6 +227,8 @@ class RowCodes:
     divisor: np.ndarray
     views: dict
     masks: dict
+    check: np.ndarray | None = None
+    origin: "_Origin | None" = None
 
     def widths(self) -> dict:
         """Rows per segment (0: float64; w: w bytes per value)."""
@@ -503,8 +524,9 @@ def _decode_block(codes: RowCodes, rows: np.ndarray, cols, out=None) -> np.ndarr
 
 def _decode_segment(codes: RowCodes, w: int, rows: np.ndarray, cols, out=None) -> np.ndarray:
     """Rows (positions) of segment ``w`` of a row-scaled cache, all samples or ``cols``, as
-    float64: a new array, or ``out`` filled."""
-    stored = codes.views[w][codes.slot[rows]]   # whole rows (a few kB each), then the samples
+    float64: a new array, or ``out`` filled. Each row is checked whole before its samples are
+    taken (:func:`_checked_rows`)."""
+    stored = _checked_rows(codes, w, rows)   # whole rows (a few kB each), then the samples
     if cols is not None:
         stored = np.take(stored, cols, axis=1)
     if w == 0:
@@ -512,10 +534,91 @@ def _decode_segment(codes: RowCodes, w: int, rows: np.ndarray, cols, out=None) -
             return stored
         out[...] = stored
         return out
+    return _scaled_values(_offset_ints(stored, codes.base[rows]), codes.divisor[rows], out)
+
+
+def _stored_rows(codes: RowCodes, w: int, rows: np.ndarray) -> np.ndarray:
+    """The stored integers (float64 values for ``w`` 0) of ``rows`` of segment ``w``, whole:
+    a new C-ordered array."""
+    stored = codes.views[w][codes.slot[rows]]
     mask = codes.masks.get(w)
     if mask is not None:
         stored &= mask
-    return _scaled_values(_offset_ints(stored, codes.base[rows]), codes.divisor[rows], out)
+    return stored
+
+
+def row_checks(stored: np.ndarray) -> np.ndarray:
+    """The check of each row of ``stored`` (unsigned integers, or float64 taken by their
+    bits): ``sum(u[j] * (2 j + 1))`` modulo 2**64. Any change of one value changes it (the
+    weights are odd), and so does swapping two values; a row of a few kB costs about 0.4 ns a
+    value, against reading the whole cache for a CRC-32 (a warm run's rows are a quarter of
+    it)."""
+    if stored.dtype.kind == "f":
+        stored = stored.view(np.uint64)
+    weights = 2 * np.arange(stored.shape[1], dtype=np.uint64) + np.uint64(1)
+    return np.einsum("ij,j->i", stored, weights, dtype=np.uint64)
+
+
+def _checked_rows(codes: RowCodes, w: int, rows: np.ndarray) -> np.ndarray:
+    """:func:`_stored_rows`, each row's check compared with the one the cache recorded; rows
+    that fail mean the file was damaged after it was written: it is rebuilt from its CSV
+    (:meth:`_Origin.repair`) and the rows are read from the new file."""
+    stored = _stored_rows(codes, w, rows)
+    if codes.check is None or np.array_equal(row_checks(stored), codes.check[rows]):
+        return stored
+    if codes.origin is None:
+        raise DamagedCacheError("Rows of a microarray cache fail their checks, and the cache "
+                                "does not say which file it was made from.")
+    return codes.origin.repair(codes, w, rows)
+
+
+class _Origin:
+    """Where a microarray cache came from, to rebuild it when rows fail their checks as they
+    are read. A cache is checked row by row (the rows a run reads, not the whole file); a
+    damaged one is rebuilt once, and the mapped views of every :class:`RowCodes` of the
+    process that reads it are pointed at the new file (the same layout: the same CSV gives
+    the same rows), so the run goes on with the right numbers."""
+
+    def __init__(self, source: Path, location: Path, identity: tuple):
+        self.source = source
+        self.location = location
+        self.identity = identity   # of the file the views map now
+        self.rebuilt = False
+        self._lock = threading.Lock()
+
+    def repair(self, codes: RowCodes, w: int, rows: np.ndarray) -> np.ndarray:
+        with self._lock:  # (threads reading other rows wait, then read the new file)
+            stored = _stored_rows(codes, w, rows)
+            if np.array_equal(row_checks(stored), codes.check[rows]):
+                return stored  # another thread has rebuilt it
+            if self.rebuilt:
+                raise DamagedCacheError(
+                    f"The cache {self.location} of {self.source} was rebuilt because rows of it "
+                    "failed their checks, and they fail again: the disk may be failing.")
+            LOGGER.warning("Rows of the cache %s fail their checks (the file was damaged "
+                           "after it was written); rebuilding it from %s", self.location,
+                           self.source)
+            fresh = _cached_matrix(self.source, "microarray", verify=False, mode="r",
+                                   damaged=self.identity)
+            other = fresh.codes
+            if other is None:  # (no place to write it: parsed into memory instead)
+                raise DamagedCacheError(
+                    f"Rows of the cache {self.location} of {self.source} fail their checks, "
+                    "and it cannot be rebuilt here (no cache folder can be written).")
+            if not all(np.array_equal(getattr(other, name), getattr(codes, name))
+                       for name in ("segment", "base", "divisor", "check")):
+                raise DamagedCacheError(
+                    f"{self.source} no longer gives the rows its cache {self.location} held "
+                    "when this run started: was it replaced during the run? Run again.")
+            codes.views.update(other.views)
+            self.identity = other.origin.identity if other.origin else None
+            self.rebuilt = True
+            stored = _stored_rows(codes, w, rows)
+            if not np.array_equal(row_checks(stored), codes.check[rows]):
+                raise DamagedCacheError(
+                    f"The cache {fresh.cache} rebuilt from {self.source} fails its checks as "
+                    "soon as it is written: the disk may be failing.")
+            return stored
 
 
 def _offset_ints(stored: np.ndarray, base: np.ndarray) -> np.ndarray:
@@ -569,14 +672,16 @@ def load_matrix(fname: PathLike, kind: str | None = None, *, cache: bool = True,
     cache : bool
         False parses the CSV into memory without reading or writing any cache.
     verify : bool
-        Also check the CRC-32 of the values (reads the whole cache once: about 0.05 s for the
-        largest donor), unless ``checked`` holds the same file, unchanged; the cheaper checks
-        are always made.
+        Kept for the callers of earlier versions: the values are always checked, a PACall
+        cache's whole (its CRC-32, a few MB) when it is opened, unless ``checked`` holds the
+        same file, unchanged, and a microarray cache's row by row, each row as it is read
+        (:func:`row_checks`; a warm run reads about a quarter of the file). A row that fails
+        has the cache rebuilt from the CSV, and the run goes on with the rebuilt file.
     checked : CheckedCaches, optional
-        The caller's record of the caches its run has checked (or written): a file it holds is
-        not read whole again, and a file checked here is added to it. By default, the record
-        of the enclosing :func:`remembering_checks` block of this thread, if any; else every
-        call checks afresh.
+        The caller's record of the PACall caches its run has checked (or written): a file it
+        holds is not read whole again, and a file checked here is added to it. By default,
+        the record of the enclosing :func:`remembering_checks` block of this thread, if any;
+        else every call checks afresh.
 
     Returns
     -------
@@ -1163,16 +1268,19 @@ def _can_write(folder: Path) -> bool:
 
 
 def _cached_matrix(source: Path, kind: str, verify: bool, mode: str,
-                   checked: CheckedCaches | None = None) -> CachedMatrix:
+                   checked: CheckedCaches | None = None, damaged: tuple | None = None
+                   ) -> CachedMatrix:
     """The matrix from a valid cache, building one where possible, else parsed into memory
-    (``checked``: see :func:`load_matrix`)."""
+    (``checked``: see :func:`load_matrix`; ``damaged``: the identity of a file not to use,
+    whose rows failed their checks)."""
     if checked is None:
         checked = _RUN_CHECKS.get()
     locations = cache_locations(source)
     for _ in range(_BUILD_ATTEMPTS):
         stat = source.stat()
         for location in locations:
-            matrix = _open_cache(location, source, stat, kind, verify, mode, checked)
+            matrix = _open_cache(location, source, stat, kind, verify, mode, checked,
+                                 damaged=damaged)
             if matrix is not None:
                 return matrix
         writable = [loc for loc in locations if _can_write(loc.parent)]
@@ -1193,7 +1301,7 @@ def _cached_matrix(source: Path, kind: str, verify: bool, mode: str,
             try:
                 # another process may have built it while this one waited for the lock
                 matrix = _open_cache(location, source, stat, kind, verify, mode, checked,
-                                     quiet=True)
+                                     quiet=True, damaged=damaged)
                 if matrix is not None:
                     return matrix
                 _remove_stale_temporaries(location)
@@ -1277,8 +1385,9 @@ class _RowEncoder:
         self.scratch = _Scratch()
 
     def encode(self, values: np.ndarray):
-        """(segment, base, divisor, payload) of a block: ``payload[w]`` holds the bytes of the
-        rows of segment ``w``, in order, until the next call (its arrays are reused)."""
+        """(segment, base, divisor, check, payload) of a block: ``check`` the rows' checks
+        (:func:`row_checks` of what is stored), ``payload[w]`` the bytes of the rows of segment
+        ``w``, in order, until the next call (its arrays are reused)."""
         values = np.ascontiguousarray(values, dtype="<f8")
         n_rows, n_cols = values.shape
         scratch = self.scratch
@@ -1339,12 +1448,14 @@ class _RowEncoder:
                                   for limit in _WIDTH_LIMITS)
         divisor[~scaled] = 1.0
         payload = {}
+        check = np.empty(n_rows, dtype=np.uint64)
         for w in np.unique(segment):
             w = int(w)
             whole = segment[0] == w and (segment == w).all()
             picked = slice(None) if whole else np.flatnonzero(segment == w)
             if w == 0:
                 payload[0] = values[picked]
+                check[picked] = row_checks(payload[0])
                 continue
             # each width's payload lives in work arrays of its own (named by the width): the
             # widths of one block never share memory, and the next block reuses them (a block
@@ -1364,8 +1475,9 @@ class _RowEncoder:
                 stored = scratch.get(f"ints{w}", shape, np.uint64)
                 np.copyto(stored, rows_w, casting="unsafe")         # exact: below 2**63
                 stored -= base[picked].view(np.uint64)[:, None]     # modulo 2**64: exact
+            check[picked] = row_checks(stored)  # (of the integers as readers unpack them)
             payload[w] = _packed(stored, w, scratch)
-        return segment, base, divisor, payload
+        return segment, base, divisor, check, payload
 
     @staticmethod
     def _predicted_decimals(values: np.ndarray) -> np.ndarray:
@@ -1570,9 +1682,9 @@ def _write_cache(source: Path, location: Path, kind: str, stat: os.stat_result
                     out.write(values)
                     values_end = out.tell()
                 else:
-                    segment, base, divisor, payload = encoder.encode(values)
+                    segment, base, divisor, check, payload = encoder.encode(values)
                     segments.append(payload)
-                    codes.append((segment, base, divisor))
+                    codes.append((segment, base, divisor, check))
                 ids_blocks.append(probe_ids)
                 writeback.start()
             probe_ids = np.concatenate(ids_blocks).astype("<i8", copy=False)
@@ -1671,7 +1783,7 @@ class _EarlyWriteback:
 
 
 #: The per-row arrays of a row-scaled cache, in file order.
-_ROW_TABLE = (("segment", "|u1"), ("base", "<i8"), ("divisor", "<f8"))
+_ROW_TABLE = (("segment", "|u1"), ("base", "<i8"), ("divisor", "<f8"), ("check", "<u8"))
 
 
 def _describe_widths(records: list) -> str:
@@ -1691,9 +1803,10 @@ class _Invalid(Exception):
 
 
 def _open_cache(location: Path, source: Path, stat: os.stat_result, kind: str, verify: bool,
-                mode: str, checked: CheckedCaches | None, quiet: bool = False
-                ) -> CachedMatrix | None:
-    """Map a cache file if it is valid for ``source`` as it is now; None otherwise."""
+                mode: str, checked: CheckedCaches | None, quiet: bool = False,
+                damaged: tuple | None = None) -> CachedMatrix | None:
+    """Map a cache file if it is valid for ``source`` as it is now (and is not the file
+    ``damaged`` identifies: see :class:`_Origin`); None otherwise."""
     try:
         handle = open(location, "rb")
     except FileNotFoundError:
@@ -1703,7 +1816,8 @@ def _open_cache(location: Path, source: Path, stat: os.stat_result, kind: str, v
         return None
     with handle:
         try:
-            return _map_checked(handle, location, source, stat, kind, verify, mode, checked)
+            return _map_checked(handle, location, source, stat, kind, verify, mode, checked,
+                                damaged)
         except _Invalid as why:
             if not quiet:
                 LOGGER.info("Not using the cache %s: %s; it will be rebuilt", location, why)
@@ -1711,7 +1825,8 @@ def _open_cache(location: Path, source: Path, stat: os.stat_result, kind: str, v
 
 
 def _map_checked(handle, location: Path, source: Path, stat: os.stat_result, kind: str,
-                 verify: bool, mode: str, checked: CheckedCaches | None) -> CachedMatrix:
+                 verify: bool, mode: str, checked: CheckedCaches | None,
+                 damaged: tuple | None = None) -> CachedMatrix:
     size = os.fstat(handle.fileno()).st_size
     preamble = handle.read(_PREAMBLE.size)
     if len(preamble) < _PREAMBLE.size:
@@ -1757,8 +1872,10 @@ def _map_checked(handle, location: Path, source: Path, stat: os.stat_result, kin
     probe_ids = np.memmap(handle, dtype="<i8", mode="r", offset=ids_offset, shape=(n_probes,))
     if _crc32(probe_ids) != ids_info.get("crc32"):
         raise _Invalid("probe ids fail their checksum")
-    if verify or kind == "pacall":
-        identity = _file_identity(handle, location)
+    identity = _file_identity(handle, location)
+    if damaged is not None and identity == damaged:
+        raise _Invalid("rows of it failed their checks")
+    if kind == "pacall":  # (read whole anyway: checked whole; microarray rows as they are read)
         if checked is None or identity not in checked:
             if _file_crc32(handle, _DATA_OFFSET,
                            values_end - _DATA_OFFSET) != values_info.get("crc32"):
@@ -1773,7 +1890,8 @@ def _map_checked(handle, location: Path, source: Path, stat: os.stat_result, kin
     else:
         stored = np.memmap(handle, dtype="|u1", mode="r", offset=_DATA_OFFSET,
                            shape=(values_end - _DATA_OFFSET,))
-        codes = _row_codes(handle, stored, header, n_probes, n_samples)
+        codes = _row_codes(handle, stored, header, n_probes, n_samples,
+                           _Origin(source, location, identity))
         values = stored
         detail = f"{n_probes}x{n_samples}:" + ",".join(
             f"{w}={n}" for w, n in sorted(codes.widths().items()))
@@ -1784,7 +1902,7 @@ def _map_checked(handle, location: Path, source: Path, stat: os.stat_result, kin
 
 
 def _row_codes(handle, stored: np.ndarray, header: dict, n_probes: int,
-               n_samples: int) -> RowCodes:
+               n_samples: int, origin: _Origin | None = None) -> RowCodes:
     """The per-row table and the segment views of a row-scaled cache (checked)."""
     try:
         table = {}
@@ -1828,7 +1946,8 @@ def _row_codes(handle, stored: np.ndarray, header: dict, n_probes: int,
     order = np.argsort(segment, kind="stable")
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     slot[order] = np.arange(n_probes) - np.repeat(starts, counts)
-    return RowCodes(segment, slot, table["base"], table["divisor"], views, masks)
+    return RowCodes(segment, slot, table["base"], table["divisor"], views, masks,
+                    table["check"], origin)
 
 
 class CheckedCaches:

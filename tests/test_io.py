@@ -427,34 +427,36 @@ def test_version1_float32_cache_is_rebuilt(donor, monkeypatch):
     path = donor / "MicroarrayExpression.csv"
     cache = io.cache_locations(path)[0]
     _write_version1_cache(path, cache)
-    assert io.CACHE_FORMAT_VERSION == 3
+    assert io.CACHE_FORMAT_VERSION == 4
     calls = _count_parses(monkeypatch)
     data = io.read_microarray(path)
     assert len(calls) == 1  # the old cache was not used
     _assert_exact(data, path)
     assert data.iloc[0, 2] == 2.6547653 != np.float64(np.float32(2.6547653))
     header = _cache_header(cache)
-    assert header["version"] == 3 and header["values"]["encoding"] == "row-scaled"
+    assert header["version"] == 4 and header["values"]["encoding"] == "row-scaled"
     io.read_microarray(path)
     assert len(calls) == 1
 
 
-def test_version2_cache_is_rebuilt_not_misread(donor, monkeypatch):
+@pytest.mark.parametrize("older", [2, 3])
+def test_older_cache_is_rebuilt_not_misread(donor, monkeypatch, older):
+    """The same bytes announced as format 2 (int32 decimals) or 3 (rows without checks)."""
     path = donor / "MicroarrayExpression.csv"
     cache = io.load_matrix(path).cache
     data = bytearray(cache.read_bytes())
-    data[8:12] = struct.pack("<I", 2)  # the same bytes, announced as the int32 format
+    data[8:12] = struct.pack("<I", older)
     cache.write_bytes(bytes(data))
     calls = _count_parses(monkeypatch)
     _assert_exact(io.read_microarray(path), path)
     assert len(calls) == 1
-    assert _cache_header(cache)["version"] == 3
+    assert _cache_header(cache)["version"] == 4
 
 
 def test_pacall_cache_records_its_encoding(donor):
     header = _cache_header(io.load_matrix(donor / "PACall.csv").cache)
     assert header["values"]["encoding"] == "packed-bits" and header["values"]["dtype"] == "|u1"
-    assert header["version"] == io.CACHE_FORMAT_VERSION == 3
+    assert header["version"] == io.CACHE_FORMAT_VERSION == 4
 
 
 def test_read_probes(donor):
@@ -906,13 +908,13 @@ def test_damaged_cache_is_rebuilt(donor, monkeypatch, corrupt, name):
     assert len(calls) == 1
 
 
-def test_a_cache_is_read_whole_once_per_run_until_it_changes(donor, monkeypatch):
+def test_a_pacall_cache_is_read_whole_once_per_run_until_it_changes(donor, monkeypatch):
     """Within a run's record of checked caches (:func:`io.remembering_checks`)."""
     import time
 
-    path = donor / "MicroarrayExpression.csv"
+    path = donor / "PACall.csv"
     with io.remembering_checks():
-        good = io.read_microarray(path).copy(deep=True)  # built and checked
+        good = io.read_pacall(path).copy(deep=True)  # built and checked
         checks = []
         real = io._file_crc32
         monkeypatch.setattr(io, "_file_crc32", lambda *a: checks.append(a) or real(*a))
@@ -922,7 +924,7 @@ def test_a_cache_is_read_whole_once_per_run_until_it_changes(donor, monkeypatch)
         time.sleep(0.05)  # a later clock tick: the damage moves the file's change time
         _corrupt_value(io.cache_locations(path)[0])
         calls = _count_parses(monkeypatch)
-        pd.testing.assert_frame_equal(io.read_microarray(path), good)
+        pd.testing.assert_frame_equal(io.read_pacall(path), good)
         assert checks and len(calls) == 1  # the damage found: the cache was rebuilt
         checked = len(checks)
         io.load_matrix(path)
@@ -932,8 +934,9 @@ def test_a_cache_is_read_whole_once_per_run_until_it_changes(donor, monkeypatch)
 @pytest.mark.parametrize("name", ["MicroarrayExpression.csv", "PACall.csv"])
 def test_a_cache_just_built_is_not_read_back_for_its_checksum(donor, monkeypatch, name):
     """The checksums of a cache are computed from the bytes as they are written, so the call
-    that builds it does not read it whole again to check them; a later call does (no record of
-    checked caches passed), and finds them right."""
+    that builds it does not read it whole again to check them; a later call does for a PACall
+    cache (no record of checked caches passed), and finds them right; a microarray cache is
+    never read whole (its rows are checked as they are read)."""
     path = donor / name
     checks = []
     real = io._file_crc32
@@ -942,7 +945,7 @@ def test_a_cache_just_built_is_not_read_back_for_its_checksum(donor, monkeypatch
     assert built.cache is not None and checks == []
     calls = _count_parses(monkeypatch)
     again = io.load_matrix(path)
-    assert len(checks) == 1 and not calls  # checked, and valid: not rebuilt
+    assert len(checks) == (1 if name == "PACall.csv" else 0) and not calls  # (not rebuilt)
     assert again.content_id == built.content_id
 
 
@@ -952,7 +955,7 @@ def test_checked_caches_are_the_callers_record(donor, monkeypatch):
     the pieces of ``thread_map`` share): then once, and again only when the file changed."""
     from ahba_app._blocks import thread_map
 
-    path = donor / "MicroarrayExpression.csv"
+    path = donor / "PACall.csv"
     io.load_matrix(path)  # built (no check)
     checks = []
     real = io._file_crc32
@@ -991,8 +994,8 @@ def test_the_record_of_checked_caches_keeps_the_most_recent():
 def test_a_cache_replaced_as_it_is_built_is_checked(donor, monkeypatch):
     """Only the very file this process wrote is taken as checked: a copy renamed over it
     right after (another inode) is read whole for its checksum before it is used."""
-    path = donor / "MicroarrayExpression.csv"
-    good = io.read_microarray(path).copy(deep=True)
+    path = donor / "PACall.csv"
+    good = io.read_pacall(path).copy(deep=True)
     cache = io.cache_locations(path)[0]
     copy = cache.read_bytes()
     cache.unlink()
@@ -1008,8 +1011,97 @@ def test_a_cache_replaced_as_it_is_built_is_checked(donor, monkeypatch):
     checks = []
     real = io._file_crc32
     monkeypatch.setattr(io, "_file_crc32", lambda *a: checks.append(a) or real(*a))
-    pd.testing.assert_frame_equal(io.read_microarray(path), good)
+    pd.testing.assert_frame_equal(io.read_pacall(path), good)
     assert len(checks) == 1
+
+
+def _damage_row(cache: Path, matrix, row: int) -> None:
+    """Flip one bit of a value of ``row`` in the cache file (as a failing disk would)."""
+    codes = matrix.codes
+    view = codes.views[int(codes.segment[row])]
+    offset = 64 + (view.__array_interface__["data"][0]
+                   - matrix.values.__array_interface__["data"][0]) \
+        + int(codes.slot[row]) * view.strides[0]
+    data = bytearray(cache.read_bytes())
+    data[offset] ^= 0x01
+    cache.write_bytes(bytes(data))
+
+
+def test_a_microarray_cache_is_checked_row_by_row_as_read(donor, monkeypatch, caplog):
+    """Opening a microarray cache reads none of its values; each row is checked as it is
+    read, so a damaged row that a run does not read is harmless, and one it reads has the
+    cache rebuilt from the CSV, the run going on with the right numbers (and the matrix
+    mapped before the damage reading the new file from then on)."""
+    path = donor / "MicroarrayExpression.csv"
+    good = io.read_microarray(path).to_numpy().copy()
+    matrix = io.load_matrix(path)
+    cache = matrix.cache
+    checks = []
+    real = io._file_crc32
+    monkeypatch.setattr(io, "_file_crc32", lambda *a: checks.append(a) or real(*a))
+    _damage_row(cache, matrix, 0)
+    calls = _count_parses(monkeypatch)
+    damaged = io.load_matrix(path)
+    assert checks == [] and not calls  # not read whole: the damage is not seen yet
+    np.testing.assert_array_equal(io.decode_rows(damaged, np.arange(1, 5)), good[1:])
+    assert not calls  # the rows read are sound
+    with caplog.at_level("WARNING", logger=io.LOGGER.name):
+        np.testing.assert_array_equal(io.decode_rows(damaged, np.array([2, 0])),
+                                      good[[2, 0]])
+    assert len(calls) == 1 and "fail their checks" in caplog.text  # rebuilt, once
+    assert cache.read_bytes() != b""
+    np.testing.assert_array_equal(io.decode_rows(damaged, np.arange(5)), good)
+    np.testing.assert_array_equal(io.decode_rows(matrix, np.arange(5)), good)
+    np.testing.assert_array_equal(io.decode_rows(io.load_matrix(path), np.arange(5)), good)
+    assert len(calls) == 1
+
+
+def test_rows_that_fail_again_once_rebuilt_stop_the_run_with_a_clear_error(donor, monkeypatch):
+    path = donor / "MicroarrayExpression.csv"
+    io.load_matrix(path)
+    real = io._stored_rows
+
+    def failing_disk(codes, w, rows):  # every read of row 0 comes back with a bit flipped
+        stored = real(codes, w, rows)
+        stored.view(np.uint8)[0] ^= 0x01
+        return stored
+
+    monkeypatch.setattr(io, "_stored_rows", failing_disk)
+    calls = _count_parses(monkeypatch)
+    with pytest.raises(io.DamagedCacheError,
+                       match="fails its checks as soon as it is written.*Check the disk"):
+        io.decode_rows(io.load_matrix(path), np.arange(3))
+    assert len(calls) == 1
+
+
+def test_a_damaged_cache_that_cannot_be_rebuilt_names_itself(donor, monkeypatch):
+    path = donor / "MicroarrayExpression.csv"
+    matrix = io.load_matrix(path)
+    _damage_row(matrix.cache, matrix, 1)
+    monkeypatch.setattr(io, "_can_write", lambda folder: False)  # (root ignores read-only)
+    with pytest.warns(UserWarning, match="No writable place"), \
+            pytest.raises(io.DamagedCacheError, match="cannot be rebuilt here") as raised:
+        io.decode_rows(io.load_matrix(path), np.arange(3))
+    assert str(matrix.cache) in str(raised.value) and "delete the cache file" in str(raised.value)
+
+
+def test_row_checks_change_with_any_value_and_any_swap():
+    rng = np.random.default_rng(0)
+    for dtype in (np.uint8, np.uint16, np.uint32, np.uint64):
+        stored = rng.integers(0, np.iinfo(dtype).max, (4, 300), dtype=dtype, endpoint=True)
+        base = io.row_checks(stored)
+        assert base.dtype == np.uint64 and base.shape == (4,)
+        for j in (0, 150, 299):
+            changed = stored.copy()
+            changed[1, j] ^= dtype(1)
+            assert (io.row_checks(changed) != base).tolist() == [False, True, False, False]
+        swapped = stored.copy()
+        swapped[2, [3, 4]] = stored[2, [4, 3]]
+        if stored[2, 3] != stored[2, 4]:
+            assert (io.row_checks(swapped) != base).tolist() == [False, False, True, False]
+    floats = np.array([[0.0, 1.5, np.nan], [-0.0, 1.5, np.nan]])
+    first, second = io.row_checks(floats)  # by their bits: 0.0 and -0.0 differ
+    assert first != second
 
 
 @pytest.mark.parametrize("mapped", [True, False])

@@ -130,11 +130,15 @@ def test_cache_records_its_format(tmp_path):
     cache = io.load_matrix(path).cache
     data = cache.read_bytes()
     magic, version, _, offset, length = io._PREAMBLE.unpack(data[:io._PREAMBLE.size])
-    assert magic == b"AHBAMTX\0" and version == io.CACHE_FORMAT_VERSION == 3
+    assert magic == b"AHBAMTX\0" and version == io.CACHE_FORMAT_VERSION == 4
     header = json.loads(data[offset:offset + length])
-    assert header["version"] == 3 and header["values"]["encoding"] == "row-scaled"
+    assert header["version"] == 4 and header["values"]["encoding"] == "row-scaled"
     assert {r["width"]: r["rows"] for r in header["values"]["segments"]} == {1: 1, 2: 1}
-    assert set(header["rows"]) == {"segment", "base", "divisor"}
+    assert set(header["rows"]) == {"segment", "base", "divisor", "check"}
+    # each row's check, of the integers it stores over its least (150, 225 over 10**2; then
+    # 300, 30025 over 10**2, less 300): u0 * 1 + u1 * 3
+    matrix = io.load_matrix(path)
+    assert matrix.codes.check.tolist() == [0 * 1 + 75 * 3, 0 * 1 + 29725 * 3]
 
 
 @pytest.mark.parametrize("precision, digits", [("6dp", None), ("9", 9), ("12", 12), ("17", 17)])

@@ -166,10 +166,11 @@ def _locate_ahba(data_dir, settings, nprocs, verbose) -> None:
 @contextmanager
 def _checking_caches(data_dir, donors) -> Iterator:
     """Within the block, the microarray and PACall caches of the donors are opened on another
-    thread, their values' CRC-32 checked as the nodes would check them first
-    (:func:`ahba_app.io.load_matrix`, into the run's record of checked caches,
-    :func:`ahba_app.io.remembering_checks`, which the thread shares): reading some 700 MB of
-    cache (0.3-0.4 s) overlaps the input checks instead of delaying the first nodes. Leaves
+    thread, as the nodes would open them first (:func:`ahba_app.io.load_matrix`: headers and
+    row tables checked, and the PACall caches' values, into the run's record of checked
+    caches, :func:`ahba_app.io.remembering_checks`, which the thread shares; a microarray
+    cache's rows are checked as the nodes read them): this overlaps the input checks instead
+    of delaying the first nodes. Leaves
     the block when they are done; a failure is left for the node that opens the cache to
     report. Gives the block the executor (:func:`ahba_app._blocks.background`), for more
     checks to overlap (submitted in the caller's context, they share the record too)."""
