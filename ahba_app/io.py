@@ -559,12 +559,17 @@ def row_checks(stored: np.ndarray) -> np.ndarray:
     return np.einsum("ij,j->i", stored, weights, dtype=np.uint64)
 
 
+def _sound(codes: RowCodes, rows: np.ndarray, stored: np.ndarray) -> bool:
+    """Whether ``stored`` (:func:`_stored_rows` of ``rows``) matches the checks recorded."""
+    return codes.check is None or np.array_equal(row_checks(stored), codes.check[rows])
+
+
 def _checked_rows(codes: RowCodes, w: int, rows: np.ndarray) -> np.ndarray:
     """:func:`_stored_rows`, each row's check compared with the one the cache recorded; rows
     that fail mean the file was damaged after it was written: it is rebuilt from its CSV
     (:meth:`_Origin.repair`) and the rows are read from the new file."""
     stored = _stored_rows(codes, w, rows)
-    if codes.check is None or np.array_equal(row_checks(stored), codes.check[rows]):
+    if _sound(codes, rows, stored):
         return stored
     if codes.origin is None:
         raise DamagedCacheError("Rows of a microarray cache fail their checks, and the cache "
@@ -589,7 +594,7 @@ class _Origin:
     def repair(self, codes: RowCodes, w: int, rows: np.ndarray) -> np.ndarray:
         with self._lock:  # (threads reading other rows wait, then read the new file)
             stored = _stored_rows(codes, w, rows)
-            if np.array_equal(row_checks(stored), codes.check[rows]):
+            if _sound(codes, rows, stored):
                 return stored  # another thread has rebuilt it
             if self.rebuilt:
                 raise DamagedCacheError(
@@ -598,8 +603,7 @@ class _Origin:
             LOGGER.warning("Rows of the cache %s fail their checks (the file was damaged "
                            "after it was written); rebuilding it from %s", self.location,
                            self.source)
-            fresh = _cached_matrix(self.source, "microarray", verify=False, mode="r",
-                                   damaged=self.identity)
+            fresh = _cached_matrix(self.source, "microarray", mode="r", damaged=self.identity)
             other = fresh.codes
             if other is None:  # (no place to write it: parsed into memory instead)
                 raise DamagedCacheError(
@@ -611,10 +615,10 @@ class _Origin:
                     f"{self.source} no longer gives the rows its cache {self.location} held "
                     "when this run started: was it replaced during the run? Run again.")
             codes.views.update(other.views)
-            self.identity = other.origin.identity if other.origin else None
+            self.identity = other.origin.identity
             self.rebuilt = True
             stored = _stored_rows(codes, w, rows)
-            if not np.array_equal(row_checks(stored), codes.check[rows]):
+            if not _sound(codes, rows, stored):
                 raise DamagedCacheError(
                     f"The cache {fresh.cache} rebuilt from {self.source} fails its checks as "
                     "soon as it is written: the disk may be failing.")
@@ -692,7 +696,7 @@ def load_matrix(fname: PathLike, kind: str | None = None, *, cache: bool = True,
     kind = _matrix_kind(source, kind)
     if not cache:
         return _parse_into_memory(source, kind)
-    return _cached_matrix(source, kind, verify=verify, mode="r", checked=checked)
+    return _cached_matrix(source, kind, mode="r", checked=checked)
 
 
 def ensure_cache(fname: PathLike, kind: str | None = None) -> Path | None:
@@ -711,7 +715,7 @@ def content_id(fname: PathLike, kind: str | None = None) -> str:
     kind = _matrix_kind(source, kind)
     locations = cache_locations(source)
     if any(loc.is_file() or _can_write(loc.parent) for loc in locations):
-        matrix = _cached_matrix(source, kind, verify=False, mode="r")
+        matrix = _cached_matrix(source, kind, mode="r")
         if matrix.content_id:
             return matrix.content_id
     stat = source.stat()
@@ -797,7 +801,7 @@ def read_microarray(fname, copy: bool = False, parquet: bool = True) -> pd.DataF
     source = _as_path(fname, "a MicroarrayExpression.csv file")
     if not parquet:
         return _parse_into_memory(source, "microarray", writable=True).to_frame()
-    return _cached_matrix(source, "microarray", verify=True, mode="c").to_frame()
+    return _cached_matrix(source, "microarray", mode="c").to_frame()
 
 
 def read_pacall(fname, copy: bool = False, parquet: bool = True) -> pd.DataFrame:
@@ -1267,7 +1271,7 @@ def _can_write(folder: Path) -> bool:
     return os.access(folder, os.W_OK | os.X_OK)
 
 
-def _cached_matrix(source: Path, kind: str, verify: bool, mode: str,
+def _cached_matrix(source: Path, kind: str, mode: str,
                    checked: CheckedCaches | None = None, damaged: tuple | None = None
                    ) -> CachedMatrix:
     """The matrix from a valid cache, building one where possible, else parsed into memory
@@ -1279,7 +1283,7 @@ def _cached_matrix(source: Path, kind: str, verify: bool, mode: str,
     for _ in range(_BUILD_ATTEMPTS):
         stat = source.stat()
         for location in locations:
-            matrix = _open_cache(location, source, stat, kind, verify, mode, checked,
+            matrix = _open_cache(location, source, stat, kind, mode, checked,
                                  damaged=damaged)
             if matrix is not None:
                 return matrix
@@ -1300,7 +1304,7 @@ def _cached_matrix(source: Path, kind: str, verify: bool, mode: str,
                 continue
             try:
                 # another process may have built it while this one waited for the lock
-                matrix = _open_cache(location, source, stat, kind, verify, mode, checked,
+                matrix = _open_cache(location, source, stat, kind, mode, checked,
                                      quiet=True, damaged=damaged)
                 if matrix is not None:
                     return matrix
@@ -1329,7 +1333,7 @@ def _cached_matrix(source: Path, kind: str, verify: bool, mode: str,
                 checked = CheckedCaches()
             if written is not None:
                 checked.add(written)
-            matrix = _open_cache(location, source, stat, kind, verify, mode, checked)
+            matrix = _open_cache(location, source, stat, kind, mode, checked)
             if matrix is None:
                 raise RuntimeError(f"The cache {location} just written for {source} does not "
                                    "read back; is its disk full or failing?")
@@ -1802,8 +1806,8 @@ class _Invalid(Exception):
     """Why a cache file cannot be used."""
 
 
-def _open_cache(location: Path, source: Path, stat: os.stat_result, kind: str, verify: bool,
-                mode: str, checked: CheckedCaches | None, quiet: bool = False,
+def _open_cache(location: Path, source: Path, stat: os.stat_result, kind: str, mode: str,
+                checked: CheckedCaches | None, quiet: bool = False,
                 damaged: tuple | None = None) -> CachedMatrix | None:
     """Map a cache file if it is valid for ``source`` as it is now (and is not the file
     ``damaged`` identifies: see :class:`_Origin`); None otherwise."""
@@ -1816,8 +1820,7 @@ def _open_cache(location: Path, source: Path, stat: os.stat_result, kind: str, v
         return None
     with handle:
         try:
-            return _map_checked(handle, location, source, stat, kind, verify, mode, checked,
-                                damaged)
+            return _map_checked(handle, location, source, stat, kind, mode, checked, damaged)
         except _Invalid as why:
             if not quiet:
                 LOGGER.info("Not using the cache %s: %s; it will be rebuilt", location, why)
@@ -1825,7 +1828,7 @@ def _open_cache(location: Path, source: Path, stat: os.stat_result, kind: str, v
 
 
 def _map_checked(handle, location: Path, source: Path, stat: os.stat_result, kind: str,
-                 verify: bool, mode: str, checked: CheckedCaches | None,
+                 mode: str, checked: CheckedCaches | None,
                  damaged: tuple | None = None) -> CachedMatrix:
     size = os.fstat(handle.fileno()).st_size
     preamble = handle.read(_PREAMBLE.size)
