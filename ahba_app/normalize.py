@@ -200,21 +200,21 @@ def _robust_centre_scale(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 #: each partition's passes stay in the CPU's cache; with 8 MB, 30 % slower).
 _SELECT_ELEMENTS = 1 << 17
 #: Columns at least this long are counted (:mod:`ahba_app.order_stats`) where
-#: :func:`counting_selection` says so (the samples across the genes); shorter ones are sorted.
+#: :func:`counting_selection` says so (the samples across the genes); shorter ones are sorted
+#: in chunks there (longer than 256 values) or sorted.
 _COUNTING_MIN = 2048
 
 
 @functools.cache
 def counting_selection() -> bool:
-    """Whether :class:`_Selected` counts (:mod:`ahba_app.order_stats`) instead of letting numpy
-    partition and sort: on AMD CPUs where numpy takes its AVX-512 sorting code, which runs an
-    instruction that Zen 4 executes in microcode. There, in a warm run of the full data (DK,
-    12 digits), the samples' medians and quartiles took 0.41-0.50 s of CPU counted against
-    0.86-1.01 partitioned; the genes' (737 samples or fewer a column) took longer counted
-    than sorted (0.74-0.78 s against 0.47-0.58), so only columns of at least
-    :data:`_COUNTING_MIN` values are counted. Counting was measured on Zen 4 only: elsewhere
-    numpy's own code is kept. Both give the same numbers. (A fact of the machine, read once a
-    process.)"""
+    """Whether :class:`_Selected` counts or sorts in chunks (:mod:`ahba_app.order_stats`)
+    instead of letting numpy partition and sort: on AMD CPUs where numpy takes its AVX-512
+    sorting code, which runs an instruction that Zen 4 executes in microcode. There, in a warm
+    run of the full data (DK, 12 digits), the samples' medians and quartiles took 0.41-0.50 s
+    of CPU counted against 0.86-1.01 partitioned; the genes' (946 samples or fewer a column)
+    0.30-0.32 s sorted in chunks, against 0.47-0.58 sorted whole and 0.74-0.78 counted. Both
+    ways were measured on Zen 4 only: elsewhere numpy's own code is kept. All give the same
+    numbers. (A fact of the machine, read once a process.)"""
     try:
         try:
             from numpy._core._multiarray_umath import __cpu_features__ as features
@@ -232,10 +232,11 @@ class _Selected:
     """What sorting each column of ``x`` puts at ``positions`` and at the last position (the
     largest value; NaN when the column holds one), read as ``self[:, position]`` as from the
     sorted columns laid out as rows: the same values, found a few columns at a time (``x`` is
-    only read): counted (:mod:`ahba_app.order_stats`, where :func:`counting_selection` says
-    so, for columns of at least :data:`_COUNTING_MIN` values), else in a copy, sorted
-    (columns shorter than :data:`_PARTITION_MIN`) or partitioned; the columns the count
-    leaves (NaN, many ties) are sorted or partitioned too.
+    only read): where :func:`counting_selection` says so, counted (columns of at least
+    :data:`_COUNTING_MIN` values) or sorted in chunks (shorter ones, of more than 256:
+    :class:`ahba_app.order_stats.SortedChunks`); else in a copy, sorted (columns shorter than
+    :data:`_PARTITION_MIN`) or partitioned; the columns the count or the chunks leave (NaN,
+    many ties, a band missed) are sorted or partitioned too.
 
     numpy partitions around one position quickly (a SIMD quickselect), around several at
     once slowly (value by value). So the wanted positions are found one partition at a time,
@@ -254,17 +255,23 @@ class _Selected:
         self.values = {p: np.empty(n_cols) for p in wanted}
         if counting is None:
             counting = counting_selection()
-        scratch = None
+        scratch = chunks = None
         step = max(1, _SELECT_ELEMENTS // max(n, 1))
         if counting and n >= _COUNTING_MIN:
             scratch = order_stats.Scratch(min(step, n_cols) * n)
+        elif counting and n > order_stats.NETWORK_SORT_MAX:
+            chunks = order_stats.SortedChunks(n, wanted[:-1])
+            padded = np.empty((min(step, n_cols), chunks.width))
         work = np.empty(min(step, n_cols) * n)
         for start in range(0, n_cols, step):
             at = slice(start, min(start + step, n_cols))
             if scratch is not None:
-                at = self._count(x[:, at], wanted, at, scratch)
-                if at is None:
-                    continue
+                found = order_stats.select_by_counting(x[:, at], wanted[:-1], scratch)
+                at = self._keep(found, wanted, at)
+            elif chunks is not None:
+                at = self._keep(chunks.select(chunks.fill(padded, x[:, at])), wanted, at)
+            if at is None:
+                continue
             columns = x[:, at].T
             rows = work[:columns.size].reshape(columns.shape)
             np.copyto(rows, columns)
@@ -275,12 +282,12 @@ class _Selected:
             else:
                 self._select(rows, wanted, at)
 
-    def _count(self, columns: np.ndarray, wanted: list, at: slice, scratch
-               ) -> np.ndarray | None:
-        """Finds the wanted values of ``columns`` by counting; returns the indices of the
-        columns it left to a sort or partition, None when there are none."""
-        found, largest, done = order_stats.select_by_counting(columns, wanted[:-1], scratch)
-        for p, value in found.items():
+    def _keep(self, found, wanted: list, at: slice) -> np.ndarray | None:
+        """Keeps the values of the columns ``at`` that ``found`` (values, largest, done: as
+        :mod:`ahba_app.order_stats` gives them) holds; returns the indices of the columns it
+        left to a sort or partition, None when there are none."""
+        values, largest, done = found
+        for p, value in values.items():
             self.values[p][at] = value
         self.values[wanted[-1]][at] = largest
         if done.all():

@@ -1,12 +1,20 @@
-"""Exact order statistics of the columns of a float64 block, found by counting, not sorting.
+"""Exact order statistics of the columns of a float64 block, found without numpy's sort and
+partition of long rows.
 
 The robust sigmoids need a few order statistics of each sample across the genes and of each
 gene across the samples (a median's two middle values, a quartile's two). numpy finds them
 with x86-simd-sort, whose AVX-512 code for more than 256 values writes with a
 memory-destination compress (``vpcompressq``). AMD's Zen 4 runs that instruction in microcode
 (its software optimisation guide, 2.11.2), so there numpy's partition and sort take several
-times as long as on an Intel CPU with AVX-512 (``benchmarks/simd_sort.py``).
-:func:`select_by_counting` does without them:
+times as long as on an Intel CPU with AVX-512 (``benchmarks/simd_sort.py``). Two ways do
+without them, both giving a sort's very numbers:
+
+* :func:`select_by_counting`, for long columns (a sample across ~15,000 genes);
+* :class:`SortedChunks`, for short ones (a gene across a donor's samples, a few hundred to a
+  thousand or two): chunks of at most 256 values, which numpy sorts with sorting networks
+  (no compress), then a narrow band of each chunk (see the class).
+
+Counting:
 
 1. Each column's values are mapped to buckets by ``trunc((x - low) * scale)``, clipped at
    both ends. Every step rounds monotonically (subtraction and multiplication by a positive
@@ -159,3 +167,130 @@ def select_by_counting(x: np.ndarray, positions: list[int], scratch: Scratch
                  + p - (up_to[every_column, bucket] - in_bucket))
         values[p] = table[every_column, np.where(done, place, 0)]
     return values, largest, done
+
+
+# --------------------------------------------------------------------------------------------
+# short rows: sorted in chunks short enough for sorting networks, then a band of each chunk
+# --------------------------------------------------------------------------------------------
+
+#: numpy sorts a row of up to this many float64 values with sorting networks alone, quickly on
+#: every CPU (about 2 ns a value on Zen 4 against 8-16 for rows of 257 to 2,000 values, whose
+#: quicksort partitions with the instruction Zen 4 runs in microcode).
+NETWORK_SORT_MAX = 256
+#: A band reaches this many standard deviations of a chunk's count below the wanted position
+#: on either side of where it is expected (a row whose band misses is left to the caller).
+BAND_SIGMAS = 4.0
+
+
+def chunk_layout(n: int) -> tuple[int, int]:
+    """How :class:`SortedChunks` cuts a row of ``n`` values: ``(chunks, values a chunk)``, each
+    chunk at most :data:`NETWORK_SORT_MAX` long, the last one padded with +inf."""
+    chunks = max(1, -(-n // NETWORK_SORT_MAX))
+    return chunks, -(-n // chunks)
+
+
+class SortedChunks:
+    """The values that sorting rows of ``n`` float64 values puts at ``positions`` (each below
+    ``n - 1``) and each row's largest value, found without sorting whole rows.
+
+    Each row is cut into :func:`chunk_layout`'s chunks, and each chunk sorted (sorting
+    networks). For each run of neighbouring wanted positions, a band of the same width is taken
+    from every sorted chunk around where the run is expected in it (its share of the row), the
+    bands are sorted together, and position ``k`` of the row is read at ``k - A`` of them, ``A``
+    being the values below the bands. That is the row's ``k``-th value when every value below a
+    band is no larger than it, and every value above a band no smaller: a chunk's value just
+    below its band is compared with the run's first value, the one just above with its last
+    (each chunk is sorted, so these are the largest below and the smallest above). A row where
+    a comparison fails (an unusual row, about 1 in 10,000 of normal data), or holding NaN, is
+    left to the caller (``done`` is False). The numbers are a sort's, whatever the data.
+
+    The plan (chunks, bands, the columns compared) depends only on ``n`` and ``positions``:
+    made once, used for block after block of rows.
+    """
+
+    def __init__(self, n: int, positions):
+        self.n = n
+        self.chunks, self.length = chunk_layout(n)
+        self.width = self.chunks * self.length
+        starts = np.arange(self.chunks) * self.length
+        #: values of the row in each chunk (the first ``n % chunks`` chunks hold one more)
+        self.shared = n // self.chunks
+        real = self.shared + (np.arange(self.chunks) < n - self.shared * self.chunks)
+        #: the last place of each chunk (where a NaN of the chunk is, after the padding)
+        self.chunk_ends = starts + self.length - 1
+        #: the last place of each chunk's own values (its largest value)
+        self.real_ends = starts + real - 1
+        runs: list[list[int]] = []
+        for p in sorted({int(p) for p in positions}):
+            if runs and p - runs[-1][-1] <= 2:
+                runs[-1].append(p)
+            else:
+                runs.append([p])
+        centres, band_width = [], 0
+        for run in runs:
+            middle = (run[0] + run[-1]) / 2
+            share = middle / max(n - 1, 1)
+            # standard deviation of how many of a chunk's values fall below the run
+            spread = np.sqrt(real * share * (1 - share) * np.maximum(n - real, 0) / max(n - 1, 1))
+            reach = int(np.ceil(BAND_SIGMAS * spread.max())) + 1
+            band_width = max(band_width, min(self.length, 2 * reach + run[-1] - run[0] + 2))
+            centres.append(middle * real / n)
+        self.band_width = band_width
+        #: each run: its positions, their places in the sorted bands, the places of the values
+        #: just below and just above the bands, and the places of the bands
+        self.runs = []
+        for run, centre in zip(runs, centres):
+            first = np.clip(np.round(centre - band_width / 2).astype(np.intp), 0,
+                            self.length - band_width)
+            within = [p - int(first.sum()) for p in run]
+            # (a band at least twice its reach wide, placed around each chunk's share, always
+            # holds its run; checked, as reading outside the bands would give wrong numbers)
+            if within[0] < 0 or within[-1] >= self.chunks * band_width:
+                raise ValueError(f"the bands of {self.chunks} chunks of {self.length} values "
+                                 f"do not hold positions {run} of {n}")
+            self.runs.append((run, within, (starts + first - 1)[first > 0],
+                              (starts + first + band_width)[first + band_width < self.length],
+                              ((starts + first)[:, None] + np.arange(band_width)).ravel()))
+        self.band_columns = np.concatenate([entry[4] for entry in self.runs]
+                                           or [np.empty(0, dtype=np.intp)])
+
+    def fill(self, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        """Writes each column of ``columns`` (n x R, any layout) into a row of ``rows`` (at
+        least R rows of :attr:`width`, C-contiguous), as :meth:`select` reads them: value ``i``
+        of a column goes to chunk ``i % chunks``, so that each chunk is a spread sample of the
+        column whatever the order of its values (a column sorted, or in runs, as samples
+        grouped by structure can be), and +inf pads the chunks one value short. Returns the
+        R rows written."""
+        n, n_rows = columns.shape
+        shared, extra = self.shared, n - self.shared * self.chunks
+        rows = rows[:n_rows]
+        chunked = rows.reshape(n_rows, self.chunks, self.length)
+        np.copyto(chunked[:, :, :shared],
+                  columns[:shared * self.chunks].reshape(shared, self.chunks, n_rows).T)
+        if self.length > shared:
+            chunked[:, :extra, shared] = columns[shared * self.chunks:].T
+            chunked[:, extra:, shared] = np.inf
+        return rows
+
+    def select(self, rows: np.ndarray) -> tuple[dict[int, np.ndarray], np.ndarray, np.ndarray]:
+        """``rows``: a C-contiguous (R, :attr:`width`) float64 array filled by :meth:`fill`;
+        its chunks are sorted in place. Returns ``(values, largest, done)`` as
+        :func:`select_by_counting` does, a value a row."""
+        n_rows = rows.shape[0]
+        rows.reshape(n_rows, self.chunks, self.length).sort(axis=2)
+        done = ~np.isnan(rows[:, self.chunk_ends]).any(axis=1)
+        largest = rows[:, self.real_ends].max(axis=1)
+        bands = np.take(rows, self.band_columns, axis=1).reshape(
+            n_rows, len(self.runs), self.chunks * self.band_width)
+        bands.sort(axis=2)
+        values = {}
+        with np.errstate(invalid="ignore"):
+            for i, (run, within, below, above, _) in enumerate(self.runs):
+                first, last = bands[:, i, within[0]], bands[:, i, within[-1]]
+                if below.size:
+                    done &= rows[:, below].max(axis=1) <= first
+                if above.size:
+                    done &= rows[:, above].min(axis=1) >= last
+                for p, at in zip(run, within):
+                    values[p] = bands[:, i, at]
+        return values, largest, done

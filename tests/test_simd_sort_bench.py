@@ -19,7 +19,9 @@ def test_both_dispatches_are_timed(tmp_path, capsys):
     # with AVX-512 hidden numpy must not dispatch to it, whatever this CPU has
     assert figures["avx512_hidden"]["avx512_used"] is False
     for path in ("default", "avx512_hidden"):
-        for key in ("sort_rows_of_samples_ns", "partition_rows_of_genes_ns", "exp_ns"):
+        for key in ("sort_rows_of_samples_ns", "partition_rows_of_genes_ns", "exp_ns",
+                    "chunks_rows_of_samples_ns", "count_rows_of_genes_ns"):
             assert figures[path][key] > 0
     printed = capsys.readouterr().out
     assert "partition each sample across genes" in printed
+    assert "each gene, in sorted chunks" in printed
