@@ -136,7 +136,9 @@ def select_by_counting(x: np.ndarray, positions: list[int], scratch: Scratch
         bucket_of[p] = (np.searchsorted(flat_up_to, np.arange(n_cols) * (n + 1) + p,
                                         side="right") - first_bucket)
         wanted[bucket_of[p] + first_bucket] = True
-    np.take(wanted, buckets, out=taken)
+    # in memory order (the scratch is contiguous one way or the other): numpy takes in C
+    # order, through copies when the arrays are columns after columns (3 times as long)
+    np.take(wanted, in_memory_order, out=taken.ravel(order="K"))
     taken_up_to = np.cumsum(np.where(wanted.reshape(n_cols, width), counts, 0), axis=1)
     n_taken = taken_up_to[:, -1]
     done = usable & (n_taken <= max(128, n // 8))
