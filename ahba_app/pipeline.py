@@ -603,38 +603,45 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
         # (on a worker too: it only warns, and matching does not need it)
         reaching = pool.submit(warn_unreachable_regions, atlases, group_atlas,
                                list(annotations.values()), tolerance=settings.tolerance)
-        labels, kept, match_labels, keep = {}, {}, {}, {}
-        for donor in files:
+        # the samples are matched on a worker while this thread filters and chooses the
+        # probes: neither needs the other (both only read the samples' table)
+        matching = pool.submit(_match_samples, atlases, annotations, settings)
+
+        def matched():
+            match_labels = matching.result()
+            try:
+                check_matched({d: int((m != 0).sum()) for d, m in match_labels.items()},
+                              {d: len(m) for d, m in match_labels.items()},
+                              tolerance=settings.tolerance)
+            except EmptyResultError:
+                reaching.result()  # (its warning, then the error)
+                raise
+            return match_labels
+
+        try:
+            files = {donor: dict(paths, **{kind: future.result()
+                                           for kind, future in opening[donor].items()})
+                     for donor, paths in files.items()}
+            del opening
+            # the probes are filtered and chosen while the unreachable regions are still
+            # looked for on the worker (the pool waits for it at the end of the block anyway)
+            annotated = probes
+            probes, share = filter_probe_table(files, annotations, probes, return_share=True,
+                                               **stage_options(settings, "filter_probes"))
+            probe_counts.n_filtered = len(probes)
+            expressions, selection = select_donor_probes(
+                files, annotations, probes, rnaseq_files=rnaseq_files, store=store,
+                **stage_options(settings, "select_probes"))
+        except Exception:
+            matched()  # a matching error first, as when the samples were matched before
+            raise
+        match_labels = matched()
+        labels, kept, keep = {}, {}, {}
+        for donor, donor_labels in match_labels.items():
             annotation = renumbered(annotations[donor])
-            donor_labels = match_donor_samples(atlases[donor], annotation,
-                                               **stage_options(settings, "match"))
-            if not (donor_labels != 0).any():
-                LGR.warning("No sample of donor %s matched a region of the atlas.", donor)
-            match_labels[donor] = donor_labels
             keep[donor] = normalized_rows(donor_labels, norm_matched=settings.norm_matched)
             kept[donor] = annotation.iloc[keep[donor]]
             labels[donor] = donor_labels[keep[donor]]
-
-        try:
-            check_matched({d: int((m != 0).sum()) for d, m in match_labels.items()},
-                          {d: len(m) for d, m in match_labels.items()},
-                          tolerance=settings.tolerance)
-        except EmptyResultError:
-            reaching.result()  # (its warning, then the error)
-            raise
-        files = {donor: dict(paths, **{kind: future.result()
-                                       for kind, future in opening[donor].items()})
-                 for donor, paths in files.items()}
-        del opening
-        # the probes are filtered and chosen while the unreachable regions are still looked
-        # for on the worker (the pool waits for it at the end of the block anyway)
-        annotated = probes
-        probes, share = filter_probe_table(files, annotations, probes, return_share=True,
-                                           **stage_options(settings, "filter_probes"))
-        probe_counts.n_filtered = len(probes)
-        expressions, selection = select_donor_probes(
-            files, annotations, probes, rnaseq_files=rnaseq_files, store=store,
-            **stage_options(settings, "select_probes"))
         reaching.result()
     probe_counts.n_genes = expressions.n_genes(next(iter(expressions)))
     check_genes(probe_counts.n_genes, n_probes=len(probes), ibf_threshold=settings.ibf_threshold)
@@ -779,6 +786,19 @@ def stream_side_by_side(stream: "DonorStream", expressions: DonorTables, keep: M
                     next_fold[0] += 1
 
     thread_map(work, shares)
+
+
+def _match_samples(atlases: Mapping, annotations: Mapping, settings: Settings) -> dict:
+    """Donor -> region label of each of its samples (:func:`match_donor_samples`), warning of
+    a donor none of whose samples matched a region."""
+    match_labels = {}
+    for donor, annotation in annotations.items():
+        donor_labels = match_donor_samples(atlases[donor], renumbered(annotation),
+                                           **stage_options(settings, "match"))
+        if not (donor_labels != 0).any():
+            LGR.warning("No sample of donor %s matched a region of the atlas.", donor)
+        match_labels[donor] = donor_labels
+    return match_labels
 
 
 #: Splits of the donors among the threads tried one by one (above: largest first to the

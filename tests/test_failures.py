@@ -127,6 +127,24 @@ def test_2_api_empty_results_are_errors(tmp_path, ahba_small):
         get_expression_data(str(scaled), dk["info"], data_dir=ahba_small, donors=DONORS)
 
 
+def test_2_api_matching_error_comes_before_a_probe_error(tmp_path, ahba_small, monkeypatch):
+    # the samples are matched on a worker while the probes are filtered: when both fail, the
+    # user sees the matching's error, as when the samples were matched first; alone, the
+    # probes' error is the one raised
+    from ahba_app import get_expression_data, pipeline
+
+    def broken_filter(*args, **kwargs):
+        raise RuntimeError("the probe filter failed")
+
+    monkeypatch.setattr(pipeline, "filter_probe_table", broken_filter)
+    dk = fetch_desikan_killiany()
+    scaled = _scaled_atlas(tmp_path / "scaled.nii.gz")
+    with pytest.raises(ValueError, match="MNI space"):
+        get_expression_data(str(scaled), dk["info"], data_dir=ahba_small, donors=DONORS)
+    with pytest.raises(RuntimeError, match="the probe filter failed"):
+        get_expression_data(dk["image"], dk["info"], data_dir=ahba_small, donors=DONORS)
+
+
 def test_2_cli_empty_results_are_errors(tmp_path, ahba_small, env, capsys):
     out = tmp_path / "out"
     code, err = _main(_cli(tmp_path, ahba_small, out, "--stability-threshold", "1"), capsys)
