@@ -199,6 +199,11 @@ def _robust_centre_scale(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 #: Columns of :class:`_Selected` are copied and partitioned a few at a time (1 MB of values:
 #: each partition's passes stay in the CPU's cache; with 8 MB, 30 % slower).
 _SELECT_ELEMENTS = 1 << 17
+#: Columns counted or sorted in chunks (:func:`counting_selection`) go a few more at a time
+#: (2 MB of values): fewer numpy calls a value. Measured on Zen 4 (best of 5, 785 x 14,710):
+#: counted 4.5-4.75 ns a value against 4.86-4.99 with 1 MB, in chunks 5.43 against 5.64; the
+#: warm Python API (12 digits, 14 alternating runs) 1.595 -> 1.555 s median.
+_COUNTED_ELEMENTS = 1 << 18
 #: Columns at least this long are counted (:mod:`ahba_app.order_stats`) where
 #: :func:`counting_selection` says so (the samples across the genes); shorter ones are sorted
 #: in chunks there (longer than 256 values) or sorted.
@@ -256,10 +261,11 @@ class _Selected:
         if counting is None:
             counting = counting_selection()
         scratch = chunks = None
-        step = max(1, _SELECT_ELEMENTS // max(n, 1))
+        unsorted = counting and n > order_stats.NETWORK_SORT_MAX  # counted or in chunks
+        step = max(1, (_COUNTED_ELEMENTS if unsorted else _SELECT_ELEMENTS) // max(n, 1))
         if counting and n >= _COUNTING_MIN:
             scratch = order_stats.Scratch(min(step, n_cols) * n)
-        elif counting and n > order_stats.NETWORK_SORT_MAX:
+        elif unsorted:
             chunks = order_stats.SortedChunks(n, wanted[:-1])
             padded = np.empty((min(step, n_cols), chunks.width))
         work = np.empty(min(step, n_cols) * n)

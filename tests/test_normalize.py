@@ -502,6 +502,7 @@ def test_selected_positions_equal_a_sort(monkeypatch, kind, n_rows, layout, coun
     from ahba_app import normalize as nm
 
     monkeypatch.setattr(nm, "_SELECT_ELEMENTS", 5_000)
+    monkeypatch.setattr(nm, "_COUNTED_ELEMENTS", 5_000)
     monkeypatch.setattr(nm, "_COUNTING_MIN", 2)
     kinds = ["plain", "nan", "ties", "constant", "infinite", "descending", "wide", "subnormal",
              "few", "short", "tiny"]

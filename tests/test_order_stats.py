@@ -219,7 +219,7 @@ def test_columns_whose_bands_miss_are_left_to_the_caller():
 def test_selected_in_sorted_chunks_equal_a_sort(monkeypatch, shape, n, layout):
     # the robust sigmoids' selection of short columns (a gene across a donor's samples) on
     # AMD CPUs with AVX-512, several blocks of columns at a time: the values of a sort
-    monkeypatch.setattr(nm, "_SELECT_ELEMENTS", 20 * n)
+    monkeypatch.setattr(nm, "_COUNTED_ELEMENTS", 20 * n)
     x = _columns(shape, n, 90, seed=n)
     if layout == "F":
         x = np.asfortranarray(x)
