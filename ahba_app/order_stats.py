@@ -138,7 +138,10 @@ def select_by_counting(x: np.ndarray, positions: list[int], scratch: Scratch
         wanted[bucket_of[p] + first_bucket] = True
     # in memory order (the scratch is contiguous one way or the other): numpy takes in C
     # order, through copies when the arrays are columns after columns (3 times as long)
-    np.take(wanted, in_memory_order, out=taken.ravel(order="K"))
+    flat_taken = taken.ravel(order="K")
+    if not np.may_share_memory(flat_taken, taken):  # (Scratch.views are contiguous: a view)
+        raise AssertionError("the scratch's mask must be contiguous")
+    np.take(wanted, in_memory_order, out=flat_taken)
     taken_up_to = np.cumsum(np.where(wanted.reshape(n_cols, width), counts, 0), axis=1)
     n_taken = taken_up_to[:, -1]
     done = usable & (n_taken <= max(128, n // 8))
@@ -265,6 +268,7 @@ class SortedChunks:
         R rows written."""
         n, n_rows = columns.shape
         shared, extra = self.shared, n - self.shared * self.chunks
+        _check_rows(rows, self.width)
         rows = rows[:n_rows]
         chunked = rows.reshape(n_rows, self.chunks, self.length)
         np.copyto(chunked[:, :, :shared],
@@ -279,6 +283,7 @@ class SortedChunks:
         its chunks are sorted in place. Returns ``(values, largest, done)`` as
         :func:`select_by_counting` does, a value a row."""
         n_rows = rows.shape[0]
+        _check_rows(rows, self.width)
         rows.reshape(n_rows, self.chunks, self.length).sort(axis=2)
         done = ~np.isnan(rows[:, self.chunk_ends]).any(axis=1)
         largest = rows[:, self.real_ends].max(axis=1)
@@ -296,3 +301,12 @@ class SortedChunks:
                 for p, at in zip(run, within):
                     values[p] = bands[:, i, at]
         return values, largest, done
+
+
+def _check_rows(rows: np.ndarray, width: int) -> None:
+    """:class:`SortedChunks` sorts its rows' chunks in place, through a reshaped view: rows
+    that are not one C-contiguous float64 block would be sorted in a copy."""
+    if rows.dtype != np.float64 or rows.ndim != 2 or rows.shape[1] != width or \
+            not rows.flags.c_contiguous:
+        raise ValueError(f"Expected a C-contiguous float64 array of rows of {width} values, got "
+                         f"{rows.dtype} {rows.shape}.")

@@ -194,6 +194,17 @@ def test_chunks_and_bands_fit_the_sorting_networks():
         assert chunks.width - n < chunks.chunks
 
 
+def test_sorted_chunks_refuse_rows_they_would_sort_in_a_copy():
+    chunks = order_stats.SortedChunks(946, _positions(946))
+    x = _columns("normal", 946, 4, seed=1)
+    with pytest.raises(ValueError, match="C-contiguous float64"):
+        chunks.fill(np.empty((chunks.width, 4)).T, x)
+    with pytest.raises(ValueError, match="C-contiguous float64"):
+        chunks.select(np.empty((4, chunks.width), dtype=np.float32))
+    with pytest.raises(ValueError, match="C-contiguous float64"):
+        chunks.select(np.empty((4, 2 * chunks.width))[:, ::2])
+
+
 def test_columns_whose_bands_miss_are_left_to_the_caller():
     # a column whose values follow the chunks' own period puts all its small values in one
     # chunk and all its large ones in another: the bands cannot hold the quartiles
