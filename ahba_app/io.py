@@ -601,7 +601,8 @@ class _Origin:
                     f"The cache {self.location} of {self.source} was rebuilt because rows of it "
                     "failed their checks, and they fail again: the disk may be failing.")
             LOGGER.warning("Rows of the cache %s fail their checks (the file was damaged "
-                           "after it was written); rebuilding it from %s", self.location,
+                           "after it was written); replacing it with a cache rebuilt from %s "
+                           "(by this run, or already by another one)", self.location,
                            self.source)
             fresh = _cached_matrix(self.source, "microarray", mode="r", damaged=self.identity)
             other = fresh.codes

@@ -1049,6 +1049,7 @@ def test_a_microarray_cache_is_checked_row_by_row_as_read(donor, monkeypatch, ca
         np.testing.assert_array_equal(io.decode_rows(damaged, np.array([2, 0])),
                                       good[[2, 0]])
     assert len(calls) == 1 and "fail their checks" in caplog.text  # rebuilt, once
+    assert f"replacing it with a cache rebuilt from {path}" in caplog.text
     assert cache.read_bytes() != b""
     np.testing.assert_array_equal(io.decode_rows(damaged, np.arange(5)), good)
     np.testing.assert_array_equal(io.decode_rows(matrix, np.arange(5)), good)
