@@ -420,6 +420,10 @@ def git_commit() -> dict:
 # ---------------------------------------------------------------------------------------------
 # the cases
 # ---------------------------------------------------------------------------------------------
+def _prepared_key(tool: str, atlas, kwargs: dict) -> str:
+    return json.dumps([tool, list(atlas), kwargs], sort_keys=True)
+
+
 class Bench:
     def __init__(self, args, abagen_python: Path):
         self.args = args
@@ -491,13 +495,17 @@ class Bench:
         if not built:
             print(f"  building {tool}'s cache in {folder} (untimed) ...", flush=True)
             self.api(tool, folder, self.dk, {}, label="prepare")
+            self._prepared.add(_prepared_key(tool, self.dk, {}))  # (its choice is stored too)
         return folder
 
     def prepared(self, tool: str, atlas, kwargs: dict) -> Path:
         """The warm folder, after an untimed run with these options (ahba-app stores the probe
-        choice they make, as a user's first run with them does)."""
+        choice they make, as a user's first run with them does), once a benchmark run: a
+        choice is stored under a key holding the code's version, so one stored before the
+        code changed is not used, and the first run after a change chooses again (what the
+        rechoose case measures, not the warm one)."""
         folder = self.warm_folder(tool)
-        key = json.dumps([tool, list(atlas), kwargs], sort_keys=True)
+        key = _prepared_key(tool, atlas, kwargs)
         if tool == "ahba" and key not in self._prepared:
             print("  storing ahba-app's probe choice for these options (untimed) ...", flush=True)
             self.api(tool, folder, atlas, kwargs, label="prepare")
@@ -527,8 +535,8 @@ class Bench:
     def warm(self, rep: int, tools) -> None:
         for tool in tools:
             out = self.work / f"output-warm-{tool}.pkl" if rep == 0 else None
-            self.record("warm", tool, self.api(tool, self.warm_folder(tool), self.dk, {}, out,
-                                               label="warm"))
+            self.record("warm", tool, self.api(tool, self.prepared(tool, self.dk, {}), self.dk,
+                                               {}, out, label="warm"))
 
     def cli(self, rep: int, tools) -> None:
         for tool in tools:

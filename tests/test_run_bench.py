@@ -22,3 +22,29 @@ def test_speed_probe_times_its_four_pieces_of_work():
     assert f"{figures['first_touch_gb_per_s']:.2f} GB/s" in line
     # another interpreter may run it (the path of any Python with numpy)
     assert set(run.speed_probe(Path(sys.executable))) == set(figures)
+
+
+def test_warm_runs_are_timed_with_the_probe_choice_of_this_code(tmp_path, monkeypatch):
+    # a stored choice's key holds the code's version: a choice stored before a change is not
+    # used, so the warm case makes one untimed run first (once a benchmark run, again after
+    # the rechoose case removed the stored choices), never timing a first run after a change
+    bench = object.__new__(run.Bench)
+    bench.args = type("Args", (), {"data": tmp_path / "data"})()
+    bench.work = tmp_path / "work"
+    bench.dk = ("dk.nii.gz", "dk.csv")
+    bench.results, bench._prepared = {}, set()
+    calls = []
+    monkeypatch.setattr(run, "link_data", lambda data, folder: folder)
+    monkeypatch.setattr(run, "cache_sizes",
+                        lambda folder: {"ahba_cache_mb": 1.0, "abagen_parquet_mb": 1.0})
+    monkeypatch.setattr(bench, "api", lambda tool, folder, atlas, kwargs, out=None, label="":
+                        calls.append((tool, label)) or {"wall_s": 1.0}, raising=False)
+    for rep in range(3):
+        bench.warm(rep, ["abagen", "ahba"])
+    assert calls == [("abagen", "warm"), ("ahba", "prepare"), ("ahba", "warm"),
+                     ("abagen", "warm"), ("ahba", "warm"), ("abagen", "warm"), ("ahba", "warm")]
+    assert len(bench.results["warm"]["ahba"]) == 3
+    bench._prepared.clear()  # (as the rechoose case does when it removes the choices)
+    calls.clear()
+    bench.warm(3, ["ahba"])
+    assert calls == [("ahba", "prepare"), ("ahba", "warm")]
