@@ -241,9 +241,9 @@ class SortedChunks:
             band_width = max(band_width, min(self.length, 2 * reach + run[-1] - run[0] + 2))
             centres.append(middle * real / n)
         self.band_width = band_width
-        #: each run: its positions, their places in the sorted bands, the places of the values
-        #: just below and just above the bands, and the places of the bands
-        self.runs = []
+        #: each run: its positions, their places in the sorted bands, and the places of the
+        #: values just below and just above the bands
+        self.runs, bands = [], []
         for run, centre in zip(runs, centres):
             first = np.clip(np.round(centre - band_width / 2).astype(np.intp), 0,
                             self.length - band_width)
@@ -254,10 +254,10 @@ class SortedChunks:
                 raise ValueError(f"the bands of {self.chunks} chunks of {self.length} values "
                                  f"do not hold positions {run} of {n}")
             self.runs.append((run, within, (starts + first - 1)[first > 0],
-                              (starts + first + band_width)[first + band_width < self.length],
-                              ((starts + first)[:, None] + np.arange(band_width)).ravel()))
-        self.band_columns = np.concatenate([entry[4] for entry in self.runs]
-                                           or [np.empty(0, dtype=np.intp)])
+                              (starts + first + band_width)[first + band_width < self.length]))
+            bands.append(((starts + first)[:, None] + np.arange(band_width)).ravel())
+        #: the places of every run's bands, run after run
+        self.band_columns = np.concatenate(bands or [np.empty(0, dtype=np.intp)])
 
     def fill(self, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
         """Writes each column of ``columns`` (n x R, any layout) into a row of ``rows`` (at
@@ -292,7 +292,7 @@ class SortedChunks:
         bands.sort(axis=2)
         values = {}
         with np.errstate(invalid="ignore"):
-            for i, (run, within, below, above, _) in enumerate(self.runs):
+            for i, (run, within, below, above) in enumerate(self.runs):
                 first, last = bands[:, i, within[0]], bands[:, i, within[-1]]
                 if below.size:
                     done &= rows[:, below].max(axis=1) <= first

@@ -605,7 +605,8 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
                                list(annotations.values()), tolerance=settings.tolerance)
         # the samples are matched on a worker while this thread filters and chooses the
         # probes: neither needs the other (both only read the samples' table)
-        matching = pool.submit(_match_samples, atlases, annotations, settings)
+        numbered = {donor: renumbered(annotation) for donor, annotation in annotations.items()}
+        matching = pool.submit(_match_samples, atlases, numbered, settings)
 
         def matched():
             match_labels = matching.result()
@@ -638,7 +639,7 @@ def run(atlas, atlas_info=None, *, settings: Settings, data_dir=None, n_proc: in
         match_labels = matched()
         labels, kept, keep = {}, {}, {}
         for donor, donor_labels in match_labels.items():
-            annotation = renumbered(annotations[donor])
+            annotation = numbered[donor]
             keep[donor] = normalized_rows(donor_labels, norm_matched=settings.norm_matched)
             kept[donor] = annotation.iloc[keep[donor]]
             labels[donor] = donor_labels[keep[donor]]
@@ -789,11 +790,11 @@ def stream_side_by_side(stream: "DonorStream", expressions: DonorTables, keep: M
 
 
 def _match_samples(atlases: Mapping, annotations: Mapping, settings: Settings) -> dict:
-    """Donor -> region label of each of its samples (:func:`match_donor_samples`), warning of
-    a donor none of whose samples matched a region."""
+    """Donor -> region label of each of its samples (:func:`match_donor_samples`; the sample
+    tables :func:`renumbered`), warning of a donor none of whose samples matched a region."""
     match_labels = {}
     for donor, annotation in annotations.items():
-        donor_labels = match_donor_samples(atlases[donor], renumbered(annotation),
+        donor_labels = match_donor_samples(atlases[donor], annotation,
                                            **stage_options(settings, "match"))
         if not (donor_labels != 0).any():
             LGR.warning("No sample of donor %s matched a region of the atlas.", donor)
