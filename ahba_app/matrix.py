@@ -57,13 +57,20 @@ class DonorMatrix:
     def shape(self) -> tuple[int, int]:
         return (len(self.probe_index), len(self.sample_index))
 
+    @property
+    def releases_rows(self) -> bool:
+        """Whether :meth:`take` hands back the pages of the rows it reads (a coded microarray
+        cache: each block as it is decoded), so that a caller need not :meth:`release` them."""
+        return self.cached is not None and self.cached.codes is not None
+
     def take(self, rows=None, cols=None, transposed: bool = False, out=None) -> np.ndarray:
         """``values[rows][:, cols]`` as a new C-contiguous probes x samples array, or samples x
         probes with ``transposed`` (never a view of the source, so callers may modify it).
 
         ``rows`` and ``cols`` are positions (None: all); microarray values come out as the
         float64 the cache decodes them to, bit for bit. ``out`` (optional): a C-contiguous
-        array of the result's shape and dtype to write into (and return).
+        array of the result's shape and dtype to write into (and return). From a coded cache
+        the pages of the rows read are released as they are decoded (:attr:`releases_rows`).
         """
         if self.cached is not None and self.cached.codes is not None:
             from . import io
