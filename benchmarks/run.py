@@ -804,6 +804,31 @@ def print_report(summary: dict, checks, sizes, parity, facts, args) -> None:
         print(f"  [{'met' if ok else 'NOT met':>7}] {name}: {detail}")
 
 
+def clear_outputs(work: Path, cases) -> None:
+    """Remove the tables an earlier run of ``cases`` left in ``work``: the outputs compared
+    after a run are then that run's own."""
+    for case in cases:
+        for stale in work.glob(f"output-{case}-*"):
+            stale.unlink()
+
+
+def compare_case_outputs(work: Path, cases) -> dict:
+    """:func:`compare_outputs` of the two tools' tables for each of ``cases`` that writes
+    them (warm, fine, cli, and each atlas of batch)."""
+    parity = {case: compare_outputs(work / f"output-{case}-ahba.pkl",
+                                    work / f"output-{case}-abagen.pkl")
+              for case in ("warm", "fine") if case in cases}
+    if "cli" in cases:
+        parity["cli"] = compare_outputs(work / "output-cli-ahba.tsv",
+                                        work / "output-cli-abagen.csv")
+    if "batch" in cases:
+        for ours in sorted(work.glob("output-batch-*-ahba.tsv")):
+            label = ours.name[len("output-batch-"):-len("-ahba.tsv")]
+            parity[f"batch {label}"] = compare_outputs(
+                ours, work / f"output-batch-{label}-abagen.pkl")
+    return parity
+
+
 def run_precision(args, precision: str, abagen_python: Path, facts: dict) -> dict:
     """Every case at one precision; its summary, targets and raw figures."""
     sub = argparse.Namespace(**vars(args))
@@ -813,6 +838,7 @@ def run_precision(args, precision: str, abagen_python: Path, facts: dict) -> dic
     bench = Bench(sub, abagen_python)
     print(f"\n### precision {precision}\ndata: {sub.data}\nwork: {sub.work}" +
           ("\nabagen runs with the reannotation patch" if bench.patch else ""), flush=True)
+    clear_outputs(sub.work, args.cases)
     for rep in range(args.repeat):
         tools = ("abagen", "ahba") if rep % 2 == 0 else ("ahba", "abagen")
         tools = tuple(t for t in tools if t in args.tools)
@@ -820,15 +846,7 @@ def run_precision(args, precision: str, abagen_python: Path, facts: dict) -> dic
               f"{os.getloadavg()[0]:.1f})", flush=True)
         for case in args.cases:
             getattr(bench, case)(rep, tools)
-    parity = {case: compare_outputs(sub.work / f"output-{case}-ahba.pkl",
-                                    sub.work / f"output-{case}-abagen.pkl")
-              for case in ("warm", "fine")}
-    parity["cli"] = compare_outputs(sub.work / "output-cli-ahba.tsv",
-                                    sub.work / "output-cli-abagen.csv")
-    for ours in sorted(sub.work.glob("output-batch-*-ahba.tsv")):
-        label = ours.name[len("output-batch-"):-len("-ahba.tsv")]
-        parity[f"batch {label}"] = compare_outputs(
-            ours, sub.work / f"output-batch-{label}-abagen.pkl")
+    parity = compare_case_outputs(sub.work, args.cases)
     if args.batch_abagen_bound and "batch" in args.cases and "warm" in bench.results:
         # ten times abagen's DK run: a lower bound of its ten runs (abagen's cost grows with
         # the regions, and the nine other atlases have more than DK's 83), so an upper bound

@@ -48,3 +48,27 @@ def test_warm_runs_are_timed_with_the_probe_choice_of_this_code(tmp_path, monkey
     calls.clear()
     bench.warm(3, ["ahba"])
     assert calls == [("ahba", "prepare"), ("ahba", "warm")]
+
+
+def test_outputs_compared_are_those_of_the_cases_run(tmp_path):
+    # a run of some cases compared every table left in its work folder, so a warm-only run
+    # reported the command line's and the batch's tables of an earlier run as its own
+    import pandas as pd
+
+    table = pd.DataFrame({"g": [1.0, 2.0]}, index=[1, 2])
+    for case in ("warm", "fine"):
+        for tool in ("ahba", "abagen"):
+            table.to_pickle(tmp_path / f"output-{case}-{tool}.pkl")
+    table.to_csv(tmp_path / "output-cli-ahba.tsv", sep="\t")
+    table.to_csv(tmp_path / "output-cli-abagen.csv")
+    table.to_csv(tmp_path / "output-batch-DK-ahba.tsv", sep="\t")
+    table.to_pickle(tmp_path / "output-batch-DK-abagen.pkl")
+    parity = run.compare_case_outputs(tmp_path, ("warm", "rechoose"))
+    assert list(parity) == ["warm"] and parity["warm"]["ok"]
+    assert set(run.compare_case_outputs(tmp_path, ("cli", "batch"))) == {"cli", "batch DK"}
+
+    run.clear_outputs(tmp_path, ("warm", "batch"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "output-cli-abagen.csv", "output-cli-ahba.tsv", "output-fine-abagen.pkl",
+        "output-fine-ahba.pkl"]
+    assert run.compare_case_outputs(tmp_path, ("warm",)) == {"warm": {"checked": False}}
