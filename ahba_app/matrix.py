@@ -72,7 +72,7 @@ class DonorMatrix:
         array of the result's shape and dtype to write into (and return). From a coded cache
         the pages of the rows read are released as they are decoded (:attr:`releases_rows`).
         """
-        if self.cached is not None and self.cached.codes is not None:
+        if self.releases_rows:  # a coded cache: decoded (and released) block by block
             from . import io
 
             rows = np.arange(self.shape[0]) if rows is None else rows
